@@ -1,0 +1,142 @@
+"""conch: a deep learning framework for NVIDIA GPUs with a PyTorch-style API, CuPy tensors and Triton kernels.
+
+Example::
+
+    import conch
+    x = conch.randn(64, 10)
+    model = conch.nn.Sequential(conch.nn.Linear(10, 32, activation="gelu"), conch.nn.Linear(32, 1))
+    loss = model(x).pow(2).mean()
+    loss.backward()
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from . import autograd
+from ._backend import cuda, device
+from ._dtype import (
+    bfloat16,
+    bool_,
+    double,
+    float16,
+    float32,
+    float64,
+    get_default_dtype,
+    half,
+    int8,
+    int16,
+    int32,
+    int64,
+    long,
+    set_default_dtype,
+    uint8,
+)
+from ._dtype import float as float  # noqa: PLC0414
+from ._dtype import int as int  # noqa: PLC0414
+from .autograd.grad_mode import enable_grad, is_grad_enabled, no_grad, set_grad_enabled
+from .creation import (
+    arange,
+    as_tensor,
+    empty,
+    empty_like,
+    eye,
+    from_dlpack,
+    from_numpy,
+    full,
+    full_like,
+    get_rng_state,
+    initial_seed,
+    linspace,
+    manual_seed,
+    normal,
+    ones,
+    ones_like,
+    rand,
+    rand_like,
+    randint,
+    randint_like,
+    randn,
+    randn_like,
+    randperm,
+    seed,
+    set_rng_state,
+    tensor,
+    zeros,
+    zeros_like,
+)
+from .tensor import Tensor, cat, concat, concatenate, cumsum, log_softmax, matmul, maximum, minimum, softmax, split
+from .tensor import stack, where
+
+globals()["bool"] = bool_  # conch.bool, as torch.bool (assigned so the builtin stays usable in this module)
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "nn": "conch.nn", "optim": "conch.optim", "amp": "conch.amp", "checkpoint": "conch.checkpoint",
+    "data": "conch.data", "models": "conch.models", "kernels": "conch.kernels", "utils": "conch.utils",
+    "bench": "conch.bench",
+}  # fmt: skip
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return importlib.import_module(_LAZY[name])
+    raise AttributeError(f"module 'conch' has no attribute {name!r}")
+
+
+def _method(name):
+    def fn(t, *args, **kwargs):
+        if not isinstance(t, Tensor):
+            t = tensor(t)
+        return getattr(t, name)(*args, **kwargs)
+
+    fn.__name__ = name
+    fn.__doc__ = f"``conch.{name}(t, ...)`` is ``t.{name}(...)``."
+    return fn
+
+
+for _n in (
+    "sum", "mean", "var", "std", "amax", "amin", "max", "min", "argmax", "argmin", "exp", "log", "sqrt", "rsqrt",
+    "abs", "sin", "cos", "tanh", "sigmoid", "relu", "pow", "clamp", "clip", "reshape", "flatten", "transpose",
+    "permute", "unsqueeze", "squeeze", "expand", "masked_fill", "sign", "square", "logsumexp", "all", "any",
+    "chunk", "unbind", "flip", "norm", "log1p", "expm1", "numel", "neg", "t", "clone", "detach",
+):  # fmt: skip
+    if _n not in globals():
+        globals()[_n] = _method(_n)
+del _n
+
+
+def isfinite(t):
+    from ._backend import xp_of
+
+    return Tensor._make(xp_of(t._data).isfinite(t._data))
+
+
+def isnan(t):
+    from ._backend import xp_of
+
+    return Tensor._make(xp_of(t._data).isnan(t._data))
+
+
+def is_tensor(x):
+    return isinstance(x, Tensor)
+
+
+def einsum(equation, *operands):
+    """``einsum`` with gradients, built from permute/reshape/matmul-free broadcasting sums."""
+    from ._einsum import einsum as _einsum
+
+    return _einsum(equation, *operands)
+
+
+def save(obj, path):
+    from .serialization import save as _save
+
+    return _save(obj, path)
+
+
+def load(path, device=None):
+    from .serialization import load as _load
+
+    return _load(path, device=device)

@@ -1,0 +1,77 @@
+"""The ``conch`` command: ``conch info``, ``conch demo`` (and, as they land, ``train`` and ``bench``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _info(args):
+    import platform
+
+    import numpy as np
+
+    import conch
+    from conch.kernels import _cupy
+    from conch.kernels._launch import interpreting, kernel_mode
+
+    print(f"conch {conch.__version__}  python {platform.python_version()}  numpy {np.__version__}")
+    try:
+        import triton
+
+        print(f"triton {triton.__version__}")
+    except ImportError:
+        print("triton: not installed (kernels take the reference path)")
+    if _cupy.is_available():
+        cp = _cupy.get_cupy()
+        n = cp.cuda.runtime.getDeviceCount()
+        names = [cp.cuda.runtime.getDeviceProperties(i)["name"].decode() for i in range(n)]
+        print(f"cupy {cp.__version__}; GPUs: {', '.join(names)}")
+        print("kernel path: Triton on the GPU" if kernel_mode() != "reference" else "kernel path: reference (forced)")
+    else:
+        print(f"no usable GPU ({_cupy.unavailable_reason()})")
+        path = "Triton interpreter (TRITON_INTERPRET=1)" if interpreting() and kernel_mode() != "reference" else "NumPy"
+        print(f"kernel path on the CPU: {path}")
+
+
+def _demo(args):
+    """Fit a two-layer MLP to a noisy sine with plain autograd and SGD; prints the loss falling."""
+    import numpy as np
+
+    import conch
+
+    conch.manual_seed(0)
+    x = conch.linspace(-3, 3, 256).reshape(-1, 1)
+    y = x.sin() + conch.randn(256, 1) * 0.05
+    w1 = (conch.randn(1, 64) * 1.0).requires_grad_()
+    b1 = conch.zeros(64, requires_grad=True)
+    w2 = (conch.randn(64, 1) * 0.1).requires_grad_()
+    b2 = conch.zeros(1, requires_grad=True)
+    params = [w1, b1, w2, b2]
+    for step in range(args.steps + 1):
+        pred = (x @ w1 + b1).tanh() @ w2 + b2
+        loss = ((pred - y) ** 2).mean()
+        for p in params:
+            p.grad = None
+        loss.backward()
+        with conch.no_grad():
+            for p in params:
+                p -= 0.1 * p.grad
+        if step % (args.steps // 10) == 0:
+            print(f"step {step:5d}  loss {loss.item():.5f}")
+    print(f"final loss: {float(np.asarray(loss.item())):.5f}")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="conch", description="conch: deep learning on NVIDIA GPUs (and NumPy)")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("info", help="versions, devices, which kernel path is active").set_defaults(fn=_info)
+    d = sub.add_parser("demo", help="fit a small MLP with autograd on synthetic data")
+    d.add_argument("--steps", type=int, default=500)
+    d.set_defaults(fn=_demo)
+    args = parser.parse_args(argv)
+    return args.fn(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,148 @@
+"""Devices: the array type is the device (numpy = "cpu", cupy = "cuda:N"); moving arrays between them."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from conch.kernels import _cupy
+from conch.kernels._launch import xp_of  # noqa: F401  (re-exported: the one way to get an array namespace)
+
+
+class device(str):
+    """A device name that compares equal to its string: ``device("cuda") == "cuda:0"``.
+
+    ``.type`` is ``"cpu"`` or ``"cuda"``; ``.index`` is the GPU ordinal (``None`` on the CPU).
+    """
+
+    def __new__(cls, spec="cpu", index=None):
+        if isinstance(spec, device):
+            return spec
+        if not isinstance(spec, str):
+            raise TypeError(f"device must be a string like 'cpu' or 'cuda:0', got {type(spec).__name__}")
+        s = spec.strip().lower()
+        if s == "cpu":
+            name, typ, idx = "cpu", "cpu", None
+        elif s == "cuda" or s.startswith("cuda:"):
+            idx = index if s == "cuda" else s[5:]
+            try:
+                idx = 0 if idx is None else int(idx)
+            except ValueError:
+                raise ValueError(f"invalid device {spec!r}: expected 'cuda:N' with an integer N") from None
+            name, typ = f"cuda:{idx}", "cuda"
+        else:
+            raise ValueError(f"unknown device {spec!r}: expected 'cpu', 'cuda' or 'cuda:N'")
+        obj = super().__new__(cls, name)
+        obj.type, obj.index = typ, idx
+        return obj
+
+    def __repr__(self):
+        return f"device(type='{self.type}'" + (f", index={self.index})" if self.index is not None else ")")
+
+    def __eq__(self, other):
+        if isinstance(other, str) and not isinstance(other, device):
+            try:
+                other = device(other)
+            except (ValueError, TypeError):
+                return False
+        return str.__eq__(self, other)
+
+    __hash__ = str.__hash__
+
+
+CPU = device("cpu")
+_cuda_devices: dict = {}
+
+
+def device_of(a) -> device:
+    if isinstance(a, np.ndarray):
+        return CPU
+    idx = a.device.id
+    d = _cuda_devices.get(idx)
+    if d is None:
+        d = _cuda_devices[idx] = device("cuda", idx)
+    return d
+
+
+def require_cupy():
+    """The cupy module, or a RuntimeError saying why no usable GPU was found."""
+    cp = _cupy.get_cupy()
+    if cp is None:
+        raise RuntimeError(
+            "no usable GPU was found, so cuda tensors cannot be created "
+            f"({_cupy.unavailable_reason()}). Install conch[cuda12] or conch[cuda13] on a machine with an "
+            "NVIDIA GPU and driver, or use device='cpu'."
+        )
+    return cp
+
+
+def namespace(dev: device):
+    return np if dev.type == "cpu" else require_cupy()
+
+
+def to_device(a, dev: device):
+    """Move (or keep) array ``a`` on ``dev``; returns ``a`` itself when it is already there."""
+    if dev.type == "cpu":
+        if isinstance(a, np.ndarray):
+            return a
+        return a.get()
+    cp = require_cupy()
+    if not isinstance(a, np.ndarray) and a.device.id == dev.index:
+        return a
+    if dev.index >= cp.cuda.runtime.getDeviceCount():
+        raise RuntimeError(f"device {dev} does not exist: this machine has {cp.cuda.runtime.getDeviceCount()} GPU(s)")
+    with cp.cuda.Device(dev.index):
+        return cp.asarray(a)
+
+
+def asarray_on(data, dtype, dev: device):
+    """Make an array of ``dtype`` on ``dev`` from Python data or an array."""
+    if dev.type == "cpu":
+        if not isinstance(data, np.ndarray) and _cupy.is_cupy_array(data):
+            data = data.get()
+        return np.asarray(data, dtype=dtype)
+    cp = require_cupy()
+    with cp.cuda.Device(dev.index):
+        return cp.asarray(data, dtype=dtype)
+
+
+class _Cuda:
+    """``conch.cuda``: GPU queries that never raise without a GPU."""
+
+    @staticmethod
+    def is_available() -> bool:
+        return _cupy.is_available()
+
+    @staticmethod
+    def device_count() -> int:
+        cp = _cupy.get_cupy()
+        return 0 if cp is None else cp.cuda.runtime.getDeviceCount()
+
+    @staticmethod
+    def synchronize() -> None:
+        cp = _cupy.get_cupy()
+        if cp is not None:
+            cp.cuda.Device().synchronize()
+
+    @staticmethod
+    def get_device_name(index: int = 0) -> str:
+        cp = require_cupy()
+        return cp.cuda.runtime.getDeviceProperties(index)["name"].decode()
+
+    @staticmethod
+    def memory_allocated() -> int:
+        """Bytes held by live arrays in CuPy's default memory pool (0 without a GPU)."""
+        cp = _cupy.get_cupy()
+        return 0 if cp is None else cp.get_default_memory_pool().used_bytes()
+
+    @staticmethod
+    def max_memory_allocated() -> int:
+        """Peak of :meth:`memory_allocated` since the last :meth:`reset_peak_memory_stats` (as sampled)."""
+        return max(_peak[0], _Cuda.memory_allocated())
+
+    @staticmethod
+    def reset_peak_memory_stats() -> None:
+        _peak[0] = _Cuda.memory_allocated()
+
+
+_peak = [0]
+cuda = _Cuda()

@@ -1,0 +1,131 @@
+"""dtypes (NumPy dtypes, bfloat16 from ml_dtypes) and PyTorch's type-promotion rules."""
+
+from __future__ import annotations
+
+import builtins
+
+import ml_dtypes
+import numpy as np
+
+float16 = np.dtype(np.float16)
+bfloat16 = np.dtype(ml_dtypes.bfloat16)
+float32 = np.dtype(np.float32)
+float64 = np.dtype(np.float64)
+int8 = np.dtype(np.int8)
+uint8 = np.dtype(np.uint8)
+int16 = np.dtype(np.int16)
+int32 = np.dtype(np.int32)
+int64 = np.dtype(np.int64)
+bool_ = np.dtype(np.bool_)
+
+half, float, double, long, int = float16, float32, float64, int64, int32  # noqa: A001  (torch aliases)
+
+FLOATING = frozenset({float16, bfloat16, float32, float64})
+_default_float = [float32]
+
+_ALIASES = {
+    "float16": float16, "half": float16, "fp16": float16, "bfloat16": bfloat16, "bf16": bfloat16,
+    "float32": float32, "float": float32, "fp32": float32, "float64": float64, "double": float64,
+    "int8": int8, "uint8": uint8, "int16": int16, "int32": int32, "int64": int64, "long": int64,
+    "bool": bool_,
+}  # fmt: skip
+
+
+def get_default_dtype() -> np.dtype:
+    """The dtype of floating tensors made from Python floats (float32 unless changed)."""
+    return _default_float[0]
+
+
+def set_default_dtype(dtype) -> None:
+    """Change the default floating dtype; only float16/bfloat16/float32/float64 are allowed."""
+    d = as_dtype(dtype)
+    if d not in FLOATING:
+        raise TypeError(f"only floating-point types are supported as the default type, got {d}")
+    _default_float[0] = d
+
+
+def as_dtype(dtype) -> np.dtype:
+    """Normalise anything dtype-like (``conch.float16``, ``"bf16"``, ``np.float32``, Python types)."""
+    if isinstance(dtype, np.dtype):
+        return dtype
+    if isinstance(dtype, str):
+        d = _ALIASES.get(dtype.removeprefix("conch.").removeprefix("torch."))
+        if d is None:
+            raise TypeError(f"unknown dtype {dtype!r}; expected one of {sorted(_ALIASES)}")
+        return d
+    if dtype is builtins.float:
+        return get_default_dtype()
+    if dtype is builtins.int:
+        return int64
+    if dtype is builtins.bool:
+        return bool_
+    try:
+        return np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"cannot interpret {dtype!r} as a conch dtype") from None
+
+
+def is_floating(dtype) -> bool:
+    return dtype in FLOATING
+
+
+def _category(dtype: np.dtype) -> builtins.int:
+    # bool < integer < floating, as in PyTorch's promotion categories
+    if dtype == bool_:
+        return 0
+    if dtype in FLOATING:
+        return 2
+    return 1
+
+
+def _scalar_category(x) -> builtins.int:
+    if isinstance(x, (builtins.bool, np.bool_)):
+        return 0
+    if isinstance(x, (builtins.int, np.integer)):
+        return 1
+    if isinstance(x, (builtins.float, np.floating)):
+        return 2
+    raise TypeError(f"unsupported scalar type {type(x).__name__}")
+
+
+def _promote_pair(a: np.dtype, b: np.dtype) -> np.dtype:
+    if a == b:
+        return a
+    ca, cb = _category(a), _category(b)
+    if ca != cb:
+        return a if ca > cb else b
+    if {a, b} == {float16, bfloat16}:
+        return float32  # neither holds the other, as in PyTorch
+    return np.promote_types(a, b)
+
+
+def result_type(*operands) -> np.dtype:
+    """PyTorch's promotion: tensors with dims > zero-dim tensors > Python scalars.
+
+    A lower priority class only matters when it is of a higher category (bool < int < float):
+    ``int32 tensor + 2.5`` is the default float dtype, ``float16 tensor + 2.5`` stays float16,
+    ``float16 tensor + float64 0-d tensor`` stays float16.
+
+    Operands are ``(dtype, ndim)`` pairs for tensors or Python scalars.
+    """
+    dims, zerod, scalars = None, None, None
+    for op in operands:
+        if isinstance(op, tuple):
+            dt, nd = op
+            if nd > 0:
+                dims = dt if dims is None else _promote_pair(dims, dt)
+            else:
+                zerod = dt if zerod is None else _promote_pair(zerod, dt)
+        else:
+            c = _scalar_category(op)
+            scalars = c if scalars is None else max(scalars, c)
+    result = dims
+    if zerod is not None:
+        if result is None or _category(zerod) > _category(result):
+            result = zerod
+    if scalars is not None:
+        if result is None:
+            result = (bool_, int64, get_default_dtype())[scalars]
+        elif scalars > _category(result):
+            result = (bool_, int64, get_default_dtype())[scalars]
+    return result

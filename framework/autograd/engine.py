@@ -1,0 +1,180 @@
+"""The backward pass: walk the graph from the outputs, run each node once all its consumers have run.
+
+    roots ─► node ─► node ─► leaf.grad
+               └───► node ─┘
+
+Each node's incoming gradients are summed in a buffer; it runs when every node that consumes
+its outputs has run (a dependency count, as in PyTorch's engine). The engine, not each op,
+reduces a gradient over broadcast axes and casts it to its input's dtype.
+"""
+
+from __future__ import annotations
+
+from . import function as _fn
+from .grad_mode import _enabled
+
+
+def sum_to_shape(g, shape):
+    """Reduce (or broadcast) gradient tensor ``g`` to ``shape``: undo NumPy broadcasting."""
+    if g.shape == shape:
+        return g
+    nd = g.ndim - len(shape)
+    if nd < 0:  # a reduction's backward returned a keepdim-shaped gradient: broadcast it back
+        return g.reshape((1,) * -nd + g.shape).expand(*shape)
+    dims = tuple(range(nd)) + tuple(i + nd for i, s in enumerate(shape) if s == 1 and g.shape[i + nd] != 1)
+    if dims:
+        g = g.sum(dim=dims, keepdim=True)
+    if nd:
+        g = g.reshape(shape)
+    if g.shape != shape:
+        g = g.expand(*shape)
+    return g
+
+
+def _add(a, b):
+    if a is None:
+        return b
+    return a + b
+
+
+def run_backward(roots, root_grads, retain_graph=False, create_graph=False, inputs=None, allow_unused=False):
+    """Backpropagate ``root_grads`` from ``roots``.
+
+    With ``inputs=None`` gradients accumulate into every leaf's ``.grad``; otherwise the gradients
+    of exactly those tensors are returned (``autograd.grad``) and no ``.grad`` is touched.
+    """
+    Tensor = _fn.Tensor
+    capture_leaf, capture_node, captured = {}, {}, None
+    if inputs is not None:
+        captured = [None] * len(inputs)
+        for i, t in enumerate(inputs):
+            if not t.requires_grad:
+                raise RuntimeError(f"input {i} of autograd.grad does not require grad and is not part of the graph")
+            if t.grad_fn is None:
+                capture_leaf.setdefault(id(t), []).append(i)
+            else:
+                capture_node.setdefault((t.grad_fn, t._output_nr), []).append(i)
+
+    # Count, for every node, how many edges point at it from nodes reachable from the roots.
+    deps, stack, seen = {}, [], set()
+    for r in roots:
+        if r.grad_fn is not None and r.grad_fn not in seen:
+            seen.add(r.grad_fn)
+            stack.append(r.grad_fn)
+    while stack:
+        node = stack.pop()
+        for e in node.next_edges:
+            if type(e) is tuple:
+                child = e[0]
+                deps[child] = deps.get(child, 0) + 1
+                if child not in seen:
+                    seen.add(child)
+                    stack.append(child)
+
+    stored = set()  # ids of arrays already given to a leaf's .grad in this pass (avoid aliasing)
+
+    def accumulate(leaf, g):
+        for hook in leaf._hooks or ():
+            out = hook(g)
+            if out is not None:
+                g = out
+        if inputs is not None:
+            for i in capture_leaf.get(id(leaf), ()):
+                captured[i] = _add(captured[i], g)
+            return
+        if not create_graph:
+            g = g.detach()
+        if leaf.grad is None:
+            if id(g._data) in stored or g._data is leaf._data:
+                g = Tensor._make(g._data.copy(), g.requires_grad, g.grad_fn)
+            stored.add(id(g._data))
+            leaf.grad = g
+        else:
+            leaf.grad = leaf.grad + g if create_graph else Tensor._make(leaf.grad._data + g._data, False, None)
+
+    buffers = {}
+    for r, g in zip(roots, root_grads):
+        if r.grad_fn is None:
+            accumulate(r, g)
+        else:
+            buf = buffers.setdefault(r.grad_fn, [None] * r.grad_fn.n_outputs)
+            buf[r._output_nr] = _add(buf[r._output_nr], g)
+    ready = [n for n in seen if deps.get(n, 0) == 0]
+
+    prev = _enabled[0]
+    _enabled[0] = create_graph
+    try:
+        while ready:
+            node = ready.pop()
+            grads = buffers.pop(node, None) or [None] * node.n_outputs
+            if node._pre_hooks:
+                for nr, hooks in node._pre_hooks.items():
+                    for hook in hooks:
+                        if grads[nr] is not None:
+                            out = hook(grads[nr])
+                            if out is not None:
+                                grads[nr] = out
+            for nr, g in enumerate(grads):
+                for i in capture_node.get((node, nr), ()):
+                    captured[i] = _add(captured[i], g)
+            if any(g is not None for g in grads):
+                if node.n_outputs > 1:
+                    for nr, g in enumerate(grads):
+                        if g is None:  # materialise a missing output gradient as zeros
+                            shape, dtype, dev = node.out_meta[nr]
+                            grads[nr] = Tensor._zeros(shape, dtype, dev)
+                in_grads = type(node).backward(node, *grads)
+                if not isinstance(in_grads, tuple):
+                    in_grads = (in_grads,)
+                if len(in_grads) < len(node.next_edges):
+                    in_grads = in_grads + (None,) * (len(node.next_edges) - len(in_grads))
+                elif len(in_grads) > len(node.next_edges):
+                    raise RuntimeError(
+                        f"function {node.name()} returned {len(in_grads)} gradients, "
+                        f"but forward took {len(node.next_edges)} arguments"
+                    )
+            else:
+                in_grads = (None,) * len(node.next_edges)
+            if not retain_graph:
+                node._release()
+            for e, g, meta in zip(node.next_edges, in_grads, node.in_meta):
+                if e is None:
+                    continue
+                if g is not None:
+                    if not isinstance(g, Tensor):
+                        raise TypeError(f"{node.name()}.backward returned {type(g).__name__}, expected a Tensor or None")
+                    shape, dtype = meta
+                    if g.shape != shape:
+                        try:
+                            g = sum_to_shape(g, shape)
+                        except (ValueError, RuntimeError):
+                            raise RuntimeError(
+                                f"function {node.name()} returned a gradient of shape {g.shape} "
+                                f"for an input of shape {shape}"
+                            ) from None
+                    if g.dtype != dtype:
+                        g = g.to(dtype=dtype)
+                if type(e) is tuple:
+                    child, nr = e
+                    if g is not None:
+                        buf = buffers.get(child)
+                        if buf is None:
+                            buf = buffers[child] = [None] * child.n_outputs
+                        buf[nr] = _add(buf[nr], g)
+                    deps[child] -= 1
+                    if deps[child] == 0:
+                        ready.append(child)
+                elif g is not None:
+                    accumulate(e, g)
+    finally:
+        _enabled[0] = prev
+
+    if inputs is not None:
+        for i, c in enumerate(captured):
+            if c is None and not allow_unused:
+                raise RuntimeError(
+                    f"one of the differentiated tensors (input {i}) appears to not have been used in the graph. "
+                    "Set allow_unused=True if this is the desired behavior."
+                )
+        return tuple(captured)
+    return None

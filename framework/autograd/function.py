@@ -1,0 +1,235 @@
+"""Graph nodes: saved tensors with version checks, user-defined ``Function``s and array-level ``Op``s.
+
+A node is created per differentiable call. It records, for each input, an *edge*: ``None``
+(no gradient needed), the leaf ``Tensor`` itself (gradients accumulate into ``.grad``), or a
+``(node, output_nr)`` pair pointing at the node that produced the input. The engine
+(``engine.py``) walks these edges backwards.
+"""
+
+from __future__ import annotations
+
+from .grad_mode import _enabled
+
+Tensor = None  # set by conch.tensor (avoids an import cycle)
+
+
+class SavedTensor:
+    """A tensor kept for backward: its array, version and graph position, without holding the tensor.
+
+    Keeping the array (not the output Tensor) avoids a reference cycle ``out -> node -> out``; the
+    version counter is shared with the tensor and its views, so an in-place change after saving
+    is detected when the tensor is unpacked.
+    """
+
+    __slots__ = ("data", "version", "counter", "grad_fn", "output_nr", "leaf", "requires_grad", "is_output")
+
+    def __init__(self, t, is_output: bool):
+        self.data = t._data
+        self.counter = t._version
+        self.version = t._version[0]
+        self.requires_grad = t.requires_grad
+        self.is_output = is_output
+        self.output_nr = t._output_nr
+        self.leaf = t if (t.grad_fn is None and t.requires_grad) else None
+        self.grad_fn = None if is_output else t.grad_fn
+
+    def unpack(self, owner):
+        if self.counter[0] != self.version:
+            raise RuntimeError(
+                "one of the variables needed for gradient computation has been modified by an inplace "
+                f"operation: a tensor of shape {tuple(self.data.shape)} saved by {type(owner).__name__} is at "
+                f"version {self.counter[0]}; expected version {self.version} instead. Hint: replace the in-place "
+                "operation (+=, *=, x[...] = ..., an optimizer step) by an out-of-place one, or clone() the tensor "
+                "before modifying it."
+            )
+        if self.leaf is not None:
+            return self.leaf
+        t = Tensor._make(self.data, self.requires_grad, owner if self.is_output else self.grad_fn, self.counter)
+        t._output_nr = self.output_nr
+        return t
+
+
+_FREED_MSG = (
+    "Trying to backward through the graph a second time (or directly access saved tensors after they have "
+    "already been freed). Saved intermediate values of the graph are freed when you call .backward() or "
+    "autograd.grad(). Specify retain_graph=True if you need to backward through the graph a second time or "
+    "if you need to access saved tensors after calling backward."
+)
+
+
+class Node:
+    """Base of every graph node; the ``ctx`` argument of ``forward``/``backward`` is the node itself."""
+
+    _saved = ()
+    _freed = False
+    _pre_hooks = None
+    n_outputs = 1
+
+    def save_for_backward(self, *tensors):
+        """Keep tensors (inputs or outputs of this call) for ``backward``; read them as ``saved_tensors``."""
+        self._to_save = tensors
+
+    @property
+    def saved_tensors(self):
+        if self._freed:
+            raise RuntimeError(_FREED_MSG)
+        return tuple(None if s is None else s.unpack(self) for s in self._saved)
+
+    def mark_non_differentiable(self, *tensors):
+        self._non_diff = {id(t) for t in tensors}
+
+    def name(self) -> str:
+        return type(self).__name__
+
+    def _release(self):
+        if self._saved:
+            self._saved = ()
+            self._freed = True
+
+    def register_prehook(self, output_nr, fn):
+        if self._pre_hooks is None:
+            self._pre_hooks = {}
+        self._pre_hooks.setdefault(output_nr, []).append(fn)
+        return _RemovableHandle(self._pre_hooks[output_nr], fn)
+
+    def __repr__(self):
+        return f"<{self.name()}>"
+
+
+class _RemovableHandle:
+    def __init__(self, lst, fn):
+        self._lst, self._fn = lst, fn
+
+    def remove(self):
+        if self._fn in self._lst:
+            self._lst.remove(self._fn)
+
+
+def _edge(t):
+    if not t.requires_grad:
+        return None
+    return t if t.grad_fn is None else (t.grad_fn, t._output_nr)
+
+
+class Function(Node):
+    """A user-defined differentiable operation, as in PyTorch.
+
+    Example::
+
+        class Cube(conch.autograd.Function):
+            @staticmethod
+            def forward(ctx, x):           # d/dx x^3 = 3x^2
+                ctx.save_for_backward(x)
+                return x * x * x
+
+            @staticmethod
+            def backward(ctx, g):
+                (x,) = ctx.saved_tensors
+                return 3 * x * x * g
+
+        y = Cube.apply(x)
+
+    ``forward`` runs without recording a graph and returns a tensor or a tuple of tensors;
+    ``backward`` gets one gradient per output and returns one per ``forward`` argument (``None``
+    for arguments that need none).
+    """
+
+    def __init__(self, *args, **kwargs):
+        raise RuntimeError(f"{type(self).__name__} is used through {type(self).__name__}.apply(...), not instantiated")
+
+    @staticmethod
+    def forward(ctx, *args, **kwargs):
+        raise NotImplementedError("a Function subclass must define forward(ctx, *args)")
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise NotImplementedError("a Function subclass must define backward(ctx, *grads)")
+
+    @classmethod
+    def apply(cls, *args, **kwargs):
+        ctx = object.__new__(cls)
+        tensors = [a if isinstance(a, Tensor) else None for a in args]
+        record = _enabled[0] and any(t is not None and t.requires_grad for t in tensors)
+        ctx.needs_input_grad = tuple(t is not None and t.requires_grad for t in tensors)
+        ctx._to_save = ()
+        prev = _enabled[0]
+        _enabled[0] = False
+        try:
+            out = cls.forward(ctx, *args, **kwargs)
+        finally:
+            _enabled[0] = prev
+        single = not isinstance(out, tuple)
+        outs = (out,) if single else out
+        inputs = {id(t) for t in tensors if t is not None}
+        wrapped = []
+        for o in outs:
+            if isinstance(o, Tensor) and id(o) in inputs:  # returning an input: give the output its own node
+                o = Tensor._make(o._data, False, None, o._version)
+            wrapped.append(o)
+        if record:
+            non_diff = getattr(ctx, "_non_diff", ())
+            ctx.next_edges = tuple(None if t is None else _edge(t) for t in tensors)
+            ctx.in_meta = tuple(None if t is None else (t.shape, t.dtype) for t in tensors)
+            ctx.out_meta = []
+            for i, o in enumerate(wrapped):
+                if isinstance(o, Tensor) and id(o) not in non_diff and o.is_floating_point():
+                    o.grad_fn, o._output_nr, o.requires_grad = ctx, i, True
+                ctx.out_meta.append((o.shape, o.dtype, o.device) if isinstance(o, Tensor) else None)
+            ctx.n_outputs = len(wrapped)
+            outs_ids = {id(o) for o in wrapped}
+            ctx._saved = tuple(None if t is None else SavedTensor(t, id(t) in outs_ids) for t in ctx._to_save)
+        ctx._to_save = ()
+        return wrapped[0] if single else tuple(wrapped)
+
+
+class Op(Node):
+    """A built-in operation: ``forward`` works on raw arrays, ``backward`` on Tensors.
+
+    ``saves`` names what backward needs: input positions (ints) and/or ``"out"``. Other state
+    (dims, masks as arrays, flags) is stored on ``ctx`` as plain attributes. Because backward is
+    written with Tensor operations, it can itself be differentiated (``create_graph=True``).
+    """
+
+    saves: tuple = ()
+
+    @staticmethod
+    def forward(ctx, *arrays, **attrs):
+        raise NotImplementedError
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise NotImplementedError
+
+    @classmethod
+    def apply(cls, *tensors, **attrs):
+        ctx = object.__new__(cls)
+        record = False
+        if _enabled[0]:
+            for t in tensors:
+                if t.requires_grad:
+                    record = True
+                    break
+        if record:
+            ctx.needs_input_grad = tuple(t.requires_grad for t in tensors)
+        out = cls.forward(ctx, *[t._data for t in tensors], **attrs)
+        if not isinstance(out, tuple):
+            res = Tensor._make(out, record, ctx if record else None)
+            if record:
+                ctx.next_edges = tuple(_edge(t) for t in tensors)
+                ctx.in_meta = tuple((t.shape, t.dtype) for t in tensors)
+                if cls.saves:
+                    ctx._saved = tuple(
+                        SavedTensor(res, True) if s == "out" else SavedTensor(tensors[s], False) for s in cls.saves
+                    )
+            return res
+        res = tuple(Tensor._make(o, record, ctx if record else None) for o in out)
+        if record:
+            for i, r in enumerate(res):
+                r._output_nr = i
+            ctx.n_outputs = len(res)
+            ctx.out_meta = [(r.shape, r.dtype, r.device) for r in res]
+            ctx.next_edges = tuple(_edge(t) for t in tensors)
+            ctx.in_meta = tuple((t.shape, t.dtype) for t in tensors)
+            if cls.saves:
+                ctx._saved = tuple(SavedTensor(tensors[s], False) for s in cls.saves)
+        return res

@@ -1,0 +1,72 @@
+"""Whether operations record the graph: ``no_grad`` / ``enable_grad`` / ``set_grad_enabled``."""
+
+from __future__ import annotations
+
+import functools
+
+_enabled = [True]
+
+
+def is_grad_enabled() -> bool:
+    return _enabled[0]
+
+
+class _GradMode:
+    """Context manager and decorator that sets grad mode to ``self.mode`` and restores it."""
+
+    mode = True
+
+    def __enter__(self):
+        self._prev = _enabled[0]
+        _enabled[0] = self.mode
+
+    def __exit__(self, *exc):
+        _enabled[0] = self._prev
+        return False
+
+    def __call__(self, fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            with self.__class__():
+                return fn(*args, **kwargs)
+
+        return wrapper
+
+
+class no_grad(_GradMode):
+    """Disable graph recording: ``with conch.no_grad(): ...`` or ``@conch.no_grad()``."""
+
+    mode = False
+
+
+class enable_grad(_GradMode):
+    """Re-enable graph recording inside a ``no_grad`` region."""
+
+    mode = True
+
+
+class set_grad_enabled(_GradMode):
+    """``with conch.set_grad_enabled(flag): ...``; also sets the mode immediately when called bare."""
+
+    def __init__(self, mode: bool):
+        self.mode = bool(mode)
+        self._prev = _enabled[0]
+        _enabled[0] = self.mode
+
+    def __enter__(self):
+        pass
+
+    def __call__(self, fn):
+        _enabled[0] = self._prev
+        mode = self.mode
+
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            prev = _enabled[0]
+            _enabled[0] = mode
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                _enabled[0] = prev
+
+        return wrapper

@@ -1,0 +1,297 @@
+"""Making tensors: from data, filled, ranges, random numbers, and the generators behind them."""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from . import _dtype as D
+from ._backend import CPU, asarray_on, device, device_of, namespace, require_cupy
+from conch.kernels import _cupy
+from .tensor import Tensor
+
+# ---------------------------------------------------------------- random state
+
+_state = {"np": np.random.default_rng(0), "seed": 0, "philox": [0, 0]}
+
+
+def manual_seed(seed: int):
+    """Seed every generator: NumPy's (CPU tensors), CuPy's (GPU tensors), and dropout's counter."""
+    seed = int(seed)
+    _state["np"] = np.random.default_rng(seed)
+    _state["seed"] = seed
+    _state["philox"] = [seed & 0x7FFFFFFF, 0]
+    cp = _cupy.get_cupy() if "cupy" in __import__("sys").modules else None
+    if cp is not None:
+        cp.random.seed(seed)
+    return seed
+
+
+seed = manual_seed
+
+
+def initial_seed() -> int:
+    return _state["seed"]
+
+
+def get_rng_state():
+    """The whole RNG state as a plain dict (JSON-able): NumPy generator state and the dropout counter."""
+    st = {"np": _state["np"].bit_generator.state, "philox": list(_state["philox"]), "seed": _state["seed"]}
+    cp = _cupy.get_cupy() if "cupy" in __import__("sys").modules else None
+    if cp is not None:
+        st["cupy"] = _cupy_state(cp)
+    return st
+
+
+def set_rng_state(st):
+    bg = np.random.PCG64()
+    bg.state = st["np"]
+    _state["np"] = np.random.Generator(bg)
+    _state["philox"] = list(st["philox"])
+    _state["seed"] = st.get("seed", 0)
+    if "cupy" in st:
+        cp = require_cupy()
+        _set_cupy_state(cp, st["cupy"])
+
+
+def _cupy_state(cp):
+    # CuPy's generator has no portable state API; conch draws GPU random numbers from a
+    # counter on top of a seed so its state is two integers.
+    return list(_state.setdefault("cupy", [0, 0]))
+
+
+def _set_cupy_state(cp, st):
+    _state["cupy"] = list(st)
+
+
+def philox_seed_offset(n: int):
+    """Reserve ``n`` counter values for a counter-based kernel (dropout); returns ``(seed, offset)``."""
+    s, off = _state["philox"]
+    _state["philox"][1] = off + int(n)
+    return s, off
+
+
+def _generator(dev):
+    if dev.type == "cpu":
+        return _state["np"]
+    cp = require_cupy()
+    st = _state.setdefault("cupy", [_state["seed"], 0])
+    st[1] += 1
+    with cp.cuda.Device(dev.index):
+        return cp.random.Generator(cp.random.Philox4x3210(seed=st[0] * 1000003 + st[1]))
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _device(d):
+    return CPU if d is None else device(d)
+
+
+def _infer_dtype(data):
+    """dtype of nested Python data, as torch.tensor infers it."""
+    flat = data
+    while isinstance(flat, (list, tuple)) and flat:
+        flat = flat[0]
+    if isinstance(flat, (bool, np.bool_)):
+        return D.bool_
+    if isinstance(flat, (numbers.Integral,)):
+        return D.int64
+    return D.get_default_dtype()
+
+
+def _to_array(data, dtype, dev):
+    dtype = None if dtype is None else D.as_dtype(dtype)
+    if isinstance(data, Tensor):
+        arr = data._data
+        dev = device_of(arr) if dev is None else device(dev)
+        return asarray_on(arr if dtype is None else arr.astype(dtype), dtype or arr.dtype, dev)
+    dev = _device(dev) if dev is not None or not _cupy.is_cupy_array(data) else device_of(data)
+    if isinstance(data, np.ndarray) or _cupy.is_cupy_array(data):
+        return asarray_on(data, dtype or data.dtype, dev)
+    if isinstance(data, np.generic):
+        return asarray_on(np.asarray(data), dtype or data.dtype, dev)
+    if dtype is None:
+        dtype = _infer_dtype(data)
+    try:
+        arr = np.array(data, dtype=np.float64 if dtype in D.FLOATING else None)
+    except ValueError as e:
+        raise ValueError(f"could not make a tensor from {type(data).__name__}: {e}") from None
+    if arr.dtype == object:
+        raise TypeError(f"could not make a tensor from data of type {type(data).__name__} (ragged or non-numeric)")
+    return asarray_on(arr, dtype, dev)
+
+
+def _finish(arr, requires_grad):
+    t = Tensor._make(arr)
+    if requires_grad:
+        t.requires_grad_(True)
+    return t
+
+
+def _float_dtype(dtype):
+    d = D.get_default_dtype() if dtype is None else D.as_dtype(dtype)
+    return d
+
+
+# ---------------------------------------------------------------- factories
+
+
+def tensor(data, dtype=None, device=None, requires_grad=False):
+    """A new tensor holding a copy of ``data`` (nested lists, scalars, NumPy/CuPy arrays, Tensors)."""
+    arr = _to_array(data, dtype, device)
+    if isinstance(data, np.ndarray) and arr is data:
+        arr = arr.copy()
+    if isinstance(data, Tensor) and arr is data._data:
+        arr = arr.copy()
+    return _finish(arr, requires_grad)
+
+
+def as_tensor(data, dtype=None, device=None):
+    if isinstance(data, Tensor) and dtype is None and device is None:
+        return data
+    return _finish(_to_array(data, dtype, device), False)
+
+
+def from_numpy(a: np.ndarray) -> Tensor:
+    """A CPU tensor sharing memory with NumPy array ``a``."""
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"expected np.ndarray (got {type(a).__name__})")
+    return Tensor._make(a)
+
+
+def from_dlpack(x) -> Tensor:
+    """Zero-copy import of any DLPack producer (CuPy, PyTorch, JAX, NumPy)."""
+    if isinstance(x, Tensor):
+        return x
+    dev_type, _ = x.__dlpack_device__()
+    if int(dev_type) == 1:  # kDLCPU
+        return Tensor._make(np.from_dlpack(x))
+    cp = require_cupy()
+    return Tensor._make(cp.from_dlpack(x))
+
+
+def _filled(shape, value, dtype, dev, requires_grad):
+    dev = _device(dev)
+    xp = namespace(dev)
+    shape = tuple(int(s) for s in shape)
+    if dev.type == "cpu":
+        arr = xp.full(shape, value, dtype=dtype)
+    else:
+        with xp.cuda.Device(dev.index):
+            arr = xp.full(shape, value, dtype=dtype)
+    return _finish(arr, requires_grad)
+
+
+def _shape(shape):
+    if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+        return tuple(shape[0])
+    return shape
+
+
+def zeros(*shape, dtype=None, device=None, requires_grad=False):
+    return _filled(_shape(shape), 0, _float_dtype(dtype), device, requires_grad)
+
+
+def ones(*shape, dtype=None, device=None, requires_grad=False):
+    return _filled(_shape(shape), 1, _float_dtype(dtype), device, requires_grad)
+
+
+def empty(*shape, dtype=None, device=None, requires_grad=False):
+    return zeros(*shape, dtype=dtype, device=device, requires_grad=requires_grad)
+
+
+def full(shape, value, dtype=None, device=None, requires_grad=False):
+    if isinstance(shape, int):
+        shape = (shape,)
+    if dtype is None:
+        dtype = D.bool_ if isinstance(value, bool) else D.int64 if isinstance(value, int) else D.get_default_dtype()
+    return _filled(shape, value, D.as_dtype(dtype), device, requires_grad)
+
+
+def zeros_like(t, dtype=None, device=None, requires_grad=False):
+    return _filled(t.shape, 0, D.as_dtype(dtype or t.dtype), device or t.device, requires_grad)
+
+
+def ones_like(t, dtype=None, device=None, requires_grad=False):
+    return _filled(t.shape, 1, D.as_dtype(dtype or t.dtype), device or t.device, requires_grad)
+
+
+def empty_like(t, dtype=None, device=None, requires_grad=False):
+    return zeros_like(t, dtype, device, requires_grad)
+
+
+def full_like(t, value, dtype=None, device=None, requires_grad=False):
+    return _filled(t.shape, value, D.as_dtype(dtype or t.dtype), device or t.device, requires_grad)
+
+
+def arange(start, end=None, step=1, dtype=None, device=None, requires_grad=False):
+    if end is None:
+        start, end = 0, start
+    if dtype is None:
+        ints = all(isinstance(v, numbers.Integral) for v in (start, end, step))
+        dtype = D.int64 if ints else D.get_default_dtype()
+    if step == 0:
+        raise ValueError("arange: step must be nonzero")
+    dev = _device(device)
+    arr = np.arange(start, end, step, dtype=np.float64 if D.as_dtype(dtype) in D.FLOATING else None)
+    return _finish(asarray_on(arr, D.as_dtype(dtype), dev), requires_grad)
+
+
+def linspace(start, end, steps, dtype=None, device=None, requires_grad=False):
+    arr = np.linspace(start, end, int(steps))
+    return _finish(asarray_on(arr, _float_dtype(dtype), _device(device)), requires_grad)
+
+
+def eye(n, m=None, dtype=None, device=None, requires_grad=False):
+    return _finish(asarray_on(np.eye(n, m), _float_dtype(dtype), _device(device)), requires_grad)
+
+
+def rand(*shape, dtype=None, device=None, requires_grad=False, generator=None):
+    dev = _device(device)
+    g = generator or _generator(dev)
+    dt = _float_dtype(dtype)
+    arr = g.random(_shape(shape), dtype=np.float32 if dt != D.float64 else np.float64).astype(dt, copy=False)
+    return _finish(arr, requires_grad)
+
+
+def randn(*shape, dtype=None, device=None, requires_grad=False, generator=None):
+    dev = _device(device)
+    g = generator or _generator(dev)
+    dt = _float_dtype(dtype)
+    arr = g.standard_normal(_shape(shape), dtype=np.float32 if dt != D.float64 else np.float64).astype(dt, copy=False)
+    return _finish(arr, requires_grad)
+
+
+def randint(low, high=None, size=None, dtype=None, device=None, generator=None):
+    if high is None:
+        low, high = 0, low
+    if size is None:
+        raise TypeError("randint() missing required argument 'size' (a tuple)")
+    dev = _device(device)
+    g = generator or _generator(dev)
+    arr = g.integers(low, high, size=tuple(size) if not isinstance(size, int) else (size,))
+    return _finish(arr.astype(D.as_dtype(dtype or D.int64), copy=False), False)
+
+
+def randperm(n, dtype=None, device=None, generator=None):
+    g = generator or _state["np"]
+    arr = g.permutation(int(n)).astype(D.as_dtype(dtype or D.int64))
+    return _finish(asarray_on(arr, arr.dtype, _device(device)), False)
+
+
+def rand_like(t, dtype=None, device=None, requires_grad=False):
+    return rand(*t.shape, dtype=dtype or t.dtype, device=device or t.device, requires_grad=requires_grad)
+
+
+def randn_like(t, dtype=None, device=None, requires_grad=False):
+    return randn(*t.shape, dtype=dtype or t.dtype, device=device or t.device, requires_grad=requires_grad)
+
+
+def randint_like(t, low, high=None, dtype=None, device=None):
+    return randint(low, high, t.shape, dtype=dtype or t.dtype, device=device or t.device)
+
+
+def normal(mean, std, size, dtype=None, device=None, generator=None):
+    return randn(*size, dtype=dtype, device=device, generator=generator) * std + mean

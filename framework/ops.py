@@ -1,0 +1,635 @@
+"""Every built-in differentiable op: forward on arrays and backward on Tensors, side by side.
+
+Backward formulas use Tensor operations, so with ``create_graph=True`` they are recorded too
+and give higher derivatives. Broadcasting is undone by the engine, not here: a backward may
+return a gradient of the broadcast shape and the engine sums it down to the input's shape.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._backend import xp_of
+from .autograd.function import Op
+
+# ---------------------------------------------------------------- arithmetic
+
+
+class Add(Op):
+    @staticmethod
+    def forward(ctx, a, b):
+        return a + b
+
+    @staticmethod
+    def backward(ctx, g):
+        return g, g
+
+
+class Sub(Op):
+    @staticmethod
+    def forward(ctx, a, b):
+        return a - b
+
+    @staticmethod
+    def backward(ctx, g):
+        return g, -g
+
+
+class Mul(Op):
+    saves = (0, 1)
+
+    @staticmethod
+    def forward(ctx, a, b):
+        return a * b
+
+    @staticmethod
+    def backward(ctx, g):
+        a, b = ctx.saved_tensors
+        n = ctx.needs_input_grad
+        return (g * b if n[0] else None), (g * a if n[1] else None)
+
+
+class Div(Op):
+    saves = (0, 1)
+
+    @staticmethod
+    def forward(ctx, a, b):
+        return a / b
+
+    @staticmethod
+    def backward(ctx, g):
+        # d(a/b)/da = 1/b ; d(a/b)/db = -a/b²
+        a, b = ctx.saved_tensors
+        n = ctx.needs_input_grad
+        return (g / b if n[0] else None), (-g * a / (b * b) if n[1] else None)
+
+
+class Neg(Op):
+    @staticmethod
+    def forward(ctx, a):
+        return -a
+
+    @staticmethod
+    def backward(ctx, g):
+        return -g
+
+
+class PowScalar(Op):
+    """a ** p for a Python number p: d/da = p a^(p-1)."""
+
+    saves = (0,)
+
+    @staticmethod
+    def forward(ctx, a, p):
+        ctx.p = p
+        if p == 2:
+            return a * a
+        return a**p
+
+    @staticmethod
+    def backward(ctx, g):
+        (a,) = ctx.saved_tensors
+        p = ctx.p
+        if p == 0:
+            return g * 0
+        if p == 1:
+            return g
+        if p == 2:
+            return g * a * 2
+        return g * p * a ** (p - 1)
+
+
+class Pow(Op):
+    """a ** b for tensors: d/da = b a^(b-1), d/db = a^b log a."""
+
+    saves = (0, 1, "out")
+
+    @staticmethod
+    def forward(ctx, a, b):
+        return a**b
+
+    @staticmethod
+    def backward(ctx, g):
+        a, b, out = ctx.saved_tensors
+        n = ctx.needs_input_grad
+        ga = g * b * a ** (b - 1) if n[0] else None
+        gb = None
+        if n[1]:
+            # log a is nan for a < 0 and -inf at 0; where a == 0 the true derivative is 0 for b > 0
+            safe = a.masked_fill(a._data == 0, 1)
+            gb = (g * out * safe.log()).masked_fill(a._data == 0, 0)
+        return ga, gb
+
+
+class RPowScalar(Op):
+    """s ** a for a Python number s: d/da = s^a log s."""
+
+    saves = ("out",)
+
+    @staticmethod
+    def forward(ctx, a, s):
+        ctx.logs = float(np.log(s)) if s > 0 else float("nan")
+        return xp_of(a).asarray(s, dtype=a.dtype) ** a
+
+    @staticmethod
+    def backward(ctx, g):
+        (out,) = ctx.saved_tensors
+        return g * out * ctx.logs
+
+
+# ---------------------------------------------------------------- unary maths
+
+
+class Exp(Op):
+    saves = ("out",)
+
+    @staticmethod
+    def forward(ctx, a):
+        return xp_of(a).exp(a)
+
+    @staticmethod
+    def backward(ctx, g):
+        (out,) = ctx.saved_tensors
+        return g * out
+
+
+class Log(Op):
+    saves = (0,)
+
+    @staticmethod
+    def forward(ctx, a):
+        return xp_of(a).log(a)
+
+    @staticmethod
+    def backward(ctx, g):
+        (a,) = ctx.saved_tensors
+        return g / a
+
+
+class Sqrt(Op):
+    saves = ("out",)
+
+    @staticmethod
+    def forward(ctx, a):
+        return xp_of(a).sqrt(a)
+
+    @staticmethod
+    def backward(ctx, g):
+        (out,) = ctx.saved_tensors
+        return g / (out * 2)
+
+
+class Rsqrt(Op):
+    saves = ("out",)
+
+    @staticmethod
+    def forward(ctx, a):
+        xp = xp_of(a)
+        return (1 / xp.sqrt(a)).astype(a.dtype, copy=False)
+
+    @staticmethod
+    def backward(ctx, g):
+        # d/da a^(-1/2) = -1/2 a^(-3/2) = -1/2 out³
+        (out,) = ctx.saved_tensors
+        return g * out * out * out * -0.5
+
+
+class Abs(Op):
+    saves = (0,)
+
+    @staticmethod
+    def forward(ctx, a):
+        return abs(a)
+
+    @staticmethod
+    def backward(ctx, g):
+        (a,) = ctx.saved_tensors
+        return g * a.sign()
+
+
+class Sin(Op):
+    saves = (0,)
+
+    @staticmethod
+    def forward(ctx, a):
+        return xp_of(a).sin(a)
+
+    @staticmethod
+    def backward(ctx, g):
+        (a,) = ctx.saved_tensors
+        return g * a.cos()
+
+
+class Cos(Op):
+    saves = (0,)
+
+    @staticmethod
+    def forward(ctx, a):
+        return xp_of(a).cos(a)
+
+    @staticmethod
+    def backward(ctx, g):
+        (a,) = ctx.saved_tensors
+        return -g * a.sin()
+
+
+class Tanh(Op):
+    saves = ("out",)
+
+    @staticmethod
+    def forward(ctx, a):
+        return xp_of(a).tanh(a)
+
+    @staticmethod
+    def backward(ctx, g):
+        (out,) = ctx.saved_tensors
+        return g * (1 - out * out)
+
+
+class Sigmoid(Op):
+    saves = ("out",)
+
+    @staticmethod
+    def forward(ctx, a):
+        xp = xp_of(a)
+        # split by sign so exp never overflows: σ(x) = 1/(1+e^-x) = e^x/(1+e^x)
+        e = xp.exp(-abs(a))
+        return xp.where(a >= 0, 1 / (1 + e), e / (1 + e)).astype(a.dtype, copy=False)
+
+    @staticmethod
+    def backward(ctx, g):
+        (out,) = ctx.saved_tensors
+        return g * out * (1 - out)
+
+
+class Relu(Op):
+    @staticmethod
+    def forward(ctx, a):
+        ctx.mask = a > 0
+        return a * ctx.mask
+
+    @staticmethod
+    def backward(ctx, g):
+        return g.masked_fill(~ctx.mask, 0)
+
+
+class Clamp(Op):
+    @staticmethod
+    def forward(ctx, a, lo, hi):
+        xp = xp_of(a)
+        out = a
+        if lo is not None:
+            out = xp.maximum(out, xp.asarray(lo, dtype=a.dtype))
+        if hi is not None:
+            out = xp.minimum(out, xp.asarray(hi, dtype=a.dtype))
+        # gradient passes where the input is inside [lo, hi] (inclusive, as in PyTorch)
+        ctx.mask = out == a
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        return g.masked_fill(~ctx.mask, 0)
+
+
+class Cast(Op):
+    @staticmethod
+    def forward(ctx, a, dtype):
+        return a.astype(dtype)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g  # the engine casts back to the input dtype
+
+
+class Clone(Op):
+    @staticmethod
+    def forward(ctx, a):
+        return a.copy()
+
+    @staticmethod
+    def backward(ctx, g):
+        return g
+
+
+class Contiguous(Op):
+    @staticmethod
+    def forward(ctx, a):
+        return xp_of(a).ascontiguousarray(a)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g
+
+
+# ---------------------------------------------------------------- reductions
+
+
+def _acc_dtype(dtype):
+    # accumulate half precision in float32, as PyTorch does
+    return np.float32 if dtype.itemsize < 4 and dtype.kind == "f" or dtype.name == "bfloat16" else None
+
+
+class Sum(Op):
+    @staticmethod
+    def forward(ctx, a, dim, keepdim):
+        ctx.dim, ctx.keepdim, ctx.shape = dim, keepdim, a.shape
+        if a.dtype.kind in "biu":
+            return a.sum(axis=dim, keepdims=keepdim, dtype=np.int64)
+        acc = _acc_dtype(a.dtype)
+        if acc is not None:
+            return a.sum(axis=dim, keepdims=keepdim, dtype=acc).astype(a.dtype)
+        return a.sum(axis=dim, keepdims=keepdim)
+
+    @staticmethod
+    def backward(ctx, g):
+        if not ctx.keepdim and ctx.dim is not None:
+            g = g.reshape(_keep_shape(ctx.shape, ctx.dim))
+        return g.expand(*ctx.shape)
+
+
+class Mean(Op):
+    @staticmethod
+    def forward(ctx, a, dim, keepdim):
+        ctx.dim, ctx.keepdim, ctx.shape = dim, keepdim, a.shape
+        ctx.n = _count(a.shape, dim)
+        acc = _acc_dtype(a.dtype)
+        if acc is not None:
+            return a.mean(axis=dim, keepdims=keepdim, dtype=acc).astype(a.dtype)
+        return a.mean(axis=dim, keepdims=keepdim)
+
+    @staticmethod
+    def backward(ctx, g):
+        if not ctx.keepdim and ctx.dim is not None:
+            g = g.reshape(_keep_shape(ctx.shape, ctx.dim))
+        return (g / ctx.n).expand(*ctx.shape)
+
+
+class Var(Op):
+    """Variance with ``correction`` (1 = unbiased): d/dx = 2 (x - mean) / (n - correction)."""
+
+    saves = (0,)
+
+    @staticmethod
+    def forward(ctx, a, dim, correction, keepdim):
+        ctx.dim, ctx.keepdim, ctx.shape, ctx.correction = dim, keepdim, a.shape, correction
+        ctx.n = _count(a.shape, dim)
+        acc = _acc_dtype(a.dtype)
+        x = a.astype(acc) if acc is not None else a
+        return x.var(axis=dim, ddof=correction, keepdims=keepdim).astype(a.dtype, copy=False)
+
+    @staticmethod
+    def backward(ctx, g):
+        (a,) = ctx.saved_tensors
+        if not ctx.keepdim and ctx.dim is not None:
+            g = g.reshape(_keep_shape(ctx.shape, ctx.dim))
+        dims = ctx.dim if ctx.dim is not None else tuple(range(a.ndim))
+        centred = a - a.mean(dim=dims, keepdim=True)
+        return g * centred * (2.0 / max(ctx.n - ctx.correction, 0))
+
+
+class AMax(Op):
+    """Max over ``dim``; the gradient is shared evenly between tied maxima (as PyTorch's amax)."""
+
+    saves = (0, "out")
+
+    @staticmethod
+    def forward(ctx, a, dim, keepdim, largest=True):
+        ctx.dim, ctx.keepdim, ctx.shape = dim, keepdim, a.shape
+        return a.max(axis=dim, keepdims=keepdim) if largest else a.min(axis=dim, keepdims=keepdim)
+
+    @staticmethod
+    def backward(ctx, g):
+        a, out = ctx.saved_tensors
+        if not ctx.keepdim and ctx.dim is not None:
+            shape = _keep_shape(ctx.shape, ctx.dim)
+            g, out = g.reshape(shape), out.reshape(shape)
+        hit = a._data == out._data
+        xp = xp_of(hit)
+        count = hit.sum(axis=ctx.dim, keepdims=True)
+        w = (hit / xp.maximum(count, 1)).astype(a.dtype)
+        return g * a._wrap_const(w)
+
+
+def _keep_shape(shape, dim):
+    dims = (dim,) if isinstance(dim, int) else dim
+    return tuple(1 if i in dims else s for i, s in enumerate(shape))
+
+
+def _count(shape, dim):
+    if dim is None:
+        return int(np.prod(shape, dtype=np.int64))
+    dims = (dim,) if isinstance(dim, int) else dim
+    return int(np.prod([shape[d] for d in dims], dtype=np.int64))
+
+
+# ---------------------------------------------------------------- shape
+
+
+class Reshape(Op):
+    @staticmethod
+    def forward(ctx, a, shape):
+        ctx.shape = a.shape
+        return a.reshape(shape)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g.reshape(ctx.shape)
+
+
+class Expand(Op):
+    @staticmethod
+    def forward(ctx, a, shape):
+        return xp_of(a).broadcast_to(a, shape)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g  # the engine sums the broadcast axes away
+
+
+class Permute(Op):
+    @staticmethod
+    def forward(ctx, a, perm):
+        ctx.inv = tuple(np.argsort(perm))
+        return a.transpose(perm)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g.permute(*ctx.inv)
+
+
+class GetItem(Op):
+    @staticmethod
+    def forward(ctx, a, idx):
+        ctx.idx, ctx.shape = idx, a.shape
+        out = a[idx]
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        return IndexAdd.apply(g, shape=ctx.shape, idx=ctx.idx)
+
+
+class IndexAdd(Op):
+    """Scatter-add ``g`` into zeros of ``shape`` at ``idx`` (repeated indices accumulate)."""
+
+    @staticmethod
+    def forward(ctx, g, shape, idx):
+        ctx.idx = idx
+        xp = xp_of(g)
+        out = xp.zeros(shape, dtype=g.dtype)
+        if _is_basic(idx):
+            out[idx] = g  # basic indexing never repeats an element
+        else:
+            xp.add.at(out, idx, g) if xp is np else _cupy_add_at(out, idx, g)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        return GetItem.apply(g, idx=ctx.idx)
+
+
+def _cupy_add_at(out, idx, g):
+    import cupyx
+
+    cupyx.scatter_add(out, idx, g)
+
+
+def _is_basic(idx):
+    items = idx if isinstance(idx, tuple) else (idx,)
+    return all(isinstance(i, (int, slice, type(None), type(Ellipsis))) for i in items)
+
+
+class Cat(Op):
+    @staticmethod
+    def forward(ctx, *arrays, dim):
+        ctx.dim = dim
+        ctx.sizes = [a.shape[dim] for a in arrays]
+        return xp_of(arrays[0]).concatenate(arrays, axis=dim)
+
+    @staticmethod
+    def backward(ctx, g):
+        return tuple(g.split(ctx.sizes, dim=ctx.dim))
+
+
+class Split(Op):
+    @staticmethod
+    def forward(ctx, a, sizes, dim):
+        ctx.dim = dim
+        idx = np.cumsum(sizes)[:-1].tolist()
+        return tuple(xp_of(a).split(a, idx, axis=dim))
+
+    @staticmethod
+    def backward(ctx, *grads):
+        return Cat.apply(*grads, dim=ctx.dim)
+
+
+class Where(Op):
+    @staticmethod
+    def forward(ctx, a, b, cond):
+        ctx.cond = cond
+        return xp_of(a).where(cond, a, b)
+
+    @staticmethod
+    def backward(ctx, g):
+        n = ctx.needs_input_grad
+        return (g.masked_fill(~ctx.cond, 0) if n[0] else None), (g.masked_fill(ctx.cond, 0) if n[1] else None)
+
+
+class MaskedFill(Op):
+    @staticmethod
+    def forward(ctx, a, mask, value):
+        ctx.mask = mask
+        return xp_of(a).where(mask, xp_of(a).asarray(value, dtype=a.dtype), a)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g.masked_fill(ctx.mask, 0)
+
+
+class Maximum(Op):
+    """Elementwise max; at ties each side gets half the gradient (as PyTorch)."""
+
+    @staticmethod
+    def forward(ctx, a, b, largest=True):
+        xp = xp_of(a)
+        ctx.wa = ((a > b) if largest else (a < b)) + 0.5 * (a == b)
+        return xp.maximum(a, b) if largest else xp.minimum(a, b)
+
+    @staticmethod
+    def backward(ctx, g):
+        wa = g._wrap_const(ctx.wa.astype(g.dtype))
+        return g * wa, g * (1 - wa)
+
+
+# ---------------------------------------------------------------- matmul and softmax
+
+
+class MatMul(Op):
+    """NumPy matmul semantics: 1-D operands are promoted and the added dim removed afterwards."""
+
+    saves = (0, 1)
+
+    @staticmethod
+    def forward(ctx, a, b):
+        return a @ b
+
+    @staticmethod
+    def backward(ctx, g):
+        a, b = ctx.saved_tensors
+        n = ctx.needs_input_grad
+        a2 = a.unsqueeze(0) if a.ndim == 1 else a
+        b2 = b.unsqueeze(-1) if b.ndim == 1 else b
+        if a.ndim == 1:
+            g = g.unsqueeze(-2 if b.ndim > 1 else 0)
+        if b.ndim == 1:
+            g = g.unsqueeze(-1)
+        ga = gb = None
+        if n[0]:
+            ga = g @ b2.mT
+            if a.ndim == 1:
+                ga = ga.reshape(-1, a.shape[0]).sum(0)
+        if n[1]:
+            gb = a2.mT @ g
+            if b.ndim == 1:
+                gb = gb.reshape(-1, b.shape[0]).sum(0)
+        return ga, gb
+
+
+class Softmax(Op):
+    """y = exp(x - max) / Σ exp(x - max);  dx = y (dy - Σ dy·y)."""
+
+    saves = ("out",)
+
+    @staticmethod
+    def forward(ctx, a, dim):
+        ctx.dim = dim
+        xp = xp_of(a)
+        acc = _acc_dtype(a.dtype)
+        x = a.astype(acc) if acc is not None else a
+        e = xp.exp(x - x.max(axis=dim, keepdims=True))
+        return (e / e.sum(axis=dim, keepdims=True)).astype(a.dtype, copy=False)
+
+    @staticmethod
+    def backward(ctx, g):
+        (y,) = ctx.saved_tensors
+        return y * (g - (g * y).sum(dim=ctx.dim, keepdim=True))
+
+
+class LogSoftmax(Op):
+    """y = x - max - log Σ exp(x - max);  dx = dy - softmax(x) Σ dy."""
+
+    saves = ("out",)
+
+    @staticmethod
+    def forward(ctx, a, dim):
+        ctx.dim = dim
+        xp = xp_of(a)
+        acc = _acc_dtype(a.dtype)
+        x = a.astype(acc) if acc is not None else a
+        s = x - x.max(axis=dim, keepdims=True)
+        return (s - xp.log(xp.exp(s).sum(axis=dim, keepdims=True))).astype(a.dtype, copy=False)
+
+    @staticmethod
+    def backward(ctx, g):
+        (y,) = ctx.saved_tensors
+        return g - y.exp() * g.sum(dim=ctx.dim, keepdim=True)

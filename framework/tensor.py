@@ -1,0 +1,1186 @@
+"""The Tensor: an array (NumPy on the CPU, CuPy on a GPU) plus its place in the autograd graph."""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from . import _dtype as D
+from . import ops
+from ._backend import device_of, to_device, xp_of
+from .autograd import engine
+from .autograd import function as _function
+from .autograd.grad_mode import _enabled
+
+
+def _shape_arg(shape):
+    if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+        shape = tuple(shape[0])
+    return tuple(int(s) for s in shape)
+
+
+def _norm_dim(dim, ndim):
+    n = max(ndim, 1)
+    if not -n <= dim < n:
+        raise IndexError(f"Dimension out of range (expected to be in range of [{-n}, {n - 1}], but got {dim})")
+    return dim % n
+
+
+def _norm_dims(dim, ndim):
+    """None -> None, int -> int, sequence -> sorted tuple; negative dims wrap; errors name the range."""
+    if dim is None:
+        return None
+    if isinstance(dim, (list, tuple)):
+        dims = tuple(sorted({_norm_dim(int(d), ndim) for d in dim}))
+        return dims if ndim else None
+    return _norm_dim(int(dim), ndim) if ndim else None
+
+
+class Tensor:
+    """An n-dimensional array with autograd, on the CPU (NumPy) or a GPU (CuPy).
+
+    Example::
+
+        x = conch.randn(3, 4, requires_grad=True)
+        y = (x @ x.T).relu().sum()
+        y.backward()          # x.grad has shape (3, 4)
+    """
+
+    __slots__ = ("_data", "requires_grad", "grad", "grad_fn", "_version", "_output_nr", "_hooks", "__weakref__")
+    __array_priority__ = 1000  # make NumPy defer to Tensor's reflected operators
+
+    def __init__(self, data, dtype=None, device=None, requires_grad=False):
+        from .creation import _to_array
+
+        arr = _to_array(data, dtype, device)
+        self._data, self.grad, self.grad_fn, self._version = arr, None, None, [0]
+        self._output_nr, self._hooks, self.requires_grad = 0, None, False
+        if requires_grad:
+            self.requires_grad_(True)
+
+    @classmethod
+    def _make(cls, data, requires_grad=False, grad_fn=None, version=None):
+        if isinstance(data, np.generic):  # NumPy reductions hand back scalars; keep 0-d arrays
+            data = np.asarray(data)
+        t = object.__new__(cls)
+        t._data, t.requires_grad, t.grad_fn, t.grad = data, requires_grad, grad_fn, None
+        t._version = [0] if version is None else version
+        t._output_nr, t._hooks = 0, None
+        return t
+
+    @staticmethod
+    def _zeros(shape, dtype, dev):
+        xp = np if dev.type == "cpu" else xp_of(to_device(np.zeros(0), dev))
+        return Tensor._make(xp.zeros(shape, dtype=dtype))
+
+    def _wrap_const(self, arr):
+        """A constant (no-grad) tensor on this tensor's device."""
+        return Tensor._make(arr)
+
+    # ------------------------------------------------------------ attributes
+    @property
+    def shape(self):
+        return self._data.shape
+
+    @property
+    def ndim(self):
+        return self._data.ndim
+
+    def dim(self):
+        return self._data.ndim
+
+    @property
+    def dtype(self):
+        return self._data.dtype
+
+    @property
+    def device(self):
+        return device_of(self._data)
+
+    @property
+    def is_cuda(self):
+        return not isinstance(self._data, np.ndarray)
+
+    @property
+    def is_leaf(self):
+        return self.grad_fn is None
+
+    @property
+    def data(self):
+        """A tensor sharing this one's memory, outside the graph (as PyTorch's ``.data``)."""
+        return Tensor._make(self._data, False, None, self._version)
+
+    @data.setter
+    def data(self, value):
+        self._data = value._data if isinstance(value, Tensor) else value
+
+    @property
+    def T(self):
+        if self.ndim != 2:
+            raise RuntimeError(f"T expects a 2-D tensor, got {self.ndim}-D with shape {self.shape}; use mT or permute")
+        return self.transpose(0, 1)
+
+    @property
+    def mT(self):
+        if self.ndim < 2:
+            raise RuntimeError(f"mT expects a tensor with at least 2 dims, got shape {self.shape}")
+        return self.transpose(-2, -1)
+
+    def size(self, dim=None):
+        if dim is None:
+            return self.shape
+        return self.shape[_norm_dim(dim, self.ndim)]
+
+    def numel(self):
+        return int(self._data.size)
+
+    def element_size(self):
+        return self._data.itemsize
+
+    def is_floating_point(self):
+        return self._data.dtype in D.FLOATING
+
+    def is_contiguous(self):
+        return bool(self._data.flags.c_contiguous)
+
+    def stride(self, dim=None):
+        st = tuple(s // self._data.itemsize for s in self._data.strides)
+        return st if dim is None else st[_norm_dim(dim, self.ndim)]
+
+    def data_ptr(self):
+        return self._data.ctypes.data if isinstance(self._data, np.ndarray) else self._data.data.ptr
+
+    # ------------------------------------------------------------ conversion
+    def item(self):
+        if self._data.size != 1:
+            raise RuntimeError(f"a Tensor with {self._data.size} elements cannot be converted to Scalar")
+        return self._data.reshape(()).item() if isinstance(self._data, np.ndarray) else self._data.item()
+
+    def tolist(self):
+        return self.cpu()._data.tolist()
+
+    def numpy(self, force=False):
+        if self.requires_grad and not force:
+            raise RuntimeError("Can't call numpy() on Tensor that requires grad. Use tensor.detach().numpy() instead.")
+        if not isinstance(self._data, np.ndarray):
+            if not force:
+                raise TypeError(
+                    f"can't convert {self.device} device type tensor to numpy. Use Tensor.cpu() to copy the tensor "
+                    "to host memory first."
+                )
+            return self._data.get()
+        return self._data
+
+    def __array__(self, dtype=None, copy=None):
+        a = self.detach().cpu()._data
+        return a if dtype is None else a.astype(dtype)
+
+    def __dlpack__(self, *args, **kwargs):
+        return self._data.__dlpack__(*args, **kwargs)
+
+    def __dlpack_device__(self):
+        return self._data.__dlpack_device__()
+
+    def __float__(self):
+        return float(self.item())
+
+    def __int__(self):
+        return int(self.item())
+
+    def __index__(self):
+        if self.dtype.kind not in "iub":
+            raise TypeError("only integer tensors of a single element can be converted to an index")
+        return int(self.item())
+
+    def __bool__(self):
+        if self._data.size != 1:
+            raise RuntimeError(
+                f"Boolean value of Tensor with {self._data.size} elements is ambiguous; use .any() or .all()"
+            )
+        return bool(self.item())
+
+    def __len__(self):
+        if self.ndim == 0:
+            raise TypeError("len() of a 0-d tensor")
+        return self.shape[0]
+
+    def __iter__(self):
+        if self.ndim == 0:
+            raise TypeError("iteration over a 0-d tensor")
+        return (self[i] for i in range(self.shape[0]))
+
+    __hash__ = object.__hash__
+
+    def __repr__(self):
+        body = np.array2string(np.asarray(self.detach().cpu()._data, dtype=np.float64) if self.dtype == D.bfloat16
+                               else self.detach().cpu()._data, separator=", ", prefix="tensor(")  # fmt: skip
+        extra = []
+        if self.device.type != "cpu":
+            extra.append(f"device='{self.device}'")
+        if self.dtype not in (D.float32, D.int64, D.bool_):
+            extra.append(f"dtype=conch.{self.dtype.name}")
+        if self.grad_fn is not None:
+            extra.append(f"grad_fn=<{self.grad_fn.name()}>")
+        elif self.requires_grad:
+            extra.append("requires_grad=True")
+        return "tensor(" + body + "".join(", " + e for e in extra) + ")"
+
+    # ------------------------------------------------------------ autograd
+    def backward(self, gradient=None, retain_graph=None, create_graph=False, inputs=None):
+        """Accumulate d(self)/d(leaf) into every leaf's ``.grad`` (``gradient`` is dL/dself)."""
+        if not self.requires_grad:
+            raise RuntimeError("element 0 of tensors does not require grad and does not have a grad_fn")
+        if gradient is None:
+            if self._data.size != 1:
+                raise RuntimeError(
+                    f"grad can be implicitly created only for scalar outputs (this tensor has shape {self.shape}); "
+                    "pass gradient= with the same shape"
+                )
+            gradient = Tensor._make(xp_of(self._data).ones(self.shape, dtype=self.dtype))
+        else:
+            gradient = _as_grad(gradient, self)
+        if retain_graph is None:
+            retain_graph = create_graph
+        if inputs is not None:
+            inputs = [inputs] if isinstance(inputs, Tensor) else list(inputs)
+            grads = engine.run_backward([self], [gradient], retain_graph, create_graph, inputs, allow_unused=True)
+            for t, g in zip(inputs, grads):
+                if g is not None:
+                    g = g if create_graph else g.detach()
+                    t.grad = g if t.grad is None else t.grad + g
+            return
+        engine.run_backward([self], [gradient], retain_graph, create_graph)
+
+    def detach(self):
+        return Tensor._make(self._data, False, None, self._version)
+
+    def detach_(self):
+        self.grad_fn, self.requires_grad = None, False
+        return self
+
+    def requires_grad_(self, requires_grad=True):
+        if requires_grad and not self.is_floating_point():
+            raise RuntimeError(f"only Tensors of floating point dtype can require gradients, got {self.dtype}")
+        if not requires_grad and self.grad_fn is not None:
+            raise RuntimeError(
+                "you can only change requires_grad flags of leaf variables; use detach() for a non-leaf tensor"
+            )
+        self.requires_grad = bool(requires_grad)
+        return self
+
+    def register_hook(self, fn):
+        """Call ``fn(grad)`` when this tensor's gradient is computed; a returned tensor replaces it."""
+        if not self.requires_grad:
+            raise RuntimeError("cannot register a hook on a tensor that doesn't require gradient")
+        if self.grad_fn is not None:
+            return self.grad_fn.register_prehook(self._output_nr, fn)
+        if self._hooks is None:
+            self._hooks = []
+        self._hooks.append(fn)
+        from .autograd.function import _RemovableHandle
+
+        return _RemovableHandle(self._hooks, fn)
+
+    def retain_grad(self):
+        """Keep ``.grad`` for this non-leaf tensor after backward."""
+        if self.grad_fn is None:
+            return
+        import weakref
+
+        ref = weakref.ref(self)
+
+        def keep(g):
+            t = ref()
+            if t is not None:
+                t.grad = g.detach() if t.grad is None else t.grad + g.detach()
+
+        self.grad_fn.register_prehook(self._output_nr, keep)
+
+    # ------------------------------------------------------------ devices and dtypes
+    def to(self, *args, device=None, dtype=None, copy=False, non_blocking=False):
+        for a in args:
+            if isinstance(a, Tensor):
+                device, dtype = a.device, a.dtype
+            elif isinstance(a, str) and not _looks_like_dtype(a):
+                device = a
+            else:
+                dtype = a
+        out = self
+        if dtype is not None:
+            dtype = D.as_dtype(dtype)
+            if dtype != self.dtype:
+                out = ops.Cast.apply(out, dtype=dtype) if out.requires_grad else _const(out._data.astype(dtype))
+        if device is not None:
+            from ._backend import device as _dev
+
+            dev = _dev(device)
+            if dev != out.device:
+                out = ToDevice.apply(out, dev=dev) if out.requires_grad else _const(to_device(out._data, dev))
+        if copy and out is self:
+            out = self.clone()
+        return out
+
+    def cpu(self):
+        return self.to(device="cpu")
+
+    def cuda(self, device=None):
+        return self.to(device="cuda" if device is None else (f"cuda:{device}" if isinstance(device, int) else device))
+
+    def float(self):
+        return self.to(dtype=D.float32)
+
+    def double(self):
+        return self.to(dtype=D.float64)
+
+    def half(self):
+        return self.to(dtype=D.float16)
+
+    def bfloat16(self):
+        return self.to(dtype=D.bfloat16)
+
+    def long(self):
+        return self.to(dtype=D.int64)
+
+    def int(self):
+        return self.to(dtype=D.int32)
+
+    def bool(self):
+        return self.to(dtype=D.bool_)
+
+    def type_as(self, other):
+        return self.to(dtype=other.dtype)
+
+    def contiguous(self):
+        if self._data.flags.c_contiguous:
+            return self
+        return ops.Contiguous.apply(self)
+
+    def clone(self):
+        return ops.Clone.apply(self)
+
+    # ------------------------------------------------------------ arithmetic
+    def __add__(self, other):
+        a, b = _operands(self, other)
+        return ops.Add.apply(a, b)
+
+    def __radd__(self, other):
+        a, b = _operands(other, self)
+        return ops.Add.apply(a, b)
+
+    def __sub__(self, other):
+        a, b = _operands(self, other)
+        return ops.Sub.apply(a, b)
+
+    def __rsub__(self, other):
+        a, b = _operands(other, self)
+        return ops.Sub.apply(a, b)
+
+    def __mul__(self, other):
+        a, b = _operands(self, other)
+        return ops.Mul.apply(a, b)
+
+    def __rmul__(self, other):
+        a, b = _operands(other, self)
+        return ops.Mul.apply(a, b)
+
+    def __truediv__(self, other):
+        a, b = _operands(self, other, floating=True)
+        return ops.Div.apply(a, b)
+
+    def __rtruediv__(self, other):
+        a, b = _operands(other, self, floating=True)
+        return ops.Div.apply(a, b)
+
+    def __neg__(self):
+        return ops.Neg.apply(self)
+
+    def __pos__(self):
+        return self
+
+    def __pow__(self, other):
+        if isinstance(other, numbers.Number) and not isinstance(other, bool):
+            base = self if self.is_floating_point() or (isinstance(other, int) and other >= 0) else self.float()
+            if isinstance(other, float) and not base.is_floating_point():
+                base = base.to(dtype=D.get_default_dtype())
+            return ops.PowScalar.apply(base, p=other)
+        a, b = _operands(self, other)
+        return ops.Pow.apply(a, b)
+
+    def __rpow__(self, other):
+        if isinstance(other, numbers.Number):
+            x = self if self.is_floating_point() else self.to(dtype=D.get_default_dtype())
+            return ops.RPowScalar.apply(x, s=other)
+        a, b = _operands(other, self)
+        return ops.Pow.apply(a, b)
+
+    def __matmul__(self, other):
+        return matmul(self, other)
+
+    def __rmatmul__(self, other):
+        return matmul(_as_tensor(other, self), self)
+
+    def __abs__(self):
+        return self.abs()
+
+    def __floordiv__(self, other):
+        a, b = _operands(self, other)
+        return _const(a._data // b._data)
+
+    def __mod__(self, other):
+        a, b = _operands(self, other)
+        return _const(a._data % b._data)
+
+    def __invert__(self):
+        if self.dtype.kind not in "biu":
+            raise TypeError(f"~ (bitwise not) is only defined for bool and integer tensors, got {self.dtype}")
+        return _const(~self._data)
+
+    def __and__(self, other):
+        a, b = _operands(self, other)
+        return _const(a._data & b._data)
+
+    def __or__(self, other):
+        a, b = _operands(self, other)
+        return _const(a._data | b._data)
+
+    def __xor__(self, other):
+        a, b = _operands(self, other)
+        return _const(a._data ^ b._data)
+
+    # comparisons: results are bool tensors outside the graph
+    def __eq__(self, other):
+        a, b = _operands(self, other)
+        return _const(a._data == b._data)
+
+    def __ne__(self, other):
+        a, b = _operands(self, other)
+        return _const(a._data != b._data)
+
+    def __lt__(self, other):
+        a, b = _operands(self, other)
+        return _const(a._data < b._data)
+
+    def __le__(self, other):
+        a, b = _operands(self, other)
+        return _const(a._data <= b._data)
+
+    def __gt__(self, other):
+        a, b = _operands(self, other)
+        return _const(a._data > b._data)
+
+    def __ge__(self, other):
+        a, b = _operands(self, other)
+        return _const(a._data >= b._data)
+
+    eq, ne, lt, le, gt, ge = __eq__, __ne__, __lt__, __le__, __gt__, __ge__
+    add, sub, mul, div, pow = __add__, __sub__, __mul__, __truediv__, __pow__
+    true_divide, multiply, subtract, neg, negative = __truediv__, __mul__, __sub__, __neg__, __neg__
+
+    # in-place: true in-place when no graph is involved; otherwise the graph is rebuilt
+    def _inplace(self, op, other):
+        other_t = other if isinstance(other, Tensor) else None
+        in_graph = _enabled[0] and (self.requires_grad or (other_t is not None and other_t.requires_grad))
+        if in_graph:
+            if self.grad_fn is None and self.requires_grad:
+                raise RuntimeError(
+                    "a leaf Variable that requires grad is being used in an in-place operation; "
+                    "wrap it in conch.no_grad() or use an out-of-place operation"
+                )
+            self._version[0] += 1  # anything saved from the old value must now refuse to backward
+            res = getattr(Tensor, op)(self, other)
+            if res.dtype != self.dtype:
+                raise RuntimeError(f"result type {res.dtype} can't be cast to the desired output type {self.dtype}")
+            self._data, self.grad_fn, self.requires_grad, self._output_nr = res._data, res.grad_fn, True, 0
+            return self
+        res = getattr(Tensor, op)(self.detach(), other.detach() if other_t is not None else other)
+        if res.dtype != self.dtype and not np.can_cast(res.dtype, self.dtype, "same_kind"):
+            raise RuntimeError(f"result type {res.dtype} can't be cast to the desired output type {self.dtype}")
+        if res.shape != self.shape:
+            raise RuntimeError(
+                f"output with shape {self.shape} doesn't match the broadcast shape {res.shape} of an in-place op"
+            )
+        self._data[...] = res._data
+        self._version[0] += 1
+        return self
+
+    def __iadd__(self, other):
+        return self._inplace("__add__", other)
+
+    def __isub__(self, other):
+        return self._inplace("__sub__", other)
+
+    def __imul__(self, other):
+        return self._inplace("__mul__", other)
+
+    def __itruediv__(self, other):
+        return self._inplace("__truediv__", other)
+
+    def add_(self, other, alpha=1):
+        return self._inplace("__add__", other if alpha == 1 else other * alpha)
+
+    def sub_(self, other, alpha=1):
+        return self._inplace("__sub__", other if alpha == 1 else other * alpha)
+
+    def mul_(self, other):
+        return self._inplace("__mul__", other)
+
+    def div_(self, other):
+        return self._inplace("__truediv__", other)
+
+    def _set_(self, array_fn):
+        """Overwrite in place under no_grad; used by zero_, fill_, copy_, init functions."""
+        if _enabled[0] and self.requires_grad and self.grad_fn is None:
+            raise RuntimeError(
+                "a leaf Variable that requires grad is being used in an in-place operation; "
+                "wrap it in conch.no_grad()"
+            )
+        array_fn(self._data)
+        self._version[0] += 1
+        return self
+
+    def zero_(self):
+        return self._set_(lambda a: a.fill(0))
+
+    def fill_(self, value):
+        return self._set_(lambda a: a.fill(value))
+
+    def copy_(self, src):
+        src = _as_tensor(src, self)
+        if src.device != self.device:
+            src = src.to(device=self.device)
+
+        def put(a):
+            a[...] = src._data.astype(a.dtype, copy=False)
+
+        return self._set_(put)
+
+    def clamp_(self, min=None, max=None):
+        xp = xp_of(self._data)
+        return self._set_(lambda a: xp.clip(a, min, max, out=a))
+
+    # ------------------------------------------------------------ indexing
+    def __getitem__(self, idx):
+        idx = _index_arrays(idx, self)
+        if not (_enabled[0] and self.requires_grad):
+            out = self._data[idx]
+            basic = ops._is_basic(idx)
+            return Tensor._make(out, False, None, self._version if basic else None)
+        out = ops.GetItem.apply(self, idx=idx)
+        if ops._is_basic(idx):
+            out._version = self._version  # a view shares its base's version counter
+        return out
+
+    def __setitem__(self, idx, value):
+        if _enabled[0] and self.requires_grad:
+            raise RuntimeError(
+                "__setitem__ is only supported on tensors that do not require grad (or inside conch.no_grad())"
+            )
+        idx = _index_arrays(idx, self)
+        v = value._data if isinstance(value, Tensor) else value
+        if isinstance(value, Tensor) and value.device != self.device:
+            raise RuntimeError(f"expected value on {self.device}, got a tensor on {value.device}")
+        self._data[idx] = v
+        self._version[0] += 1
+
+    def masked_fill(self, mask, value):
+        m = mask._data if isinstance(mask, Tensor) else mask
+        if isinstance(value, Tensor):
+            value = value.item()
+        return ops.MaskedFill.apply(self, mask=m, value=value)
+
+    def masked_fill_(self, mask, value):
+        m = mask._data if isinstance(mask, Tensor) else mask
+        return self._set_(lambda a: xp_of(a).putmask(a, m, value) if xp_of(a) is np else a.__setitem__(m, value))
+
+    # ------------------------------------------------------------ shapes
+    def reshape(self, *shape):
+        shape = _infer_shape(_shape_arg(shape), self)
+        if shape == self.shape:
+            return self
+        out = ops.Reshape.apply(self, shape=shape)
+        out._version = self._version
+        return out
+
+    def view(self, *shape):
+        if len(shape) == 1 and not isinstance(shape[0], (int, tuple, list, np.integer)):
+            return self.to(dtype=shape[0])
+        if not self._data.flags.c_contiguous and self.ndim > 1:
+            raise RuntimeError(
+                f"view size is not compatible with input tensor's size and stride (shape {self.shape}, strides "
+                f"{self.stride()}); use .reshape(...) instead"
+            )
+        return self.reshape(*shape)
+
+    def flatten(self, start_dim=0, end_dim=-1):
+        if self.ndim == 0:
+            return self.reshape(1)
+        s, e = _norm_dim(start_dim, self.ndim), _norm_dim(end_dim, self.ndim)
+        if s > e:
+            raise RuntimeError("flatten() has invalid args: start_dim cannot come after end_dim")
+        shape = self.shape[:s] + (int(np.prod(self.shape[s : e + 1], dtype=np.int64)),) + self.shape[e + 1 :]
+        return self.reshape(shape)
+
+    def unflatten(self, dim, sizes):
+        d = _norm_dim(dim, self.ndim)
+        return self.reshape(self.shape[:d] + tuple(sizes) + self.shape[d + 1 :])
+
+    def transpose(self, dim0, dim1):
+        d0, d1 = _norm_dim(dim0, self.ndim), _norm_dim(dim1, self.ndim)
+        if d0 == d1:
+            return self
+        perm = list(range(self.ndim))
+        perm[d0], perm[d1] = perm[d1], perm[d0]
+        return self.permute(*perm)
+
+    swapaxes = transpose
+
+    def t(self):
+        return self if self.ndim < 2 else self.transpose(0, 1)
+
+    def permute(self, *dims):
+        dims = _shape_arg(dims)
+        if len(dims) != self.ndim:
+            raise RuntimeError(
+                f"permute(sparse_coo): number of dimensions in the tensor input does not match the length of the "
+                f"desired ordering of dimensions i.e. input.dim() = {self.ndim} is not equal to len(dims) = {len(dims)}"
+            )
+        perm = tuple(_norm_dim(d, self.ndim) for d in dims)
+        if len(set(perm)) != len(perm):
+            raise RuntimeError(f"permute(): duplicate dims are not allowed, got {dims}")
+        out = ops.Permute.apply(self, perm=perm)
+        out._version = self._version
+        return out
+
+    def unsqueeze(self, dim):
+        d = _norm_dim(dim, self.ndim + 1)
+        return self.reshape(self.shape[:d] + (1,) + self.shape[d:])
+
+    def squeeze(self, dim=None):
+        if dim is None:
+            return self.reshape(tuple(s for s in self.shape if s != 1))
+        dims = {_norm_dim(d, self.ndim) for d in (dim if isinstance(dim, (tuple, list)) else (dim,))}
+        return self.reshape(tuple(s for i, s in enumerate(self.shape) if not (i in dims and s == 1)))
+
+    def expand(self, *shape):
+        shape = _shape_arg(shape)
+        if len(shape) < self.ndim:
+            raise RuntimeError(
+                f"expand: the number of sizes provided ({len(shape)}) must be greater or equal to the number of "
+                f"dimensions in the tensor ({self.ndim})"
+            )
+        lead = len(shape) - self.ndim
+        full = tuple(
+            (self.shape[i - lead] if s == -1 else s) if i >= lead else s for i, s in enumerate(shape)
+        )
+        for i in range(self.ndim):
+            if self.shape[i] != 1 and self.shape[i] != full[i + lead]:
+                raise RuntimeError(
+                    f"The expanded size of the tensor ({full[i + lead]}) must match the existing size "
+                    f"({self.shape[i]}) at non-singleton dimension {i + lead}.  Target sizes: {list(shape)}.  "
+                    f"Tensor sizes: {list(self.shape)}"
+                )
+        if full == self.shape:
+            return self
+        out = ops.Expand.apply(self, shape=full)
+        out._version = self._version
+        return out
+
+    def expand_as(self, other):
+        return self.expand(*other.shape)
+
+    def view_as(self, other):
+        return self.view(*other.shape)
+
+    def reshape_as(self, other):
+        return self.reshape(*other.shape)
+
+    def split(self, split_size_or_sections, dim=0):
+        return split(self, split_size_or_sections, dim)
+
+    def chunk(self, chunks, dim=0):
+        d = _norm_dim(dim, self.ndim)
+        size = -(-self.shape[d] // chunks)
+        return split(self, size, d)
+
+    def unbind(self, dim=0):
+        d = _norm_dim(dim, self.ndim)
+        return tuple(p.squeeze(d) for p in split(self, 1, d))
+
+    # ------------------------------------------------------------ reductions
+    def sum(self, dim=None, keepdim=False, dtype=None):
+        x = self if dtype is None else self.to(dtype=dtype)
+        return ops.Sum.apply(x, dim=_norm_dims(dim, self.ndim), keepdim=keepdim)
+
+    def mean(self, dim=None, keepdim=False, dtype=None):
+        x = self if dtype is None else self.to(dtype=dtype)
+        if not x.is_floating_point():
+            raise RuntimeError(
+                f"mean(): could not infer output dtype. Input dtype must be floating point, but got {x.dtype}"
+            )
+        return ops.Mean.apply(x, dim=_norm_dims(dim, self.ndim), keepdim=keepdim)
+
+    def var(self, dim=None, unbiased=True, keepdim=False, correction=None):
+        c = (1 if unbiased else 0) if correction is None else correction
+        return ops.Var.apply(self, dim=_norm_dims(dim, self.ndim), correction=c, keepdim=keepdim)
+
+    def std(self, dim=None, unbiased=True, keepdim=False, correction=None):
+        return self.var(dim, unbiased, keepdim, correction).sqrt()
+
+    def amax(self, dim=None, keepdim=False):
+        _check_nonempty(self, "amax")
+        return ops.AMax.apply(self, dim=_norm_dims(dim if dim != () else None, self.ndim), keepdim=keepdim)
+
+    def amin(self, dim=None, keepdim=False):
+        _check_nonempty(self, "amin")
+        d = _norm_dims(dim if dim != () else None, self.ndim)
+        return ops.AMax.apply(self, dim=d, keepdim=keepdim, largest=False)
+
+    def max(self, dim=None, keepdim=False):
+        if isinstance(dim, Tensor):
+            return maximum(self, dim)
+        if dim is None:
+            return self.amax()
+        return _MinMax(self.amax(dim, keepdim), self.argmax(dim, keepdim))
+
+    def min(self, dim=None, keepdim=False):
+        if isinstance(dim, Tensor):
+            return minimum(self, dim)
+        if dim is None:
+            return self.amin()
+        return _MinMax(self.amin(dim, keepdim), self.argmin(dim, keepdim))
+
+    def argmax(self, dim=None, keepdim=False):
+        _check_nonempty(self, "argmax")
+        if dim is None:
+            return _const(xp_of(self._data).asarray(self._data.argmax()).astype(np.int64))
+        d = _norm_dim(dim, self.ndim)
+        return _const(self._data.argmax(axis=d, keepdims=keepdim).astype(np.int64))
+
+    def argmin(self, dim=None, keepdim=False):
+        _check_nonempty(self, "argmin")
+        if dim is None:
+            return _const(xp_of(self._data).asarray(self._data.argmin()).astype(np.int64))
+        d = _norm_dim(dim, self.ndim)
+        return _const(self._data.argmin(axis=d, keepdims=keepdim).astype(np.int64))
+
+    def all(self, dim=None, keepdim=False):
+        return _const(xp_of(self._data).asarray(self._data.all(axis=_norm_dims(dim, self.ndim), keepdims=keepdim)))
+
+    def any(self, dim=None, keepdim=False):
+        return _const(xp_of(self._data).asarray(self._data.any(axis=_norm_dims(dim, self.ndim), keepdims=keepdim)))
+
+    def norm(self, p=2, dim=None, keepdim=False):
+        if p == 2:
+            return (self * self).sum(dim, keepdim).sqrt()
+        if p == 1:
+            return self.abs().sum(dim, keepdim)
+        if p == float("inf"):
+            return self.abs().amax(dim, keepdim)
+        return (self.abs() ** p).sum(dim, keepdim) ** (1.0 / p)
+
+    def logsumexp(self, dim, keepdim=False):
+        m = self.detach().amax(dim, keepdim=True)
+        m = m.masked_fill(~xp_of(m._data).isfinite(m._data), 0)
+        out = (self - m).exp().sum(dim, keepdim=True).log() + m
+        return out if keepdim else out.squeeze(dim)
+
+    def cumsum(self, dim):
+        return cumsum(self, dim)
+
+    # ------------------------------------------------------------ elementwise
+    def exp(self):
+        return ops.Exp.apply(_floating(self))
+
+    def log(self):
+        return ops.Log.apply(_floating(self))
+
+    def sqrt(self):
+        return ops.Sqrt.apply(_floating(self))
+
+    def rsqrt(self):
+        return ops.Rsqrt.apply(_floating(self))
+
+    def abs(self):
+        return ops.Abs.apply(self)
+
+    def sin(self):
+        return ops.Sin.apply(_floating(self))
+
+    def cos(self):
+        return ops.Cos.apply(_floating(self))
+
+    def tanh(self):
+        return _act(self, "tanh")
+
+    def sigmoid(self):
+        return _act(self, "sigmoid")
+
+    def relu(self):
+        return _act(self, "relu")
+
+    def sign(self):
+        return _const(xp_of(self._data).sign(self._data))
+
+    def square(self):
+        return self * self
+
+    def reciprocal(self):
+        return 1 / self
+
+    def log1p(self):
+        return (self + 1).log()
+
+    def expm1(self):
+        return self.exp() - 1
+
+    def clamp(self, min=None, max=None):
+        if min is None and max is None:
+            raise RuntimeError("clamp: at least one of 'min' or 'max' must not be None")
+        if isinstance(min, Tensor) or isinstance(max, Tensor):
+            out = self
+            if min is not None:
+                out = maximum(out, _as_tensor(min, self))
+            if max is not None:
+                out = minimum(out, _as_tensor(max, self))
+            return out
+        return ops.Clamp.apply(self, lo=min, hi=max)
+
+    clip = clamp
+
+    def softmax(self, dim):
+        return softmax(self, dim)
+
+    def log_softmax(self, dim):
+        return log_softmax(self, dim)
+
+    def matmul(self, other):
+        return matmul(self, other)
+
+    def maximum(self, other):
+        return maximum(self, other)
+
+    def minimum(self, other):
+        return minimum(self, other)
+
+    def where(self, cond, other):
+        return where(cond, self, other)
+
+
+class _MinMax(tuple):
+    """``(values, indices)`` returned by ``max(dim)``/``min(dim)``, with named fields."""
+
+    @property
+    def values(self):
+        return self[0]
+
+    @property
+    def indices(self):
+        return self[1]
+
+
+class ToDevice(ops.Op):
+    @staticmethod
+    def forward(ctx, a, dev):
+        ctx.src = device_of(a)
+        return to_device(a, dev)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g.to(device=ctx.src)
+
+
+_function.Tensor = Tensor
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _const(arr):
+    return Tensor._make(arr)
+
+
+def _looks_like_dtype(s):
+    try:
+        D.as_dtype(s)
+        return True
+    except TypeError:
+        return False
+
+
+def _check_nonempty(t, name):
+    if t._data.size == 0:
+        raise RuntimeError(f"{name}(): Expected reduction dim to be specified for input.numel() == 0")
+
+
+def _floating(t):
+    return t if t.is_floating_point() else t.to(dtype=D.get_default_dtype())
+
+
+def _infer_shape(shape, t):
+    n = t._data.size
+    if shape.count(-1) > 1:
+        raise RuntimeError("only one dimension can be inferred")
+    if -1 in shape:
+        known = int(np.prod([s for s in shape if s != -1], dtype=np.int64))
+        if known == 0 or n % known:
+            raise RuntimeError(f"shape '{list(shape)}' is invalid for input of size {n}")
+        shape = tuple(n // known if s == -1 else s for s in shape)
+    if int(np.prod(shape, dtype=np.int64)) != n:
+        raise RuntimeError(f"shape '{list(shape)}' is invalid for input of size {n} (tensor shape {t.shape})")
+    return shape
+
+
+def _as_tensor(x, like):
+    if isinstance(x, Tensor):
+        return x
+    if isinstance(x, numbers.Number):
+        dt = D.result_type((like.dtype, like.ndim), x)
+        return Tensor._make(xp_of(like._data).asarray(x, dtype=dt))
+    from .creation import _to_array
+
+    return Tensor._make(_to_array(x, None, like.device))
+
+
+def _as_grad(g, t):
+    if not isinstance(g, Tensor):
+        g = _as_tensor(g, t)
+    if g.shape != t.shape:
+        raise RuntimeError(f"Mismatch in shape: grad_output has a shape of {g.shape} and output has a shape of {t.shape}")
+    return g
+
+
+def _check_devices(a, b):
+    if type(a._data) is not type(b._data) or (not isinstance(a._data, np.ndarray) and a.device != b.device):
+        raise RuntimeError(
+            "Expected all tensors to be on the same device, but found at least two devices, "
+            f"{a.device} and {b.device}!"
+        )
+
+
+def _operands(a, b, floating=False):
+    """Turn a binary op's operands into two Tensors of the promoted dtype on one device."""
+    at, bt = isinstance(a, Tensor), isinstance(b, Tensor)
+    if at and bt:
+        _check_devices(a, b)
+        da, db = a._data.dtype, b._data.dtype
+        dt = da if da == db else D.result_type((da, a._data.ndim), (db, b._data.ndim))
+    elif at:
+        if not isinstance(b, (numbers.Number, np.generic)):
+            b = _as_tensor(b, a)
+            return _operands(a, b, floating)
+        dt = D.result_type((a._data.dtype, a._data.ndim), b)
+    elif bt:
+        if not isinstance(a, (numbers.Number, np.generic)):
+            a = _as_tensor(a, b)
+            return _operands(a, b, floating)
+        dt = D.result_type(a, (b._data.dtype, b._data.ndim))
+    else:
+        raise TypeError("at least one operand must be a Tensor")
+    if floating and dt not in D.FLOATING:
+        dt = D.get_default_dtype()
+    like = a if at else b
+    xp = xp_of(like._data)
+    a = a.to(dtype=dt) if at else Tensor._make(xp.asarray(a, dtype=dt))
+    b = b.to(dtype=dt) if bt else Tensor._make(xp.asarray(b, dtype=dt))
+    if at and bt and a.ndim and b.ndim and a.shape != b.shape:
+        try:
+            np.broadcast_shapes(a.shape, b.shape)
+        except ValueError:
+            raise RuntimeError(
+                f"The size of tensor a {a.shape} must match the size of tensor b {b.shape}: shapes are not "
+                "broadcastable"
+            ) from None
+    return a, b
+
+
+def _index_arrays(idx, t):
+    """Replace Tensors and lists in an index by arrays on the tensor's device."""
+    items = idx if isinstance(idx, tuple) else (idx,)
+    out = []
+    xp = xp_of(t._data)
+    for i in items:
+        if isinstance(i, Tensor):
+            if i.dtype.kind not in "biu":
+                raise IndexError(f"tensors used as indices must be long, int or bool tensors, got {i.dtype}")
+            if i.device != t.device:
+                raise RuntimeError(f"indices should be on the tensor's device ({t.device}), got {i.device}")
+            out.append(i._data)
+        elif isinstance(i, list):
+            out.append(xp.asarray(i))
+        elif isinstance(i, np.ndarray) and xp is not np:
+            out.append(xp.asarray(i))
+        else:
+            out.append(i)
+    return tuple(out) if isinstance(idx, tuple) else out[0]
+
+
+def _act(t, name):
+    # activations route through conch.kernels (fused Triton kernels on the GPU)
+    from ._fused import activation
+
+    return activation(t, name)
+
+
+# ---------------------------------------------------------------- functions
+
+
+def matmul(a, b):
+    """NumPy matmul semantics (1-D, 2-D, batched with broadcast batch dims), with gradient."""
+    if not isinstance(a, Tensor) or not isinstance(b, Tensor):
+        a, b = (a if isinstance(a, Tensor) else _as_tensor(a, b)), (b if isinstance(b, Tensor) else _as_tensor(b, a))
+    _check_devices(a, b)
+    if a.ndim == 0 or b.ndim == 0:
+        raise RuntimeError(f"both arguments to matmul need to be at least 1D, but they are {a.ndim}D and {b.ndim}D")
+    k_a = a.shape[-1]
+    k_b = b.shape[0] if b.ndim == 1 else b.shape[-2]
+    if k_a != k_b:
+        raise RuntimeError(
+            f"mat1 and mat2 shapes cannot be multiplied ({_mshape(a)} and {_mshape(b)}): inner dimensions "
+            f"{k_a} and {k_b} differ"
+        )
+    if a.ndim > 2 and b.ndim > 2:
+        try:
+            np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+        except ValueError:
+            raise RuntimeError(f"matmul: batch dimensions of {a.shape} and {b.shape} are not broadcastable") from None
+    if a.dtype != b.dtype:
+        dt = D.result_type((a.dtype, a.ndim), (b.dtype, b.ndim))
+        a, b = a.to(dtype=dt), b.to(dtype=dt)
+    from ._fused import matmul as _mm
+
+    return _mm(a, b)
+
+
+def _mshape(t):
+    return "x".join(str(s) for s in t.shape)
+
+
+def softmax(t, dim, dtype=None):
+    from ._fused import softmax as _sm
+
+    return _sm(t, dim, dtype=dtype)
+
+
+def log_softmax(t, dim, dtype=None):
+    from ._fused import log_softmax as _lsm
+
+    return _lsm(t, dim, dtype=dtype)
+
+
+def cat(tensors, dim=0):
+    tensors = list(tensors)
+    if not tensors:
+        raise RuntimeError("cat(): expected a non-empty list of Tensors")
+    ref = tensors[0]
+    if ref.ndim == 0:
+        raise RuntimeError("zero-dimensional tensor cannot be concatenated")
+    d = _norm_dim(dim, ref.ndim)
+    for i, t in enumerate(tensors[1:], 1):
+        _check_devices(ref, t)
+        if t.ndim != ref.ndim or t.shape[:d] + t.shape[d + 1 :] != ref.shape[:d] + ref.shape[d + 1 :]:
+            raise RuntimeError(
+                f"Sizes of tensors must match except in dimension {d}. Expected {ref.shape} (tensor 0) but got "
+                f"{t.shape} for tensor number {i} in the list"
+            )
+    dt = ref.dtype
+    for t in tensors[1:]:
+        if t.dtype != dt:
+            dt = D.result_type((dt, 1), (t.dtype, 1))
+    tensors = [t.to(dtype=dt) for t in tensors]
+    return ops.Cat.apply(*tensors, dim=d)
+
+
+concat = concatenate = cat
+
+
+def stack(tensors, dim=0):
+    tensors = list(tensors)
+    if not tensors:
+        raise RuntimeError("stack expects a non-empty TensorList")
+    for i, t in enumerate(tensors[1:], 1):
+        if t.shape != tensors[0].shape:
+            raise RuntimeError(
+                f"stack expects each tensor to be equal size, but got {tensors[0].shape} at entry 0 and "
+                f"{t.shape} at entry {i}"
+            )
+    d = _norm_dim(dim, tensors[0].ndim + 1)
+    return cat([t.unsqueeze(d) for t in tensors], d)
+
+
+def split(t, split_size_or_sections, dim=0):
+    d = _norm_dim(dim, t.ndim)
+    n = t.shape[d]
+    if isinstance(split_size_or_sections, int):
+        s = split_size_or_sections
+        if s <= 0:
+            raise ValueError(f"split_size must be positive, got {s}")
+        sizes = [s] * (n // s) + ([n % s] if n % s else [])
+    else:
+        sizes = [int(s) for s in split_size_or_sections]
+        if sum(sizes) != n:
+            raise RuntimeError(
+                f"split_with_sizes expects split_sizes to sum exactly to {n} (input tensor's size at dimension "
+                f"{d}), but got split_sizes={sizes}"
+            )
+    if len(sizes) <= 1:
+        return (t,) if sizes else ()
+    return ops.Split.apply(t, sizes=sizes, dim=d)
+
+
+def where(cond, a=None, b=None):
+    if a is None and b is None:
+        c = cond._data if isinstance(cond, Tensor) else cond
+        return tuple(_const(i) for i in xp_of(c).nonzero(c))
+    ref = a if isinstance(a, Tensor) else b
+    if not isinstance(ref, Tensor):
+        ref = cond
+    a = _as_tensor(a, ref) if not isinstance(a, Tensor) else a
+    b = _as_tensor(b, ref) if not isinstance(b, Tensor) else b
+    a, b = _operands(a, b)
+    c = cond._data if isinstance(cond, Tensor) else cond
+    if isinstance(cond, Tensor):
+        _check_devices(cond, a)
+    if c.dtype != np.bool_:
+        c = c.astype(bool)
+    shape = np.broadcast_shapes(c.shape, a.shape, b.shape)
+    c = xp_of(c).broadcast_to(c, shape)
+    return ops.Where.apply(a, b, cond=c)
+
+
+def maximum(a, b):
+    a, b = _operands(a, b)
+    return ops.Maximum.apply(a, b)
+
+
+def minimum(a, b):
+    a, b = _operands(a, b)
+    return ops.Maximum.apply(a, b, largest=False)
+
+
+def cumsum(t, dim):
+    d = _norm_dim(dim, t.ndim)
+    return _Cumsum.apply(t, dim=d)
+
+
+class _Cumsum(ops.Op):
+    @staticmethod
+    def forward(ctx, a, dim):
+        ctx.dim = dim
+        return a.cumsum(axis=dim)
+
+    @staticmethod
+    def backward(ctx, g):
+        # d/dx_j Σ_{i>=j} g_i: a reversed cumulative sum
+        return g.flip(ctx.dim).cumsum(ctx.dim).flip(ctx.dim)
+
+
+def _flip(self, dims):
+    dims = (dims,) if isinstance(dims, int) else tuple(dims)
+    idx = [slice(None)] * self.ndim
+    for d in dims:
+        idx[_norm_dim(d, self.ndim)] = slice(None, None, -1)
+    return self[tuple(idx)]
+
+
+Tensor.flip = _flip

@@ -1,0 +1,40 @@
+"""The one place in conch that imports CuPy: lazily, once, remembering why it failed."""
+
+from __future__ import annotations
+
+_state: dict = {}
+
+
+def get_cupy():
+    """Return the ``cupy`` module when a usable GPU is present, else ``None``.
+
+    The import and the device probe run once; the reason for a failure is kept for
+    :func:`unavailable_reason`, so error messages can say why no GPU was found.
+    """
+    if "module" not in _state:
+        try:
+            import cupy
+
+            if not cupy.cuda.is_available():
+                raise RuntimeError("CuPy found no CUDA device (cupy.cuda.is_available() is False)")
+            cupy.cuda.runtime.getDeviceCount()
+            _state["module"], _state["why"] = cupy, None
+        except Exception as e:  # ImportError, CUDARuntimeError, missing driver: all mean "no GPU"
+            _state["module"], _state["why"] = None, f"{type(e).__name__}: {e}"
+    return _state["module"]
+
+
+def is_available() -> bool:
+    """True when CuPy imports and sees at least one CUDA device; never raises."""
+    return get_cupy() is not None
+
+
+def unavailable_reason() -> str | None:
+    """Why :func:`get_cupy` returned ``None`` (``None`` when a GPU is usable)."""
+    get_cupy()
+    return _state["why"]
+
+
+def is_cupy_array(a) -> bool:
+    """True for a ``cupy.ndarray`` without importing CuPy (NumPy arrays never need it)."""
+    return type(a).__module__.startswith("cupy")

@@ -1,0 +1,23 @@
+"""Fixtures for kernel tests: run the Triton path under the interpreter, on the CPU, per test."""
+
+import numpy as np
+import pytest
+
+
+@pytest.fixture
+def interpret(monkeypatch):
+    """Route NumPy arrays to the Triton kernels (through Triton's interpreter) for this test."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setenv("CONCH_KERNELS", "auto")
+
+
+@pytest.fixture
+def reference(monkeypatch):
+    """Force the reference path for this test."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setenv("CONCH_KERNELS", "reference")
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
