@@ -1,0 +1,27 @@
+"""Shared test fixtures: the device under test comes from CONCH_TEST_DEVICE (cpu by default)."""
+
+import os
+
+import numpy as np
+import pytest
+
+import conch
+
+DEVICE = os.environ.get("CONCH_TEST_DEVICE", "cpu")
+if DEVICE.startswith("cuda") and not conch.cuda.is_available():
+    raise pytest.UsageError("CONCH_TEST_DEVICE=cuda but conch.cuda.is_available() is False")
+
+
+@pytest.fixture
+def device():
+    """The device tests run on: 'cpu', or 'cuda' when CONCH_TEST_DEVICE=cuda."""
+    return DEVICE
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    conch.manual_seed(0)
+    np.random.seed(0)
+
+
+requires_gpu = pytest.mark.skipif(not conch.cuda.is_available(), reason="needs a CUDA GPU (conch.cuda.is_available())")
