@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 
 import numpy as np
@@ -138,7 +139,10 @@ def _rebind_for_interpreter(fn):
     ``TRITON_INTERPRET`` at import time. conch decides per call instead (NumPy arrays to the
     interpreter, CuPy arrays to the compiler, in the same process), so the interpreted twin of a
     kernel must also call interpreted twins of its helpers. Helpers must therefore be referenced
-    by bare global name inside kernels (``gelu(x)``, not ``module.gelu(x)``).
+    by bare global name inside kernels (``gelu(x)``, not ``module.gelu(x)``); ``tl.*`` library
+    functions are handled by :func:`_interpreter_stdlib`. Private names (``_sum_combine``...) are
+    left alone: the interpreter recognises Triton's own combine functions by identity and takes
+    its fast NumPy path for them.
     """
     import types
 
@@ -147,9 +151,46 @@ def _rebind_for_interpreter(fn):
     g = dict(fn.__globals__)
     for name in fn.__code__.co_names:
         val = g.get(name)
-        if isinstance(val, JITFunction):
+        if isinstance(val, JITFunction) and not (name.startswith("_") and val.fn.__module__.startswith("triton.")):
             g[name] = interpreted(val)
     return types.FunctionType(fn.__code__, g, fn.__name__, fn.__defaults__, fn.__closure__)
+
+
+@contextlib.contextmanager
+def _interpreter_stdlib():
+    """While an interpreted kernel runs, let ``tl.sum``, ``tl.max``, ``x.sum()``... be interpreted too.
+
+    These library functions are ``@triton.jit`` functions compiled-mode objects unless
+    ``TRITON_INTERPRET`` was set at import; they are swapped for interpreted twins for the
+    duration of the launch and restored afterwards, so compiled launches are unaffected.
+    """
+    import triton.language as tl
+    from triton.runtime.jit import JITFunction
+
+    try:  # imported lazily by Triton's argument handling; it must see the unpatched library
+        import triton.experimental.gluon  # noqa: F401
+    except ImportError:
+        pass
+    saved = []
+    for obj in (tl, tl.standard, tl.math, tl.tensor):
+        for name, val in list(vars(obj).items()):
+            if isinstance(val, JITFunction) and not name.startswith("_"):
+                saved.append((obj, name, val))
+                twin = interpreted(val)
+                setattr(obj, name, _as_method(twin) if obj is tl.tensor else twin)
+    try:
+        yield
+    finally:
+        for obj, name, val in saved:
+            setattr(obj, name, val)
+
+
+def _as_method(twin):
+    # an InterpretedFunction is no descriptor; a plain function binds ``self`` for ``x.sum()``
+    def method(self, *args, **kwargs):
+        return twin(self, *args, **kwargs)
+
+    return method
 
 
 def interpreted(jitfn):
@@ -158,7 +199,12 @@ def interpreted(jitfn):
     if twin is None:
         from triton.runtime.interpreter import InterpretedFunction
 
-        twin = InterpretedFunction(_rebind_for_interpreter(jitfn.fn))
+        class _Twin(InterpretedFunction):
+            def run(self, *args, **kwargs):
+                with _interpreter_stdlib():
+                    return super().run(*args, **kwargs)
+
+        twin = _Twin(_rebind_for_interpreter(jitfn.fn))
         _INTERPRETED[id(jitfn)] = twin
     return twin
 
