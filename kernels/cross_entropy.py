@@ -1,0 +1,394 @@
+"""Cross-entropy loss on logits: fused online-logsumexp forward, chunked recompute backward, reference path."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import triton
+import triton.language as tl
+
+from ._launch import kernel_for, targ, use_triton, xp_of
+
+try:
+    import ml_dtypes
+
+    _BF16 = np.dtype(ml_dtypes.bfloat16)
+except ImportError:  # pragma: no cover - ml_dtypes is a dependency
+    _BF16 = None
+
+#: Storage dtypes the Triton kernels take (math is always fp32 inside).
+_TRITON_DTYPES = tuple(d for d in (np.dtype(np.float32), np.dtype(np.float16), _BF16) if d is not None)
+#: Every logits dtype accepted; float64 always takes the reference path (keeps float64 for gradchecks).
+_FLOAT_DTYPES = _TRITON_DTYPES + (np.dtype(np.float64),)
+_REDUCTIONS = ("mean", "sum", "none")
+
+#: Chunk of the vocabulary one program handles per step, on the GPU (forward loops over chunks,
+#: backward launches one program per (row, chunk)).
+MAX_BLOCK = 4096
+#: Tests set this (e.g. to 8) to force many small chunks on short rows.
+FORCE_BLOCK: int | None = None
+
+
+# Reductions: tl.max / tl.sum are themselves @triton.jit functions, which the per-call interpreter
+# (kernels/_launch.py) cannot call, and whose interpreted twins fall back to a per-element Python
+# reduce. tl.reduce with Triton's own combine functions compiles to the same code on the GPU and
+# takes the interpreter's vectorised NumPy path.
+@triton.jit
+def _row_max(x):
+    return tl.reduce(x, 0, tl.standard._elementwise_max)
+
+
+@triton.jit
+def _row_sum(x):
+    return tl.reduce(x, 0, tl.standard._sum_combine)
+
+
+# ----------------------------------------------------------------------------------------------
+# Triton kernels
+# ----------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _ce_fwd_kernel(
+    X, T, LOSS, MAX, LOGSUM, n_cols, stride_x, ignore_index, eps, SMOOTH: tl.constexpr, BLOCK: tl.constexpr
+):
+    # One program per row, online over V-chunks. Per lane a running max m and a rescaled sum s:
+    #   m' = max(m, x), s' = s * exp(m - m') + exp(x - m');  M = max m, L = log(sum s * exp(m - M)), lse = M + L.
+    # loss = (1 - eps) * (lse - x[t]) + eps / V * sum_j (lse - x_j)
+    #      = (1 - eps) * ((M - x[t]) + L) + eps * ((M - p) - sum_j (x_j - p) / V + L);   ignored rows: 0.
+    # M and L are kept apart (not summed into lse), and the sum of x is taken about a pivot p (the
+    # target logit), so that differences of nearby large logits (|x| ~ 1e4) stay exact in fp32.
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK)
+    x_row = X + row * stride_x
+    m_vec = tl.full([BLOCK], -float("inf"), tl.float32)
+    s_vec = tl.full([BLOCK], 0.0, tl.float32)
+    sx_vec = tl.full([BLOCK], 0.0, tl.float32)
+    t = tl.load(T + row).to(tl.int64)
+    ignored = t == ignore_index
+    x_t = tl.load(x_row + tl.where(ignored, 0, t)).to(tl.float32)
+    pivot = tl.where(tl.abs(x_t) < float("inf"), x_t, 0.0)  # a -inf target logit must not make inf - inf
+    for start in range(0, n_cols, BLOCK):
+        offs = start + cols
+        mask = offs < n_cols
+        x = tl.load(x_row + offs, mask=mask, other=-float("inf")).to(tl.float32)
+        m_new = tl.maximum(m_vec, x)
+        # A lane that has seen only -inf keeps m = -inf: shift by 0 there so exp(-inf - -inf) never makes NaN.
+        shift = tl.where(m_new == -float("inf"), 0.0, m_new)
+        s_vec = s_vec * tl.exp(m_vec - shift) + tl.exp(x - shift)
+        m_vec = m_new
+        if SMOOTH:
+            sx_vec += tl.where(mask, x - pivot, 0.0)
+    m = _row_max(m_vec)
+    log_sum = tl.log(_row_sum(s_vec * tl.exp(m_vec - m)))
+    loss = (m - x_t) + log_sum
+    if SMOOTH:
+        loss = (1.0 - eps) * loss + eps * ((m - pivot) - _row_sum(sx_vec) / n_cols + log_sum)
+    loss = tl.where(ignored, 0.0, loss)
+    tl.store(LOSS + row, loss)
+    tl.store(MAX + row, m)
+    tl.store(LOGSUM + row, log_sum)
+
+
+@triton.jit
+def _ce_bwd_kernel(
+    X,
+    T,
+    MAX,
+    LOGSUM,
+    SCALE,
+    DX,
+    n_cols,
+    stride_x,
+    stride_dx,
+    ignore_index,
+    eps,
+    PER_ROW_SCALE: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    # Grid (row, chunk). Softmax recomputed from the logits and the saved lse = M + L, no [N, V] fp32 buffer:
+    #   dlogits = (exp((x - M) - L) - (1 - eps) * onehot(t) - eps / V) * scale_i;   ignored rows: 0,
+    # scale_i = dloss (sum), dloss / n_valid (mean, folded into SCALE by the launcher), dloss[i] (none).
+    row = tl.program_id(0).to(tl.int64)
+    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n_cols
+    t = tl.load(T + row).to(tl.int64)
+    m = tl.load(MAX + row)
+    log_sum = tl.load(LOGSUM + row)
+    if PER_ROW_SCALE:
+        scale = tl.load(SCALE + row).to(tl.float32)
+    else:
+        scale = tl.load(SCALE).to(tl.float32)
+    x = tl.load(X + row * stride_x + offs, mask=mask, other=-float("inf")).to(tl.float32)
+    g = tl.exp((x - m) - log_sum) - eps / n_cols
+    g = tl.where(offs == t, g - (1.0 - eps), g)
+    g = tl.where(t == ignore_index, 0.0, g * scale)
+    tl.store(DX + row * stride_dx + offs, g.to(DX.dtype.element_ty), mask=mask)
+
+
+# ----------------------------------------------------------------------------------------------
+# Checks, residuals, launchers
+# ----------------------------------------------------------------------------------------------
+
+
+class CrossEntropyResiduals(NamedTuple):
+    """What the backward needs: the caller's logits (a 2-D view, no copy when contiguous), targets, per-row lse.
+
+    The logsumexp is kept in two (N,) float32 parts, lse = row_max + log_sum, so that the backward's
+    exp((x - row_max) - log_sum) stays accurate for large logits; ``.lse`` gives their sum.
+    """
+
+    logits: object  # (N, V), the caller's array viewed as 2-D
+    target: object  # (N,) int32/int64
+    row_max: object  # (N,) float32 max_j x_ij (float64 for float64 logits)
+    log_sum: object  # (N,) float32 log sum_j exp(x_ij - row_max_i)
+    n_valid: object  # 0-d, lse's dtype: number of targets != ignore_index
+    ignore_index: int
+    label_smoothing: float
+    reduction: str
+    logits_shape: tuple
+
+    @property
+    def lse(self):
+        """(N,) logsumexp of each row."""
+        return self.row_max + self.log_sum
+
+
+def _check(logits, target, ignore_index, label_smoothing, reduction):
+    for name, a in (("logits", logits), ("target", target)):
+        if not hasattr(a, "dtype") or not hasattr(a, "shape"):
+            raise TypeError(f"cross_entropy: {name} must be a NumPy or CuPy array, got {type(a).__name__}")
+    if np.dtype(logits.dtype) not in _FLOAT_DTYPES:
+        raise TypeError(
+            f"cross_entropy: logits must be float16, bfloat16, float32 or float64, got {logits.dtype} "
+            f"(shape {tuple(logits.shape)})"
+        )
+    if np.dtype(target.dtype).kind not in "iu":
+        raise TypeError(
+            f"cross_entropy: target must hold integer class indices (int32/int64), got {target.dtype} "
+            f"(shape {tuple(target.shape)})"
+        )
+    if logits.ndim < 1 or tuple(target.shape) != tuple(logits.shape[:-1]):
+        raise ValueError(
+            f"cross_entropy: logits (..., V) and target (...) must agree: logits shape {tuple(logits.shape)}, "
+            f"target shape {tuple(target.shape)} (expected {tuple(logits.shape[:-1])})"
+        )
+    if logits.shape[-1] == 0:
+        raise ValueError(f"cross_entropy: logits need at least one class, got shape {tuple(logits.shape)}")
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"cross_entropy: reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+    if not 0.0 <= float(label_smoothing) <= 1.0:
+        raise ValueError(f"cross_entropy: label_smoothing must be in [0, 1], got {label_smoothing}")
+    if int(ignore_index) != ignore_index:
+        raise TypeError(f"cross_entropy: ignore_index must be an integer, got {ignore_index!r}")
+
+
+def _check_targets_in_range(target, n_classes, ignore_index):
+    """Raise naming the first bad target. On the GPU this costs one device-to-host sync."""
+    bad = (target != ignore_index) & ((target < 0) | (target >= n_classes))
+    if bool(bad.any()):
+        value = int(target[bad].ravel()[0])
+        raise ValueError(
+            f"cross_entropy: target value {value} is out of range for V={n_classes} classes "
+            f"(valid targets are 0..{n_classes - 1}, or ignore_index={ignore_index})"
+        )
+
+
+def _flatten(logits, target):
+    xp = xp_of(logits)
+    n_classes = logits.shape[-1]
+    x2 = logits.reshape(-1, n_classes)  # a view for contiguous logits; a copy only for unmergeable strides
+    if n_classes > 1 and x2.strides[1] != x2.itemsize:
+        x2 = xp.ascontiguousarray(x2)
+    t = target.reshape(-1)
+    if np.dtype(t.dtype) not in (np.dtype(np.int32), np.dtype(np.int64)):
+        t = t.astype(np.int64)
+    return x2, xp.ascontiguousarray(t)
+
+
+def _block(n_cols):
+    if FORCE_BLOCK is not None:
+        return int(FORCE_BLOCK), 4
+    block = min(triton.next_power_of_2(n_cols), MAX_BLOCK)
+    return block, (4 if block <= 1024 else 8)
+
+
+def _ce_fwd_triton(x2, t, ignore_index, eps):
+    xp = xp_of(x2)
+    n_rows, n_cols = x2.shape
+    loss = xp.empty((n_rows,), dtype=np.float32)
+    row_max = xp.empty((n_rows,), dtype=np.float32)
+    log_sum = xp.empty((n_rows,), dtype=np.float32)
+    if n_rows:
+        block, warps = _block(n_cols)
+        kernel_for(_ce_fwd_kernel, x2)[(n_rows,)](
+            targ(x2),
+            targ(t),
+            targ(loss),
+            targ(row_max),
+            targ(log_sum),
+            n_cols,
+            x2.strides[0] // x2.itemsize,
+            int(ignore_index),
+            float(eps),
+            SMOOTH=eps > 0.0,
+            BLOCK=block,
+            num_warps=warps,
+        )
+    return loss, row_max, log_sum
+
+
+def _ce_bwd_triton(res, scale, per_row):
+    xp = xp_of(res.logits)
+    x2 = res.logits
+    n_rows, n_cols = x2.shape
+    dx = xp.empty((n_rows, n_cols), dtype=x2.dtype)
+    if n_rows:
+        block, warps = _block(n_cols)
+        kernel_for(_ce_bwd_kernel, x2)[(n_rows, triton.cdiv(n_cols, block))](
+            targ(x2),
+            targ(res.target),
+            targ(res.row_max),
+            targ(res.log_sum),
+            targ(scale),
+            targ(dx),
+            n_cols,
+            x2.strides[0] // x2.itemsize,
+            n_cols,
+            int(res.ignore_index),
+            float(res.label_smoothing),
+            PER_ROW_SCALE=per_row,
+            BLOCK=block,
+            num_warps=warps,
+        )
+    return dx
+
+
+# ----------------------------------------------------------------------------------------------
+# Reference path (array API: NumPy and CuPy)
+# ----------------------------------------------------------------------------------------------
+
+
+def _compute_dtype(dtype):
+    return np.float64 if np.dtype(dtype) == np.float64 else np.float32
+
+
+def _ce_fwd_reference(x2, t, ignore_index, eps):
+    xp = xp_of(x2)
+    xf = x2.astype(_compute_dtype(x2.dtype))
+    n_cols = xf.shape[1]
+    ignored = t == ignore_index
+    t_safe = xp.where(ignored, 0, t).astype(np.int64)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        m = xf.max(axis=1, keepdims=True)
+        log_sum = xp.log(xp.exp(xf - m).sum(axis=1, keepdims=True))
+        logp = (xf - m) - log_sum  # log softmax(x)
+        nll = -xp.take_along_axis(logp, t_safe[:, None], axis=1)[:, 0]  # -log softmax(x)[t]
+        if eps > 0.0:
+            smooth = -logp.sum(axis=1)  # sum_j -log softmax(x)_j
+            loss = (1.0 - eps) * nll + (eps / n_cols) * smooth
+        else:
+            loss = nll
+        loss = xp.where(ignored, 0.0, loss)
+    ldt = np.float64 if xf.dtype == np.float64 else np.float32  # float64 logits keep a float64 loss (gradchecks)
+    return loss.astype(ldt), m[:, 0].astype(ldt), log_sum[:, 0].astype(ldt)
+
+
+def _ce_bwd_reference(res, scale, per_row):
+    xp = xp_of(res.logits)
+    ct = _compute_dtype(res.logits.dtype)
+    xf = res.logits.astype(ct)
+    n_rows, n_cols = xf.shape
+    eps = res.label_smoothing
+    t = res.target
+    ignored = t == res.ignore_index
+    t_safe = xp.where(ignored, 0, t).astype(np.int64)
+    # dlogits = (softmax(x) - (1 - eps) * onehot(t) - eps / V) * scale_i, ignored rows 0
+    m, log_sum = res.row_max.astype(ct)[:, None], res.log_sum.astype(ct)[:, None]
+    g = xp.exp((xf - m) - log_sum) - eps / n_cols
+    onehot = xp.arange(n_cols)[None, :] == t_safe[:, None]
+    g = g - (1.0 - eps) * onehot
+    s = scale.astype(ct).reshape(-1, 1) if per_row else scale.astype(ct).reshape(1, 1)
+    g = xp.where(ignored[:, None], 0.0, g * s)
+    return g.astype(res.logits.dtype)
+
+
+# ----------------------------------------------------------------------------------------------
+# Public pair
+# ----------------------------------------------------------------------------------------------
+
+
+def cross_entropy_forward(logits, target, *, ignore_index=-100, label_smoothing=0.0, reduction="mean"):
+    """Cross-entropy of ``logits`` (..., V) against integer class ``target`` (...), PyTorch semantics.
+
+    Per row, with lse = log(sum_j exp(x_j)) and eps = ``label_smoothing``:
+        loss_i = (1 - eps) * (lse - x[t_i]) + eps / V * sum_j (lse - x_j),   0 where t_i == ignore_index.
+    ``reduction``: "mean" = sum_i loss_i / n_valid (n_valid = #targets != ignore_index; all ignored
+    gives NaN, as PyTorch), "sum" = sum_i loss_i, "none" = loss_i shaped like ``target``.
+
+    logits: float16 / bfloat16 / float32 (Triton) or float64 (reference path); target: int32 / int64.
+    Returns ``(loss, residuals)``; ``loss`` is float32 (float64 for float64 logits), 0-d for mean/sum.
+    Targets outside [0, V) other than ``ignore_index`` raise ValueError. Inputs are never modified.
+
+    >>> loss, res = cross_entropy_forward(np.zeros((2, 3), np.float32), np.array([0, 2]))
+    >>> dlogits = cross_entropy_backward(res, np.float32(1.0))
+    """
+    _check(logits, target, ignore_index, label_smoothing, reduction)
+    xp = xp_of(logits)
+    eps = float(label_smoothing)
+    n_classes = logits.shape[-1]
+    x2, t = _flatten(logits, target)
+    _check_targets_in_range(t, n_classes, ignore_index)
+    if use_triton(logits, target) and np.dtype(logits.dtype) in _TRITON_DTYPES:
+        loss, row_max, log_sum = _ce_fwd_triton(x2, t, ignore_index, eps)
+    else:
+        loss, row_max, log_sum = _ce_fwd_reference(x2, t, ignore_index, eps)
+    ldt = loss.dtype  # float32; float64 only for float64 logits
+    n_valid = xp.asarray(xp.count_nonzero(t != ignore_index), dtype=ldt)
+    if reduction == "none":
+        out = loss.reshape(target.shape)
+    elif reduction == "sum":
+        out = xp.asarray(loss.sum(dtype=ldt), dtype=ldt)
+    else:
+        with np.errstate(invalid="ignore", divide="ignore"):  # all targets ignored: 0 / 0 = NaN, as PyTorch
+            out = xp.asarray(loss.sum(dtype=ldt) / n_valid, dtype=ldt)
+    res = CrossEntropyResiduals(
+        x2, t, row_max, log_sum, n_valid, int(ignore_index), eps, reduction, tuple(logits.shape)
+    )
+    return out, res
+
+
+def cross_entropy_backward(residuals, dloss):
+    """Gradient of :func:`cross_entropy_forward` with respect to the logits (same shape and dtype).
+
+    dlogits_ij = (softmax(x_i)_j - (1 - eps) * [j == t_i] - eps / V) * scale_i,  0 for ignored rows,
+    scale_i = dloss (sum), dloss / n_valid (mean), dloss[i] (none; ``dloss`` shaped like the loss).
+    """
+    res = residuals
+    xp = xp_of(res.logits)
+    n_rows = res.logits.shape[0]
+    dl = xp.asarray(dloss)
+    sdt = res.log_sum.dtype  # float32 (float64 for float64 logits)
+    if res.reduction == "none":
+        if dl.size != n_rows or (dl.ndim and tuple(dl.shape) != tuple(res.logits_shape[:-1])):
+            raise ValueError(
+                f"cross_entropy_backward: reduction='none' needs dloss shaped like the loss "
+                f"{tuple(res.logits_shape[:-1])}, got {tuple(dl.shape)}"
+            )
+        scale, per_row = xp.ascontiguousarray(dl.reshape(-1).astype(sdt)), True
+    else:
+        if dl.size != 1:
+            raise ValueError(
+                f"cross_entropy_backward: reduction={res.reduction!r} gives a scalar loss; dloss must have "
+                f"one element, got shape {tuple(dl.shape)}"
+            )
+        scale, per_row = dl.reshape(1).astype(sdt), False
+        if res.reduction == "mean":
+            with np.errstate(invalid="ignore", divide="ignore"):
+                scale = scale / res.n_valid  # stays on the device: no host sync; n_valid = 0 gives inf, rows all 0
+    if use_triton(res.logits) and np.dtype(res.logits.dtype) in _TRITON_DTYPES:
+        dx = _ce_bwd_triton(res, scale, per_row)
+    else:
+        dx = _ce_bwd_reference(res, scale, per_row)
+    return dx.reshape(res.logits_shape)

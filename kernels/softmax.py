@@ -1,0 +1,300 @@
+"""Softmax and log-softmax over the last dim: fused Triton kernels (one-row and online looped), reference path."""
+
+from __future__ import annotations
+
+import numpy as np
+import triton
+import triton.language as tl
+
+from ._launch import kernel_for, targ, use_triton, xp_of
+
+try:  # NumPy's bfloat16 (CuPy accepts the same dtype)
+    import ml_dtypes
+
+    _BF16 = np.dtype(ml_dtypes.bfloat16)
+except ImportError:  # pragma: no cover - ml_dtypes is a dependency
+    _BF16 = None
+
+#: Storage dtypes the Triton kernels take (math is always fp32 inside).
+_TRITON_DTYPES = tuple(d for d in (np.dtype(np.float32), np.dtype(np.float16), _BF16) if d is not None)
+#: Every dtype softmax accepts; float64 always takes the reference path (keeps float64 for gradchecks).
+_FLOAT_DTYPES = _TRITON_DTYPES + (np.dtype(np.float64),)
+
+#: Largest row (in bytes of the storage dtype) that one program keeps in registers in one block:
+#: 16384 fp32 / 32768 fp16-bf16 elements. Longer rows take the online looped kernels.
+MAX_FUSED_BYTES = 65536
+#: Chunk length of the looped kernels on the GPU.
+LOOP_BLOCK = 4096
+#: Tests set this (e.g. to 8) to force the looped kernels with that small chunk on short rows.
+FORCE_LOOP_BLOCK: int | None = None
+
+
+# Reductions: tl.max / tl.sum are themselves @triton.jit functions, which the per-call interpreter
+# (kernels/_launch.py) cannot call, and whose interpreted twins fall back to a per-element Python
+# reduce. tl.reduce with Triton's own combine functions compiles to the same code on the GPU and
+# takes the interpreter's vectorised NumPy path.
+@triton.jit
+def _row_max(x):
+    return tl.reduce(x, 0, tl.standard._elementwise_max)
+
+
+@triton.jit
+def _row_sum(x):
+    return tl.reduce(x, 0, tl.standard._sum_combine)
+
+
+# ----------------------------------------------------------------------------------------------
+# Triton kernels. One program per row; rows are contiguous in the last dim, row strides passed.
+# ----------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _softmax_fwd_row_kernel(X, Y, n_cols, stride_x, stride_y, LOG: tl.constexpr, BLOCK: tl.constexpr):
+    # The whole row in one block: y = exp(x - m) / s, log y = x - m - log(s), m = max x, s = sum exp(x - m).
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK)
+    mask = cols < n_cols
+    x = tl.load(X + row * stride_x + cols, mask=mask, other=-float("inf")).to(tl.float32)
+    m = _row_max(x)  # a row of -inf gives m = -inf, x - m = nan: NaN output, as PyTorch
+    z = x - m
+    e = tl.exp(z)  # padding lanes: exp(-inf) = 0
+    s = _row_sum(e)
+    if LOG:
+        y = z - tl.log(s)
+    else:
+        y = e / s
+    tl.store(Y + row * stride_y + cols, y.to(Y.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _softmax_fwd_loop_kernel(X, Y, n_cols, stride_x, stride_y, LOG: tl.constexpr, BLOCK: tl.constexpr):
+    # Pass 1, online: per lane a running max m and a sum s rescaled when m grows,
+    #   m' = max(m, x), s' = s * exp(m - m') + exp(x - m');
+    # then one combine: M = max m, S = sum s * exp(m - M). Pass 2 writes y from M and S.
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK)
+    x_row = X + row * stride_x
+    m_vec = tl.full([BLOCK], -float("inf"), tl.float32)
+    s_vec = tl.full([BLOCK], 0.0, tl.float32)
+    for start in range(0, n_cols, BLOCK):
+        offs = start + cols
+        x = tl.load(x_row + offs, mask=offs < n_cols, other=-float("inf")).to(tl.float32)
+        m_new = tl.maximum(m_vec, x)
+        # A lane that has seen only -inf keeps m = -inf; shift by 0 there so exp(-inf - -inf) never makes NaN.
+        shift = tl.where(m_new == -float("inf"), 0.0, m_new)
+        s_vec = s_vec * tl.exp(m_vec - shift) + tl.exp(x - shift)
+        m_vec = m_new
+    m = _row_max(m_vec)  # all -inf row: m = -inf, then s and y are NaN, as PyTorch
+    s = _row_sum(s_vec * tl.exp(m_vec - m))
+    log_s = tl.log(s)
+    y_row = Y + row * stride_y
+    for start in range(0, n_cols, BLOCK):
+        offs = start + cols
+        mask = offs < n_cols
+        x = tl.load(x_row + offs, mask=mask, other=-float("inf")).to(tl.float32)
+        if LOG:
+            y = x - m - log_s
+        else:
+            y = tl.exp(x - m) / s
+        tl.store(y_row + offs, y.to(Y.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _softmax_bwd_row_kernel(Y, DY, DX, n_cols, stride_y, stride_dy, stride_dx, LOG: tl.constexpr, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK)
+    mask = cols < n_cols
+    y = tl.load(Y + row * stride_y + cols, mask=mask, other=0.0).to(tl.float32)
+    dy = tl.load(DY + row * stride_dy + cols, mask=mask, other=0.0).to(tl.float32)
+    if LOG:
+        # y = log softmax(x): dx = dy - exp(y) * sum(dy)
+        dx = dy - tl.exp(y) * _row_sum(dy)
+    else:
+        # y = softmax(x): dx = y * (dy - sum(dy * y))
+        dx = y * (dy - _row_sum(dy * y))
+    tl.store(DX + row * stride_dx + cols, dx.to(DX.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _softmax_bwd_loop_kernel(Y, DY, DX, n_cols, stride_y, stride_dy, stride_dx, LOG: tl.constexpr, BLOCK: tl.constexpr):
+    # Same formulas as the one-row kernel: pass 1 reduces sum(dy) (log) or sum(dy * y), pass 2 writes dx.
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK)
+    y_row = Y + row * stride_y
+    dy_row = DY + row * stride_dy
+    acc = tl.full([BLOCK], 0.0, tl.float32)
+    for start in range(0, n_cols, BLOCK):
+        offs = start + cols
+        mask = offs < n_cols
+        dy = tl.load(dy_row + offs, mask=mask, other=0.0).to(tl.float32)
+        if LOG:
+            acc += dy
+        else:
+            y = tl.load(y_row + offs, mask=mask, other=0.0).to(tl.float32)
+            acc += dy * y
+    r = _row_sum(acc)
+    dx_row = DX + row * stride_dx
+    for start in range(0, n_cols, BLOCK):
+        offs = start + cols
+        mask = offs < n_cols
+        y = tl.load(y_row + offs, mask=mask, other=0.0).to(tl.float32)
+        dy = tl.load(dy_row + offs, mask=mask, other=0.0).to(tl.float32)
+        if LOG:
+            dx = dy - tl.exp(y) * r  # dx = dy - exp(y) * sum(dy)
+        else:
+            dx = y * (dy - r)  # dx = y * (dy - sum(dy * y))
+        tl.store(dx_row + offs, dx.to(DX.dtype.element_ty), mask=mask)
+
+
+# ----------------------------------------------------------------------------------------------
+# Launchers
+# ----------------------------------------------------------------------------------------------
+
+
+def _check_float(name, a):
+    if not hasattr(a, "dtype") or not hasattr(a, "shape"):
+        raise TypeError(f"softmax: {name} must be a NumPy or CuPy array, got {type(a).__name__}")
+    if np.dtype(a.dtype) not in _FLOAT_DTYPES:
+        raise TypeError(
+            f"softmax: {name} must be float16, bfloat16, float32 or float64, got dtype {a.dtype} (shape {a.shape})"
+        )
+    if a.ndim == 0:
+        raise ValueError(f"softmax: {name} must have at least 1 dim (softmax runs over the last dim), got shape ()")
+
+
+def _rows(a):
+    """``a`` as a 2-D (rows, cols) array whose last dim is contiguous: a view when possible, else a copy."""
+    xp = xp_of(a)
+    a2 = a.reshape(-1, a.shape[-1])  # a copy only when the leading dims cannot be merged
+    if a2.shape[1] > 1 and a2.strides[1] != a2.itemsize:
+        a2 = xp.ascontiguousarray(a2)
+    return a2
+
+
+def _config(n_cols, itemsize):
+    """(looped, BLOCK, num_warps) for a row of ``n_cols`` elements."""
+    if FORCE_LOOP_BLOCK is not None:
+        return True, int(FORCE_LOOP_BLOCK), 4
+    block = triton.next_power_of_2(max(n_cols, 1))
+    if block * itemsize <= MAX_FUSED_BYTES:
+        warps = 4 if block <= 1024 else 8 if block <= 4096 else 16
+        return False, block, warps
+    return True, LOOP_BLOCK, 8
+
+
+def _row_stride(a):
+    return a.strides[0] // a.itemsize
+
+
+def _softmax_fwd_triton(x, log):
+    xp = xp_of(x)
+    x2 = _rows(x)
+    n_rows, n_cols = x2.shape
+    y = xp.empty((n_rows, n_cols), dtype=x.dtype)
+    if n_rows and n_cols:
+        looped, block, warps = _config(n_cols, x2.itemsize)
+        kern = _softmax_fwd_loop_kernel if looped else _softmax_fwd_row_kernel
+        kernel_for(kern, x2)[(n_rows,)](
+            targ(x2), targ(y), n_cols, _row_stride(x2), _row_stride(y), LOG=log, BLOCK=block, num_warps=warps
+        )
+    return y.reshape(x.shape)
+
+
+def _softmax_bwd_triton(y, dy, log):
+    xp = xp_of(y)
+    y2, dy2 = _rows(y), _rows(dy)
+    n_rows, n_cols = y2.shape
+    dx = xp.empty((n_rows, n_cols), dtype=y.dtype)
+    if n_rows and n_cols:
+        looped, block, warps = _config(n_cols, 4)  # two inputs live in registers: budget as fp32
+        kern = _softmax_bwd_loop_kernel if looped else _softmax_bwd_row_kernel
+        kernel_for(kern, y2)[(n_rows,)](
+            targ(y2),
+            targ(dy2),
+            targ(dx),
+            n_cols,
+            _row_stride(y2),
+            _row_stride(dy2),
+            _row_stride(dx),
+            LOG=log,
+            BLOCK=block,
+            num_warps=warps,
+        )
+    return dx.reshape(y.shape)
+
+
+# ----------------------------------------------------------------------------------------------
+# Reference path (array API: NumPy and CuPy)
+# ----------------------------------------------------------------------------------------------
+
+
+def _compute_dtype(dtype):
+    return np.float64 if np.dtype(dtype) == np.float64 else np.float32
+
+
+def _softmax_fwd_reference(x, log):
+    xp = xp_of(x)
+    xf = x.astype(_compute_dtype(x.dtype))
+    if xf.size == 0:
+        return xf.astype(x.dtype)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        m = xf.max(axis=-1, keepdims=True)  # all -inf row: m = -inf, x - m = nan (NaN output, as PyTorch)
+        z = xf - m
+        e = xp.exp(z)
+        s = e.sum(axis=-1, keepdims=True)
+        y = z - xp.log(s) if log else e / s
+    return y.astype(x.dtype)
+
+
+def _softmax_bwd_reference(y, dy, log):
+    ct = _compute_dtype(y.dtype)
+    yf, dyf = y.astype(ct), dy.astype(ct)
+    xp = xp_of(y)
+    if log:
+        dx = dyf - xp.exp(yf) * dyf.sum(axis=-1, keepdims=True)  # dx = dy - exp(y) * sum(dy)
+    else:
+        dx = yf * (dyf - (dyf * yf).sum(axis=-1, keepdims=True))  # dx = y * (dy - sum(dy * y))
+    return dx.astype(y.dtype)
+
+
+# ----------------------------------------------------------------------------------------------
+# Public pair
+# ----------------------------------------------------------------------------------------------
+
+
+def softmax_forward(x, *, log=False):
+    """Softmax (``log=False``) or log-softmax (``log=True``) over the last dim of ``x``.
+
+    softmax:      y = exp(x - max(x)) / sum(exp(x - max(x)))
+    log_softmax:  y = x - max(x) - log(sum(exp(x - max(x))))
+
+    ``x``: any shape ``(..., C)``, float16 / bfloat16 / float32 (Triton) or float64 (reference path).
+    Returns ``(y, residuals)`` with ``y`` shaped and typed like ``x`` (fp32 math) and
+    ``residuals = (y,)``. A row that is all ``-inf`` gives NaN, as in PyTorch.
+
+    >>> y, res = softmax_forward(np.array([[0.0, 1.0]], np.float32))
+    >>> dx = softmax_backward(res, np.ones_like(y))
+    """
+    _check_float("x", x)
+    if use_triton(x) and np.dtype(x.dtype) in _TRITON_DTYPES:
+        y = _softmax_fwd_triton(x, bool(log))
+    else:
+        y = _softmax_fwd_reference(x, bool(log))
+    return y, (y,)
+
+
+def softmax_backward(residuals, dy, *, log=False):
+    """Gradient of :func:`softmax_forward` (same ``log``) with respect to ``x``.
+
+    softmax:      dx = y * (dy - sum(dy * y))
+    log_softmax:  dx = dy - exp(y) * sum(dy)
+
+    ``residuals`` is the ``(y,)`` from the forward; ``dy`` has ``y``'s shape. ``dx`` has ``y``'s dtype.
+    """
+    (y,) = residuals
+    _check_float("dy", dy)
+    if tuple(dy.shape) != tuple(y.shape):
+        raise ValueError(f"softmax_backward: dy shape {tuple(dy.shape)} != output shape {tuple(y.shape)}")
+    if use_triton(y, dy) and np.dtype(y.dtype) in _TRITON_DTYPES:
+        return _softmax_bwd_triton(y, dy, bool(log))
+    return _softmax_bwd_reference(y, dy, bool(log))
