@@ -10,13 +10,17 @@ written with Tensor operations.
 from __future__ import annotations
 
 import math
+import sys
 
 import numpy as np
+
+from conch import kernels as K
 
 from . import _dtype as D
 from . import ops
 from ._backend import xp_of
 from .autograd.function import Op
+from .autograd.grad_mode import _enabled
 from .tensor import Tensor, _norm_dim
 
 ACTIVATIONS = ("relu", "leaky_relu", "elu", "gelu", "gelu_tanh", "silu", "tanh", "sigmoid")
@@ -66,53 +70,225 @@ def _composite_activation(x, name, negative_slope=0.01, alpha=1.0):
     raise ValueError(f"unknown activation {name!r}; expected one of {', '.join(ACTIVATIONS)} or None")
 
 
+def _amp(op: str, *tensors):
+    """Cast inputs by the autocast policy; free (one dict lookup) when conch.amp was never imported."""
+    amp = sys.modules.get("conch.amp.autocast_mode")
+    if amp is None or not amp.is_autocast_enabled():
+        return tensors
+    return amp.cast_for(op, *tensors)
+
+
+def _res(ctx):
+    """The kernel residuals of ``ctx``, or the "backward twice" error once they were freed."""
+    if ctx.res is None:
+        from .autograd.function import _FREED_MSG
+
+        raise RuntimeError(_FREED_MSG)
+    return ctx.res
+
+
+def _t(arr):
+    return None if arr is None else Tensor._make(arr)
+
+
+def _recompute_grads(ctx, composite, grads):
+    """create_graph fallback: differentiate the composite formula on the saved inputs.
+
+    The kernels' array-level backward cannot itself be recorded, so when a backward is being
+    recorded (``create_graph=True``) a fused op re-expresses its forward with Tensor ops and lets
+    autograd differentiate that: the result carries a graph, so third derivatives work too.
+    """
+    from .autograd import grad
+
+    inputs = ctx.saved_tensors
+    want = [i for i, n in enumerate(ctx.needs_input_grad) if n]
+    out = composite(*inputs)
+    outs = out if isinstance(out, tuple) else (out,)
+    gs = grad(list(outs), [inputs[i] for i in want], list(grads), create_graph=True, allow_unused=True)
+    res = [None] * len(inputs)
+    for i, g in zip(want, gs):
+        res[i] = g
+    return tuple(res)
+
+
+class Activation(Op):
+    """act(x) on the activations kernel; backward dx = dy · act'(x) (or act'(y) where cheaper)."""
+
+    saves = (0,)
+
+    @staticmethod
+    def forward(ctx, x, name, negative_slope, alpha):
+        ctx.attrs = (name, negative_slope, alpha)
+        y, ctx.res = K.activations.activation_forward(x, name, negative_slope=negative_slope, alpha=alpha)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        if _enabled[0]:
+            name, slope, alpha = ctx.attrs
+            return _recompute_grads(ctx, lambda x: _composite_activation(x, name, slope, alpha), (g,))
+        return _t(K.activations.activation_backward(_res(ctx), g._data))
+
+
 def activation(x: Tensor, name: str, negative_slope: float = 0.01, alpha: float = 1.0) -> Tensor:
-    """``act(x)`` for one of :data:`ACTIVATIONS`, computed in float32 for half-precision inputs."""
+    """``act(x)`` for one of :data:`ACTIVATIONS`; math in float32 for half-precision inputs."""
     if not x.is_floating_point():
         raise TypeError(f"{name} expects a floating-point tensor, got {x.dtype}")
-    return _composite_activation(x, name, negative_slope, alpha)
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; expected one of {', '.join(ACTIVATIONS)}")
+    return Activation.apply(x, name=name, negative_slope=negative_slope, alpha=alpha)
+
+
+class MatMulAct(Op):
+    """out = act(a @ b + bias) on the matmul kernel (bias and activation fused in the epilogue).
+
+    Backward: dZ = dout · act'(Z), da = dZ @ bᵀ, db = aᵀ @ dZ, dbias = Σ_rows dZ.
+    """
+
+    saves = (0, 1, 2)
+
+    @staticmethod
+    def forward(ctx, a, b, bias, act, negative_slope):
+        ctx.act, ctx.slope, ctx.has_bias = act, negative_slope, bias.size > 0
+        out, ctx.res = K.matmul.matmul_forward(
+            a, b, bias if ctx.has_bias else None, act, negative_slope=negative_slope, allow_tf32=_tf32[0]
+        )
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        if _enabled[0]:
+            act, slope, has_bias = ctx.act, ctx.slope, ctx.has_bias
+
+            def composite(a, b, bias):
+                z = ops.MatMul.apply(a, b)
+                if has_bias:
+                    z = z + bias
+                return z if act is None else _composite_activation(z, act, slope)
+
+            return _recompute_grads(ctx, composite, (g,))
+        n = ctx.needs_input_grad
+        da, db, dbias = K.matmul.matmul_backward(_res(ctx), g._data, (n[0], n[1], n[2] and ctx.has_bias))
+        return _t(da), _t(db), _t(dbias)
+
+
+_tf32 = [True]
+
+
+def allow_tf32(flag: bool | None = None) -> bool:
+    """Let float32 matmuls use TF32 tensor cores on the GPU (default True); returns the setting."""
+    if flag is not None:
+        _tf32[0] = bool(flag)
+    return _tf32[0]
+
+
+def _no_bias(a):
+    return Tensor._make(xp_of(a._data).empty((0,), dtype=a.dtype))
 
 
 def matmul(a: Tensor, b: Tensor) -> Tensor:
-    return ops.MatMul.apply(a, b)
+    a, b = _amp("matmul", a, b)
+    return MatMulAct.apply(a, b, _no_bias(a), act=None, negative_slope=0.01)
 
 
-def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, activation: str | None = None) -> Tensor:
-    """``act(x @ weightᵀ + bias)``: x (..., in), weight (out, in), bias (out,) -> (..., out)."""
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, activation: str | None = None,
+           negative_slope: float = 0.01) -> Tensor:  # fmt: skip
+    """``act(x @ weightᵀ + bias)`` in one kernel: x (..., in), weight (out, in), bias (out,) -> (..., out)."""
     if weight.ndim != 2:
         raise RuntimeError(f"linear: weight must be 2-D (out_features, in_features), got shape {weight.shape}")
-    if x.shape[-1:] != weight.shape[1:]:
+    if x.ndim == 0 or x.shape[-1] != weight.shape[1]:
         raise RuntimeError(
             f"linear: input shape {x.shape} does not match weight shape {weight.shape}: "
-            f"expected last dim {weight.shape[1]}, got {x.shape[-1] if x.ndim else 'a 0-d tensor'}"
+            f"expected last dim {weight.shape[1]} (in_features), got {x.shape[-1] if x.ndim else 'a 0-d tensor'}"
         )
     if bias is not None and bias.shape != weight.shape[:1]:
         raise RuntimeError(f"linear: bias shape {bias.shape} does not match out_features {weight.shape[0]}")
-    y = x @ weight.T
-    if bias is not None:
-        y = y + bias
-    if activation is not None and activation != "none":
-        y = _composite_activation(y, activation)
-    return y
+    if activation == "none":
+        activation = None
+    if activation is not None and activation not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {activation!r}; expected None or one of {', '.join(ACTIVATIONS)}")
+    if bias is None:
+        x, weight = _amp("linear", x, weight)
+        bias = _no_bias(x)
+    else:
+        x, weight, bias = _amp("linear", x, weight, bias)
+    dt = x.dtype
+    if weight.dtype != dt or (bias.numel() and bias.dtype != dt):
+        weight, bias = weight.to(dtype=dt), bias.to(dtype=dt)
+    # weightᵀ is a strided view: the kernel reads it in place, no copy
+    return MatMulAct.apply(x, weight.T, bias, act=activation, negative_slope=negative_slope)
+
+
+class SoftmaxLast(Op):
+    """softmax / log_softmax over the last dim on the softmax kernel."""
+
+    saves = (0,)
+
+    @staticmethod
+    def forward(ctx, x, log):
+        ctx.log = log
+        y, ctx.res = K.softmax.softmax_forward(x, log=log)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        if _enabled[0]:
+            cls = ops.LogSoftmax if ctx.log else ops.Softmax
+            return _recompute_grads(ctx, lambda x: cls.apply(x, dim=x.ndim - 1), (g,))
+        return _t(K.softmax.softmax_backward(_res(ctx), g._data, log=ctx.log))
+
+
+def _softmax(x, dim, dtype, log):
+    (x,) = _amp("log_softmax" if log else "softmax", x)
+    if dtype is not None:
+        x = x.to(dtype=dtype)
+    if not x.is_floating_point():
+        raise TypeError(f"softmax expects a floating-point tensor, got {x.dtype}")
+    if x.ndim == 0:
+        return x * 0 if log else x * 0 + 1
+    d = _norm_dim(dim, x.ndim)
+    if d == x.ndim - 1:
+        return SoftmaxLast.apply(x, log=log)
+    # the kernel reduces the last dim: move ``dim`` there and back (two copies, still one kernel)
+    return SoftmaxLast.apply(x.transpose(d, -1).contiguous(), log=log).transpose(d, -1)
 
 
 def softmax(x: Tensor, dim: int, dtype=None) -> Tensor:
-    if dtype is not None:
-        x = x.to(dtype=dtype)
-    return ops.Softmax.apply(x, dim=_norm_dim(dim, x.ndim))
+    """exp(x - max) / Σ exp(x - max) along ``dim``."""
+    return _softmax(x, dim, dtype, False)
 
 
 def log_softmax(x: Tensor, dim: int, dtype=None) -> Tensor:
-    if dtype is not None:
-        x = x.to(dtype=dtype)
-    return ops.LogSoftmax.apply(x, dim=_norm_dim(dim, x.ndim))
+    """x - max - log Σ exp(x - max) along ``dim``."""
+    return _softmax(x, dim, dtype, True)
+
+
+class CrossEntropy(Op):
+    """Fused cross-entropy from logits (logsumexp in the forward, softmax − onehot in the backward)."""
+
+    saves = (0,)
+
+    @staticmethod
+    def forward(ctx, logits, target, ignore_index, label_smoothing, reduction):
+        ctx.attrs = (target, ignore_index, label_smoothing, reduction)
+        loss, ctx.res = K.cross_entropy.cross_entropy_forward(
+            logits, target, ignore_index=ignore_index, label_smoothing=label_smoothing, reduction=reduction
+        )
+        return loss
+
+    @staticmethod
+    def backward(ctx, g):
+        if _enabled[0]:
+            t, ii, ls, red = ctx.attrs
+            return _recompute_grads(ctx, lambda x: _composite_cross_entropy(x, t, ii, ls, red), (g,))
+        return _t(K.cross_entropy.cross_entropy_backward(_res(ctx), g._data))
 
 
 def cross_entropy(logits: Tensor, target: Tensor, ignore_index=-100, label_smoothing=0.0, reduction="mean"):
     """Cross-entropy of (N, C) logits against (N,) integer targets, PyTorch semantics.
 
     loss_i = (1-ε)(lse_i - x_i[t_i]) + ε/C Σ_j (lse_i - x_ij); rows with t_i = ignore_index count 0
-    and are left out of the mean's denominator.
+    and are left out of the mean's denominator. The loss is float32 for half-precision logits.
     """
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"{reduction} is not a valid value for reduction; expected 'mean', 'sum' or 'none'")
@@ -121,21 +297,25 @@ def cross_entropy(logits: Tensor, target: Tensor, ignore_index=-100, label_smoot
             f"cross_entropy expects logits (N, C) and target (N,), got logits {logits.shape} and target {target.shape}"
         )
     if target.dtype.kind not in "iu":
-        raise TypeError(f"cross_entropy expects integer class targets, got {target.dtype}")
+        raise TypeError(f"cross_entropy expects integer class targets (int64), got {target.dtype}")
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"label_smoothing must be between 0.0 and 1.0, got {label_smoothing}")
+    if target.device != logits.device:
+        raise RuntimeError(f"cross_entropy: logits are on {logits.device} but target is on {target.device}")
+    (logits,) = _amp("cross_entropy", logits)
+    return CrossEntropy.apply(
+        logits, target=target._data, ignore_index=int(ignore_index), label_smoothing=float(label_smoothing),
+        reduction=reduction,
+    )  # fmt: skip
+
+
+def _composite_cross_entropy(logits, t, ignore_index, label_smoothing, reduction):
     n, c = logits.shape
-    t = target._data
     valid = t != ignore_index
-    bad = valid & ((t < 0) | (t >= c))
-    if bad.any():
-        raise IndexError(
-            f"Target {int(t[bad][0])} is out of bounds: logits have {c} classes (valid targets are 0..{c - 1} "
-            f"or ignore_index={ignore_index})"
-        )
     x = logits.float() if logits.dtype in (D.float16, D.bfloat16) else logits
     logp = ops.LogSoftmax.apply(x, dim=1)
     xp = xp_of(t)
-    safe_t = xp.where(valid, t, 0)
-    nll = -logp[xp.arange(n), safe_t]
+    nll = -logp[xp.arange(n), xp.where(valid, t, 0)]
     if label_smoothing:
         nll = nll * (1 - label_smoothing) - logp.sum(1) * (label_smoothing / c)
     nll = nll * Tensor._make(valid.astype(x.dtype))
@@ -146,25 +326,83 @@ def cross_entropy(logits: Tensor, target: Tensor, ignore_index=-100, label_smoot
     return nll.sum() / Tensor._make(xp.asarray(valid.sum(), dtype=x.dtype))
 
 
-def layer_norm(x: Tensor, normalized_shape, weight=None, bias=None, eps=1e-5) -> Tensor:
-    """(x - mean) / sqrt(var + eps) * weight + bias over the trailing ``normalized_shape`` dims."""
-    shape = _check_norm(x, normalized_shape, weight, "layer_norm")
-    dims = tuple(range(x.ndim - len(shape), x.ndim))
-    xf = x.float() if x.dtype in (D.float16, D.bfloat16) else x
-    mean = xf.mean(dims, keepdim=True)
-    xc = xf - mean
-    y = xc * ((xc * xc).mean(dims, keepdim=True) + eps).rsqrt()
-    y = y.to(dtype=x.dtype)
+class LayerNorm(Op):
+    """Layer norm over the last dim on the norms kernel (fp32 mean/rstd saved)."""
+
+    saves = (0, 1, 2)
+
+    @staticmethod
+    def forward(ctx, x, w, b, eps, rms):
+        ctx.eps, ctx.rms, ctx.hw, ctx.hb = eps, rms, w.size > 0, b.size > 0
+        w = w if ctx.hw else None
+        if rms:
+            y, ctx.res = K.norms.rms_norm_forward(x, w, eps=eps)
+        else:
+            y, ctx.res = K.norms.layer_norm_forward(x, w, b if ctx.hb else None, eps=eps)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        if _enabled[0]:
+            eps, rms, hw, hb = ctx.eps, ctx.rms, ctx.hw, ctx.hb
+
+            def composite(x, w, b):
+                d = x.shape[-1]
+                if rms:
+                    return _composite_rms_norm(x, (d,), w if hw else None, eps)
+                return _composite_layer_norm(x, (d,), w if hw else None, b if hb else None, eps)
+
+            return _recompute_grads(ctx, composite, (g,))
+        if ctx.rms:
+            dx, dw = K.norms.rms_norm_backward(_res(ctx), g._data)
+            return _t(dx), _t(dw), None
+        dx, dw, db = K.norms.layer_norm_backward(_res(ctx), g._data)
+        return _t(dx), _t(dw), _t(db)
+
+
+def _norm(x, normalized_shape, weight, bias, eps, rms):
+    name = "rms_norm" if rms else "layer_norm"
+    shape = _check_norm(x, normalized_shape, weight, name)
+    if bias is not None and bias.shape != shape:
+        raise RuntimeError(f"{name}: bias shape {bias.shape} does not match normalized_shape {shape}")
+    x, *wb = _amp(name, x, *(t for t in (weight, bias) if t is not None))
     if weight is not None:
-        y = y * weight
+        weight = wb.pop(0)
     if bias is not None:
-        y = y + bias
-    return y
+        bias = wb.pop(0)
+    d = 1
+    for s in shape:
+        d *= s
+    lead = x.shape[: x.ndim - len(shape)]
+    x2 = x if len(shape) == 1 else x.reshape(lead + (d,))
+    none = _no_bias(x)
+    w2 = none if weight is None else weight.reshape(d)
+    b2 = none if bias is None else bias.reshape(d)
+    y = LayerNorm.apply(x2, w2, b2, eps=float(eps), rms=rms)
+    return y if len(shape) == 1 else y.reshape(x.shape)
+
+
+def layer_norm(x: Tensor, normalized_shape, weight=None, bias=None, eps=1e-5) -> Tensor:
+    """(x - mean) / sqrt(var + eps) * weight + bias over the trailing ``normalized_shape`` dims (biased var)."""
+    return _norm(x, normalized_shape, weight, bias, eps, rms=False)
 
 
 def rms_norm(x: Tensor, normalized_shape, weight=None, eps=1e-6) -> Tensor:
     """x / sqrt(mean(x²) + eps) * weight over the trailing ``normalized_shape`` dims."""
-    shape = _check_norm(x, normalized_shape, weight, "rms_norm")
+    return _norm(x, normalized_shape, weight, None, eps, rms=True)
+
+
+def _composite_layer_norm(x, shape, weight, bias, eps):
+    dims = tuple(range(x.ndim - len(shape), x.ndim))
+    xf = x.float() if x.dtype in (D.float16, D.bfloat16) else x
+    xc = xf - xf.mean(dims, keepdim=True)
+    y = (xc * ((xc * xc).mean(dims, keepdim=True) + eps).rsqrt()).to(dtype=x.dtype)
+    if weight is not None:
+        y = y * weight
+    return y + bias if bias is not None else y
+
+
+def _composite_rms_norm(x, shape, weight, eps):
     dims = tuple(range(x.ndim - len(shape), x.ndim))
     xf = x.float() if x.dtype in (D.float16, D.bfloat16) else x
     y = (xf * ((xf * xf).mean(dims, keepdim=True) + eps).rsqrt()).to(dtype=x.dtype)
@@ -172,8 +410,8 @@ def rms_norm(x: Tensor, normalized_shape, weight=None, eps=1e-6) -> Tensor:
 
 
 def _check_norm(x, normalized_shape, weight, name):
-    shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
-    if x.shape[x.ndim - len(shape) :] != shape or len(shape) > x.ndim:
+    shape = (int(normalized_shape),) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+    if len(shape) > x.ndim or x.shape[x.ndim - len(shape) :] != shape:
         raise RuntimeError(
             f"{name}: given normalized_shape={list(shape)}, expected input with shape [*, "
             f"{', '.join(map(str, shape))}], but got input of size {list(x.shape)}"
@@ -183,21 +421,37 @@ def _check_norm(x, normalized_shape, weight, name):
     return shape
 
 
+class Dropout(Op):
+    """y = x · mask / (1 - p) with a counter-based mask: the backward regenerates it from (seed, offset)."""
+
+    @staticmethod
+    def forward(ctx, x, p, seed, offset):
+        y, ctx.res = K.dropout.dropout_forward(x, p, seed=seed, offset=offset)
+        ctx.p, ctx.seed, ctx.offset = p, seed, offset
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        if _enabled[0]:  # linear in x: the mask is a constant, so the composite is g · mask / (1-p)
+            xp = xp_of(g._data)
+            keep = K.dropout.dropout_mask(g.shape, ctx.p, ctx.seed, ctx.offset, xp=xp)
+            return g * Tensor._make((keep / (1 - ctx.p)).astype(g.dtype))
+        return _t(K.dropout.dropout_backward(_res(ctx), g._data))
+
+
 def dropout(x: Tensor, p: float = 0.5, training: bool = True) -> Tensor:
-    """Zero each element with probability p and scale the rest by 1/(1-p); identity in eval mode."""
+    """Zero each element with probability p and scale the rest by 1/(1-p); identity when not training.
+
+    The mask comes from a counter-based generator (seed, offset) that ``conch.manual_seed`` sets
+    and checkpointing saves and restores, so a recomputation draws the same mask.
+    """
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
     if not training or p == 0.0:
         return x
     if p == 1.0:
         return x * 0
-    from .creation import _state
+    from .creation import philox_seed_offset
 
-    g = _state["np"] if isinstance(x._data, np.ndarray) else None
-    if g is None:
-        import cupy
-
-        keep = cupy.random.random_sample(x.shape) >= p
-    else:
-        keep = g.random(x.shape) >= p
-    return x * Tensor._make((keep / (1 - p)).astype(x.dtype))
+    seed, offset = philox_seed_offset(x.numel())
+    return Dropout.apply(x, p=float(p), seed=seed, offset=offset)
