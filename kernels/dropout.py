@@ -1,0 +1,187 @@
+"""Dropout with counter-based randomness (Philox-4x32-10, as tl.rand): the mask is regenerated, never stored."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import triton
+import triton.language as tl
+from triton.language import rand as tl_rand  # bare global name: kernel_for's interpreted twin swaps it
+
+from ._launch import kernel_for, targ, use_triton, xp_of
+
+# ----------------------------------------------------------------------------------------------
+# Triton kernel: one kernel for forward (X = x) and backward (X = dy), since both compute
+# out_i = keep_i * X_i * scale with keep_i = (u_i >= p), u_i = tl.rand(seed, offset + i).
+# ----------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _dropout_kernel(X, Y, N, p, scale, seed, offset, BLOCK: tl.constexpr):
+    idx = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    ok = idx < N
+    x = tl.load(X + idx, mask=ok, other=0.0).to(tl.float32)
+    # int64 counters: Philox counter words c0 = low 32 bits, c1 = high 32 bits of (offset + i)
+    u = tl_rand(seed, offset + idx)
+    keep = u >= p
+    # forward: y = x * mask / (1 - p); backward: dx = dy * mask / (1 - p)  (scale = 0 when p = 1)
+    y = tl.where(keep, x * scale, 0.0)
+    tl.store(Y + idx, y.to(Y.dtype.element_ty), mask=ok)
+
+
+# ----------------------------------------------------------------------------------------------
+# Launcher
+# ----------------------------------------------------------------------------------------------
+
+_FLOATS = ("float32", "float16", "bfloat16", "float64")
+
+
+class DropoutResiduals(NamedTuple):
+    """All a dropout backward needs: the Philox stream (seed, offset), p, and the input's shape and dtype."""
+
+    seed: int
+    offset: int
+    p: float
+    shape: tuple
+    dtype: object
+
+
+def _check(p, seed, offset, n, name):
+    if isinstance(p, bool) or not isinstance(p, (int, float, np.floating, np.integer)):
+        raise TypeError(f"{name}: p must be a float in [0, 1], got {type(p).__name__}")
+    if not 0.0 <= float(p) <= 1.0:  # also rejects NaN
+        raise ValueError(f"{name}: dropout probability p must be in [0, 1], got {p}")
+    for label, v, hi in (("seed", seed, 2**64), ("offset", offset, 2**63)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+            raise TypeError(f"{name}: {label} must be an int, got {type(v).__name__}")
+        if not 0 <= int(v) < hi:
+            raise ValueError(f"{name}: {label} must be in [0, 2**{hi.bit_length() - 1}), got {v}")
+    if int(offset) + n >= 2**63:
+        raise ValueError(f"{name}: offset {offset} + numel {n} overflows the 63-bit Philox counter")
+
+
+def _scale(p):
+    """1 / (1 - p), and 0 for p = 1 (PyTorch: every element dropped, no division by zero)."""
+    return 0.0 if p >= 1.0 else 1.0 / (1.0 - p)
+
+
+_BLOCK_GPU, _BLOCK_INTERP = 1024, 256
+
+
+def _dropout_triton(x, p, seed, offset):
+    xp = xp_of(x)
+    xc = xp.ascontiguousarray(x)  # the mask indexes the C-order flattening: copy non-contiguous inputs
+    y = xp.empty_like(xc)
+    n = xc.size
+    if n:
+        block = _BLOCK_INTERP if isinstance(x, np.ndarray) else _BLOCK_GPU
+        kernel_for(_dropout_kernel, xc)[(triton.cdiv(n, block),)](
+            targ(xc), targ(y), n, float(p), _scale(p), int(seed), int(offset), BLOCK=block, num_warps=4
+        )
+    return y
+
+
+# ----------------------------------------------------------------------------------------------
+# Reference path: Philox-4x32-10 in xp with uint64 arithmetic, bit-for-bit Triton's tl.rand
+# (triton/language/random.py: randint4x -> philox -> philox_impl, then uint_to_uniform_float).
+# ----------------------------------------------------------------------------------------------
+
+_PHILOX_KEY_A, _PHILOX_KEY_B = 0x9E3779B9, 0xBB67AE85
+_PHILOX_ROUND_A, _PHILOX_ROUND_B = 0xD2511F53, 0xCD9E8D57
+_M32 = 0xFFFFFFFF
+
+
+def philox4x32(c0, c1, c2, c3, k0, k1, xp=np, rounds=10):
+    """Philox-4x32 (Salmon et al. 2011, Random123) on uint64 arrays holding 32-bit words, as Triton's
+    ``philox_impl``: returns the four output words ``(c0, c1, c2, c3)`` as uint64 arrays."""
+    u64 = xp.uint64
+    c0, c1, c2, c3 = (xp.asarray(c, dtype=u64) for c in (c0, c1, c2, c3))
+    k0, k1 = int(k0) & _M32, int(k1) & _M32
+    ra, rb, m32, s32 = u64(_PHILOX_ROUND_A), u64(_PHILOX_ROUND_B), u64(_M32), u64(32)
+    for _ in range(rounds):
+        pb = rb * c2  # 32x32 -> 64-bit products, exact in uint64
+        pa = ra * c0
+        c0, c1, c2, c3 = (
+            (pb >> s32) ^ c1 ^ u64(k0),  # umulhi(B, c2) ^ c1 ^ k0
+            pb & m32,  # B * c2 (low word)
+            (pa >> s32) ^ c3 ^ u64(k1),  # umulhi(A, c0) ^ c3 ^ k1
+            pa & m32,  # A * c0 (low word)
+        )
+        k0 = (k0 + _PHILOX_KEY_A) & _M32  # raise the key
+        k1 = (k1 + _PHILOX_KEY_B) & _M32
+    return c0, c1, c2, c3
+
+
+def philox_uniform(n, seed, offset, xp=np):
+    """``tl.rand(seed, offset + arange(n))`` on the host or device: float32 uniforms in [0, 1).
+
+    Counter (c0, c1, c2, c3) = (lo32(offset + i), hi32(offset + i), 0, 0); key (k0, k1) =
+    (lo32(seed), hi32(seed)); 10 rounds; the first output word is read as int32, negative
+    values are bit-inverted, and the result is multiplied by 4.6566127342e-10 in float32.
+    """
+    u64 = xp.uint64
+    ctr = xp.arange(n, dtype=u64) + u64(offset)
+    zero = xp.zeros(n, dtype=u64)
+    r, _, _, _ = philox4x32(ctr & u64(_M32), ctr >> u64(32), zero, zero, int(seed) & _M32, int(seed) >> 32, xp)
+    r = r.astype(xp.uint32).view(xp.int32)
+    r = xp.where(r < 0, ~r, r)
+    return r.astype(xp.float32) * xp.float32(4.6566127342e-10)
+
+
+def dropout_mask(shape, p, seed, offset=0, xp=np):
+    """The boolean keep-mask of :func:`dropout_forward` for an input of ``shape``: ``u_i >= p``."""
+    shape = tuple(int(s) for s in (shape if isinstance(shape, (tuple, list)) else (shape,)))
+    n = int(np.prod(shape, dtype=np.int64))
+    _check(p, seed, offset, n, "dropout_mask")
+    return (philox_uniform(n, seed, offset, xp) >= xp.float32(p)).reshape(shape)
+
+
+def _dropout_ref(x, p, seed, offset):
+    xp = xp_of(x)
+    keep = dropout_mask(x.shape, p, seed, offset, xp)
+    acc = np.float64 if x.dtype == np.float64 else np.float32
+    y = xp.where(keep, x.astype(acc) * acc(_scale(p)), acc(0))
+    return y.astype(x.dtype)
+
+
+# ----------------------------------------------------------------------------------------------
+# Public API
+# ----------------------------------------------------------------------------------------------
+
+
+def _triton_ok(x):
+    return x.dtype != np.float64 and use_triton(x)
+
+
+def dropout_forward(x, p, *, seed: int, offset: int = 0):
+    """Dropout: ``y = x * mask / (1 - p)`` with ``mask_i = (u_i >= p)``, ``u_i = philox(seed, offset + i)``.
+
+    ``i`` is the C-order flat index of the element. ``p = 0`` returns a copy of ``x``; ``p = 1`` returns
+    zeros. Returns ``(y, residuals)`` with ``y`` in ``x``'s dtype; the residuals are a
+    :class:`DropoutResiduals` (seed, offset, p, shape, dtype): the mask is regenerated in backward.
+    A caller drawing fresh masks advances ``offset`` by at least ``x.size`` between calls.
+
+    >>> y, res = dropout_forward(np.ones(8, np.float32), 0.5, seed=0)
+    >>> dx = dropout_backward(res, np.ones(8, np.float32))   # equals y here
+    """
+    if x.dtype.name not in _FLOATS:
+        raise TypeError(f"dropout_forward: x must be float32, float16, bfloat16 or float64, got dtype {x.dtype}")
+    _check(p, seed, offset, x.size, "dropout_forward")
+    p = float(p)
+    res = DropoutResiduals(int(seed), int(offset), p, tuple(x.shape), x.dtype)
+    if _triton_ok(x):
+        return _dropout_triton(x, p, seed, offset), res
+    return _dropout_ref(x, p, seed, offset), res
+
+
+def dropout_backward(residuals, dy):
+    """Gradient of :func:`dropout_forward`: ``dx = dy * mask / (1 - p)``, the mask regenerated from (seed, offset)."""
+    r = residuals
+    if tuple(dy.shape) != tuple(r.shape):
+        raise ValueError(f"dropout_backward: dy of shape {dy.shape} does not match the input shape {r.shape}")
+    if dy.dtype.name not in _FLOATS:
+        raise TypeError(f"dropout_backward: dy must be a float array, got dtype {dy.dtype}")
+    if _triton_ok(dy):
+        return _dropout_triton(dy, r.p, r.seed, r.offset)
+    return _dropout_ref(dy, r.p, r.seed, r.offset)

@@ -1,0 +1,376 @@
+"""LayerNorm and RMSNorm over the last dimension: fused Triton kernels (forward, backward) and reference paths."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import triton
+import triton.language as tl
+from triton.language import sum as tl_sum
+
+from ._launch import interpreting, kernel_for, targ, use_triton, xp_of
+
+# Triton's own @jit helpers (tl.sum, tl.zeros, tl.rand, ...) are bound to bare global names here and
+# tl.zeros is avoided (tl.full is a builtin): kernel_for's interpreted twin swaps bare-name @jit
+# helpers for interpreted ones, but not ``tl.<helper>`` attribute lookups.
+
+# ----------------------------------------------------------------------------------------------
+# Triton kernels
+#
+# Both norms share two kernels; the constexpr IS_RMS removes the mean (RMSNorm: mean := 0 and
+# var := mean(x^2)). x is viewed as a contiguous (M, D) matrix; each program owns BLOCK_M rows
+# and walks D in BLOCK_D chunks (one chunk when D <= BLOCK_D, so any D works).
+# ----------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _norm_fwd_kernel(
+    X, W, B, Y, MEAN, RSTD, M, D, eps,
+    IS_RMS: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    pid = tl.program_id(0)
+    rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < M
+    base = rows.to(tl.int64) * D
+    cols0 = tl.arange(0, BLOCK_D)
+    # pass 1: mean = sum_D(x) / D  (skipped for RMSNorm)
+    if IS_RMS:
+        mean = tl.full([BLOCK_M], 0.0, tl.float32)
+    else:
+        acc = tl.full([BLOCK_M, BLOCK_D], 0.0, tl.float32)
+        for start in range(0, D, BLOCK_D):
+            cols = start + cols0
+            m = row_ok[:, None] & (cols[None, :] < D)
+            x = tl.load(X + base[:, None] + cols[None, :], mask=m, other=0.0).to(tl.float32)
+            acc += x
+        mean = tl_sum(acc, axis=1) / D
+    # pass 2: var = sum_D((x - mean)^2) / D ; rstd = 1 / sqrt(var + eps)
+    acc = tl.full([BLOCK_M, BLOCK_D], 0.0, tl.float32)
+    for start in range(0, D, BLOCK_D):
+        cols = start + cols0
+        m = row_ok[:, None] & (cols[None, :] < D)
+        x = tl.load(X + base[:, None] + cols[None, :], mask=m, other=0.0).to(tl.float32)
+        xc = tl.where(m, x - mean[:, None], 0.0)
+        acc += xc * xc
+    var = tl_sum(acc, axis=1) / D
+    rstd = 1.0 / tl.sqrt(var + eps)
+    if not IS_RMS:
+        tl.store(MEAN + rows, mean, mask=row_ok)
+    tl.store(RSTD + rows, rstd, mask=row_ok)
+    # pass 3: y = xhat * w + b with xhat = (x - mean) * rstd
+    for start in range(0, D, BLOCK_D):
+        cols = start + cols0
+        col_ok = cols < D
+        m = row_ok[:, None] & col_ok[None, :]
+        x = tl.load(X + base[:, None] + cols[None, :], mask=m, other=0.0).to(tl.float32)
+        y = (x - mean[:, None]) * rstd[:, None]
+        if HAS_W:
+            w = tl.load(W + cols, mask=col_ok, other=0.0).to(tl.float32)
+            y = y * w[None, :]
+        if HAS_B:
+            b = tl.load(B + cols, mask=col_ok, other=0.0).to(tl.float32)
+            y = y + b[None, :]
+        tl.store(Y + base[:, None] + cols[None, :], y.to(Y.dtype.element_ty), mask=m)
+
+
+@triton.jit
+def _norm_bwd_kernel(
+    X, W, DY, DX, MEAN, RSTD, DW_PART, DB_PART, M, D, G,
+    IS_RMS: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    # Program pid handles row blocks pid, pid + G, pid + 2G, ... and accumulates its share of
+    # dweight / dbias into row pid of the fp32 (G, D) partial buffers (stage 1 of a two-stage
+    # reduction; the launcher sums over G). Each program owns its row: no atomics, deterministic.
+    pid = tl.program_id(0)
+    cols0 = tl.arange(0, BLOCK_D)
+    part = pid.to(tl.int64) * D
+    for rb in range(pid * BLOCK_M, M, G * BLOCK_M):
+        rows = rb + tl.arange(0, BLOCK_M)
+        row_ok = rows < M
+        base = rows.to(tl.int64) * D
+        rstd = tl.load(RSTD + rows, mask=row_ok, other=0.0)
+        if IS_RMS:
+            mean = tl.full([BLOCK_M], 0.0, tl.float32)
+        else:
+            mean = tl.load(MEAN + rows, mask=row_ok, other=0.0)
+        # pass 1: c1 = mean_D(wdy * xhat), c2 = mean_D(wdy) with wdy = dy * w
+        acc1 = tl.full([BLOCK_M, BLOCK_D], 0.0, tl.float32)
+        acc2 = tl.full([BLOCK_M, BLOCK_D], 0.0, tl.float32)
+        for start in range(0, D, BLOCK_D):
+            cols = start + cols0
+            col_ok = cols < D
+            m = row_ok[:, None] & col_ok[None, :]
+            offs = base[:, None] + cols[None, :]
+            x = tl.load(X + offs, mask=m, other=0.0).to(tl.float32)
+            dy = tl.load(DY + offs, mask=m, other=0.0).to(tl.float32)
+            xhat = tl.where(m, (x - mean[:, None]) * rstd[:, None], 0.0)
+            wdy = dy
+            if HAS_W:
+                w = tl.load(W + cols, mask=col_ok, other=0.0).to(tl.float32)
+                wdy = dy * w[None, :]
+            acc1 += wdy * xhat
+            acc2 += wdy
+        c1 = tl_sum(acc1, axis=1) / D
+        c2 = tl_sum(acc2, axis=1) / D
+        # pass 2: dx = rstd * (wdy - xhat * c1 - c2)   (RMSNorm: no c2 term, the mean is not subtracted)
+        #         dw_part += sum_rows(dy * xhat), db_part += sum_rows(dy)
+        for start in range(0, D, BLOCK_D):
+            cols = start + cols0
+            col_ok = cols < D
+            m = row_ok[:, None] & col_ok[None, :]
+            offs = base[:, None] + cols[None, :]
+            x = tl.load(X + offs, mask=m, other=0.0).to(tl.float32)
+            dy = tl.load(DY + offs, mask=m, other=0.0).to(tl.float32)
+            xhat = tl.where(m, (x - mean[:, None]) * rstd[:, None], 0.0)
+            wdy = dy
+            if HAS_W:
+                w = tl.load(W + cols, mask=col_ok, other=0.0).to(tl.float32)
+                wdy = dy * w[None, :]
+            if IS_RMS:
+                dx = (wdy - xhat * c1[:, None]) * rstd[:, None]
+            else:
+                dx = (wdy - xhat * c1[:, None] - c2[:, None]) * rstd[:, None]
+            tl.store(DX + offs, dx.to(DX.dtype.element_ty), mask=m)
+            if HAS_W:
+                pw = tl.load(DW_PART + part + cols, mask=col_ok, other=0.0)
+                tl.store(DW_PART + part + cols, pw + tl_sum(dy * xhat, axis=0), mask=col_ok)
+            if HAS_B:
+                pb = tl.load(DB_PART + part + cols, mask=col_ok, other=0.0)
+                tl.store(DB_PART + part + cols, pb + tl_sum(tl.where(m, dy, 0.0), axis=0), mask=col_ok)
+
+
+# ----------------------------------------------------------------------------------------------
+# Launchers
+# ----------------------------------------------------------------------------------------------
+
+_FLOATS = ("float32", "float16", "bfloat16", "float64")
+
+
+class NormResiduals(NamedTuple):
+    """What a norm's backward needs: the input, the weight, the bias dtype (``None``: no bias) and the
+    per-row statistics, ``mean`` (LayerNorm; ``None`` for RMSNorm) and ``rstd``, both of shape (rows,)
+    in float32 (float64 when ``x`` is float64)."""
+
+    x: object
+    weight: object
+    bias_dtype: object
+    mean: object
+    rstd: object
+
+    @property
+    def has_bias(self) -> bool:
+        return self.bias_dtype is not None
+
+
+def _check(x, weight, bias, name):
+    if x.dtype.name not in _FLOATS:
+        raise TypeError(f"{name}: x must be float32, float16, bfloat16 or float64, got dtype {x.dtype}")
+    if x.ndim < 1 or x.shape[-1] == 0:
+        raise ValueError(f"{name}: x must have a non-empty last dimension to normalise, got shape {x.shape}")
+    D = x.shape[-1]
+    for label, a in (("weight", weight), ("bias", bias)):
+        if a is None:
+            continue
+        if a.dtype.name not in _FLOATS:
+            raise TypeError(f"{name}: {label} must be a float array, got dtype {a.dtype}")
+        if tuple(a.shape) != (D,):
+            raise ValueError(f"{name}: {label} must have shape ({D},) to match x of shape {x.shape}, got {a.shape}")
+
+
+def _launch_settings(D, itemsize, on_gpu):
+    """(BLOCK_M, BLOCK_D, num_warps): tiles of at most 4096 elements on the GPU, small under the interpreter."""
+    if not on_gpu:
+        block_d = min(triton.next_power_of_2(D), 64)
+        return max(1, min(8, 256 // block_d)), block_d, 1
+    block_d = min(triton.next_power_of_2(D), 4096 if itemsize <= 2 else 2048)
+    block_m = max(1, min(16, 2048 // block_d))
+    num_warps = min(max(block_m * block_d // 256, 1), 8)
+    return block_m, block_d, num_warps
+
+
+def _norm_fwd_triton(x, weight, bias, eps, is_rms):
+    xp = xp_of(x)
+    D = x.shape[-1]
+    x2 = xp.ascontiguousarray(x.reshape(-1, D))  # rows are read with stride D: copy non-contiguous inputs
+    M = x2.shape[0]
+    y = xp.empty_like(x2)
+    mean = None if is_rms else xp.empty((M,), dtype=np.float32)
+    rstd = xp.empty((M,), dtype=np.float32)
+    if M > 0:
+        block_m, block_d, warps = _launch_settings(D, x.itemsize, not isinstance(x, np.ndarray))
+        grid = (triton.cdiv(M, block_m),)
+        kernel_for(_norm_fwd_kernel, x2)[grid](
+            targ(x2), targ(weight), targ(bias), targ(y), targ(mean), targ(rstd), M, D, float(eps),
+            IS_RMS=is_rms, HAS_W=weight is not None, HAS_B=bias is not None,
+            BLOCK_M=block_m, BLOCK_D=block_d, num_warps=warps,
+        )  # fmt: skip
+    return y.reshape(x.shape), NormResiduals(x2, weight, None if bias is None else bias.dtype, mean, rstd)
+
+
+def _num_partials(M, block_m, x):
+    """G, the number of backward programs (and rows of the partial dweight buffers)."""
+    blocks = triton.cdiv(M, block_m)
+    if isinstance(x, np.ndarray) or interpreting():
+        return max(1, min(blocks, 4))
+    xp = xp_of(x)
+    sms = xp.cuda.Device().attributes["MultiProcessorCount"]
+    return max(1, min(blocks, 4 * sms))
+
+
+def _norm_bwd_triton(res, dy, is_rms):
+    xp = xp_of(res.x)
+    x2 = res.x
+    M, D = x2.shape
+    dy2 = xp.ascontiguousarray(dy.reshape(M, D))
+    dx = xp.empty_like(x2)
+    has_w, has_b = res.weight is not None, res.has_bias
+    block_m, block_d, warps = _launch_settings(D, x2.itemsize, not isinstance(x2, np.ndarray))
+    G = _num_partials(M, block_m, x2) if M > 0 else 1
+    dw_part = xp.zeros((G, D), dtype=np.float32) if has_w else None
+    db_part = xp.zeros((G, D), dtype=np.float32) if has_b else None
+    if M > 0:
+        kernel_for(_norm_bwd_kernel, x2)[(G,)](
+            targ(x2), targ(res.weight), targ(dy2), targ(dx), targ(res.mean), targ(res.rstd),
+            targ(dw_part), targ(db_part), M, D, G,
+            IS_RMS=is_rms, HAS_W=has_w, HAS_B=has_b, BLOCK_M=block_m, BLOCK_D=block_d, num_warps=warps,
+        )  # fmt: skip
+    # Stage 2 of the reduction: a CuPy/NumPy sum over the G partial rows. CuPy runs on its current
+    # stream, Triton on the driver's default stream; both are the legacy default stream unless the
+    # caller set another one, so the sum sees the kernel's writes.
+    dw = dw_part.sum(axis=0).astype(res.weight.dtype) if has_w else None
+    db = db_part.sum(axis=0).astype(res.bias_dtype) if has_b else None
+    return dx, dw, db
+
+
+# ----------------------------------------------------------------------------------------------
+# Reference path (array API: NumPy or CuPy). Math in float32 (float64 for float64 inputs).
+# ----------------------------------------------------------------------------------------------
+
+
+def _acc_dtype(x):
+    return np.float64 if x.dtype == np.float64 else np.float32
+
+
+def _norm_fwd_ref(x, weight, bias, eps, is_rms):
+    xp = xp_of(x)
+    D = x.shape[-1]
+    x2 = x.reshape(-1, D)
+    acc = _acc_dtype(x)
+    xf = x2.astype(acc)
+    if is_rms:
+        mean = None
+        var = xp.mean(xf * xf, axis=1)  # mean(x^2)
+        xc = xf
+    else:
+        mean = xp.mean(xf, axis=1)
+        xc = xf - mean[:, None]
+        var = xp.mean(xc * xc, axis=1)
+    rstd = (1.0 / xp.sqrt(var + acc(eps))).astype(acc)
+    y = xc * rstd[:, None]  # xhat
+    if weight is not None:
+        y = y * weight.astype(acc)
+    if bias is not None:
+        y = y + bias.astype(acc)
+    res = NormResiduals(x2, weight, None if bias is None else bias.dtype, mean, rstd)
+    return y.astype(x.dtype).reshape(x.shape), res
+
+
+def _norm_bwd_ref(res, dy, is_rms):
+    x2 = res.x
+    M, D = x2.shape
+    acc = _acc_dtype(x2)
+    dyf = dy.reshape(M, D).astype(acc)
+    xf = x2.astype(acc)
+    xhat = (xf if is_rms else xf - res.mean[:, None]) * res.rstd[:, None]
+    wdy = dyf * res.weight.astype(acc) if res.weight is not None else dyf
+    # LayerNorm: dx = rstd * (wdy - mean_D(wdy) - xhat * mean_D(wdy * xhat))
+    # RMSNorm:   dx = rstd * (wdy - xhat * mean_D(wdy * xhat))
+    c1 = (wdy * xhat).mean(axis=1, keepdims=True)
+    inner = wdy - xhat * c1
+    if not is_rms:
+        inner = inner - wdy.mean(axis=1, keepdims=True)
+    dx = (inner * res.rstd[:, None]).astype(x2.dtype)
+    # dweight = sum_rows(dy * xhat), dbias = sum_rows(dy)
+    dw = (dyf * xhat).sum(axis=0).astype(res.weight.dtype) if res.weight is not None else None
+    db = dyf.sum(axis=0).astype(res.bias_dtype) if res.has_bias else None
+    return dx, dw, db
+
+
+# ----------------------------------------------------------------------------------------------
+# Public API
+# ----------------------------------------------------------------------------------------------
+
+
+def _triton_ok(*arrays):
+    # The kernels compute in fp32; float64 inputs (gradient checks) always take the reference path.
+    return all(a is None or a.dtype != np.float64 for a in arrays) and use_triton(*arrays)
+
+
+def layer_norm_forward(x, weight=None, bias=None, *, eps=1e-5):
+    """LayerNorm over the last dimension: ``y = (x - mean) * rstd * weight + bias``.
+
+    ``mean = mean_D(x)``, ``rstd = 1 / sqrt(mean_D((x - mean)^2) + eps)`` (biased variance), per row
+    of ``x`` with shape (..., D); ``weight`` and ``bias`` have shape (D,) or are ``None``. Returns
+    ``(y, residuals)`` with ``y`` in ``x``'s dtype; residuals are a :class:`NormResiduals` holding ``x``
+    as a (rows, D) view, ``weight``, the bias dtype and fp32 ``mean``/``rstd`` of shape (rows,).
+
+    >>> y, res = layer_norm_forward(np.ones((2, 3), np.float32), np.ones(3, np.float32))
+    >>> dx, dw, db = layer_norm_backward(res, np.ones((2, 3), np.float32))
+    """
+    _check(x, weight, bias, "layer_norm_forward")
+    if _triton_ok(x, weight, bias):
+        return _norm_fwd_triton(x, weight, bias, eps, is_rms=False)
+    return _norm_fwd_ref(x, weight, bias, eps, is_rms=False)
+
+
+def layer_norm_backward(residuals, dy):
+    """Gradients of :func:`layer_norm_forward`: ``(dx, dweight, dbias)`` (``None`` for an absent weight/bias).
+
+    ``dx = rstd * (dy*w - mean_D(dy*w) - xhat * mean_D(dy*w*xhat))``, ``dweight = sum_rows(dy * xhat)``,
+    ``dbias = sum_rows(dy)``; ``dx`` in ``x``'s dtype, ``dweight``/``dbias`` in the weight's/bias's dtype.
+    """
+    res = residuals
+    _check_dy(res, dy, "layer_norm_backward")
+    if _triton_ok(res.x, res.weight, dy):
+        dx, dw, db = _norm_bwd_triton(res, dy, is_rms=False)
+    else:
+        dx, dw, db = _norm_bwd_ref(res, dy, is_rms=False)
+    return dx.reshape(dy.shape), dw, db
+
+
+def rms_norm_forward(x, weight=None, *, eps=1e-6):
+    """RMSNorm over the last dimension: ``y = x * rstd * weight`` with ``rstd = 1 / sqrt(mean_D(x^2) + eps)``.
+
+    Returns ``(y, residuals)``; residuals are a :class:`NormResiduals` with ``mean=None`` and fp32 ``rstd``.
+
+    >>> y, res = rms_norm_forward(np.ones((2, 3), np.float32))
+    >>> dx, dw = rms_norm_backward(res, np.ones((2, 3), np.float32))
+    """
+    _check(x, weight, None, "rms_norm_forward")
+    if _triton_ok(x, weight):
+        return _norm_fwd_triton(x, weight, None, eps, is_rms=True)
+    return _norm_fwd_ref(x, weight, None, eps, is_rms=True)
+
+
+def rms_norm_backward(residuals, dy):
+    """Gradients of :func:`rms_norm_forward`: ``(dx, dweight)`` (``dweight`` is ``None`` without a weight).
+
+    ``dx = rstd * (dy*w - xhat * mean_D(dy*w*xhat))`` with ``xhat = x * rstd``; ``dweight = sum_rows(dy * xhat)``.
+    """
+    res = residuals
+    _check_dy(res, dy, "rms_norm_backward")
+    if _triton_ok(res.x, res.weight, dy):
+        dx, dw, _ = _norm_bwd_triton(res, dy, is_rms=True)
+    else:
+        dx, dw, _ = _norm_bwd_ref(res, dy, is_rms=True)
+    return dx.reshape(dy.shape), dw
+
+
+def _check_dy(res, dy, name):
+    if dy.size != res.x.size or dy.shape[-1] != res.x.shape[-1]:
+        raise ValueError(f"{name}: dy of shape {dy.shape} does not match x of shape (rows, D) = {res.x.shape}")
+    if dy.dtype.name not in _FLOATS:
+        raise TypeError(f"{name}: dy must be a float array, got dtype {dy.dtype}")

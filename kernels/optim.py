@@ -1,0 +1,426 @@
+"""Fused multi-tensor optimizer updates (Adam/AdamW, SGD): one launch per dtype group, updating in place."""
+
+from __future__ import annotations
+
+import numpy as np
+import triton
+import triton.language as tl
+
+from ._launch import kernel_for, targ, use_triton, xp_of
+
+# ----------------------------------------------------------------------------------------------
+# Triton kernels
+#
+# Multi-tensor launch ("foreach/fused" style): PTRS is an (L, T) int64 table of the addresses of
+# the T tensors of each of the L lists (params, grads, states...), SIZES their element counts and
+# WORK a (programs, 2) table of (tensor index, first element) pairs; program i updates elements
+# [start, start + BLOCK) of tensor WORK[i, 0]. The *0 arguments are the first tensor of each list,
+# passed only for their pointer types (every tensor of a list in one launch has the same dtype).
+#
+# These kernels, unlike every other conch kernel, write into their inputs: params and optimizer
+# state are updated in place, as torch.optim does. Math in fp32; each tensor is stored back in its
+# own dtype. tl.fma stands where PyTorch's CPU kernels use a fused multiply-add (add with alpha,
+# lerp, addcmul), and div_rn / sqrt_rn keep IEEE division and square root on the GPU.
+# ----------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _adam_kernel(
+    PTRS, SIZES, WORK, T, P0, G0, M0, V0, VM0,
+    decay, weight_decay, lerp_coeff, beta2, one_minus_beta2, bc2_sqrt, eps, neg_step_size,
+    MAXIMIZE: tl.constexpr, HAS_WD: tl.constexpr, DECOUPLED: tl.constexpr, LERP_SMALL: tl.constexpr,
+    AMSGRAD: tl.constexpr, BLOCK: tl.constexpr,
+):  # fmt: skip
+    pid = tl.program_id(0)
+    t = tl.load(WORK + 2 * pid)
+    start = tl.load(WORK + 2 * pid + 1)
+    n = tl.load(SIZES + t)
+    p_ptr = tl.load(PTRS + t).to(P0.dtype, bitcast=True)
+    g_ptr = tl.load(PTRS + T + t).to(G0.dtype, bitcast=True)
+    m_ptr = tl.load(PTRS + 2 * T + t).to(M0.dtype, bitcast=True)
+    v_ptr = tl.load(PTRS + 3 * T + t).to(V0.dtype, bitcast=True)
+    offs = start + tl.arange(0, BLOCK)
+    ok = offs < n
+    p = tl.load(p_ptr + offs, mask=ok, other=0.0).to(tl.float32)
+    g = tl.load(g_ptr + offs, mask=ok, other=0.0).to(tl.float32)
+    m = tl.load(m_ptr + offs, mask=ok, other=0.0).to(tl.float32)
+    v = tl.load(v_ptr + offs, mask=ok, other=0.0).to(tl.float32)
+    if MAXIMIZE:
+        g = -g
+    if HAS_WD:
+        if DECOUPLED:
+            p = p * decay  # AdamW: p *= 1 - lr * wd
+        else:
+            g = tl.fma(p, weight_decay, g)  # Adam: g += wd * p
+    # m = lerp(m, g, 1 - beta1) = m + (1 - beta1) * (g - m)   (PyTorch's two-branch lerp)
+    if LERP_SMALL:
+        m = tl.fma(lerp_coeff, g - m, m)
+    else:
+        m = tl.fma(lerp_coeff, g - m, g)
+    # v = beta2 * v + (1 - beta2) * g * g
+    v = tl.fma(one_minus_beta2 * g, g, v * beta2)
+    if AMSGRAD:
+        vm_ptr = tl.load(PTRS + 4 * T + t).to(VM0.dtype, bitcast=True)
+        vm = tl.load(vm_ptr + offs, mask=ok, other=0.0).to(tl.float32)
+        vm = tl.maximum(vm, v, propagate_nan=tl.PropagateNan.ALL)  # max_v = max(max_v, v)
+        tl.store(vm_ptr + offs, vm.to(VM0.dtype.element_ty), mask=ok)
+        s = vm
+    else:
+        s = v
+    # denom = sqrt(v) / sqrt(1 - beta2^step) + eps ; p -= lr / (1 - beta1^step) * m / denom
+    denom = tl.div_rn(tl.sqrt_rn(s), bc2_sqrt) + eps
+    p = p + tl.div_rn(neg_step_size * m, denom)
+    tl.store(p_ptr + offs, p.to(P0.dtype.element_ty), mask=ok)
+    tl.store(m_ptr + offs, m.to(M0.dtype.element_ty), mask=ok)
+    tl.store(v_ptr + offs, v.to(V0.dtype.element_ty), mask=ok)
+
+
+@triton.jit
+def _sgd_kernel(
+    PTRS, SIZES, WORK, T, P0, G0, B0,
+    neg_lr, weight_decay, momentum, one_minus_dampening,
+    MAXIMIZE: tl.constexpr, HAS_WD: tl.constexpr, HAS_MOMENTUM: tl.constexpr, FIRST_STEP: tl.constexpr,
+    NESTEROV: tl.constexpr, BLOCK: tl.constexpr,
+):  # fmt: skip
+    pid = tl.program_id(0)
+    t = tl.load(WORK + 2 * pid)
+    start = tl.load(WORK + 2 * pid + 1)
+    n = tl.load(SIZES + t)
+    p_ptr = tl.load(PTRS + t).to(P0.dtype, bitcast=True)
+    g_ptr = tl.load(PTRS + T + t).to(G0.dtype, bitcast=True)
+    offs = start + tl.arange(0, BLOCK)
+    ok = offs < n
+    p = tl.load(p_ptr + offs, mask=ok, other=0.0).to(tl.float32)
+    d = tl.load(g_ptr + offs, mask=ok, other=0.0).to(tl.float32)
+    if MAXIMIZE:
+        d = -d
+    if HAS_WD:
+        d = tl.fma(p, weight_decay, d)  # d_p = g + wd * p
+    if HAS_MOMENTUM:
+        b_ptr = tl.load(PTRS + 2 * T + t).to(B0.dtype, bitcast=True)
+        if FIRST_STEP:
+            buf = d  # buf = d_p
+        else:
+            buf = tl.load(b_ptr + offs, mask=ok, other=0.0).to(tl.float32)
+            buf = tl.fma(d, one_minus_dampening, buf * momentum)  # buf = momentum * buf + (1 - dampening) * d_p
+        tl.store(b_ptr + offs, buf.to(B0.dtype.element_ty), mask=ok)
+        if NESTEROV:
+            d = tl.fma(buf, momentum, d)  # d_p = d_p + momentum * buf
+        else:
+            d = buf
+    p = tl.fma(d, neg_lr, p)  # p -= lr * d_p
+    tl.store(p_ptr + offs, p.to(P0.dtype.element_ty), mask=ok)
+
+
+# ----------------------------------------------------------------------------------------------
+# Launchers: validation, dtype groups, cached pointer tables
+# ----------------------------------------------------------------------------------------------
+
+_FLOATS = ("float32", "float16", "bfloat16", "float64")
+_BLOCK_GPU, _BLOCK_INTERP = 1024, 128
+
+
+def _addr(a):
+    return a.ctypes.data if isinstance(a, np.ndarray) else a.data.ptr
+
+
+class FlatPlan:
+    """The device tables of one multi-tensor launch over ``lists`` (each a list of T arrays).
+
+    ``ptrs``: (L, T) int64 addresses; ``sizes``: (T,) int64 element counts; ``work``: (programs, 2)
+    int64 (tensor index, first element) pairs, one per ``block``-element chunk. A plan depends only
+    on the addresses, sizes and dtypes, so the same plan is valid whenever these match (``key``);
+    :func:`get_plan` caches plans by key, so a training loop uploads its tables once.
+    """
+
+    def __init__(self, lists, block):
+        lists = [list(lst) for lst in lists]
+        first = lists[0][0]
+        xp = xp_of(first)
+        self.block = block
+        self.key = _plan_key(lists, block)
+        sizes = [int(a.size) for a in lists[0]]
+        work = [(t, s) for t, n in enumerate(sizes) for s in range(0, n, block)]
+        self.num_tensors = len(sizes)
+        self.num_programs = len(work)
+        self.ptrs = xp.asarray(np.array([[_addr(a) for a in lst] for lst in lists], dtype=np.int64))
+        self.sizes = xp.asarray(np.array(sizes, dtype=np.int64))
+        self.work = xp.asarray(np.array(work, dtype=np.int64).reshape(-1, 2))
+        # Host -> device copies above run on CuPy's current stream and the kernel on Triton's (both the
+        # legacy default stream unless the caller changed one), so the tables are ready at launch.
+
+
+def _plan_key(lists, block):
+    return (
+        block,
+        type(lists[0][0]).__module__,
+        tuple(tuple(_addr(a) for a in lst) for lst in lists),
+        tuple(int(a.size) for a in lists[0]),
+        tuple(lst[0].dtype.str if lst[0].dtype.name != "bfloat16" else "bf16" for lst in lists),
+    )
+
+
+_PLANS: dict = {}
+_MAX_PLANS = 64
+
+
+def get_plan(lists, block):
+    """A :class:`FlatPlan` for ``lists``, built once per (addresses, sizes, dtypes) and cached."""
+    key = _plan_key(lists, block)
+    plan = _PLANS.get(key)
+    if plan is None:
+        if len(_PLANS) >= _MAX_PLANS:
+            _PLANS.pop(next(iter(_PLANS)))
+        plan = _PLANS[key] = FlatPlan(lists, block)
+    return plan
+
+
+def _check_lists(name, labels, lists):
+    """Same length, same shape per index, float dtypes, C-contiguous (updated in place), one backend."""
+    n = len(lists[0])
+    for label, lst in zip(labels, lists, strict=True):
+        if len(lst) != n:
+            raise ValueError(f"{name}: {label} has {len(lst)} arrays but params has {n}")
+    backend = None
+    for i in range(n):
+        ref_shape = tuple(lists[0][i].shape)
+        for label, lst in zip(labels, lists, strict=True):
+            a = lst[i]
+            if a is None:
+                raise ValueError(f"{name}: {label}[{i}] is None")
+            if a.dtype.name not in _FLOATS:
+                raise TypeError(f"{name}: {label}[{i}] must be a float array, got dtype {a.dtype}")
+            if tuple(a.shape) != ref_shape:
+                raise ValueError(f"{name}: {label}[{i}] has shape {a.shape} but params[{i}] has shape {ref_shape}")
+            if not a.flags.c_contiguous:
+                raise ValueError(f"{name}: {label}[{i}] (shape {a.shape}) must be C-contiguous: it is updated in place")
+            kind = type(a).__module__.split(".")[0]
+            if backend is None:
+                backend = kind
+            elif kind != backend:
+                raise TypeError(f"{name}: {label}[{i}] is a {kind} array but earlier arrays are {backend} arrays")
+
+
+def _groups(lists):
+    """Indices of the tensors grouped by the dtypes of all their lists (one launch per group)."""
+    groups: dict = {}
+    for i in range(len(lists[0])):
+        groups.setdefault(tuple(lst[i].dtype for lst in lists), []).append(i)
+    return list(groups.values())
+
+
+def _launch_multi(kernel, lists, scalars, flags, n_protos):
+    """Launch ``kernel`` once per dtype group of ``lists``; absent optional lists get ``None`` prototypes."""
+    on_gpu = not isinstance(lists[0][0], np.ndarray)
+    block = _BLOCK_GPU if on_gpu else _BLOCK_INTERP
+    for idx in _groups(lists):
+        sub = [[lst[i] for i in idx] for lst in lists]
+        if not any(a.size for a in sub[0]):
+            continue
+        plan = get_plan(sub, block)
+        protos = [targ(lst[0]) for lst in sub] + [None] * (n_protos - len(sub))
+        kernel_for(kernel, sub[0][0])[(plan.num_programs,)](
+            targ(plan.ptrs), targ(plan.sizes), targ(plan.work), plan.num_tensors, *protos, *scalars,
+            **flags, BLOCK=block, num_warps=4,
+        )  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------------
+# Reference path (array API), one tensor at a time, in PyTorch's float32 op order
+# (torch.optim._single_tensor_adam / _single_tensor_sgd, the default on CPU).
+# ----------------------------------------------------------------------------------------------
+
+_f32 = np.float32
+
+
+def _fma(a, b, c):
+    """float32 ``a * b + c`` rounded once, as PyTorch's CPU kernels (vec::fmadd) compute add-with-alpha,
+    lerp and addcmul. The product of two float32 values is exact in float64; the sum is rounded to
+    float64 and then to float32 (a double rounding that can differ from a true FMA in rare ties)."""
+
+    def up(x):
+        return float(x) if np.isscalar(x) else x.astype(np.float64)
+
+    r = up(a) * up(b) + up(c)
+    return r.astype(_f32)
+
+
+def _sqrt(xp, a):
+    """Square root of the reference path (one name, so a test can substitute PyTorch's CPU sqrt, which MKL
+    computes to within 1 ulp rather than correctly rounded, and check the rest of the update bit for bit)."""
+    return xp.sqrt(a)
+
+
+def _adam_ref_one(p, g, m, v, vm, s):
+    acc = np.float64 if p.dtype == np.float64 else _f32
+    pf, gf = p.astype(acc), g.astype(acc)
+    mf, vf = m.astype(acc), v.astype(acc)
+    if s["maximize"]:
+        gf = -gf
+    fma = _fma if acc is _f32 else (lambda a, b, c: a * b + c)
+    if s["weight_decay"] != 0:
+        if s["decoupled"]:
+            pf = pf * acc(s["decay"])  # AdamW: p *= 1 - lr * wd
+        else:
+            gf = fma(pf, acc(s["weight_decay"]), gf)  # Adam: g = g + wd * p  (torch: grad.add(p, alpha=wd))
+    # m = lerp(m, g, w), w = 1 - beta1: m + w*(g - m) if |w| < 0.5 else g - (1 - w)*(g - m)
+    mf = fma(acc(s["lerp_coeff"]), gf - mf, mf if s["lerp_small"] else gf)
+    # v = v * beta2 + ((1 - beta2) * g) * g  (torch: mul_(beta2).addcmul_(g, g, value=1 - beta2))
+    vf = fma(acc(s["one_minus_beta2"]) * gf, gf, vf * acc(s["beta2"]))
+    xp = xp_of(p)
+    if vm is not None:
+        vmf = xp.maximum(vm.astype(acc), vf)  # max_v = max(max_v, v)
+        vm[...] = vmf.astype(vm.dtype)
+        sv = vmf
+    else:
+        sv = vf
+    # denom = sqrt(v) / sqrt(bias_correction2) + eps; p = p + (-step_size * m) / denom
+    denom = _sqrt(xp, sv) / acc(s["bc2_sqrt"]) + acc(s["eps"])
+    pf = pf + (acc(s["neg_step_size"]) * mf) / denom
+    p[...] = pf.astype(p.dtype)
+    m[...] = mf.astype(m.dtype)
+    v[...] = vf.astype(v.dtype)
+
+
+def _sgd_ref_one(p, g, buf, s):
+    acc = np.float64 if p.dtype == np.float64 else _f32
+    fma = _fma if acc is _f32 else (lambda a, b, c: a * b + c)
+    pf, d = p.astype(acc), g.astype(acc)
+    if s["maximize"]:
+        d = -d
+    if s["weight_decay"] != 0:
+        d = fma(pf, acc(s["weight_decay"]), d)  # d_p = g + wd * p
+    if s["momentum"] != 0:
+        if s["first_step"]:
+            bf = d  # buf = d_p
+        else:
+            bf = fma(d, acc(s["one_minus_dampening"]), buf.astype(acc) * acc(s["momentum"]))  # m*buf + (1-damp)*d_p
+        buf[...] = bf.astype(buf.dtype)
+        d = fma(bf, acc(s["momentum"]), d) if s["nesterov"] else bf  # nesterov: d_p + m*buf
+    p[...] = fma(d, acc(s["neg_lr"]), pf).astype(p.dtype)  # p -= lr * d_p
+
+
+# ----------------------------------------------------------------------------------------------
+# Public API
+# ----------------------------------------------------------------------------------------------
+
+
+def _triton_ok(lists):
+    arrays = [a for lst in lists for a in lst]
+    return all(a.dtype != np.float64 for a in arrays) and use_triton(*arrays)
+
+
+def adam_step(
+    params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs=None, *,
+    lr, beta1, beta2, eps, weight_decay, step, decoupled=False, amsgrad=False, maximize=False,
+):  # fmt: skip
+    """One Adam (``decoupled=False``) or AdamW (``decoupled=True``) step over lists of arrays, IN PLACE.
+
+    As torch.optim.Adam/AdamW (single-tensor path), with g = -grad when ``maximize``::
+
+        AdamW: p *= 1 - lr*wd            Adam: g += wd * p
+        m = lerp(m, g, 1 - beta1)        v = beta2*v + (1 - beta2)*g*g
+        amsgrad: max_v = max(max_v, v) and v := max_v below
+        p -= lr / (1 - beta1**step) * m / (sqrt(v) / sqrt(1 - beta2**step) + eps)
+
+    ``step`` is the 1-based step number after increment. ``params``, ``exp_avgs``, ``exp_avg_sqs`` and
+    ``max_exp_avg_sqs`` (only with ``amsgrad``) are overwritten; ``grads`` are only read. All arrays of
+    index i share a shape and must be C-contiguous; dtypes may differ (fp16/bf16 params with fp32
+    state: math in fp32). One Triton launch per group of tensors with the same dtypes.
+
+    >>> p, g = [np.ones(3, np.float32)], [np.ones(3, np.float32)]
+    >>> m, v = [np.zeros(3, np.float32)], [np.zeros(3, np.float32)]
+    >>> adam_step(p, g, m, v, lr=0.1, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, step=1)
+    """
+    params, grads, exp_avgs, exp_avg_sqs = list(params), list(grads), list(exp_avgs), list(exp_avg_sqs)
+    lists = [params, grads, exp_avgs, exp_avg_sqs]
+    labels = ["params", "grads", "exp_avgs", "exp_avg_sqs"]
+    if amsgrad:
+        if max_exp_avg_sqs is None:
+            raise ValueError("adam_step: amsgrad=True needs max_exp_avg_sqs")
+        lists.append(list(max_exp_avg_sqs))
+        labels.append("max_exp_avg_sqs")
+    if not params:
+        return
+    if isinstance(step, bool) or int(step) != step or step < 1:
+        raise ValueError(f"adam_step: step must be an integer >= 1 (the count after this update), got {step}")
+    for label, b in (("beta1", beta1), ("beta2", beta2)):
+        if not 0.0 <= b < 1.0:
+            raise ValueError(f"adam_step: {label} must be in [0, 1), got {b}")
+    _check_lists("adam_step", labels, lists)
+    w = 1.0 - beta1
+    lerp_small = abs(w) < 0.5
+    bias_correction1 = 1.0 - beta1**step
+    bias_correction2 = 1.0 - beta2**step
+    s = dict(
+        maximize=bool(maximize), decoupled=bool(decoupled), weight_decay=float(weight_decay),
+        decay=1.0 - lr * weight_decay,
+        # PyTorch's lerp: coefficient w (|w| < 0.5) or w - 1, both as float32 values
+        lerp_coeff=float(_f32(w)) if lerp_small else float(_f32(w) - _f32(1.0)), lerp_small=lerp_small,
+        beta2=float(beta2), one_minus_beta2=1.0 - beta2, bc2_sqrt=bias_correction2**0.5, eps=float(eps),
+        neg_step_size=-(lr / bias_correction1),
+    )  # fmt: skip
+    if _triton_ok(lists):
+        _launch_adam(lists, s)
+        return
+    vms = lists[4] if amsgrad else [None] * len(params)
+    for p, g, m, v, vm in zip(params, grads, exp_avgs, exp_avg_sqs, vms, strict=True):
+        _adam_ref_one(p, g, m, v, vm, s)
+
+
+def _launch_adam(lists, s):
+    scalars = (
+        s["decay"], s["weight_decay"], s["lerp_coeff"], s["beta2"], s["one_minus_beta2"], s["bc2_sqrt"],
+        s["eps"], s["neg_step_size"],
+    )  # fmt: skip
+    flags = dict(
+        MAXIMIZE=s["maximize"], HAS_WD=s["weight_decay"] != 0, DECOUPLED=s["decoupled"],
+        LERP_SMALL=s["lerp_small"], AMSGRAD=len(lists) == 5,
+    )  # fmt: skip
+    _launch_multi(_adam_kernel, lists, scalars, flags, n_protos=5)
+
+
+def sgd_step(
+    params, grads, momentum_buffers=None, *,
+    lr, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False, first_step=False, maximize=False,
+):  # fmt: skip
+    """One SGD step over lists of arrays, IN PLACE, as torch.optim.SGD (single-tensor path)::
+
+        d = g + wd * p                                  (g = -grad when maximize)
+        buf = d if first_step else momentum * buf + (1 - dampening) * d      (momentum != 0)
+        d = d + momentum * buf if nesterov else buf
+        p -= lr * d
+
+    ``momentum_buffers`` (needed when ``momentum != 0``; allocate them with any values and pass
+    ``first_step=True`` on the first step) and ``params`` are overwritten; ``grads`` are only read.
+
+    >>> p, g = [np.ones(3, np.float32)], [np.ones(3, np.float32)]
+    >>> sgd_step(p, g, lr=0.1)
+    """
+    params, grads = list(params), list(grads)
+    lists, labels = [params, grads], ["params", "grads"]
+    if momentum != 0:
+        if momentum_buffers is None:
+            raise ValueError(f"sgd_step: momentum={momentum} needs momentum_buffers")
+        lists.append(list(momentum_buffers))
+        labels.append("momentum_buffers")
+    if nesterov and (momentum <= 0 or dampening != 0):
+        raise ValueError("sgd_step: Nesterov momentum requires a momentum > 0 and zero dampening")
+    if not params:
+        return
+    _check_lists("sgd_step", labels, lists)
+    s = dict(
+        maximize=bool(maximize), weight_decay=float(weight_decay), momentum=float(momentum),
+        one_minus_dampening=1.0 - dampening, nesterov=bool(nesterov), first_step=bool(first_step), neg_lr=-float(lr),
+    )  # fmt: skip
+    if _triton_ok(lists):
+        scalars = (s["neg_lr"], s["weight_decay"], s["momentum"], s["one_minus_dampening"])
+        flags = dict(
+            MAXIMIZE=s["maximize"], HAS_WD=s["weight_decay"] != 0, HAS_MOMENTUM=s["momentum"] != 0,
+            FIRST_STEP=s["first_step"], NESTEROV=s["nesterov"],
+        )  # fmt: skip
+        _launch_multi(_sgd_kernel, lists, scalars, flags, n_protos=3)
+        return
+    bufs = lists[2] if momentum != 0 else [None] * len(params)
+    for p, g, b in zip(params, grads, bufs, strict=True):
+        _sgd_ref_one(p, g, b, s)
