@@ -13,6 +13,7 @@ def _rel_err(a, b):
 def cases(size="large"):
     """Cross-entropy on logits (N, V): N 4096, V 4096..32768 (large), mean reduction, some ignored rows."""
     import cupy
+
     from conch.kernels import cross_entropy as ce
 
     n, all_v = (4096, (4096, 8192, 16384, 32768)) if size == "large" else (256, (1024, 4096))

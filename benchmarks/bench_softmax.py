@@ -13,6 +13,7 @@ def _rel_err(a, b):
 def cases(size="large"):
     """Softmax and log-softmax over the last dim of (rows, cols): rows 4096, cols 4096..32768 (large)."""
     import cupy
+
     from conch.kernels import softmax as sm
 
     rows, all_cols = (4096, (4096, 8192, 16384, 32768)) if size == "large" else (256, (1024, 4096))

@@ -5,9 +5,10 @@ import os
 import ml_dtypes
 import numpy as np
 import pytest
+from tolerances import assert_close
+
 from conch.kernels import cross_entropy as ce
 from conch.kernels._launch import LAUNCHES
-from tolerances import assert_close
 
 ON_GPU = os.environ.get("CONCH_TEST_DEVICE", "cpu") == "cuda"
 BF16 = np.dtype(ml_dtypes.bfloat16)
