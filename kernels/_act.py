@@ -1,0 +1,324 @@
+"""Elementwise activations in one place: fp32 Triton helpers (forward, derivative), name codes, xp references.
+
+Every activation ``f`` is written twice, once as ``@triton.jit`` helpers that kernels inline (fp32 in, fp32
+out) and once against the array API (``act_ref``/``act_grad_ref``, NumPy or CuPy). Kernels select one with a
+``tl.constexpr`` integer code (:data:`ACT_CODES`), so unused activations cost nothing::
+
+    z = apply_act(acc, ACT, param)          # inside a kernel; ACT: tl.constexpr
+    code = act_code("gelu")                 # in a launcher, validates the name
+
+``param`` is the activation's one scalar: the negative slope of ``leaky_relu`` and ``alpha`` of ``elu``
+(ignored by the others). Derivatives are with respect to the pre-activation ``z``; for ``relu``, ``tanh`` and
+``sigmoid`` the derivative can also be had from the output ``y`` (``act_grad_out``), which lets a forward pass
+save ``y`` (that exists anyway) instead of ``z``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import triton
+import triton.language as tl
+
+from ._launch import xp_of
+
+#: Integer code per activation name, as the kernels' ``ACT`` constexpr sees it.
+ACT_CODES = {
+    "none": 0,
+    "relu": 1,
+    "leaky_relu": 2,
+    "elu": 3,
+    "gelu": 4,
+    "gelu_tanh": 5,
+    "silu": 6,
+    "tanh": 7,
+    "sigmoid": 8,
+}
+
+#: Activations whose derivative is a function of the output y alone: their backward saves y, not z.
+FROM_OUTPUT = frozenset({"relu", "tanh", "sigmoid"})
+
+_SQRT1_2 = 0.7071067811865476  # 1/sqrt(2)
+_INV_SQRT_2PI = 0.3989422804014327  # 1/sqrt(2*pi)
+_SQRT_2_OVER_PI = 0.7978845608028654  # sqrt(2/pi)
+_GELU_C = 0.044715
+
+
+def act_name(name) -> str:
+    """Canonical activation name (``None`` -> ``"none"``); ValueError listing the valid names otherwise."""
+    if name is None:
+        return "none"
+    if isinstance(name, str) and name.lower() in ACT_CODES:
+        return name.lower()
+    valid = ", ".join(["None"] + [repr(n) for n in ACT_CODES])
+    raise ValueError(f"unknown activation {name!r}; valid names are: {valid}")
+
+
+def act_code(name) -> int:
+    """The ``ACT`` constexpr code for ``name`` (validated by :func:`act_name`)."""
+    return ACT_CODES[act_name(name)]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Triton helpers (fp32 in, fp32 out). Kernels call these by bare name (see kernels/_launch.py).
+# --------------------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def sigmoid_fwd(z):
+    # sigma(z) = 1 / (1 + exp(-z)); exp(-z) = inf for z << 0 gives 0, never NaN
+    return 1.0 / (1.0 + tl.exp(-z))
+
+
+@triton.jit
+def tanh_fwd(z):
+    # tanh(z) = sign(z) (1 - e) / (1 + e), e = exp(-2|z|) (no overflow); an odd Taylor polynomial near 0,
+    # where 1 - e cancels: z - z^3/3 + 2 z^5/15 - 17 z^7/315 (next term ~ 2e-11 at |z| = 0.1)
+    az = tl.abs(z)
+    e = tl.exp(-2.0 * az)
+    big = (1.0 - e) / (1.0 + e)
+    big = tl.where(z < 0, -big, big)
+    z2 = z * z
+    small = z * (1.0 + z2 * (-0.3333333333333333 + z2 * (0.13333333333333333 + z2 * -0.05396825396825397)))
+    return tl.where(az < 0.1, small, big)
+
+
+@triton.jit
+def relu_fwd(z):
+    return tl.where(z > 0, z, 0.0)
+
+
+@triton.jit
+def relu_grad(z):
+    # relu'(z) = 1 if z > 0 else 0 (0 at z = 0, as PyTorch)
+    return tl.where(z > 0, 1.0, 0.0)
+
+
+@triton.jit
+def leaky_relu_fwd(z, slope):
+    return tl.where(z > 0, z, z * slope)
+
+
+@triton.jit
+def leaky_relu_grad(z, slope):
+    # d/dz = 1 if z > 0 else slope
+    return tl.where(z > 0, 1.0, slope)
+
+
+@triton.jit
+def elu_fwd(z, alpha):
+    return tl.where(z > 0, z, alpha * (tl.exp(tl.minimum(z, 0.0)) - 1.0))
+
+
+@triton.jit
+def elu_grad(z, alpha):
+    # d/dz = 1 if z > 0 else alpha exp(z)
+    return tl.where(z > 0, 1.0, alpha * tl.exp(tl.minimum(z, 0.0)))
+
+
+@triton.jit
+def gelu_fwd(z):
+    # gelu(z) = z Phi(z) = 0.5 z (1 + erf(z / sqrt 2))
+    return 0.5 * z * (1.0 + tl.erf(z * 0.7071067811865476))
+
+
+@triton.jit
+def gelu_grad(z):
+    # gelu'(z) = Phi(z) + z phi(z),  phi(z) = exp(-z^2/2) / sqrt(2 pi)
+    cdf = 0.5 * (1.0 + tl.erf(z * 0.7071067811865476))
+    pdf = tl.exp(-0.5 * z * z) * 0.3989422804014327
+    return cdf + z * pdf
+
+
+@triton.jit
+def gelu_tanh_fwd(z):
+    # gelu_tanh(z) = 0.5 z (1 + tanh(u)),  u = sqrt(2/pi) (z + 0.044715 z^3)
+    u = 0.7978845608028654 * (z + 0.044715 * z * z * z)
+    return 0.5 * z * (1.0 + tanh_fwd(u))
+
+
+@triton.jit
+def gelu_tanh_grad(z):
+    # d/dz = 0.5 (1 + t) + 0.5 z (1 - t^2) sqrt(2/pi) (1 + 3 * 0.044715 z^2),  t = tanh(u)
+    u = 0.7978845608028654 * (z + 0.044715 * z * z * z)
+    t = tanh_fwd(u)
+    return 0.5 * (1.0 + t) + 0.5 * z * (1.0 - t * t) * 0.7978845608028654 * (1.0 + 0.134145 * z * z)
+
+
+@triton.jit
+def silu_fwd(z):
+    # silu(z) = z sigma(z)
+    return z * sigmoid_fwd(z)
+
+
+@triton.jit
+def silu_grad(z):
+    # silu'(z) = sigma(z) (1 + z (1 - sigma(z)))
+    s = sigmoid_fwd(z)
+    return s * (1.0 + z * (1.0 - s))
+
+
+@triton.jit
+def tanh_grad(z):
+    # tanh'(z) = 1 - tanh(z)^2
+    t = tanh_fwd(z)
+    return 1.0 - t * t
+
+
+@triton.jit
+def sigmoid_grad(z):
+    # sigma'(z) = sigma(z) (1 - sigma(z))
+    s = sigmoid_fwd(z)
+    return s * (1.0 - s)
+
+
+@triton.jit
+def apply_act(z, ACT: tl.constexpr, param):
+    """y = f(z) for the activation with code ``ACT`` (fp32); ``param``: leaky_relu slope / elu alpha."""
+    y = z
+    if ACT == 1:
+        y = relu_fwd(z)
+    elif ACT == 2:
+        y = leaky_relu_fwd(z, param)
+    elif ACT == 3:
+        y = elu_fwd(z, param)
+    elif ACT == 4:
+        y = gelu_fwd(z)
+    elif ACT == 5:
+        y = gelu_tanh_fwd(z)
+    elif ACT == 6:
+        y = silu_fwd(z)
+    elif ACT == 7:
+        y = tanh_fwd(z)
+    elif ACT == 8:
+        y = sigmoid_fwd(z)
+    return y
+
+
+@triton.jit
+def act_grad(z, ACT: tl.constexpr, param):
+    """f'(z) for the activation with code ``ACT`` (fp32), from the pre-activation ``z``."""
+    g = tl.full(z.shape, 1.0, tl.float32)
+    if ACT == 1:
+        g = relu_grad(z)
+    elif ACT == 2:
+        g = leaky_relu_grad(z, param)
+    elif ACT == 3:
+        g = elu_grad(z, param)
+    elif ACT == 4:
+        g = gelu_grad(z)
+    elif ACT == 5:
+        g = gelu_tanh_grad(z)
+    elif ACT == 6:
+        g = silu_grad(z)
+    elif ACT == 7:
+        g = tanh_grad(z)
+    elif ACT == 8:
+        g = sigmoid_grad(z)
+    return g
+
+
+@triton.jit
+def act_grad_out(y, ACT: tl.constexpr):
+    """f'(z) from the output ``y = f(z)``, for relu (1), tanh (7) and sigmoid (8) only."""
+    g = tl.full(y.shape, 1.0, tl.float32)
+    if ACT == 1:
+        g = tl.where(y > 0, 1.0, 0.0)  # relu: y > 0 exactly when z > 0
+    elif ACT == 7:
+        g = 1.0 - y * y  # tanh' = 1 - y^2
+    elif ACT == 8:
+        g = y * (1.0 - y)  # sigmoid' = y (1 - y)
+    return g
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Reference versions against the array API (NumPy or CuPy), computed in the dtype of z (fp32 or fp64).
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _erf(z):
+    xp = xp_of(z)
+    if xp.__name__ == "numpy":
+        try:
+            from scipy.special import erf  # scipy comes with scikit-learn, a conch dependency
+        except ImportError:  # pragma: no cover - slow exact fallback
+            return xp.frompyfunc(math.erf, 1, 1)(z).astype(z.dtype)
+        return erf(z).astype(z.dtype, copy=False)
+    # CuPy: CUDA's erf through an elementwise kernel built from the xp namespace (no cupyx import)
+    kern = _CUPY_ERF.get(xp)
+    if kern is None:
+        kern = _CUPY_ERF[xp] = xp.ElementwiseKernel("T x", "T y", "y = erf(x)", "conch_erf")
+    return kern(z)
+
+
+_CUPY_ERF: dict = {}
+
+
+def _sigmoid_ref(z, xp):
+    # sigma(z) = (1 + tanh(z / 2)) / 2: no overflow for any z
+    return 0.5 * xp.tanh(0.5 * z) + 0.5
+
+
+def act_ref(z, name, param=0.01):
+    """f(z) on an array (fp32/fp64), for any name :func:`act_name` accepts."""
+    name = act_name(name)
+    xp = xp_of(z)
+    if name == "none":
+        return z
+    if name == "relu":
+        return xp.where(z > 0, z, 0).astype(z.dtype, copy=False)
+    if name == "leaky_relu":
+        return xp.where(z > 0, z, z * param).astype(z.dtype, copy=False)
+    if name == "elu":
+        return xp.where(z > 0, z, param * xp.expm1(xp.minimum(z, 0))).astype(z.dtype, copy=False)
+    if name == "gelu":
+        return 0.5 * z * (1 + _erf(z * _SQRT1_2))
+    if name == "gelu_tanh":
+        return 0.5 * z * (1 + xp.tanh(_SQRT_2_OVER_PI * (z + _GELU_C * z**3)))
+    if name == "silu":
+        return z * _sigmoid_ref(z, xp)
+    if name == "tanh":
+        return xp.tanh(z)
+    return _sigmoid_ref(z, xp)  # sigmoid
+
+
+def act_grad_ref(z, name, param=0.01):
+    """f'(z) on an array (fp32/fp64), the derivative with respect to the pre-activation z."""
+    name = act_name(name)
+    xp = xp_of(z)
+    one = xp.ones_like(z)
+    if name == "none":
+        return one
+    if name == "relu":
+        return xp.where(z > 0, one, 0).astype(z.dtype, copy=False)
+    if name == "leaky_relu":
+        return xp.where(z > 0, one, param).astype(z.dtype, copy=False)  # 1 or slope
+    if name == "elu":
+        return xp.where(z > 0, one, param * xp.exp(xp.minimum(z, 0))).astype(z.dtype, copy=False)  # 1 or a e^z
+    if name == "gelu":
+        # Phi(z) + z phi(z)
+        return 0.5 * (1 + _erf(z * _SQRT1_2)) + z * xp.exp(-0.5 * z * z) * _INV_SQRT_2PI
+    if name == "gelu_tanh":
+        # 0.5 (1 + t) + 0.5 z (1 - t^2) sqrt(2/pi) (1 + 3c z^2)
+        t = xp.tanh(_SQRT_2_OVER_PI * (z + _GELU_C * z**3))
+        return 0.5 * (1 + t) + 0.5 * z * (1 - t * t) * _SQRT_2_OVER_PI * (1 + 3 * _GELU_C * z * z)
+    if name == "silu":
+        s = _sigmoid_ref(z, xp)
+        return s * (1 + z * (1 - s))  # sigma (1 + z (1 - sigma))
+    if name == "tanh":
+        t = xp.tanh(z)
+        return 1 - t * t
+    s = _sigmoid_ref(z, xp)
+    return s * (1 - s)
+
+
+def act_grad_out_ref(y, name):
+    """f'(z) from the output y = f(z), for the names in :data:`FROM_OUTPUT`."""
+    name = act_name(name)
+    if name == "relu":
+        return (y > 0).astype(y.dtype)
+    if name == "tanh":
+        return 1 - y * y
+    if name == "sigmoid":
+        return y * (1 - y)
+    raise ValueError(f"the derivative of {name!r} is not a function of its output; save z instead")

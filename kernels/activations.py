@@ -1,0 +1,183 @@
+"""Elementwise activations: one flat Triton kernel each way (fp32 math, storage dtype out) plus the xp reference.
+
+Forward ``y = f(x)`` and backward ``dx = dy * f'(x)`` for the activations of :mod:`conch.kernels._act`
+(None/"none", "relu", "leaky_relu", "elu", "gelu", "gelu_tanh", "silu", "tanh", "sigmoid")::
+
+    y, res = activation_forward(x, "gelu")
+    dx = activation_backward(res, dy)
+
+Residuals are a dict: ``saved`` is ``y`` for relu/tanh/sigmoid (their derivative is a function of the output,
+and ``y`` exists anyway) and ``x`` otherwise (``None`` for the identity); plus the attributes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import triton
+import triton.language as tl
+
+from ._act import (
+    FROM_OUTPUT,
+    act_code,
+    act_grad,
+    act_grad_out,
+    act_grad_out_ref,
+    act_grad_ref,
+    act_name,
+    act_ref,
+    apply_act,
+)
+from ._launch import kernel_for, targ, use_triton, xp_of
+
+# --------------------------------------------------------------------------------------------------------------
+# Triton kernels: flat over n contiguous elements, BLOCK per program.
+# --------------------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _act_fwd_kernel(x_ptr, y_ptr, n, param, ACT: tl.constexpr, BLOCK: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    y = apply_act(x, ACT, param)
+    tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _act_bwd_kernel(s_ptr, dy_ptr, dx_ptr, n, param, ACT: tl.constexpr, FROM_OUT: tl.constexpr, BLOCK: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    s = tl.load(s_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    dy = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    # dx = dy * f'(x); f' from the saved output y for relu/tanh/sigmoid, from x otherwise
+    if FROM_OUT:
+        g = act_grad_out(s, ACT)
+    else:
+        g = act_grad(s, ACT, param)
+    tl.store(dx_ptr + offs, (dy * g).to(dx_ptr.dtype.element_ty), mask=mask)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Launchers
+# --------------------------------------------------------------------------------------------------------------
+
+_FLOATS = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+BLOCK = 1024  # elements per program; 4 warps on the GPU (8 fp32 per thread)
+NUM_WARPS = 4
+
+
+def _check_float(x, what):
+    import ml_dtypes
+
+    if x.dtype not in _FLOATS and x.dtype != np.dtype(ml_dtypes.bfloat16):
+        raise TypeError(f"{what} must be float16, bfloat16, float32 or float64, got dtype {x.dtype}")
+
+
+def _param(name, negative_slope, alpha):
+    return float(negative_slope if name == "leaky_relu" else alpha if name == "elu" else 0.0)
+
+
+def _launch_forward(x, name, param):
+    xp = xp_of(x)
+    xc = xp.ascontiguousarray(x)  # flat kernel: non-contiguous inputs are copied once here
+    y = xp.empty(x.shape, dtype=x.dtype)
+    n = x.size
+    if n:
+        grid = (triton.cdiv(n, BLOCK),)
+        kernel_for(_act_fwd_kernel, xc)[grid](
+            targ(xc), targ(y), n, param, ACT=act_code(name), BLOCK=BLOCK, num_warps=NUM_WARPS
+        )
+    return y
+
+
+def _launch_backward(saved, dy, name, param, dtype):
+    xp = xp_of(saved)
+    sc = xp.ascontiguousarray(saved)
+    dyc = xp.ascontiguousarray(dy)
+    dx = xp.empty(saved.shape, dtype=dtype)
+    n = saved.size
+    if n:
+        grid = (triton.cdiv(n, BLOCK),)
+        kernel_for(_act_bwd_kernel, sc, dyc)[grid](
+            targ(sc),
+            targ(dyc),
+            targ(dx),
+            n,
+            param,
+            ACT=act_code(name),
+            FROM_OUT=name in FROM_OUTPUT,
+            BLOCK=BLOCK,
+            num_warps=NUM_WARPS,
+        )
+    return dx
+
+
+def dz_from_saved(saved, dy, name, param, dtype):
+    """dy * f'(.) from a saved residual (the output y for relu/tanh/sigmoid, the input otherwise), in ``dtype``.
+
+    The backward of an activation, also used by matmul's backward to form dZ once before the two products.
+    Triton for CuPy arrays (and NumPy arrays under the interpreter), the reference path otherwise.
+    """
+    name = act_name(name)
+    if use_triton(saved, dy) and np.dtype(dtype) != np.float64 and np.dtype(saved.dtype) != np.float64:
+        return _launch_backward(saved, dy, name, param, dtype)
+    return _reference_backward(saved, dy, name, param, dtype)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Reference path (NumPy or CuPy), computed in fp32 (fp64 for fp64 inputs)
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _compute_dtype(dtype):
+    return np.float64 if np.dtype(dtype) == np.float64 else np.float32
+
+
+def _reference_forward(x, name, param):
+    ct = _compute_dtype(x.dtype)
+    return act_ref(x.astype(ct), name, param).astype(x.dtype)
+
+
+def _reference_backward(saved, dy, name, param, dtype):
+    ct = _compute_dtype(dtype)
+    s = saved.astype(ct)
+    g = act_grad_out_ref(s, name) if name in FROM_OUTPUT else act_grad_ref(s, name, param)
+    return (dy.astype(ct) * g).astype(dtype)  # dx = dy * f'
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Public pair
+# --------------------------------------------------------------------------------------------------------------
+
+
+def activation_forward(x, name, *, negative_slope=0.01, alpha=1.0):
+    """y = f(x) elementwise; returns ``(y, residuals)``.
+
+    ``name``: None/"none", "relu", "leaky_relu" (``negative_slope``), "elu" (``alpha``), "gelu" (exact, erf),
+    "gelu_tanh", "silu", "tanh", "sigmoid". ``x``: any shape, float16/bfloat16/float32 (float64 on the
+    reference path; the Triton path computes float64 through the reference too). ``y`` has x's shape and
+    dtype. Example: ``y, res = activation_forward(np.ones(3, np.float32), "relu")``.
+    """
+    name = act_name(name)
+    _check_float(x, "x")
+    param = _param(name, negative_slope, alpha)
+    if name != "none" and use_triton(x) and x.dtype != np.float64:
+        y = _launch_forward(x, name, param)
+    elif name == "none":
+        y = x.copy()
+    else:
+        y = _reference_forward(x, name, param)
+    saved = None if name == "none" else (y if name in FROM_OUTPUT else x)
+    residuals = {"name": name, "param": param, "saved": saved, "shape": x.shape, "dtype": x.dtype}
+    return y, residuals
+
+
+def activation_backward(residuals, dy):
+    """dx = dy * f'(x), in the dtype of x; ``dy`` must have x's shape (any float dtype, any strides)."""
+    name, param, saved, dtype = residuals["name"], residuals["param"], residuals["saved"], residuals["dtype"]
+    if tuple(dy.shape) != tuple(residuals["shape"]):
+        raise ValueError(f"dy has shape {tuple(dy.shape)}, expected the input's shape {tuple(residuals['shape'])}")
+    _check_float(dy, "dy")
+    if name == "none":
+        return dy.astype(dtype, copy=True)
+    return dz_from_saved(saved, dy, name, param, dtype)

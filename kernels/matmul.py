@@ -1,0 +1,532 @@
+"""Matmul with a fused epilogue, out = act(a @ b + bias), and its backward (act' and dbias fused into the products).
+
+Forward (NumPy ``matmul`` semantics: 1-D operands and broadcast batch dims)::
+
+    z = a @ b + bias          a: (..., M, K) or (K,)   b: (..., K, N) or (K,)   bias: (N,)
+    out = act(z)
+
+Backward, with dZ = dOut * act'(Z)::
+
+    dA = dZ @ B^T             summed over the batch dims a was broadcast along; shaped like a
+    dB = A^T @ dZ             summed over the batch dims b was broadcast along; shaped like b
+    dbias = sum of dZ over every row (all dims but the last)
+
+Example::
+
+    out, res = matmul_forward(x, w, bias, activation="gelu")
+    da, db, dbias = matmul_backward(res, dout)
+
+One Triton kernel (tutorial 03 style: grouped program order, fp32 accumulator, masks for any M/N/K, any strides,
+batch on grid axis 1 with stride 0 for broadcast operands) serves the forward and both backward products. In the
+backward, act' is fused into the loads of dOut for cheap activations (:data:`FUSE_IN_LOADS`) and computed once
+by the elementwise activation kernel otherwise; dbias is summed inside the first product that runs.
+"""
+
+from __future__ import annotations
+
+import math
+
+import ml_dtypes
+import numpy as np
+import triton
+import triton.language as tl
+from triton.language import cdiv
+from triton.language import sum as tl_sum
+
+from . import autotune
+from ._act import FROM_OUTPUT, act_code, act_grad, act_grad_out, act_grad_out_ref, act_grad_ref, act_name, act_ref
+from ._act import apply_act as apply_act
+from ._launch import kernel_for, targ, use_triton, xp_of
+from .activations import dz_from_saved
+
+# --------------------------------------------------------------------------------------------------------------
+# Triton kernel. Triton's own @jit helpers (cdiv, sum) are bound to bare names and tl.zeros is replaced by tl.full:
+# kernel_for's interpreted twin swaps bare-name @jit helpers, not ``tl.<helper>`` attribute lookups.
+# --------------------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _matmul_kernel(
+    a_ptr,
+    b_ptr,
+    c_ptr,
+    bias_ptr,
+    z_ptr,
+    r_ptr,
+    dbias_ptr,
+    M,
+    N,
+    K,
+    RB,
+    param,
+    s_ab,
+    s_arb,
+    s_am,
+    s_ak,
+    s_bb,
+    s_brb,
+    s_bk,
+    s_bn,
+    s_cb,
+    s_cm,
+    s_cn,
+    s_rb,
+    s_rrb,
+    s_r0,
+    s_r1,
+    HAS_BIAS: tl.constexpr,
+    ACT: tl.constexpr,
+    STORE_Z: tl.constexpr,
+    DOUT_OP: tl.constexpr,
+    HAS_R: tl.constexpr,
+    GRAD_ACT: tl.constexpr,
+    R_IS_OUT: tl.constexpr,
+    DBIAS: tl.constexpr,
+    UPCAST: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
+):
+    """C[b] = act(sum_rb A[b, rb] @ B[b, rb] + bias) for one (BLOCK_M, BLOCK_N) tile of C.
+
+    Grid: (cdiv(M, BLOCK_M) * cdiv(N, BLOCK_N), number of C batches). ``RB`` extra reduction batches are
+    summed into the same tile (dA/dB of an operand broadcast over the batch). DOUT_OP = 1 (2) marks the A (B)
+    operand as dOut: with HAS_R every loaded tile is multiplied by act'(R tile) in fp32 (GRAD_ACT: the
+    activation; R: Z, or the output when R_IS_OUT); with DBIAS the column sums of the dZ tile go into ``dbias``
+    (fp32, atomics) from the programs of the first tile column (row) only, so each element counts once.
+    """
+    pid = tl.program_id(0)
+    pid_b = tl.program_id(1).to(tl.int64)
+    num_pid_m = cdiv(M, BLOCK_M)
+    num_pid_n = cdiv(N, BLOCK_N)
+    # grouped ordering: GROUP_M tile rows share their B columns in L2
+    num_pid_in_group = GROUP_M * num_pid_n
+    group_id = pid // num_pid_in_group
+    first_pid_m = group_id * GROUP_M
+    group_size_m = min(num_pid_m - first_pid_m, GROUP_M)
+    pid_m = first_pid_m + ((pid % num_pid_in_group) % group_size_m)
+    pid_n = (pid % num_pid_in_group) // group_size_m
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    mask_m = offs_m < M
+    mask_n = offs_n < N
+
+    acc = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
+    # batch bases as 64-bit pointers; the reduction batches advance them (pointer arithmetic, no int32 overflow)
+    a_base = a_ptr + pid_b * s_ab
+    b_base = b_ptr + pid_b * s_bb
+    r_base = a_base  # placeholder of the right kind when there is no R (r_ptr is None then)
+    if HAS_R:
+        r_base = r_ptr + pid_b * s_rb
+    for _rb in range(0, RB):
+        for k0 in range(0, cdiv(K, BLOCK_K)):
+            kk = k0 * BLOCK_K + offs_k
+            mask_k = kk < K
+            a_mask = mask_m[:, None] & mask_k[None, :]
+            b_mask = mask_k[:, None] & mask_n[None, :]
+            a = tl.load(a_base + offs_m[:, None] * s_am + kk[None, :] * s_ak, mask=a_mask, other=0.0)
+            b = tl.load(b_base + kk[:, None] * s_bk + offs_n[None, :] * s_bn, mask=b_mask, other=0.0)
+            if DOUT_OP == 1:
+                # A tile is dOut (rows m, inner index kk over n): dZ = dOut * act'(R) in fp32
+                dz = a.to(tl.float32)
+                if HAS_R:
+                    r = tl.load(r_base + offs_m[:, None] * s_r0 + kk[None, :] * s_r1, mask=a_mask, other=0.0)
+                    r = r.to(tl.float32)
+                    if R_IS_OUT:
+                        dz = dz * act_grad_out(r, GRAD_ACT)
+                    else:
+                        dz = dz * act_grad(r, GRAD_ACT, param)
+                if DBIAS:
+                    # dbias[n] += sum over rows of dZ, from the first tile column only (each dZ element once)
+                    if pid_n == 0:
+                        tl.atomic_add(dbias_ptr + kk, tl_sum(dz, axis=0), mask=mask_k)
+                a = dz.to(a_ptr.dtype.element_ty)  # back to the storage dtype for the tensor-core dot
+            if DOUT_OP == 2:
+                # B tile is dOut (inner index kk over m, columns n)
+                dz = b.to(tl.float32)
+                if HAS_R:
+                    r = tl.load(r_base + kk[:, None] * s_r0 + offs_n[None, :] * s_r1, mask=b_mask, other=0.0)
+                    r = r.to(tl.float32)
+                    if R_IS_OUT:
+                        dz = dz * act_grad_out(r, GRAD_ACT)
+                    else:
+                        dz = dz * act_grad(r, GRAD_ACT, param)
+                if DBIAS:
+                    # dbias[n] += sum over the inner rows of dZ, from the first tile row only
+                    if pid_m == 0:
+                        tl.atomic_add(dbias_ptr + offs_n, tl_sum(dz, axis=0), mask=mask_n)
+                b = dz.to(b_ptr.dtype.element_ty)
+            if UPCAST:
+                # the interpreter's tl.dot multiplies raw bf16 bits: do the dot in fp32 there
+                a = a.to(tl.float32)
+                b = b.to(tl.float32)
+            acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
+        a_base += s_arb
+        b_base += s_brb
+        if HAS_R:
+            r_base += s_rrb
+
+    # epilogue, while acc is fp32: + bias, keep Z if asked, activation, store in C's dtype
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+        acc = acc + bias[None, :]
+    c_off = pid_b * s_cb + offs_m[:, None] * s_cm + offs_n[None, :] * s_cn
+    c_mask = mask_m[:, None] & mask_n[None, :]
+    if STORE_Z:
+        tl.store(z_ptr + c_off, acc.to(z_ptr.dtype.element_ty), mask=c_mask)
+    out = apply_act(acc, ACT, param)
+    tl.store(c_ptr + c_off, out.to(c_ptr.dtype.element_ty), mask=c_mask)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Launchers
+# --------------------------------------------------------------------------------------------------------------
+
+_BF16 = np.dtype(ml_dtypes.bfloat16)
+_TRITON_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), _BF16)
+_ALL_DTYPES = _TRITON_DTYPES + (np.dtype(np.float64),)
+
+#: The one config under the interpreter (small tiles keep CPU tests fast).
+INTERPRET_CONFIG = {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 8, "num_warps": 4, "num_stages": 1}
+
+
+def _cfg(bm, bn, bk, warps, stages, group=8):
+    return {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": group, "num_warps": warps, "num_stages": stages}
+
+
+#: Candidates timed by autotune.pick on the GPU (Triton tutorial 03's, within 64-256 tiles).
+GPU_CONFIGS = [
+    _cfg(128, 256, 64, 8, 3),
+    _cfg(256, 128, 64, 8, 3),
+    _cfg(128, 128, 64, 8, 3),
+    _cfg(128, 128, 32, 4, 4),
+    _cfg(128, 64, 64, 4, 4),
+    _cfg(64, 128, 64, 4, 4),
+    _cfg(128, 64, 32, 4, 4),
+    _cfg(64, 128, 32, 4, 4),
+    _cfg(64, 64, 64, 4, 5),
+    _cfg(64, 64, 32, 4, 5),
+]
+
+
+def _check_dtype(x, what):
+    if x.dtype not in _ALL_DTYPES:
+        raise TypeError(f"{what} must be float16, bfloat16, float32 or float64, got {what}.dtype={x.dtype}")
+
+
+def _check_inputs(a, b, bias):
+    """Validate shapes and dtypes; returns (batch shape, M, K, N, out shape)."""
+    if a.ndim == 0 or b.ndim == 0:
+        raise ValueError(f"matmul needs operands of at least 1 dimension, got a{tuple(a.shape)} and b{tuple(b.shape)}")
+    _check_dtype(a, "a")
+    _check_dtype(b, "b")
+    if a.dtype != b.dtype:
+        raise TypeError(f"matmul needs a and b of one dtype, got a.dtype={a.dtype} and b.dtype={b.dtype}")
+    ka = a.shape[-1]
+    kb = b.shape[0] if b.ndim == 1 else b.shape[-2]
+    if ka != kb:
+        raise ValueError(f"matmul inner dimensions differ: a{tuple(a.shape)} has K={ka}, b{tuple(b.shape)} has K={kb}")
+    m = 1 if a.ndim == 1 else a.shape[-2]
+    n = 1 if b.ndim == 1 else b.shape[-1]
+    ba = tuple(a.shape[:-2])
+    bb = tuple(b.shape[:-2])
+    try:
+        batch = tuple(np.broadcast_shapes(ba, bb))
+    except ValueError:
+        raise ValueError(f"matmul batch dims do not broadcast: a{tuple(a.shape)} and b{tuple(b.shape)}") from None
+    out_shape = batch + ((m,) if a.ndim > 1 else ()) + ((n,) if b.ndim > 1 else ())
+    if bias is not None:
+        if bias.dtype != a.dtype:
+            raise TypeError(f"bias.dtype={bias.dtype} must match a.dtype={a.dtype}")
+        ok = tuple(bias.shape) == (n,) or (b.ndim == 1 and tuple(bias.shape) in ((), (1,)))
+        if not ok:
+            raise ValueError(
+                f"bias must have shape ({n},) (the last dim of b{tuple(b.shape)}), got {tuple(bias.shape)}"
+            )
+    return batch, m, ka, n, out_shape
+
+
+def _as2d(a, b):
+    """Operands with the 1-D cases made 2-D: a (K,) -> (1, K), b (K,) -> (K, 1) (views)."""
+    return (a[None, :] if a.ndim == 1 else a), (b[:, None] if b.ndim == 1 else b)
+
+
+def _as3d(x2, batch):
+    """(x3, mode): x2 (..., R, C) seen as (B, R, C). mode "none": x has no real batch (batch stride 0),
+    "full": x covers the whole batch, "copy": x was broadcast along some batch dims only (materialized)."""
+    xp = xp_of(x2)
+    nb = math.prod(batch)
+    tail = tuple(x2.shape[-2:])
+    xb = tuple(x2.shape[:-2])
+    if math.prod(xb) == 1 or nb == 1:
+        x = x2.reshape(tail)
+        return xp.broadcast_to(x, (nb,) + tail), "none"
+    if (1,) * (len(batch) - len(xb)) + xb == batch:
+        return x2.reshape((nb,) + tail), "full"
+    return xp.ascontiguousarray(xp.broadcast_to(x2, batch + tail)).reshape((nb,) + tail), "copy"
+
+
+def _fold(a3, mode_a, b3, mode_b, M):
+    """Fold the batch into M when b has no batch and a's (batch, M) dims merge without a copy (a contiguous
+    (B, M, K) input, say): one (B*M, K) @ (K, N) product fills the GPU better than B small ones, and its
+    backward needs no reduction over batches. Returns (a3, mode_a, b3, mode_b, nb, M)."""
+    nb = a3.shape[0]
+    if nb > 1 and mode_a == "full" and mode_b == "none" and (M == 1 or a3.strides[0] == M * a3.strides[1]):
+        return a3.reshape(1, nb * M, a3.shape[2]), "full", b3[:1], "none", 1, nb * M
+    return a3, mode_a, b3, mode_b, nb, M
+
+
+def _strides(x):
+    return tuple(s // x.itemsize for s in x.strides)
+
+
+def _upcast(x):
+    return isinstance(x, np.ndarray) and x.dtype == _BF16
+
+
+def _launch(
+    a3, a_s, b3, b_s, c, c_s, M, N, K, nb, rb, *, key, bias=None, z=None, r=None, r_s=(0, 0, 0, 0),
+    dbias=None, act=0, dout_op=0, grad_act=0, r_is_out=False, param=0.0, allow_tf32=True,
+):  # fmt: skip
+    """Launch _matmul_kernel over C (nb batches of M x N); a_s/b_s: (batch, reduction-batch, row, col) strides."""
+    if M == 0 or N == 0 or nb == 0:
+        return
+    like = a3
+
+    def run(cfg):
+        grid = (triton.cdiv(M, cfg["BLOCK_M"]) * triton.cdiv(N, cfg["BLOCK_N"]), nb)
+        kernel_for(_matmul_kernel, a3, b3)[grid](
+            targ(a3), targ(b3), targ(c), targ(bias), targ(z), targ(r), targ(dbias),
+            M, N, K, rb, param, *a_s, *b_s, *c_s, *r_s,
+            HAS_BIAS=bias is not None, ACT=act, STORE_Z=z is not None, DOUT_OP=dout_op, HAS_R=r is not None,
+            GRAD_ACT=grad_act, R_IS_OUT=r_is_out, DBIAS=dbias is not None, UPCAST=_upcast(a3),
+            INPUT_PRECISION="tf32" if allow_tf32 else "ieee",
+            BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], GROUP_M=cfg["GROUP_M"],
+            num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        )  # fmt: skip
+
+    full_key = (str(a3.dtype), autotune.bucket(M), autotune.bucket(N), autotune.bucket(K), autotune.bucket(rb)) + key
+    cfg = autotune.pick(
+        "matmul", full_key, GPU_CONFIGS, run, like=like, interpret_config=INTERPRET_CONFIG
+    )  # fmt: skip
+    if dbias is not None and not isinstance(dbias, np.ndarray):
+        # the timing runs (first call per key only) added into dbias. This CuPy fill, the xp.zeros/empty
+        # allocations above and the Triton launches are ordered because both sides use the legacy default
+        # stream unless someone sets another; a caller that sets a CuPy stream must set Triton's to match.
+        dbias[...] = 0
+    run(cfg)
+
+
+def _triton_forward(a, b, bias, name, param, allow_tf32, batch, M, K, N, out_shape):
+    xp = xp_of(a)
+    a2, b2 = _as2d(a, b)
+    a3, mode_a = _as3d(a2, batch)
+    b3, mode_b = _as3d(b2, batch)
+    a3, _, b3, _, nb, M = _fold(a3, mode_a, b3, mode_b, M)
+    c = xp.empty((nb, M, N), dtype=a.dtype)
+    z = xp.empty((nb, M, N), dtype=a.dtype) if name not in FROM_OUTPUT and name != "none" else None
+    bias1 = None if bias is None else xp.ascontiguousarray(bias.reshape(N))
+    sa, sb, sc = _strides(a3), _strides(b3), _strides(c)
+    _launch(
+        a3, (sa[0], 0, sa[1], sa[2]), b3, (sb[0], 0, sb[1], sb[2]), c, sc, M, N, K, nb, 1,
+        key=("fwd", act_code(name)), bias=bias1, z=z, act=act_code(name), param=param, allow_tf32=allow_tf32,
+    )  # fmt: skip
+    return c.reshape(out_shape), (None if z is None else z.reshape(out_shape))
+
+
+def _sum_to(x, shape):
+    """Sum x over its leading dims and over the dims where ``shape`` has 1, giving ``shape``."""
+    lead = x.ndim - len(shape)
+    if lead:
+        x = x.sum(axis=tuple(range(lead)))
+    axes = tuple(i for i, s in enumerate(shape) if s == 1 and x.shape[i] != 1)
+    return x.sum(axis=axes, keepdims=True) if axes else x
+
+
+#: Activations whose act' is fused into the operand loads of the backward products. The fused tile is
+#: recomputed by every program that loads it (K / BLOCK_N times per element in dA, K / BLOCK_M in dB), which
+#: is free for a compare-and-select but costs more than one elementwise pass for erf/exp/tanh activations:
+#: those get dZ from one elementwise kernel (the activations backward kernel) and plain products.
+FUSE_IN_LOADS = frozenset({"relu", "leaky_relu"})
+
+
+def _triton_backward(res, dout, needs):
+    a, b, bias_shape, name, param = res["a"], res["b"], res["bias_shape"], res["act"], res["param"]
+    batch, M, K, N = res["batch"], res["M"], res["K"], res["N"]
+    xp = xp_of(a)
+    a2, b2 = _as2d(a, b)
+    a3, mode_a = _as3d(a2, batch)
+    b3, mode_b = _as3d(b2, batch)
+    a3, mode_a, b3, mode_b, nb, M = _fold(a3, mode_a, b3, mode_b, M)
+    d3 = dout.astype(a.dtype, copy=False).reshape(nb, M, N)
+    r3 = None if res["r"] is None else res["r"].reshape(nb, M, N)
+    if r3 is not None and name not in FUSE_IN_LOADS:
+        # dZ = dOut * act'(Z) once, elementwise, in the storage dtype; the products then read it plainly
+        d3 = dz_from_saved(r3, d3, name, param, a.dtype)
+        r3 = None
+    sd = _strides(d3)
+    sr = _strides(r3) if r3 is not None else (0, 0, 0)
+    common = {"r": r3, "grad_act": act_code(name), "r_is_out": name in FROM_OUTPUT, "param": param,
+              "allow_tf32": res["allow_tf32"]}  # fmt: skip
+    want_da, want_db, want_dbias = needs[0], needs[1], needs[2] and bias_shape is not None
+    dbias = xp.zeros(N, dtype=np.float32) if want_dbias else None
+    dbias_done = False
+    da = db = None
+    sa, sb = _strides(a3), _strides(b3)
+
+    def split(s, reduce_batch):
+        """(batch, reduction-batch, row, col) strides: batch stride on the grid axis, or on the in-kernel loop."""
+        return (0, s[0], s[1], s[2]) if reduce_batch else (s[0], 0, s[1], s[2])
+
+    if want_da and M and K:
+        # dA = dZ @ B^T: A operand dOut (act' fused in its loads when r is given), B operand b3 transposed
+        # (strides swapped, no copy); dbias from the first tile column
+        red = mode_a == "none" and nb > 1
+        out_nb, rb = (1, nb) if red else (nb, 1)
+        da3 = xp.empty((out_nb, M, K), dtype=a.dtype)
+        _launch(
+            d3, split(sd, red), b3, split((sb[0], sb[2], sb[1]), red), da3, _strides(da3), M, K, N, out_nb, rb,
+            key=("dA", common["grad_act"] if r3 is not None else 0, want_dbias), r_s=split(sr, red),
+            dbias=dbias, dout_op=1, **common,
+        )  # fmt: skip
+        dbias_done = want_dbias
+        da = _unflatten(da3, a, a2, batch, mode_a)
+    if want_db and K and N:
+        # dB = A^T @ dZ: A operand a3 transposed, B operand dOut (act' fused in its loads when r is given)
+        red = mode_b == "none" and nb > 1
+        out_nb, rb = (1, nb) if red else (nb, 1)
+        db3 = xp.empty((out_nb, K, N), dtype=b.dtype)
+        db_bias = dbias if want_dbias and not dbias_done else None
+        _launch(
+            a3, split((sa[0], sa[2], sa[1]), red), d3, split(sd, red), db3, _strides(db3), K, N, M, out_nb, rb,
+            key=("dB", common["grad_act"] if r3 is not None else 0, db_bias is not None), r_s=split(sr, red),
+            dbias=db_bias, dout_op=2, **common,
+        )  # fmt: skip
+        dbias_done = dbias_done or db_bias is not None
+        db = _unflatten(db3, b, b2, batch, mode_b)
+    if want_da and da is None:
+        da = xp.zeros(a.shape, dtype=a.dtype)
+    if want_db and db is None:
+        db = xp.zeros(b.shape, dtype=b.dtype)
+    dbias_out = None
+    if want_dbias:
+        if not dbias_done and M and N and nb:
+            # neither product ran (not requested, or K == 0): column sums of dZ with xp
+            dz = d3 if r3 is None else dz_from_saved(r3, d3, name, param, np.float32)
+            dbias = dz.astype(np.float32).reshape(-1, N).sum(axis=0)
+        dbias_out = dbias.astype(res["bias_dtype"]).reshape(bias_shape)
+    return da, db, dbias_out
+
+
+def _unflatten(x3, x, x2, batch, mode):
+    """A gradient computed as (B or 1, R, C) back to the shape of the operand x (summing a 'copy' broadcast)."""
+    if mode == "copy":
+        return (
+            _sum_to(x3.astype(np.float32).reshape(batch + tuple(x2.shape[-2:])), x2.shape)
+            .astype(x.dtype)
+            .reshape(x.shape)
+        )
+    return x3.reshape(x.shape)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Reference path (NumPy or CuPy): fp32 math for fp16/bf16/fp32, fp64 for fp64
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _ct(dtype):
+    return np.float64 if np.dtype(dtype) == np.float64 else np.float32
+
+
+def _reference_forward(a, b, bias, name, param, out_shape):
+    ct = _ct(a.dtype)
+    z = xp_of(a).matmul(a.astype(ct), b.astype(ct))
+    if bias is not None:
+        z = z + bias.astype(ct).reshape(-1)
+    out = act_ref(z, name, param).astype(a.dtype)
+    r = None if name == "none" else (out if name in FROM_OUTPUT else z.astype(a.dtype))
+    return out.reshape(out_shape), r
+
+
+def _dz_ref(dout, r, name, param):
+    """dZ = dOut * act'(Z) in the compute dtype (act' from Z, or from the output for relu/tanh/sigmoid)."""
+    ct = _ct(dout.dtype)
+    d = dout.astype(ct)
+    if r is None:
+        return d
+    g = act_grad_out_ref(r.astype(ct), name) if name in FROM_OUTPUT else act_grad_ref(r.astype(ct), name, param)
+    return d * g
+
+
+def _reference_backward(res, dout, needs):
+    a, b, bias_shape, name = res["a"], res["b"], res["bias_shape"], res["act"]
+    batch, M, N = res["batch"], res["M"], res["N"]
+    xp = xp_of(a)
+    ct = _ct(a.dtype)
+    dz = _dz_ref(dout.astype(a.dtype, copy=False), res["r"], name, res["param"])
+    a2, b2 = _as2d(a, b)
+    dz2 = dz.reshape(batch + (M, N))
+    da = db = dbias = None
+    if needs[0]:
+        da2 = xp.matmul(dz2, xp.swapaxes(b2.astype(ct), -1, -2))  # dA = dZ @ B^T
+        da = _sum_to(da2, a2.shape).reshape(a.shape).astype(a.dtype)
+    if needs[1]:
+        db2 = xp.matmul(xp.swapaxes(a2.astype(ct), -1, -2), dz2)  # dB = A^T @ dZ
+        db = _sum_to(db2, b2.shape).reshape(b.shape).astype(b.dtype)
+    if needs[2] and bias_shape is not None:
+        dbias = dz2.reshape(-1, N).sum(axis=0).reshape(bias_shape).astype(res["bias_dtype"])  # sum over rows
+    return da, db, dbias
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Public pair
+# --------------------------------------------------------------------------------------------------------------
+
+
+def matmul_forward(a, b, bias=None, activation=None, *, negative_slope=0.01, alpha=1.0, allow_tf32=True):
+    """out = act(a @ b + bias); returns ``(out, residuals)``.
+
+    a: (..., M, K) or (K,); b: (..., K, N) or (K,), NumPy matmul semantics (1-D operands, broadcast batch
+    dims); bias: (N,) or None (shape () or (1,) when b is 1-D). a, b, bias share one dtype: float16,
+    bfloat16, float32 (float64: reference path only; the Triton path falls back to it). ``activation``:
+    None/"none", "relu", "leaky_relu" (``negative_slope``), "elu" (``alpha``), "gelu", "gelu_tanh", "silu",
+    "tanh", "sigmoid". ``allow_tf32``: fp32 dots on tensor cores in TF32 (GPU only). out has a's dtype.
+    Example: ``out, res = matmul_forward(x, w, b, "relu")`` with x (32, 64), w (64, 16), b (16,).
+    """
+    name = act_name(activation)
+    batch, M, K, N, out_shape = _check_inputs(a, b, bias)
+    param = float(negative_slope if name == "leaky_relu" else alpha if name == "elu" else 0.0)
+    if use_triton(a, b, bias) and a.dtype != np.float64:
+        out, r = _triton_forward(a, b, bias, name, param, allow_tf32, batch, M, K, N, out_shape)
+        if r is None and name in FROM_OUTPUT:
+            r = out
+    else:
+        out, r = _reference_forward(a, b, bias, name, param, out_shape)
+    residuals = {
+        "a": a, "b": b, "r": r, "act": name, "param": param, "allow_tf32": allow_tf32,
+        "bias_shape": None if bias is None else tuple(bias.shape), "bias_dtype": None if bias is None else bias.dtype,
+        "batch": batch, "M": M, "K": K, "N": N, "out_shape": out_shape,
+    }  # fmt: skip
+    return out, residuals
+
+
+def matmul_backward(residuals, dout, needs_input_grad=(True, True, True)):
+    """(da, db, dbias) for out = act(a @ b + bias), given dout = dL/dout (out's shape, any float dtype).
+
+    dZ = dout * act'(Z); da = dZ @ b^T, db = a^T @ dZ, each summed over the batch dims its operand was
+    broadcast along and shaped like it; dbias = dZ summed over all rows. Entries not requested by
+    ``needs_input_grad`` (and dbias without a bias) are None. Gradients have their input's dtype.
+    """
+    if tuple(dout.shape) != tuple(residuals["out_shape"]):
+        raise ValueError(f"dout has shape {tuple(dout.shape)}, expected the output's shape {residuals['out_shape']}")
+    if dout.dtype not in _ALL_DTYPES:
+        raise TypeError(f"dout must be a float array, got dtype {dout.dtype}")
+    needs = tuple(bool(x) for x in needs_input_grad) + (True,) * (3 - len(needs_input_grad))
+    a, b = residuals["a"], residuals["b"]
+    if use_triton(a, b, dout) and a.dtype != np.float64:
+        return _triton_backward(residuals, dout, needs)
+    return _reference_backward(residuals, dout, needs)
