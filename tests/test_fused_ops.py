@@ -1,0 +1,159 @@
+"""Framework-level fused ops: the Triton path is taken under the interpreter and agrees with the reference path."""
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+import conch
+from conch import _fused as F
+from conch.kernels._launch import LAUNCHES
+
+BF16 = np.dtype(ml_dtypes.bfloat16)
+TOL = {np.dtype(np.float32): 2e-5, np.dtype(np.float16): 3e-3, BF16: 3e-2}
+
+
+def _run(fn, arrays, dtype, upstream_seed=0):
+    """Forward and backward of ``fn`` on fresh tensors; returns (out, grads) as float64 arrays."""
+    ts = [conch.tensor(a.astype(dtype), requires_grad=True) for a in arrays]
+    out = fn(*ts)
+    g = np.random.default_rng(upstream_seed).standard_normal(out.shape)
+    out.backward(conch.tensor(g.astype(out.dtype)))
+    return np.asarray(out.detach()._data, np.float64), [np.asarray(t.grad._data, np.float64) for t in ts]
+
+
+CASES = {
+    "matmul": (lambda a, b: a @ b, [(7, 33), (33, 5)]),
+    "matmul_batched": (lambda a, b: a @ b, [(2, 3, 7, 9), (9, 4)]),
+    "linear_gelu": (lambda x, w, b: F.linear(x, w, b, "gelu"), [(7, 9), (5, 9), (5,)]),
+    "linear_relu": (lambda x, w, b: F.linear(x, w, b, "relu"), [(3, 7, 9), (5, 9), (5,)]),
+    "silu": (lambda x: F.activation(x, "silu"), [(7, 33)]),
+    "leaky_relu": (lambda x: F.activation(x, "leaky_relu", negative_slope=0.2), [(123,)]),
+    "softmax": (lambda x: F.softmax(x, -1), [(7, 33)]),
+    "log_softmax_dim0": (lambda x: F.log_softmax(x, 0), [(7, 33)]),
+    "layer_norm": (lambda x, w, b: F.layer_norm(x, (33,), w, b), [(7, 33), (33,), (33,)]),
+    "rms_norm": (lambda x, w: F.rms_norm(x, 33, w), [(3, 7, 33), (33,)]),
+}
+
+
+def _kernel_launches():
+    return sum(LAUNCHES.values())
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_triton_path_matches_reference(name, dtype, monkeypatch):
+    fn, shapes = CASES[name]
+    rng = np.random.default_rng(1)
+    arrays = [rng.standard_normal(s) for s in shapes]
+    monkeypatch.setenv("CONCH_KERNELS", "reference")
+    ref_out, ref_grads = _run(fn, arrays, dtype)
+    monkeypatch.setenv("CONCH_KERNELS", "auto")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    before = _kernel_launches()
+    out, grads = _run(fn, arrays, dtype)
+    assert _kernel_launches() > before, "the Triton path was not taken"
+    tol = TOL[np.dtype(dtype)] * (10 if "matmul" in name or "linear" in name else 1)
+    np.testing.assert_allclose(out, ref_out, atol=tol, rtol=tol)
+    for g, r in zip(grads, ref_grads):
+        np.testing.assert_allclose(g, r, atol=tol * 5, rtol=tol * 5)
+
+
+def test_reference_path_takes_no_triton_launch(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setenv("CONCH_KERNELS", "auto")
+    before = _kernel_launches()
+    x = conch.randn(4, 5, requires_grad=True)
+    F.linear(x, conch.randn(3, 5), None, "gelu").sum().backward()
+    assert _kernel_launches() == before
+
+
+def test_cross_entropy_triton_path(monkeypatch):
+    rng = np.random.default_rng(2)
+    logits = rng.standard_normal((9, 37))
+    target = np.array([0, 5, 36, -100, 2, 2, 7, 1, 30])
+    upstream = rng.standard_normal(9).astype(np.float32)
+    out = {}
+    for mode in ("reference", "triton"):
+        monkeypatch.setenv("CONCH_KERNELS", "reference" if mode == "reference" else "auto")
+        if mode == "triton":
+            monkeypatch.setenv("TRITON_INTERPRET", "1")
+        x = conch.tensor(logits.astype(np.float32), requires_grad=True)
+        before = _kernel_launches()
+        loss = F.cross_entropy(x, conch.tensor(target), label_smoothing=0.1, reduction="none")
+        loss.backward(conch.tensor(upstream))
+        if mode == "triton":
+            assert _kernel_launches() > before
+        out[mode] = (loss.detach().numpy().astype(np.float64), x.grad.numpy().astype(np.float64))
+    # independent float64 reference
+    lse = np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1)) + logits.max(1)
+    valid = target != -100
+    t = np.where(valid, target, 0)
+    ref = (0.9 * (lse - logits[np.arange(9), t]) + 0.1 / 37 * (lse[:, None] - logits).sum(1)) * valid
+    for mode in out:
+        np.testing.assert_allclose(out[mode][0], ref, atol=1e-4, rtol=1e-4)
+    p = np.exp(logits - lse[:, None])
+    onehot = np.eye(37)[t]
+    ref_grad = (p - 0.9 * onehot - 0.1 / 37) * (upstream * valid)[:, None]
+    for mode in out:
+        np.testing.assert_allclose(out[mode][1], ref_grad, atol=1e-5, rtol=1e-4)
+
+
+def test_dropout_mask_same_on_both_paths(monkeypatch):
+    x = conch.ones(7, 33, requires_grad=True)
+    conch.manual_seed(3)
+    monkeypatch.setenv("CONCH_KERNELS", "reference")
+    y_ref = F.dropout(x, 0.3).detach().numpy().copy()
+    conch.manual_seed(3)
+    monkeypatch.setenv("CONCH_KERNELS", "auto")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    y = F.dropout(x, 0.3)
+    y.sum().backward()
+    np.testing.assert_array_equal(y.detach().numpy(), y_ref)
+    np.testing.assert_array_equal(x.grad.numpy(), y_ref)  # dy/dx = mask / (1-p) = y for x = 1
+    assert 0.1 < (y_ref == 0).mean() < 0.5
+
+
+@pytest.mark.parametrize("act", [None, *F.ACTIVATIONS])
+def test_linear_gradcheck_and_second_derivatives(act):
+    x = conch.randn(3, 4, dtype=conch.float64, requires_grad=True)
+    w = conch.randn(5, 4, dtype=conch.float64, requires_grad=True)
+    b = conch.randn(5, dtype=conch.float64, requires_grad=True)
+    assert conch.autograd.gradcheck(lambda x, w, b: F.linear(x, w, b, act), (x, w, b))
+    assert conch.autograd.gradgradcheck(lambda x, w, b: F.linear(x, w, b, act), (x, w, b))
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_cross_entropy_gradcheck(reduction):
+    x = conch.randn(5, 7, dtype=conch.float64, requires_grad=True)
+    t = conch.tensor([1, 0, -100, 6, 3])
+    fn = lambda x: F.cross_entropy(x, t, label_smoothing=0.2, reduction=reduction)  # noqa: E731
+    assert conch.autograd.gradcheck(fn, (x,))
+    assert conch.autograd.gradgradcheck(fn, (x,))
+
+
+def test_norms_and_softmax_second_derivatives():
+    x = conch.randn(3, 6, dtype=conch.float64, requires_grad=True)
+    w = conch.randn(6, dtype=conch.float64, requires_grad=True)
+    for fn in (
+        lambda x, w: F.layer_norm(x, 6, w, w),
+        lambda x, w: F.rms_norm(x, 6, w),
+        lambda x, w: F.softmax(x * w, 1),
+        lambda x, w: F.log_softmax(x * w, 0),
+    ):
+        assert conch.autograd.gradcheck(fn, (x, w))
+        assert conch.autograd.gradgradcheck(fn, (x, w))
+
+
+def test_fused_op_backward_twice_raises():
+    x = conch.randn(3, 4, requires_grad=True)
+    y = F.linear(x, conch.randn(2, 4), None, "silu").sum()
+    y.backward()
+    with pytest.raises(RuntimeError, match="backward through the graph a second time"):
+        y.backward()
+
+
+def test_linear_shape_errors_name_shapes():
+    with pytest.raises(RuntimeError, match=r"\(3, 4\).*\(2, 5\)"):
+        F.linear(conch.randn(3, 4), conch.randn(2, 5))
+    with pytest.raises(ValueError, match="unknown activation"):
+        F.linear(conch.randn(3, 4), conch.randn(2, 4), None, "swish")
