@@ -1,1 +1,99 @@
-"""conch.nn."""
+"""conch.nn: Module and Parameter, layers, losses, attention, initialisers (``nn.init``) and ``nn.utils``.
+
+Example::
+
+    import conch
+    import conch.nn as nn
+
+    model = nn.Sequential(nn.Linear(4, 16), nn.GELU(), nn.Linear(16, 3))
+    loss = nn.CrossEntropyLoss()(model(conch.randn(8, 4)), conch.randint(0, 3, (8,)))
+    loss.backward()
+"""
+
+from . import functional, init, utils
+from .activation import (
+    ELU,
+    GELU,
+    LeakyReLU,
+    LogSigmoid,
+    LogSoftmax,
+    Mish,
+    ReLU,
+    ReLU6,
+    Sigmoid,
+    SiLU,
+    Softmax,
+    Softplus,
+    Tanh,
+)
+from .attention import MultiheadAttention, NonDynamicallyQuantizableLinear
+from .container import ModuleDict, ModuleList, ParameterDict, ParameterList, Sequential
+from .conv import AdaptiveAvgPool2d, AvgPool2d, Conv2d, MaxPool2d
+from .linear import Dropout, Embedding, Flatten, Identity, Linear, Unflatten
+from .loss import (
+    BCELoss,
+    BCEWithLogitsLoss,
+    CrossEntropyLoss,
+    HuberLoss,
+    KLDivLoss,
+    L1Loss,
+    MSELoss,
+    NLLLoss,
+    SmoothL1Loss,
+)
+from .module import Module, RemovableHandle
+from .norm import BatchNorm1d, BatchNorm2d, LayerNorm, RMSNorm
+from .parameter import Buffer, Parameter
+
+__all__ = [
+    "functional",
+    "init",
+    "utils",
+    "Module",
+    "Parameter",
+    "Buffer",
+    "RemovableHandle",
+    "Linear",
+    "Embedding",
+    "Dropout",
+    "Identity",
+    "Flatten",
+    "Unflatten",
+    "Conv2d",
+    "MaxPool2d",
+    "AvgPool2d",
+    "AdaptiveAvgPool2d",
+    "LayerNorm",
+    "RMSNorm",
+    "BatchNorm1d",
+    "BatchNorm2d",
+    "ReLU",
+    "GELU",
+    "SiLU",
+    "Tanh",
+    "Sigmoid",
+    "LeakyReLU",
+    "ELU",
+    "Softplus",
+    "Mish",
+    "ReLU6",
+    "LogSigmoid",
+    "Softmax",
+    "LogSoftmax",
+    "Sequential",
+    "ModuleList",
+    "ModuleDict",
+    "ParameterList",
+    "ParameterDict",
+    "MultiheadAttention",
+    "NonDynamicallyQuantizableLinear",
+    "CrossEntropyLoss",
+    "NLLLoss",
+    "MSELoss",
+    "L1Loss",
+    "BCEWithLogitsLoss",
+    "BCELoss",
+    "HuberLoss",
+    "SmoothL1Loss",
+    "KLDivLoss",
+]

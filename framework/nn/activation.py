@@ -1,0 +1,157 @@
+"""Activation modules: ReLU, GELU, SiLU, Tanh, Sigmoid, LeakyReLU, ELU, Softmax, LogSoftmax, and a few more."""
+
+from __future__ import annotations
+
+from . import functional as F
+from .module import Module
+
+
+class _Act(Module):
+    """An elementwise activation; ``fused_name`` is the name ``F.linear(activation=...)`` knows it by (or None),
+    which lets Sequential fuse a Linear followed by this module into one kernel."""
+
+    fused_name = None
+
+    def __init__(self, inplace=False):
+        super().__init__()
+        self.inplace = inplace
+
+    def extra_repr(self):
+        return "inplace=True" if self.inplace else ""
+
+
+class ReLU(_Act):
+    """max(x, 0)."""
+
+    fused_name = "relu"
+
+    def forward(self, input):
+        return F.relu(input)
+
+
+class GELU(Module):
+    """x·Φ(x); ``approximate="tanh"`` uses 0.5x(1 + tanh(√(2/π)(x + 0.044715x³)))."""
+
+    def __init__(self, approximate="none"):
+        super().__init__()
+        if approximate not in ("none", "tanh"):
+            raise ValueError(f"approximate argument must be either none or tanh, got {approximate!r}")
+        self.approximate = approximate
+
+    @property
+    def fused_name(self):
+        return "gelu" if self.approximate == "none" else "gelu_tanh"
+
+    def forward(self, input):
+        return F.gelu(input, approximate=self.approximate)
+
+    def extra_repr(self):
+        return f"approximate={self.approximate!r}"
+
+
+class SiLU(_Act):
+    """x·σ(x) (swish)."""
+
+    fused_name = "silu"
+
+    def forward(self, input):
+        return F.silu(input)
+
+
+class Tanh(Module):
+    fused_name = "tanh"
+
+    def forward(self, input):
+        return F.tanh(input)
+
+
+class Sigmoid(Module):
+    """σ(x) = 1 / (1 + e^-x)."""
+
+    fused_name = "sigmoid"
+
+    def forward(self, input):
+        return F.sigmoid(input)
+
+
+class LeakyReLU(Module):
+    """x for x > 0, negative_slope·x otherwise."""
+
+    def __init__(self, negative_slope=0.01, inplace=False):
+        super().__init__()
+        self.negative_slope, self.inplace = float(negative_slope), inplace
+
+    def forward(self, input):
+        return F.leaky_relu(input, self.negative_slope)
+
+    def extra_repr(self):
+        return f"negative_slope={self.negative_slope}" + (", inplace=True" if self.inplace else "")
+
+
+class ELU(Module):
+    """x for x > 0, α(eˣ - 1) otherwise."""
+
+    def __init__(self, alpha=1.0, inplace=False):
+        super().__init__()
+        self.alpha, self.inplace = float(alpha), inplace
+
+    def forward(self, input):
+        return F.elu(input, self.alpha)
+
+    def extra_repr(self):
+        return f"alpha={self.alpha}" + (", inplace=True" if self.inplace else "")
+
+
+class Softplus(Module):
+    def __init__(self, beta=1.0, threshold=20.0):
+        super().__init__()
+        self.beta, self.threshold = beta, threshold
+
+    def forward(self, input):
+        return F.softplus(input, self.beta, self.threshold)
+
+    def extra_repr(self):
+        return f"beta={self.beta}, threshold={self.threshold}"
+
+
+class Mish(_Act):
+    def forward(self, input):
+        return F.mish(input)
+
+
+class ReLU6(_Act):
+    def forward(self, input):
+        return F.relu6(input)
+
+
+class LogSigmoid(Module):
+    def forward(self, input):
+        return F.logsigmoid(input)
+
+
+class Softmax(Module):
+    """exp(x) / Σ exp(x) along ``dim``."""
+
+    def __init__(self, dim=None):
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, input):
+        return F.softmax(input, self.dim)
+
+    def extra_repr(self):
+        return f"dim={self.dim}"
+
+
+class LogSoftmax(Module):
+    """x - log Σ exp(x) along ``dim``."""
+
+    def __init__(self, dim=None):
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, input):
+        return F.log_softmax(input, self.dim)
+
+    def extra_repr(self):
+        return f"dim={self.dim}"

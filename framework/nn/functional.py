@@ -1,0 +1,1051 @@
+"""conch.nn.functional: stateless layers, activations, losses and attention (PyTorch's names and semantics).
+
+The fused ops (linear + activation, activations, softmax, cross-entropy, layer/RMS norm, dropout)
+route through :mod:`conch._fused`, which runs Triton kernels on the GPU; the rest are composed from
+Tensor operations or written as ``Op`` subclasses here (im2col for convolution, pooling, embedding).
+
+Example::
+
+    import conch.nn.functional as F
+    y = F.linear(x, w, b, activation="gelu")         # one fused kernel: gelu(x @ w.T + b)
+    loss = F.cross_entropy(logits, target, label_smoothing=0.1)
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+
+from .. import _dtype as D
+from .. import _fused, ops
+from .._backend import xp_of
+from ..autograd.function import Op
+from ..tensor import Tensor, where
+
+_REDUCTIONS = ("mean", "sum", "none")
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _check_tensor(x, name, what="input"):
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name}(): argument '{what}' must be a conch.Tensor, not {type(x).__name__}")
+
+
+def _legacy_reduction(size_average, reduce, reduction):
+    if size_average is None and reduce is None:
+        return reduction
+    size_average = True if size_average is None else size_average
+    reduce = True if reduce is None else reduce
+    return "none" if not reduce else ("mean" if size_average else "sum")
+
+
+def _check_reduction(reduction):
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"{reduction} is not a valid value for reduction; expected 'mean', 'sum' or 'none'")
+
+
+def _reduce(loss, reduction):
+    _check_reduction(reduction)
+    if reduction == "mean":
+        return loss.mean()
+    if reduction == "sum":
+        return loss.sum()
+    return loss
+
+
+def _const_like(arr, like):
+    """A no-grad tensor from ``arr`` on ``like``'s device with ``like``'s dtype."""
+    xp = xp_of(like._data)
+    return Tensor._make(xp.asarray(arr, dtype=like.dtype))
+
+
+def _pair(v, name):
+    if isinstance(v, numbers.Integral):
+        return (int(v), int(v))
+    t = tuple(int(i) for i in v)
+    if len(t) == 1:
+        return (t[0], t[0])
+    if len(t) != 2:
+        raise ValueError(f"{name} must be an int or a pair of ints, got {v}")
+    return t
+
+
+def _as_strided(xp, a, shape, strides):
+    return xp.lib.stride_tricks.as_strided(a, shape=shape, strides=strides)
+
+
+# ---------------------------------------------------------------- activations
+
+
+def relu(input, inplace=False):
+    """max(x, 0)."""
+    return _fused.activation(input, "relu")
+
+
+def gelu(input, approximate="none"):
+    """x·Φ(x) (``approximate="none"``) or 0.5x(1 + tanh(√(2/π)(x + 0.044715x³))) (``"tanh"``)."""
+    if approximate not in ("none", "tanh"):
+        raise ValueError(f"approximate argument must be either none or tanh, got {approximate!r}")
+    return _fused.activation(input, "gelu" if approximate == "none" else "gelu_tanh")
+
+
+def silu(input, inplace=False):
+    """x·σ(x)."""
+    return _fused.activation(input, "silu")
+
+
+def tanh(input):
+    return _fused.activation(input, "tanh")
+
+
+def sigmoid(input):
+    """σ(x) = 1 / (1 + e^-x)."""
+    return _fused.activation(input, "sigmoid")
+
+
+def leaky_relu(input, negative_slope=0.01, inplace=False):
+    """x for x > 0, negative_slope·x otherwise."""
+    return _fused.activation(input, "leaky_relu", negative_slope=float(negative_slope))
+
+
+def elu(input, alpha=1.0, inplace=False):
+    """x for x > 0, α(eˣ - 1) otherwise."""
+    return _fused.activation(input, "elu", alpha=float(alpha))
+
+
+class _LogSigmoid(Op):
+    """log σ(x) = -softplus(-x), computed without overflow; d/dx = σ(-x)."""
+
+    saves = (0,)
+
+    @staticmethod
+    def forward(ctx, a):
+        xp = xp_of(a)
+        return (xp.minimum(a, 0) - xp.log1p(xp.exp(-abs(a)))).astype(a.dtype, copy=False)
+
+    @staticmethod
+    def backward(ctx, g):
+        (a,) = ctx.saved_tensors
+        return g * ops.Sigmoid.apply(-a)
+
+
+def logsigmoid(input):
+    return _LogSigmoid.apply(input)
+
+
+def softplus(input, beta=1.0, threshold=20.0):
+    """(1/β)·log(1 + e^(βx)), linear where βx > threshold (as PyTorch)."""
+    soft = -_LogSigmoid.apply(input * -beta) * (1.0 / beta)
+    return where((input * beta)._data > threshold, input, soft)
+
+
+def mish(input):
+    return input * tanh(softplus(input))
+
+
+def relu6(input, inplace=False):
+    return input.clamp(0.0, 6.0)
+
+
+def hardtanh(input, min_val=-1.0, max_val=1.0, inplace=False):
+    return input.clamp(min_val, max_val)
+
+
+def _softmax_dim(ndim):
+    return 0 if ndim in (0, 1, 3) else 1
+
+
+def softmax(input, dim=None, dtype=None):
+    """exp(x) / Σ exp(x) along ``dim`` (computed in ``dtype`` if given)."""
+    return _fused.softmax(input, _softmax_dim(input.ndim) if dim is None else dim, dtype=dtype)
+
+
+def log_softmax(input, dim=None, dtype=None):
+    """x - log Σ exp(x) along ``dim``."""
+    return _fused.log_softmax(input, _softmax_dim(input.ndim) if dim is None else dim, dtype=dtype)
+
+
+def normalize(input, p=2.0, dim=1, eps=1e-12):
+    """x / max(‖x‖_p, eps) along ``dim``."""
+    return input / input.norm(p, dim, keepdim=True).clamp(min=eps)
+
+
+# ---------------------------------------------------------------- linear, dropout, embedding
+
+
+def linear(input, weight, bias=None, activation=None):
+    """``activation(input @ weightᵀ + bias)``: input (..., in), weight (out, in), bias (out,) -> (..., out).
+
+    ``activation`` is None or one of "relu", "gelu", "gelu_tanh", "silu", "tanh", "sigmoid" (also
+    "leaky_relu", "elu" with their default parameters); the whole expression is one fused kernel.
+    """
+    _check_tensor(input, "linear")
+    if activation is not None and activation not in _fused.ACTIVATIONS:
+        raise ValueError(f"unknown activation {activation!r}; expected None or one of {', '.join(_fused.ACTIVATIONS)}")
+    return _fused.linear(input, weight, bias, activation=activation)
+
+
+def dropout(input, p=0.5, training=True, inplace=False):
+    """Zero each element with probability ``p`` and scale the rest by 1/(1-p) when ``training``."""
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
+    return _fused.dropout(input, float(p), bool(training))
+
+
+class _Embedding(Op):
+    """out[...] = weight[idx[...]]; the gradient is scatter-added into the rows, except row ``padding_idx``."""
+
+    @staticmethod
+    def forward(ctx, w, idx, padding_idx):
+        ctx.idx, ctx.pad, ctx.shape = idx, padding_idx, w.shape
+        return w[idx]
+
+    @staticmethod
+    def backward(ctx, g):
+        if ctx.pad is not None:
+            g = g.masked_fill((ctx.idx == ctx.pad)[..., None], 0)
+        return ops.IndexAdd.apply(g, shape=ctx.shape, idx=ctx.idx)
+
+
+def embedding(input, weight, padding_idx=None, max_norm=None, norm_type=2.0, scale_grad_by_freq=False, sparse=False):
+    """Rows of ``weight`` (num_embeddings, dim) picked by the integer tensor ``input`` -> (*input.shape, dim)."""
+    _check_tensor(input, "embedding")
+    if input.dtype.kind not in "iu":
+        raise TypeError(f"embedding(): expected an integer index tensor (int32/int64), got {input.dtype}")
+    if weight.ndim != 2:
+        raise RuntimeError(f"embedding(): weight must be 2-D (num_embeddings, embedding_dim), got {weight.shape}")
+    if input.device != weight.device:
+        raise RuntimeError(f"embedding(): indices on {input.device} but weight on {weight.device}")
+    num = weight.shape[0]
+    idx = input._data
+    if idx.size:
+        lo, hi = int(idx.min()), int(idx.max())
+        if lo < 0 or hi >= num:
+            bad = lo if lo < 0 else hi
+            raise IndexError(f"index out of range in self: index {bad} for an embedding with {num} rows")
+    if padding_idx is not None:
+        padding_idx = int(padding_idx)
+        if not -num <= padding_idx < num:
+            raise ValueError(f"padding_idx must be within num_embeddings ({num}), got {padding_idx}")
+        padding_idx %= num
+    if max_norm is not None:
+        from ..autograd.grad_mode import no_grad
+
+        with no_grad():  # renormalise the looked-up rows in place, as PyTorch does
+            xp = xp_of(weight._data)
+            rows = xp.unique(idx)
+            w = weight._data
+            norms = xp.linalg.norm(w[rows].astype(np.float64), ord=norm_type, axis=1)
+            scale = xp.where(norms > max_norm, max_norm / (norms + 1e-7), 1.0)
+            w[rows] = (w[rows] * scale[:, None]).astype(w.dtype)
+            weight._version[0] += 1
+    return _Embedding.apply(weight, idx=idx, padding_idx=padding_idx)
+
+
+def one_hot(tensor, num_classes=-1):
+    """(…,) integer tensor -> (…, num_classes) int64 with a 1 at each index."""
+    if tensor.dtype.kind not in "iu":
+        raise TypeError(f"one_hot is only applicable to index tensors, got {tensor.dtype}")
+    a = tensor._data
+    xp = xp_of(a)
+    if num_classes < 0:
+        num_classes = int(a.max()) + 1 if a.size else 0
+    if a.size and (int(a.min()) < 0 or int(a.max()) >= num_classes):
+        raise RuntimeError(
+            f"one_hot: class values must be in [0, {num_classes}), got range [{int(a.min())}, {int(a.max())}]"
+        )
+    return Tensor._make((a[..., None] == xp.arange(num_classes)).astype(np.int64))
+
+
+# ---------------------------------------------------------------- padding
+
+
+class _Pad(Op):
+    """Constant padding; ``widths`` is NumPy's ((before, after), ...) per dim. The gradient is the slice back."""
+
+    @staticmethod
+    def forward(ctx, a, widths, value):
+        ctx.sl = tuple(slice(b, b + n) for (b, _), n in zip(widths, a.shape))
+        return xp_of(a).pad(a, widths, mode="constant", constant_values=value)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g[ctx.sl]
+
+
+def pad(input, pad, mode="constant", value=0.0):
+    """Pad the last ``len(pad)//2`` dims: ``pad = (left, right, top, bottom, ...)`` starting from the last dim."""
+    if mode != "constant":
+        raise NotImplementedError(f"pad: only mode='constant' is implemented, got {mode!r}")
+    if len(pad) % 2 or len(pad) // 2 > input.ndim:
+        raise ValueError(f"pad: padding length must be even and at most 2*input.ndim ({input.ndim}), got {len(pad)}")
+    if any(int(p) < 0 for p in pad):
+        raise NotImplementedError("pad: negative padding (cropping) is not supported; slice the tensor instead")
+    widths = [(0, 0)] * input.ndim
+    for i in range(len(pad) // 2):
+        widths[input.ndim - 1 - i] = (int(pad[2 * i]), int(pad[2 * i + 1]))
+    return _Pad.apply(input, widths=tuple(widths), value=value)
+
+
+# ---------------------------------------------------------------- convolution (im2col + matmul)
+
+
+class _Im2col(Op):
+    """(N, C, H, W) -> patches (N, C·kh·kw, OH·OW), read through one strided view of the padded input.
+
+    Entry (n, (c, i, j), (oh, ow)) holds x_pad[n, c, oh·sh + i·dh, ow·sw + j·dw]. The long output-pixel
+    axis is innermost, so the copy out of the strided view runs over long rows, and ``W @ cols`` lands
+    directly in NCHW order. The adjoint is col2im (a scatter-add of the patches back into the image).
+    """
+
+    @staticmethod
+    def forward(ctx, x, geom, value=0.0):
+        ctx.geom, ctx.in_shape = geom, x.shape
+        xp = xp_of(x)
+        (kh, kw), (sh, sw), (dh, dw), (pt, pb, pl, pr), (oh, ow) = geom
+        if pt or pb or pl or pr:
+            x = xp.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)), mode="constant", constant_values=value)
+        n, c = x.shape[:2]
+        s_n, s_c, s_h, s_w = x.strides
+        win = _as_strided(xp, x, (n, c, kh, kw, oh, ow), (s_n, s_c, s_h * dh, s_w * dw, s_h * sh, s_w * sw))
+        return win.reshape(n, c * kh * kw, oh * ow)
+
+    @staticmethod
+    def backward(ctx, g):
+        return _Col2im.apply(g, geom=ctx.geom, in_shape=ctx.in_shape)
+
+
+class _Col2im(Op):
+    """Adjoint of im2col: sum every patch entry back onto the pixel it was read from."""
+
+    @staticmethod
+    def forward(ctx, g, geom, in_shape):
+        ctx.geom = geom
+        xp = xp_of(g)
+        (kh, kw), (sh, sw), (dh, dw), (pt, pb, pl, pr), (oh, ow) = geom
+        n, c, h, w = in_shape
+        out = xp.zeros((n, c, h + pt + pb, w + pl + pr), dtype=g.dtype)
+        g6 = g.reshape(n, c, kh, kw, oh, ow)
+        for i in range(kh):
+            for j in range(kw):
+                rows = slice(i * dh, i * dh + sh * (oh - 1) + 1, sh)
+                cols = slice(j * dw, j * dw + sw * (ow - 1) + 1, sw)
+                out[:, :, rows, cols] += g6[:, :, i, j]
+        return out[:, :, pt : pt + h, pl : pl + w]
+
+    @staticmethod
+    def backward(ctx, g):
+        return _Im2col.apply(g, geom=ctx.geom)
+
+
+def _conv_padding(padding, k, d, s):
+    """(top, bottom, left, right) for an int, a pair, "valid" or "same" (extra pixel at the end, as PyTorch)."""
+    if isinstance(padding, str):
+        if padding == "valid":
+            return (0, 0, 0, 0)
+        if padding == "same":
+            if s != (1, 1):
+                raise ValueError("padding='same' is not supported for strided convolutions")
+            tot = [d[i] * (k[i] - 1) for i in range(2)]
+            return (tot[0] // 2, tot[0] - tot[0] // 2, tot[1] // 2, tot[1] - tot[1] // 2)
+        raise ValueError(f"Invalid padding string {padding!r}, should be one of {{'valid', 'same'}}")
+    ph, pw = _pair(padding, "padding")
+    if ph < 0 or pw < 0:
+        raise ValueError(f"negative padding is not supported, got {padding}")
+    return (ph, ph, pw, pw)
+
+
+def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    """2-D cross-correlation, as ``torch.nn.functional.conv2d``.
+
+    input (N, C_in, H, W) or (C_in, H, W), weight (C_out, C_in/groups, kh, kw), bias (C_out,) ->
+    (N, C_out, OH, OW) with OH = ⌊(H + pad_h - dh·(kh-1) - 1)/sh⌋ + 1. Runs as im2col (a strided view
+    copied into patches (N, C·kh·kw, OH·OW)) followed by one batched matmul W (C_out, C·kh·kw) @ patches
+    on the matmul kernel, whose result is already contiguous NCHW.
+    """
+    _check_tensor(input, "conv2d")
+    unbatched = input.ndim == 3
+    if unbatched:
+        input = input.unsqueeze(0)
+    if input.ndim != 4:
+        raise RuntimeError(
+            f"conv2d: expected 3-D (C, H, W) or 4-D (N, C, H, W) input, got {input.ndim}-D input of size "
+            f"{list(input.shape)}"
+        )
+    if weight.ndim != 4:
+        raise RuntimeError(f"conv2d: weight must be 4-D (C_out, C_in/groups, kh, kw), got shape {list(weight.shape)}")
+    n, c, h, w = input.shape
+    cout, cg, kh, kw = weight.shape
+    if groups < 1 or cout % groups:
+        raise RuntimeError(f"conv2d: out_channels ({cout}) must be divisible by groups ({groups})")
+    if c != cg * groups:
+        raise RuntimeError(
+            f"Given groups={groups}, weight of size {list(weight.shape)}, expected input{list(input.shape)} to have "
+            f"{cg * groups} channels, but got {c} channels instead"
+        )
+    if bias is not None and bias.shape != (cout,):
+        raise RuntimeError(f"conv2d: bias must have shape ({cout},), got {tuple(bias.shape)}")
+    s, d = _pair(stride, "stride"), _pair(dilation, "dilation")
+    if min(s) < 1 or min(d) < 1:
+        raise ValueError(f"conv2d: stride and dilation must be positive, got stride={s}, dilation={d}")
+    pads = _conv_padding(padding, (kh, kw), d, s)
+    oh = (h + pads[0] + pads[1] - d[0] * (kh - 1) - 1) // s[0] + 1
+    ow = (w + pads[2] + pads[3] - d[1] * (kw - 1) - 1) // s[1] + 1
+    if oh <= 0 or ow <= 0:
+        raise RuntimeError(
+            f"conv2d: calculated output size ({oh}x{ow}) is too small: input {list(input.shape)} (padded "
+            f"{h + pads[0] + pads[1]}x{w + pads[2] + pads[3]}) is smaller than the dilated kernel "
+            f"{d[0] * (kh - 1) + 1}x{d[1] * (kw - 1) + 1}"
+        )
+    cols = _Im2col.apply(input, geom=((kh, kw), s, d, pads, (oh, ow)))  # (N, C·kh·kw, OH·OW)
+    # the weight is expanded over the batch as a view: the batched matmul path is much faster than the
+    # 2-D @ 3-D broadcast one, and the engine sums the weight gradient over the expanded dim
+    k = cg * kh * kw
+    if groups == 1:
+        y = weight.reshape(cout, k).expand(n, cout, k) @ cols  # (N, C_out, OH·OW): already NCHW
+    else:
+        w = weight.reshape(groups, cout // groups, k).expand(n, groups, cout // groups, k)
+        y = w @ cols.reshape(n, groups, k, oh * ow)
+    if bias is not None:
+        b = bias.to(dtype=y.dtype)  # autocast may have run the matmul in half precision
+        y = y + (b.reshape(cout, 1) if groups == 1 else b.reshape(groups, cout // groups, 1))
+    y = y.reshape(n, cout, oh, ow)
+    return y.squeeze(0) if unbatched else y
+
+
+# ---------------------------------------------------------------- pooling
+
+
+def _pool_out(size, k, s, p, d, ceil_mode):
+    eff = d * (k - 1) + 1
+    num = size + 2 * p - eff
+    out = (-(-num // s) if ceil_mode else num // s) + 1
+    if ceil_mode and (out - 1) * s >= size + p:  # the last window must start inside the input or left padding
+        out -= 1
+    return out
+
+
+def _pool_args(name, input, kernel_size, stride, padding, dilation):
+    unbatched = input.ndim == 3
+    if input.ndim not in (3, 4):
+        raise RuntimeError(
+            f"{name}: expected 3-D (C, H, W) or 4-D (N, C, H, W) input, got {input.ndim}-D input of size "
+            f"{list(input.shape)}"
+        )
+    k = _pair(kernel_size, "kernel_size")
+    s = k if stride is None or (not isinstance(stride, int) and len(stride) == 0) else _pair(stride, "stride")
+    p, d = _pair(padding, "padding"), _pair(dilation, "dilation")
+    if min(k) < 1 or min(s) < 1 or min(d) < 1:
+        raise ValueError(f"{name}: kernel_size, stride and dilation must be positive, got {k}, {s}, {d}")
+    for i in range(2):
+        if p[i] > (d[i] * (k[i] - 1) + 1) // 2:
+            raise RuntimeError(
+                f"{name}: pad should be at most half of effective kernel size, but got pad={p[i]}, "
+                f"kernel_size={k[i]} and dilation={d[i]}"
+            )
+    return unbatched, k, s, p, d
+
+
+class _ScatterFlat(Op):
+    """out = zeros(size); out[idx] += g (repeated indices accumulate); the adjoint of a gather ``x[idx]``."""
+
+    @staticmethod
+    def forward(ctx, g, idx, size):
+        ctx.idx = idx
+        xp = xp_of(g)
+        return xp.bincount(idx, weights=g.astype(np.float64, copy=False), minlength=size).astype(g.dtype)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g[Tensor._make(ctx.idx)]
+
+
+def _max_pool_arrays(x, k, s, p, d, out_hw):
+    """Forward of max pooling on arrays: (output, PyTorch-style indices into H·W, flat indices into the padded
+    input, padded shape, crop)."""
+    xp = xp_of(x)
+    n, c, h, w = x.shape
+    oh, ow = out_hw
+    need_h = (oh - 1) * s[0] + d[0] * (k[0] - 1) + 1
+    need_w = (ow - 1) * s[1] + d[1] * (k[1] - 1) + 1
+    pb, pr = max(need_h - h - p[0], 0), max(need_w - w - p[1], 0)
+    lo = -np.inf if x.dtype.kind == "f" or x.dtype == D.bfloat16 else np.iinfo(x.dtype).min
+    xpad = xp.pad(x, ((0, 0), (0, 0), (p[0], pb), (p[1], pr)), mode="constant", constant_values=lo)
+    hp, wp = xpad.shape[2:]
+    s_n, s_c, s_h, s_w = xpad.strides
+    win = _as_strided(xp, xpad, (n, c, oh, ow, k[0], k[1]), (s_n, s_c, s_h * s[0], s_w * s[1], s_h * d[0], s_w * d[1]))
+    win = win.reshape(n, c, oh, ow, k[0] * k[1])
+    am = win.argmax(axis=-1)  # the first maximum of each window, as PyTorch
+    out = xp.take_along_axis(win, am[..., None], axis=-1)[..., 0]
+    ki, kj = am // k[1], am % k[1]
+    rows = xp.arange(oh).reshape(oh, 1) * s[0] + ki * d[0]  # row/col of the max in the padded input
+    cols = xp.arange(ow) * s[1] + kj * d[1]
+    indices = (rows - p[0]) * w + (cols - p[1])
+    flat = (rows * wp + cols) + (xp.arange(n * c).reshape(n, c, 1, 1) * (hp * wp))
+    return out, indices, flat.ravel(), (n, c, hp, wp), (p[0], p[1], h, w)
+
+
+class _MaxPool2d(Op):
+    """Max over each window of the (-inf padded) input; the gradient goes to the first maximum of each window."""
+
+    @staticmethod
+    def forward(ctx, x, res):
+        out, _, ctx.flat, ctx.pad_shape, ctx.crop = res
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        n, c, hp, wp = ctx.pad_shape
+        pt, pl, h, w = ctx.crop
+        gpad = _ScatterFlat.apply(g.reshape(-1), idx=ctx.flat, size=n * c * hp * wp).reshape(n, c, hp, wp)
+        return gpad[:, :, pt : pt + h, pl : pl + w]
+
+
+def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
+    """Max over kh×kw windows: (N, C, H, W) -> (N, C, OH, OW); padding counts as -inf.
+
+    With ``return_indices=True`` also returns the flat index (into H·W) of each maximum.
+    """
+    _check_tensor(input, "max_pool2d")
+    unbatched, k, s, p, d = _pool_args("max_pool2d", input, kernel_size, stride, padding, dilation)
+    x = input.unsqueeze(0) if unbatched else input
+    h, w = x.shape[2:]
+    oh, ow = _pool_out(h, k[0], s[0], p[0], d[0], ceil_mode), _pool_out(w, k[1], s[1], p[1], d[1], ceil_mode)
+    if oh <= 0 or ow <= 0:
+        raise RuntimeError(
+            f"max_pool2d: output size is too small ({oh}x{ow}) for input of size {list(input.shape)} "
+            f"and kernel_size={k}"
+        )
+    res = _max_pool_arrays(x._data, k, s, p, d, (oh, ow))
+    out = _MaxPool2d.apply(x, res=res)
+    if unbatched:
+        out = out.squeeze(0)
+    if return_indices:
+        idx = Tensor._make(res[1].astype(np.int64))
+        return out, (idx.squeeze(0) if unbatched else idx)
+    return out
+
+
+def avg_pool2d(
+    input, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True, divisor_override=None
+):
+    """Mean over kh×kw windows: (N, C, H, W) -> (N, C, OH, OW), with PyTorch's divisor rules
+    (``count_include_pad``, ``ceil_mode`` windows clipped at the padded border, ``divisor_override``)."""
+    _check_tensor(input, "avg_pool2d")
+    unbatched, k, s, p, _ = _pool_args("avg_pool2d", input, kernel_size, stride, padding, 1)
+    x = input.unsqueeze(0) if unbatched else input
+    n, c, h, w = x.shape
+    oh, ow = _pool_out(h, k[0], s[0], p[0], 1, ceil_mode), _pool_out(w, k[1], s[1], p[1], 1, ceil_mode)
+    if oh <= 0 or ow <= 0:
+        raise RuntimeError(f"avg_pool2d: output size is too small ({oh}x{ow}) for input of size {list(input.shape)}")
+    pb = max((oh - 1) * s[0] + k[0] - h - p[0], 0)
+    pr = max((ow - 1) * s[1] + k[1] - w - p[1], 0)
+    cols = _Im2col.apply(x.reshape(n * c, 1, h, w), geom=(k, s, (1, 1), (p[0], pb, p[1], pr), (oh, ow)))
+    total = cols.sum(1).reshape(n, c, oh, ow)
+    if divisor_override:
+        out = total / float(divisor_override)
+    else:
+        xp = xp_of(x._data)
+
+        def sizes(o, st, kk, pp, size):
+            start = np.arange(o) * st - pp
+            end = np.minimum(start + kk, size + pp)
+            full = end - start
+            inside = np.minimum(end, size) - np.maximum(start, 0)
+            return full if count_include_pad else inside
+
+        div = np.outer(sizes(oh, s[0], k[0], p[0], h), sizes(ow, s[1], k[1], p[1], w))
+        if (div == k[0] * k[1]).all():
+            out = total / float(k[0] * k[1])
+        else:
+            out = total / _const_like(xp.asarray(div), total)
+    return out.squeeze(0) if unbatched else out
+
+
+def adaptive_avg_pool2d(input, output_size):
+    """Mean over the adaptive windows [⌊i·H/OH⌋, ⌈(i+1)·H/OH⌉) (as PyTorch): (N, C, H, W) -> (N, C, OH, OW)."""
+    _check_tensor(input, "adaptive_avg_pool2d")
+    oh, ow = (output_size, output_size) if isinstance(output_size, int) else output_size
+    h, w = input.shape[-2:]
+    oh, ow = oh or h, ow or w
+    if h % oh == 0 and w % ow == 0:
+        return avg_pool2d(input, (h // oh, w // ow))
+    rows = []
+    for i in range(oh):
+        h0, h1 = (i * h) // oh, -(-((i + 1) * h) // oh)
+        row = [input[..., h0:h1, (j * w) // ow : -(-((j + 1) * w) // ow)].mean((-2, -1)) for j in range(ow)]
+        rows.append(_stack(row, -1))
+    return _stack(rows, -2)
+
+
+def _stack(ts, dim):
+    from ..tensor import stack
+
+    return stack(ts, dim)
+
+
+# ---------------------------------------------------------------- normalisation
+
+
+def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
+    """(x - mean) / √(var + eps) · weight + bias over the trailing ``normalized_shape`` dims (biased var)."""
+    _check_tensor(input, "layer_norm")
+    return _fused.layer_norm(input, normalized_shape, weight, bias, eps)
+
+
+def rms_norm(input, normalized_shape, weight=None, eps=None):
+    """x / √(mean(x²) + eps) · weight over the trailing ``normalized_shape`` dims; eps=None uses the dtype's eps."""
+    _check_tensor(input, "rms_norm")
+    if eps is None:
+        eps = float(np.finfo(np.float32 if input.dtype == D.bfloat16 else input.dtype).eps)
+    return _fused.rms_norm(input, normalized_shape, weight, eps)
+
+
+def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1, eps=1e-5):
+    """Normalise over every dim except 1 (channels): y = (x - μ)/√(σ² + eps)·weight + bias.
+
+    In training μ, σ² are the batch's (biased σ²) and the running statistics, when given, are updated
+    in place: r ← (1 - momentum)·r + momentum·stat, using the unbiased variance n/(n-1)·σ². In eval
+    the running statistics are used.
+    """
+    _check_tensor(input, "batch_norm")
+    if input.ndim < 2:
+        raise ValueError(f"batch_norm: expected input with at least 2 dims (N, C, ...), got shape {input.shape}")
+    c = input.shape[1]
+    for name, t in (("running_mean", running_mean), ("running_var", running_var), ("weight", weight), ("bias", bias)):
+        if t is not None and t.shape != (c,):
+            raise RuntimeError(
+                f"batch_norm: {name} should have shape ({c},) for input of size {list(input.shape)}, "
+                f"got {tuple(t.shape)}"
+            )
+    dims = (0,) + tuple(range(2, input.ndim))
+    bshape = (1, c) + (1,) * (input.ndim - 2)
+    x = input.float() if input.dtype in (D.float16, D.bfloat16) else input
+    if training:
+        n = input.numel() // c
+        if n <= 1:
+            raise ValueError(
+                f"Expected more than 1 value per channel when training, got input size {list(input.shape)}"
+            )
+        mean = x.mean(dims, keepdim=True)
+        xc = x - mean
+        var = (xc * xc).mean(dims, keepdim=True)
+        if running_mean is not None or running_var is not None:
+            m = float(momentum)
+            if running_mean is not None:
+                rm = running_mean._data
+                rm[...] = ((1 - m) * rm + m * mean._data.reshape(c)).astype(rm.dtype)
+                running_mean._version[0] += 1
+            if running_var is not None:
+                rv = running_var._data
+                rv[...] = ((1 - m) * rv + m * var._data.reshape(c) * (n / (n - 1))).astype(rv.dtype)
+                running_var._version[0] += 1
+        y = xc * (var + eps).rsqrt()
+    else:
+        if running_mean is None or running_var is None:
+            raise RuntimeError("batch_norm: running_mean and running_var are required when training=False")
+        inv = (running_var.reshape(bshape).to(dtype=x.dtype) + eps).rsqrt()
+        y = (x - running_mean.reshape(bshape).to(dtype=x.dtype)) * inv
+    # the affine part runs in the statistics' precision; the result has the input's dtype (as under autocast)
+    if weight is not None:
+        y = y * weight.reshape(bshape).to(dtype=y.dtype)
+    if bias is not None:
+        y = y + bias.reshape(bshape).to(dtype=y.dtype)
+    return y.to(dtype=input.dtype)
+
+
+# ---------------------------------------------------------------- attention
+
+
+def _causal_keep(xp, lq, lk):
+    return xp.tril(xp.ones((lq, lk), dtype=bool))
+
+
+def _attention(q, k, v, add_mask, keep_mask, dropout_p, scale):
+    """softmax(q kᵀ·scale + add_mask, masked where not keep_mask) (dropout) @ v -> (out, probabilities)."""
+    scores = (q @ k.transpose(-2, -1)) * scale
+    if keep_mask is not None:
+        scores = scores.masked_fill(~keep_mask, -math.inf)
+    if add_mask is not None:
+        scores = scores + add_mask
+    attn = _fused.softmax(scores, -1)
+    if dropout_p > 0.0:
+        attn = _fused.dropout(attn, dropout_p, True)
+    return attn @ v, attn
+
+
+def scaled_dot_product_attention(
+    query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False
+):
+    """softmax(Q Kᵀ · scale + mask) V with Q (..., L, E), K (..., S, E), V (..., S, Ev) -> (..., L, Ev).
+
+    ``scale`` defaults to 1/√E. ``attn_mask``: a bool mask (True = may attend, as PyTorch) or a float
+    mask added to the scores, broadcastable to (..., L, S). ``is_causal`` masks j > i (top-left
+    aligned) and excludes ``attn_mask``. Fully masked rows give NaN, as in PyTorch.
+    """
+    for nm, t in (("query", query), ("key", key), ("value", value)):
+        _check_tensor(t, "scaled_dot_product_attention", nm)
+    if query.ndim < 2 or key.ndim < 2 or value.ndim < 2:
+        raise RuntimeError(
+            "scaled_dot_product_attention: query, key and value need at least 2 dims, got shapes "
+            f"{query.shape}, {key.shape}, {value.shape}"
+        )
+    if query.shape[-1] != key.shape[-1] or key.shape[-2] != value.shape[-2]:
+        raise RuntimeError(
+            f"scaled_dot_product_attention: expected query (..., L, E), key (..., S, E), value (..., S, Ev); got "
+            f"query {query.shape}, key {key.shape}, value {value.shape}"
+        )
+    if enable_gqa and query.ndim >= 3 and key.shape[-3] != query.shape[-3]:
+        hq, hk = query.shape[-3], key.shape[-3]
+        if hq % hk:
+            raise RuntimeError(f"scaled_dot_product_attention: {hq} query heads are not a multiple of {hk} key heads")
+        rep = hq // hk
+
+        def expand(t):
+            s = t.shape
+            return t.unsqueeze(-3).expand(*s[:-2], rep, *s[-2:]).reshape(*s[:-3], hq, *s[-2:])
+
+        key, value = expand(key), expand(value)
+    lq, lk = query.shape[-2], key.shape[-2]
+    sc = 1.0 / math.sqrt(query.shape[-1]) if scale is None else float(scale)
+    keep = add = None
+    xp = xp_of(query._data)
+    if is_causal:
+        if attn_mask is not None:
+            raise RuntimeError("scaled_dot_product_attention: explicit attn_mask should not be set when is_causal=True")
+        keep = _causal_keep(xp, lq, lk)
+    elif attn_mask is not None:
+        if attn_mask.dtype == np.bool_:
+            keep = attn_mask._data
+        else:
+            add = attn_mask if attn_mask.dtype == query.dtype else attn_mask.to(dtype=query.dtype)
+    out, _ = _attention(query, key, value, add, keep, float(dropout_p), sc)
+    return out
+
+
+def multi_head_attention_forward(
+    query,
+    key,
+    value,
+    num_heads,
+    in_proj_weight,
+    in_proj_bias,
+    out_proj_weight,
+    out_proj_bias,
+    dropout_p=0.0,
+    training=True,
+    key_padding_mask=None,
+    need_weights=True,
+    attn_mask=None,
+    average_attn_weights=True,
+    is_causal=False,
+    q_proj_weight=None,
+    k_proj_weight=None,
+    v_proj_weight=None,
+):
+    """Batch-first multi-head attention: query (B, L, E), key/value (B, S, Ek/Ev) -> ((B, L, E), weights).
+
+    ``key_padding_mask`` (B, S) and ``attn_mask`` (L, S) or (B·H, L, S) follow ``nn.MultiheadAttention``:
+    bool True means *masked out*; float masks are added to the scores.
+    """
+    b, lq, e = query.shape
+    s = key.shape[1]
+    h = num_heads
+    hd = e // h
+    if q_proj_weight is None:
+        if query is key and key is value:
+            qkv = _fused.linear(query, in_proj_weight, in_proj_bias)
+            q, k, v = qkv.split(e, dim=-1)
+        else:
+            wq, wk, wv = in_proj_weight.split(e, dim=0)
+            bq, bk, bv = (None, None, None) if in_proj_bias is None else in_proj_bias.split(e, dim=0)
+            q, k, v = _fused.linear(query, wq, bq), _fused.linear(key, wk, bk), _fused.linear(value, wv, bv)
+    else:
+        bq, bk, bv = (None, None, None) if in_proj_bias is None else in_proj_bias.split(e, dim=0)
+        q = _fused.linear(query, q_proj_weight, bq)
+        k, v = _fused.linear(key, k_proj_weight, bk), _fused.linear(value, v_proj_weight, bv)
+    q = q.reshape(b, lq, h, hd).permute(0, 2, 1, 3)
+    k = k.reshape(b, s, h, hd).permute(0, 2, 1, 3)
+    v = v.reshape(b, s, h, hd).permute(0, 2, 1, 3)
+    xp = xp_of(query._data)
+    keep = None
+    add = None
+
+    def merge_bool(masked):  # masked: True = may not attend
+        nonlocal keep
+        keep = ~masked if keep is None else (keep & ~masked)
+
+    def merge_float(m):
+        nonlocal add
+        m = m if m.dtype == q.dtype else m.to(dtype=q.dtype)
+        add = m if add is None else add + m
+
+    if attn_mask is not None:
+        am = attn_mask
+        if am.ndim == 2:
+            if am.shape != (lq, s):
+                raise RuntimeError(f"The shape of the 2D attn_mask is {tuple(am.shape)}, but should be {(lq, s)}.")
+        elif am.ndim == 3:
+            if am.shape != (b * h, lq, s):
+                raise RuntimeError(
+                    f"The shape of the 3D attn_mask is {tuple(am.shape)}, but should be {(b * h, lq, s)}."
+                )
+            am = am.reshape(b, h, lq, s)
+        else:
+            raise RuntimeError(f"attn_mask's dimension {am.ndim} is not supported (expected 2 or 3)")
+        merge_bool(am._data) if am.dtype == np.bool_ else merge_float(am)
+    elif is_causal:
+        merge_bool(~_causal_keep(xp, lq, s))
+    if key_padding_mask is not None:
+        if key_padding_mask.shape != (b, s):
+            raise RuntimeError(f"expected key_padding_mask of shape {(b, s)}, got {tuple(key_padding_mask.shape)}")
+        kpm = key_padding_mask.reshape(b, 1, 1, s)
+        merge_bool(kpm._data) if kpm.dtype == np.bool_ else merge_float(kpm)
+    out, attn = _attention(q, k, v, add, keep, dropout_p if training else 0.0, 1.0 / math.sqrt(hd))
+    out = out.permute(0, 2, 1, 3).reshape(b, lq, e)
+    out = _fused.linear(out, out_proj_weight, out_proj_bias)
+    if not need_weights:
+        return out, None
+    return out, (attn.mean(1) if average_attn_weights else attn)
+
+
+# ---------------------------------------------------------------- losses
+
+
+def _flatten_classes(input, target, name):
+    """(N, C, d1, ...) logits and (N, d1, ...) targets -> (M, C) and (M,), plus the shape of per-element losses."""
+    if input.ndim == 1:
+        if target.ndim != 0:
+            raise ValueError(
+                f"{name}: for an unbatched input of shape {tuple(input.shape)} expected a 0-d target, got "
+                f"shape {tuple(target.shape)}"
+            )
+        return input.unsqueeze(0), target.reshape(1), ()
+    if input.ndim < 1:
+        raise ValueError(f"{name}: expected input of shape (C,), (N, C) or (N, C, d1, ...), got {tuple(input.shape)}")
+    exp = input.shape[:1] + input.shape[2:]
+    if target.shape != exp:
+        raise ValueError(
+            f"{name}: expected target of shape {exp} for input of shape {tuple(input.shape)}, got {tuple(target.shape)}"
+        )
+    if input.ndim == 2:
+        return input, target, exp
+    perm = (0,) + tuple(range(2, input.ndim)) + (1,)
+    return input.permute(*perm).reshape(-1, input.shape[1]), target.reshape(-1), exp
+
+
+def _check_targets(t, c, ignore_index, name):
+    a = t._data
+    valid = a != ignore_index
+    bad = valid & ((a < 0) | (a >= c))
+    if bad.any():
+        raise IndexError(
+            f"{name}: Target {int(a[bad][0])} is out of bounds: input has {c} classes (valid targets "
+            f"are 0..{c - 1} or ignore_index={ignore_index})"
+        )
+    return valid
+
+
+def nll_loss(input, target, weight=None, size_average=None, ignore_index=-100, reduce=None, reduction="mean"):
+    """-input[i, target_i]·weight[target_i] (input = log-probabilities, class dim 1); the mean divides by
+    Σ weight[target_i] over non-ignored elements."""
+    reduction = _legacy_reduction(size_average, reduce, reduction)
+    _check_reduction(reduction)
+    _check_tensor(input, "nll_loss")
+    if target.dtype.kind not in "iu":
+        raise TypeError(f"nll_loss: expected integer class targets, got {target.dtype}")
+    x2, t1, out_shape = _flatten_classes(input, target, "nll_loss")
+    m, c = x2.shape
+    if weight is not None and weight.shape != (c,):
+        raise RuntimeError(f"nll_loss: weight should have shape ({c},), got {tuple(weight.shape)}")
+    valid = _check_targets(t1, c, ignore_index, "nll_loss")
+    xp = xp_of(t1._data)
+    safe = xp.where(valid, t1._data, 0)
+    picked = x2[Tensor._make(xp.arange(m)), Tensor._make(safe)]
+    w = valid.astype(x2.dtype) if weight is None else weight._data[safe].astype(x2.dtype) * valid
+    w_t = Tensor._make(w)
+    loss = -picked * w_t
+    if reduction == "none":
+        return loss.reshape(out_shape)
+    if reduction == "sum":
+        return loss.sum()
+    return loss.sum() / Tensor._make(xp.asarray(w.sum(), dtype=x2.dtype))
+
+
+def cross_entropy(
+    input, target, weight=None, size_average=None, ignore_index=-100, reduce=None, reduction="mean", label_smoothing=0.0
+):
+    """Cross-entropy between logits ``input`` (C,), (N, C) or (N, C, d1, ...) (class dim 1) and ``target``.
+
+    Class-index targets: loss_i = (1-ε)·(-log p_i[t_i])·w[t_i] + ε/C·Σ_c -log p_ic·w_c, rows equal to
+    ``ignore_index`` count 0 and leave the mean's denominator (Σ w[t_i]). Probability targets (a
+    float tensor of the input's shape): loss_i = -Σ_c w_c·((1-ε) t_ic + ε/C)·log p_ic, mean over
+    the N·d1·… elements. Without class weights the class-index case is one fused kernel.
+
+    (As a convenience an int passed in ``weight``'s position is taken as ``ignore_index``.)
+    """
+    if isinstance(weight, numbers.Integral) and not isinstance(weight, bool):
+        weight, ignore_index = None, int(weight)
+    reduction = _legacy_reduction(size_average, reduce, reduction)
+    _check_reduction(reduction)
+    _check_tensor(input, "cross_entropy")
+    _check_tensor(target, "cross_entropy", "target")
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"label_smoothing must be between 0.0 and 1.0, got {label_smoothing}")
+    if target.is_floating_point():
+        return _cross_entropy_probs(input, target, weight, reduction, label_smoothing)
+    if target.dtype.kind not in "iu":
+        raise TypeError(f"cross_entropy: expected integer class targets or float probabilities, got {target.dtype}")
+    x2, t1, out_shape = _flatten_classes(input, target, "cross_entropy")
+    c = x2.shape[1]
+    if weight is None:
+        _check_targets(t1, c, ignore_index, "cross_entropy")
+        loss = _fused.cross_entropy(x2, t1, ignore_index, float(label_smoothing), reduction)
+        return loss.reshape(out_shape) if reduction == "none" else loss
+    if weight.shape != (c,):
+        raise RuntimeError(f"cross_entropy: weight should have shape ({c},), got {tuple(weight.shape)}")
+    logp = _fused.log_softmax(x2.float() if x2.dtype in (D.float16, D.bfloat16) else x2, 1)
+    nll = nll_loss(logp, t1, weight, ignore_index=ignore_index, reduction=reduction)
+    if not label_smoothing:
+        return nll.reshape(out_shape) if reduction == "none" else nll
+    valid = t1._data != ignore_index
+    smooth = -(logp * weight.to(dtype=logp.dtype)).sum(1) * Tensor._make(valid.astype(logp.dtype))
+    if reduction == "none":
+        smooth = smooth.reshape(out_shape)
+        nll = nll.reshape(out_shape)
+    elif reduction == "sum":
+        smooth = smooth.sum()
+    else:
+        xp = xp_of(valid)
+        wsum = (weight._data[xp.where(valid, t1._data, 0)] * valid).sum()
+        smooth = smooth.sum() / Tensor._make(xp.asarray(wsum, dtype=logp.dtype))
+    return nll * (1 - label_smoothing) + smooth * (label_smoothing / c)
+
+
+def _cross_entropy_probs(input, target, weight, reduction, label_smoothing):
+    if target.shape != input.shape:
+        raise ValueError(
+            f"cross_entropy: probability targets must have the input's shape {tuple(input.shape)}, got "
+            f"{tuple(target.shape)}"
+        )
+    cdim = 0 if input.ndim == 1 else 1
+    c = input.shape[cdim]
+    x = input.float() if input.dtype in (D.float16, D.bfloat16) else input
+    logp = _fused.log_softmax(x, cdim)
+    t = target.to(dtype=logp.dtype)
+    if label_smoothing:
+        t = t * (1 - label_smoothing) + label_smoothing / c
+    prod = logp * t
+    if weight is not None:
+        if weight.shape != (c,):
+            raise RuntimeError(f"cross_entropy: weight should have shape ({c},), got {tuple(weight.shape)}")
+        prod = prod * weight.reshape((c,) + (1,) * (input.ndim - cdim - 1)).to(dtype=logp.dtype)
+    loss = -prod.sum(cdim)
+    if reduction == "none":
+        return loss
+    if reduction == "sum":
+        return loss.sum()
+    return loss.sum() / float(max(input.numel() // c, 1))
+
+
+def _check_same_shape(input, target, name):
+    if input.shape != target.shape:
+        try:
+            np.broadcast_shapes(input.shape, target.shape)
+        except ValueError:
+            raise ValueError(
+                f"{name}: target size {tuple(target.shape)} is not broadcastable with input size {tuple(input.shape)}"
+            ) from None
+
+
+def mse_loss(input, target, size_average=None, reduce=None, reduction="mean", weight=None):
+    """(input - target)², reduced."""
+    _check_same_shape(input, target, "mse_loss")
+    d = input - target
+    loss = d * d
+    if weight is not None:
+        loss = loss * weight
+    return _reduce(loss, _legacy_reduction(size_average, reduce, reduction))
+
+
+def l1_loss(input, target, size_average=None, reduce=None, reduction="mean"):
+    """|input - target|, reduced."""
+    _check_same_shape(input, target, "l1_loss")
+    return _reduce((input - target).abs(), _legacy_reduction(size_average, reduce, reduction))
+
+
+def huber_loss(input, target, reduction="mean", delta=1.0):
+    """0.5·d² where |d| < delta, else delta·(|d| - 0.5·delta); d = input - target."""
+    if delta <= 0:
+        raise ValueError(f"huber_loss: delta must be positive, got {delta}")
+    _check_same_shape(input, target, "huber_loss")
+    d = input - target
+    a = d.abs()
+    loss = where(a._data < delta, d * d * 0.5, (a - 0.5 * delta) * delta)
+    return _reduce(loss, reduction)
+
+
+def smooth_l1_loss(input, target, size_average=None, reduce=None, reduction="mean", beta=1.0):
+    """0.5·d²/beta where |d| < beta, else |d| - 0.5·beta (plain L1 when beta = 0)."""
+    if beta < 0:
+        raise ValueError(f"smooth_l1_loss: beta must be non-negative, got {beta}")
+    _check_same_shape(input, target, "smooth_l1_loss")
+    reduction = _legacy_reduction(size_average, reduce, reduction)
+    d = input - target
+    a = d.abs()
+    if beta == 0:
+        return _reduce(a, reduction)
+    loss = where(a._data < beta, d * d * (0.5 / beta), a - 0.5 * beta)
+    return _reduce(loss, reduction)
+
+
+def binary_cross_entropy_with_logits(
+    input, target, weight=None, size_average=None, reduce=None, reduction="mean", pos_weight=None
+):
+    """-w·[pos_weight·t·log σ(x) + (1 - t)·log(1 - σ(x))], computed stably as
+    (1 - t)·x - (1 + (pos_weight - 1)·t)·log σ(x)."""
+    reduction = _legacy_reduction(size_average, reduce, reduction)
+    if input.shape != target.shape:
+        raise ValueError(f"Target size ({tuple(target.shape)}) must be the same as input size ({tuple(input.shape)})")
+    t = target if target.dtype == input.dtype else target.to(dtype=input.dtype)
+    ls = _LogSigmoid.apply(input)
+    if pos_weight is not None:
+        loss = (1 - t) * input - (t * (pos_weight - 1) + 1) * ls
+    else:
+        loss = (1 - t) * input - ls
+    if weight is not None:
+        loss = loss * weight
+    return _reduce(loss, reduction)
+
+
+def binary_cross_entropy(input, target, weight=None, size_average=None, reduce=None, reduction="mean"):
+    """-w·[t·log p + (1 - t)·log(1 - p)] with each log clamped at -100 (as PyTorch)."""
+    reduction = _legacy_reduction(size_average, reduce, reduction)
+    if input.shape != target.shape:
+        raise ValueError(
+            f"Using a target size ({tuple(target.shape)}) that is different to the input size "
+            f"({tuple(input.shape)}) is deprecated. Please ensure they have the same size."
+        )
+    a = input._data
+    if a.size and (float(a.min()) < 0 or float(a.max()) > 1):
+        raise RuntimeError("all elements of input should be between 0 and 1")
+    loss = -(target * input.log().clamp(min=-100) + (1 - target) * (1 - input).log().clamp(min=-100))
+    if weight is not None:
+        loss = loss * weight
+    return _reduce(loss, reduction)
+
+
+def kl_div(input, target, size_average=None, reduce=None, reduction="mean", log_target=False):
+    """target·(log target - input) (input = log-probabilities); ``reduction="batchmean"`` divides by N."""
+    if log_target:
+        loss = target.exp() * (target - input)
+    else:
+        tl = target.masked_fill(target._data <= 0, 1).log()
+        loss = (target * (tl - input)).masked_fill(target._data <= 0, 0)
+    if reduction == "batchmean":
+        return loss.sum() / float(input.shape[0] if input.ndim else 1)
+    return _reduce(loss, _legacy_reduction(size_average, reduce, reduction))
