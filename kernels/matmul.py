@@ -444,10 +444,10 @@ def _ct(dtype):
 
 def _reference_forward(a, b, bias, name, param, out_shape):
     ct = _ct(a.dtype)
-    z = xp_of(a).matmul(a.astype(ct), b.astype(ct))
+    z = xp_of(a).matmul(a.astype(ct, copy=False), b.astype(ct, copy=False))
     if bias is not None:
-        z = z + bias.astype(ct).reshape(-1)
-    out = act_ref(z, name, param).astype(a.dtype)
+        z = z + bias.astype(ct, copy=False).reshape(-1)
+    out = act_ref(z, name, param).astype(a.dtype, copy=False)
     r = None if name == "none" else (out if name in FROM_OUTPUT else z.astype(a.dtype))
     return out.reshape(out_shape), r
 
@@ -455,10 +455,14 @@ def _reference_forward(a, b, bias, name, param, out_shape):
 def _dz_ref(dout, r, name, param):
     """dZ = dOut * act'(Z) in the compute dtype (act' from Z, or from the output for relu/tanh/sigmoid)."""
     ct = _ct(dout.dtype)
-    d = dout.astype(ct)
+    d = dout.astype(ct, copy=False)
     if r is None:
         return d
-    g = act_grad_out_ref(r.astype(ct), name) if name in FROM_OUTPUT else act_grad_ref(r.astype(ct), name, param)
+    g = (
+        act_grad_out_ref(r.astype(ct, copy=False), name)
+        if name in FROM_OUTPUT
+        else act_grad_ref(r.astype(ct, copy=False), name, param)
+    )
     return d * g
 
 
@@ -472,11 +476,11 @@ def _reference_backward(res, dout, needs):
     dz2 = dz.reshape(batch + (M, N))
     da = db = dbias = None
     if needs[0]:
-        da2 = xp.matmul(dz2, xp.swapaxes(b2.astype(ct), -1, -2))  # dA = dZ @ B^T
-        da = _sum_to(da2, a2.shape).reshape(a.shape).astype(a.dtype)
+        da2 = xp.matmul(dz2, xp.swapaxes(b2.astype(ct, copy=False), -1, -2))  # dA = dZ @ B^T
+        da = _sum_to(da2, a2.shape).reshape(a.shape).astype(a.dtype, copy=False)
     if needs[1]:
-        db2 = xp.matmul(xp.swapaxes(a2.astype(ct), -1, -2), dz2)  # dB = A^T @ dZ
-        db = _sum_to(db2, b2.shape).reshape(b.shape).astype(b.dtype)
+        db2 = xp.matmul(xp.swapaxes(a2.astype(ct, copy=False), -1, -2), dz2)  # dB = A^T @ dZ
+        db = _sum_to(db2, b2.shape).reshape(b.shape).astype(b.dtype, copy=False)
     if needs[2] and bias_shape is not None:
         dbias = dz2.reshape(-1, N).sum(axis=0).reshape(bias_shape).astype(res["bias_dtype"])  # sum over rows
     return da, db, dbias
