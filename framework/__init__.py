@@ -65,8 +65,21 @@ from .creation import (
     zeros,
     zeros_like,
 )
-from .tensor import Tensor, cat, concat, concatenate, cumsum, log_softmax, matmul, maximum, minimum, softmax, split
-from .tensor import stack, where
+from .tensor import (
+    Tensor,
+    cat,
+    concat,
+    concatenate,
+    cumsum,
+    log_softmax,
+    matmul,
+    maximum,
+    minimum,
+    softmax,
+    split,
+    stack,
+    where,
+)
 
 globals()["bool"] = bool_  # conch.bool, as torch.bool (assigned so the builtin stays usable in this module)
 
@@ -136,7 +149,7 @@ def save(obj, path):
     return _save(obj, path)
 
 
-def load(path, device=None):
+def load(path, device=None):  # noqa: F811  (the parameter shadows conch.device, as torch.load)
     from .serialization import load as _load
 
     return _load(path, device=device)

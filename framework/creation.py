@@ -6,9 +6,10 @@ import numbers
 
 import numpy as np
 
+from conch.kernels import _cupy
+
 from . import _dtype as D
 from ._backend import CPU, asarray_on, device, device_of, namespace, require_cupy
-from conch.kernels import _cupy
 from .tensor import Tensor
 
 # ---------------------------------------------------------------- random state
@@ -91,14 +92,17 @@ def _device(d):
 
 def _infer_dtype(data):
     """dtype of nested Python data, as torch.tensor infers it."""
-    flat = data
-    while isinstance(flat, (list, tuple)) and flat:
-        flat = flat[0]
-    if isinstance(flat, (bool, np.bool_)):
+    if isinstance(data, (bool, np.bool_)):
         return D.bool_
-    if isinstance(flat, (numbers.Integral,)):
+    if isinstance(data, numbers.Integral):
         return D.int64
-    return D.get_default_dtype()
+    if isinstance(data, numbers.Real):
+        return D.get_default_dtype()
+    try:  # every element counts: [1, 2.5] is floating, [True, 2] is integer
+        kind = np.asarray(data).dtype.kind
+    except (ValueError, TypeError):
+        return D.get_default_dtype()  # ragged or odd data: the conversion below reports it
+    return D.bool_ if kind == "b" else D.int64 if kind in "iu" else D.get_default_dtype()
 
 
 def _to_array(data, dtype, dev):
@@ -265,6 +269,8 @@ def randn(*shape, dtype=None, device=None, requires_grad=False, generator=None):
 
 
 def randint(low, high=None, size=None, dtype=None, device=None, generator=None):
+    if size is None and isinstance(high, (tuple, list)):  # randint(high, size), as torch.randint
+        low, high, size = 0, low, high
     if high is None:
         low, high = 0, low
     if size is None:

@@ -44,9 +44,8 @@ class Mul(Op):
 
     @staticmethod
     def backward(ctx, g):
-        a, b = ctx.saved_tensors
         n = ctx.needs_input_grad
-        return (g * b if n[0] else None), (g * a if n[1] else None)
+        return (g * ctx.saved_tensor(1) if n[0] else None), (g * ctx.saved_tensor(0) if n[1] else None)
 
 
 class Div(Op):
@@ -84,7 +83,7 @@ class PowScalar(Op):
         ctx.p = p
         if p == 2:
             return a * a
-        return a**p
+        return (a**p).astype(a.dtype, copy=False)  # NumPy widens bfloat16 ** float to float32
 
     @staticmethod
     def backward(ctx, g):
@@ -571,7 +570,7 @@ class MatMul(Op):
 
     @staticmethod
     def forward(ctx, a, b):
-        return a @ b
+        return (a @ b).astype(a.dtype, copy=False)  # NumPy's bfloat16 matmul returns float32
 
     @staticmethod
     def backward(ctx, g):

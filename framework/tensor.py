@@ -399,18 +399,28 @@ class Tensor:
         return self
 
     def __pow__(self, other):
-        if isinstance(other, numbers.Number) and not isinstance(other, bool):
-            base = self if self.is_floating_point() or (isinstance(other, int) and other >= 0) else self.float()
-            if isinstance(other, float) and not base.is_floating_point():
-                base = base.to(dtype=D.get_default_dtype())
-            return ops.PowScalar.apply(base, p=other)
+        if isinstance(other, (numbers.Real, np.generic)):
+            if not self.is_floating_point() and isinstance(other, (numbers.Integral, np.integer, np.bool_)):
+                # integer ** integer stays integer (no gradient), as in PyTorch
+                if other < 0 and self.dtype != D.bool_:
+                    raise RuntimeError("Integers to negative integer powers are not allowed.")
+                dt = D.result_type((self.dtype, self.ndim), other)
+                out = self._data.astype(dt, copy=False) ** xp_of(self._data).asarray(other, dtype=dt)
+                return _const(out.astype(dt, copy=False))
+            base = self if self.is_floating_point() else self.to(dtype=D.get_default_dtype())
+            p = other.item() if isinstance(other, np.generic) else other
+            return ops.PowScalar.apply(base, p=int(p) if isinstance(p, bool) else p)
         a, b = _operands(self, other)
         return ops.Pow.apply(a, b)
 
     def __rpow__(self, other):
-        if isinstance(other, numbers.Number):
+        if isinstance(other, (numbers.Real, np.generic)):
+            if not self.is_floating_point() and isinstance(other, (numbers.Integral, np.integer, np.bool_)):
+                dt = D.result_type(other, (self.dtype, self.ndim))
+                out = xp_of(self._data).asarray(other, dtype=dt) ** self._data.astype(dt, copy=False)
+                return _const(out.astype(dt, copy=False))
             x = self if self.is_floating_point() else self.to(dtype=D.get_default_dtype())
-            return ops.RPowScalar.apply(x, s=other)
+            return ops.RPowScalar.apply(x, s=other.item() if isinstance(other, np.generic) else other)
         a, b = _operands(other, self)
         return ops.Pow.apply(a, b)
 
@@ -491,7 +501,10 @@ class Tensor:
             res = getattr(Tensor, op)(self, other)
             if res.dtype != self.dtype:
                 raise RuntimeError(f"result type {res.dtype} can't be cast to the desired output type {self.dtype}")
-            self._data, self.grad_fn, self.requires_grad, self._output_nr = res._data, res.grad_fn, True, 0
+            # the old buffer is untouched (the result is a new array), so ``self`` takes the result's
+            # version counter: whatever saved the result (as "out") watches the array ``self`` now holds
+            self._data, self.grad_fn, self.requires_grad = res._data, res.grad_fn, True
+            self._output_nr, self._version = res._output_nr, res._version
             return self
         res = getattr(Tensor, op)(self.detach(), other.detach() if other_t is not None else other)
         if res.dtype != self.dtype and not np.can_cast(res.dtype, self.dtype, "same_kind"):
@@ -532,8 +545,7 @@ class Tensor:
         """Overwrite in place under no_grad; used by zero_, fill_, copy_, init functions."""
         if _enabled[0] and self.requires_grad and self.grad_fn is None:
             raise RuntimeError(
-                "a leaf Variable that requires grad is being used in an in-place operation; "
-                "wrap it in conch.no_grad()"
+                "a leaf Variable that requires grad is being used in an in-place operation; wrap it in conch.no_grad()"
             )
         array_fn(self._data)
         self._version[0] += 1
@@ -670,9 +682,7 @@ class Tensor:
                 f"dimensions in the tensor ({self.ndim})"
             )
         lead = len(shape) - self.ndim
-        full = tuple(
-            (self.shape[i - lead] if s == -1 else s) if i >= lead else s for i, s in enumerate(shape)
-        )
+        full = tuple((self.shape[i - lead] if s == -1 else s) if i >= lead else s for i, s in enumerate(shape))
         for i in range(self.ndim):
             if self.shape[i] != 1 and self.shape[i] != full[i + lead]:
                 raise RuntimeError(
@@ -741,14 +751,14 @@ class Tensor:
             return maximum(self, dim)
         if dim is None:
             return self.amax()
-        return _MinMax(self.amax(dim, keepdim), self.argmax(dim, keepdim))
+        return _MinMax((self.amax(dim, keepdim), self.argmax(dim, keepdim)))
 
     def min(self, dim=None, keepdim=False):
         if isinstance(dim, Tensor):
             return minimum(self, dim)
         if dim is None:
             return self.amin()
-        return _MinMax(self.amin(dim, keepdim), self.argmin(dim, keepdim))
+        return _MinMax((self.amin(dim, keepdim), self.argmin(dim, keepdim)))
 
     def argmax(self, dim=None, keepdim=False):
         _check_nonempty(self, "argmax")
@@ -811,12 +821,14 @@ class Tensor:
         return ops.Cos.apply(_floating(self))
 
     def tanh(self):
-        return _act(self, "tanh")
+        return _act(_floating(self), "tanh")
 
     def sigmoid(self):
-        return _act(self, "sigmoid")
+        return _act(_floating(self), "sigmoid")
 
     def relu(self):
+        if not self.is_floating_point():  # integer relu stays integer, as in PyTorch
+            return _const(xp_of(self._data).maximum(self._data, 0).astype(self.dtype, copy=False))
         return _act(self, "relu")
 
     def sign(self):
@@ -946,15 +958,16 @@ def _as_grad(g, t):
     if not isinstance(g, Tensor):
         g = _as_tensor(g, t)
     if g.shape != t.shape:
-        raise RuntimeError(f"Mismatch in shape: grad_output has a shape of {g.shape} and output has a shape of {t.shape}")
+        raise RuntimeError(
+            f"Mismatch in shape: grad_output has a shape of {g.shape} and output has a shape of {t.shape}"
+        )
     return g
 
 
 def _check_devices(a, b):
     if type(a._data) is not type(b._data) or (not isinstance(a._data, np.ndarray) and a.device != b.device):
         raise RuntimeError(
-            "Expected all tensors to be on the same device, but found at least two devices, "
-            f"{a.device} and {b.device}!"
+            f"Expected all tensors to be on the same device, but found at least two devices, {a.device} and {b.device}!"
         )
 
 
@@ -962,35 +975,54 @@ def _operands(a, b, floating=False):
     """Turn a binary op's operands into two Tensors of the promoted dtype on one device."""
     at, bt = isinstance(a, Tensor), isinstance(b, Tensor)
     if at and bt:
-        _check_devices(a, b)
-        da, db = a._data.dtype, b._data.dtype
-        dt = da if da == db else D.result_type((da, a._data.ndim), (db, b._data.ndim))
-    elif at:
+        ad, bd = a._data, b._data
+        if type(ad) is not type(bd) or (type(ad) is not np.ndarray and a.device != b.device):
+            _check_devices(a, b)
+        da, db = ad.dtype, bd.dtype
+        if da == db and (not floating or da in D.FLOATING):  # the common case: nothing to convert
+            dt = da
+        else:
+            dt = D.result_type((da, ad.ndim), (db, bd.ndim))
+            if floating and dt not in D.FLOATING:
+                dt = D.get_default_dtype()
+            if da != dt:
+                a = a.to(dtype=dt)
+            if db != dt:
+                b = b.to(dtype=dt)
+        sa, sb = ad.shape, bd.shape
+        if sa != sb and sa and sb:
+            try:
+                np.broadcast_shapes(sa, sb)
+            except ValueError:
+                raise RuntimeError(
+                    f"The size of tensor a {sa} must match the size of tensor b {sb}: shapes are not broadcastable"
+                ) from None
+        return a, b
+    if at:
         if not isinstance(b, (numbers.Number, np.generic)):
-            b = _as_tensor(b, a)
-            return _operands(a, b, floating)
-        dt = D.result_type((a._data.dtype, a._data.ndim), b)
+            return _operands(a, _as_tensor(b, a), floating)
+        da = a._data.dtype
+        if (type(b) is float or type(b) is int) and da in D.FLOATING:  # a Python number keeps a float dtype
+            return a, Tensor._make(xp_of(a._data).asarray(b, dtype=da))
+        like, dt = a, D.result_type((da, a._data.ndim), b)
     elif bt:
         if not isinstance(a, (numbers.Number, np.generic)):
-            a = _as_tensor(a, b)
-            return _operands(a, b, floating)
-        dt = D.result_type(a, (b._data.dtype, b._data.ndim))
+            return _operands(_as_tensor(a, b), b, floating)
+        db = b._data.dtype
+        if (type(a) is float or type(a) is int) and db in D.FLOATING:
+            return Tensor._make(xp_of(b._data).asarray(a, dtype=db)), b
+        like, dt = b, D.result_type(a, (db, b._data.ndim))
     else:
         raise TypeError("at least one operand must be a Tensor")
     if floating and dt not in D.FLOATING:
         dt = D.get_default_dtype()
-    like = a if at else b
     xp = xp_of(like._data)
-    a = a.to(dtype=dt) if at else Tensor._make(xp.asarray(a, dtype=dt))
-    b = b.to(dtype=dt) if bt else Tensor._make(xp.asarray(b, dtype=dt))
-    if at and bt and a.ndim and b.ndim and a.shape != b.shape:
-        try:
-            np.broadcast_shapes(a.shape, b.shape)
-        except ValueError:
-            raise RuntimeError(
-                f"The size of tensor a {a.shape} must match the size of tensor b {b.shape}: shapes are not "
-                "broadcastable"
-            ) from None
+    if at:
+        a = a if a._data.dtype == dt else a.to(dtype=dt)
+        b = Tensor._make(xp.asarray(b, dtype=dt))
+    else:
+        a = Tensor._make(xp.asarray(a, dtype=dt))
+        b = b if b._data.dtype == dt else b.to(dtype=dt)
     return a, b
 
 
@@ -1016,10 +1048,17 @@ def _index_arrays(idx, t):
 
 
 def _act(t, name):
-    # activations route through conch.kernels (fused Triton kernels on the GPU)
-    from ._fused import activation
+    # activations route through conch.kernels (fused Triton kernels on the GPU); _fused imports this
+    # module, so it is bound on first use rather than at import
+    fn = _lazy.get("activation")
+    if fn is None:
+        from ._fused import activation as fn
 
-    return activation(t, name)
+        _lazy["activation"] = fn
+    return fn(t, name)
+
+
+_lazy: dict = {}
 
 
 # ---------------------------------------------------------------- functions
@@ -1047,6 +1086,8 @@ def matmul(a, b):
     if a.dtype != b.dtype:
         dt = D.result_type((a.dtype, a.ndim), (b.dtype, b.ndim))
         a, b = a.to(dtype=dt), b.to(dtype=dt)
+    if not a.is_floating_point():  # integer/bool matmul: no gradient, no kernel
+        return _const(a._data @ b._data)
     from ._fused import matmul as _mm
 
     return _mm(a, b)

@@ -31,6 +31,15 @@ def sum_to_shape(g, shape):
     return g
 
 
+def _buffer_id(a):
+    """Identity of the memory behind array ``a`` (the end of its chain of views)."""
+    while a.base is not None:
+        a = a.base
+        if not hasattr(a, "base"):  # memory owned by a non-array object (buffer, DLPack capsule)
+            break
+    return id(a)
+
+
 def _add(a, b):
     if a is None:
         return b
@@ -71,7 +80,9 @@ def run_backward(roots, root_grads, retain_graph=False, create_graph=False, inpu
                     seen.add(child)
                     stack.append(child)
 
-    stored = set()  # ids of arrays already given to a leaf's .grad in this pass (avoid aliasing)
+    # ids of the buffers behind arrays that a leaf's .grad must not share: the caller's gradients and
+    # every .grad stored in this pass (Add hands the same array to both inputs; Reshape a view of it)
+    stored = {_buffer_id(g._data) for g in root_grads}
 
     def accumulate(leaf, g):
         for hook in leaf._hooks or ():
@@ -85,9 +96,11 @@ def run_backward(roots, root_grads, retain_graph=False, create_graph=False, inpu
         if not create_graph:
             g = g.detach()
         if leaf.grad is None:
-            if id(g._data) in stored or g._data is leaf._data:
+            b = _buffer_id(g._data)
+            if b in stored or b == _buffer_id(leaf._data):
                 g = Tensor._make(g._data.copy(), g.requires_grad, g.grad_fn)
-            stored.add(id(g._data))
+                b = id(g._data)
+            stored.add(b)
             leaf.grad = g
         else:
             leaf.grad = leaf.grad + g if create_graph else Tensor._make(leaf.grad._data + g._data, False, None)
@@ -114,37 +127,47 @@ def run_backward(roots, root_grads, retain_graph=False, create_graph=False, inpu
                             out = hook(grads[nr])
                             if out is not None:
                                 grads[nr] = out
-            for nr, g in enumerate(grads):
-                for i in capture_node.get((node, nr), ()):
-                    captured[i] = _add(captured[i], g)
-            if any(g is not None for g in grads):
+            if capture_node:
+                for nr, g in enumerate(grads):
+                    for i in capture_node.get((node, nr), ()):
+                        captured[i] = _add(captured[i], g)
+            edges = node.next_edges
+            n_in = len(edges)
+            if node.n_outputs == 1:
+                has_grad = grads[0] is not None
+            else:
+                has_grad = any(g is not None for g in grads)
+            if has_grad:
                 if node.n_outputs > 1:
                     for nr, g in enumerate(grads):
                         if g is None:  # materialise a missing output gradient as zeros
                             shape, dtype, dev = node.out_meta[nr]
                             grads[nr] = Tensor._zeros(shape, dtype, dev)
                 in_grads = type(node).backward(node, *grads)
-                if not isinstance(in_grads, tuple):
+                if type(in_grads) is not tuple:
                     in_grads = (in_grads,)
-                if len(in_grads) < len(node.next_edges):
-                    in_grads = in_grads + (None,) * (len(node.next_edges) - len(in_grads))
-                elif len(in_grads) > len(node.next_edges):
-                    raise RuntimeError(
-                        f"function {node.name()} returned {len(in_grads)} gradients, "
-                        f"but forward took {len(node.next_edges)} arguments"
-                    )
+                if len(in_grads) != n_in:
+                    if len(in_grads) > n_in:
+                        raise RuntimeError(
+                            f"function {node.name()} returned {len(in_grads)} gradients, "
+                            f"but forward took {n_in} arguments"
+                        )
+                    in_grads = in_grads + (None,) * (n_in - len(in_grads))
             else:
-                in_grads = (None,) * len(node.next_edges)
+                in_grads = (None,) * n_in
             if not retain_graph:
                 node._release()
-            for e, g, meta in zip(node.next_edges, in_grads, node.in_meta):
+            for e, g, meta in zip(edges, in_grads, node.in_meta):
                 if e is None:
                     continue
                 if g is not None:
                     if not isinstance(g, Tensor):
-                        raise TypeError(f"{node.name()}.backward returned {type(g).__name__}, expected a Tensor or None")
+                        raise TypeError(
+                            f"{node.name()}.backward returned {type(g).__name__}, expected a Tensor or None"
+                        )
                     shape, dtype = meta
-                    if g.shape != shape:
+                    gd = g._data
+                    if gd.shape != shape:
                         try:
                             g = sum_to_shape(g, shape)
                         except (ValueError, RuntimeError):
@@ -152,7 +175,7 @@ def run_backward(roots, root_grads, retain_graph=False, create_graph=False, inpu
                                 f"function {node.name()} returned a gradient of shape {g.shape} "
                                 f"for an input of shape {shape}"
                             ) from None
-                    if g.dtype != dtype:
+                    if gd.dtype != dtype:
                         g = g.to(dtype=dtype)
                 if type(e) is tuple:
                     child, nr = e
@@ -160,9 +183,10 @@ def run_backward(roots, root_grads, retain_graph=False, create_graph=False, inpu
                         buf = buffers.get(child)
                         if buf is None:
                             buf = buffers[child] = [None] * child.n_outputs
-                        buf[nr] = _add(buf[nr], g)
-                    deps[child] -= 1
-                    if deps[child] == 0:
+                        buf[nr] = g if buf[nr] is None else buf[nr] + g
+                    d = deps[child] - 1
+                    deps[child] = d
+                    if d == 0:
                         ready.append(child)
                 elif g is not None:
                     accumulate(e, g)

@@ -25,13 +25,14 @@ class SavedTensor:
 
     def __init__(self, t, is_output: bool):
         self.data = t._data
-        self.counter = t._version
-        self.version = t._version[0]
-        self.requires_grad = t.requires_grad
+        self.counter = c = t._version
+        self.version = c[0]
+        self.requires_grad = rg = t.requires_grad
         self.is_output = is_output
         self.output_nr = t._output_nr
-        self.leaf = t if (t.grad_fn is None and t.requires_grad) else None
-        self.grad_fn = None if is_output else t.grad_fn
+        fn = t.grad_fn
+        self.leaf = t if (fn is None and rg) else None
+        self.grad_fn = None if is_output else fn
 
     def unpack(self, owner):
         if self.counter[0] != self.version:
@@ -75,6 +76,13 @@ class Node:
             raise RuntimeError(_FREED_MSG)
         return tuple(None if s is None else s.unpack(self) for s in self._saved)
 
+    def saved_tensor(self, i):
+        """``saved_tensors[i]`` alone (a backward that needs one of several saved tensors skips the rest)."""
+        if self._freed:
+            raise RuntimeError(_FREED_MSG)
+        s = self._saved[i]
+        return None if s is None else s.unpack(self)
+
     def mark_non_differentiable(self, *tensors):
         self._non_diff = {id(t) for t in tensors}
 
@@ -82,8 +90,10 @@ class Node:
         return type(self).__name__
 
     def _release(self):
-        if self._saved:
+        # kernel-backed ops keep their kernels' residual arrays in ``res``: free those too
+        if self._saved or getattr(self, "res", None) is not None:
             self._saved = ()
+            self.res = None
             self._freed = True
 
     def register_prehook(self, output_nr, fn):
@@ -202,6 +212,7 @@ class Op(Node):
 
     @classmethod
     def apply(cls, *tensors, **attrs):
+        # the hot path of every op: kept to plain loops and attribute reads (see benchmarks/bench_overhead.py)
         ctx = object.__new__(cls)
         record = False
         if _enabled[0]:
@@ -209,27 +220,33 @@ class Op(Node):
                 if t.requires_grad:
                     record = True
                     break
-        if record:
-            ctx.needs_input_grad = tuple(t.requires_grad for t in tensors)
+        if not record:
+            out = cls.forward(ctx, *[t._data for t in tensors], **attrs)
+            if type(out) is tuple:
+                return tuple(Tensor._make(o) for o in out)
+            return Tensor._make(out)
+        needs, edges, meta = [], [], []
+        for t in tensors:
+            rg = t.requires_grad
+            needs.append(rg)
+            edges.append((t if t.grad_fn is None else (t.grad_fn, t._output_nr)) if rg else None)
+            d = t._data
+            meta.append((d.shape, d.dtype))
+        ctx.needs_input_grad = tuple(needs)
         out = cls.forward(ctx, *[t._data for t in tensors], **attrs)
-        if not isinstance(out, tuple):
-            res = Tensor._make(out, record, ctx if record else None)
-            if record:
-                ctx.next_edges = tuple(_edge(t) for t in tensors)
-                ctx.in_meta = tuple((t.shape, t.dtype) for t in tensors)
-                if cls.saves:
-                    ctx._saved = tuple(
-                        SavedTensor(res, True) if s == "out" else SavedTensor(tensors[s], False) for s in cls.saves
-                    )
-            return res
-        res = tuple(Tensor._make(o, record, ctx if record else None) for o in out)
-        if record:
-            for i, r in enumerate(res):
-                r._output_nr = i
-            ctx.n_outputs = len(res)
-            ctx.out_meta = [(r.shape, r.dtype, r.device) for r in res]
-            ctx.next_edges = tuple(_edge(t) for t in tensors)
-            ctx.in_meta = tuple((t.shape, t.dtype) for t in tensors)
+        ctx.next_edges, ctx.in_meta = edges, meta
+        if type(out) is not tuple:
+            res = Tensor._make(out, True, ctx)
             if cls.saves:
-                ctx._saved = tuple(SavedTensor(tensors[s], False) for s in cls.saves)
+                ctx._saved = tuple(
+                    SavedTensor(res, True) if s == "out" else SavedTensor(tensors[s], False) for s in cls.saves
+                )
+            return res
+        res = tuple(Tensor._make(o, True, ctx) for o in out)
+        for i, r in enumerate(res):
+            r._output_nr = i
+        ctx.n_outputs = len(res)
+        ctx.out_meta = [(r.shape, r.dtype, r.device) for r in res]
+        if cls.saves:
+            ctx._saved = tuple(SavedTensor(tensors[s], False) for s in cls.saves)
         return res

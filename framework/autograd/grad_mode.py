@@ -16,6 +16,16 @@ class _GradMode:
 
     mode = True
 
+    def __new__(cls, *args):
+        # bare decorator use (``@conch.no_grad``) passes the function itself
+        self = super().__new__(cls)
+        if cls.__init__ is _GradMode.__init__ and len(args) == 1 and callable(args[0]):
+            return self(args[0])
+        return self
+
+    def __init__(self, orig_func=None):
+        pass
+
     def __enter__(self):
         self._prev = _enabled[0]
         _enabled[0] = self.mode
@@ -34,13 +44,13 @@ class _GradMode:
 
 
 class no_grad(_GradMode):
-    """Disable graph recording: ``with conch.no_grad(): ...`` or ``@conch.no_grad()``."""
+    """Disable graph recording: ``with conch.no_grad(): ...``, ``@conch.no_grad()`` or ``@conch.no_grad``."""
 
     mode = False
 
 
 class enable_grad(_GradMode):
-    """Re-enable graph recording inside a ``no_grad`` region."""
+    """Re-enable graph recording inside a ``no_grad`` region (also as ``@conch.enable_grad``)."""
 
     mode = True
 

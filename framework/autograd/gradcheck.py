@@ -17,20 +17,25 @@ def _flat_outputs(out):
     return [out] if isinstance(out, Tensor) else [o for o in out if isinstance(o, Tensor)]
 
 
+def _host(a):
+    """A float64 NumPy copy of array ``a`` (NumPy or CuPy)."""
+    return (a if isinstance(a, np.ndarray) else a.get()).astype(np.float64).ravel()
+
+
 def _numerical_jacobian(fn, inputs, i, eps):
     """d(outputs)/d(inputs[i]) by central differences, one column per input element."""
     x = inputs[i]
     arr = x._data
-    flat = arr.reshape(-1) if arr.flags.c_contiguous else None
-    if flat is None:
-        raise ValueError("gradcheck needs contiguous inputs")
+    if not arr.flags.c_contiguous:
+        raise ValueError(f"gradcheck needs contiguous inputs; input {i} (shape {tuple(x.shape)}) is not")
+    flat = arr.reshape(-1)
     cols = []
     for j in range(flat.size):
         orig = flat[j].item()
         flat[j] = orig + eps
-        plus = [o.detach()._data.astype(np.float64).ravel().copy() for o in _flat_outputs(fn(*inputs))]
+        plus = [_host(o.detach()._data) for o in _flat_outputs(fn(*inputs))]
         flat[j] = orig - eps
-        minus = [o.detach()._data.astype(np.float64).ravel().copy() for o in _flat_outputs(fn(*inputs))]
+        minus = [_host(o.detach()._data) for o in _flat_outputs(fn(*inputs))]
         flat[j] = orig
         cols.append(np.concatenate([(p - m) / (2 * eps) for p, m in zip(plus, minus)]))
     return np.stack(cols, axis=1) if cols else np.zeros((0, 0))
@@ -40,9 +45,11 @@ def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, raise_exception=True, 
     """Compare autograd's vector-Jacobian products with central differences, in float64.
 
     Every floating input that requires grad is checked. A random upstream gradient ``v`` is
-    drawn per output; autograd's ``vᵀJ`` must match the numerical ``vᵀJ`` within
-    ``atol + rtol * |numerical|``. Returns True, or raises ``RuntimeError`` naming the input and
-    the worst element (returns False when ``raise_exception=False``).
+    drawn per floating output; autograd's ``vᵀJ`` must match the numerical ``vᵀJ`` within
+    ``atol + rtol * |numerical|``. An output that does not require grad counts as a zero
+    Jacobian, so its numerical derivative must vanish too (a forgotten graph edge fails).
+    Returns True, or raises ``RuntimeError`` naming the input and the worst element (returns
+    False when ``raise_exception=False``).
 
     Example::
 
@@ -58,23 +65,26 @@ def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, raise_exception=True, 
             raise ValueError(
                 f"gradcheck expects float64 inputs for precision; input {k} is {t.dtype}. Use .double() first."
             )
-    outs = _flat_outputs(fn(*inputs))
-    rng = np.random.default_rng(1234)
-    vs = [Tensor._make(rng.standard_normal(o.shape)) for o in outs if o.requires_grad]
-    diff_outs = [o for o in outs if o.requires_grad]
     wrt = [k for k, t in enumerate(inputs) if isinstance(t, Tensor) and t.requires_grad]
-    if not diff_outs:
-        raise RuntimeError("gradcheck: none of the outputs requires grad")
-    analytic = autograd.grad(diff_outs, [inputs[k] for k in wrt], vs, allow_unused=True)
-    v_flat = np.concatenate([v._data.ravel() for v in vs])
+    if not wrt:
+        raise ValueError("gradcheck: none of the inputs requires grad")
+    outs = [o for o in _flat_outputs(fn(*inputs)) if o.is_floating_point()]
+    rng = np.random.default_rng(1234)
+    vs_np = [rng.standard_normal(o.shape) for o in outs]
+    diff = [j for j, o in enumerate(outs) if o.requires_grad]
+    if diff:
+        vs = [Tensor._make(_like(outs[j]._data, vs_np[j])) for j in diff]
+        analytic = autograd.grad([outs[j] for j in diff], [inputs[k] for k in wrt], vs, allow_unused=True)
+    else:
+        analytic = [None] * len(wrt)
+    v_flat = np.concatenate([v.ravel() for v in vs_np]) if vs_np else np.zeros(0)
+    n_rows = sum(o.numel() for o in outs)
     for k, a in zip(wrt, analytic):
-        jac = _numerical_jacobian(fn, inputs, k, eps)  # (n_out_total, n_in) over diff and non-diff outputs
-        n_rows = sum(o._data.size for o in outs)
-        if jac.shape[0] != n_rows:
+        jac = _numerical_jacobian(fn, inputs, k, eps)  # (n_out_total, n_in), floating outputs only
+        if jac.size and jac.shape[0] != n_rows:
             raise RuntimeError("gradcheck: outputs changed size between evaluations")
-        rows = np.concatenate([np.full(o._data.size, o.requires_grad) for o in outs])
-        numeric = v_flat @ jac[rows]
-        got = np.zeros(inputs[k].numel()) if a is None else a._data.astype(np.float64).ravel()
+        numeric = v_flat @ jac if jac.size else np.zeros(inputs[k].numel())
+        got = np.zeros(inputs[k].numel()) if a is None else _host(a._data)
         bad = np.abs(got - numeric) > atol + rtol * np.abs(numeric)
         if bad.any():
             j = int(np.argmax(np.abs(got - numeric) - rtol * np.abs(numeric)))
@@ -89,6 +99,15 @@ def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, raise_exception=True, 
     return True
 
 
+def _like(arr, host):
+    """``host`` (a NumPy array) moved to ``arr``'s device with ``arr``'s dtype."""
+    if isinstance(arr, np.ndarray):
+        return host.astype(arr.dtype, copy=False)
+    from .._backend import xp_of
+
+    return xp_of(arr).asarray(host, dtype=arr.dtype)
+
+
 def gradgradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, raise_exception=True):
     """Check second derivatives: gradcheck of the function ``x -> d(sum(v·fn(x)))/dx`` built with create_graph."""
     from .. import autograd
@@ -97,12 +116,13 @@ def gradgradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, raise_exception=Tr
     inputs = _tensors(inputs)
     rng = np.random.default_rng(4321)
     outs0 = _flat_outputs(fn(*inputs))
-    vs = [Tensor._make(rng.standard_normal(o.shape)) for o in outs0 if o.requires_grad]
+    vs = [Tensor._make(_like(o._data, rng.standard_normal(o.shape))) for o in outs0 if o.requires_grad]
     wrt = [k for k, t in enumerate(inputs) if isinstance(t, Tensor) and t.requires_grad]
 
     def first_grads(*xs):
         outs = [o for o in _flat_outputs(fn(*xs)) if o.requires_grad]
         gs = autograd.grad(outs, [xs[k] for k in wrt], vs, create_graph=True, allow_unused=True)
-        return tuple(g for g in gs if g is not None)
+        # an unused input's gradient is zero everywhere; keep it so the output count is fixed
+        return tuple(xs[k].detach() * 0 if g is None else g for k, g in zip(wrt, gs))
 
     return gradcheck(first_grads, inputs, eps=eps, atol=atol, rtol=rtol, raise_exception=raise_exception)
