@@ -255,8 +255,10 @@ _CUPY_ERF: dict = {}
 
 
 def _sigmoid_ref(z, xp):
-    # sigma(z) = (1 + tanh(z / 2)) / 2: no overflow for any z
-    return 0.5 * xp.tanh(0.5 * z) + 0.5
+    # sigma(z) = 1/(1+e) for z >= 0 and e/(1+e) for z < 0, e = exp(-|z|): never overflows, and keeps full
+    # relative precision in the left tail (0.5*tanh(z/2)+0.5 rounds sigma(-20) to 0 in float32)
+    e = xp.exp(-abs(z))
+    return xp.where(z >= 0, 1 / (1 + e), e / (1 + e)).astype(z.dtype, copy=False)
 
 
 def act_ref(z, name, param=0.01):

@@ -41,13 +41,18 @@ def use_triton(*arrays) -> bool:
     CuPy arrays go to Triton; NumPy arrays go to Triton only under ``TRITON_INTERPRET=1``
     (the CPU test mode) and to the NumPy reference path otherwise. ``CONCH_KERNELS=reference``
     forces the reference path everywhere; ``CONCH_KERNELS=triton`` forces Triton, which for
-    NumPy arrays needs the interpreter.
+    NumPy arrays needs the interpreter. Called on every fused op, so it reads the environment
+    directly (tests change it per test) and checks array types without importing CuPy.
     """
-    mode = kernel_mode()
-    if mode == "reference":
-        return False
-    on_gpu = any(is_cupy_array(a) for a in arrays if a is not None)
-    if on_gpu or interpreting():
+    mode = os.environ.get("CONCH_KERNELS")
+    if mode is not None and mode != "auto":
+        mode = kernel_mode()
+        if mode == "reference":
+            return False
+    for a in arrays:
+        if a is not None and type(a) is not np.ndarray and is_cupy_array(a):
+            return True
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         return True
     if mode == "triton":
         raise RuntimeError(

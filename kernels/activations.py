@@ -135,14 +135,14 @@ def _compute_dtype(dtype):
 
 def _reference_forward(x, name, param):
     ct = _compute_dtype(x.dtype)
-    return act_ref(x.astype(ct), name, param).astype(x.dtype)
+    return act_ref(x.astype(ct, copy=False), name, param).astype(x.dtype, copy=False)
 
 
 def _reference_backward(saved, dy, name, param, dtype):
     ct = _compute_dtype(dtype)
-    s = saved.astype(ct)
+    s = saved.astype(ct, copy=False)
     g = act_grad_out_ref(s, name) if name in FROM_OUTPUT else act_grad_ref(s, name, param)
-    return (dy.astype(ct) * g).astype(dtype)  # dx = dy * f'
+    return (dy.astype(ct, copy=False) * g).astype(dtype, copy=False)  # dx = dy * f'
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -119,11 +119,6 @@ def test_activations_at_extremes(device):
     np.testing.assert_allclose(npy(g.grad), [0.0, 0.25, 0.0], atol=1e-12)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="kernels/_act.py _sigmoid_ref computes 0.5*tanh(z/2)+0.5, which loses all relative precision for "
-    "z << 0 (sigmoid(-20) = 0 in float32); PyTorch keeps it. Remove this mark once fixed.",
-)
 def test_sigmoid_relative_precision_for_negative_inputs(device):
     a = np.array([-20.0, -50.0, -80.0])
     for dt, rtol in ((conch.float32, 1e-5), (conch.float64, 1e-12)):
