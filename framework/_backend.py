@@ -144,13 +144,43 @@ class _Cuda:
 
     @staticmethod
     def max_memory_allocated() -> int:
-        """Peak of :meth:`memory_allocated` since the last :meth:`reset_peak_memory_stats` (as sampled)."""
-        return max(_peak[0], _Cuda.memory_allocated())
+        """Peak bytes in use in CuPy's pool since :meth:`reset_peak_memory_stats` (0 without a GPU).
+
+        Tracking starts at the first call of either method: from then on every CuPy allocation goes
+        through a hook that records the pool's used bytes, so normal runs pay nothing for it.
+        """
+        return max(_peak[0], _Cuda.memory_allocated()) if _track_peak() else 0
 
     @staticmethod
     def reset_peak_memory_stats() -> None:
-        _peak[0] = _Cuda.memory_allocated()
+        if _track_peak():
+            _peak[0] = _Cuda.memory_allocated()
 
 
 _peak = [0]
+_tracking = [False]
+
+
+def _track_peak() -> bool:
+    """Route CuPy allocations through a hook that records the pool's peak used bytes (installed once)."""
+    if _tracking[0]:
+        return True
+    cp = _cupy.get_cupy()
+    if cp is None:
+        return False
+    pool = cp.get_default_memory_pool()
+    malloc = pool.malloc
+
+    def alloc(size):
+        mem = malloc(size)
+        used = pool.used_bytes()
+        if used > _peak[0]:
+            _peak[0] = used
+        return mem
+
+    cp.cuda.set_allocator(alloc)
+    _tracking[0] = True
+    return True
+
+
 cuda = _Cuda()

@@ -73,7 +73,7 @@ def _composite_activation(x, name, negative_slope=0.01, alpha=1.0):
 def _amp(op: str, *tensors):
     """Cast inputs by the autocast policy; free (one dict lookup) when conch.amp was never imported."""
     amp = sys.modules.get("conch.amp.autocast_mode")
-    if amp is None or not amp.is_autocast_enabled():
+    if amp is None or not amp._state[0]:
         return tensors
     return amp.cast_for(op, *tensors)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numbers
+import sys
 
 import numpy as np
 
@@ -399,6 +400,7 @@ class Tensor:
         return self
 
     def __pow__(self, other):
+        self = _fp32("pow", self)
         if isinstance(other, (numbers.Real, np.generic)):
             if not self.is_floating_point() and isinstance(other, (numbers.Integral, np.integer, np.bool_)):
                 # integer ** integer stays integer (no gradient), as in PyTorch
@@ -719,11 +721,11 @@ class Tensor:
 
     # ------------------------------------------------------------ reductions
     def sum(self, dim=None, keepdim=False, dtype=None):
-        x = self if dtype is None else self.to(dtype=dtype)
+        x = _fp32("sum", self) if dtype is None else self.to(dtype=dtype)
         return ops.Sum.apply(x, dim=_norm_dims(dim, self.ndim), keepdim=keepdim)
 
     def mean(self, dim=None, keepdim=False, dtype=None):
-        x = self if dtype is None else self.to(dtype=dtype)
+        x = _fp32("mean", self) if dtype is None else self.to(dtype=dtype)
         if not x.is_floating_point():
             raise RuntimeError(
                 f"mean(): could not infer output dtype. Input dtype must be floating point, but got {x.dtype}"
@@ -732,7 +734,7 @@ class Tensor:
 
     def var(self, dim=None, unbiased=True, keepdim=False, correction=None):
         c = (1 if unbiased else 0) if correction is None else correction
-        return ops.Var.apply(self, dim=_norm_dims(dim, self.ndim), correction=c, keepdim=keepdim)
+        return ops.Var.apply(_fp32("var", self), dim=_norm_dims(dim, self.ndim), correction=c, keepdim=keepdim)
 
     def std(self, dim=None, unbiased=True, keepdim=False, correction=None):
         return self.var(dim, unbiased, keepdim, correction).sqrt()
@@ -781,6 +783,7 @@ class Tensor:
         return _const(xp_of(self._data).asarray(self._data.any(axis=_norm_dims(dim, self.ndim), keepdims=keepdim)))
 
     def norm(self, p=2, dim=None, keepdim=False):
+        self = _fp32("norm", self)
         if p == 2:
             return (self * self).sum(dim, keepdim).sqrt()
         if p == 1:
@@ -790,6 +793,7 @@ class Tensor:
         return (self.abs() ** p).sum(dim, keepdim) ** (1.0 / p)
 
     def logsumexp(self, dim, keepdim=False):
+        self = _fp32("logsumexp", self)
         m = self.detach().amax(dim, keepdim=True)
         m = m.masked_fill(~xp_of(m._data).isfinite(m._data), 0)
         out = (self - m).exp().sum(dim, keepdim=True).log() + m
@@ -800,16 +804,16 @@ class Tensor:
 
     # ------------------------------------------------------------ elementwise
     def exp(self):
-        return ops.Exp.apply(_floating(self))
+        return ops.Exp.apply(_fp32("exp", _floating(self)))
 
     def log(self):
-        return ops.Log.apply(_floating(self))
+        return ops.Log.apply(_fp32("log", _floating(self)))
 
     def sqrt(self):
         return ops.Sqrt.apply(_floating(self))
 
     def rsqrt(self):
-        return ops.Rsqrt.apply(_floating(self))
+        return ops.Rsqrt.apply(_fp32("rsqrt", _floating(self)))
 
     def abs(self):
         return ops.Abs.apply(self)
@@ -906,6 +910,14 @@ _function.Tensor = Tensor
 
 
 # ---------------------------------------------------------------- helpers
+
+
+def _fp32(op, t):
+    """Autocast's float32 policy for reductions and exp/log/pow; free until conch.amp is imported."""
+    amp = sys.modules.get("conch.amp.autocast_mode")
+    if amp is None or not amp._state[0]:
+        return t
+    return amp.cast_for(op, t)[0]
 
 
 def _const(arr):
@@ -1201,7 +1213,7 @@ def minimum(a, b):
 
 def cumsum(t, dim):
     d = _norm_dim(dim, t.ndim)
-    return _Cumsum.apply(t, dim=d)
+    return _Cumsum.apply(_fp32("cumsum", t), dim=d)
 
 
 class _Cumsum(ops.Op):

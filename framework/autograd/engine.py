@@ -140,7 +140,7 @@ def run_backward(roots, root_grads, retain_graph=False, create_graph=False, inpu
             if has_grad:
                 if node.n_outputs > 1:
                     for nr, g in enumerate(grads):
-                        if g is None:  # materialise a missing output gradient as zeros
+                        if g is None and node.out_meta[nr] is not None:  # missing output gradient: zeros
                             shape, dtype, dev = node.out_meta[nr]
                             grads[nr] = Tensor._zeros(shape, dtype, dev)
                 in_grads = type(node).backward(node, *grads)

@@ -368,6 +368,7 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     on the matmul kernel, whose result is already contiguous NCHW.
     """
     _check_tensor(input, "conv2d")
+    input, weight, bias = _fused._amp("conv2d", input, weight, bias)
     unbatched = input.ndim == 3
     if unbatched:
         input = input.unsqueeze(0)
@@ -710,6 +711,7 @@ def scaled_dot_product_attention(
             return t.unsqueeze(-3).expand(*s[:-2], rep, *s[-2:]).reshape(*s[:-3], hq, *s[-2:])
 
         key, value = expand(key), expand(value)
+    query, key, value = _fused._amp("scaled_dot_product_attention", query, key, value)
     lq, lk = query.shape[-2], key.shape[-2]
     sc = 1.0 / math.sqrt(query.shape[-1]) if scale is None else float(scale)
     keep = add = None
@@ -856,6 +858,7 @@ def nll_loss(input, target, weight=None, size_average=None, ignore_index=-100, r
     reduction = _legacy_reduction(size_average, reduce, reduction)
     _check_reduction(reduction)
     _check_tensor(input, "nll_loss")
+    (input,) = _fused._amp("nll_loss", input)
     if target.dtype.kind not in "iu":
         raise TypeError(f"nll_loss: expected integer class targets, got {target.dtype}")
     x2, t1, out_shape = _flatten_classes(input, target, "nll_loss")
@@ -965,6 +968,7 @@ def _check_same_shape(input, target, name):
 def mse_loss(input, target, size_average=None, reduce=None, reduction="mean", weight=None):
     """(input - target)², reduced."""
     _check_same_shape(input, target, "mse_loss")
+    input, target = _fused._amp("mse_loss", input, target)
     d = input - target
     loss = d * d
     if weight is not None:
@@ -975,6 +979,7 @@ def mse_loss(input, target, size_average=None, reduce=None, reduction="mean", we
 def l1_loss(input, target, size_average=None, reduce=None, reduction="mean"):
     """|input - target|, reduced."""
     _check_same_shape(input, target, "l1_loss")
+    input, target = _fused._amp("l1_loss", input, target)
     return _reduce((input - target).abs(), _legacy_reduction(size_average, reduce, reduction))
 
 
@@ -983,6 +988,7 @@ def huber_loss(input, target, reduction="mean", delta=1.0):
     if delta <= 0:
         raise ValueError(f"huber_loss: delta must be positive, got {delta}")
     _check_same_shape(input, target, "huber_loss")
+    input, target = _fused._amp("huber_loss", input, target)
     d = input - target
     a = d.abs()
     loss = where(a._data < delta, d * d * 0.5, (a - 0.5 * delta) * delta)
@@ -995,6 +1001,7 @@ def smooth_l1_loss(input, target, size_average=None, reduce=None, reduction="mea
         raise ValueError(f"smooth_l1_loss: beta must be non-negative, got {beta}")
     _check_same_shape(input, target, "smooth_l1_loss")
     reduction = _legacy_reduction(size_average, reduce, reduction)
+    input, target = _fused._amp("smooth_l1_loss", input, target)
     d = input - target
     a = d.abs()
     if beta == 0:
@@ -1011,6 +1018,7 @@ def binary_cross_entropy_with_logits(
     reduction = _legacy_reduction(size_average, reduce, reduction)
     if input.shape != target.shape:
         raise ValueError(f"Target size ({tuple(target.shape)}) must be the same as input size ({tuple(input.shape)})")
+    input, target = _fused._amp("binary_cross_entropy_with_logits", input, target)
     t = target if target.dtype == input.dtype else target.to(dtype=input.dtype)
     ls = _LogSigmoid.apply(input)
     if pos_weight is not None:
