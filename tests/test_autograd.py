@@ -553,3 +553,28 @@ def test_inplace_on_leaf_under_no_grad_is_allowed(device):
     np.testing.assert_array_equal(npy(w), [1, 3])
     (w * w).sum().backward()
     np.testing.assert_array_equal(npy(w.grad), [2, 6])
+
+
+def test_autograd_grad_runs_only_nodes_leading_to_the_inputs():
+    calls = []
+
+    class Spy(conch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x * 1
+
+        @staticmethod
+        def backward(ctx, g):
+            calls.append(1)
+            return g
+
+    x = conch.randn(3, requires_grad=True)
+    h = Spy.apply(x) * 2  # the graph behind h leads only to x, which is not requested
+    y = (h * h).sum()
+    (g,) = conch.autograd.grad(y, h)
+    np.testing.assert_allclose(g.numpy(), 2 * h.detach().numpy())
+    assert calls == []
+    assert x.grad is None
+    (gx,) = conch.autograd.grad((h * h).sum(), x)  # now x is requested: Spy must run
+    assert calls == [1]
+    np.testing.assert_allclose(gx.numpy(), 8 * x.detach().numpy(), rtol=1e-6)

@@ -46,6 +46,32 @@ def _add(a, b):
     return a + b
 
 
+def _useful_nodes(nodes, capture_leaf, target_nodes):
+    """For each node: does running it send gradient towards a requested leaf or non-leaf? (post-order DFS)"""
+    useful = {}
+    for start in nodes:
+        if start in useful:
+            continue
+        stack = [(start, False)]
+        while stack:
+            n, done = stack.pop()
+            if done:
+                u = False
+                for e in n.next_edges:
+                    if type(e) is tuple:
+                        if e[0] in target_nodes or useful[e[0]]:
+                            u = True
+                            break
+                    elif e is not None and id(e) in capture_leaf:
+                        u = True
+                        break
+                useful[n] = u
+            elif n not in useful:
+                stack.append((n, True))
+                stack.extend((e[0], False) for e in n.next_edges if type(e) is tuple and e[0] not in useful)
+    return useful
+
+
 def run_backward(roots, root_grads, retain_graph=False, create_graph=False, inputs=None, allow_unused=False):
     """Backpropagate ``root_grads`` from ``roots``.
 
@@ -79,6 +105,10 @@ def run_backward(roots, root_grads, retain_graph=False, create_graph=False, inpu
                 if child not in seen:
                     seen.add(child)
                     stack.append(child)
+
+    # autograd.grad: run only nodes that lead to a requested input; a requested non-leaf's own node need
+    # not run (its gradient is captured before it would), nor anything behind it that leads nowhere
+    useful = None if inputs is None else _useful_nodes(seen, capture_leaf, {n for n, _ in capture_node})
 
     # ids of the buffers behind arrays that a leaf's .grad must not share: the caller's gradients and
     # every .grad stored in this pass (Add hands the same array to both inputs; Reshape a view of it)
@@ -133,7 +163,9 @@ def run_backward(roots, root_grads, retain_graph=False, create_graph=False, inpu
                         captured[i] = _add(captured[i], g)
             edges = node.next_edges
             n_in = len(edges)
-            if node.n_outputs == 1:
+            if useful is not None and not useful[node]:
+                has_grad = False
+            elif node.n_outputs == 1:
                 has_grad = grads[0] is not None
             else:
                 has_grad = any(g is not None for g in grads)
