@@ -185,10 +185,10 @@ def run_backward(roots, root_grads, retain_graph=False, create_graph=False, inpu
                             f"but forward took {n_in} arguments"
                         )
                     in_grads = in_grads + (None,) * (n_in - len(in_grads))
+                if not retain_graph:  # only nodes that ran free their buffers, as in PyTorch
+                    node._release()
             else:
                 in_grads = (None,) * n_in
-            if not retain_graph:
-                node._release()
             for e, g, meta in zip(edges, in_grads, node.in_meta):
                 if e is None:
                     continue
