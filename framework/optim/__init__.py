@@ -1,1 +1,21 @@
-"""conch.optim."""
+"""conch.optim: optimizers (SGD, Adam, AdamW, RMSprop, Adagrad) and learning-rate schedulers.
+
+Example::
+
+    opt = conch.optim.AdamW(model.parameters(), lr=1e-3)
+    sched = conch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=100)
+    for x, y in loader:
+        opt.zero_grad()
+        loss_fn(model(x), y).backward()
+        opt.step()
+        sched.step()
+"""
+
+from . import lr_scheduler
+from .adagrad import Adagrad
+from .adam import Adam, AdamW
+from .optimizer import Optimizer, required
+from .rmsprop import RMSprop
+from .sgd import SGD
+
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "lr_scheduler", "required"]

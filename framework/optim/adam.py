@@ -1,0 +1,167 @@
+"""Adam and AdamW (decoupled weight decay), with AMSGrad."""
+
+from __future__ import annotations
+
+from .._backend import xp_of
+from . import optimizer as _o
+from .optimizer import (
+    Optimizer,
+    _addcdiv_,
+    _addcmul_,
+    _chunked,
+    _fused_kernels,
+    _grad_for_update,
+    _is_cupy,
+    _lerp_,
+    _opmath,
+    _scalar_state,
+)
+
+__all__ = ["Adam", "AdamW"]
+
+
+class Adam(Optimizer):
+    r"""Adam (Kingma & Ba), update for update as ``torch.optim.Adam`` (its single-tensor path).
+
+    With ``t`` the step count after increment and ``g`` the gradient (negated when ``maximize``)::
+
+        AdamW (decoupled_weight_decay):  p = p * (1 - lr * weight_decay)
+        Adam:                            g = g + weight_decay * p
+        m = lerp(m, g, 1 - beta1)                  v = beta2 * v + (1 - beta2) * g * g
+        amsgrad: v_max = max(v_max, v), used in place of v below
+        p = p - lr / (1 - beta1**t) * m / (sqrt(v) / sqrt(1 - beta2**t) + eps)
+
+    State per parameter: ``step`` (0-d float32), ``exp_avg``, ``exp_avg_sq`` and, with ``amsgrad``,
+    ``max_exp_avg_sq``.
+
+    ``fused``: ``None`` (default) updates all CuPy parameters of a group with one multi-tensor kernel
+    (``conch.kernels.optim.adam_step``) and NumPy parameters with this per-parameter reference path;
+    ``True``/``False`` force either. Both give the same numbers up to rounding.
+
+    Example::
+
+        opt = conch.optim.Adam(model.parameters(), lr=1e-3, betas=(0.9, 0.999))
+        opt.zero_grad(); loss.backward(); opt.step()
+    """
+
+    _decoupled_default = False
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False, *,
+                 maximize=False, fused=None, decoupled_weight_decay=None):  # fmt: skip
+        if decoupled_weight_decay is None:
+            decoupled_weight_decay = self._decoupled_default
+        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
+                        maximize=maximize, fused=fused, decoupled_weight_decay=decoupled_weight_decay)  # fmt: skip
+        super().__init__(params, defaults)
+
+    def _check_group(self, g):
+        betas = g["betas"]
+        if not 0.0 <= g["lr"]:
+            raise ValueError(f"Invalid learning rate: {g['lr']}")
+        if not 0.0 <= g["eps"]:
+            raise ValueError(f"Invalid epsilon value: {g['eps']}")
+        if len(betas) != 2:
+            raise ValueError(f"betas must be a pair (beta1, beta2), got {betas}")
+        if not 0.0 <= betas[0] < 1.0:
+            raise ValueError(f"Invalid beta parameter at index 0: {betas[0]}")
+        if not 0.0 <= betas[1] < 1.0:
+            raise ValueError(f"Invalid beta parameter at index 1: {betas[1]}")
+        if not 0.0 <= g["weight_decay"]:
+            raise ValueError(f"Invalid weight_decay value: {g['weight_decay']}")
+
+    def _init_state(self, p, state, group):
+        from ..creation import zeros_like
+
+        d = p.detach()
+        state["step"] = _scalar_state(0.0)
+        state["exp_avg"] = zeros_like(d)
+        state["exp_avg_sq"] = zeros_like(d)
+        if group["amsgrad"]:
+            state["max_exp_avg_sq"] = zeros_like(d)
+
+    def _update(self, p, g, state, group):
+        lr, wd = group["lr"], group["weight_decay"]
+        beta1, beta2 = group["betas"]
+        step_t = state["step"]._data
+        step_t += 1
+        step = float(step_t)
+        bias_correction1 = 1 - beta1**step
+        bias_correction2 = 1 - beta2**step
+        vmax = state["max_exp_avg_sq"]._data if group["amsgrad"] else None
+        arrays = (p, g, state["exp_avg"]._data, state["exp_avg_sq"]._data, vmax)
+        _chunked(_adam_single, arrays, self._ws, lr=lr, beta1=beta1, beta2=beta2, eps=group["eps"], weight_decay=wd,
+                 decoupled=group["decoupled_weight_decay"], maximize=group["maximize"],
+                 step_size=lr / bias_correction1, bias_correction2_sqrt=bias_correction2**0.5)  # fmt: skip
+
+    def _step_group(self, group):
+        params = self._params_with_grad(group)
+        if not params:
+            return
+        fused = group.get("fused")
+        if fused is None:
+            fused = all(_is_cupy(p._data) for p in params)
+        k = _fused_kernels() if fused else None
+        if k is None or not all(p._data.flags.c_contiguous for p in params):
+            return super()._step_group(group)
+        by_step = {}
+        for p in params:
+            st = self.state[p]
+            if not st:
+                self._init_state(p, st, group)
+            st["step"]._data += 1
+            by_step.setdefault(float(st["step"]._data), []).append(p)
+        beta1, beta2 = group["betas"]
+        amsgrad = group["amsgrad"]
+        for step, ps in by_step.items():  # one launch unless parameters joined the group at different steps
+            sts = [self.state[p] for p in ps]
+            xp = xp_of(ps[0]._data)
+            k.adam_step(
+                [p._data for p in ps], [xp.ascontiguousarray(p.grad._data) for p in ps],
+                [s["exp_avg"]._data for s in sts], [s["exp_avg_sq"]._data for s in sts],
+                [s["max_exp_avg_sq"]._data for s in sts] if amsgrad else None,
+                lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"],
+                step=int(step), decoupled=group["decoupled_weight_decay"], amsgrad=amsgrad,
+                maximize=group["maximize"],
+            )  # fmt: skip
+            for p in ps:
+                p._version[0] += 1
+
+
+def _adam_single(p, g, m, v, vmax, ws, *, lr, beta1, beta2, eps, weight_decay, decoupled, maximize, step_size,
+                 bias_correction2_sqrt):  # fmt: skip
+    """One Adam update of array ``p`` in place (torch.optim.adam._single_tensor_adam, op for op)."""
+    xp = xp_of(p)
+    opm = _opmath(p.dtype)
+    if weight_decay != 0 and decoupled:
+        xp.multiply(p, opm.type(1 - lr * weight_decay), out=p, dtype=opm)  # param.mul_(1 - lr * weight_decay)
+        weight_decay = 0.0
+    g = _grad_for_update(p, g, maximize, weight_decay, ws)
+    _lerp_(m, g, 1 - beta1, ws)  # exp_avg.lerp_(grad, 1 - beta1)
+    xp.multiply(v, opm.type(beta2), out=v, dtype=opm)  # exp_avg_sq.mul_(beta2)
+    _addcmul_(v, g, g, 1 - beta2, v, ws)  # .addcmul_(grad, grad, value=1 - beta2)
+    if vmax is not None:
+        xp.maximum(vmax, v, out=vmax)  # torch.maximum(max_exp_avg_sqs[i], exp_avg_sq, out=max_exp_avg_sqs[i])
+        v = vmax
+    denom = ws.get("denom", v, v.dtype)
+    _o._sqrt(v, denom, opm)  # (sqrt(v) / bias_correction2_sqrt).add_(eps)
+    xp.divide(denom, opm.type(bias_correction2_sqrt), out=denom, dtype=opm)
+    xp.add(denom, opm.type(eps), out=denom, dtype=opm)
+    _addcdiv_(p, m, denom, -step_size, ws)  # param.addcdiv_(exp_avg, denom, value=-step_size)
+
+
+class AdamW(Adam):
+    r"""Adam with decoupled weight decay (Loshchilov & Hutter), as ``torch.optim.AdamW``::
+
+        p = p * (1 - lr * weight_decay), then the Adam update without an L2 term.
+
+    Example::
+
+        opt = conch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.1)
+    """
+
+    _decoupled_default = True
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False, *,
+                 maximize=False, fused=None):  # fmt: skip
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
+                         maximize=maximize, fused=fused, decoupled_weight_decay=True)  # fmt: skip

@@ -1,0 +1,498 @@
+"""Optimizer base class: parameter groups, per-parameter state and state dicts in PyTorch's layout.
+
+A subclass writes only two methods, in the style of MLX's ``init_single``/``apply_single``:
+
+* ``_init_state(p, state, group)`` fills the (empty) state dict of parameter ``p`` on its first step;
+* ``_update(p, g, state, group)`` applies one update to the arrays ``p`` (parameter, modified in place)
+  and ``g`` (its gradient, read only) using the state tensors in ``state``.
+
+The base class loops over groups and parameters under ``no_grad``, bumps each updated parameter's version
+counter (so a graph that saved the old value refuses to backward), and packs and unpacks state dicts with
+integer parameter ids exactly as ``torch.optim.Optimizer`` does, so a fresh optimizer that loads a saved
+state continues bit for bit.
+
+The module also holds the array helpers that reproduce PyTorch's CPU pointwise kernels rounding for rounding
+(``_fma``, ``_lerp_``, ...), so each optimizer's update reads like the torch.optim source it mirrors.
+
+Example::
+
+    opt = conch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    for x, y in loader:
+        opt.zero_grad()
+        loss_fn(model(x), y).backward()
+        opt.step()
+    conch.save(opt.state_dict(), "opt.safetensors")
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from collections import defaultdict
+from itertools import chain
+
+import numpy as np
+
+from .._backend import xp_of
+from ..autograd.grad_mode import enable_grad, no_grad
+from ..tensor import Tensor
+
+__all__ = ["Optimizer", "required"]
+
+
+class _RequiredParameter:
+    """Marks a hyperparameter that every parameter group must give (``SGD``'s ``lr`` in older PyTorch)."""
+
+    def __repr__(self):
+        return "<required parameter>"
+
+
+required = _RequiredParameter()
+
+_F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Array helpers: PyTorch's CPU kernels, rounding included.
+#
+# torch's vectorised CPU kernels compute add-with-alpha, lerp and addcmul with a fused multiply-add
+# (vec::fmadd: one rounding), while mul, div, sqrt, addcdiv are separately rounded float32 operations. NumPy
+# has no fma, so _fma forms the exact float32 x float32 product in float64 (48 significant bits fit in 53),
+# adds in float64 and rounds to float32: the same result as a true fma except in the rare case where the
+# float64 sum lands exactly on a float32 rounding tie. Python scalars are rounded to float32 first, as torch
+# converts a Scalar to the tensor's (op-math) type. Every helper writes into ``out``, which may alias an input.
+# ------------------------------------------------------------------------------------------------------------
+
+
+def _opmath(dtype):
+    """The dtype torch computes in for a tensor of ``dtype``: float64 for float64, float32 otherwise."""
+    return _F64 if dtype == _F64 else _F32
+
+
+class _Workspace:
+    """Scratch arrays reused across steps (one per slot, dtype and device), grown to the largest parameter.
+
+    Allocating a fresh multi-megabyte temporary per operation costs page faults on every step; reusing
+    these buffers keeps the reference path's cost at its arithmetic.
+    """
+
+    def __init__(self):
+        self._bufs = {}
+
+    def get(self, slot, like, dtype):
+        xp = xp_of(like)
+        dev = None if xp is np else like.device.id
+        key = (slot, np.dtype(dtype).str, dev)
+        buf = self._bufs.get(key)
+        if buf is None or buf.size < like.size:
+            buf = xp.empty(max(like.size, 1), dtype=dtype)
+            self._bufs[key] = buf
+        return buf[: like.size].reshape(like.shape)
+
+    def clear(self):
+        self._bufs.clear()
+
+
+def _round_into(out, w):
+    """Store float64 ``w`` into ``out``; low-precision outputs round through float32 as torch's opmath does."""
+    xp = xp_of(out)
+    if out.dtype == _F32 or out.dtype == _F64:
+        xp.copyto(out, w, casting="unsafe")
+    else:
+        xp.copyto(out, w.astype(_F32), casting="unsafe")
+
+
+def _fma(a, b, c, out, ws):
+    """``out = a * b + c`` with one rounding (torch's ``c.add(a, alpha=b)``, ``lerp``, ``addcmul``)."""
+    xp = xp_of(out)
+    w = ws.get("fma", out, _F64)
+    xp.multiply(a, b, out=w, dtype=_F64)
+    xp.add(w, c, out=w, dtype=_F64)
+    _round_into(out, w)
+    return out
+
+
+def _lerp_(start, end, weight, ws):
+    """``start.lerp_(end, weight)`` for a Python-float weight, in place on ``start``.
+
+    torch: ``start + w * (end - start)`` when ``|w| < 0.5``, else ``end - (1 - w) * (end - start)``, each
+    as one fma with the weight (and ``w - 1``) rounded to the op-math type.
+    """
+    xp = xp_of(start)
+    opm = _opmath(start.dtype)
+    w = opm.type(weight)
+    small = abs(w) < 0.5
+    coeff = w if small else w - opm.type(1)
+    d = ws.get("lerp", start, opm)
+    xp.subtract(end, start, out=d, dtype=opm)
+    return _fma(coeff, d, start if small else end, start, ws)
+
+
+def _sqrt(a, out, dtype):
+    """``out = sqrt(a)``, correctly rounded. (PyTorch's CPU sqrt is a SIMD approximation within 1 ulp that
+    differs from the exact one in about 0.5% of float32 elements: the one place where the reference path is
+    not bit-identical. Tests swap this function for torch's to check everything else bit for bit.)"""
+    return xp_of(out).sqrt(a, out=out, dtype=dtype)
+
+
+def _addcmul_(t, a, b, value, out, ws):
+    """``out = t.addcmul(a, b, value=value)``: ``t + (value * a) * b`` with the last two steps fused."""
+    xp = xp_of(out)
+    opm = _opmath(out.dtype)
+    if value == 1:
+        return _fma(a, b, t, out, ws)
+    va = ws.get("addcmul", a, opm)
+    xp.multiply(a, opm.type(value), out=va, dtype=opm)
+    return _fma(va, b, t, out, ws)
+
+
+def _addcdiv_(t, a, b, value, ws):
+    """``t.addcdiv_(a, b, value=value)`` in place: ``t + (value * a) / b``, each step rounded."""
+    xp = xp_of(t)
+    opm = _opmath(t.dtype)
+    q = ws.get("addcdiv", t, opm)
+    if value == 1:
+        xp.divide(a, b, out=q, dtype=opm)
+    else:
+        xp.multiply(a, opm.type(value), out=q, dtype=opm)
+        xp.divide(q, b, out=q, dtype=opm)
+    xp.add(t, q, out=t, dtype=opm)
+    return t
+
+
+def _grad_for_update(p, g, maximize, weight_decay, ws):
+    """The gradient an update uses: ``-g`` when maximising, plus ``weight_decay * p`` (L2), never ``g`` itself.
+
+    Mirrors torch's ``grad = -grad if maximize`` and ``grad = grad.add(param, alpha=weight_decay)``; the
+    result lives in a workspace buffer so the user's ``.grad`` is left untouched.
+    """
+    if maximize:
+        xp = xp_of(g)
+        neg = ws.get("neg", g, g.dtype)
+        xp.negative(g, out=neg)
+        g = neg
+    if weight_decay != 0:
+        out = ws.get("wdgrad", g, g.dtype)
+        _fma(p, _opmath(p.dtype).type(weight_decay), g, out, ws)
+        g = out
+    return g
+
+
+_CHUNK = 16384  # elements per piece of a large update: its temporaries then stay in the L2 cache
+
+
+def _chunked(fn, arrays, ws, *args, **kwargs):
+    """Run the elementwise update ``fn(*arrays, ws, *args, **kwargs)`` over cache-sized pieces of the arrays.
+
+    ``arrays[0]`` is the parameter, ``arrays[1]`` its gradient (only read), the rest state (``None`` allowed).
+    An elementwise update gives the same bits piece by piece; on NumPy the pieces are about 1.5x faster
+    than whole-array passes, whose float64 temporaries spill to main memory. CuPy arrays, small arrays and
+    non-contiguous parameters or state run in one call.
+    """
+    p = arrays[0]
+    n = p.size
+    if (
+        n <= 2 * _CHUNK
+        or not isinstance(p, np.ndarray)
+        or any(a is not None and not a.flags.c_contiguous for i, a in enumerate(arrays) if i != 1)
+    ):
+        return fn(*arrays, ws, *args, **kwargs)
+    flat = [None if a is None else (np.ascontiguousarray(a) if i == 1 else a).reshape(-1) for i, a in enumerate(arrays)]
+    for s in range(0, n, _CHUNK):
+        fn(*[None if a is None else a[s : s + _CHUNK] for a in flat], ws, *args, **kwargs)
+
+
+def _scalar_state(value=0.0):
+    """A 0-d float32 CPU tensor, as torch keeps ``state["step"]``."""
+    return Tensor._make(np.array(value, dtype=np.float32))
+
+
+def _is_cupy(a):
+    return not isinstance(a, np.ndarray)
+
+
+_FUSED = []
+
+
+def _fused_kernels():
+    """``conch.kernels.optim`` (multi-tensor Adam/SGD kernels), or ``None`` when it cannot be imported."""
+    if not _FUSED:
+        try:
+            from conch.kernels import optim as k
+        except ImportError:
+            k = None
+        _FUSED.append(k)
+    return _FUSED[0]
+
+
+# ------------------------------------------------------------------------------------------------------------
+
+
+class Optimizer:
+    """Base class of every optimizer (PyTorch's ``torch.optim.Optimizer`` interface).
+
+    ``params`` is an iterable of tensors, of ``(name, tensor)`` pairs, or of dicts (parameter groups) each
+    with a ``"params"`` entry and optional per-group hyperparameters; ``defaults`` fills in the rest.
+
+    Attributes: ``param_groups`` (list of dicts), ``state`` (parameter -> dict of state tensors),
+    ``defaults``.
+    """
+
+    def __init__(self, params, defaults):
+        self.defaults = dict(defaults)
+        self.state = defaultdict(dict)
+        self.param_groups = []
+        self._ws = _Workspace()
+        self._opt_called = False
+        if isinstance(params, Tensor):
+            raise TypeError(
+                "params argument given to the optimizer should be an iterable of Tensors or dicts, but got a Tensor"
+            )
+        if isinstance(params, dict):
+            raise TypeError(
+                "params argument given to the optimizer should be an iterable of Tensors or dicts, but got a dict "
+                "(use [dict] for one parameter group, or model.parameters())"
+            )
+        if isinstance(params, (set, frozenset)):
+            raise TypeError(
+                "optimizer parameters need to be organized in ordered collections, but the ordering of tensors "
+                "in sets will change between runs. Please use a list instead."
+            )
+        groups = list(params)
+        if not groups:
+            raise ValueError("optimizer got an empty parameter list")
+        if not isinstance(groups[0], dict):
+            groups = [{"params": groups}]
+        for g in groups:
+            self.add_param_group(dict(g))
+
+    # -------------------------------------------------------------------------------- groups
+    def add_param_group(self, param_group):
+        """Add a group of parameters (a dict with ``"params"``; missing hyperparameters come from defaults)."""
+        if not isinstance(param_group, dict):
+            raise TypeError(f"param_group must be a dict, but got {type(param_group).__name__}")
+        if "params" not in param_group:
+            raise ValueError("param_group must have a 'params' entry")
+        params = param_group["params"]
+        if isinstance(params, Tensor):
+            params = [params]
+        elif isinstance(params, set):
+            raise TypeError(
+                "optimizer parameters need to be organized in ordered collections, but the ordering of tensors "
+                "in sets will change between runs. Please use a list instead."
+            )
+        else:
+            params = list(params)
+        names, tensors = [], []
+        for p in params:
+            if isinstance(p, tuple) and len(p) == 2 and isinstance(p[0], str):
+                names.append(p[0])
+                p = p[1]
+            tensors.append(p)
+        if names:
+            if len(names) != len(tensors):
+                raise ValueError("all optimizer params should be with/without names. Some param names are missing")
+            param_group["param_names"] = names
+        for p in tensors:
+            if not isinstance(p, Tensor):
+                raise TypeError(f"optimizer can only optimize Tensors, but one of the params is {type(p).__name__}")
+            if p.grad_fn is not None:
+                raise ValueError("can't optimize a non-leaf Tensor")
+        param_group["params"] = tensors
+        for name, default in self.defaults.items():
+            if default is required and name not in param_group:
+                raise ValueError(f"parameter group didn't specify a value of required optimization parameter {name}")
+            param_group.setdefault(name, default)
+        ids = [id(p) for p in tensors]
+        if len(ids) != len(set(ids)):
+            warnings.warn(
+                "optimizer contains a parameter group with duplicate parameters; in future, this will cause an "
+                "error; see github.com/pytorch/pytorch/issues/40967 for more information",
+                stacklevel=3,
+            )
+        seen = set()
+        for g in self.param_groups:
+            seen.update(id(p) for p in g["params"])
+            if ("param_names" in g) != ("param_names" in param_group):
+                raise ValueError("all optimizer param groups should be with/without names")
+        if not seen.isdisjoint(ids):
+            raise ValueError("some parameters appear in more than one parameter group")
+        self._check_group(param_group)
+        self.param_groups.append(param_group)
+
+    def _check_group(self, group):
+        """Validate a group's hyperparameters (subclasses raise ValueError naming the bad value)."""
+
+    # -------------------------------------------------------------------------------- stepping
+    def zero_grad(self, set_to_none=True):
+        """Reset every parameter's gradient: to ``None`` (default, frees memory) or to zeros in place."""
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if set_to_none:
+                    p.grad = None
+                else:
+                    if p.grad.grad_fn is not None:
+                        p.grad = p.grad.detach()
+                    else:
+                        p.grad.requires_grad = False
+                    p.grad._data.fill(0)
+
+    def step(self, closure=None):
+        """Update every parameter that has a gradient; ``closure`` (re-evaluates and returns the loss) is optional.
+
+        Returns the closure's loss, or ``None``.
+        """
+        loss = None
+        if closure is not None:
+            with enable_grad():
+                loss = closure()
+        with no_grad():
+            for group in self.param_groups:
+                self._step_group(group)
+        self._opt_called = True
+        return loss
+
+    def _step_group(self, group):
+        """One update of every parameter of ``group`` that has a gradient (the per-parameter reference path)."""
+        for p in group["params"]:
+            g = p.grad
+            if g is None:
+                continue
+            if g.shape != p.shape:
+                raise RuntimeError(f"gradient of shape {g.shape} does not match its parameter of shape {p.shape}")
+            state = self.state.get(p)
+            if not state:
+                state = {}
+                self._init_state(p, state, group)
+            self._update(p._data, g._data, state, group)
+            if state:  # optimizers without state (plain SGD) keep none, as in PyTorch's state_dict
+                self.state[p] = state
+            p._version[0] += 1
+
+    def _params_with_grad(self, group):
+        out = []
+        for p in group["params"]:
+            if p.grad is not None:
+                if p.grad.shape != p.shape:
+                    raise RuntimeError(
+                        f"gradient of shape {p.grad.shape} does not match its parameter of shape {p.shape}"
+                    )
+                out.append(p)
+        return out
+
+    def _init_state(self, p, state, group):
+        """Fill ``state`` for parameter ``p`` before its first update (subclasses)."""
+
+    def _update(self, p, g, state, group):
+        """Apply one update to array ``p`` in place from gradient array ``g`` (subclasses)."""
+        raise NotImplementedError
+
+    # -------------------------------------------------------------------------------- state dicts
+    def state_dict(self):
+        """``{"state": {id: {...}}, "param_groups": [{..., "params": [ids]}]}`` with integer ids in group order.
+
+        As in PyTorch, the state tensors are the optimizer's own (not copies): save or clone them before
+        stepping again if a snapshot is needed.
+        """
+        mapping = {}
+        start = 0
+        groups = []
+        for g in self.param_groups:
+            packed = {k: v for k, v in g.items() if k != "params"}
+            for i, p in enumerate(g["params"], start):
+                mapping.setdefault(id(p), i)
+            packed["params"] = [mapping[id(p)] for p in g["params"]]
+            start += len(packed["params"])
+            groups.append(packed)
+        state = {}
+        for k, v in self.state.items():
+            state[mapping[id(k)] if isinstance(k, Tensor) else k] = v
+        return {"state": state, "param_groups": groups}
+
+    def load_state_dict(self, state_dict):
+        """Load a state dict made by :meth:`state_dict` (this or a same-shaped optimizer; ids may be str).
+
+        State tensors are copied onto each parameter's device (and dtype, except ``step``), so the loaded
+        optimizer never shares arrays with ``state_dict``.
+        """
+        if not isinstance(state_dict, dict) or "state" not in state_dict or "param_groups" not in state_dict:
+            raise ValueError("optimizer state_dict must be a dict with 'state' and 'param_groups' entries")
+        groups = self.param_groups
+        saved_groups = copy.deepcopy(state_dict["param_groups"])
+        if len(groups) != len(saved_groups):
+            raise ValueError(
+                f"loaded state dict has a different number of parameter groups ({len(saved_groups)}) than the "
+                f"optimizer ({len(groups)})"
+            )
+        for i, (g, sg) in enumerate(zip(groups, saved_groups)):
+            if len(g["params"]) != len(sg["params"]):
+                raise ValueError(
+                    f"loaded state dict contains a parameter group (index {i}, {len(sg['params'])} parameters) "
+                    f"that doesn't match the size of optimizer's group ({len(g['params'])} parameters)"
+                )
+        id_map = {}
+        for saved_id, p in zip(
+            chain.from_iterable(g["params"] for g in saved_groups), chain.from_iterable(g["params"] for g in groups)
+        ):
+            id_map[_norm_id(saved_id)] = p
+        state = defaultdict(dict)
+        for k, v in state_dict["state"].items():
+            p = id_map.get(_norm_id(k))
+            if p is None:
+                state[k] = copy.deepcopy(v)
+                continue
+            if not isinstance(v, dict):
+                raise ValueError(f"state of parameter {k} must be a dict, got {type(v).__name__}")
+            state[p] = {key: _cast_state(p, key, val) for key, val in v.items()}
+        new_groups = []
+        for g, sg in zip(groups, saved_groups):
+            sg["params"] = g["params"]
+            if "param_names" in g and "param_names" not in sg:
+                sg["param_names"] = g["param_names"]
+            if isinstance(sg.get("betas"), list):
+                sg["betas"] = tuple(sg["betas"])
+            new_groups.append(sg)
+        self.state = state
+        self.param_groups = new_groups
+
+    def __repr__(self):
+        lines = [self.__class__.__name__ + " ("]
+        for i, g in enumerate(self.param_groups):
+            lines.append(f"Parameter Group {i}")
+            for k in sorted(g):
+                if k != "params":
+                    lines.append(f"    {k}: {g[k]}")
+        lines.append(")")
+        return "\n".join(lines)
+
+
+def _norm_id(k):
+    if isinstance(k, str) and k.lstrip("-").isdigit():
+        return int(k)
+    return k
+
+
+def _cast_state(p, key, value):
+    """A copy of a loaded state value placed like torch does: tensors on p's device, float ones in p's dtype."""
+    if not isinstance(value, Tensor) and (isinstance(value, np.ndarray) or hasattr(value, "__dlpack__")):
+        from ..creation import from_dlpack
+
+        value = from_dlpack(value.detach() if hasattr(value, "detach") else value)  # NumPy, PyTorch, CuPy...
+    if isinstance(value, Tensor):
+        if key == "step":
+            return Tensor._make(np.array(value.cpu()._data, dtype=np.float32, copy=True))
+        arr = value._data
+        dev = p.device
+        out = value.to(device=dev, dtype=p.dtype if p.is_floating_point() and value.is_floating_point() else None)
+        if out._data is arr:
+            out = Tensor._make(arr.copy())
+        return Tensor._make(out._data)
+    if key == "step" and isinstance(value, (int, float)):
+        return _scalar_state(float(value))
+    if isinstance(value, dict):
+        return {k: _cast_state(p, k, v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_cast_state(p, None, v) for v in value)
+    return copy.deepcopy(value)

@@ -1,0 +1,81 @@
+"""RMSprop (Hinton), with momentum and the centered variant."""
+
+from __future__ import annotations
+
+from .._backend import xp_of
+from . import optimizer as _o
+from .optimizer import Optimizer, _addcdiv_, _addcmul_, _chunked, _fma, _grad_for_update, _lerp_, _opmath, _scalar_state
+
+__all__ = ["RMSprop"]
+
+
+class RMSprop(Optimizer):
+    r"""RMSprop, update for update as ``torch.optim.RMSprop`` (its single-tensor path)::
+
+        g = -grad if maximize else grad;  g = g + weight_decay * p       (weight_decay != 0)
+        v = alpha * v + (1 - alpha) * g * g
+        centered:  g_avg = lerp(g_avg, g, 1 - alpha);  avg = sqrt(v - g_avg * g_avg) + eps
+        otherwise: avg = sqrt(v) + eps
+        momentum > 0:  buf = momentum * buf + g / avg;  p = p - lr * buf
+        otherwise:     p = p - lr * g / avg
+
+    State per parameter: ``step``, ``square_avg``, ``momentum_buffer`` (momentum > 0), ``grad_avg``
+    (centered).
+
+    Example::
+
+        opt = conch.optim.RMSprop(model.parameters(), lr=1e-2, alpha=0.99, momentum=0.9, centered=True)
+    """
+
+    def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False, *,
+                 maximize=False):  # fmt: skip
+        defaults = dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum,
+                        centered=centered, maximize=maximize)  # fmt: skip
+        super().__init__(params, defaults)
+
+    def _check_group(self, g):
+        for key in ("lr", "eps", "momentum", "weight_decay", "alpha"):
+            if not 0.0 <= g[key]:
+                raise ValueError(f"Invalid {'alpha' if key == 'alpha' else key} value: {g[key]}")
+
+    def _init_state(self, p, state, group):
+        from ..creation import zeros_like
+
+        d = p.detach()
+        state["step"] = _scalar_state(0.0)
+        state["square_avg"] = zeros_like(d)
+        if group["momentum"] > 0:
+            state["momentum_buffer"] = zeros_like(d)
+        if group["centered"]:
+            state["grad_avg"] = zeros_like(d)
+
+    def _update(self, p, g, state, group):
+        state["step"]._data += 1
+        ga = state["grad_avg"]._data if group["centered"] else None
+        buf = state["momentum_buffer"]._data if group["momentum"] > 0 else None
+        _chunked(_rmsprop_single, (p, g, state["square_avg"]._data, ga, buf), self._ws, lr=group["lr"],
+                 alpha=group["alpha"], eps=group["eps"], weight_decay=group["weight_decay"],
+                 momentum=group["momentum"], maximize=group["maximize"])  # fmt: skip
+
+
+def _rmsprop_single(p, g, sq, ga, buf, ws, *, lr, alpha, eps, weight_decay, momentum, maximize):
+    """One RMSprop update of array ``p`` in place (torch.optim.rmsprop._single_tensor_rmsprop, op for op)."""
+    xp = xp_of(p)
+    opm = _opmath(p.dtype)
+    g = _grad_for_update(p, g, maximize, weight_decay, ws)
+    xp.multiply(sq, opm.type(alpha), out=sq, dtype=opm)  # square_avg.mul_(alpha)
+    _addcmul_(sq, g, g, 1 - alpha, sq, ws)  # .addcmul_(grad, grad, value=1 - alpha)
+    avg = ws.get("avg", sq, sq.dtype)
+    if ga is not None:
+        _lerp_(ga, g, 1 - alpha, ws)  # grad_avg.lerp_(grad, 1 - alpha)
+        _addcmul_(sq, ga, ga, -1, avg, ws)  # square_avg.addcmul(grad_avg, grad_avg, value=-1).sqrt_()
+        _o._sqrt(avg, avg, opm)
+    else:
+        _o._sqrt(sq, avg, opm)  # square_avg.sqrt()
+    xp.add(avg, opm.type(eps), out=avg, dtype=opm)  # avg.add_(eps)
+    if buf is not None:
+        xp.multiply(buf, opm.type(momentum), out=buf, dtype=opm)  # buf.mul_(momentum).addcdiv_(grad, avg)
+        _addcdiv_(buf, g, avg, 1, ws)
+        _fma(buf, opm.type(-lr), p, p, ws)  # param.add_(buf, alpha=-lr)
+    else:
+        _addcdiv_(p, g, avg, -lr, ws)  # param.addcdiv_(grad, avg, value=-lr)

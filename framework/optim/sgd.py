@@ -1,0 +1,116 @@
+"""Stochastic gradient descent with momentum, dampening, Nesterov momentum and L2 weight decay."""
+
+from __future__ import annotations
+
+from .._backend import xp_of
+from ..tensor import Tensor
+from .optimizer import Optimizer, _chunked, _fma, _fused_kernels, _grad_for_update, _is_cupy, _opmath
+
+__all__ = ["SGD"]
+
+
+class SGD(Optimizer):
+    r"""SGD, update for update as ``torch.optim.SGD`` (its single-tensor path)::
+
+        g = -grad if maximize else grad
+        g = g + weight_decay * p                                        (weight_decay != 0)
+        buf = g  (first step),  buf = momentum * buf + (1 - dampening) * g   (momentum != 0)
+        g = g + momentum * buf  if nesterov  else  buf
+        p = p - lr * g
+
+    State per parameter: ``momentum_buffer`` (only with ``momentum != 0``).
+
+    ``fused``: ``None`` (default) runs the multi-tensor kernel of ``conch.kernels.optim`` for CuPy parameters
+    and this per-parameter reference path for NumPy ones; ``True``/``False`` force either.
+
+    Example::
+
+        opt = conch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True)
+        opt.zero_grad(); loss.backward(); opt.step()
+    """
+
+    def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False, *,
+                 maximize=False, fused=None):  # fmt: skip
+        defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
+                        nesterov=nesterov, maximize=maximize, fused=fused)  # fmt: skip
+        super().__init__(params, defaults)
+
+    def _check_group(self, g):
+        if not 0.0 <= g["lr"]:
+            raise ValueError(f"Invalid learning rate: {g['lr']}")
+        if g["momentum"] < 0.0:
+            raise ValueError(f"Invalid momentum value: {g['momentum']}")
+        if g["weight_decay"] < 0.0:
+            raise ValueError(f"Invalid weight_decay value: {g['weight_decay']}")
+        if g["nesterov"] and (g["momentum"] <= 0 or g["dampening"] != 0):
+            raise ValueError("Nesterov momentum requires a momentum and zero dampening")
+
+    def _update(self, p, g, state, group):
+        momentum = group["momentum"]
+        buf = None
+        first = False
+        if momentum != 0:
+            buf_t = state.get("momentum_buffer")
+            first = buf_t is None
+            if first:
+                buf_t = state["momentum_buffer"] = Tensor._make(xp_of(p).empty_like(p, order="C"))
+            buf = buf_t._data
+        _chunked(_sgd_single, (p, g, buf), self._ws, lr=group["lr"], momentum=momentum,
+                 dampening=group["dampening"], weight_decay=group["weight_decay"], nesterov=group["nesterov"],
+                 maximize=group["maximize"], first_step=first)  # fmt: skip
+
+    def _step_group(self, group):
+        params = self._params_with_grad(group)
+        if not params:
+            return
+        fused = group.get("fused")
+        if fused is None:
+            fused = all(_is_cupy(p._data) for p in params)
+        k = _fused_kernels() if fused else None
+        if k is None or not all(p._data.flags.c_contiguous for p in params):
+            return super()._step_group(group)
+        momentum = group["momentum"]
+        # Parameters whose momentum buffer does not exist yet take torch's first-step rule (buf = grad): one
+        # launch for them and one for the rest.
+        parts = {True: [], False: []}
+        for p in params:
+            first = momentum != 0 and self.state.get(p, {}).get("momentum_buffer") is None
+            parts[first].append(p)
+        for first, ps in parts.items():
+            if not ps:
+                continue
+            bufs = None
+            if momentum != 0:
+                from ..creation import zeros_like
+
+                for p in ps:
+                    if first:
+                        self.state[p]["momentum_buffer"] = zeros_like(p.detach())
+                bufs = [self.state[p]["momentum_buffer"]._data for p in ps]
+            xp = xp_of(ps[0]._data)
+            k.sgd_step(
+                [p._data for p in ps], [xp.ascontiguousarray(p.grad._data) for p in ps], bufs,
+                lr=group["lr"], momentum=momentum, dampening=group["dampening"],
+                weight_decay=group["weight_decay"], nesterov=group["nesterov"], first_step=first,
+                maximize=group["maximize"],
+            )  # fmt: skip
+            for p in ps:
+                p._version[0] += 1
+
+
+def _sgd_single(p, g, buf, ws, *, lr, momentum, dampening, weight_decay, nesterov, maximize, first_step):
+    """One SGD update of array ``p`` in place (torch.optim.sgd._single_tensor_sgd, op for op)."""
+    xp = xp_of(p)
+    opm = _opmath(p.dtype)
+    g = _grad_for_update(p, g, maximize, weight_decay, ws)
+    if momentum != 0:
+        if first_step:
+            xp.copyto(buf, g)  # buf = grad.detach().clone()
+        else:
+            xp.multiply(buf, opm.type(momentum), out=buf, dtype=opm)  # buf.mul_(momentum)
+            _fma(g, opm.type(1 - dampening), buf, buf, ws)  # .add_(grad, alpha=1 - dampening)
+        if nesterov:
+            g = _fma(buf, opm.type(momentum), g, ws.get("nesterov", g, g.dtype), ws)  # grad.add(buf, alpha=momentum)
+        else:
+            g = buf
+    _fma(g, opm.type(-lr), p, p, ws)  # param.add_(grad, alpha=-lr)
