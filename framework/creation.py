@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numbers
+import sys
 
 import numpy as np
 
@@ -14,18 +15,20 @@ from .tensor import Tensor
 
 # ---------------------------------------------------------------- random state
 
-_state = {"np": np.random.default_rng(0), "seed": 0, "philox": [0, 0]}
+_state = {"np": np.random.default_rng(0), "seed": 0, "philox": [0, 0], "cupy": [0, 0]}
 
 
 def manual_seed(seed: int):
-    """Seed every generator: NumPy's (CPU tensors), CuPy's (GPU tensors), and dropout's counter."""
+    """Seed every generator: NumPy's (CPU tensors), the GPU counter generator, and dropout's counter."""
     seed = int(seed)
     _state["np"] = np.random.default_rng(seed)
     _state["seed"] = seed
     _state["philox"] = [seed & 0x7FFFFFFF, 0]
-    cp = _cupy.get_cupy() if "cupy" in __import__("sys").modules else None
-    if cp is not None:
-        cp.random.seed(seed)
+    _state["cupy"] = [seed, 0]
+    if "cupy" in sys.modules:  # also CuPy's own global generator, for code that calls cupy.random directly
+        cp = _cupy.get_cupy()
+        if cp is not None:
+            cp.random.seed(seed)
     return seed
 
 
@@ -37,12 +40,17 @@ def initial_seed() -> int:
 
 
 def get_rng_state():
-    """The whole RNG state as a plain dict (JSON-able): NumPy generator state and the dropout counter."""
-    st = {"np": _state["np"].bit_generator.state, "philox": list(_state["philox"]), "seed": _state["seed"]}
-    cp = _cupy.get_cupy() if "cupy" in __import__("sys").modules else None
-    if cp is not None:
-        st["cupy"] = _cupy_state(cp)
-    return st
+    """The whole RNG state as a plain dict (JSON-able): NumPy's generator, the GPU and dropout counters.
+
+    GPU random numbers come from a Philox generator keyed on ``(seed, counter)``, so the GPU state is
+    two integers and a state saved on a GPU machine restores on a CPU-only one.
+    """
+    return {
+        "np": _state["np"].bit_generator.state,
+        "philox": list(_state["philox"]),
+        "seed": _state["seed"],
+        "cupy": list(_state["cupy"]),
+    }
 
 
 def set_rng_state(st):
@@ -51,19 +59,7 @@ def set_rng_state(st):
     _state["np"] = np.random.Generator(bg)
     _state["philox"] = list(st["philox"])
     _state["seed"] = st.get("seed", 0)
-    if "cupy" in st:
-        cp = require_cupy()
-        _set_cupy_state(cp, st["cupy"])
-
-
-def _cupy_state(cp):
-    # CuPy's generator has no portable state API; conch draws GPU random numbers from a
-    # counter on top of a seed so its state is two integers.
-    return list(_state.setdefault("cupy", [0, 0]))
-
-
-def _set_cupy_state(cp, st):
-    _state["cupy"] = list(st)
+    _state["cupy"] = list(st.get("cupy", [_state["seed"], 0]))
 
 
 def philox_seed_offset(n: int):
@@ -77,7 +73,7 @@ def _generator(dev):
     if dev.type == "cpu":
         return _state["np"]
     cp = require_cupy()
-    st = _state.setdefault("cupy", [_state["seed"], 0])
+    st = _state["cupy"]
     st[1] += 1
     with cp.cuda.Device(dev.index):
         return cp.random.Generator(cp.random.Philox4x3210(seed=st[0] * 1000003 + st[1]))

@@ -122,13 +122,7 @@ def load_checkpoint(path, model=None, optimizer=None, scheduler=None, scaler=Non
     if loader is not None:
         loader.load_state_dict(need("loader"))
     if restore_rng and ckpt.get("rng") is not None:
-        rng = _plain(ckpt["rng"])
-        if "cupy" in rng:
-            from ._backend import cuda
-
-            if not cuda.is_available():  # a GPU run resumed on a CPU-only machine: no GPU stream to restore
-                rng.pop("cupy")
-        set_rng_state(rng)
+        set_rng_state(_plain(ckpt["rng"]))
     return ckpt
 
 
