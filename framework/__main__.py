@@ -1,4 +1,4 @@
-"""The ``conch`` command: ``conch info``, ``conch demo`` (and, as they land, ``train`` and ``bench``)."""
+"""The ``conch`` command: ``conch train``, ``conch bench``, ``conch info``, ``conch demo``."""
 
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ def _demo(args):
         loss.backward()
         with conch.no_grad():
             for p in params:
-                p -= 0.1 * p.grad
+                p -= 0.01 * p.grad
         if step % (args.steps // 10) == 0:
             print(f"step {step:5d}  loss {loss.item():.5f}")
     print(f"final loss: {float(np.asarray(loss.item())):.5f}")
@@ -69,8 +69,17 @@ def main(argv=None):
     d = sub.add_parser("demo", help="fit a small MLP with autograd on synthetic data")
     d.add_argument("--steps", type=int, default=500)
     d.set_defaults(fn=_demo)
+    from . import train
+
+    train.add_parser(sub)
+    try:
+        from . import bench
+    except ImportError:  # the benchmark command needs the benchmarks' own helpers
+        bench = None
+    if bench is not None and hasattr(bench, "add_parser"):
+        bench.add_parser(sub)
     args = parser.parse_args(argv)
-    return args.fn(args)
+    return args.fn(args) or 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,798 @@
+"""Benchmark harness: timing (CuPy events or perf_counter), measured peaks, checks, tables, JSON and plots.
+
+A *case* is a dict (the contract every ``benchmarks/bench_<family>.py`` follows through ``cases(size)``)::
+
+    name           str        op name, e.g. "matmul", "softmax_fwd"
+    shape          tuple      problem shape (the last entry is what ``--sizes`` filters on)
+    dtype          str        "float16", "bfloat16", "float32", "tf32", ... (aliases fp16/bf16/fp32 accepted)
+    flops          int        floating-point operations of one call (0 for memory-bound ops)
+    bytes          int        fewest bytes one call must move (each input read once, each output written once)
+    run            callable   zero-arg: conch's kernel on pre-allocated arrays
+    baseline_name  str        what ``baseline`` is ("cupy.matmul (cuBLAS)", "numpy composition", ...)
+    baseline       callable   zero-arg: the baseline on the same arrays
+    check          callable   zero-arg: max relative error of conch's result against the baseline (float)
+
+Optional keys: ``tol`` (overrides the per-dtype tolerance), ``torch`` (zero-arg callable: PyTorch on the
+same problem) or ``torch_factory`` (zero-arg, returns that callable or None; called just before timing so
+PyTorch's inputs live for one case only), ``torch_name``, ``runs``/``baselines`` (lists of zero-arg
+callables over distinct input sets, rotated between repeats so inputs that fit in L2 are not timed from
+cache), ``size`` (x value for plots).
+
+One call is timed as the median of ``repeats`` timed calls after warm-up (the check runs first and doubles
+as the first warm-up, so compilation and autotuning stay out of the numbers). On the GPU each call sits
+between two CuPy events on the current stream; when neither rotation sets nor a working set larger than
+four L2 caches are there, L2 is flushed (a memset of a 256 MiB buffer) before every timed call, outside
+the events. On the CPU, ``time.perf_counter`` around each call.
+
+Throughput: a case with ``flops`` is compute-bound when ``flops / peak_flops >= bytes / peak_bandwidth``
+(roofline), and then reports TFLOP/s against the measured matmul peak at its dtype (a large cuBLAS or
+NumPy matmul); otherwise GB/s (``bytes / time``) against the measured copy bandwidth (a large
+device-to-device copy, bytes read plus bytes written).
+
+Example::
+
+    from benchmarks import harness
+    env = harness.Env.detect()
+    rows = harness.run_cases(env, cases, repeats=20)
+    print(harness.format_table(harness.table_rows(rows), harness.KERNEL_COLUMNS))
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+SCHEMA = "conch-bench/1"
+
+#: Accepted dtype spellings -> canonical names used in tables and JSON.
+DTYPE_ALIASES = {
+    "fp16": "float16", "half": "float16", "float16": "float16",
+    "bf16": "bfloat16", "bfloat16": "bfloat16",
+    "fp32": "float32", "float": "float32", "float32": "float32",
+    "tf32": "tf32",
+    "fp64": "float64", "double": "float64", "float64": "float64",
+}  # fmt: skip
+
+#: Largest accepted ``check()`` value (max |conch - baseline| / max |baseline|) per dtype. The numbers
+#: allow for one rounding of the output in the storage dtype plus different fp32 summation orders.
+TOLERANCES = {"float64": 1e-9, "float32": 1e-4, "tf32": 5e-3, "float16": 5e-3, "bfloat16": 3e-2}
+
+
+class BenchmarkFailure(RuntimeError):
+    """Raised (or reported through a non-zero exit) when a benchmarked kernel computes a wrong result."""
+
+
+def canonical_dtype(name) -> str:
+    """``"fp16"`` -> ``"float16"``; unknown spellings (``"int64"``) pass through lower-cased."""
+    s = str(getattr(name, "name", name)).strip().lower()
+    return DTYPE_ALIASES.get(s, s)
+
+
+def tolerance(dtype, override=None) -> float:
+    """The check tolerance for ``dtype`` (``override`` wins when given)."""
+    if override is not None:
+        return float(override)
+    return TOLERANCES.get(canonical_dtype(dtype), 1e-4)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Environment: device, versions, commit
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def git_commit(root=None) -> str:
+    """Short commit of the checkout holding this file ("unknown" outside git)."""
+    root = root or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10, check=False
+        )
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def cpu_model() -> str:
+    """The CPU model name from /proc/cpuinfo (platform.processor() elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def get_cupy():
+    """CuPy when a usable GPU is present (through conch's single CuPy import point), else None."""
+    try:
+        from conch.kernels import _cupy
+
+        return _cupy.get_cupy()
+    except ImportError:
+        try:
+            import cupy
+
+            return cupy if cupy.cuda.is_available() else None
+        except Exception:
+            return None
+
+
+def get_torch():
+    """``torch`` when importable, else None (never raises)."""
+    try:
+        import torch
+
+        return torch
+    except Exception:
+        return None
+
+
+@dataclass
+class Env:
+    """Where the benchmarks run: ``xp`` (cupy or numpy), device description, versions, peak cache."""
+
+    xp: object
+    gpu: bool
+    device: str
+    info: dict = field(default_factory=dict)
+    peaks: dict = field(default_factory=dict)
+    l2_bytes: int = 0
+    _flush_buf: object = None
+
+    @classmethod
+    def detect(cls, force_cpu=False):
+        """The GPU through CuPy when one is usable (and ``force_cpu`` is False), else the CPU through NumPy."""
+        import numpy as np
+
+        cp = None if force_cpu else get_cupy()
+        info = {
+            "python": platform.python_version(),
+            "numpy": np.__version__,
+            "cpu": cpu_model(),
+            "nproc": os.cpu_count(),
+            "hostname": platform.node(),
+            "commit": git_commit(),
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            # other work on the machine skews CPU timings: the 1-minute load average says how much there was
+            "loadavg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        }
+        torch = get_torch()
+        if torch is not None:
+            info["torch"] = torch.__version__
+        try:
+            import triton
+
+            info["triton"] = triton.__version__
+        except Exception:
+            pass
+        if cp is None:
+            return cls(xp=np, gpu=False, device=f"cpu: {info['cpu']} ({info['nproc']} cores)", info=info)
+        dev = cp.cuda.Device()
+        props = cp.cuda.runtime.getDeviceProperties(dev.id)
+        name = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
+        info.update(cupy=cp.__version__, gpu=name, cuda_runtime=cp.cuda.runtime.runtimeGetVersion())
+        try:
+            l2 = int(dev.attributes.get("L2CacheSize", 0))
+        except Exception:
+            l2 = 0
+        info["l2_bytes"] = l2
+        return cls(xp=cp, gpu=True, device=f"cuda:{dev.id} {name}", info=info, l2_bytes=l2 or 50 * 2**20)
+
+    # -- synchronisation and L2 ------------------------------------------------------------------------------
+
+    def sync(self):
+        if self.gpu:
+            self.xp.cuda.Device().synchronize()
+
+    def flush_l2(self):
+        """Overwrite L2 with a memset of a buffer several times its size (outside the timed region)."""
+        if self._flush_buf is None:
+            self._flush_buf = self.xp.empty(max(256 * 2**20, 4 * self.l2_bytes) // 4, dtype=self.xp.int32)
+        self._flush_buf.fill(0)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Timing
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _as_list(fn_or_fns):
+    return list(fn_or_fns) if isinstance(fn_or_fns, (list, tuple)) else [fn_or_fns]
+
+
+def time_fn(env: Env, fns, repeats=20, warmup=2, flush=False, budget_s=1.0):
+    """Median milliseconds of one call, and all samples. ``fns``: a callable or a list rotated per repeat.
+
+    The repeat count shrinks so that timing one implementation takes about ``budget_s`` seconds at most
+    (never under 3 samples); the estimate comes from the warm-up calls.
+    """
+    fns = _as_list(fns)
+    if not env.gpu:
+        time.sleep(0.02)  # let the previous implementation's spinning thread pools (BLAS, OpenMP) go idle
+    t0 = time.perf_counter()
+    calls = 0
+    # At least ``warmup`` calls and 20 ms of them (up to 10x ``warmup``): thread pools of the previous
+    # implementation (BLAS, OpenMP) spin for a few ms and would otherwise land in the first samples.
+    while calls < max(1, warmup) or (time.perf_counter() - t0 < 0.02 and calls < 10 * max(1, warmup)):
+        fns[calls % len(fns)]()
+        calls += 1
+        if env.gpu:
+            env.sync()
+    est = (time.perf_counter() - t0) / calls
+    n = int(max(3, min(repeats, budget_s / max(est, 1e-9))))
+    samples = []
+    if env.gpu:
+        cp = env.xp
+        starts = [cp.cuda.Event() for _ in range(n)]
+        ends = [cp.cuda.Event() for _ in range(n)]
+        for i in range(n):
+            if flush:
+                env.flush_l2()
+            starts[i].record()
+            fns[i % len(fns)]()
+            ends[i].record()
+        ends[-1].synchronize()
+        samples = [cp.cuda.get_elapsed_time(s, e) for s, e in zip(starts, ends)]
+    else:
+        for i in range(n):
+            f = fns[i % len(fns)]
+            t = time.perf_counter()
+            f()
+            samples.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(samples), samples
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Peaks: a large matmul at each dtype, a large copy
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _matmul_peak_gpu(env, dtype, n):
+    cp = env.xp
+    from cupy._core import _routines_linalg as rl
+
+    np_dtype = {"float16": cp.float16, "float32": cp.float32, "tf32": cp.float32, "float64": cp.float64}.get(dtype)
+    if dtype == "bfloat16":
+        import ml_dtypes
+
+        np_dtype = ml_dtypes.bfloat16
+    if np_dtype is None:
+        return None
+    rng = cp.random.default_rng(0)
+    a = rng.standard_normal((n, n), dtype=cp.float32).astype(np_dtype)
+    b = rng.standard_normal((n, n), dtype=cp.float32).astype(np_dtype)
+    out = cp.empty((n, n), dtype=np_dtype)
+    old = rl.get_compute_type(cp.dtype(cp.float32))
+    try:
+        if dtype in ("tf32", "float32"):
+            rl.set_compute_type(cp.dtype(cp.float32), rl.COMPUTE_TYPE_TF32 if dtype == "tf32" else rl.COMPUTE_TYPE_FP32)
+        _, samples = time_fn(env, lambda: cp.matmul(a, b, out=out), repeats=10, warmup=2, budget_s=2.0)
+        ms = min(samples)  # a peak is the best the machine did, not its typical run
+    finally:
+        try:
+            rl.set_compute_type(cp.dtype(cp.float32), old)
+        except Exception as e:  # keep the measurement; say that the process's fp32 matmul mode may have changed
+            eprint(f"harness: could not restore CuPy's float32 compute type ({type(e).__name__}: {e})")
+    return 2.0 * n**3 / (ms * 1e-3) / 1e12
+
+
+def _matmul_peak_cpu(env, dtype, n):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n), dtype=np.float32)
+    b = rng.standard_normal((n, n), dtype=np.float32)
+    out = np.empty((n, n), np.float32)
+    _, samples = time_fn(env, lambda: np.matmul(a, b, out=out), repeats=5, warmup=1, budget_s=0.5)
+    ms = min(samples)  # a peak is the best the machine did, not its typical run
+    return 2.0 * n**3 / (ms * 1e-3) / 1e12
+
+
+def matmul_peak(env: Env, dtype) -> dict:
+    """Measured matmul rate at ``dtype`` in TFLOP/s, cached on ``env``: {"tflops", "how"}.
+
+    GPU: cupy.matmul (cuBLAS) on 8192³ random operands (tf32: cuBLAS in TF32 compute mode; bfloat16
+    falls back to the float16 figure if CuPy cannot multiply it). CPU: float32 NumPy matmul at 1024³
+    whatever the dtype (NumPy has no fast half-precision product, so that is the machine's peak).
+    """
+    dtype = canonical_dtype(dtype)
+    key = f"matmul_{dtype}" if env.gpu else "matmul"
+    if key in env.peaks:
+        return env.peaks[key]
+    if env.gpu:
+        n = int(os.environ.get("CONCH_BENCH_PEAK_N", "8192"))
+        try:
+            tf = _matmul_peak_gpu(env, dtype, n)
+            how = f"cupy.matmul {n}^3 {dtype}"
+        except Exception as e:  # bf16 support in cupy.matmul is experimental
+            if dtype == "bfloat16":
+                tf = matmul_peak(env, "float16")["tflops"]
+                how = f"float16 figure (cupy.matmul bfloat16 failed: {type(e).__name__})"
+            else:
+                tf, how = None, f"failed: {type(e).__name__}: {e}"
+    else:
+        n = 1024
+        tf = _matmul_peak_cpu(env, dtype, n)
+        how = f"numpy.matmul {n}^3 float32"
+    env.peaks[key] = {"tflops": tf, "how": how}
+    return env.peaks[key]
+
+
+def copy_peak(env: Env) -> dict:
+    """Measured copy bandwidth in GB/s (bytes read + bytes written), cached: {"gbps", "how"}.
+
+    GPU: device-to-device ``cudaMemcpyAsync`` of 1 GiB. CPU: ``numpy.copyto`` of 256 MiB.
+    """
+    if "copy" in env.peaks:
+        return env.peaks["copy"]
+    xp = env.xp
+    nbytes = (
+        (2**30 if env.gpu else 2**28)
+        if "CONCH_BENCH_COPY_MB" not in os.environ
+        else (int(os.environ["CONCH_BENCH_COPY_MB"]) * 2**20)
+    )
+    src = xp.ones(nbytes // 4, dtype=xp.float32)
+    dst = xp.empty_like(src)
+    if env.gpu:
+        rt = xp.cuda.runtime
+
+        def fn():
+            rt.memcpyAsync(
+                dst.data.ptr, src.data.ptr, nbytes, rt.memcpyDeviceToDevice, xp.cuda.get_current_stream().ptr
+            )
+
+        how = f"cudaMemcpyAsync device-to-device {nbytes >> 20} MiB"
+    else:
+
+        def fn():
+            xp.copyto(dst, src)
+
+        how = f"numpy.copyto {nbytes >> 20} MiB"
+    _, samples = time_fn(env, fn, repeats=20, warmup=2, budget_s=1.0)
+    ms = min(samples)  # the best of the repeats: a peak, not a typical run
+    env.peaks["copy"] = {"gbps": 2.0 * nbytes / (ms * 1e-3) / 1e9, "how": how}
+    return env.peaks["copy"]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Running cases
+# ----------------------------------------------------------------------------------------------------------------
+
+REQUIRED_KEYS = ("name", "shape", "dtype", "flops", "bytes", "run", "baseline_name", "baseline", "check")
+
+
+def validate_case(case) -> None:
+    """Raise ValueError naming the missing keys or wrong types of a case dict."""
+    if not isinstance(case, dict):
+        raise ValueError(f"a benchmark case must be a dict, got {type(case).__name__}")
+    missing = [k for k in REQUIRED_KEYS if k not in case]
+    if missing:
+        raise ValueError(f"benchmark case {case.get('name', '?')!r} lacks keys {missing}")
+    for k in ("run", "baseline", "check"):
+        if not callable(case[k]):
+            raise ValueError(f"benchmark case {case['name']!r}: {k!r} must be a zero-arg callable")
+
+
+def _throughput(flops, nbytes, ms, peak_tflops, peak_gbps):
+    """(bound, value, unit, percent of peak) of one timing, the bound chosen by the roofline."""
+    if ms is None or ms <= 0:
+        return None, None, None, None
+    compute = bool(flops) and (
+        not nbytes or not peak_tflops or not peak_gbps or flops / (peak_tflops * 1e12) >= nbytes / (peak_gbps * 1e9)
+    )
+    if compute:
+        tf = flops / (ms * 1e-3) / 1e12
+        return "compute", tf, "TFLOP/s", (100.0 * tf / peak_tflops if peak_tflops else None)
+    gb = nbytes / (ms * 1e-3) / 1e9
+    return "memory", gb, "GB/s", (100.0 * gb / peak_gbps if peak_gbps else None)
+
+
+def run_case(env: Env, case: dict, repeats=20, warmup=2, with_torch=True, budget_s=1.0, log=None) -> dict:
+    """Check then time one case (conch, its baseline, PyTorch when given); returns a result row.
+
+    The row always has ``ok``; a wrong result (check above tolerance, NaN) or an exception sets it False
+    with the reason in ``error`` instead of raising, so one bad kernel does not hide the others.
+    """
+    validate_case(case)
+    dtype = canonical_dtype(case["dtype"])
+    row = {
+        "op": case["name"], "shape": [int(s) for s in case["shape"]], "dtype": dtype,
+        "flops": int(case["flops"] or 0), "bytes": int(case["bytes"] or 0),
+        "size": case.get("size", math.prod(int(s) for s in case["shape"])),
+        "baseline_name": case["baseline_name"], "tol": tolerance(dtype, case.get("tol")),
+        "err": None, "ok": False, "error": None,
+        "time_ms": None, "baseline_ms": None, "torch_ms": None, "torch_name": None,
+    }  # fmt: skip
+    try:
+        err = float(case["check"]())
+        env.sync()
+        row["err"] = err
+        if math.isnan(err) or err > row["tol"]:
+            row["error"] = (
+                f"WRONG RESULT: {case['name']} {tuple(row['shape'])} {dtype}: max relative error {err:.3g} "
+                f"against {case['baseline_name']} exceeds the {dtype} tolerance {row['tol']:.1g}"
+            )
+            return _finish(env, row)
+        n_bytes = row["bytes"]
+        flush = env.gpu and "runs" not in case and n_bytes < 4 * env.l2_bytes
+        row["time_ms"], _ = time_fn(env, case.get("runs", case["run"]), repeats, warmup, flush, budget_s)
+        row["baseline_ms"], _ = time_fn(
+            env, case.get("baselines", case["baseline"]), repeats, warmup, flush and "baselines" not in case, budget_s
+        )
+        if with_torch and (callable(case.get("torch")) or callable(case.get("torch_factory"))):
+            try:
+                # a factory builds PyTorch's inputs only now, so they are freed again after this case
+                tfn = case["torch"] if callable(case.get("torch")) else case["torch_factory"]()
+                if tfn is not None:
+                    row["torch_ms"], _ = time_fn(env, tfn, repeats, warmup, flush, budget_s)
+                    row["torch_name"] = case.get("torch_name", "torch")
+                del tfn
+            except Exception as e:  # PyTorch is an extra: its failure must not sink conch's row
+                row["torch_name"] = f"torch failed: {type(e).__name__}: {e}"[:200]
+        row["ok"] = True
+    except Exception as e:
+        row["error"] = f"ERROR in {case['name']} {tuple(row['shape'])} {dtype}: {type(e).__name__}: {e}"[:500]
+    return _finish(env, row)
+
+
+def _finish(env, row):
+    flops, nbytes = row["flops"], row["bytes"]
+    peak_f = matmul_peak(env, row["dtype"])["tflops"] if flops else None
+    peak_b = copy_peak(env)["gbps"] if nbytes else None
+    bound, val, unit, pct = _throughput(flops, nbytes, row["time_ms"], peak_f, peak_b)
+    row.update(bound=bound, throughput=val, unit=unit, pct_peak=pct)
+    for impl in ("baseline", "torch"):
+        row[f"{impl}_throughput"] = _throughput(flops, nbytes, row[f"{impl}_ms"], peak_f, peak_b)[1]
+    row["speedup"] = row["baseline_ms"] / row["time_ms"] if row["time_ms"] and row["baseline_ms"] else None
+    row["torch_speedup"] = row["torch_ms"] / row["time_ms"] if row["time_ms"] and row["torch_ms"] else None
+    return row
+
+
+def run_cases(env: Env, cases, repeats=20, warmup=2, with_torch=True, budget_s=1.0, progress=None) -> list:
+    """Run every case in order; ``progress(row)`` is called after each (e.g. to print a line)."""
+    rows = []
+    for case in cases:
+        row = run_case(env, case, repeats, warmup, with_torch, budget_s)
+        rows.append(row)
+        if progress is not None:
+            progress(row)
+    return rows
+
+
+def failures(rows) -> list:
+    """The rows whose kernel was wrong or raised."""
+    return [r for r in rows if not r.get("ok")]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Tables
+# ----------------------------------------------------------------------------------------------------------------
+
+#: (header, key, format) of the kernel table.
+KERNEL_COLUMNS = [
+    ("op", "op", "s"), ("shape", "shape", "shape"), ("dtype", "dtype", "s"), ("time ms", "time_ms", ".4g"),
+    ("throughput", "throughput_str", "s"), ("% peak", "pct_peak", ".1f"), ("baseline", "baseline_name", "s"),
+    ("base ms", "baseline_ms", ".4g"), ("speedup", "speedup", ".2f"), ("torch ms", "torch_ms", ".4g"),
+    ("vs torch", "torch_speedup", ".2f"), ("max rel err", "err", ".1e"), ("check", "check_str", "s"),
+]  # fmt: skip
+
+
+def fmt_value(v, spec="s") -> str:
+    """One table cell: ``-`` for None, shapes as 4096x4096, numbers with ``spec``."""
+    if v is None:
+        return "-"
+    if spec == "shape":
+        return "x".join(str(s) for s in v) if isinstance(v, (list, tuple)) else str(v)
+    if isinstance(v, float) and (math.isnan(v) or math.isinf(v)):
+        return str(v)
+    if spec != "s" and isinstance(v, (int, float)) and not isinstance(v, bool):
+        return format(v, spec)
+    return str(v)
+
+
+def table_rows(rows) -> list:
+    """Kernel result rows with the derived display keys (``throughput_str``, ``check_str``) added."""
+    out = []
+    for r in rows:
+        r = dict(r)
+        r["throughput_str"] = f"{r['throughput']:.4g} {r['unit']}" if r.get("throughput") is not None else None
+        r["check_str"] = "ok" if r.get("ok") else ("WRONG" if r.get("err") is not None else "ERROR")
+        out.append(r)
+    return out
+
+
+def format_table(rows, columns, markdown=False) -> str:
+    """Aligned text table (or a GitHub markdown table) of ``rows`` (dicts) with ``columns`` (header, key, fmt)."""
+    headers = [c[0] for c in columns]
+    cells = [[fmt_value(r.get(key), spec) for _, key, spec in columns] for r in rows]
+    if markdown:
+        lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+        lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in cells]
+        return "\n".join(lines)
+    widths = [max([len(h)] + [len(row[i]) for row in cells]) for i, h in enumerate(headers)]
+    fmt_line = "  ".join("{:<" + str(w) + "}" for w in widths)
+    lines = [fmt_line.format(*headers), fmt_line.format(*("-" * w for w in widths))]
+    lines += [fmt_line.format(*row) for row in cells]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# JSON
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _jsonable(v):
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items() if not callable(x)}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, float) and (math.isnan(v) or math.isinf(v)):
+        return str(v)  # strict JSON has no NaN/inf
+    if isinstance(v, (str, int, float, bool)) or v is None:
+        return v
+    if hasattr(v, "item"):  # NumPy/CuPy scalars
+        return _jsonable(v.item())
+    return str(v)
+
+
+def make_payload(name, kind, results, env: Env | None = None, **extra) -> dict:
+    """The JSON document every benchmark writes (``schema`` "conch-bench/1").
+
+    ``{"schema", "name", "kind": "kernels"|"e2e"|..., "device", "info", "peaks", "results": [rows], ...}``;
+    each row is a flat dict of numbers and strings. :mod:`benchmarks.summary` reads any such file.
+    """
+    doc = {
+        "schema": SCHEMA,
+        "name": name,
+        "kind": kind,
+        "device": env.device if env else None,
+        "timer": (("cupy events" if env.gpu else "perf_counter") if env else None),
+        "info": dict(env.info) if env else {"commit": git_commit(), "date": _now()},
+        "peaks": dict(env.peaks) if env else {},
+        "results": list(results),
+    }
+    doc.update(extra)
+    return _jsonable(doc)
+
+
+def _now():
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def write_json(path, payload) -> None:
+    """Write ``payload`` (see :func:`make_payload`) to ``path``, creating its folder."""
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(_jsonable(payload), f, indent=1, allow_nan=False)
+        f.write("\n")
+
+
+def validate_payload(doc) -> None:
+    """Raise ValueError when ``doc`` does not follow the conch-bench/1 schema."""
+    if not isinstance(doc, dict):
+        raise ValueError(f"benchmark JSON must be an object, got {type(doc).__name__}")
+    for k, t in (("schema", str), ("name", str), ("kind", str), ("results", list)):
+        if not isinstance(doc.get(k), t):
+            raise ValueError(f"benchmark JSON: key {k!r} must be a {t.__name__}, got {doc.get(k)!r:.80}")
+    if doc["schema"] != SCHEMA:
+        raise ValueError(f"benchmark JSON schema {doc['schema']!r}, expected {SCHEMA!r}")
+    for i, r in enumerate(doc["results"]):
+        if not isinstance(r, dict):
+            raise ValueError(f"benchmark JSON: results[{i}] must be an object")
+        for k, v in r.items():
+            if isinstance(v, (dict,)):
+                raise ValueError(f"benchmark JSON: results[{i}][{k!r}] must be flat (numbers, strings, lists)")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Plot
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def plot(rows, path, title="conch kernel benchmarks") -> int:
+    """Throughput against size, one panel per (op, dtype), one line per implementation; returns panels drawn.
+
+    Like Triton's perf_report: x is ``size`` (the case's ``size`` or its element count), y the achieved
+    TFLOP/s or GB/s of conch, the baseline and PyTorch measured in the same run.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups: dict = {}
+    for r in rows:
+        if r.get("throughput") is None:
+            continue
+        groups.setdefault((r["op"], r["dtype"]), []).append(r)
+    if not groups:
+        return 0
+    n = len(groups)
+    ncol = min(4, n)
+    nrow = math.ceil(n / ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 3.2 * nrow), squeeze=False)
+    for ax, ((op, dtype), rs) in zip(axes.flat, sorted(groups.items())):
+        rs = sorted(rs, key=lambda r: r["size"])
+        xs = [r["size"] for r in rs]
+        for key, label, style in (
+            ("throughput", "conch", "o-"),
+            ("baseline_throughput", rs[0]["baseline_name"][:32], "s--"),
+            ("torch_throughput", "torch", "^:"),
+        ):
+            pts = [(x, r.get(key)) for x, r in zip(xs, rs) if r.get(key) is not None]
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], style, label=label)
+        ax.set_xscale("log", base=2)
+        ax.set_title(f"{op} {dtype}", fontsize=9)
+        ax.set_xlabel("size (elements or problem size)", fontsize=8)
+        ax.set_ylabel(rs[0]["unit"], fontsize=8)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return n
+
+
+def eprint(*a):
+    print(*a, file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# End-to-end helpers (shared by bench_e2e_*.py and the other training benchmarks)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def conch_sync(device) -> None:
+    """Wait for conch's queued GPU work on ``device`` (no-op on the CPU)."""
+    if str(device).startswith("cuda"):
+        cp = get_cupy()
+        if cp is not None:
+            cp.cuda.Device().synchronize()
+
+
+def torch_sync(torch, device) -> None:
+    """Wait for PyTorch's queued GPU work on ``device`` (no-op on the CPU)."""
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def time_steps(step, sync, seconds=2.0, min_steps=5, max_steps=10_000, warmup=3) -> dict:
+    """Steps per second of ``step()`` (a whole training step), synchronising with ``sync()`` around the run.
+
+    ``warmup`` untimed steps first (compilation, autotuning, allocator growth), then a short probe to pick a
+    step count that lasts about ``seconds``, then one timed run: {"steps", "seconds", "steps_per_s", "ms_per_step"}.
+    """
+    for _ in range(warmup):
+        step()
+    sync()
+    t = time.perf_counter()
+    step()
+    sync()
+    est = max(time.perf_counter() - t, 1e-6)
+    n = int(min(max_steps, max(min_steps, seconds / est)))
+    sync()
+    t = time.perf_counter()
+    for _ in range(n):
+        step()
+    sync()
+    dt = time.perf_counter() - t
+    return {"steps": n, "seconds": dt, "steps_per_s": n / dt, "ms_per_step": 1e3 * dt / n}
+
+
+def interleaved(measure_a, measure_b, rounds=3, pause=0.25) -> tuple:
+    """Run ``measure_a()`` and ``measure_b()`` alternately ``rounds`` times (so machine drift hits both alike);
+    returns the two lists of results. ``pause`` seconds of sleep before each measurement let the other
+    side's spinning thread pools (OpenBLAS, OpenMP) go idle first."""
+    a, b = [], []
+    for _ in range(max(1, rounds)):
+        time.sleep(pause)
+        a.append(measure_a())
+        time.sleep(pause)
+        b.append(measure_b())
+    return a, b
+
+
+def median_of(results, key):
+    """Median of ``r[key]`` over a list of dicts."""
+    return statistics.median(r[key] for r in results)
+
+
+def copy_params_to_torch(conch_module, torch_module, by_name=True) -> int:
+    """Copy every parameter of a conch module into the same-shaped PyTorch module; returns how many.
+
+    ``by_name``: match ``named_parameters()`` names (the two models must use the same attribute names);
+    otherwise match by order. Raises ValueError naming the first mismatch.
+    """
+    import numpy as np
+    import torch
+
+    cps = list(conch_module.named_parameters())
+    tps = list(torch_module.named_parameters())
+    if len(cps) != len(tps):
+        raise ValueError(f"conch model has {len(cps)} parameters, torch model {len(tps)}")
+    if by_name:
+        tmap = dict(tps)
+        pairs = []
+        for n, p in cps:
+            if n not in tmap:
+                raise ValueError(f"torch model has no parameter {n!r} (has {sorted(tmap)[:8]}...)")
+            pairs.append((n, p, tmap[n]))
+    else:
+        pairs = [(cn, cp_, tp) for (cn, cp_), (_, tp) in zip(cps, tps)]
+    with torch.no_grad():
+        for n, cp_, tp in pairs:
+            arr = np.ascontiguousarray(np.asarray(cp_.detach().cpu().numpy(), dtype=np.float32))
+            if tuple(arr.shape) != tuple(tp.shape):
+                raise ValueError(f"parameter {n!r}: conch shape {arr.shape} vs torch shape {tuple(tp.shape)}")
+            tp.copy_(torch.from_numpy(arr).to(device=tp.device, dtype=tp.dtype))
+    return len(pairs)
+
+
+class CupyPeakMemory:
+    """Peak bytes in use in CuPy's default memory pool while the ``with`` block runs (GPU only).
+
+    Installs an allocator that reads ``used_bytes()`` after every allocation (frees only lower it, so this
+    is the exact peak), and restores the pool's allocator on exit. Adds Python work per allocation: measure
+    memory in a separate, untimed step. ``.peak`` holds the result.
+    """
+
+    def __init__(self):
+        self.cp = get_cupy()
+        self.peak = None
+
+    def __enter__(self):
+        cp = self.cp
+        pool = cp.get_default_memory_pool()
+        cp.cuda.Device().synchronize()
+        self.peak = pool.used_bytes()
+
+        def alloc(size):
+            mem = pool.malloc(size)
+            used = pool.used_bytes()
+            if used > self.peak:
+                self.peak = used
+            return mem
+
+        self._pool = pool
+        cp.cuda.set_allocator(alloc)
+        return self
+
+    def __exit__(self, *exc):
+        self.cp.cuda.Device().synchronize()
+        self.cp.cuda.set_allocator(self._pool.malloc)
+        return False
+
+
+def ratio_row(case, metric, conch, torch, higher_is_better=True, **extra) -> dict:
+    """One end-to-end result row: ``ratio`` is conch/torch for rates and torch/conch for times and memory,
+    so a ratio above 1 always means conch did better."""
+    ratio = None
+    if conch and torch:
+        ratio = conch / torch if higher_is_better else torch / conch
+    row = {"case": case, "metric": metric, "conch": conch, "torch": torch, "ratio": ratio,
+           "better": "higher" if higher_is_better else "lower"}  # fmt: skip
+    row.update(extra)
+    return row
+
+
+E2E_COLUMNS = [
+    ("case", "case", "s"), ("device", "device", "s"), ("metric", "metric", "s"), ("conch", "conch", ".4g"),
+    ("torch", "torch", ".4g"), ("ratio (>1: conch better)", "ratio", ".3f"), ("check", "check", "s"),
+]  # fmt: skip
