@@ -399,7 +399,9 @@ def _triton_backward(res, dout, needs):
         # dB = A^T @ dZ: A operand a3 transposed, B operand dOut (act' fused in its loads when r is given)
         red = mode_b == "none" and nb > 1
         out_nb, rb = (1, nb) if red else (nb, 1)
-        db3 = xp.empty((out_nb, K, N), dtype=b.dtype)
+        # written in b's own layout: for b = weightᵀ (a linear layer) dB is then a view of a contiguous dW
+        db3 = xp.empty((out_nb, N, K), dtype=b.dtype).transpose(0, 2, 1) if _col_major(b) else \
+            xp.empty((out_nb, K, N), dtype=b.dtype)  # fmt: skip
         db_bias = dbias if want_dbias and not dbias_done else None
         _launch(
             a3, split((sa[0], sa[2], sa[1]), red), d3, split(sd, red), db3, _strides(db3), K, N, M, out_nb, rb,
@@ -420,6 +422,15 @@ def _triton_backward(res, dout, needs):
             dbias = dz.astype(np.float32).reshape(-1, N).sum(axis=0)
         dbias_out = dbias.astype(res["bias_dtype"]).reshape(bias_shape)
     return da, db, dbias_out
+
+
+def _col_major(b):
+    """True for a 2-D operand stored column-major, such as ``weight.T`` in a linear layer.
+
+    Its gradient is then produced in the same layout, so that the gradient of ``weight`` itself comes
+    out C-contiguous: optimizers and gradient clipping would otherwise copy it on every step.
+    """
+    return b.ndim == 2 and b.shape[0] > 1 and b.shape[1] > 1 and b.strides[0] < b.strides[1]
 
 
 def _unflatten(x3, x, x2, batch, mode):
@@ -479,7 +490,10 @@ def _reference_backward(res, dout, needs):
         da2 = xp.matmul(dz2, xp.swapaxes(b2.astype(ct, copy=False), -1, -2))  # dA = dZ @ B^T
         da = _sum_to(da2, a2.shape).reshape(a.shape).astype(a.dtype, copy=False)
     if needs[1]:
-        db2 = xp.matmul(xp.swapaxes(a2.astype(ct, copy=False), -1, -2), dz2)  # dB = A^T @ dZ
+        if _col_major(b):  # dB^T = dZ^T @ A keeps dB in b's own (transposed) layout; see _col_major
+            db2 = xp.swapaxes(xp.matmul(xp.swapaxes(dz2, -1, -2), a2.astype(ct, copy=False)), -1, -2)
+        else:
+            db2 = xp.matmul(xp.swapaxes(a2.astype(ct, copy=False), -1, -2), dz2)  # dB = A^T @ dZ
         db = _sum_to(db2, b2.shape).reshape(b.shape).astype(b.dtype, copy=False)
     if needs[2] and bias_shape is not None:
         dbias = dz2.reshape(-1, N).sum(axis=0).reshape(bias_shape).astype(res["bias_dtype"])  # sum over rows

@@ -157,3 +157,18 @@ def test_linear_shape_errors_name_shapes():
         F.linear(conch.randn(3, 4), conch.randn(2, 5))
     with pytest.raises(ValueError, match="unknown activation"):
         F.linear(conch.randn(3, 4), conch.randn(2, 4), None, "swish")
+
+
+@pytest.mark.parametrize("interp", [False, True])
+def test_linear_weight_grad_is_contiguous(interp, monkeypatch):
+    # linear passes weight.T to the matmul kernel; its gradient must come back in weight's own layout
+    if interp:
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+    x = conch.randn(5, 33)
+    w = conch.randn(17, 33, requires_grad=True)
+    g = np.random.default_rng(0).standard_normal((5, 17)).astype(np.float32)
+    F.linear(x, w, None, "tanh").backward(conch.tensor(g))
+    assert w.grad.is_contiguous()
+    z = x.numpy().astype(np.float64) @ w.detach().numpy().T.astype(np.float64)
+    ref = (g * (1 - np.tanh(z) ** 2)).T @ x.numpy()
+    np.testing.assert_allclose(w.grad.numpy(), ref, rtol=1e-4, atol=1e-5)
