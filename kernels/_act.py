@@ -276,7 +276,7 @@ def act_ref(z, name, param=0.01):
     if name == "gelu":
         return 0.5 * z * (1 + _erf(z * _SQRT1_2))
     if name == "gelu_tanh":
-        return 0.5 * z * (1 + xp.tanh(_SQRT_2_OVER_PI * (z + _GELU_C * z**3)))
+        return 0.5 * z * (1 + xp.tanh(_SQRT_2_OVER_PI * (z + _GELU_C * z * z * z)))
     if name == "silu":
         return z * _sigmoid_ref(z, xp)
     if name == "tanh":
@@ -302,7 +302,7 @@ def act_grad_ref(z, name, param=0.01):
         return 0.5 * (1 + _erf(z * _SQRT1_2)) + z * xp.exp(-0.5 * z * z) * _INV_SQRT_2PI
     if name == "gelu_tanh":
         # 0.5 (1 + t) + 0.5 z (1 - t^2) sqrt(2/pi) (1 + 3c z^2)
-        t = xp.tanh(_SQRT_2_OVER_PI * (z + _GELU_C * z**3))
+        t = xp.tanh(_SQRT_2_OVER_PI * (z + _GELU_C * z * z * z))
         return 0.5 * (1 + t) + 0.5 * z * (1 - t * t) * _SQRT_2_OVER_PI * (1 + 3 * _GELU_C * z * z)
     if name == "silu":
         s = _sigmoid_ref(z, xp)
