@@ -1,34 +1,19 @@
 """Elementwise activation kernels: Triton path (interpreter on CPU) against the reference path and float64 NumPy."""
 
 import math
-import os
 
 import ml_dtypes
 import numpy as np
 import pytest
+from devices import dev, host
 from tolerances import TOL, assert_close
 
-from conch.kernels._cupy import get_cupy, is_cupy_array
 from conch.kernels._launch import LAUNCHES
 from conch.kernels.activations import activation_backward, activation_forward
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 NAMES = ["relu", "leaky_relu", "elu", "gelu", "gelu_tanh", "silu", "tanh", "sigmoid"]
 SLOPE, ALPHA = 0.2, 1.5  # non-default attributes, so that ignoring them fails
-
-
-def dev(x):
-    """The array on the test device: NumPy by default, CuPy when CONCH_TEST_DEVICE=cuda."""
-    if os.environ.get("CONCH_TEST_DEVICE", "cpu") == "cuda":
-        cp = get_cupy()
-        if cp is None:
-            pytest.skip("CONCH_TEST_DEVICE=cuda but no GPU is usable")
-        return cp.asarray(x)
-    return x
-
-
-def host(x):
-    return x.get() if is_cupy_array(x) else np.asarray(x)
 
 
 # ---- independent float64 references: closed forms, derivatives by complex step where f is analytic ----------

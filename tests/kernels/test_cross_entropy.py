@@ -1,33 +1,18 @@
 """cross-entropy kernels: Triton (interpreter or GPU) vs reference path vs float64 NumPy, PyTorch semantics."""
 
-import os
-
 import ml_dtypes
 import numpy as np
 import pytest
+from devices import ON_GPU, dev, host
 from tolerances import assert_close
 
 from conch.kernels import cross_entropy as ce
 from conch.kernels._launch import LAUNCHES
 
-ON_GPU = os.environ.get("CONCH_TEST_DEVICE", "cpu") == "cuda"
 BF16 = np.dtype(ml_dtypes.bfloat16)
 DTYPES = [np.float32, np.float16, BF16]
 DTYPE_IDS = ["fp32", "fp16", "bf16"]
 REDUCTIONS = ["mean", "sum", "none"]
-
-
-def dev(a):
-    """Move a NumPy array to the test device (CuPy when CONCH_TEST_DEVICE=cuda)."""
-    if ON_GPU:
-        import cupy
-
-        return cupy.asarray(a)
-    return a
-
-
-def host(a):
-    return a.get() if hasattr(a, "get") and not isinstance(a, np.ndarray) else np.asarray(a)
 
 
 @pytest.fixture

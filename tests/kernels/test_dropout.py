@@ -1,32 +1,15 @@
 """Dropout kernels: counter-based masks, Triton (interpreter or GPU) bit-identical to the NumPy Philox reference."""
 
-import os
-
 import ml_dtypes
 import numpy as np
 import pytest
+from devices import ON_GPU, dev, host
 
 from conch.kernels import dropout as dk
 from conch.kernels._launch import LAUNCHES
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
-ON_CUDA = os.environ.get("CONCH_TEST_DEVICE", "cpu") == "cuda"
-
-
-def dev(a):
-    """Move a test array to the device under test (CuPy when CONCH_TEST_DEVICE=cuda)."""
-    if not ON_CUDA:
-        return a
-    from conch.kernels._cupy import get_cupy, unavailable_reason
-
-    cp = get_cupy()
-    if cp is None:
-        pytest.skip(f"CONCH_TEST_DEVICE=cuda but no GPU: {unavailable_reason()}")
-    return cp.asarray(a)
-
-
-def host(a):
-    return a.get() if hasattr(a, "get") else np.asarray(a)
+ON_CUDA = ON_GPU
 
 
 def bits(a):

@@ -1,39 +1,21 @@
 """Matmul with fused bias + activation: Triton path (interpreter on CPU) against float64 NumPy and the reference."""
 
 import math
-import os
 
 import ml_dtypes
 import numpy as np
 import pytest
+from devices import dev, host
 from tolerances import MATMUL_TOL, assert_close
 
 from conch.kernels import matmul as mm
-from conch.kernels._cupy import get_cupy, is_cupy_array
+from conch.kernels._cupy import is_cupy_array
 from conch.kernels._launch import LAUNCHES
 from conch.kernels.matmul import matmul_backward, matmul_forward
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 NAMES = [None, "relu", "leaky_relu", "elu", "gelu", "gelu_tanh", "silu", "tanh", "sigmoid"]
 SLOPE, ALPHA = 0.2, 1.5
-
-
-def dev(x):
-    """The array on the test device: NumPy by default, CuPy when CONCH_TEST_DEVICE=cuda."""
-    if x is None:
-        return None
-    if os.environ.get("CONCH_TEST_DEVICE", "cpu") == "cuda":
-        cp = get_cupy()
-        if cp is None:
-            pytest.skip("CONCH_TEST_DEVICE=cuda but no GPU is usable")
-        return cp.asarray(x)
-    return x
-
-
-def host(x):
-    if x is None:
-        return None
-    return x.get() if is_cupy_array(x) else np.asarray(x)
 
 
 # ---- independent float64 reference ---------------------------------------------------------------------------

@@ -1,33 +1,16 @@
 """LayerNorm / RMSNorm kernels: Triton (interpreter or GPU) against the reference path and float64 NumPy."""
 
-import os
-
 import ml_dtypes
 import numpy as np
 import pytest
+from devices import ON_GPU, dev, host
 from tolerances import TOL, assert_close
 
 from conch.kernels import norms
 from conch.kernels._launch import LAUNCHES
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
-ON_CUDA = os.environ.get("CONCH_TEST_DEVICE", "cpu") == "cuda"
-
-
-def dev(a):
-    """Move a test array to the device under test (CuPy when CONCH_TEST_DEVICE=cuda)."""
-    if a is None or not ON_CUDA:
-        return a
-    from conch.kernels._cupy import get_cupy, unavailable_reason
-
-    cp = get_cupy()
-    if cp is None:
-        pytest.skip(f"CONCH_TEST_DEVICE=cuda but no GPU: {unavailable_reason()}")
-    return cp.asarray(a)
-
-
-def host(a):
-    return None if a is None else (a.get() if hasattr(a, "get") else np.asarray(a))
+ON_CUDA = ON_GPU
 
 
 def ln64(x, w, b, eps):

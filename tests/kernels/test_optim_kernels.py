@@ -1,34 +1,17 @@
 """Fused multi-tensor Adam/AdamW/SGD kernels: closed forms, Triton (interpreter or GPU) against reference, PyTorch."""
 
-import os
-
 import ml_dtypes
 import numpy as np
 import pytest
+from devices import ON_GPU, dev, host
 from tolerances import assert_close
 
 from conch.kernels import optim as ok
 from conch.kernels._launch import LAUNCHES
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
-ON_CUDA = os.environ.get("CONCH_TEST_DEVICE", "cpu") == "cuda"
+ON_CUDA = ON_GPU
 SHAPES = [(1,), (7,), (33,), (123,), (5, 13), (127,), (129,)]  # 127/129: one below/above the 128 block
-
-
-def dev(a):
-    """Move a test array to the device under test (CuPy when CONCH_TEST_DEVICE=cuda)."""
-    if a is None or not ON_CUDA:
-        return a
-    from conch.kernels._cupy import get_cupy, unavailable_reason
-
-    cp = get_cupy()
-    if cp is None:
-        pytest.skip(f"CONCH_TEST_DEVICE=cuda but no GPU: {unavailable_reason()}")
-    return cp.asarray(a)
-
-
-def host(a):
-    return a.get() if hasattr(a, "get") else np.asarray(a)
 
 
 def make_adam(rng, shapes, pdtype=np.float32, sdtype=np.float32, steps=3):
