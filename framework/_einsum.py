@@ -1,0 +1,113 @@
+"""``conch.einsum``: Einstein summation with gradients, each operand's gradient itself an einsum."""
+
+from __future__ import annotations
+
+import string
+
+from ._backend import xp_of
+from .autograd.function import Op
+
+
+def _parse(equation: str, shapes):
+    """Explicit subscripts for every operand and the output, with ``...`` spelled out as letters."""
+    eq = equation.replace(" ", "")
+    lhs, arrow, out = eq.partition("->")
+    ins = lhs.split(",")
+    if len(ins) != len(shapes):
+        raise ValueError(f"einsum(): the equation {equation!r} names {len(ins)} operands but {len(shapes)} were given")
+    used = set(eq) - set(".,->")
+    free = [c for c in string.ascii_letters if c not in used]
+    n_ell = 0
+    for sub, shape in zip(ins, shapes):
+        if "..." in sub:
+            n_ell = max(n_ell, len(shape) - (len(sub) - 3))
+        elif len(sub) != len(shape):
+            raise ValueError(
+                f"einsum(): the subscripts {sub!r} name {len(sub)} dims but the operand has shape {tuple(shape)}"
+            )
+    ell = "".join(free[:n_ell])
+    ins_x = []
+    for sub, shape in zip(ins, shapes):
+        if "..." in sub:
+            k = len(shape) - (len(sub) - 3)
+            sub = sub.replace("...", ell[n_ell - k :] if k else "")
+        ins_x.append(sub)
+    if arrow:
+        out_x = out.replace("...", ell)
+    else:  # implicit output: broadcast dims, then the labels used exactly once, sorted
+        once = sorted(c for c in set("".join(ins)) - set(".") if "".join(ins).count(c) == 1)
+        out_x = ell + "".join(once)
+    return ins_x, out_x
+
+
+class Einsum(Op):
+    """out = einsum(subs -> out_sub, *operands); d/d operand_i = einsum(out_sub, others -> sub_i)."""
+
+    @staticmethod
+    def forward(ctx, *arrays, ins, out):
+        ctx.ins, ctx.out, ctx.arrays_shapes = ins, out, [a.shape for a in arrays]
+        return xp_of(arrays[0]).einsum(",".join(ins) + "->" + out, *arrays)
+
+    @staticmethod
+    def backward(ctx, g):
+        ops = ctx.saved_tensors  # linked to the graph, so the gradient is differentiable again
+        grads = []
+        for i, (sub, shape) in enumerate(zip(ctx.ins, ctx.arrays_shapes)):
+            if not ctx.needs_input_grad[i]:
+                grads.append(None)
+                continue
+            if len(set(sub)) != len(sub):
+                raise RuntimeError(
+                    f"einsum backward does not support a label repeated within one operand ({sub!r}, a diagonal); "
+                    "use torch-style explicit ops (e.g. diagonal via indexing) instead"
+                )
+            others = [s for j, s in enumerate(ctx.ins) if j != i]
+            avail = set(ctx.out).union(*others)
+            keep = "".join(c for c in sub if c in avail)
+            gi = _op(len(others) + 1).apply(
+                g, *[o for j, o in enumerate(ops) if j != i], ins=[ctx.out, *others], out=keep
+            )
+            if keep != sub:  # labels summed away inside operand i alone: their gradient is broadcast
+                gi = gi.reshape(tuple(shape[k] if c in avail else 1 for k, c in enumerate(sub))).expand(*shape)
+            grads.append(gi)
+        return tuple(grads)
+
+
+_OPS: dict = {}
+
+
+def _op(n):
+    """The Einsum op class for ``n`` operands (``saves`` must name each one)."""
+    cls = _OPS.get(n)
+    if cls is None:
+        cls = _OPS[n] = type(f"Einsum{n}", (Einsum,), {"saves": tuple(range(n))})
+    return cls
+
+
+def einsum(equation: str, *operands):
+    """Einstein summation, as ``torch.einsum``: ``einsum("bij,bjk->bik", a, b)`` is a batched matmul.
+
+    Gradients flow to every operand (each is another einsum); a label repeated inside one operand
+    (a diagonal, ``"ii->i"``) works forward but has no gradient.
+    """
+    from .tensor import Tensor, _check_devices
+
+    if len(operands) == 1 and isinstance(operands[0], (list, tuple)):
+        operands = tuple(operands[0])
+    if not operands or not all(isinstance(t, Tensor) for t in operands):
+        raise TypeError("einsum(): expected Tensor operands after the equation")
+    for t in operands[1:]:
+        _check_devices(operands[0], t)
+    from ._fused import _amp
+
+    operands = _amp("einsum", *operands)
+    ins, out = _parse(equation, [t.shape for t in operands])
+    dt = operands[0].dtype
+    for t in operands[1:]:
+        if t.dtype != dt:
+            raise TypeError(f"einsum(): operands must share one dtype, got {dt} and {t.dtype}")
+    try:
+        return _op(len(operands)).apply(*operands, ins=ins, out=out)
+    except ValueError as e:
+        shapes = ", ".join(str(tuple(t.shape)) for t in operands)
+        raise RuntimeError(f"einsum(): {equation!r} does not fit operands of shapes {shapes}: {e}") from None
