@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import string
 
+import numpy as np
+
 from ._backend import xp_of
 from .autograd.function import Op
 
@@ -46,7 +48,10 @@ class Einsum(Op):
     @staticmethod
     def forward(ctx, *arrays, ins, out):
         ctx.ins, ctx.out, ctx.arrays_shapes = ins, out, [a.shape for a in arrays]
-        return xp_of(arrays[0]).einsum(",".join(ins) + "->" + out, *arrays)
+        xp, dt = xp_of(arrays[0]), arrays[0].dtype
+        if dt.itemsize < 4:  # NumPy's einsum has no bfloat16 loop; accumulate half precision in float32
+            arrays = [a.astype(np.float32) for a in arrays]
+        return xp.einsum(",".join(ins) + "->" + out, *arrays).astype(dt, copy=False)
 
     @staticmethod
     def backward(ctx, g):
