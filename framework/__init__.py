@@ -95,6 +95,8 @@ _LAZY = {
 def __getattr__(name):
     if name in _LAZY:
         return importlib.import_module(_LAZY[name])
+    if name in ("autocast", "GradScaler"):  # torch.autocast spelling; amp loads on first use
+        return getattr(importlib.import_module("conch.amp"), name)
     raise AttributeError(f"module 'conch' has no attribute {name!r}")
 
 
