@@ -30,7 +30,9 @@ def _erf_array(a):
     if xp_of(a) is np:
         from scipy.special import erf
     else:
-        from cupyx.scipy.special import erf
+        from conch.kernels._cupy import special
+
+        erf = special("erf")
     return erf(a).astype(a.dtype, copy=False)
 
 

@@ -493,9 +493,9 @@ class IndexAdd(Op):
 
 
 def _cupy_add_at(out, idx, g):
-    import cupyx
+    from conch.kernels._cupy import scatter_add
 
-    cupyx.scatter_add(out, idx, g)
+    scatter_add(out, idx, g)
 
 
 def _is_basic(idx):

@@ -38,3 +38,17 @@ def unavailable_reason() -> str | None:
 def is_cupy_array(a) -> bool:
     """True for a ``cupy.ndarray`` without importing CuPy (NumPy arrays never need it)."""
     return type(a).__module__.startswith("cupy")
+
+
+def scatter_add(out, idx, values) -> None:
+    """``out[idx] += values`` with repeated indices accumulating, on a CuPy array (``np.add.at``'s twin)."""
+    import cupyx
+
+    cupyx.scatter_add(out, idx, values)
+
+
+def special(name: str):
+    """A function from ``cupyx.scipy.special`` (``erf``, ``erfinv``...) for CuPy arrays."""
+    import cupyx.scipy.special
+
+    return getattr(cupyx.scipy.special, name)

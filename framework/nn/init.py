@@ -16,6 +16,7 @@ import warnings
 
 import numpy as np
 
+from .._backend import xp_of
 from ..autograd.grad_mode import no_grad
 from ..tensor import Tensor
 
@@ -121,9 +122,11 @@ def trunc_normal_(tensor, mean=0.0, std=1.0, a=-2.0, b=2.0, generator=None):
         if isinstance(arr, np.ndarray):
             from scipy.special import erfinv
         else:
-            from cupyx.scipy.special import erfinv
+            from conch.kernels._cupy import special
+
+            erfinv = special("erfinv")
         x = erfinv(arr) * (std * math.sqrt(2.0)) + mean
-        xp = np if isinstance(x, np.ndarray) else __import__("cupy")
+        xp = xp_of(x)
         return Tensor._make(xp.clip(x, a, b).astype(u.dtype, copy=False))
 
     return _fill(tensor, draw)
