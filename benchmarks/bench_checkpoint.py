@@ -12,8 +12,10 @@ Memory is measured in a separate, untimed step: on the CPU with ``tracemalloc`` 
 on the GPU with CuPy's pool (an allocator hook that records the peak of ``used_bytes()``). ``kept`` is what
 the graph holds after the forward (the activations saved for backward), ``peak`` the maximum during the
 whole forward + backward, both above what was allocated before the step (weights, existing gradients).
-Ratios compare against the plain run: ``mem ratio`` = plain / checkpointed (higher is better),
-``time ratio`` = checkpointed / plain (the recompute's cost; 1.33 is one extra forward for a 1:2 fwd:bwd).
+Rows (``harness.ratio_row``, JSON schema conch-bench/1) compare each checkpointed mode against ``conch plain``
+on three metrics, ``kept MiB``, ``peak MiB`` and ``ms/step``; every ratio is plain / checkpointed, so above 1
+means checkpointing did better: memory ratios above 1 are the saving, and the time ratio is below 1 by the
+recompute's cost (0.75 is one extra forward for a 1:2 fwd:bwd).
 
 Usage::
 
@@ -35,12 +37,6 @@ if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
 
 import harness  # noqa: E402
-
-COLUMNS = [
-    ("case", "case", "s"), ("device", "device", "s"), ("mode", "mode", "s"), ("kept MB", "kept_mb", ".2f"),
-    ("peak MB", "peak_mb", ".2f"), ("ms/step", "ms_per_step", ".2f"), ("kept ratio", "kept_ratio", ".2f"),
-    ("peak ratio", "peak_ratio", ".2f"), ("time ratio", "time_ratio", ".2f"),
-]  # fmt: skip
 
 
 def _memory(step_fwd, device):
@@ -132,14 +128,20 @@ def _run(case_name, modes, fwd, params, models, device, seconds):
             p.grad = None
         kept, peak = _memory(run, device)
         timing = harness.time_steps(step, lambda: harness.conch_sync(device), seconds=seconds, min_steps=3)
-        rows.append({"case": case_name, "device": device, "mode": mode, "kept_mb": kept / 2**20,
-                     "peak_mb": peak / 2**20, "ms_per_step": timing["ms_per_step"]})  # fmt: skip
-    base = rows[0]
-    for r in rows:
-        r["kept_ratio"] = base["kept_mb"] / r["kept_mb"] if r["kept_mb"] > 0 else None
-        r["peak_ratio"] = base["peak_mb"] / r["peak_mb"] if r["peak_mb"] > 0 else None
-        r["time_ratio"] = r["ms_per_step"] / base["ms_per_step"]
-    return rows
+        rows.append({"mode": mode, "kept": kept / 2**20, "peak": peak / 2**20, "ms": timing["ms_per_step"]})
+    return _ratio_rows(case_name, device, rows)
+
+
+def _ratio_rows(case_name, device, measured):
+    """``harness.ratio_row`` rows: every mode after the first (plain) against it, on kept, peak and time."""
+    plain, out = measured[0], []
+    for m in measured[1:]:
+        for metric, key in (("kept MiB", "kept"), ("peak MiB", "peak"), ("ms/step", "ms")):
+            a, b = m[key], plain[key]
+            ok = a == a and b == b and a >= 0 and b >= 0  # NaN-free and non-negative
+            out.append(harness.ratio_row(f"{case_name} {m['mode']}", metric, a, b, False, baseline_name="conch plain",
+                                         device=device, ok=bool(ok)))  # fmt: skip
+    return out
 
 
 def main(argv=None) -> int:
@@ -171,16 +173,21 @@ def main(argv=None) -> int:
     env = harness.Env.detect(force_cpu="cuda" not in devices)
     t0 = time.perf_counter()
     rows = []
+
+    def save():
+        if args.json:  # after each case: a run stopped by an outer timeout keeps what it measured
+            harness.write_json(args.json, harness.make_payload("checkpoint", "e2e", rows, env))
+
     for dev in devices:
         rows += _run(*_mlp_cases(args, dev), dev, args.seconds)
+        save()
         if dev == "cuda" and not args.no_gpt:
             rows += _run(*_gpt_cases(args, dev), dev, args.seconds)
+            save()
     print(f"# gradient checkpointing ({env.device}; memory: {'tracemalloc' if 'cuda' not in devices else 'pool'})")
-    print(harness.format_table(rows, COLUMNS))
-    print(f"# {time.perf_counter() - t0:.1f} s. kept/peak ratio: plain / checkpointed (higher is better); "
-          "time ratio: checkpointed / plain")  # fmt: skip
-    if args.json:
-        harness.write_json(args.json, harness.make_payload("checkpoint", "e2e", rows, env))
+    print(harness.format_table(rows, harness.E2E_COLUMNS))
+    print(f"# {time.perf_counter() - t0:.1f} s. ratio: plain / checkpointed (memory: the saving; time: below 1 by "
+          "the recompute's cost)")  # fmt: skip
     return 0
 
 

@@ -1,76 +1,83 @@
-"""Microbenchmarks: fused cross-entropy forward (online logsumexp) and backward vs the unfused CuPy composition."""
+"""Microbenchmarks: fused cross-entropy forward (online logsumexp) and backward vs the unfused CuPy composition.
+
+Cross-entropy on logits (N, V), mean reduction, every 17th row ignored (target -100): large N 4096 and
+V 8192 and 32768 (vocabulary-like), small 256 x 1024 and 4096; float32 and float16 (``sizes``: V values;
+``dtype``: one dtype). Each case allocates its arrays in ``setup()``.
+
+Example::
+
+    conch bench cross_entropy --sizes 50304 --dtype bf16
+"""
 
 from __future__ import annotations
 
+import os
+import sys
 
-def _rel_err(a, b):
-    """max |a - b| / max |b| in float32."""
-    a = a.astype("float32")
-    b = b.astype("float32")
-    return float(abs(a - b).max() / max(float(abs(b).max()), 1e-30))
+_HERE = os.path.dirname(os.path.abspath(__file__))
+if _HERE not in sys.path:
+    sys.path.insert(0, _HERE)
+
+import harness  # noqa: E402
 
 
-def cases(size="large"):
-    """Cross-entropy on logits (N, V): N 4096, V 4096..32768 (large), mean reduction, some ignored rows."""
-    import cupy
+def _case(xp, ce, dtype, n, v, backward, seed):
+    nbytes = n * v * harness.storage_dtype(dtype).itemsize
+    f32 = xp.float32
 
+    def setup():
+        rng = xp.random.default_rng(seed)
+        x = harness.randn(xp, rng, (n, v), dtype, scale=3.0)
+        t = rng.integers(0, v, n).astype(xp.int64)
+        t[::17] = -100
+        rows = xp.arange(n)
+        valid = t != -100
+        safe_t = xp.where(valid, t, 0)
+
+        def base_fwd():
+            xf = x.astype(f32)  # unfused: upcast, max, exp, sum, log, gather, mask, mean
+            m = xf.max(axis=1)
+            lse = m + xp.log(xp.exp(xf - m[:, None]).sum(axis=1))
+            return xp.where(valid, lse - xf[rows, safe_t], 0.0).sum() / valid.sum()
+
+        if not backward:
+            return {"run": lambda: ce.cross_entropy_forward(x, t), "baseline": base_fwd,
+                    "check": lambda: harness.rel_err(ce.cross_entropy_forward(x, t)[0], base_fwd())}  # fmt: skip
+        _, res = ce.cross_entropy_forward(x, t)
+        one = xp.asarray(1.0, dtype=f32)
+
+        def base_bwd():
+            xf = x.astype(f32)
+            p = xp.exp(xf - xf.max(axis=1, keepdims=True))
+            p /= p.sum(axis=1, keepdims=True)
+            p[rows, safe_t] -= 1.0
+            p *= (valid / valid.sum())[:, None]
+            return p.astype(x.dtype)
+
+        return {"run": lambda: ce.cross_entropy_backward(res, one), "baseline": base_bwd,
+                "check": lambda: harness.rel_err(ce.cross_entropy_backward(res, one), base_bwd())}  # fmt: skip
+
+    if backward:
+        return dict(name="cross_entropy_bwd", shape=(n, v), dtype=dtype, flops=0,
+                    bytes=2 * nbytes + n * 16,  # read logits, write dlogits, per-row target/max/log-sum
+                    baseline_name="cupy cross-entropy backward (softmax - onehot) * scale", setup=setup)  # fmt: skip
+    return dict(name="cross_entropy_fwd", shape=(n, v), dtype=dtype, flops=0,
+                bytes=nbytes + n * 8 + n * 12,  # read logits and targets, write loss/max/log-sum per row
+                baseline_name="cupy cross-entropy (max, exp, sum, log, gather, mean)", setup=setup)  # fmt: skip
+
+
+def cases(size="large", sizes=None, dtype=None, xp=None):
+    """Cross-entropy forward and backward; arrays are allocated by each case's ``setup()``."""
     from conch.kernels import cross_entropy as ce
 
-    n, all_v = (4096, (4096, 8192, 16384, 32768)) if size == "large" else (256, (1024, 4096))
+    xp = harness.family_xp(xp)
+    n = 4096 if size == "large" else 256
+    all_v = harness.pick_sizes(sizes, (8192, 32768) if size == "large" else (1024, 4096))
     out = []
-    rng = cupy.random.default_rng(0)
-    rows = cupy.arange(n)
-    for dtype in ("float32", "float16"):
+    seed = 300
+    for dt in harness.wanted_dtypes(dtype, ("float32", "float16")):
         for v in all_v:
-            x = (rng.standard_normal((n, v), dtype=cupy.float32) * 3).astype(dtype)
-            t = rng.integers(0, v, n).astype(cupy.int64)
-            t[::17] = -100
-            loss, res = ce.cross_entropy_forward(x, t)
-            one = cupy.asarray(1.0, dtype=cupy.float32)
-            nbytes = n * v * x.itemsize
-
-            def base_fwd(x=x, t=t):
-                xf = x.astype(cupy.float32)  # unfused: upcast, max, exp, sum, log, gather, mask, mean
-                m = xf.max(axis=1)
-                lse = m + cupy.log(cupy.exp(xf - m[:, None]).sum(axis=1))
-                valid = t != -100
-                xt = xf[rows, cupy.where(valid, t, 0)]
-                return cupy.where(valid, lse - xt, 0.0).sum() / valid.sum()
-
-            def base_bwd(x=x, t=t):
-                xf = x.astype(cupy.float32)
-                m = xf.max(axis=1, keepdims=True)
-                p = cupy.exp(xf - m)
-                p /= p.sum(axis=1, keepdims=True)
-                valid = t != -100
-                p[rows, cupy.where(valid, t, 0)] -= 1.0
-                p *= (valid / valid.sum())[:, None]
-                return p.astype(x.dtype)
-
-            out.append(
-                dict(
-                    name="cross_entropy_fwd",
-                    shape=(n, v),
-                    dtype=dtype,
-                    flops=0,
-                    bytes=nbytes + n * 8 + n * 12,  # read logits and targets, write loss/max/log-sum per row
-                    run=lambda x=x, t=t: ce.cross_entropy_forward(x, t),
-                    baseline_name="cupy cross-entropy (max, exp, sum, log, gather, mean)",
-                    baseline=base_fwd,
-                    check=lambda x=x, t=t, f=base_fwd: _rel_err(ce.cross_entropy_forward(x, t)[0], f()),
-                )
-            )
-            out.append(
-                dict(
-                    name="cross_entropy_bwd",
-                    shape=(n, v),
-                    dtype=dtype,
-                    flops=0,
-                    bytes=2 * nbytes + n * 16,  # read logits, write dlogits, per-row target/max/log-sum
-                    run=lambda res=res, one=one: ce.cross_entropy_backward(res, one),
-                    baseline_name="cupy cross-entropy backward (softmax - onehot) * scale",
-                    baseline=base_bwd,
-                    check=lambda res=res, one=one, f=base_bwd: _rel_err(ce.cross_entropy_backward(res, one), f()),
-                )
-            )
+            for backward in (False, True):
+                seed += 1
+                out.append(_case(xp, ce, dt, n, v, backward, seed))
     return out

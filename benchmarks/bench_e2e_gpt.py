@@ -218,7 +218,8 @@ def compare(device, size, seconds=2.0, rounds=3, check_steps=2, log=print) -> li
     c_tps = tokens * harness.median_of(cres, "steps_per_s")
     t_tps = tokens * harness.median_of(tres, "steps_per_s")
     name = f"gpt {size} L{cfg['layers']} d{cfg['d']} T{cfg['block']} b{cfg['batch']} V{cfg['vocab']}"
-    extra = dict(device=device, dtype="float32", params=n_params(cfg), tokens_per_step=tokens, sdpa=use_sdpa,
+    extra = dict(device=device, dtype="float32", baseline_name=f"torch {torch.__version__}",
+                 params=n_params(cfg), tokens_per_step=tokens, sdpa=use_sdpa,
                  loss_rel_diff=diff, ok=ok, check="ok" if ok else "LOSS MISMATCH", rounds=rounds)  # fmt: skip
     rows = [
         harness.ratio_row(name, "tokens/s", c_tps, t_tps, True, **extra),

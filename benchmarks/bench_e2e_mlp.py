@@ -119,7 +119,8 @@ def compare(device, batch=256, seconds=2.0, rounds=3, fused=True, check_steps=3,
     )
     c_sps, t_sps = harness.median_of(cres, "steps_per_s"), harness.median_of(tres, "steps_per_s")
     name = "mlp " + "-".join(map(str, SIZES)) + f" b{batch} adamw" + ("" if fused else " unfused")
-    extra = dict(device=device, dtype="float32", batch=batch, loss_rel_diff=diff, ok=ok,
+    extra = dict(device=device, dtype="float32", baseline_name=f"torch {torch.__version__}",
+                 batch=batch, loss_rel_diff=diff, ok=ok,
                  check="ok" if ok else "LOSS MISMATCH", torch_threads=torch.get_num_threads(),
                  rounds=rounds, steps_per_round=cres[0]["steps"])  # fmt: skip
     return [

@@ -1,94 +1,112 @@
-"""Microbenchmarks: fused LayerNorm / RMSNorm forward and backward vs the unfused CuPy composition."""
+"""Microbenchmarks: fused LayerNorm / RMSNorm forward and backward vs the unfused CuPy composition.
+
+LayerNorm and RMSNorm over the last dim of (rows, D): large 8192 rows x D 1024 and 8192, small 512 x 256
+and 1024; float32 and bfloat16 (float16 with ``dtype="fp16"``; ``sizes``: D values). Each case allocates its
+arrays in ``setup()``.
+
+Example::
+
+    conch bench norms --dtype fp16 --sizes 768,4096
+"""
 
 from __future__ import annotations
 
+import os
+import sys
 
-def _rel_err(a, b):
-    """max |a - b| / max |b| in float32."""
-    a = a.astype("float32")
-    b = b.astype("float32")
-    return float(abs(a - b).max() / max(float(abs(b).max()), 1e-30))
+_HERE = os.path.dirname(os.path.abspath(__file__))
+if _HERE not in sys.path:
+    sys.path.insert(0, _HERE)
+
+import harness  # noqa: E402
 
 
-def cases(size="large"):
-    """LayerNorm and RMSNorm over the last dim of (rows, D): rows 8192 and D 768..8192 (large)."""
-    import cupy
-    import ml_dtypes
+def _case(xp, norms, op, dtype, rows, d, seed):
+    """``op``: layer_norm_fwd, layer_norm_bwd, rms_norm_fwd or rms_norm_bwd."""
+    nbytes = rows * d * harness.storage_dtype(dtype).itemsize
+    f32 = xp.float32
+    ln = op.startswith("layer")
+    fwd = op.endswith("fwd")
 
+    def setup():
+        rng = xp.random.default_rng(seed)
+        x = harness.randn(xp, rng, (rows, d), dtype)
+        w = harness.randn(xp, rng, (d,), dtype, scale=0.1, shift=1.0)
+        b = harness.randn(xp, rng, (d,), dtype)
+
+        def ln_fwd():  # unfused: upcast, mean, var, normalise, affine, downcast
+            xf = x.astype(f32)
+            mu = xf.mean(-1, keepdims=True)
+            xc = xf - mu
+            rstd = 1.0 / xp.sqrt((xc * xc).mean(-1, keepdims=True) + 1e-5)
+            return (xc * rstd * w.astype(f32) + b.astype(f32)).astype(x.dtype)
+
+        def rms_fwd():
+            xf = x.astype(f32)
+            rstd = 1.0 / xp.sqrt((xf * xf).mean(-1, keepdims=True) + 1e-6)
+            return (xf * rstd * w.astype(f32)).astype(x.dtype)
+
+        if fwd:
+            if ln:
+                return {"run": lambda: norms.layer_norm_forward(x, w, b), "baseline": ln_fwd,
+                        "check": lambda: harness.rel_err(norms.layer_norm_forward(x, w, b)[0], ln_fwd())}  # fmt: skip
+            return {"run": lambda: norms.rms_norm_forward(x, w), "baseline": rms_fwd,
+                    "check": lambda: harness.rel_err(norms.rms_norm_forward(x, w)[0], rms_fwd())}  # fmt: skip
+        dy = harness.randn(xp, rng, (rows, d), dtype)
+
+        def ln_bwd():
+            xf, dyf = x.astype(f32), dy.astype(f32)
+            mu = xf.mean(-1, keepdims=True)
+            rstd = 1.0 / xp.sqrt(((xf - mu) ** 2).mean(-1, keepdims=True) + 1e-5)
+            xhat = (xf - mu) * rstd
+            wdy = dyf * w.astype(f32)
+            dx = rstd * (wdy - wdy.mean(-1, keepdims=True) - xhat * (wdy * xhat).mean(-1, keepdims=True))
+            return dx.astype(x.dtype), (dyf * xhat).sum(0).astype(w.dtype), dyf.sum(0).astype(w.dtype)
+
+        def rms_bwd():
+            xf, dyf = x.astype(f32), dy.astype(f32)
+            rstd = 1.0 / xp.sqrt((xf * xf).mean(-1, keepdims=True) + 1e-6)
+            xhat = xf * rstd
+            wdy = dyf * w.astype(f32)
+            dx = rstd * (wdy - xhat * (wdy * xhat).mean(-1, keepdims=True))
+            return dx.astype(x.dtype), (dyf * xhat).sum(0).astype(w.dtype)
+
+        if ln:
+            _, res = norms.layer_norm_forward(x, w, b)
+            run, base = (lambda: norms.layer_norm_backward(res, dy)), ln_bwd
+        else:
+            _, res = norms.rms_norm_forward(x, w)
+            run, base = (lambda: norms.rms_norm_backward(res, dy)), rms_bwd
+
+        def check():
+            # every gradient the baseline gives (dx, dw[, db]) must match; a missing one is an error
+            got, want = run(), base()
+            if len(got) < len(want):
+                raise ValueError(f"{op} returned {len(got)} gradients, expected at least {len(want)}")
+            return max(harness.rel_err(g, e) for g, e in zip(got, want))
+
+        return {"run": run, "baseline": base, "check": check}
+
+    name = ("cupy layer_norm" if ln else "cupy rms_norm") + (
+        " (mean, var, normalise, affine)" if fwd and ln else "" if fwd else " backward"
+    )
+    return dict(name=op, shape=(rows, d), dtype=dtype, flops=0,
+                bytes=(2 if fwd else 3) * nbytes,  # fwd: read x, write y; bwd: read x, dy, write dx
+                baseline_name=name, setup=setup)  # fmt: skip
+
+
+def cases(size="large", sizes=None, dtype=None, xp=None):
+    """LayerNorm and RMSNorm forward and backward; arrays are allocated by each case's ``setup()``."""
     from conch.kernels import norms
 
-    rows, dims = (8192, (768, 1024, 4096, 8192)) if size == "large" else (512, (256, 1024))
-    rng = cupy.random.default_rng(0)
+    xp = harness.family_xp(xp)
+    rows = 8192 if size == "large" else 512
+    dims = harness.pick_sizes(sizes, (1024, 8192) if size == "large" else (256, 1024))
     out = []
-    for dtype in ("float32", "float16", "bfloat16"):
-        dt = ml_dtypes.bfloat16 if dtype == "bfloat16" else dtype
-        for D in dims:
-            x = rng.standard_normal((rows, D), dtype=cupy.float32).astype(dt)
-            dy = rng.standard_normal((rows, D), dtype=cupy.float32).astype(dt)
-            w = (rng.standard_normal(D, dtype=cupy.float32) * 0.1 + 1).astype(dt)
-            b = rng.standard_normal(D, dtype=cupy.float32).astype(dt)
-            nbytes = rows * D * x.itemsize
-
-            def ln_fwd(x=x, w=w, b=b):  # unfused: upcast, mean, var, normalise, affine, downcast
-                xf = x.astype(cupy.float32)
-                mu = xf.mean(-1, keepdims=True)
-                xc = xf - mu
-                rstd = 1.0 / cupy.sqrt((xc * xc).mean(-1, keepdims=True) + 1e-5)
-                return (xc * rstd * w.astype(cupy.float32) + b.astype(cupy.float32)).astype(x.dtype)
-
-            def ln_bwd(x=x, w=w, dy=dy):
-                xf, dyf = x.astype(cupy.float32), dy.astype(cupy.float32)
-                mu = xf.mean(-1, keepdims=True)
-                rstd = 1.0 / cupy.sqrt(((xf - mu) ** 2).mean(-1, keepdims=True) + 1e-5)
-                xhat = (xf - mu) * rstd
-                wdy = dyf * w.astype(cupy.float32)
-                dx = rstd * (wdy - wdy.mean(-1, keepdims=True) - xhat * (wdy * xhat).mean(-1, keepdims=True))
-                return dx.astype(x.dtype), (dyf * xhat).sum(0).astype(w.dtype), dyf.sum(0).astype(w.dtype)
-
-            def rms_fwd(x=x, w=w):
-                xf = x.astype(cupy.float32)
-                rstd = 1.0 / cupy.sqrt((xf * xf).mean(-1, keepdims=True) + 1e-6)
-                return (xf * rstd * w.astype(cupy.float32)).astype(x.dtype)
-
-            def rms_bwd(x=x, w=w, dy=dy):
-                xf, dyf = x.astype(cupy.float32), dy.astype(cupy.float32)
-                rstd = 1.0 / cupy.sqrt((xf * xf).mean(-1, keepdims=True) + 1e-6)
-                xhat = xf * rstd
-                wdy = dyf * w.astype(cupy.float32)
-                dx = rstd * (wdy - xhat * (wdy * xhat).mean(-1, keepdims=True))
-                return dx.astype(x.dtype), (dyf * xhat).sum(0).astype(w.dtype)
-
-            _, ln_res = norms.layer_norm_forward(x, w, b)
-            _, rms_res = norms.rms_norm_forward(x, w)
-            common = dict(shape=(rows, D), dtype=dtype, flops=0)
-            out += [
-                dict(
-                    name="layer_norm_fwd", bytes=2 * nbytes, **common,  # read x, write y
-                    run=lambda x=x, w=w, b=b: norms.layer_norm_forward(x, w, b),
-                    baseline_name="cupy layer_norm (mean, var, normalise, affine)", baseline=ln_fwd,
-                    check=lambda x=x, w=w, b=b, f=ln_fwd: _rel_err(norms.layer_norm_forward(x, w, b)[0], f()),
-                ),
-                dict(
-                    name="layer_norm_bwd", bytes=3 * nbytes, **common,  # read x, dy, write dx
-                    run=lambda r=ln_res, dy=dy: norms.layer_norm_backward(r, dy),
-                    baseline_name="cupy layer_norm backward", baseline=ln_bwd,
-                    check=lambda r=ln_res, dy=dy, f=ln_bwd: max(
-                        _rel_err(a, e) for a, e in zip(norms.layer_norm_backward(r, dy), f(), strict=False)
-                    ),
-                ),
-                dict(
-                    name="rms_norm_fwd", bytes=2 * nbytes, **common,
-                    run=lambda x=x, w=w: norms.rms_norm_forward(x, w),
-                    baseline_name="cupy rms_norm", baseline=rms_fwd,
-                    check=lambda x=x, w=w, f=rms_fwd: _rel_err(norms.rms_norm_forward(x, w)[0], f()),
-                ),
-                dict(
-                    name="rms_norm_bwd", bytes=3 * nbytes, **common,
-                    run=lambda r=rms_res, dy=dy: norms.rms_norm_backward(r, dy),
-                    baseline_name="cupy rms_norm backward", baseline=rms_bwd,
-                    check=lambda r=rms_res, dy=dy, f=rms_bwd: max(
-                        _rel_err(a, e) for a, e in zip(norms.rms_norm_backward(r, dy), f(), strict=False)
-                    ),
-                ),
-            ]  # fmt: skip
+    seed = 400
+    for dt in harness.wanted_dtypes(dtype, ("float32", "bfloat16")):
+        for d in dims:
+            for op in ("layer_norm_fwd", "layer_norm_bwd", "rms_norm_fwd", "rms_norm_bwd"):
+                seed += 1
+                out.append(_case(xp, norms, op, dt, rows, d, seed))
     return out

@@ -10,6 +10,10 @@ keeps its best round (robust to other processes on a shared machine).
 The baseline is PyTorch CPU when ``torch`` imports (same chain, same shapes), else raw NumPy
 with a hand-written backward (no autograd at all: the floor for any Python framework).
 
+The JSON (``--json``, schema conch-bench/1 through ``harness.make_payload``) has one
+``harness.ratio_row`` per pass with metric ``us/op``: ``ratio`` = baseline time / conch time, so
+above 1 means conch has less overhead, as everywhere else in the benchmarks.
+
 Usage::
 
     python benchmarks/bench_overhead.py                  # table on stdout
@@ -20,26 +24,20 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
+import sys
 import time
 
 import numpy as np
 
+_HERE = os.path.dirname(os.path.abspath(__file__))
+if _HERE not in sys.path:
+    sys.path.insert(0, _HERE)
+
+import harness  # noqa: E402
+
 SHAPE = (16, 16)
-
-
-def _cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _median_time(fn, repeats, warmup=2):
@@ -216,42 +214,31 @@ def main(argv=None):
             for k, v in r.items():
                 res[name][k] = min(v, res[name].get(k, float("inf")))
 
-    meta = {
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "cpu": _cpu_model(),
-        "nproc": os.cpu_count(),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "baseline": base,
-        "baseline_version": base_version,
-        "ops": args.ops,
-        "chain": args.chain,
-        "shape": list(SHAPE),
-        "repeats": args.repeats,
-        "rounds": args.rounds,
-        "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
-    }
+    env = harness.Env.detect(force_cpu=True)  # per-op overhead is host work: never touch a GPU here
+    base_name = f"{base} {base_version}" + (" (hand-written backward)" if base == "numpy" else "")
+    params = {"ops": args.ops, "chain": args.chain, "shape": list(SHAPE), "repeats": args.repeats,
+              "rounds": args.rounds}  # fmt: skip
+    case = f"{args.chain} x{args.ops} 16x16 f32"
+    rows = []
+    for k in ("forward", "forward_no_grad", "backward", "forward+backward"):
+        if k == "forward+backward":
+            a = (res["conch"]["forward"] + res["conch"]["backward"]) * 1e6
+            b = (res[base]["forward"] + res[base]["backward"]) * 1e6
+        else:
+            a, b = res["conch"][k] * 1e6, res[base][k] * 1e6
+        rows.append(harness.ratio_row(f"{case} {k}", "us/op", a, b, False, baseline_name=base_name, device="cpu",
+                                      ok=bool(np.isfinite(a) and np.isfinite(b)), **params))  # fmt: skip
     print(
         f"per-op overhead: chain of {args.ops} {args.chain} ops on {SHAPE} float32, "
         f"best of {args.rounds} rounds of median of {args.repeats}"
     )
-    print(f"{meta['cpu']}, {meta['nproc']} CPUs, Python {meta['python']}, {meta['date']}")
-    print(f"{'pass':<18}{'conch (us/op)':>15}{base + ' (us/op)':>16}{'ratio':>9}")
-    ratios = {}
-    for k in ("forward", "forward_no_grad", "backward"):
-        a, b = res["conch"][k] * 1e6, res[base][k] * 1e6
-        ratios[k] = a / b
-        print(f"{k:<18}{a:>15.2f}{b:>16.2f}{a / b:>8.2f}x")
-    tot_a = (res["conch"]["forward"] + res["conch"]["backward"]) * 1e6
-    tot_b = (res[base]["forward"] + res[base]["backward"]) * 1e6
-    ratios["forward+backward"] = tot_a / tot_b
-    print(f"{'forward+backward':<18}{tot_a:>15.2f}{tot_b:>16.2f}{tot_a / tot_b:>8.2f}x")
+    print(f"{env.device}, Python {env.info['python']}, {env.info['date']}, commit {env.info['commit']}")
+    print(harness.format_table(rows, harness.E2E_COLUMNS))
     if args.json:
-        out = {"meta": meta, "seconds_per_op": res, "ratio_conch_over_baseline": ratios}
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=2)
-    return res
+        harness.write_json(args.json, harness.make_payload("overhead", "e2e", rows, env,
+                                                           params=dict(params, baseline=base_name)))  # fmt: skip
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

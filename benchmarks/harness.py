@@ -1,28 +1,42 @@
 """Benchmark harness: timing (CuPy events or perf_counter), measured peaks, checks, tables, JSON and plots.
 
-A *case* is a dict (the contract every ``benchmarks/bench_<family>.py`` follows through ``cases(size)``)::
+A *case* is a dict (the contract every ``benchmarks/bench_<family>.py`` follows through
+``cases(size, sizes=None, dtype=None, xp=None)``). Its metadata is plain data::
 
-    name           str        op name, e.g. "matmul", "softmax_fwd"
+    name           str        op name, e.g. "matmul_fwd", "softmax_fwd"
     shape          tuple      problem shape (the last entry is what ``--sizes`` filters on)
     dtype          str        "float16", "bfloat16", "float32", "tf32", ... (aliases fp16/bf16/fp32 accepted)
     flops          int        floating-point operations of one call (0 for memory-bound ops)
     bytes          int        fewest bytes one call must move (each input read once, each output written once)
-    run            callable   zero-arg: conch's kernel on pre-allocated arrays
     baseline_name  str        what ``baseline`` is ("cupy.matmul (cuBLAS)", "numpy composition", ...)
-    baseline       callable   zero-arg: the baseline on the same arrays
-    check          callable   zero-arg: max relative error of conch's result against the baseline (float)
 
-Optional keys: ``tol`` (overrides the per-dtype tolerance), ``torch`` (zero-arg callable: PyTorch on the
-same problem) or ``torch_factory`` (zero-arg, returns that callable or None; called just before timing so
-PyTorch's inputs live for one case only), ``torch_name``, ``runs``/``baselines`` (lists of zero-arg
+and its arrays come from ``setup``, a zero-arg callable that allocates the inputs and returns a dict of
+zero-arg closures over them::
+
+    run            conch's kernel on the case's arrays
+    baseline       the baseline on the same arrays
+    check          max relative error of conch's result against the baseline (a float)
+
+:func:`run_case` calls ``setup()`` right before checking and timing and drops every reference to its
+result right after, then :meth:`Env.release` frees the memory pools (CuPy's, and PyTorch's when it was
+used): only one case's arrays exist at a time, so a list of large cases costs nothing until it runs.
+``setup()`` may also return ``runs``/``baselines``, ``torch``/``torch_factory`` or ``baseline_name``
+(which override the metadata). A case may instead carry ``run``/``baseline``/``check`` directly (eager
+arrays: fine for small CPU cases).
+
+Optional metadata: ``tol`` (overrides the per-dtype tolerance), ``torch`` (zero-arg callable: PyTorch on
+the same problem) or ``torch_factory`` (zero-arg, returns that callable or None; called just before timing
+so PyTorch's inputs live for one case only), ``torch_name``, ``runs``/``baselines`` (lists of zero-arg
 callables over distinct input sets, rotated between repeats so inputs that fit in L2 are not timed from
 cache), ``size`` (x value for plots).
 
 One call is timed as the median of ``repeats`` timed calls after warm-up (the check runs first and doubles
 as the first warm-up, so compilation and autotuning stay out of the numbers). On the GPU each call sits
-between two CuPy events on the current stream; when neither rotation sets nor a working set larger than
-four L2 caches are there, L2 is flushed (a memset of a 256 MiB buffer) before every timed call, outside
-the events. On the CPU, ``time.perf_counter`` around each call.
+between two CuPy events on the current stream (CuPy's legacy default stream, which is also where Triton
+launches through PyTorch's current stream and where PyTorch runs, unless someone sets another); when
+neither rotation sets nor a working set larger than four L2 caches are there, L2 is flushed (a memset of
+a 256 MiB buffer) before every timed call, outside the events. On the CPU, ``time.perf_counter`` around
+each call.
 
 Throughput: a case with ``flops`` is compute-bound when ``flops / peak_flops >= bytes / peak_bandwidth``
 (roofline), and then reports TFLOP/s against the measured matmul peak at its dtype (a large cuBLAS or
@@ -40,6 +54,7 @@ Example::
 from __future__ import annotations
 
 import datetime
+import gc
 import json
 import math
 import os
@@ -199,6 +214,26 @@ class Env:
         if self._flush_buf is None:
             self._flush_buf = self.xp.empty(max(256 * 2**20, 4 * self.l2_bytes) // 4, dtype=self.xp.int32)
         self._flush_buf.fill(0)
+
+    def release(self):
+        """Give freed memory back between cases: collect cycles, empty CuPy's pools and PyTorch's cache.
+
+        A case's arrays die with its closures; the pools would still hold their blocks, and the next
+        case's large allocations would then fail or fragment.
+        """
+        if not self.gpu:
+            return
+        gc.collect()
+        self.sync()
+        self.xp.get_default_memory_pool().free_all_blocks()
+        self.xp.get_default_pinned_memory_pool().free_all_blocks()
+        torch = sys.modules.get("torch")
+        if torch is not None:
+            try:
+                if torch.cuda.is_initialized():
+                    torch.cuda.empty_cache()
+            except Exception:  # PyTorch's cache is an extra: never fail a benchmark over it
+                pass
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -368,19 +403,42 @@ def copy_peak(env: Env) -> dict:
 # Running cases
 # ----------------------------------------------------------------------------------------------------------------
 
-REQUIRED_KEYS = ("name", "shape", "dtype", "flops", "bytes", "run", "baseline_name", "baseline", "check")
+META_KEYS = ("name", "shape", "dtype", "flops", "bytes", "baseline_name")
+CLOSURE_KEYS = ("run", "baseline", "check")
+#: Every key a materialised case has (metadata plus the closures ``setup()`` returns).
+REQUIRED_KEYS = META_KEYS + CLOSURE_KEYS
 
 
-def validate_case(case) -> None:
-    """Raise ValueError naming the missing keys or wrong types of a case dict."""
+def validate_case(case, materialised=False) -> None:
+    """Raise ValueError naming the missing keys or wrong types of a case dict.
+
+    A case needs the metadata keys and either a ``setup`` callable or the ``run``/``baseline``/``check``
+    closures; ``materialised`` (after ``setup()``) requires the closures.
+    """
     if not isinstance(case, dict):
         raise ValueError(f"a benchmark case must be a dict, got {type(case).__name__}")
-    missing = [k for k in REQUIRED_KEYS if k not in case]
+    lazy = not materialised and "setup" in case
+    if lazy and not callable(case["setup"]):
+        raise ValueError(f"benchmark case {case.get('name', '?')!r}: 'setup' must be a zero-arg callable")
+    missing = [k for k in (META_KEYS if lazy else REQUIRED_KEYS) if k not in case]
     if missing:
         raise ValueError(f"benchmark case {case.get('name', '?')!r} lacks keys {missing}")
-    for k in ("run", "baseline", "check"):
+    for k in () if lazy else CLOSURE_KEYS:
         if not callable(case[k]):
             raise ValueError(f"benchmark case {case['name']!r}: {k!r} must be a zero-arg callable")
+
+
+def materialise(case) -> dict:
+    """The case with ``setup()``'s closures merged in (the case itself when it has no ``setup``)."""
+    if "setup" not in case:
+        return case
+    parts = case["setup"]()
+    if not isinstance(parts, dict):
+        raise ValueError(f"benchmark case {case['name']!r}: setup() must return a dict, got {type(parts).__name__}")
+    full = {k: v for k, v in case.items() if k != "setup"}
+    full.update(parts)
+    validate_case(full, materialised=True)
+    return full
 
 
 def _throughput(flops, nbytes, ms, peak_tflops, peak_gbps):
@@ -398,10 +456,11 @@ def _throughput(flops, nbytes, ms, peak_tflops, peak_gbps):
 
 
 def run_case(env: Env, case: dict, repeats=20, warmup=2, with_torch=True, budget_s=1.0, log=None) -> dict:
-    """Check then time one case (conch, its baseline, PyTorch when given); returns a result row.
+    """Set up, check, then time one case (conch, its baseline, PyTorch when given); returns a result row.
 
-    The row always has ``ok``; a wrong result (check above tolerance, NaN) or an exception sets it False
-    with the reason in ``error`` instead of raising, so one bad kernel does not hide the others.
+    The row always has ``ok``; a wrong result (check above tolerance, NaN) or an exception (in ``setup()``
+    too, e.g. out of memory) sets it False with the reason in ``error`` instead of raising, so one bad
+    kernel does not hide the others. The case's arrays are released before this returns.
     """
     validate_case(case)
     dtype = canonical_dtype(case["dtype"])
@@ -414,35 +473,49 @@ def run_case(env: Env, case: dict, repeats=20, warmup=2, with_torch=True, budget
         "time_ms": None, "baseline_ms": None, "torch_ms": None, "torch_name": None,
     }  # fmt: skip
     try:
-        err = float(case["check"]())
-        env.sync()
-        row["err"] = err
-        if math.isnan(err) or err > row["tol"]:
-            row["error"] = (
-                f"WRONG RESULT: {case['name']} {tuple(row['shape'])} {dtype}: max relative error {err:.3g} "
-                f"against {case['baseline_name']} exceeds the {dtype} tolerance {row['tol']:.1g}"
-            )
-            return _finish(env, row)
-        n_bytes = row["bytes"]
-        flush = env.gpu and "runs" not in case and n_bytes < 4 * env.l2_bytes
-        row["time_ms"], _ = time_fn(env, case.get("runs", case["run"]), repeats, warmup, flush, budget_s)
-        row["baseline_ms"], _ = time_fn(
-            env, case.get("baselines", case["baseline"]), repeats, warmup, flush and "baselines" not in case, budget_s
-        )
-        if with_torch and (callable(case.get("torch")) or callable(case.get("torch_factory"))):
-            try:
-                # a factory builds PyTorch's inputs only now, so they are freed again after this case
-                tfn = case["torch"] if callable(case.get("torch")) else case["torch_factory"]()
-                if tfn is not None:
-                    row["torch_ms"], _ = time_fn(env, tfn, repeats, warmup, flush, budget_s)
-                    row["torch_name"] = case.get("torch_name", "torch")
-                del tfn
-            except Exception as e:  # PyTorch is an extra: its failure must not sink conch's row
-                row["torch_name"] = f"torch failed: {type(e).__name__}: {e}"[:200]
-        row["ok"] = True
+        _check_and_time(env, case, row, repeats, warmup, with_torch, budget_s)
     except Exception as e:
         row["error"] = f"ERROR in {case['name']} {tuple(row['shape'])} {dtype}: {type(e).__name__}: {e}"[:500]
+    finally:
+        try:
+            env.release()  # the closures died with _check_and_time's frame: hand their memory back
+        except Exception as e:
+            eprint(f"harness: releasing memory after {case['name']} failed ({type(e).__name__}: {e})")
     return _finish(env, row)
+
+
+def _check_and_time(env, case, row, repeats, warmup, with_torch, budget_s):
+    """Fill ``row`` in place; every array lives in this frame only (see :func:`run_case`)."""
+    full = materialise(case)
+    row["baseline_name"] = full["baseline_name"]
+    err = float(full["check"]())
+    env.sync()
+    row["err"] = err
+    if math.isnan(err) or err > row["tol"]:
+        row["error"] = (
+            f"WRONG RESULT: {row['op']} {tuple(row['shape'])} {row['dtype']}: max relative error {err:.3g} "
+            f"against {row['baseline_name']} exceeds the {row['dtype']} tolerance {row['tol']:.1g}"
+        )
+        return
+    flush = env.gpu and "runs" not in full and row["bytes"] < 4 * env.l2_bytes
+    row["time_ms"], _ = time_fn(env, full.get("runs", full["run"]), repeats, warmup, flush, budget_s)
+    try:
+        row["baseline_ms"], _ = time_fn(
+            env, full.get("baselines", full["baseline"]), repeats, warmup, flush and "baselines" not in full, budget_s
+        )
+    except Exception as e:  # conch's checked time stands; the row says what the baseline did
+        row["baseline_name"] = f"{row['baseline_name']} (failed: {type(e).__name__}: {e})"[:200]
+    if with_torch and (callable(full.get("torch")) or callable(full.get("torch_factory"))):
+        try:
+            # a factory builds PyTorch's inputs only now, so they are freed again after this case
+            tfn = full["torch"] if callable(full.get("torch")) else full["torch_factory"]()
+            if tfn is not None:
+                row["torch_ms"], _ = time_fn(env, tfn, repeats, warmup, flush, budget_s)
+                row["torch_name"] = full.get("torch_name", "torch")
+            del tfn
+        except Exception as e:  # PyTorch is an extra: its failure must not sink conch's row
+            row["torch_name"] = f"torch failed: {type(e).__name__}: {e}"[:200]
+    row["ok"] = True
 
 
 def _finish(env, row):
@@ -458,10 +531,18 @@ def _finish(env, row):
     return row
 
 
-def run_cases(env: Env, cases, repeats=20, warmup=2, with_torch=True, budget_s=1.0, progress=None) -> list:
-    """Run every case in order; ``progress(row)`` is called after each (e.g. to print a line)."""
+def run_cases(
+    env: Env, cases, repeats=20, warmup=2, with_torch=True, budget_s=1.0, progress=None, deadline=None
+) -> list:
+    """Run every case in order; ``progress(row)`` is called after each (e.g. to print a line or save JSON).
+
+    ``deadline``: a ``time.monotonic()`` value after which no further case starts (the rows returned are
+    then fewer than the cases; the caller says how many were left out).
+    """
     rows = []
     for case in cases:
+        if deadline is not None and time.monotonic() >= deadline:
+            break
         row = run_case(env, case, repeats, warmup, with_torch, budget_s)
         rows.append(row)
         if progress is not None:
@@ -472,6 +553,71 @@ def run_cases(env: Env, cases, repeats=20, warmup=2, with_torch=True, budget_s=1
 def failures(rows) -> list:
     """The rows whose kernel was wrong or raised."""
     return [r for r in rows if not r.get("ok")]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Helpers for bench_<family>.py: array module, dtypes, random inputs, the check's error measure
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def family_xp(xp=None):
+    """The array module a family's cases use: ``xp`` when given (NumPy in the CPU tests), else CuPy on a
+    usable GPU; RuntimeError otherwise (``conch bench`` only calls ``cases()`` with a GPU)."""
+    if xp is not None:
+        return xp
+    cp = get_cupy()
+    if cp is None:
+        raise RuntimeError("these benchmark cases need a CUDA GPU through CuPy (or pass xp=numpy)")
+    return cp
+
+
+def storage_dtype(name):
+    """The array dtype of a case dtype: ``"bfloat16"`` -> ml_dtypes.bfloat16, ``"tf32"`` -> float32."""
+    import numpy as np
+
+    name = canonical_dtype(name)
+    if name == "bfloat16":
+        import ml_dtypes
+
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype("float32" if name == "tf32" else name)
+
+
+def randn(xp, rng, shape, dtype, scale=1.0, shift=0.0):
+    """Standard normal draws (float32, times ``scale`` plus ``shift``) stored in ``dtype``: never zeros,
+    which would hide unwritten outputs and can run faster than real data."""
+    x = rng.standard_normal(shape, dtype=xp.float32)
+    if scale != 1.0:
+        x *= scale
+    if shift != 0.0:
+        x += shift
+    return x.astype(storage_dtype(dtype))
+
+
+def rel_err(a, b) -> float:
+    """``max |a - b| / max |b|`` computed in float32 (NaN anywhere gives NaN, which fails the check)."""
+    a = a.astype("float32")
+    b = b.astype("float32")
+    return float(abs(a - b).max() / max(float(abs(b).max()), 1e-30))
+
+
+def erf_fn(xp):
+    """``erf`` for ``xp``'s arrays: cupyx.scipy.special.erf on CuPy, scipy.special.erf on NumPy."""
+    if xp.__name__ == "numpy":
+        from scipy.special import erf
+    else:
+        from cupyx.scipy.special import erf
+    return erf
+
+
+def pick_sizes(sizes, default):
+    """``sizes`` (a ``--sizes`` list) when given, else ``default``, as a tuple of ints."""
+    return tuple(int(s) for s in sizes) if sizes else tuple(default)
+
+
+def wanted_dtypes(dtype, default):
+    """The case dtypes to build: ``(canonical dtype,)`` when ``dtype`` is given, else ``default``."""
+    return (canonical_dtype(dtype),) if dtype else tuple(default)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -780,19 +926,29 @@ class CupyPeakMemory:
         return False
 
 
-def ratio_row(case, metric, conch, torch, higher_is_better=True, **extra) -> dict:
-    """One end-to-end result row: ``ratio`` is conch/torch for rates and torch/conch for times and memory,
-    so a ratio above 1 always means conch did better."""
+def ratio_row(case, metric, conch, torch, higher_is_better=True, baseline_name="torch", **extra) -> dict:
+    """One end-to-end result row, the layout every non-kernel benchmark writes.
+
+    ``torch`` is the baseline's value (PyTorch, or what ``baseline_name`` says: "conch fp32", "numpy"...).
+    ``ratio`` is conch/baseline for rates and baseline/conch for times and memory (``higher_is_better``
+    False), so a ratio above 1 always means conch (or the feature measured) did better. The row keeps the
+    baseline's value under ``baseline`` and, when the baseline is PyTorch, under ``torch`` too.
+    """
     ratio = None
     if conch and torch:
         ratio = conch / torch if higher_is_better else torch / conch
-    row = {"case": case, "metric": metric, "conch": conch, "torch": torch, "ratio": ratio,
-           "better": "higher" if higher_is_better else "lower"}  # fmt: skip
+    row = {"case": case, "metric": metric, "conch": conch, "baseline": torch, "baseline_name": baseline_name,
+           "ratio": ratio, "better": "higher" if higher_is_better else "lower"}  # fmt: skip
+    if str(baseline_name).startswith("torch"):
+        row["torch"] = torch
     row.update(extra)
+    if "ok" in row and "check" not in row:
+        row["check"] = "ok" if row["ok"] else "FAILED"
     return row
 
 
 E2E_COLUMNS = [
     ("case", "case", "s"), ("device", "device", "s"), ("metric", "metric", "s"), ("conch", "conch", ".4g"),
-    ("torch", "torch", ".4g"), ("ratio (>1: conch better)", "ratio", ".3f"), ("check", "check", "s"),
+    ("baseline", "baseline", ".4g"), ("vs", "baseline_name", "s"), ("ratio (>1: conch better)", "ratio", ".3f"),
+    ("check", "check", "s"),
 ]  # fmt: skip

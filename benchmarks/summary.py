@@ -2,14 +2,16 @@
 
 Usage::
 
-    python benchmarks/summary.py RESULTS_DIR [--md results.md] [--json results.json] [--short]
+    python benchmarks/summary.py RESULTS_DIR [--md results.md] [--json results.json] [--short] [--plot FILE.png]
 
 Reads ``*.json`` files written with ``--json`` by ``conch bench`` and the ``bench_*.py`` scripts
 (schema ``conch-bench/1``: ``{"name", "kind", "device", "info", "results": [rows]}``; files that are a bare
 list of rows or one flat object are accepted too). Each file becomes a markdown table. A short headline
-table (one line per row: benchmark, case, metric, conch, baseline, ratio, check) goes at the top of
-results.md and, with ``--short``, to stdout last. Rows of end-to-end scripts are read through the keys
-``case``/``name``, ``metric``, ``conch``, ``torch`` (or ``baseline``), ``ratio`` and ``ok``.
+table (one line per row: benchmark, case, metric, conch, baseline, ratio, what the baseline is, check) goes
+at the top of results.md and, with ``--short``, to stdout last. Rows of end-to-end scripts (written with
+``harness.ratio_row``) are read through the keys ``case``/``name``, ``metric``, ``conch``, ``baseline`` (or
+``torch``), ``baseline_name``, ``ratio`` and ``ok``; every ratio is "above 1: conch better". ``--plot`` draws
+the kernel rows of every file into one figure (``harness.plot``).
 """
 
 from __future__ import annotations
@@ -27,8 +29,10 @@ import harness  # noqa: E402
 
 SHORT_COLUMNS = [
     ("benchmark", "bench", "s"), ("case", "case", "s"), ("metric", "metric", "s"), ("conch", "conch", ".4g"),
-    ("baseline", "baseline", ".4g"), ("ratio", "ratio", ".3g"), ("check", "check", "s"),
+    ("baseline", "baseline", ".4g"), ("ratio", "ratio", ".3g"), ("vs", "vs", "s"), ("check", "check", "s"),
 ]  # fmt: skip
+#: Widest "vs" cell on stdout (results.md keeps the whole name).
+VS_WIDTH = 20
 
 _LABEL_KEYS = ("case", "name", "op", "model", "config", "benchmark")
 _SKIP_GENERIC = ("baseline_name", "torch_name")
@@ -95,6 +99,7 @@ def short_rows(name, doc) -> list:
                 "bench": doc.get("name", name), "case": f"{r.get('op')} {shape} {r.get('dtype')}",
                 "metric": r.get("unit") or "ms", "conch": r.get("throughput", r.get("time_ms")),
                 "baseline": r.get("baseline_throughput", r.get("baseline_ms")), "ratio": r.get("speedup"),
+                "vs": r.get("baseline_name") or "",
                 "check": "ok" if ok else ("WRONG" if r.get("err") is not None else "ERROR"),
                 "_group": (r.get("op"), r.get("dtype")), "_size": r.get("size") or 0,
             })  # fmt: skip
@@ -102,20 +107,21 @@ def short_rows(name, doc) -> list:
         if doc.get("kind") == "flat":  # free-form JSON: only its ratios make the headline
             if "ratio" in str(r.get("name", "")).lower() and isinstance(r.get("value"), (int, float)):
                 out.append({"bench": doc.get("name", name), "case": r["name"], "metric": "ratio (as written)",
-                            "conch": None, "baseline": None, "ratio": r["value"], "check": ""})  # fmt: skip
+                            "conch": None, "baseline": None, "ratio": r["value"], "vs": "", "check": ""})  # fmt: skip
             continue
         label = next((str(r[k]) for k in _LABEL_KEYS if isinstance(r.get(k), str)), "")
-        base = r.get("torch", r.get("baseline"))
+        base = r.get("baseline", r.get("torch"))
         ok = r.get("ok")
+        vs = r.get("baseline_name") or ("torch" if "torch" in r else "")
         out.append({
             "bench": doc.get("name", name), "case": label, "metric": r.get("metric") or r.get("unit") or "",
             "conch": r.get("conch"), "baseline": base if not isinstance(base, str) else None,
-            "ratio": r.get("ratio"), "check": "" if ok is None else ("ok" if ok else "FAILED"),
+            "ratio": r.get("ratio"), "vs": str(vs), "check": "" if ok is None else ("ok" if ok else "FAILED"),
         })  # fmt: skip
     return out
 
 
-def condensed(short, max_rows=60) -> list:
+def condensed(short, max_rows=70) -> list:
     """The stdout headline: failed rows first, then the largest size of each kernel (op, dtype) and every
     end-to-end row, at most ``max_rows``."""
     best = {}
@@ -130,6 +136,11 @@ def condensed(short, max_rows=60) -> list:
     out = [r for r in short if r.get("_group") is None or id(r) in keep or r["check"] != "ok"]
     out.sort(key=lambda r: r["check"] in ("ok", ""))  # stable: failures first, so the cut never hides them
     return out[:max_rows]
+
+
+def _clip(text, width):
+    text = str(text or "")
+    return text if len(text) <= width else text[: width - 1] + "~"
 
 
 def generic_columns(rows, limit=14) -> list:
@@ -209,6 +220,7 @@ def main(argv=None) -> int:
     p.add_argument("--md", default=None, help="write the markdown summary here (default FOLDER/results.md)")
     p.add_argument("--json", default=None, help="write the merged JSON here (default FOLDER/results.json)")
     p.add_argument("--short", action="store_true", help="print the headline table to stdout")
+    p.add_argument("--plot", default=None, metavar="FILE.png", help="plot every kernel row into one figure")
     args = p.parse_args(argv)
     if not os.path.isdir(args.folder):
         print(f"summary: {args.folder} is not a folder", file=sys.stderr)
@@ -217,8 +229,17 @@ def main(argv=None) -> int:
                   args.json or os.path.join(args.folder, "results.json"))  # fmt: skip
     for prob in s["problems"]:
         print(f"summary: {prob}", file=sys.stderr)
+    if args.plot:
+        kernel_rows = [r for doc in s["files"].values() if doc.get("kind") == "kernels"
+                       for r in doc.get("results", []) if isinstance(r, dict)]  # fmt: skip
+        try:
+            n = harness.plot(kernel_rows, args.plot, title="conch kernels") if kernel_rows else 0
+            print(f"summary: {n} kernel panels in {args.plot}" if n else "summary: no kernel rows to plot",
+                  file=sys.stderr)  # fmt: skip
+        except Exception as e:  # a plot must not hide the table
+            print(f"summary: plot failed ({type(e).__name__}: {e})", file=sys.stderr)
     if args.short:
-        rows = condensed(s["short"])
+        rows = [dict(r, vs=_clip(r.get("vs", ""), VS_WIDTH)) for r in condensed(s["short"])]
         if len(rows) < len(s["short"]):
             print(f"(largest size per kernel and dtype, and every failure: {len(rows)} of {len(s['short'])} rows; "
                   "all in results.md)")  # fmt: skip

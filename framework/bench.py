@@ -6,8 +6,9 @@ Usage::
     conch bench all --json results/kernels.json --plot results/kernels.png
     python -m conch.bench softmax --repeats 50
 
-On a GPU each family's cases come from ``benchmarks/bench_<family>.py`` (``cases(size)``, see
-``benchmarks/harness.py`` for the case contract) and are timed with CuPy events. Without a GPU the command
+On a GPU each family's cases come from ``benchmarks/bench_<family>.py`` (``cases(size, sizes, dtype)``, see
+``benchmarks/harness.py`` for the case contract: each case allocates its arrays in ``setup()`` right before
+it is timed and frees them right after) and are timed with CuPy events. Without a GPU the command
 says so and times conch's reference paths (NumPy) against plain NumPy compositions, and PyTorch CPU when it
 is installed, at small sizes with ``time.perf_counter``.
 
@@ -23,6 +24,7 @@ import inspect
 import math
 import os
 import sys
+import time
 from pathlib import Path
 
 FAMILIES = ("matmul", "activations", "softmax", "cross_entropy", "norms", "dropout")
@@ -462,6 +464,9 @@ def configure_parser(p):
     p.add_argument("--warmup", type=int, default=2, help="untimed calls before timing (after the check)")
     p.add_argument("--budget", type=float, default=None,
                    help="seconds at most per implementation and case (fewer repeats when slow)")  # fmt: skip
+    p.add_argument("--max-seconds", type=float, default=None,
+                   help="start no case after this many seconds (the rest are reported as not run); "
+                        "the JSON is rewritten after every case, so a killed run keeps what it measured")  # fmt: skip
     p.add_argument("--json", metavar="FILE", default=None, help="write the results as JSON (schema conch-bench/1)")
     p.add_argument("--markdown", metavar="FILE", default=None, help="write the table as markdown")
     p.add_argument("--plot", metavar="FILE.png", default=None, help="throughput against size, one line per impl")
@@ -478,11 +483,13 @@ def _families(kernel, available):
     return fams
 
 
-def _progress(i_total):
+def _progress(i_total, after=None):
     i, total = [0], i_total
 
     def cb(row):
         i[0] += 1
+        if after is not None:
+            after(row)
         if row["ok"]:
             thr = f"{row['throughput']:.4g} {row['unit']}" if row.get("throughput") is not None else "-"
             pct = f", {row['pct_peak']:.0f}% of peak" if row.get("pct_peak") is not None else ""
@@ -569,8 +576,26 @@ def _run(args) -> int:
         return 2
     print(f"device: {env.device}; commit {env.info.get('commit')}; {len(cases)} cases; median of up to "
           f"{repeats} repeats", flush=True)  # fmt: skip
+    meta = {"kernel": args.kernel, "dtype": dtype, "sizes": args.sizes, "size": args.size, "repeats": repeats,
+            "budget_s": budget, "max_seconds": args.max_seconds}  # fmt: skip
+    done = []
+
+    def save(row=None):
+        if row is not None:
+            done.append(row)
+        if args.json:  # after every case: a run killed by an outer timeout keeps what it measured
+            harness.write_json(args.json, harness.make_payload(
+                "kernels", "kernels", done, env, mode="gpu" if env.gpu else "cpu", notes=notes, args=meta,
+                cases_planned=len(cases)))  # fmt: skip
+
+    deadline = None if args.max_seconds is None else time.monotonic() + args.max_seconds
     rows = harness.run_cases(env, cases, repeats=repeats, warmup=args.warmup, with_torch=not args.no_torch,
-                             budget_s=budget, progress=_progress(len(cases)))  # fmt: skip
+                             budget_s=budget, progress=_progress(len(cases), save), deadline=deadline)  # fmt: skip
+    if len(rows) < len(cases):
+        left = cases[len(rows) :]
+        notes.append(f"--max-seconds {args.max_seconds:g} reached: {len(left)} of {len(cases)} cases not run ("
+                     + ", ".join(f"{c['name']} {'x'.join(map(str, c['shape']))} {c['dtype']}" for c in left[:6])
+                     + (", ..." if len(left) > 6 else "") + ")")  # fmt: skip
     peaks = "; ".join(
         f"{k}: {v.get('tflops') or v.get('gbps') or 0:.4g} {'TFLOP/s' if 'tflops' in v else 'GB/s'} ({v['how']})"
         for k, v in env.peaks.items()
@@ -581,9 +606,7 @@ def _run(args) -> int:
     for n in notes:
         print(f"note: {n}")
     if args.json:
-        harness.write_json(args.json, harness.make_payload(
-            "kernels", "kernels", rows, env, mode="gpu" if env.gpu else "cpu", notes=notes,
-            args={"kernel": args.kernel, "dtype": dtype, "sizes": args.sizes, "repeats": repeats}))  # fmt: skip
+        save()
         print(f"wrote {args.json}")
     if args.markdown:
         with open(args.markdown, "w") as f:

@@ -131,3 +131,20 @@ def test_returned_config_is_a_copy(cache_dir):
     cfg = autotune.pick("k", (5,), CONFIGS, bench, timer=timer)
     cfg["BLOCK"] = -1
     assert autotune.pick("k", (5,), CONFIGS, bench, timer=timer)["BLOCK"] == 128
+
+
+def test_budget_env_limits_what_is_timed(cache_dir, monkeypatch):
+    tried = []
+
+    def bench(cfg):
+        tried.append(cfg["BLOCK"])
+        if cfg["BLOCK"] == CONFIGS[0]["BLOCK"]:
+            raise RuntimeError("out of shared memory")
+
+    monkeypatch.setenv("CONCH_AUTOTUNE", "off")
+    assert autotune.pick("b", ("float32", 1), CONFIGS, bench, timer=lambda fn: fn() or 1.0) == CONFIGS[1]
+    assert tried == [CONFIGS[0]["BLOCK"], CONFIGS[1]["BLOCK"]]  # no warm-up, no repeats
+    tried.clear()
+    monkeypatch.setenv("CONCH_AUTOTUNE", "2")
+    autotune.pick("b", ("float32", 2), CONFIGS, bench, timer=lambda fn: fn() or 1.0)
+    assert set(tried) == {CONFIGS[0]["BLOCK"], CONFIGS[1]["BLOCK"]}
