@@ -1,4 +1,5 @@
-"""conch.optim optimizers: against float64 NumPy references, hand-computed steps, and torch.optim bit for bit."""
+"""conch.optim optimizers: against float64 NumPy references, hand-computed steps, and torch.optim (to a few ulps
+in the default fast mode, bit for bit under ``set_bitwise_torch(True)``)."""
 
 import numpy as np
 import pytest
@@ -9,6 +10,24 @@ from conch import optim
 
 F32, F64 = np.float32, np.float64
 SHAPES = [(7, 5), (13,), (3, 4, 2)]
+FAST_CHUNK = opt_mod._FAST_CHUNK_BYTES // 4  # float32 elements per piece of the fast path
+MODES = ["fast", "bitwise"]
+
+
+@pytest.fixture
+def bitwise():
+    """Run a test with the optimizers in torch-bitwise mode, restoring the default afterwards."""
+    optim.set_bitwise_torch(True)
+    yield
+    optim.set_bitwise_torch(False)
+
+
+@pytest.fixture(params=MODES)
+def mode(request):
+    """Run a test in both numerical modes (the value is the mode's name)."""
+    optim.set_bitwise_torch(request.param == "bitwise")
+    yield request.param
+    optim.set_bitwise_torch(False)
 
 
 # ------------------------------------------------------------------------------------------ float64 references
@@ -130,9 +149,10 @@ def _run_conch(cls, kw, init, grads, device="cpu"):
 
 
 @pytest.mark.parametrize("cls,ref,kw", CASES, ids=IDS)
-def test_matches_float64_reference(cls, ref, kw, device):
+def test_matches_float64_reference(cls, ref, kw, device, mode):
     rng = np.random.default_rng(0)
-    init, grads = _problem(rng)
+    # the long parameter runs the fast path in pieces (the last one partial)
+    init, grads = _problem(rng, shapes=[*SHAPES, (FAST_CHUNK + 77,)] if mode == "fast" else SHAPES)
     hist, _, _ = _run_conch(cls, kw, init, grads, device)
     for i, a in enumerate(init):
         expect = ref(a, [g[i] for g in grads], **kw)
@@ -201,7 +221,7 @@ def _compare_torch(torch, cls, kw, init, grads):
 
 
 @pytest.mark.parametrize("cls,kw", [(c, kw) for c, _, kw in CASES], ids=IDS)
-def test_bitwise_vs_torch(cls, kw, device, monkeypatch):
+def test_bitwise_vs_torch(cls, kw, device, monkeypatch, bitwise):
     if device != "cpu":
         pytest.skip("torch comparison runs on the CPU reference path")
     torch = pytest.importorskip("torch")
@@ -221,13 +241,118 @@ def test_bitwise_vs_torch(cls, kw, device, monkeypatch):
 
 
 @pytest.mark.parametrize("cls,kw", [(c, kw) for c, _, kw in CASES[4:]], ids=IDS[4:])
-def test_close_to_torch_with_exact_sqrt(cls, kw, device):
+def test_close_to_torch_with_exact_sqrt(cls, kw, device, bitwise):
     if device != "cpu":
         pytest.skip("torch comparison runs on the CPU reference path")
     torch = pytest.importorskip("torch")
     init, grads = _problem(np.random.default_rng(2), steps=1)
     worst, _, _ = _compare_torch(torch, cls, kw, init, grads)
     assert worst <= 2  # one step: only the sqrt may differ, by 1 ulp, and the division by it
+
+
+# RMSprop centered computes sqrt(v - g_avg^2), which cancels: torch's fused multiply-adds round once where the
+# fast path rounds twice, so its few-ulp differences are amplified in those elements
+FAST_TOL = {"RMSprop-10": 3e-6, "RMSprop-11": 3e-6}
+
+
+@pytest.mark.parametrize("cls,kw,case", [(c, kw, i) for (c, _, kw), i in zip(CASES, IDS)], ids=IDS)
+def test_fast_mode_close_to_torch(cls, kw, case, device):
+    if device != "cpu":
+        pytest.skip("torch comparison runs on the CPU path")
+    torch = pytest.importorskip("torch")
+    init, grads = _problem(np.random.default_rng(8), shapes=[*SHAPES, (FAST_CHUNK + 77,)], steps=5)
+    hist, o, _ = _run_conch(cls, kw, init, grads)
+    tps = [torch.tensor(a, requires_grad=True) for a in init]
+    to = _torch_cls(torch, cls)(tps, **kw)
+    tol = FAST_TOL.get(case, 1e-6)
+    for k, gs in enumerate(grads):
+        for p, g in zip(tps, gs):
+            p.grad = torch.tensor(g)
+        to.step()
+        for i, (a, b) in enumerate(zip(hist[k], tps)):
+            b = b.detach().numpy()  # a few ulps of the parameter's scale
+            np.testing.assert_allclose(a, b, rtol=1e-6, atol=tol * np.abs(b).max(), err_msg=f"param {i} step {k}")
+    for p_c, p_t in zip(o.param_groups[0]["params"], to.param_groups[0]["params"]):
+        sc, st = o.state[p_c], to.state[p_t]
+        assert set(sc) == set(st)
+        for key in sc:
+            b = st[key].numpy()
+            np.testing.assert_allclose(_host(sc[key]), b, rtol=1e-5, atol=1e-5 * np.abs(b).max(), err_msg=key)
+
+
+def test_fast_mode_is_not_bitwise_torch(device):
+    # the control for the bitwise tests: the fast path rounds differently from torch's fused multiply-adds
+    init, grads = _problem(np.random.default_rng(9), shapes=[(4000,)], steps=2)
+    fast, _, _ = _run_conch(optim.AdamW, {"lr": 0.01}, init, grads, device)
+    optim.set_bitwise_torch(True)
+    try:
+        exact, _, _ = _run_conch(optim.AdamW, {"lr": 0.01}, init, grads, device)
+    finally:
+        optim.set_bitwise_torch(False)
+    assert not np.array_equal(fast[-1][0], exact[-1][0])
+    np.testing.assert_allclose(fast[-1][0], exact[-1][0], rtol=1e-6, atol=1e-6)
+
+
+def test_set_bitwise_torch_switch():
+    assert optim.is_bitwise_torch() is False  # the default
+    optim.set_bitwise_torch(True)
+    try:
+        assert optim.is_bitwise_torch() is True
+    finally:
+        optim.set_bitwise_torch(False)
+    assert optim.is_bitwise_torch() is False
+    with pytest.raises(TypeError, match="bool"):
+        optim.set_bitwise_torch("yes")
+
+
+@pytest.mark.parametrize("cls,ref,kw", CASES, ids=IDS)
+def test_fast_mode_allocates_no_float64(cls, ref, kw, monkeypatch):
+    # float32 parameters update in float32: no float64 temporary (the bitwise mode's fma emulation) is requested
+    dtypes = []
+    get, flat = opt_mod._Workspace.get, opt_mod._Workspace.flat
+
+    def spy_get(self, slot, like, dt):
+        dtypes.append(np.dtype(dt))
+        return get(self, slot, like, dt)
+
+    def spy_flat(self, slot, n, dt):
+        dtypes.append(np.dtype(dt))
+        return flat(self, slot, n, dt)
+
+    monkeypatch.setattr(opt_mod._Workspace, "get", spy_get)
+    monkeypatch.setattr(opt_mod._Workspace, "flat", spy_flat)
+    init, grads = _problem(np.random.default_rng(10), shapes=[(5, 3), (FAST_CHUNK + 5,)], steps=2)
+    _run_conch(cls, kw, init, grads)
+    assert dtypes and set(dtypes) == {np.dtype(F32)}
+    dtypes.clear()
+    optim.set_bitwise_torch(True)
+    try:
+        _run_conch(cls, kw, init, grads)
+    finally:
+        optim.set_bitwise_torch(False)
+    assert np.dtype(F64) in dtypes  # the bitwise mode does use float64 (the check above can fail)
+
+
+@pytest.mark.parametrize("cls,ref,kw", [CASES[1], CASES[5], CASES[10], CASES[13]], ids=[IDS[i] for i in (1, 5, 10, 13)])
+def test_fast_mode_non_contiguous_grad_and_param(cls, ref, kw, device):
+    # a transposed gradient (pieces need a contiguous copy) and a transposed parameter (one whole-array pass),
+    # both longer than a piece
+    rng = np.random.default_rng(11)
+    shapes = [(3, FAST_CHUNK), (FAST_CHUNK // 4 + 1, 5)]
+    init = [rng.standard_normal(s).astype(F32) for s in shapes]
+    grads = [[rng.standard_normal(s).astype(F32) for s in shapes] for _ in range(3)]
+    ps = [conch.tensor(init[0], device=device, requires_grad=True),
+          conch.tensor(np.ascontiguousarray(init[1].T), device=device).T.detach().requires_grad_()]  # fmt: skip
+    assert not ps[1]._data.flags.c_contiguous and ps[1].numel() > FAST_CHUNK
+    o = cls(ps, **kw)
+    for gs in grads:
+        ps[0].grad = conch.tensor(np.ascontiguousarray(gs[0].T), device=device).T
+        ps[1].grad = conch.tensor(gs[1], device=device)
+        assert not ps[0].grad._data.flags.c_contiguous
+        o.step()
+    for i, p in enumerate(ps):
+        expect = ref(init[i], [g[i] for g in grads], **kw)[-1]
+        np.testing.assert_allclose(_host(p), expect, rtol=2e-5, atol=2e-6, err_msg=f"param {i}")
 
 
 def test_state_dict_layout_matches_torch(device):
@@ -250,7 +375,7 @@ def test_state_dict_layout_matches_torch(device):
         assert float(sd["state"][i]["step"].item()) == float(tsd["state"][i]["step"]) == 2.0
 
 
-def test_loads_a_torch_optimizer_state_dict(monkeypatch):
+def test_loads_a_torch_optimizer_state_dict(monkeypatch, bitwise):
     torch = pytest.importorskip("torch")
     monkeypatch.setattr(opt_mod, "_sqrt", _torch_sqrt(torch))
     init, grads = _problem(np.random.default_rng(7), steps=5)
@@ -397,7 +522,7 @@ RESUME_CASES = [
 
 
 @pytest.mark.parametrize("cls,kw", RESUME_CASES)
-def test_state_dict_resume_is_bitwise(cls, kw, device, tmp_path):
+def test_state_dict_resume_is_bitwise(cls, kw, device, tmp_path, mode):
     init, grads = _problem(np.random.default_rng(4), steps=6)
     full, _, _ = _run_conch(cls, kw, init, grads, device)
     # first half, save through a file, then a fresh optimizer on fresh parameters continues
@@ -442,7 +567,7 @@ def test_load_state_dict_restores_hyperparameters(device):
 @pytest.mark.parametrize("cls,kw", [(optim.Adam, {"lr": 0.01, "weight_decay": 0.1}), (optim.AdamW, {"amsgrad": True}),
                                     (optim.SGD, {"lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 0.1}),
                                     (optim.SGD, {"lr": 0.1})])  # fmt: skip
-def test_fused_path_matches_reference(cls, kw, device, monkeypatch):
+def test_fused_path_matches_reference(cls, kw, device, monkeypatch, bitwise):
     k = pytest.importorskip("conch.kernels.optim")
     if device == "cpu":
         monkeypatch.setenv("CONCH_KERNELS", "reference")  # the kernels' own NumPy path (no interpreter)

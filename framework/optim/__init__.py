@@ -14,8 +14,19 @@ Example::
 from . import lr_scheduler
 from .adagrad import Adagrad
 from .adam import Adam, AdamW
-from .optimizer import Optimizer, required
+from .optimizer import Optimizer, is_bitwise_torch, required, set_bitwise_torch
 from .rmsprop import RMSprop
 from .sgd import SGD
 
-__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "lr_scheduler", "required"]
+__all__ = [
+    "Optimizer",
+    "SGD",
+    "Adam",
+    "AdamW",
+    "RMSprop",
+    "Adagrad",
+    "lr_scheduler",
+    "required",
+    "set_bitwise_torch",
+    "is_bitwise_torch",
+]

@@ -4,7 +4,19 @@ from __future__ import annotations
 
 from .._backend import xp_of
 from . import optimizer as _o
-from .optimizer import Optimizer, _addcdiv_, _addcmul_, _chunked, _grad_for_update, _opmath, _scalar_state
+from .optimizer import (
+    Optimizer,
+    _addcdiv_,
+    _addcmul_,
+    _chunked,
+    _coeffs,
+    _fast,
+    _fast_chunked,
+    _grad_for_update,
+    _l2_grad_fast,
+    _opmath,
+    _scalar_state,
+)
 
 __all__ = ["Adagrad"]
 
@@ -56,7 +68,15 @@ class Adagrad(Optimizer):
     def _update(self, p, g, state, group):
         st = state["step"]._data
         st += 1
-        clr = group["lr"] / (1 + (float(st) - 1) * group["lr_decay"])
+        step = float(st)
+        clr = group["lr"] / (1 + (step - 1) * group["lr_decay"])
+        if _fast(p):
+            key = (id(group), step, p.dtype)
+            coeffs = self._coef_cache.get(key)
+            if coeffs is None:
+                coeffs = self._coef_cache[key] = _coeffs(p, clr, group["eps"], group["weight_decay"], group["maximize"])
+            _fast_chunked(_adagrad_fast, (p, g, state["sum"]._data), self._ws, 3, coeffs)
+            return
         _chunked(_adagrad_single, (p, g, state["sum"]._data), self._ws, clr=clr, eps=group["eps"],
                  weight_decay=group["weight_decay"], maximize=group["maximize"])  # fmt: skip
 
@@ -71,3 +91,17 @@ def _adagrad_single(p, g, s, ws, *, clr, eps, weight_decay, maximize):
     _o._sqrt(s, std, opm)  # state_sum.sqrt().add_(eps)
     xp.add(std, opm.type(eps), out=std, dtype=opm)
     _addcdiv_(p, g, std, -clr, ws)  # param.addcdiv_(grad, std, value=-clr)
+
+
+def _adagrad_fast(xp, p, g, s, t0, t1, t2, c):
+    """One Adagrad update of ``p`` in place with plain ufuncs, in torch's single-tensor op order (7 passes)."""
+    clr, eps, weight_decay, neg = c
+    if weight_decay != 0:
+        g, neg = _l2_grad_fast(xp, p, g, neg, weight_decay, t0), False
+    xp.multiply(g, g, out=t1)  # state_sum.addcmul_(grad, grad, value=1)
+    xp.add(s, t1, out=s)
+    xp.sqrt(s, out=t2)  # std = state_sum.sqrt().add_(eps)
+    xp.add(t2, eps, out=t2)
+    xp.multiply(g, clr if neg else -clr, out=t1)  # param.addcdiv_(grad, std, value=-clr)
+    xp.divide(t1, t2, out=t1)
+    xp.add(p, t1, out=p)

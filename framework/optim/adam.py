@@ -9,10 +9,14 @@ from .optimizer import (
     _addcdiv_,
     _addcmul_,
     _chunked,
+    _coeffs,
+    _fast,
+    _fast_chunked,
     _fused_kernels,
     _grad_for_update,
-    _is_cupy,
+    _l2_grad_fast,
     _lerp_,
+    _lerp_fast,
     _opmath,
     _scalar_state,
 )
@@ -35,8 +39,9 @@ class Adam(Optimizer):
     ``max_exp_avg_sq``.
 
     ``fused``: ``None`` (default) updates all CuPy parameters of a group with one multi-tensor kernel
-    (``conch.kernels.optim.adam_step``) and NumPy parameters with this per-parameter reference path;
-    ``True``/``False`` force either. Both give the same numbers up to rounding.
+    (``conch.kernels.optim.adam_step``) and NumPy parameters with the per-parameter path; ``True``/``False``
+    force either. Both give the same numbers up to rounding. The per-parameter path is the fast float32 one
+    unless :func:`conch.optim.set_bitwise_torch` asks for PyTorch's exact rounding.
 
     Example::
 
@@ -80,27 +85,36 @@ class Adam(Optimizer):
             state["max_exp_avg_sq"] = zeros_like(d)
 
     def _update(self, p, g, state, group):
-        lr, wd = group["lr"], group["weight_decay"]
-        beta1, beta2 = group["betas"]
         step_t = state["step"]._data
         step_t += 1
         step = float(step_t)
-        bias_correction1 = 1 - beta1**step
-        bias_correction2 = 1 - beta2**step
         vmax = state["max_exp_avg_sq"]._data if group["amsgrad"] else None
         arrays = (p, g, state["exp_avg"]._data, state["exp_avg_sq"]._data, vmax)
+        if _fast(p):
+            key = (id(group), step, p.dtype)
+            coeffs = self._coef_cache.get(key)
+            if coeffs is None:
+                coeffs = self._coef_cache[key] = _adam_coeffs(p, group, step)
+            _fast_chunked(_adam_fast, arrays, self._ws, 3, coeffs)
+            return
+        lr, wd = group["lr"], group["weight_decay"]
+        beta1, beta2 = group["betas"]
+        bias_correction1 = 1 - beta1**step
+        bias_correction2 = 1 - beta2**step
         _chunked(_adam_single, arrays, self._ws, lr=lr, beta1=beta1, beta2=beta2, eps=group["eps"], weight_decay=wd,
                  decoupled=group["decoupled_weight_decay"], maximize=group["maximize"],
                  step_size=lr / bias_correction1, bias_correction2_sqrt=bias_correction2**0.5)  # fmt: skip
 
     def _step_group(self, group):
+        fused = group.get("fused")
+        if fused is None:
+            fused = self._all_cupy_with_grad(group)
+        k = _fused_kernels() if fused else None
+        if k is None:  # NumPy parameters, or no kernels: skip the scan below
+            return super()._step_group(group)
         params = self._params_with_grad(group)
         if not params:
             return
-        fused = group.get("fused")
-        if fused is None:
-            fused = all(_is_cupy(p._data) for p in params)
-        k = _fused_kernels() if fused else None
         if k is None or not all(p._data.flags.c_contiguous for p in params):
             return super()._step_group(group)
         by_step = {}
@@ -147,6 +161,42 @@ def _adam_single(p, g, m, v, vmax, ws, *, lr, beta1, beta2, eps, weight_decay, d
     xp.divide(denom, opm.type(bias_correction2_sqrt), out=denom, dtype=opm)
     xp.add(denom, opm.type(eps), out=denom, dtype=opm)
     _addcdiv_(p, m, denom, -step_size, ws)  # param.addcdiv_(exp_avg, denom, value=-step_size)
+
+
+def _adam_coeffs(p, group, step):
+    """The scalars of ``_adam_fast`` for parameters like ``p`` of ``group`` at step count ``step``."""
+    lr, wd, eps = group["lr"], group["weight_decay"], group["eps"]
+    beta1, beta2 = group["betas"]
+    decoupled = group["decoupled_weight_decay"]
+    bias_correction1 = 1 - beta1**step
+    bc2_sqrt = (1 - beta2**step) ** 0.5
+    # torch: p += (-lr / bc1) * m / (sqrt(v) / sqrt(bc2) + eps); multiplying numerator and denominator by
+    # sqrt(bc2) saves a pass: p += (-lr * sqrt(bc2) / bc1) * m / (sqrt(v) + eps * sqrt(bc2))
+    return _coeffs(p, 1 - lr * wd if decoupled else 1.0, 0.0 if decoupled else wd, group["maximize"], 1 - beta1,
+                   beta2, 1 - beta2, eps * bc2_sqrt, -lr * bc2_sqrt / bias_correction1)  # fmt: skip
+
+
+def _adam_fast(xp, p, g, m, v, vmax, t0, t1, t2, c):
+    """One Adam update of ``p`` in place with plain ufuncs: 13 passes for AdamW (torch's single-tensor op
+    order, except the bias correction of ``v`` folded into the step size and eps, as ``_update`` explains)."""
+    decay, l2, neg, w1, beta2, omb2, eps, step = c
+    if decay != 1:
+        xp.multiply(p, decay, out=p)  # param.mul_(1 - lr * weight_decay)
+    if l2 != 0:
+        g, neg = _l2_grad_fast(xp, p, g, neg, l2, t0), False
+    _lerp_fast(xp, m, g, w1, neg, t1)  # exp_avg.lerp_(grad, 1 - beta1)
+    xp.multiply(g, omb2, out=t1)  # exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2); the sign of
+    xp.multiply(t1, g, out=t1)  # grad (maximize) cancels in the square
+    xp.multiply(v, beta2, out=v)
+    xp.add(v, t1, out=v)
+    if vmax is not None:
+        xp.maximum(vmax, v, out=vmax)
+        v = vmax
+    xp.sqrt(v, out=t2)
+    xp.add(t2, eps, out=t2)
+    xp.divide(m, t2, out=t1)
+    xp.multiply(t1, step, out=t1)
+    xp.add(p, t1, out=p)
 
 
 class AdamW(Adam):

@@ -11,8 +11,18 @@ counter (so a graph that saved the old value refuses to backward), and packs and
 integer parameter ids exactly as ``torch.optim.Optimizer`` does, so a fresh optimizer that loads a saved
 state continues bit for bit.
 
-The module also holds the array helpers that reproduce PyTorch's CPU pointwise kernels rounding for rounding
-(``_fma``, ``_lerp_``, ...), so each optimizer's update reads like the torch.optim source it mirrors.
+Two numerical modes, chosen process-wide with :func:`set_bitwise_torch`:
+
+* default (fast): float32/float64 parameters update with plain in-place NumPy ufuncs (``out=``) over
+  cache-sized pieces of each parameter, in as few passes as the update allows (``_fast_chunked`` and the
+  ``_*_fast`` kernels of each optimizer). The formulas and, where it costs nothing, the operation order are
+  PyTorch's; results agree with ``torch.optim`` to a few ulps per step.
+* bitwise (``set_bitwise_torch(True)``): the helpers below reproduce PyTorch's CPU pointwise kernels rounding
+  for rounding (``_fma``, ``_lerp_``, ...; fused multiply-adds emulated through float64), so each update reads
+  like the torch.optim source it mirrors and matches it bit for bit (about 5x slower per operation).
+  Parameters of other dtypes (float16, bfloat16) always take this path: it computes in float32 as torch does.
+
+Either mode is deterministic, so a fresh optimizer that loads a state dict continues bit for bit.
 
 Example::
 
@@ -37,7 +47,7 @@ from .._backend import xp_of
 from ..autograd.grad_mode import enable_grad, no_grad
 from ..tensor import Tensor
 
-__all__ = ["Optimizer", "required"]
+__all__ = ["Optimizer", "required", "set_bitwise_torch", "is_bitwise_torch"]
 
 
 class _RequiredParameter:
@@ -50,6 +60,34 @@ class _RequiredParameter:
 required = _RequiredParameter()
 
 _F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)
+
+_BITWISE = [False]  # set_bitwise_torch's flag (a list so the hot path reads it without a global statement)
+
+
+def set_bitwise_torch(enabled):
+    """Make every conch optimizer reproduce ``torch.optim``'s CPU updates bit for bit (``True``), or use the
+    fast float32 path (``False``, the default).
+
+    The bitwise mode emulates PyTorch's fused multiply-adds through float64 temporaries: about 5x slower per
+    operation, for runs that must match a PyTorch run exactly (PyTorch's CPU ``sqrt``, a SIMD approximation
+    within 1 ulp, is the one operation it does not reproduce). The fast mode applies the same formulas with
+    plain float32 operations and agrees with PyTorch to a few ulps per step. The flag is read at every
+    ``step()``, so it may be switched between steps. Example::
+
+        conch.optim.set_bitwise_torch(True)
+        try:
+            opt.step()
+        finally:
+            conch.optim.set_bitwise_torch(False)
+    """
+    if not isinstance(enabled, (bool, np.bool_)):
+        raise TypeError(f"set_bitwise_torch expects a bool, but got {type(enabled).__name__}")
+    _BITWISE[0] = bool(enabled)
+
+
+def is_bitwise_torch():
+    """Whether optimizers currently reproduce ``torch.optim`` bit for bit (see :func:`set_bitwise_torch`)."""
+    return _BITWISE[0]
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -78,6 +116,7 @@ class _Workspace:
 
     def __init__(self):
         self._bufs = {}
+        self._views = {}
 
     def get(self, slot, like, dtype):
         xp = xp_of(like)
@@ -89,8 +128,27 @@ class _Workspace:
             self._bufs[key] = buf
         return buf[: like.size].reshape(like.shape)
 
+    def flat(self, slot, n, dtype):
+        """A 1-d NumPy scratch array of ``n`` elements (the fast path's per-piece temporaries)."""
+        key = (slot, dtype.str, None)
+        buf = self._bufs.get(key)
+        if buf is None or buf.size < n:
+            buf = self._bufs[key] = np.empty(n, dtype=dtype)
+        return buf if buf.size == n else buf[:n]
+
+    def temps(self, shape, dtype, k, size):
+        """``k`` NumPy scratch arrays of ``shape``: views of ``k`` shared buffers of ``size >= prod(shape)``
+        elements, cached per shape so that a small parameter's update pays one dict lookup for them."""
+        key = (shape, dtype, k)
+        views = self._views.get(key)
+        if views is None:
+            n = int(np.prod(shape, dtype=np.int64))
+            views = self._views[key] = tuple(self.flat(f"fast{i}", size, dtype)[:n].reshape(shape) for i in range(k))
+        return views
+
     def clear(self):
         self._bufs.clear()
+        self._views.clear()
 
 
 def _round_into(out, w):
@@ -202,6 +260,92 @@ def _chunked(fn, arrays, ws, *args, **kwargs):
         fn(*[None if a is None else a[s : s + _CHUNK] for a in flat], ws, *args, **kwargs)
 
 
+# ------------------------------------------------------------------------------------------------------------
+# The fast path: plain in-place ufuncs in the parameter's dtype.
+# ------------------------------------------------------------------------------------------------------------
+
+_FAST_CHUNK_BYTES = 256 * 1024  # per array and piece: parameter, gradient, state and 3 temporaries fit in L2
+
+
+def _fast(p):
+    """Whether array ``p`` updates on the fast path: float32/float64 and the bitwise mode off."""
+    return not _BITWISE[0] and (p.dtype == _F32 or p.dtype == _F64)
+
+
+def _fast_chunked(fn, arrays, ws, n_temps, coeffs):
+    """Run the fast kernel ``fn(xp, *arrays, *temps, coeffs)`` over cache-sized pieces of the arrays.
+
+    ``arrays[0]`` is the parameter, ``arrays[1]`` its gradient (only read, any layout), the rest state
+    (``None`` allowed); ``temps`` are ``n_temps`` scratch arrays in the parameter's dtype. ``coeffs`` holds the
+    kernel's scalars: floats as the parameter's scalar type (see ``_coeffs``). Each piece runs
+    every pass of the update while its data sits in the L2 cache, instead of streaming whole arrays through
+    memory once per pass. Elementwise kernels give the same bits whatever the pieces, so a resumed run
+    stays bitwise identical. CuPy arrays and non-contiguous parameters or state run in one call.
+    """
+    p = arrays[0]
+    dt = p.dtype
+    n = p.size
+    if not isinstance(p, np.ndarray):
+        return fn(xp_of(p), *arrays, *[ws.get(f"whole{i}", p, dt) for i in range(n_temps)], coeffs)
+    chunk = _FAST_CHUNK_BYTES // dt.itemsize
+    if n <= chunk:
+        return fn(np, *arrays, *ws.temps(p.shape, dt, n_temps, chunk), coeffs)
+    if not all(a is None or a.flags.c_contiguous for i, a in enumerate(arrays) if i != 1):
+        return fn(np, *arrays, *[ws.get(f"whole{i}", p, dt) for i in range(n_temps)], coeffs)
+    g = arrays[1]
+    flat = [a if a is None else a.reshape(-1) for a in arrays]
+    flat[1] = (g if g.flags.c_contiguous else np.ascontiguousarray(g)).reshape(-1)
+    temps = [ws.flat(f"fast{i}", chunk, dt) for i in range(n_temps)]
+    for s in range(0, n, chunk):
+        e = s + chunk
+        if e > n:
+            e = n
+            temps = [t[: e - s] for t in temps]
+        fn(np, *[a if a is None else a[s:e] for a in flat], *temps, coeffs)
+
+
+def _coeffs(p, *values):
+    """``values`` with every float as ``p``'s scalar type (bools kept): a float64 scalar (say an ``lr`` given
+    as ``np.float64``) would otherwise promote a float32 ufunc to float64, 7x slower and differently rounded."""
+    t = p.dtype.type
+    return tuple(v if isinstance(v, (bool, np.bool_)) else t(v) for v in values)
+
+
+def _l2_grad_fast(xp, p, g, neg, weight_decay, out):
+    """``out = (-g if neg else g) + weight_decay * p`` (torch: ``grad.add(param, alpha=weight_decay)``)."""
+    xp.multiply(p, weight_decay, out=out)
+    (xp.subtract if neg else xp.add)(out, g, out=out)
+    return out
+
+
+def _lerp_fast(xp, start, end, weight, neg, t):
+    """``start.lerp_(-end if neg else end, weight)`` in place with torch's two formulas; ``t`` is scratch.
+
+    ``|w| < 0.5``: ``start + w * (end - start)``, else ``end - (1 - w) * (end - start)`` (each product and sum
+    rounded separately here). ``neg`` folds a negated ``end`` (``maximize``) into the coefficients: exact,
+    as negation is.
+    """
+    w = start.dtype.type(weight)
+    small = abs(w) < 0.5
+    if not neg:
+        xp.subtract(end, start, out=t)
+        if small:
+            xp.multiply(t, w, out=t)
+            xp.add(start, t, out=start)
+        else:
+            xp.multiply(t, w - 1, out=t)
+            xp.add(end, t, out=start)
+    else:  # t = end + start = -((-end) - start)
+        xp.add(end, start, out=t)
+        if small:
+            xp.multiply(t, -w, out=t)
+            xp.add(start, t, out=start)
+        else:
+            xp.multiply(t, 1 - w, out=t)
+            xp.subtract(t, end, out=start)
+    return start
+
+
 def _scalar_state(value=0.0):
     """A 0-d float32 CPU tensor, as torch keeps ``state["step"]``."""
     return Tensor._make(np.array(value, dtype=np.float32))
@@ -243,6 +387,7 @@ class Optimizer:
         self.state = defaultdict(dict)
         self.param_groups = []
         self._ws = _Workspace()
+        self._coef_cache = {}  # fast-path scalars per (group, step count, dtype, ...), rebuilt for every group update
         self._opt_called = False
         if isinstance(params, Tensor):
             raise TypeError(
@@ -326,18 +471,20 @@ class Optimizer:
     # -------------------------------------------------------------------------------- stepping
     def zero_grad(self, set_to_none=True):
         """Reset every parameter's gradient: to ``None`` (default, frees memory) or to zeros in place."""
+        if set_to_none:
+            for group in self.param_groups:
+                for p in group["params"]:
+                    p.grad = None
+            return
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                if set_to_none:
-                    p.grad = None
+                if p.grad.grad_fn is not None:
+                    p.grad = p.grad.detach()
                 else:
-                    if p.grad.grad_fn is not None:
-                        p.grad = p.grad.detach()
-                    else:
-                        p.grad.requires_grad = False
-                    p.grad._data.fill(0)
+                    p.grad.requires_grad = False
+                p.grad._data.fill(0)
 
     def step(self, closure=None):
         """Update every parameter that has a gradient; ``closure`` (re-evaluates and returns the loss) is optional.
@@ -355,12 +502,13 @@ class Optimizer:
         return loss
 
     def _step_group(self, group):
-        """One update of every parameter of ``group`` that has a gradient (the per-parameter reference path)."""
+        """One update of every parameter of ``group`` that has a gradient (the per-parameter path)."""
+        self._coef_cache = {}  # the hyperparameters may have changed since the last step (a scheduler)
         for p in group["params"]:
             g = p.grad
             if g is None:
                 continue
-            if g.shape != p.shape:
+            if g._data.shape != p._data.shape:
                 raise RuntimeError(f"gradient of shape {g.shape} does not match its parameter of shape {p.shape}")
             state = self.state.get(p)
             if not state:
@@ -370,6 +518,11 @@ class Optimizer:
             if state:  # optimizers without state (plain SGD) keep none, as in PyTorch's state_dict
                 self.state[p] = state
             p._version[0] += 1
+
+    @staticmethod
+    def _all_cupy_with_grad(group):
+        """Whether every parameter of ``group`` that has a gradient lives on a GPU (the default ``fused`` test)."""
+        return all(_is_cupy(p._data) for p in group["params"] if p.grad is not None)
 
     def _params_with_grad(self, group):
         out = []

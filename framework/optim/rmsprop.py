@@ -4,7 +4,22 @@ from __future__ import annotations
 
 from .._backend import xp_of
 from . import optimizer as _o
-from .optimizer import Optimizer, _addcdiv_, _addcmul_, _chunked, _fma, _grad_for_update, _lerp_, _opmath, _scalar_state
+from .optimizer import (
+    Optimizer,
+    _addcdiv_,
+    _addcmul_,
+    _chunked,
+    _coeffs,
+    _fast,
+    _fast_chunked,
+    _fma,
+    _grad_for_update,
+    _l2_grad_fast,
+    _lerp_,
+    _lerp_fast,
+    _opmath,
+    _scalar_state,
+)
 
 __all__ = ["RMSprop"]
 
@@ -53,7 +68,17 @@ class RMSprop(Optimizer):
         state["step"]._data += 1
         ga = state["grad_avg"]._data if group["centered"] else None
         buf = state["momentum_buffer"]._data if group["momentum"] > 0 else None
-        _chunked(_rmsprop_single, (p, g, state["square_avg"]._data, ga, buf), self._ws, lr=group["lr"],
+        arrays = (p, g, state["square_avg"]._data, ga, buf)
+        if _fast(p):
+            key = (id(group), p.dtype)
+            coeffs = self._coef_cache.get(key)
+            if coeffs is None:
+                coeffs = self._coef_cache[key] = _coeffs(p, group["lr"], group["alpha"], group["eps"],
+                                                         group["weight_decay"], group["momentum"],
+                                                         group["maximize"])  # fmt: skip
+            _fast_chunked(_rmsprop_fast, arrays, self._ws, 3, coeffs)
+            return
+        _chunked(_rmsprop_single, arrays, self._ws, lr=group["lr"],
                  alpha=group["alpha"], eps=group["eps"], weight_decay=group["weight_decay"],
                  momentum=group["momentum"], maximize=group["maximize"])  # fmt: skip
 
@@ -79,3 +104,31 @@ def _rmsprop_single(p, g, sq, ga, buf, ws, *, lr, alpha, eps, weight_decay, mome
         _fma(buf, opm.type(-lr), p, p, ws)  # param.add_(buf, alpha=-lr)
     else:
         _addcdiv_(p, g, avg, -lr, ws)  # param.addcdiv_(grad, avg, value=-lr)
+
+
+def _rmsprop_fast(xp, p, g, sq, ga, buf, t0, t1, t2, c):
+    """One RMSprop update of ``p`` in place with plain ufuncs, in torch's single-tensor op order."""
+    lr, alpha, eps, weight_decay, momentum, neg = c
+    if weight_decay != 0:
+        g, neg = _l2_grad_fast(xp, p, g, neg, weight_decay, t0), False
+    xp.multiply(g, 1 - alpha, out=t1)  # square_avg.mul_(alpha).addcmul_(grad, grad, value=1 - alpha)
+    xp.multiply(t1, g, out=t1)
+    xp.multiply(sq, alpha, out=sq)
+    xp.add(sq, t1, out=sq)
+    if ga is not None:
+        _lerp_fast(xp, ga, g, 1 - alpha, neg, t1)  # grad_avg.lerp_(grad, 1 - alpha)
+        xp.multiply(ga, ga, out=t2)  # square_avg.addcmul(grad_avg, grad_avg, value=-1).sqrt_()
+        xp.subtract(sq, t2, out=t2)
+        xp.sqrt(t2, out=t2)
+    else:
+        xp.sqrt(sq, out=t2)
+    xp.add(t2, eps, out=t2)
+    if buf is not None:  # buf.mul_(momentum).addcdiv_(grad, avg); param.add_(buf, alpha=-lr)
+        xp.multiply(buf, momentum, out=buf)
+        xp.divide(g, t2, out=t1)
+        (xp.subtract if neg else xp.add)(buf, t1, out=buf)
+        xp.multiply(buf, -lr, out=t1)
+    else:  # param.addcdiv_(grad, avg, value=-lr)
+        xp.multiply(g, lr if neg else -lr, out=t1)
+        xp.divide(t1, t2, out=t1)
+    xp.add(p, t1, out=p)

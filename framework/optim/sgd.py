@@ -4,7 +4,18 @@ from __future__ import annotations
 
 from .._backend import xp_of
 from ..tensor import Tensor
-from .optimizer import Optimizer, _chunked, _fma, _fused_kernels, _grad_for_update, _is_cupy, _opmath
+from .optimizer import (
+    Optimizer,
+    _chunked,
+    _coeffs,
+    _fast,
+    _fast_chunked,
+    _fma,
+    _fused_kernels,
+    _grad_for_update,
+    _l2_grad_fast,
+    _opmath,
+)
 
 __all__ = ["SGD"]
 
@@ -21,7 +32,8 @@ class SGD(Optimizer):
     State per parameter: ``momentum_buffer`` (only with ``momentum != 0``).
 
     ``fused``: ``None`` (default) runs the multi-tensor kernel of ``conch.kernels.optim`` for CuPy parameters
-    and this per-parameter reference path for NumPy ones; ``True``/``False`` force either.
+    and the per-parameter path for NumPy ones; ``True``/``False`` force either. The per-parameter path is the
+    fast float32 one unless :func:`conch.optim.set_bitwise_torch` asks for PyTorch's exact rounding.
 
     Example::
 
@@ -55,18 +67,29 @@ class SGD(Optimizer):
             if first:
                 buf_t = state["momentum_buffer"] = Tensor._make(xp_of(p).empty_like(p, order="C"))
             buf = buf_t._data
+        if _fast(p):
+            key = (id(group), first, p.dtype)
+            coeffs = self._coef_cache.get(key)
+            if coeffs is None:
+                coeffs = self._coef_cache[key] = _coeffs(p, group["lr"], momentum, 1 - group["dampening"],
+                                                         group["weight_decay"], group["nesterov"], group["maximize"],
+                                                         first)  # fmt: skip
+            _fast_chunked(_sgd_fast, (p, g, buf), self._ws, 2, coeffs)
+            return
         _chunked(_sgd_single, (p, g, buf), self._ws, lr=group["lr"], momentum=momentum,
                  dampening=group["dampening"], weight_decay=group["weight_decay"], nesterov=group["nesterov"],
                  maximize=group["maximize"], first_step=first)  # fmt: skip
 
     def _step_group(self, group):
+        fused = group.get("fused")
+        if fused is None:
+            fused = self._all_cupy_with_grad(group)
+        k = _fused_kernels() if fused else None
+        if k is None:  # NumPy parameters, or no kernels: skip the scan below
+            return super()._step_group(group)
         params = self._params_with_grad(group)
         if not params:
             return
-        fused = group.get("fused")
-        if fused is None:
-            fused = all(_is_cupy(p._data) for p in params)
-        k = _fused_kernels() if fused else None
         if k is None or not all(p._data.flags.c_contiguous for p in params):
             return super()._step_group(group)
         momentum = group["momentum"]
@@ -114,3 +137,34 @@ def _sgd_single(p, g, buf, ws, *, lr, momentum, dampening, weight_decay, nestero
         else:
             g = buf
     _fma(g, opm.type(-lr), p, p, ws)  # param.add_(grad, alpha=-lr)
+
+
+def _sgd_fast(xp, p, g, buf, t0, t1, c):
+    """One SGD update of ``p`` in place with plain ufuncs (torch's single-tensor formulas; 4 passes with
+    momentum). ``neg`` (maximize) folds the gradient's sign into the additions instead of negating it."""
+    lr, momentum, omd, weight_decay, nesterov, neg, first_step = c
+    if weight_decay != 0:
+        g, neg = _l2_grad_fast(xp, p, g, neg, weight_decay, t0), False
+    if buf is not None:
+        if first_step:  # buf = grad.detach().clone()
+            if neg:
+                xp.negative(g, out=buf)
+            else:
+                xp.copyto(buf, g)
+        else:  # buf.mul_(momentum).add_(grad, alpha=1 - dampening)
+            xp.multiply(buf, momentum, out=buf)
+            if omd != 1:
+                xp.multiply(g, omd, out=t1)
+                g1 = t1
+            else:
+                g1 = g
+            (xp.subtract if neg else xp.add)(buf, g1, out=buf)
+        if nesterov:  # grad = grad.add(buf, alpha=momentum)
+            xp.multiply(buf, momentum, out=t1)
+            (xp.subtract if neg else xp.add)(t1, g, out=t1)
+            g = t1
+        else:
+            g = buf
+        neg = False
+    xp.multiply(g, lr if neg else -lr, out=t1)  # param.add_(grad, alpha=-lr)
+    xp.add(p, t1, out=p)
