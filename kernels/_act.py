@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import triton
 import triton.language as tl
 
@@ -42,6 +43,7 @@ _SQRT1_2 = 0.7071067811865476  # 1/sqrt(2)
 _INV_SQRT_2PI = 0.3989422804014327  # 1/sqrt(2*pi)
 _SQRT_2_OVER_PI = 0.7978845608028654  # sqrt(2/pi)
 _GELU_C = 0.044715
+_F32 = np.dtype(np.float32)
 
 
 def act_name(name) -> str:
@@ -85,7 +87,8 @@ def tanh_fwd(z):
 
 @triton.jit
 def relu_fwd(z):
-    return tl.where(z > 0, z, 0.0)
+    # NaN propagates, as in PyTorch (z != z only for NaN): a NaN must reach the loss and GradScaler's check
+    return tl.where(z > 0, z, tl.where(z != z, z, 0.0))
 
 
 @triton.jit
@@ -236,9 +239,40 @@ def act_grad_out(y, ACT: tl.constexpr):
 # --------------------------------------------------------------------------------------------------------------
 
 
+# Eigen's/XLA's float32 erf: erf(x) = x·P(x²)/Q(x²) on x clamped to [-4, 4] (|error| < 5e-7 against the exact
+# erf, a few float32 ulps; erf(±4) rounds to ±1 in float32). Horner coefficients, highest power first.
+_ERF_P = (-2.72614225801306e-10, 2.77068142495902e-08, -2.10102402082508e-06, -5.69250639462346e-05,
+          -7.34990630326855e-04, -2.95459980854025e-03, -1.60960333262415e-02)  # fmt: skip
+_ERF_Q = (-1.45660718464996e-05, -2.13374055278905e-04, -1.68282697438203e-03, -7.37332916720468e-03,
+          -1.42647390514189e-02)  # fmt: skip
+
+
+def _erf_f32(z, xp):
+    """erf of a float32 array from the rational approximation above: ~25 in-place passes, 2-3x faster than
+    scipy's float32 erf (which widens every element to float64 and back)."""
+    x = xp.clip(z, -4.0, 4.0)
+    x2 = x * x
+    p = x2 * _ERF_P[0]
+    for c in _ERF_P[1:-1]:
+        p += c
+        p *= x2
+    p += _ERF_P[-1]
+    q = x2 * _ERF_Q[0]
+    for c in _ERF_Q[1:-1]:
+        q += c
+        q *= x2
+    q += _ERF_Q[-1]
+    p *= x
+    p /= q
+    return p
+
+
 def _erf(z):
+    """erf(z) for a float array, in z's dtype (a fresh array)."""
     xp = xp_of(z)
     if xp.__name__ == "numpy":
+        if z.dtype == _F32:
+            return _erf_f32(z, xp)
         try:
             from scipy.special import erf  # scipy comes with scikit-learn, a conch dependency
         except ImportError:  # pragma: no cover - slow exact fallback
@@ -261,22 +295,87 @@ def _sigmoid_ref(z, xp):
     return xp.where(z >= 0, 1 / (1 + e), e / (1 + e)).astype(z.dtype, copy=False)
 
 
+def _relu_mask(z):
+    # ``(z > 0)`` as 0/1 in z's dtype. Arithmetic on masks, not xp.where: NumPy's where branches per element
+    # and a random sign pattern mispredicts half the time (~10x slower than a multiply).
+    return (z > 0).astype(z.dtype)
+
+
+def _gelu_tanh_inner(z, z2, xp):
+    """tanh(√(2/π)(z + c z³)) from z and z² (fresh array)."""
+    u = z2 * _GELU_C
+    u += 1
+    u *= z
+    u *= _SQRT_2_OVER_PI
+    return xp.tanh(u, out=u)
+
+
+#: NumPy arrays longer than this run the multi-pass activations block by block (see :func:`_blockwise`).
+_BLOCK = 65536
+
+
+def _blockwise(fn, z, *args):
+    """``fn(z, *args)`` for an elementwise ``fn``, computed on contiguous blocks of _BLOCK elements.
+
+    Each block's ~10-25 passes then stay in the L2 cache and reuse the same few small temporaries, where
+    whole-array temporaries of a large activation (megabytes each) go to fresh, page-faulting memory: about
+    twice as fast on the CPU for gelu at 2**19 elements. NumPy only (a GPU wants one launch per pass).
+    """
+    out = np.empty(z.shape, dtype=z.dtype)
+    zf, of = z.reshape(-1), out.reshape(-1)
+    for s in range(0, zf.size, _BLOCK):
+        of[s : s + _BLOCK] = fn(zf[s : s + _BLOCK], *args)
+    return out
+
+
+def _big_numpy(z, name):
+    return name not in ("none", "relu") and z.size > 2 * _BLOCK and isinstance(z, np.ndarray)
+
+
 def act_ref(z, name, param=0.01):
-    """f(z) on an array (fp32/fp64), for any name :func:`act_name` accepts."""
+    """f(z) on an array (fp32/fp64), for any name :func:`act_name` accepts; z is never modified.
+
+    The temporaries are updated in place (one fresh array per term, not per operation) and large NumPy
+    arrays go block by block: these references are conch's CPU path, where every elementwise pass over a
+    large array costs as much as a small matmul.
+    """
     name = act_name(name)
+    if _big_numpy(z, name):
+        return _blockwise(_act, z, name, param)
+    return _act(z, name, param)
+
+
+def act_grad_ref(z, name, param=0.01):
+    """f'(z) on an array (fp32/fp64), the derivative with respect to the pre-activation z (a fresh array)."""
+    name = act_name(name)
+    if _big_numpy(z, name):
+        return _blockwise(_act_grad, z, name, param)
+    return _act_grad(z, name, param)
+
+
+def _act(z, name, param):
     xp = xp_of(z)
     if name == "none":
         return z
     if name == "relu":
-        return xp.where(z > 0, z, 0).astype(z.dtype, copy=False)
+        # maximum propagates NaN, as PyTorch's relu and the kernel do; branch-free
+        return xp.maximum(z, xp.zeros((), dtype=z.dtype))
     if name == "leaky_relu":
         return xp.where(z > 0, z, z * param).astype(z.dtype, copy=False)
     if name == "elu":
         return xp.where(z > 0, z, param * xp.expm1(xp.minimum(z, 0))).astype(z.dtype, copy=False)
     if name == "gelu":
-        return 0.5 * z * (1 + _erf(z * _SQRT1_2))
+        y = _erf(z * _SQRT1_2)
+        y += 1
+        y *= z
+        y *= 0.5
+        return y
     if name == "gelu_tanh":
-        return 0.5 * z * (1 + xp.tanh(_SQRT_2_OVER_PI * (z + _GELU_C * z * z * z)))
+        y = _gelu_tanh_inner(z, z * z, xp)
+        y += 1
+        y *= z
+        y *= 0.5
+        return y
     if name == "silu":
         return z * _sigmoid_ref(z, xp)
     if name == "tanh":
@@ -284,26 +383,43 @@ def act_ref(z, name, param=0.01):
     return _sigmoid_ref(z, xp)  # sigmoid
 
 
-def act_grad_ref(z, name, param=0.01):
-    """f'(z) on an array (fp32/fp64), the derivative with respect to the pre-activation z."""
-    name = act_name(name)
+def _act_grad(z, name, param):
     xp = xp_of(z)
-    one = xp.ones_like(z)
     if name == "none":
-        return one
+        return xp.ones_like(z)
     if name == "relu":
-        return xp.where(z > 0, one, 0).astype(z.dtype, copy=False)
+        return _relu_mask(z)
     if name == "leaky_relu":
-        return xp.where(z > 0, one, param).astype(z.dtype, copy=False)  # 1 or slope
+        return xp.where(z > 0, xp.ones_like(z), param).astype(z.dtype, copy=False)  # 1 or slope
     if name == "elu":
-        return xp.where(z > 0, one, param * xp.exp(xp.minimum(z, 0))).astype(z.dtype, copy=False)  # 1 or a e^z
+        return xp.where(z > 0, xp.ones_like(z), param * xp.exp(xp.minimum(z, 0))).astype(z.dtype, copy=False)
     if name == "gelu":
         # Phi(z) + z phi(z)
-        return 0.5 * (1 + _erf(z * _SQRT1_2)) + z * xp.exp(-0.5 * z * z) * _INV_SQRT_2PI
+        g = _erf(z * _SQRT1_2)
+        g += 1
+        g *= 0.5
+        e = z * z
+        e *= -0.5
+        xp.exp(e, out=e)
+        e *= z
+        e *= _INV_SQRT_2PI
+        g += e
+        return g
     if name == "gelu_tanh":
         # 0.5 (1 + t) + 0.5 z (1 - t^2) sqrt(2/pi) (1 + 3c z^2)
-        t = xp.tanh(_SQRT_2_OVER_PI * (z + _GELU_C * z * z * z))
-        return 0.5 * (1 + t) + 0.5 * z * (1 - t * t) * _SQRT_2_OVER_PI * (1 + 3 * _GELU_C * z * z)
+        z2 = z * z
+        t = _gelu_tanh_inner(z, z2, xp)
+        d = t * t
+        xp.subtract(1, d, out=d)
+        d *= z
+        d *= 0.5 * _SQRT_2_OVER_PI
+        z2 *= 3 * _GELU_C
+        z2 += 1
+        d *= z2
+        t += 1
+        t *= 0.5
+        t += d
+        return t
     if name == "silu":
         s = _sigmoid_ref(z, xp)
         return s * (1 + z * (1 - s))  # sigma (1 + z (1 - sigma))
@@ -315,10 +431,10 @@ def act_grad_ref(z, name, param=0.01):
 
 
 def act_grad_out_ref(y, name):
-    """f'(z) from the output y = f(z), for the names in :data:`FROM_OUTPUT`."""
+    """f'(z) from the output y = f(z), for the names in :data:`FROM_OUTPUT` (a fresh array)."""
     name = act_name(name)
     if name == "relu":
-        return (y > 0).astype(y.dtype)
+        return _relu_mask(y)
     if name == "tanh":
         return 1 - y * y
     if name == "sigmoid":

@@ -276,42 +276,53 @@ def _compute_dtype(dtype):
 
 def _ce_fwd_reference(x2, t, ignore_index, eps):
     xp = xp_of(x2)
-    xf = x2.astype(_compute_dtype(x2.dtype))
-    n_cols = xf.shape[1]
+    xf = x2.astype(_compute_dtype(x2.dtype), copy=False)
+    n_rows, n_cols = xf.shape
     ignored = t == ignore_index
     t_safe = xp.where(ignored, 0, t).astype(np.int64)
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         m = xf.max(axis=1, keepdims=True)
-        log_sum = xp.log(xp.exp(xf - m).sum(axis=1, keepdims=True))
-        logp = (xf - m) - log_sum  # log softmax(x)
-        nll = -xp.take_along_axis(logp, t_safe[:, None], axis=1)[:, 0]  # -log softmax(x)[t]
+        z = xf - m
+        z_t = z[xp.arange(n_rows), t_safe]  # (x - m)[t], before z is overwritten below
+        smooth = None
         if eps > 0.0:
-            smooth = -logp.sum(axis=1)  # sum_j -log softmax(x)_j
+            smooth = z.sum(axis=1)
+        e = xp.exp(z, out=z)  # z's values are no longer needed
+        log_sum = xp.log(e.sum(axis=1, keepdims=True))
+        ls = log_sum[:, 0]
+        nll = ls - z_t  # -log softmax(x)[t] = lse - (x_t - m)
+        if smooth is not None:
+            smooth = n_cols * ls - smooth  # sum_j -log softmax(x)_j = V lse - sum_j (x_j - m)
             loss = (1.0 - eps) * nll + (eps / n_cols) * smooth
         else:
             loss = nll
         loss = xp.where(ignored, 0.0, loss)
     ldt = np.float64 if xf.dtype == np.float64 else np.float32  # float64 logits keep a float64 loss (gradchecks)
-    return loss.astype(ldt), m[:, 0].astype(ldt), log_sum[:, 0].astype(ldt)
+    return loss.astype(ldt, copy=False), m[:, 0].astype(ldt), ls.astype(ldt)
 
 
 def _ce_bwd_reference(res, scale, per_row):
     xp = xp_of(res.logits)
     ct = _compute_dtype(res.logits.dtype)
-    xf = res.logits.astype(ct)
+    xf = res.logits.astype(ct, copy=False)
     n_rows, n_cols = xf.shape
     eps = res.label_smoothing
     t = res.target
     ignored = t == res.ignore_index
     t_safe = xp.where(ignored, 0, t).astype(np.int64)
-    # dlogits = (softmax(x) - (1 - eps) * onehot(t) - eps / V) * scale_i, ignored rows 0
+    # dlogits = (softmax(x) - (1 - eps) * onehot(t) - eps / V) * scale_i, ignored rows 0; built in one
+    # fresh (N, V) array: the one-hot term touches N elements, not N·V
     m, log_sum = res.row_max.astype(ct)[:, None], res.log_sum.astype(ct)[:, None]
-    g = xp.exp((xf - m) - log_sum) - eps / n_cols
-    onehot = xp.arange(n_cols)[None, :] == t_safe[:, None]
-    g = g - (1.0 - eps) * onehot
-    s = scale.astype(ct).reshape(-1, 1) if per_row else scale.astype(ct).reshape(1, 1)
-    g = xp.where(ignored[:, None], 0.0, g * s)
-    return g.astype(res.logits.dtype)
+    g = xf - m
+    g -= log_sum
+    xp.exp(g, out=g)
+    if eps:
+        g -= eps / n_cols
+    g[xp.arange(n_rows), t_safe] -= 1.0 - eps
+    g *= scale.astype(ct).reshape(-1, 1) if per_row else scale.astype(ct).reshape(1, 1)
+    if ignored.any():
+        g[ignored] = 0.0
+    return g.astype(res.logits.dtype, copy=False)
 
 
 # ----------------------------------------------------------------------------------------------

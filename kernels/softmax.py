@@ -234,27 +234,34 @@ def _compute_dtype(dtype):
 
 def _softmax_fwd_reference(x, log):
     xp = xp_of(x)
-    xf = x.astype(_compute_dtype(x.dtype))
+    xf = x.astype(_compute_dtype(x.dtype), copy=False)
     if xf.size == 0:
         return xf.astype(x.dtype)
     with np.errstate(invalid="ignore", divide="ignore"):
         m = xf.max(axis=-1, keepdims=True)  # all -inf row: m = -inf, x - m = nan (NaN output, as PyTorch)
-        z = xf - m
-        e = xp.exp(z)
-        s = e.sum(axis=-1, keepdims=True)
-        y = z - xp.log(s) if log else e / s
-    return y.astype(x.dtype)
+        z = xf - m  # fresh: the passes below update it in place
+        if log:
+            s = xp.exp(z).sum(axis=-1, keepdims=True)
+            z -= xp.log(s)
+        else:
+            xp.exp(z, out=z)
+            z /= z.sum(axis=-1, keepdims=True)
+    return z.astype(x.dtype, copy=False)
 
 
 def _softmax_bwd_reference(y, dy, log):
     ct = _compute_dtype(y.dtype)
-    yf, dyf = y.astype(ct), dy.astype(ct)
+    yf, dyf = y.astype(ct, copy=False), dy.astype(ct, copy=False)
     xp = xp_of(y)
     if log:
-        dx = dyf - xp.exp(yf) * dyf.sum(axis=-1, keepdims=True)  # dx = dy - exp(y) * sum(dy)
+        dx = xp.exp(yf)  # dx = dy - exp(y) * sum(dy)
+        dx *= dyf.sum(axis=-1, keepdims=True)
+        xp.subtract(dyf, dx, out=dx)
     else:
-        dx = yf * (dyf - (dyf * yf).sum(axis=-1, keepdims=True))  # dx = y * (dy - sum(dy * y))
-    return dx.astype(y.dtype)
+        dx = dyf * yf  # dx = y * (dy - sum(dy * y))
+        xp.subtract(dyf, dx.sum(axis=-1, keepdims=True), out=dx)
+        dx *= yf
+    return dx.astype(y.dtype, copy=False)
 
 
 # ----------------------------------------------------------------------------------------------

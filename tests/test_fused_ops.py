@@ -172,3 +172,13 @@ def test_linear_weight_grad_is_contiguous(interp, monkeypatch):
     z = x.numpy().astype(np.float64) @ w.detach().numpy().T.astype(np.float64)
     ref = (g * (1 - np.tanh(z) ** 2)).T @ x.numpy()
     np.testing.assert_allclose(w.grad.numpy(), ref, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("interp", [False, True])
+def test_relu_propagates_nan_like_pytorch(interp, monkeypatch):
+    if interp:
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+    x = conch.tensor([float("nan"), -1.0, 0.0, 2.0])
+    np.testing.assert_array_equal(x.relu().numpy(), [np.nan, 0.0, 0.0, 2.0])
+    y = F.linear(conch.tensor([[float("nan")], [1.0]]), conch.ones(1, 1), None, "relu")
+    assert np.isnan(y.numpy()[0, 0]) and y.numpy()[1, 0] == 1.0
