@@ -10,7 +10,17 @@ from __future__ import annotations
 import numpy as np
 
 from ._backend import xp_of
+from .autograd import function as _fn
 from .autograd.function import Op
+from .autograd.grad_mode import _enabled
+
+
+def _arr(a):
+    """Wrap a backward's array result. A backward that is not being recorded (grad mode off, the
+    usual case) may compute on arrays directly: the same maths as its Tensor formula, minus one
+    Op dispatch per intermediate, which is most of the per-op cost on small tensors."""
+    return _fn.Tensor._make(a)
+
 
 # ---------------------------------------------------------------- arithmetic
 
@@ -45,6 +55,11 @@ class Mul(Op):
     @staticmethod
     def backward(ctx, g):
         n = ctx.needs_input_grad
+        if not _enabled[0]:  # backward not recorded: plain array maths (see _arr)
+            gd = g._data
+            return (_arr(gd * ctx.saved_tensor(1)._data) if n[0] else None), (
+                _arr(gd * ctx.saved_tensor(0)._data) if n[1] else None
+            )
         return (g * ctx.saved_tensor(1) if n[0] else None), (g * ctx.saved_tensor(0) if n[1] else None)
 
 
@@ -61,6 +76,58 @@ class Div(Op):
         a, b = ctx.saved_tensors
         n = ctx.needs_input_grad
         return (g / b if n[0] else None), (-g * a / (b * b) if n[1] else None)
+
+
+class AddScalar(Op):
+    """a + s for a Python number s (no 0-d tensor is made for s)."""
+
+    @staticmethod
+    def forward(ctx, a, s):
+        return a + s
+
+    @staticmethod
+    def backward(ctx, g):
+        return g
+
+
+class MulScalar(Op):
+    """a · s for a Python number s: d/da = s."""
+
+    @staticmethod
+    def forward(ctx, a, s):
+        ctx.s = s
+        return a * s
+
+    @staticmethod
+    def backward(ctx, g):
+        if not _enabled[0]:
+            return _arr(g._data * ctx.s)
+        return g * ctx.s
+
+
+class DivScalar(Op):
+    """a / s for a Python number s: d/da = 1/s."""
+
+    @staticmethod
+    def forward(ctx, a, s):
+        ctx.s = s
+        return a / s
+
+    @staticmethod
+    def backward(ctx, g):
+        return g / ctx.s
+
+
+class RSubScalar(Op):
+    """s - a for a Python number s: d/da = -1."""
+
+    @staticmethod
+    def forward(ctx, a, s):
+        return s - a
+
+    @staticmethod
+    def backward(ctx, g):
+        return -g
 
 
 class Neg(Op):
@@ -154,6 +221,8 @@ class Exp(Op):
     @staticmethod
     def backward(ctx, g):
         (out,) = ctx.saved_tensors
+        if not _enabled[0]:
+            return _arr(g._data * out._data)
         return g * out
 
 
@@ -247,6 +316,9 @@ class Tanh(Op):
     @staticmethod
     def backward(ctx, g):
         (out,) = ctx.saved_tensors
+        if not _enabled[0]:  # d tanh = 1 - tanh²
+            y = out._data
+            return _arr(g._data * (1 - y * y))
         return g * (1 - out * out)
 
 
@@ -263,6 +335,9 @@ class Sigmoid(Op):
     @staticmethod
     def backward(ctx, g):
         (out,) = ctx.saved_tensors
+        if not _enabled[0]:  # dσ = σ(1 - σ)
+            y = out._data
+            return _arr(g._data * y * (1 - y))
         return g * out * (1 - out)
 
 
