@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import numbers
 import sys
 
@@ -70,13 +71,29 @@ def philox_seed_offset(n: int):
 
 
 def _generator(dev):
+    """The generator for one draw on ``dev``; for a GPU, call it (and draw) inside ``_on(dev)``."""
     if dev.type == "cpu":
         return _state["np"]
     cp = require_cupy()
     st = _state["cupy"]
     st[1] += 1
-    with cp.cuda.Device(dev.index):
-        return cp.random.Generator(cp.random.Philox4x3210(seed=st[0] * 1000003 + st[1]))
+    return cp.random.Generator(cp.random.Philox4x3210(seed=st[0] * 1000003 + st[1]))
+
+
+def _on(dev):
+    """A context that makes ``dev`` the current GPU (nothing on the CPU): CuPy allocates there."""
+    return contextlib.nullcontext() if dev.type == "cpu" else require_cupy().cuda.Device(dev.index)
+
+
+def _draw(dev, generator, fn):
+    """``fn(g)`` with ``g`` the given generator or the device's own, its result placed on ``dev``."""
+    with _on(dev):
+        arr = fn(generator or _generator(dev))
+    if isinstance(arr, np.generic):
+        arr = np.asarray(arr)
+    if device_of(arr) != dev:  # a user's NumPy generator for a GPU tensor (or a CuPy one for the CPU)
+        arr = asarray_on(arr, arr.dtype, dev)
+    return arr
 
 
 # ---------------------------------------------------------------- helpers
@@ -141,7 +158,7 @@ def _float_dtype(dtype):
 def tensor(data, dtype=None, device=None, requires_grad=False):
     """A new tensor holding a copy of ``data`` (nested lists, scalars, NumPy/CuPy arrays, Tensors)."""
     arr = _to_array(data, dtype, device)
-    if isinstance(data, np.ndarray) and arr is data:
+    if (isinstance(data, np.ndarray) or _cupy.is_cupy_array(data)) and arr is data:
         arr = arr.copy()
     if isinstance(data, Tensor) and arr is data._data:
         arr = arr.copy()
@@ -250,17 +267,17 @@ def eye(n, m=None, dtype=None, device=None, requires_grad=False):
 
 def rand(*shape, dtype=None, device=None, requires_grad=False, generator=None):
     dev = _device(device)
-    g = generator or _generator(dev)
     dt = _float_dtype(dtype)
-    arr = g.random(_shape(shape), dtype=np.float32 if dt != D.float64 else np.float64).astype(dt, copy=False)
+    draw_dt = np.float32 if dt != D.float64 else np.float64
+    arr = _draw(dev, generator, lambda g: g.random(_shape(shape), dtype=draw_dt).astype(dt, copy=False))
     return _finish(arr, requires_grad)
 
 
 def randn(*shape, dtype=None, device=None, requires_grad=False, generator=None):
     dev = _device(device)
-    g = generator or _generator(dev)
     dt = _float_dtype(dtype)
-    arr = g.standard_normal(_shape(shape), dtype=np.float32 if dt != D.float64 else np.float64).astype(dt, copy=False)
+    draw_dt = np.float32 if dt != D.float64 else np.float64
+    arr = _draw(dev, generator, lambda g: g.standard_normal(_shape(shape), dtype=draw_dt).astype(dt, copy=False))
     return _finish(arr, requires_grad)
 
 
@@ -272,9 +289,10 @@ def randint(low, high=None, size=None, dtype=None, device=None, generator=None):
     if size is None:
         raise TypeError("randint() missing required argument 'size' (a tuple)")
     dev = _device(device)
-    g = generator or _generator(dev)
-    arr = g.integers(low, high, size=tuple(size) if not isinstance(size, int) else (size,))
-    return _finish(arr.astype(D.as_dtype(dtype or D.int64), copy=False), False)
+    size = tuple(size) if not isinstance(size, int) else (size,)
+    dt = D.as_dtype(dtype or D.int64)
+    arr = _draw(dev, generator, lambda g: g.integers(low, high, size=size).astype(dt, copy=False))
+    return _finish(arr, False)
 
 
 def randperm(n, dtype=None, device=None, generator=None):

@@ -60,7 +60,7 @@ class SerializationError(RuntimeError):
 
 def _flatten(obj, path, tensors, names):
     """The JSON skeleton of ``obj``; tensor leaves are collected into ``tensors`` as ``name -> array``."""
-    if isinstance(obj, Tensor) or isinstance(obj, np.ndarray):
+    if isinstance(obj, (Tensor, np.ndarray)) or type(obj).__module__.startswith("cupy"):  # cupy: a raw GPU array
         name = ".".join(path) if path else "tensor"
         if name in names:
             raise ValueError(

@@ -9,7 +9,7 @@ import numpy as np
 
 from . import _dtype as D
 from . import ops
-from ._backend import device_of, to_device, xp_of
+from ._backend import device_of, namespace, to_device, xp_of
 from .autograd import engine
 from .autograd import function as _function
 from .autograd.grad_mode import _enabled
@@ -72,8 +72,11 @@ class Tensor:
 
     @staticmethod
     def _zeros(shape, dtype, dev):
-        xp = np if dev.type == "cpu" else xp_of(to_device(np.zeros(0), dev))
-        return Tensor._make(xp.zeros(shape, dtype=dtype))
+        if dev.type == "cpu":
+            return Tensor._make(np.zeros(shape, dtype=dtype))
+        cp = namespace(dev)
+        with cp.cuda.Device(dev.index):  # allocate on that GPU, not on whichever one is current
+            return Tensor._make(cp.zeros(shape, dtype=dtype))
 
     def _wrap_const(self, arr):
         """A constant (no-grad) tensor on this tensor's device."""
@@ -607,21 +610,34 @@ class Tensor:
                 "__setitem__ is only supported on tensors that do not require grad (or inside conch.no_grad())"
             )
         idx = _index_arrays(idx, self)
-        v = value._data if isinstance(value, Tensor) else value
-        if isinstance(value, Tensor) and value.device != self.device:
-            raise RuntimeError(f"expected value on {self.device}, got a tensor on {value.device}")
+        if isinstance(value, Tensor):
+            if value.device != self.device:
+                raise RuntimeError(f"expected value on {self.device}, got a tensor on {value.device}")
+            v = value._data
+        elif isinstance(value, (np.ndarray, list, tuple)) and type(self._data) is not np.ndarray:
+            # CuPy's basic-index assignment takes only scalars or CuPy arrays: copy host data over once
+            v = xp_of(self._data).asarray(value, dtype=self._data.dtype)
+        else:
+            v = value
         self._data[idx] = v
         self._version[0] += 1
 
     def masked_fill(self, mask, value):
-        m = mask._data if isinstance(mask, Tensor) else mask
+        m = _mask_array(mask, self)
         if isinstance(value, Tensor):
             value = value.item()
         return ops.MaskedFill.apply(self, mask=m, value=value)
 
     def masked_fill_(self, mask, value):
-        m = mask._data if isinstance(mask, Tensor) else mask
-        return self._set_(lambda a: xp_of(a).putmask(a, m, value) if xp_of(a) is np else a.__setitem__(m, value))
+        m = _mask_array(mask, self)
+        if isinstance(value, Tensor):
+            value = value.item()
+        if type(self._data) is np.ndarray:
+            return self._set_(lambda a: np.putmask(a, m, value))
+        # CuPy has no putmask; a masked copyto also broadcasts the mask, as PyTorch's masked_fill_ does
+        xp = xp_of(self._data)
+        m = m if m.dtype == np.bool_ else m.astype(np.bool_)
+        return self._set_(lambda a: xp.copyto(a, xp.asarray(value, dtype=a.dtype), where=m))
 
     # ------------------------------------------------------------ shapes
     def reshape(self, *shape):
@@ -1057,6 +1073,18 @@ def _operands(a, b, floating=False):
     return a, b
 
 
+def _mask_array(mask, t):
+    """``mask`` (a Tensor, NumPy/CuPy array or nested list) as a bool-or-other array in ``t``'s namespace."""
+    m = mask._data if isinstance(mask, Tensor) else mask
+    if type(m) is not type(t._data):
+        m = xp_of(t._data).asarray(m.get() if _cupy_array(m) else m)
+    return m
+
+
+def _cupy_array(a):
+    return type(a).__module__.startswith("cupy")
+
+
 def _index_arrays(idx, t):
     """Replace Tensors and lists in an index by arrays on the tensor's device."""
     items = idx if isinstance(idx, tuple) else (idx,)
@@ -1067,7 +1095,10 @@ def _index_arrays(idx, t):
             if i.dtype.kind not in "biu":
                 raise IndexError(f"tensors used as indices must be long, int or bool tensors, got {i.dtype}")
             if i.device != t.device:
-                raise RuntimeError(f"indices should be on the tensor's device ({t.device}), got {i.device}")
+                if i.device.type != "cpu":  # as PyTorch: CPU indices may index a GPU tensor, not the reverse
+                    raise RuntimeError(f"indices should be on the tensor's device ({t.device}), got {i.device}")
+                out.append(xp.asarray(i._data))
+                continue
             out.append(i._data)
         elif isinstance(i, list):
             out.append(xp.asarray(i))
@@ -1213,6 +1244,8 @@ def where(cond, a=None, b=None):
     c = cond._data if isinstance(cond, Tensor) else cond
     if isinstance(cond, Tensor):
         _check_devices(cond, a)
+    elif type(c) is not type(a._data):  # a NumPy mask (or list) for GPU tensors: onto their device
+        c = xp_of(a._data).asarray(c.get() if _cupy_array(c) else c)
     if c.dtype != np.bool_:
         c = c.astype(bool)
     shape = np.broadcast_shapes(c.shape, a.shape, b.shape)

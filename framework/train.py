@@ -181,8 +181,9 @@ def _train_digits(args, dev):
             sched.step()
             n = yb.shape[0]
             seen += n
-            loss_sum += loss.item() * n
-            bar.set_postfix(loss=f"{loss.item():.4f}", samples_per_s=f"{seen / (time.perf_counter() - te):.0f}")
+            lv = loss.item()  # one device-to-host sync per step on the GPU
+            loss_sum += lv * n
+            bar.set_postfix(loss=f"{lv:.4f}", samples_per_s=f"{seen / (time.perf_counter() - te):.0f}")
         val_loss, val_acc = _evaluate(model, val_loader, prec)
         history["epoch"].append(epoch + 1)
         history["train_loss"].append(loss_sum / max(seen, 1))

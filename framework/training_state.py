@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
-
 from .tensor import Tensor
 
 __all__ = ["save_checkpoint", "load_checkpoint"]
@@ -133,5 +131,5 @@ def _plain(x):
     if isinstance(x, (list, tuple)):
         return [_plain(v) for v in x]
     if isinstance(x, Tensor):
-        return np.asarray(x._data).tolist()
+        return x.tolist()  # via the host: load(device="cuda") puts the RNG arrays on the GPU
     return x

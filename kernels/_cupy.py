@@ -41,10 +41,24 @@ def is_cupy_array(a) -> bool:
 
 
 def scatter_add(out, idx, values) -> None:
-    """``out[idx] += values`` with repeated indices accumulating, on a CuPy array (``np.add.at``'s twin)."""
+    """``out[idx] += values`` with repeated indices accumulating, on a CuPy array (``np.add.at``'s twin).
+
+    ``cupyx.scatter_add`` takes only int32, uint32/64 and float16/32/64 values (its atomicAdd types):
+    half-precision (float16, bfloat16) sums are accumulated in a float32 buffer and rounded once, which
+    is also more accurate than atomic adds in 16 bits; int64 goes through a float64 buffer.
+    """
     import cupyx
 
-    cupyx.scatter_add(out, idx, values)
+    dt = out.dtype
+    if dt.itemsize == 2 and dt.kind in "fV" or dt.name == "bfloat16":
+        wide = out.astype("float32")
+    elif dt.kind in "iu" and dt.name not in ("int32", "uint32", "uint64"):
+        wide = out.astype("float64")  # exact below 2**53
+    else:
+        cupyx.scatter_add(out, idx, values)
+        return
+    cupyx.scatter_add(wide, idx, values.astype(wide.dtype, copy=False) if hasattr(values, "astype") else values)
+    out[...] = wide.astype(dt, copy=False)
 
 
 def special(name: str):

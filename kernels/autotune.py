@@ -168,11 +168,19 @@ def pick(
         timer = event_timer(xp)
     budget = os.environ.get("CONCH_AUTOTUNE", "").strip().lower()
     if budget in ("0", "off", "no", "false"):
-        # no timing: the first config that launches (compiles are the cost of tuning; tests don't need it)
+        # no timing: the first config that launches (compiles are the cost of tuning; tests don't need it);
+        # remembered in memory so the probe launch happens once per key, but never written to disk
+        k = ("untimed", _key_str(kernel_name, device_name(xp if xp is not None else np), key))
+        with _LOCK:
+            hit = _MEMORY.get(k)
+        if hit is not None:
+            return dict(hit)
         errors = []
         for cfg in configs:
             try:
                 bench(cfg)
+                with _LOCK:
+                    _MEMORY[k] = dict(cfg)
                 return dict(cfg)
             except Exception as e:
                 errors.append(f"{cfg}: {type(e).__name__}: {e}")

@@ -215,9 +215,21 @@ def _num_partials(M, block_m, x):
     blocks = triton.cdiv(M, block_m)
     if isinstance(x, np.ndarray) or interpreting():
         return max(1, min(blocks, 4))
-    xp = xp_of(x)
-    sms = xp.cuda.Device().attributes["MultiProcessorCount"]
-    return max(1, min(blocks, 4 * sms))
+    return max(1, min(blocks, 4 * _sm_count(x)))
+
+
+_SMS: dict = {}
+
+
+def _sm_count(x):
+    """Streaming multiprocessors of the GPU holding ``x`` (one attribute query per GPU, then cached: reading
+    ``Device.attributes`` queries every attribute, ~0.1 ms, on every backward otherwise)."""
+    dev = x.device.id
+    n = _SMS.get(dev)
+    if n is None:
+        xp = xp_of(x)
+        n = _SMS[dev] = int(xp.cuda.runtime.deviceGetAttribute(xp.cuda.runtime.cudaDevAttrMultiProcessorCount, dev))
+    return n
 
 
 def _norm_bwd_triton(res, dy, is_rms):

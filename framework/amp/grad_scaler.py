@@ -59,19 +59,23 @@ def _unscale_and_check(grads: list, inv_scale: float):
     if not grads:
         raise ValueError("_unscale_and_check needs at least one gradient array")
     xp = xp_of(grads[0])
-    if xp is not np:
+    if xp is np:
+        if inv_scale != 1.0:
+            for g in grads:
+                g *= inv_scale  # a Python float: the gradient keeps its dtype
+        # host memory: no device to keep the flag on, so stop at the first non-finite gradient
+        ok = all(np.isfinite(g).all() for g in grads)
+        return np.asarray(0.0 if ok else 1.0, dtype=np.float32)
+    with grads[0].device:  # the flag and the kernels on the gradients' GPU, whichever one is current
         found = _cupy_unscale_and_check(xp, grads, inv_scale)
         if found is not None:
             return found
-    if inv_scale != 1.0:
-        for g in grads:
-            g *= inv_scale  # a Python float: the gradient keeps its dtype
-    if xp is np:  # host memory: no device to keep the flag on, so stop at the first non-finite gradient
-        ok = all(np.isfinite(g).all() for g in grads)
-        return np.asarray(0.0 if ok else 1.0, dtype=np.float32)
-    oks = [xp.isfinite(g).all() for g in grads]
-    ok = oks[0] if len(oks) == 1 else xp.stack(oks).all()
-    return xp.asarray(xp.logical_not(ok), dtype=np.float32)
+        if inv_scale != 1.0:
+            for g in grads:
+                g *= inv_scale
+        oks = [xp.isfinite(g).all() for g in grads]
+        ok = oks[0] if len(oks) == 1 else xp.stack(oks).all()
+        return xp.asarray(xp.logical_not(ok), dtype=np.float32)
 
 
 _cupy_kernel = [None]  # the compiled kernel, or False after it failed once (then the generic path serves)

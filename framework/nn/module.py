@@ -55,6 +55,8 @@ def _as_state_tensor(v, key):
     """A state-dict value (conch Tensor, NumPy array, PyTorch tensor, ...) as a conch Tensor."""
     if isinstance(v, Tensor):
         return v
+    if type(v).__module__.startswith("cupy"):  # a CuPy array: np.asarray would refuse it
+        return Tensor._make(v)
     if hasattr(v, "detach") and hasattr(v, "cpu") and hasattr(v, "numpy"):  # a PyTorch tensor
         v = v.detach().cpu()
         if str(v.dtype) == "torch.bfloat16":

@@ -144,6 +144,9 @@ def test_budget_env_limits_what_is_timed(cache_dir, monkeypatch):
     monkeypatch.setenv("CONCH_AUTOTUNE", "off")
     assert autotune.pick("b", ("float32", 1), CONFIGS, bench, timer=lambda fn: fn() or 1.0) == CONFIGS[1]
     assert tried == [CONFIGS[0]["BLOCK"], CONFIGS[1]["BLOCK"]]  # no warm-up, no repeats
+    assert autotune.pick("b", ("float32", 1), CONFIGS, bench, timer=lambda fn: fn() or 1.0) == CONFIGS[1]
+    assert len(tried) == 2  # remembered: no second probe launch for the same key
+    assert not (cache_dir / "autotune.json").exists()  # untimed choices never reach the disk cache
     tried.clear()
     monkeypatch.setenv("CONCH_AUTOTUNE", "2")
     autotune.pick("b", ("float32", 2), CONFIGS, bench, timer=lambda fn: fn() or 1.0)
