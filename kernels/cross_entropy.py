@@ -9,6 +9,7 @@ import triton
 import triton.language as tl
 
 from ._launch import kernel_for, targ, use_triton, xp_of
+from ._reduce import row_max, row_sum
 
 try:
     import ml_dtypes
@@ -28,20 +29,6 @@ _REDUCTIONS = ("mean", "sum", "none")
 MAX_BLOCK = 4096
 #: Tests set this (e.g. to 8) to force many small chunks on short rows.
 FORCE_BLOCK: int | None = None
-
-
-# Reductions: tl.max / tl.sum are themselves @triton.jit functions, which the per-call interpreter
-# (kernels/_launch.py) cannot call, and whose interpreted twins fall back to a per-element Python
-# reduce. tl.reduce with Triton's own combine functions compiles to the same code on the GPU and
-# takes the interpreter's vectorised NumPy path.
-@triton.jit
-def _row_max(x):
-    return tl.reduce(x, 0, tl.standard._elementwise_max)
-
-
-@triton.jit
-def _row_sum(x):
-    return tl.reduce(x, 0, tl.standard._sum_combine)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -80,11 +67,11 @@ def _ce_fwd_kernel(
         m_vec = m_new
         if SMOOTH:
             sx_vec += tl.where(mask, x - pivot, 0.0)
-    m = _row_max(m_vec)
-    log_sum = tl.log(_row_sum(s_vec * tl.exp(m_vec - m)))
+    m = row_max(m_vec)
+    log_sum = tl.log(row_sum(s_vec * tl.exp(m_vec - m)))
     loss = (m - x_t) + log_sum
     if SMOOTH:
-        loss = (1.0 - eps) * loss + eps * ((m - pivot) - _row_sum(sx_vec) / n_cols + log_sum)
+        loss = (1.0 - eps) * loss + eps * ((m - pivot) - row_sum(sx_vec) / n_cols + log_sum)
     loss = tl.where(ignored, 0.0, loss)
     tl.store(LOSS + row, loss)
     tl.store(MAX + row, m)

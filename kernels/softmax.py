@@ -7,6 +7,7 @@ import triton
 import triton.language as tl
 
 from ._launch import kernel_for, targ, use_triton, xp_of
+from ._reduce import row_max, row_sum
 
 try:  # NumPy's bfloat16 (CuPy accepts the same dtype)
     import ml_dtypes
@@ -29,20 +30,6 @@ LOOP_BLOCK = 4096
 FORCE_LOOP_BLOCK: int | None = None
 
 
-# Reductions: tl.max / tl.sum are themselves @triton.jit functions, which the per-call interpreter
-# (kernels/_launch.py) cannot call, and whose interpreted twins fall back to a per-element Python
-# reduce. tl.reduce with Triton's own combine functions compiles to the same code on the GPU and
-# takes the interpreter's vectorised NumPy path.
-@triton.jit
-def _row_max(x):
-    return tl.reduce(x, 0, tl.standard._elementwise_max)
-
-
-@triton.jit
-def _row_sum(x):
-    return tl.reduce(x, 0, tl.standard._sum_combine)
-
-
 # ----------------------------------------------------------------------------------------------
 # Triton kernels. One program per row; rows are contiguous in the last dim, row strides passed.
 # ----------------------------------------------------------------------------------------------
@@ -55,10 +42,10 @@ def _softmax_fwd_row_kernel(X, Y, n_cols, stride_x, stride_y, LOG: tl.constexpr,
     cols = tl.arange(0, BLOCK)
     mask = cols < n_cols
     x = tl.load(X + row * stride_x + cols, mask=mask, other=-float("inf")).to(tl.float32)
-    m = _row_max(x)  # a row of -inf gives m = -inf, x - m = nan: NaN output, as PyTorch
+    m = row_max(x)  # a row of -inf gives m = -inf, x - m = nan: NaN output, as PyTorch
     z = x - m
     e = tl.exp(z)  # padding lanes: exp(-inf) = 0
-    s = _row_sum(e)
+    s = row_sum(e)
     if LOG:
         y = z - tl.log(s)
     else:
@@ -84,8 +71,8 @@ def _softmax_fwd_loop_kernel(X, Y, n_cols, stride_x, stride_y, LOG: tl.constexpr
         shift = tl.where(m_new == -float("inf"), 0.0, m_new)
         s_vec = s_vec * tl.exp(m_vec - shift) + tl.exp(x - shift)
         m_vec = m_new
-    m = _row_max(m_vec)  # all -inf row: m = -inf, then s and y are NaN, as PyTorch
-    s = _row_sum(s_vec * tl.exp(m_vec - m))
+    m = row_max(m_vec)  # all -inf row: m = -inf, then s and y are NaN, as PyTorch
+    s = row_sum(s_vec * tl.exp(m_vec - m))
     log_s = tl.log(s)
     y_row = Y + row * stride_y
     for start in range(0, n_cols, BLOCK):
@@ -108,10 +95,10 @@ def _softmax_bwd_row_kernel(Y, DY, DX, n_cols, stride_y, stride_dy, stride_dx, L
     dy = tl.load(DY + row * stride_dy + cols, mask=mask, other=0.0).to(tl.float32)
     if LOG:
         # y = log softmax(x): dx = dy - exp(y) * sum(dy)
-        dx = dy - tl.exp(y) * _row_sum(dy)
+        dx = dy - tl.exp(y) * row_sum(dy)
     else:
         # y = softmax(x): dx = y * (dy - sum(dy * y))
-        dx = y * (dy - _row_sum(dy * y))
+        dx = y * (dy - row_sum(dy * y))
     tl.store(DX + row * stride_dx + cols, dx.to(DX.dtype.element_ty), mask=mask)
 
 
@@ -132,7 +119,7 @@ def _softmax_bwd_loop_kernel(Y, DY, DX, n_cols, stride_y, stride_dy, stride_dx, 
         else:
             y = tl.load(y_row + offs, mask=mask, other=0.0).to(tl.float32)
             acc += dy * y
-    r = _row_sum(acc)
+    r = row_sum(acc)
     dx_row = DX + row * stride_dx
     for start in range(0, n_cols, BLOCK):
         offs = start + cols
