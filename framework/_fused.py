@@ -160,23 +160,24 @@ class MatMulAct(Op):
     saves = (0, 1, 2)
 
     @staticmethod
-    def forward(ctx, a, b, bias, act, negative_slope):
-        ctx.act, ctx.slope, ctx.has_bias = act, negative_slope, bias.size > 0
+    def forward(ctx, a, b, bias, act, negative_slope, alpha=1.0):
+        ctx.act, ctx.slope, ctx.alpha, ctx.has_bias = act, negative_slope, alpha, bias.size > 0
         out, ctx.res = K.matmul.matmul_forward(
-            a, b, bias if ctx.has_bias else None, act, negative_slope=negative_slope, allow_tf32=_tf32[0]
-        )
+            a, b, bias if ctx.has_bias else None, act, negative_slope=negative_slope, alpha=alpha,
+            allow_tf32=_tf32[0],
+        )  # fmt: skip
         return out
 
     @staticmethod
     def backward(ctx, g):
         if _enabled[0]:
-            act, slope, has_bias = ctx.act, ctx.slope, ctx.has_bias
+            act, slope, alpha, has_bias = ctx.act, ctx.slope, ctx.alpha, ctx.has_bias
 
             def composite(a, b, bias):
                 z = ops.MatMul.apply(a, b)
                 if has_bias:
                     z = z + bias
-                return z if act is None else _composite_activation(z, act, slope)
+                return z if act is None else _composite_activation(z, act, slope, alpha)
 
             return _recompute_grads(ctx, composite, (g,))
         n = ctx.needs_input_grad
@@ -204,7 +205,7 @@ def matmul(a: Tensor, b: Tensor) -> Tensor:
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, activation: str | None = None,
-           negative_slope: float = 0.01) -> Tensor:  # fmt: skip
+           negative_slope: float = 0.01, alpha: float = 1.0) -> Tensor:  # fmt: skip
     """``act(x @ weightᵀ + bias)`` in one kernel: x (..., in), weight (out, in), bias (out,) -> (..., out)."""
     if weight.ndim != 2:
         raise RuntimeError(f"linear: weight must be 2-D (out_features, in_features), got shape {weight.shape}")
@@ -228,7 +229,7 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, activation: st
     if weight.dtype != dt or (bias.numel() and bias.dtype != dt):
         weight, bias = weight.to(dtype=dt), bias.to(dtype=dt)
     # weightᵀ is a strided view: the kernel reads it in place, no copy
-    return MatMulAct.apply(x, weight.T, bias, act=activation, negative_slope=negative_slope)
+    return MatMulAct.apply(x, weight.T, bias, act=activation, negative_slope=negative_slope, alpha=alpha)
 
 
 class SoftmaxLast(Op):

@@ -182,3 +182,17 @@ def test_relu_propagates_nan_like_pytorch(interp, monkeypatch):
     np.testing.assert_array_equal(x.relu().numpy(), [np.nan, 0.0, 0.0, 2.0])
     y = F.linear(conch.tensor([[float("nan")], [1.0]]), conch.ones(1, 1), None, "relu")
     assert np.isnan(y.numpy()[0, 0]) and y.numpy()[1, 0] == 1.0
+
+
+@pytest.mark.parametrize("make", [lambda nn: nn.LeakyReLU(0.2), lambda nn: nn.ELU(1.5), lambda nn: nn.GELU("tanh")])
+def test_sequential_fuses_linear_with_parametrised_activations(make):
+    import conch.nn as nn
+
+    act = make(nn)
+    seq = nn.Sequential(nn.Linear(5, 4), act).double()
+    x = conch.randn(3, 5, dtype=conch.float64, requires_grad=True)
+    y = seq(x)
+    assert y.grad_fn.name() == "MatMulAct"  # one fused op: matmul, bias and activation
+    ref = act(seq[0](x))
+    np.testing.assert_allclose(y.detach().numpy(), ref.detach().numpy(), rtol=1e-12)
+    assert conch.autograd.gradcheck(lambda t: seq(t), (x,))

@@ -81,6 +81,12 @@ class LeakyReLU(Module):
         super().__init__()
         self.negative_slope, self.inplace = float(negative_slope), inplace
 
+    fused_name = "leaky_relu"
+
+    @property
+    def fused_params(self):
+        return {"negative_slope": self.negative_slope}
+
     def forward(self, input):
         return F.leaky_relu(input, self.negative_slope)
 
@@ -94,6 +100,12 @@ class ELU(Module):
     def __init__(self, alpha=1.0, inplace=False):
         super().__init__()
         self.alpha, self.inplace = float(alpha), inplace
+
+    fused_name = "elu"
+
+    @property
+    def fused_params(self):
+        return {"alpha": self.alpha}
 
     def forward(self, input):
         return F.elu(input, self.alpha)

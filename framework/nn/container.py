@@ -5,14 +5,14 @@ from __future__ import annotations
 import operator
 from collections import OrderedDict
 
-from .activation import GELU, ReLU, Sigmoid, SiLU, Tanh
+from .activation import ELU, GELU, LeakyReLU, ReLU, Sigmoid, SiLU, Tanh
 from .linear import Linear
 from .module import Module
 from .parameter import Parameter
 
 # activation modules that the fused linear kernel can apply in its epilogue (exact types: a subclass
 # may override forward)
-_FUSABLE = (ReLU, GELU, SiLU, Tanh, Sigmoid)
+_FUSABLE = (ReLU, GELU, SiLU, Tanh, Sigmoid, LeakyReLU, ELU)
 
 
 def _fusable_pair(lin, act):
@@ -31,8 +31,8 @@ class Sequential(Module):
     indexing (negative too), slicing (a new Sequential sharing the modules), ``len``, iteration,
     ``append``, ``insert``, ``extend``, ``del`` and ``+``.
 
-    A :class:`Linear` (without its own activation) directly followed by ReLU, GELU, SiLU, Tanh or
-    Sigmoid runs as one fused ``linear(..., activation=...)`` call: one kernel, the same numbers.
+    A :class:`Linear` (without its own activation) directly followed by ReLU, GELU, SiLU, Tanh,
+    Sigmoid, LeakyReLU or ELU runs as one fused ``linear(..., activation=...)`` call: one kernel, the same numbers.
 
     Example::
 
@@ -117,7 +117,7 @@ class Sequential(Module):
             if i + 1 < n:
                 act = _fusable_pair(m, mods[i + 1])
                 if act is not None:
-                    input = m._forward_act(input, act)
+                    input = m._forward_act(input, act, **getattr(mods[i + 1], "fused_params", {}))
                     i += 2
                     continue
             input = m(input)

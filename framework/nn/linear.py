@@ -67,13 +67,13 @@ class Linear(Module):
     def forward(self, input):
         return self._forward_act(input, self.activation)
 
-    def _forward_act(self, input, activation):
+    def _forward_act(self, input, activation, **act_params):
         if input.shape[-1:] != (self.in_features,):
             raise RuntimeError(
                 f"Linear: expected input of shape (*, {self.in_features}), got {tuple(input.shape)} "
                 f"(mat1 and mat2 shapes cannot be multiplied)"
             )
-        return _fused.linear(input, self.weight, self.bias, activation=activation)
+        return _fused.linear(input, self.weight, self.bias, activation=activation, **act_params)
 
     def extra_repr(self):
         s = f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
