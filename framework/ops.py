@@ -345,7 +345,8 @@ class Relu(Op):
     @staticmethod
     def forward(ctx, a):
         ctx.mask = a > 0
-        return a * ctx.mask
+        # maximum, not a * mask: keeps NaN (as PyTorch) and gives +0.0, never -0.0, for negative inputs
+        return xp_of(a).maximum(a, a.dtype.type(0))
 
     @staticmethod
     def backward(ctx, g):
