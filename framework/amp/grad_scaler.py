@@ -145,6 +145,9 @@ class GradScaler:
         self._device = device
         self._init_scale = float(init_scale)
         self._scale = float(np.float32(init_scale))
+        # PyTorch creates its float32 scale tensor lazily in scale(); until then get_scale()/state_dict()
+        # report init_scale as given (unrounded)
+        self._scale_used = False
         self._growth_factor = float(growth_factor)
         self._backoff_factor = float(backoff_factor)
         self._growth_interval = int(growth_interval)
@@ -175,6 +178,7 @@ class GradScaler:
             return outputs
         from ..tensor import Tensor
 
+        self._scale_used = True
         if isinstance(outputs, Tensor):
             return outputs * self._scale_tensor(outputs)
         if isinstance(outputs, (list, tuple)):
@@ -227,6 +231,7 @@ class GradScaler:
         # 1/S in float64, rounded to float32, as PyTorch; exact for powers of two
         inv = float(np.float32(1.0 / np.float64(self._scale)))
         by_dev = self._grads_by_device(optimizer)
+        self._scale_used = True
         st["found_inf"] = {k: _unscale_and_check(v, inv) for k, v in by_dev.items()}
         st["found"] = None
         st["stage"] = UNSCALED
@@ -272,6 +277,7 @@ class GradScaler:
             if isinstance(new_scale, bool) or not isinstance(new_scale, numbers.Real):
                 raise TypeError(f"new_scale should be a float or a 1-element tensor, got {type(new_scale).__name__}")
             self._scale = float(np.float32(new_scale))
+            self._scale_used = True
         else:
             states = [st for st in self._per_optimizer_states.values() if st["found_inf"] is not None]
             if not states:
@@ -297,7 +303,9 @@ class GradScaler:
     # ------------------------------------------------------------ accessors
     def get_scale(self) -> float:
         """The current scale S (1.0 when disabled)."""
-        return self._scale if self._enabled else 1.0
+        if not self._enabled:
+            return 1.0
+        return self._scale if self._scale_used else self._init_scale
 
     def get_growth_factor(self) -> float:
         return self._growth_factor
