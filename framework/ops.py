@@ -183,12 +183,19 @@ class Pow(Op):
     def backward(ctx, g):
         a, b, out = ctx.saved_tensors
         n = ctx.needs_input_grad
-        ga = g * b * a ** (b - 1) if n[0] else None
-        gb = None
+        ga = gb = None
+        if n[0]:
+            # b == 0: a^0 is constant 1, so the gradient is 0 even at a == 0 (where b·a^(b-1) is 0·inf)
+            # (the exponent is 0 there too, so that no 0·inf appears in a second derivative either)
+            b0 = b._data == 0
+            ga = (g * b * a ** (b - 1).masked_fill(b0, 0)).masked_fill(b0, 0)
         if n[1]:
-            # log a is nan for a < 0 and -inf at 0; where a == 0 the true derivative is 0 for b > 0
-            safe = a.masked_fill(a._data == 0, 1)
-            gb = (g * out * safe.log()).masked_fill(a._data == 0, 0)
+            # log a is nan for a < 0 and -inf at 0; at a == 0 the derivative a^b log a is 0 for b >= 0
+            # (PyTorch's convention) and stays inf·(-inf) = -inf for b < 0
+            zero = (a._data == 0) & (b._data >= 0)
+            # (log of 1, not of 0, at those entries: no 0/0 in a second derivative)
+            ab = a if a.shape == zero.shape else a.expand(*zero.shape)
+            gb = (g * out * ab.masked_fill(zero, 1).log()).masked_fill(zero, 0)
         return ga, gb
 
 
@@ -199,12 +206,16 @@ class RPowScalar(Op):
 
     @staticmethod
     def forward(ctx, a, s):
-        ctx.logs = float(np.log(s)) if s > 0 else float("nan")
+        # log 0 = -inf; PyTorch's convention: 0^a has derivative 0 where a >= 0 (only a < 0 gives -inf)
+        ctx.logs = float(np.log(s)) if s > 0 else float("-inf") if s == 0 else float("nan")
+        ctx.zero = a >= 0 if s == 0 else None
         return xp_of(a).asarray(s, dtype=a.dtype) ** a
 
     @staticmethod
     def backward(ctx, g):
         (out,) = ctx.saved_tensors
+        if ctx.zero is not None:
+            return (g * out * ctx.logs).masked_fill(ctx.zero, 0)
         return g * out * ctx.logs
 
 
@@ -362,13 +373,45 @@ class Clamp(Op):
             out = xp.maximum(out, xp.asarray(lo, dtype=a.dtype))
         if hi is not None:
             out = xp.minimum(out, xp.asarray(hi, dtype=a.dtype))
-        # gradient passes where the input is inside [lo, hi] (inclusive, as in PyTorch)
+        # gradient passes where the input is inside [lo, hi] (inclusive, as in PyTorch); none when lo > hi
         ctx.mask = out == a
+        if lo is not None and hi is not None and lo > hi:
+            ctx.mask = xp.zeros(a.shape, dtype=bool)
         return out
 
     @staticmethod
     def backward(ctx, g):
         return g.masked_fill(~ctx.mask, 0)
+
+
+class ClampTensor(Op):
+    """clamp with tensor bounds: out = min(max(a, lo), hi), broadcasting; ``has`` is "lo", "hi" or "lohi".
+
+    Gradients as PyTorch: a where lo <= a <= hi (ties go to a), lo where a < lo (and lo < hi),
+    hi where a > hi (or hi < lo, when hi wins everywhere).
+    """
+
+    @staticmethod
+    def forward(ctx, a, *bounds, has):
+        xp = xp_of(a)
+        lo = bounds[0] if has[0:2] == "lo" else None
+        hi = bounds[-1] if has.endswith("hi") else None
+        out, ctx.masks = a, []
+        if lo is not None:
+            out = xp.maximum(out, lo)
+        if hi is not None:
+            out = xp.minimum(out, hi)
+        if lo is not None and hi is not None:
+            ctx.masks = [(a >= lo) & (a <= hi), (a < lo) & (lo < hi), (a > hi) | (hi < lo)]
+        elif lo is not None:
+            ctx.masks = [a >= lo, a < lo]
+        else:
+            ctx.masks = [a <= hi, a > hi]
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        return tuple(g.masked_fill(~m, 0) if need else None for m, need in zip(ctx.masks, ctx.needs_input_grad))
 
 
 class Cast(Op):
@@ -464,7 +507,9 @@ class Var(Op):
             g = g.reshape(_keep_shape(ctx.shape, ctx.dim))
         dims = ctx.dim if ctx.dim is not None else tuple(range(a.ndim))
         centred = a - a.mean(dim=dims, keepdim=True)
-        return g * centred * (2.0 / max(ctx.n - ctx.correction, 0))
+        dof = ctx.n - ctx.correction
+        # no degrees of freedom: the divisor is 0, as in the forward (NaN for one element, as PyTorch)
+        return g * centred * (2.0 / dof if dof > 0 else float("inf"))
 
 
 class AMax(Op):
@@ -488,6 +533,28 @@ class AMax(Op):
         count = hit.sum(axis=ctx.dim, keepdims=True)
         w = (hit / xp.maximum(count, 1)).astype(a.dtype)
         return g * a._wrap_const(w)
+
+
+class TakeAlongDim(Op):
+    """``a`` at one index per slice along ``dim`` (``idx`` has size 1 there): max(dim)/min(dim)'s values.
+
+    The gradient goes to the selected element only: dx = onehot(idx) · dy.
+    """
+
+    @staticmethod
+    def forward(ctx, a, idx, dim, keepdim):
+        ctx.idx, ctx.dim, ctx.keepdim, ctx.shape = idx, dim, keepdim, a.shape
+        out = xp_of(a).take_along_axis(a, idx, axis=dim)
+        return out if keepdim else out.squeeze(dim)
+
+    @staticmethod
+    def backward(ctx, g):
+        if not ctx.keepdim:
+            g = g.unsqueeze(ctx.dim)
+        xp = xp_of(ctx.idx)
+        n = ctx.shape[ctx.dim]
+        pos = xp.arange(n).reshape((n,) + (1,) * (len(ctx.shape) - ctx.dim - 1))
+        return g * g._wrap_const((pos == ctx.idx).astype(g.dtype))
 
 
 def _keep_shape(shape, dim):
@@ -660,18 +727,30 @@ class MaskedFill(Op):
 
 
 class Maximum(Op):
-    """Elementwise max; at ties each side gets half the gradient (as PyTorch)."""
+    """Elementwise max (min with ``largest=False``); NaN propagates.
+
+    Gradient as PyTorch: the larger side gets dy, ties give each side dy/2, and where either is NaN (no
+    order) both sides get dy: da = dy · [a not below b] · (1/2 at ties), db likewise.
+    """
+
+    saves = (0, 1)
 
     @staticmethod
     def forward(ctx, a, b, largest=True):
+        ctx.largest = largest
         xp = xp_of(a)
-        ctx.wa = ((a > b) if largest else (a < b)) + 0.5 * (a == b)
         return xp.maximum(a, b) if largest else xp.minimum(a, b)
 
     @staticmethod
     def backward(ctx, g):
-        wa = g._wrap_const(ctx.wa.astype(g.dtype))
-        return g * wa, g * (1 - wa)
+        a, b = ctx.saved_tensors
+        ad, bd = a._data, b._data
+        below, above = (ad < bd, ad > bd) if ctx.largest else (ad > bd, ad < bd)
+        half = 0.5 * (ad == bd)
+        n = ctx.needs_input_grad
+        wa = g._wrap_const((1 - below - half).astype(g.dtype)) if n[0] else None
+        wb = g._wrap_const((1 - above - half).astype(g.dtype)) if n[1] else None
+        return (g * wa if n[0] else None), (g * wb if n[1] else None)
 
 
 # ---------------------------------------------------------------- matmul and softmax

@@ -48,7 +48,10 @@ class Tensor:
         y.backward()          # x.grad has shape (3, 4)
     """
 
-    __slots__ = ("_data", "requires_grad", "grad", "grad_fn", "_version", "_output_nr", "_hooks", "__weakref__")
+    # _base: the tensor a view op (reshape, permute, expand, basic indexing) was taken from; unset otherwise
+    __slots__ = (
+        "_data", "requires_grad", "grad", "grad_fn", "_version", "_output_nr", "_hooks", "_base", "__weakref__",
+    )  # fmt: skip
     __array_priority__ = 1000  # make NumPy defer to Tensor's reflected operators
 
     def __init__(self, data, dtype=None, device=None, requires_grad=False):
@@ -518,6 +521,15 @@ class Tensor:
                     "a leaf Variable that requires grad is being used in an in-place operation; "
                     "wrap it in conch.no_grad() or use an out-of-place operation"
                 )
+            base = getattr(self, "_base", None)
+            if base is not None and base._data is not self._data and _shares_memory(self._data, base._data):
+                # the result is a new array; writing it back into the base's memory would leave the base's
+                # graph without this op (wrong gradients, silently), so refuse as the honest alternative
+                raise RuntimeError(
+                    f"in-place {op.strip('_')} on a view (shape {self.shape}) of a tensor of shape {base.shape} "
+                    "while recording gradients is not supported: the view's base would not see the change. "
+                    "Use an out-of-place op (y = y + ...), or clone() the view first."
+                )
             self._version[0] += 1  # anything saved from the old value must now refuse to backward
             res = getattr(Tensor, op)(self, other)
             if res.dtype != self.dtype:
@@ -595,13 +607,20 @@ class Tensor:
     # ------------------------------------------------------------ indexing
     def __getitem__(self, idx):
         idx = _index_arrays(idx, self)
+        if type(idx) is tuple and len(idx) > 1:
+            split = _split_int_index(idx)
+            if split is not None:  # ints with index arrays: select the ints first, as PyTorch
+                return self[split[0]][split[1]]
         if not (_enabled[0] and self.requires_grad):
             out = self._data[idx]
-            basic = ops._is_basic(idx)
-            return Tensor._make(out, False, None, self._version if basic else None)
+            if ops._is_basic(idx):
+                t = Tensor._make(out, False, None, self._version)
+                t._base = self
+                return t
+            return Tensor._make(out)
         out = ops.GetItem.apply(self, idx=idx)
         if ops._is_basic(idx):
-            out._version = self._version  # a view shares its base's version counter
+            out._version, out._base = self._version, self  # a view shares its base's version counter
         return out
 
     def __setitem__(self, idx, value):
@@ -610,6 +629,11 @@ class Tensor:
                 "__setitem__ is only supported on tensors that do not require grad (or inside conch.no_grad())"
             )
         idx = _index_arrays(idx, self)
+        data = self._data
+        if type(idx) is tuple and len(idx) > 1:
+            split = _split_int_index(idx)
+            if split is not None:
+                data, idx = data[split[0]], split[1]  # a view: assigning into it writes self
         if isinstance(value, Tensor):
             if value.device != self.device:
                 raise RuntimeError(f"expected value on {self.device}, got a tensor on {value.device}")
@@ -619,7 +643,7 @@ class Tensor:
             v = xp_of(self._data).asarray(value, dtype=self._data.dtype)
         else:
             v = value
-        self._data[idx] = v
+        data[idx] = v
         self._version[0] += 1
 
     def masked_fill(self, mask, value):
@@ -645,7 +669,7 @@ class Tensor:
         if shape == self.shape:
             return self
         out = ops.Reshape.apply(self, shape=shape)
-        out._version = self._version
+        out._version, out._base = self._version, self
         return out
 
     def view(self, *shape):
@@ -695,7 +719,7 @@ class Tensor:
         if len(set(perm)) != len(perm):
             raise RuntimeError(f"permute(): duplicate dims are not allowed, got {dims}")
         out = ops.Permute.apply(self, perm=perm)
-        out._version = self._version
+        out._version, out._base = self._version, self
         return out
 
     def unsqueeze(self, dim):
@@ -727,7 +751,7 @@ class Tensor:
         if full == self.shape:
             return self
         out = ops.Expand.apply(self, shape=full)
-        out._version = self._version
+        out._version, out._base = self._version, self
         return out
 
     def expand_as(self, other):
@@ -752,9 +776,10 @@ class Tensor:
         return tuple(p.squeeze(d) for p in split(self, 1, d))
 
     # ------------------------------------------------------------ reductions
+    # dim=() reduces over every dim in sum/mean/var (as PyTorch), not over none
     def sum(self, dim=None, keepdim=False, dtype=None):
         x = _fp32("sum", self) if dtype is None else self.to(dtype=dtype)
-        return ops.Sum.apply(x, dim=_norm_dims(dim, self.ndim), keepdim=keepdim)
+        return ops.Sum.apply(x, dim=_norm_dims(dim if dim != () else None, self.ndim), keepdim=keepdim)
 
     def mean(self, dim=None, keepdim=False, dtype=None):
         x = _fp32("mean", self) if dtype is None else self.to(dtype=dtype)
@@ -762,11 +787,12 @@ class Tensor:
             raise RuntimeError(
                 f"mean(): could not infer output dtype. Input dtype must be floating point, but got {x.dtype}"
             )
-        return ops.Mean.apply(x, dim=_norm_dims(dim, self.ndim), keepdim=keepdim)
+        return ops.Mean.apply(x, dim=_norm_dims(dim if dim != () else None, self.ndim), keepdim=keepdim)
 
     def var(self, dim=None, unbiased=True, keepdim=False, correction=None):
         c = (1 if unbiased else 0) if correction is None else correction
-        return ops.Var.apply(_fp32("var", self), dim=_norm_dims(dim, self.ndim), correction=c, keepdim=keepdim)
+        d = _norm_dims(dim if dim != () else None, self.ndim)
+        return ops.Var.apply(_fp32("var", self), dim=d, correction=c, keepdim=keepdim)
 
     def std(self, dim=None, unbiased=True, keepdim=False, correction=None):
         return self.var(dim, unbiased, keepdim, correction).sqrt()
@@ -781,32 +807,48 @@ class Tensor:
         return ops.AMax.apply(self, dim=d, keepdim=keepdim, largest=False)
 
     def max(self, dim=None, keepdim=False):
+        """``max()``: the largest element (gradient shared by ties); ``max(dim)``: ``(values, indices)``
+        with the first maximum's index, which alone gets the gradient (as PyTorch)."""
         if isinstance(dim, Tensor):
             return maximum(self, dim)
         if dim is None:
             return self.amax()
-        return _MinMax((self.amax(dim, keepdim), self.argmax(dim, keepdim)))
+        return self._minmax_dim(dim, keepdim, True)
 
     def min(self, dim=None, keepdim=False):
         if isinstance(dim, Tensor):
             return minimum(self, dim)
         if dim is None:
             return self.amin()
-        return _MinMax((self.amin(dim, keepdim), self.argmin(dim, keepdim)))
+        return self._minmax_dim(dim, keepdim, False)
+
+    def _minmax_dim(self, dim, keepdim, largest):
+        _check_nonempty(self, "max" if largest else "min")
+        d = _norm_dim(dim, self.ndim)
+        if self.ndim == 0:
+            return _MinMax((self.clone(), _const(xp_of(self._data).zeros((), dtype=np.int64))))
+        a = self._data
+        # NumPy's argmax/argmin pick the first extremum (and the first NaN), as PyTorch's max(dim) does
+        idx = (a.argmax if largest else a.argmin)(axis=d, keepdims=True).astype(np.int64, copy=False)
+        values = ops.TakeAlongDim.apply(self, idx=idx, dim=d, keepdim=keepdim)
+        return _MinMax((values, _const(idx if keepdim else idx.squeeze(d))))
 
     def argmax(self, dim=None, keepdim=False):
-        _check_nonempty(self, "argmax")
-        if dim is None:
-            return _const(xp_of(self._data).asarray(self._data.argmax()).astype(np.int64))
-        d = _norm_dim(dim, self.ndim)
-        return _const(self._data.argmax(axis=d, keepdims=keepdim).astype(np.int64))
+        return self._arg(dim, keepdim, "argmax")
 
     def argmin(self, dim=None, keepdim=False):
-        _check_nonempty(self, "argmin")
+        return self._arg(dim, keepdim, "argmin")
+
+    def _arg(self, dim, keepdim, name):
+        _check_nonempty(self, name)
+        a = self._data
         if dim is None:
-            return _const(xp_of(self._data).asarray(self._data.argmin()).astype(np.int64))
+            i = xp_of(a).asarray(getattr(a, name)()).astype(np.int64)
+            return _const(i.reshape((1,) * a.ndim) if keepdim else i)
         d = _norm_dim(dim, self.ndim)
-        return _const(self._data.argmin(axis=d, keepdims=keepdim).astype(np.int64))
+        if a.ndim == 0:
+            return _const(xp_of(a).zeros((), dtype=np.int64))
+        return _const(getattr(a, name)(axis=d, keepdims=keepdim).astype(np.int64, copy=False))
 
     def all(self, dim=None, keepdim=False):
         return _const(xp_of(self._data).asarray(self._data.all(axis=_norm_dims(dim, self.ndim), keepdims=keepdim)))
@@ -886,21 +928,25 @@ class Tensor:
         if min is None and max is None:
             raise RuntimeError("clamp: at least one of 'min' or 'max' must not be None")
         if isinstance(min, Tensor) or isinstance(max, Tensor):
-            out = self
-            if min is not None:
-                out = maximum(out, _as_tensor(min, self))
-            if max is not None:
-                out = minimum(out, _as_tensor(max, self))
-            return out
+            bounds = [_as_tensor(b, self) for b in (min, max) if b is not None]
+            dt = D.result_type(*[(t.dtype, t.ndim) for t in [self, *bounds]])
+            ts = []
+            for t in [self, *bounds]:
+                _check_devices(self, t)
+                ts.append(t if t.dtype == dt else t.to(dtype=dt))
+            has = ("lo" if min is not None else "") + ("hi" if max is not None else "")
+            return ops.ClampTensor.apply(*ts, has=has)
+        if not self.is_floating_point() and (isinstance(min, float) or isinstance(max, float)):
+            self = self.to(dtype=D.get_default_dtype())  # an integer tensor clamped to a float bound: float
         return ops.Clamp.apply(self, lo=min, hi=max)
 
     clip = clamp
 
-    def softmax(self, dim):
-        return softmax(self, dim)
+    def softmax(self, dim, dtype=None):
+        return softmax(self, dim, dtype=dtype)
 
-    def log_softmax(self, dim):
-        return log_softmax(self, dim)
+    def log_softmax(self, dim, dtype=None):
+        return log_softmax(self, dim, dtype=dtype)
 
     def matmul(self, other):
         return matmul(self, other)
@@ -1094,6 +1140,9 @@ def _index_arrays(idx, t):
         if isinstance(i, Tensor):
             if i.dtype.kind not in "biu":
                 raise IndexError(f"tensors used as indices must be long, int or bool tensors, got {i.dtype}")
+            if i._data.ndim == 0 and i.dtype.kind != "b":  # a 0-d integer tensor selects, as an int does
+                out.append(int(i._data))
+                continue
             if i.device != t.device:
                 if i.device.type != "cpu":  # as PyTorch: CPU indices may index a GPU tensor, not the reverse
                     raise RuntimeError(f"indices should be on the tensor's device ({t.device}), got {i.device}")
@@ -1107,6 +1156,43 @@ def _index_arrays(idx, t):
         else:
             out.append(i)
     return tuple(out) if isinstance(idx, tuple) else out[0]
+
+
+def _shares_memory(a, b):
+    return bool(xp_of(a).may_share_memory(a, b))
+
+
+def _split_int_index(idx):
+    """PyTorch applies integer indices before index arrays: ``x[0, :, [0, 1]]`` is ``x[0][:, [0, 1]]`` (shape
+    (n, 2)); NumPy would broadcast the 0 with the array and move that dim first (shape (2, n)).
+    Returns ``(ints, rest)`` (two indices applied one after the other) or None when NumPy's answer is PyTorch's.
+    """
+    has_int = has_array = False
+    for i in idx:
+        if type(i) is int or isinstance(i, np.integer):
+            has_int = True
+        elif not isinstance(i, (slice, type(None), type(Ellipsis))):
+            has_array = True
+    if not (has_int and has_array):
+        return None
+    first, rest = [], []
+    for i in idx:
+        if type(i) is int or isinstance(i, np.integer):
+            first.append(i)
+        elif i is None:
+            first.append(None)
+            rest.append(slice(None))  # the new axis exists after the first step
+        elif i is Ellipsis:
+            first.append(i)
+            rest.append(i)
+        elif isinstance(i, slice):
+            first.append(slice(None))
+            rest.append(i)
+        else:
+            nd = i.ndim if i.dtype == np.bool_ else 1  # a boolean mask spans as many dims as it has
+            first.extend([slice(None)] * nd)
+            rest.append(i)
+    return tuple(first), tuple(rest)
 
 
 def _act(t, name):
