@@ -133,6 +133,19 @@ def isnan(t):
     return Tensor._make(xp_of(t._data).isnan(t._data))
 
 
+def set_float32_matmul_precision(precision: str) -> None:
+    """``"highest"``: exact float32 matmuls on the GPU; ``"high"`` (default) or ``"medium"``: TF32 allowed."""
+    from ._fused import set_float32_matmul_precision as _set
+
+    _set(precision)
+
+
+def get_float32_matmul_precision() -> str:
+    from ._fused import get_float32_matmul_precision as _get
+
+    return _get()
+
+
 def is_tensor(x):
     return isinstance(x, Tensor)
 

@@ -196,3 +196,25 @@ def test_sequential_fuses_linear_with_parametrised_activations(make):
     ref = act(seq[0](x))
     np.testing.assert_allclose(y.detach().numpy(), ref.detach().numpy(), rtol=1e-12)
     assert conch.autograd.gradcheck(lambda t: seq(t), (x,))
+
+
+def test_float32_matmul_precision_switch_reaches_the_kernel(monkeypatch):
+    seen = []
+    real = conch.kernels.matmul.matmul_forward
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("allow_tf32"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(conch.kernels.matmul, "matmul_forward", spy)
+    assert conch.get_float32_matmul_precision() == "high"
+    try:
+        conch.randn(2, 3) @ conch.randn(3, 2)
+        conch.set_float32_matmul_precision("highest")
+        assert conch.get_float32_matmul_precision() == "highest"
+        conch.randn(2, 3) @ conch.randn(3, 2)
+    finally:
+        conch.set_float32_matmul_precision("high")
+    assert seen == [True, False]
+    with pytest.raises(ValueError, match="highest"):
+        conch.set_float32_matmul_precision("exact")
