@@ -816,9 +816,13 @@ SECOND_ORDER = {
     "matmul": lambda m, x, y: ((x @ y.T).tanh() ** 2).sum(),
     "reduce": lambda m, x, y: x.var(1).sum() * y.std() + x.mean(0).sum() * y.amax() + (x * y).sum(1).pow(2).sum(),
     "shapes": lambda m, x, y: (x.T.reshape(-1)[1:] ** 2).sum() + m.cat([x, y], 1).unsqueeze(0).sum(-1).pow(2).sum(),
-    "select": lambda m, x, y: (m.where(x > 0, x * y, y * y) * x).sum() + m.maximum(x, y).pow(2).sum()
-    + x.clamp(-0.5, 0.5).pow(3).sum() + x.relu().pow(2).sum(),
-    "div": lambda m, x, y: (x / (y * y + 1)).sum() + (1 / (x * x + 2)).sum() + (x**y.abs()).sum() * 0,
+    "select": lambda m, x, y: (
+        (m.where(x > 0, x * y, y * y) * x).sum()
+        + m.maximum(x, y).pow(2).sum()
+        + x.clamp(-0.5, 0.5).pow(3).sum()
+        + x.relu().pow(2).sum()
+    ),
+    "div": lambda m, x, y: (x / (y * y + 1)).sum() + (1 / (x * x + 2)).sum() + (x ** y.abs()).sum() * 0,
     "index": lambda m, x, y: (x[m.tensor([0, 0, 2])] ** 2 * y[1]).sum() + x.masked_fill(x > 0, 0).pow(2).sum(),
 }
 
@@ -1065,7 +1069,7 @@ def test_from_numpy_shares_memory_and_randint_range():
 
 
 def test_sum_keepdim_without_dim_and_reduce_dtype_args():
-    run_case(lambda m, x: (x.sum(dim=None, keepdim=True) if m is torch else x.sum(None, True)), [F((2, 3))])
+    run_case(lambda m, x: x.sum(dim=None, keepdim=True) if m is torch else x.sum(None, True), [F((2, 3))])
     run_case(lambda m, x: (x.sum(dtype=m.float64), x.sum(1, dtype=m.float64)), [A((2, 3), "float32")], rtol=1e-6)
     run_case(lambda m, x: (x.softmax(-1, dtype=m.float64), x.log_softmax(0, dtype=m.float64)), [A((2, 3), "float32")],
              rtol=1e-6)  # fmt: skip
