@@ -12,7 +12,6 @@ from .optimizer import (
     _coeffs,
     _fast,
     _fast_chunked,
-    _fused_kernels,
     _grad_for_update,
     _l2_grad_fast,
     _lerp_,
@@ -106,17 +105,12 @@ class Adam(Optimizer):
                  step_size=lr / bias_correction1, bias_correction2_sqrt=bias_correction2**0.5)  # fmt: skip
 
     def _step_group(self, group):
-        fused = group.get("fused")
-        if fused is None:
-            fused = self._all_cupy_with_grad(group)
-        k = _fused_kernels() if fused else None
-        if k is None:  # NumPy parameters, or no kernels: skip the scan below
+        plan = self._fused_plan(group)
+        if plan is None:
             return super()._step_group(group)
-        params = self._params_with_grad(group)
+        k, params = plan
         if not params:
             return
-        if k is None or not all(p._data.flags.c_contiguous for p in params):
-            return super()._step_group(group)
         by_step = {}
         for p in params:
             st = self.state[p]

@@ -524,6 +524,23 @@ class Optimizer:
         """Whether every parameter of ``group`` that has a gradient lives on a GPU (the default ``fused`` test)."""
         return all(_is_cupy(p._data) for p in group["params"] if p.grad is not None)
 
+    def _fused_plan(self, group):
+        """``(kernels, params)`` when ``group`` takes the multi-tensor GPU kernel, else ``None`` (per-parameter path).
+
+        ``fused=None`` means: fused when every parameter with a gradient is a CuPy array. Non-contiguous
+        parameters fall back too, since the kernel walks flat buffers.
+        """
+        fused = group.get("fused")
+        if fused is None:
+            fused = self._all_cupy_with_grad(group)
+        k = _fused_kernels() if fused else None
+        if k is None:  # NumPy parameters, or no kernels: skip the parameter scan
+            return None
+        params = self._params_with_grad(group)
+        if not all(p._data.flags.c_contiguous for p in params):
+            return None
+        return k, params
+
     def _params_with_grad(self, group):
         out = []
         for p in group["params"]:

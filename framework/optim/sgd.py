@@ -11,7 +11,6 @@ from .optimizer import (
     _fast,
     _fast_chunked,
     _fma,
-    _fused_kernels,
     _grad_for_update,
     _l2_grad_fast,
     _opmath,
@@ -81,17 +80,12 @@ class SGD(Optimizer):
                  maximize=group["maximize"], first_step=first)  # fmt: skip
 
     def _step_group(self, group):
-        fused = group.get("fused")
-        if fused is None:
-            fused = self._all_cupy_with_grad(group)
-        k = _fused_kernels() if fused else None
-        if k is None:  # NumPy parameters, or no kernels: skip the scan below
+        plan = self._fused_plan(group)
+        if plan is None:
             return super()._step_group(group)
-        params = self._params_with_grad(group)
+        k, params = plan
         if not params:
             return
-        if k is None or not all(p._data.flags.c_contiguous for p in params):
-            return super()._step_group(group)
         momentum = group["momentum"]
         # Parameters whose momentum buffer does not exist yet take torch's first-step rule (buf = grad): one
         # launch for them and one for the rest.

@@ -1,10 +1,9 @@
 """Elementwise activation kernels: Triton path (interpreter on CPU) against the reference path and float64 NumPy."""
 
-import math
-
 import ml_dtypes
 import numpy as np
 import pytest
+from act_ref64 import ALPHA, SLOPE, df64, f64
 from devices import dev, host
 from tolerances import TOL, assert_close
 
@@ -13,46 +12,9 @@ from conch.kernels.activations import activation_backward, activation_forward
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 NAMES = ["relu", "leaky_relu", "elu", "gelu", "gelu_tanh", "silu", "tanh", "sigmoid"]
-SLOPE, ALPHA = 0.2, 1.5  # non-default attributes, so that ignoring them fails
 
 
 # ---- independent float64 references: closed forms, derivatives by complex step where f is analytic ----------
-
-_erf = np.vectorize(math.erf)
-
-
-def _f64(name, z):
-    """f(z) in float64 (complex z allowed for the analytic branches)."""
-    if name == "relu":
-        return np.maximum(z, 0)
-    if name == "leaky_relu":
-        return np.where(z > 0, z, SLOPE * z)
-    if name == "elu":
-        return np.where(np.real(z) > 0, z, ALPHA * (np.exp(z) - 1))
-    if name == "gelu":
-        return 0.5 * z * (1 + _erf(z / math.sqrt(2)))
-    if name == "gelu_tanh":
-        return 0.5 * z * (1 + np.tanh(math.sqrt(2 / math.pi) * (z + 0.044715 * z**3)))
-    if name == "silu":
-        return z / (1 + np.exp(-z))
-    if name == "tanh":
-        return np.tanh(z)
-    if name == "sigmoid":
-        return 1 / (1 + np.exp(-z))
-    raise AssertionError(name)
-
-
-def _df64(name, z):
-    """f'(z) in float64: closed forms for the piecewise-linear and erf ones, complex step for the rest."""
-    z = np.asarray(z, np.float64)
-    if name == "relu":
-        return (z > 0).astype(np.float64)
-    if name == "leaky_relu":
-        return np.where(z > 0, 1.0, SLOPE)
-    if name == "gelu":
-        return 0.5 * (1 + _erf(z / math.sqrt(2))) + z * np.exp(-z * z / 2) / math.sqrt(2 * math.pi)
-    h = 1e-30
-    return np.imag(_f64(name, z + 1j * h)) / h
 
 
 def _attrs():
@@ -87,14 +49,14 @@ def test_forward_backward(interpret, monkeypatch, rng, name, dtype):
     np.testing.assert_array_equal(x, x0)  # input untouched
 
     x64 = x.astype(np.float64)
-    assert_close(y, _f64(name, x64), dtype)
+    assert_close(y, f64(name, x64), dtype)
     if name in ("relu", "tanh", "sigmoid") and dtype != np.float32:
         # these take f' from the saved y, rounded to the storage dtype: check the formula in y itself
         y64 = y.astype(np.float64)
         g = {"relu": (y64 > 0).astype(np.float64), "tanh": 1 - y64**2, "sigmoid": y64 * (1 - y64)}[name]
         assert_close(dx, dy.astype(np.float64) * g, dtype)
     else:
-        assert_close(dx, dy.astype(np.float64) * _df64(name, x64), dtype, scale=2.0 if dtype != np.float32 else 1.0)
+        assert_close(dx, dy.astype(np.float64) * df64(name, x64), dtype, scale=2.0 if dtype != np.float32 else 1.0)
 
     # reference path: forward on x, backward on the same residuals (the interpreter rounds fp32 -> bf16 toward
     # zero, the GPU and NumPy to nearest: a y one bf16 ulp apart would move tanh' = 1 - y^2 near |y| = 1)
@@ -111,8 +73,8 @@ def test_odd_sizes_and_block_tails(interpret, rng, n):
     dy = _data(rng, (n,), np.float32, 1.0)
     y, res = activation_forward(dev(x), "gelu")
     dx = activation_backward(res, dev(dy))
-    assert_close(host(y), _f64("gelu", x.astype(np.float64)), np.float32)
-    assert_close(host(dx), dy * _df64("gelu", x.astype(np.float64)), np.float32)
+    assert_close(host(y), f64("gelu", x.astype(np.float64)), np.float32)
+    assert_close(host(dx), dy * df64("gelu", x.astype(np.float64)), np.float32)
 
 
 @pytest.mark.parametrize("name", ["silu", "sigmoid"])
@@ -124,8 +86,8 @@ def test_non_contiguous(interpret, rng, name):
     y, res = activation_forward(dev(x), name, **_attrs())
     dx = activation_backward(res, dev(dy))
     x64 = x.astype(np.float64)
-    assert_close(host(y), _f64(name, x64), np.float32)
-    assert_close(host(dx), dy * _df64(name, x64), np.float32)
+    assert_close(host(y), f64(name, x64), np.float32)
+    assert_close(host(dx), dy * df64(name, x64), np.float32)
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
@@ -135,7 +97,7 @@ def test_extreme_values_are_finite(interpret):
         y, res = activation_forward(dev(x), name, **_attrs())
         dx = activation_backward(res, dev(np.ones_like(x)))
         assert np.isfinite(host(y)).all() and np.isfinite(host(dx)).all(), name
-        assert_close(host(y), _f64(name, x.astype(np.float64)), np.float32)
+        assert_close(host(y), f64(name, x.astype(np.float64)), np.float32)
 
 
 def test_residuals_hold_output_or_input(interpret, rng):
@@ -170,8 +132,8 @@ def test_reference_float64_against_closed_form_and_finite_differences(reference,
     y, res = activation_forward(x, name, **_attrs())
     dx = activation_backward(res, dy)
     assert y.dtype == np.float64 and dx.dtype == np.float64
-    np.testing.assert_allclose(y, _f64(name, x), rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(dx, dy * _df64(name, x), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(y, f64(name, x), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(dx, dy * df64(name, x), rtol=1e-9, atol=1e-12)
     h = 1e-6  # central differences, elementwise (the Jacobian is diagonal)
     fd = (activation_forward(x + h, name, **_attrs())[0] - activation_forward(x - h, name, **_attrs())[0]) / (2 * h)
     np.testing.assert_allclose(dx, dy * fd, rtol=1e-6, atol=1e-8)
@@ -182,7 +144,7 @@ def test_reference_low_precision(reference, rng, dtype):
     x = _data(rng, (33,), dtype)
     y, res = activation_forward(x, "gelu_tanh")
     assert y.dtype == dtype
-    assert_close(y, _f64("gelu_tanh", x.astype(np.float64)), dtype)
+    assert_close(y, f64("gelu_tanh", x.astype(np.float64)), dtype)
 
 
 # ---- errors --------------------------------------------------------------------------------------------------

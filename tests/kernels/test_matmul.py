@@ -5,6 +5,7 @@ import math
 import ml_dtypes
 import numpy as np
 import pytest
+from act_ref64 import ALPHA, SLOPE, df64, f64
 from devices import dev, host
 from tolerances import MATMUL_TOL, assert_close
 
@@ -15,45 +16,9 @@ from conch.kernels.matmul import matmul_backward, matmul_forward
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 NAMES = [None, "relu", "leaky_relu", "elu", "gelu", "gelu_tanh", "silu", "tanh", "sigmoid"]
-SLOPE, ALPHA = 0.2, 1.5
 
 
 # ---- independent float64 reference ---------------------------------------------------------------------------
-
-_erf = np.vectorize(math.erf)
-
-
-def _f64(name, z):
-    if name is None:
-        return z
-    if name == "relu":
-        return np.maximum(z, 0)
-    if name == "leaky_relu":
-        return np.where(z > 0, z, SLOPE * z)
-    if name == "elu":
-        return np.where(np.real(z) > 0, z, ALPHA * (np.exp(z) - 1))
-    if name == "gelu":
-        return 0.5 * z * (1 + _erf(z / math.sqrt(2)))
-    if name == "gelu_tanh":
-        return 0.5 * z * (1 + np.tanh(math.sqrt(2 / math.pi) * (z + 0.044715 * z**3)))
-    if name == "silu":
-        return z / (1 + np.exp(-z))
-    if name == "tanh":
-        return np.tanh(z)
-    return 1 / (1 + np.exp(-z))
-
-
-def _df64(name, z):
-    """f'(z): closed forms for the piecewise ones and gelu, complex step for the analytic rest."""
-    if name is None:
-        return np.ones_like(z)
-    if name == "relu":
-        return (z > 0).astype(np.float64)
-    if name == "leaky_relu":
-        return np.where(z > 0, 1.0, SLOPE)
-    if name == "gelu":
-        return 0.5 * (1 + _erf(z / math.sqrt(2))) + z * np.exp(-z * z / 2) / math.sqrt(2 * math.pi)
-    return np.imag(_f64(name, z + 1e-30j)) / 1e-30
 
 
 def _sum_to(x, shape):
@@ -69,8 +34,8 @@ def np_matmul64(a, b, bias, act, dout):
     """out, da, db, dbias in float64 by the textbook formulas, for 1-D and broadcast operands."""
     a64, b64 = a.astype(np.float64), b.astype(np.float64)
     z = np.matmul(a64, b64) + (0 if bias is None else bias.astype(np.float64))
-    out = _f64(act, z)
-    dz = dout.astype(np.float64) * _df64(act, z)
+    out = f64(act, z)
+    dz = dout.astype(np.float64) * df64(act, z)
     a2 = a64[None] if a.ndim == 1 else a64
     b2 = b64[:, None] if b.ndim == 1 else b64
     batch = np.broadcast_shapes(a2.shape[:-2], b2.shape[:-2])
