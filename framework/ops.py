@@ -726,6 +726,32 @@ class MaskedFill(Op):
         return g.masked_fill(ctx.mask, 0)
 
 
+class CopySlices(Op):
+    """The history of a base after an in-place write into part of it (a view, or ``base[idx] = value``).
+
+    out = base with the elements ``sel`` (flat positions in ``base``, shape of ``value``) replaced by ``value``.
+    The caller has already written ``value`` into ``base``'s memory, so forward hands that array back.
+    Backward: d/dbase = g with the written elements zeroed (``mask``); d/dvalue = g at ``sel``.
+    ``mask=None`` means the whole base was overwritten (its gradient is zero) and ``sel=None`` that value
+    already has base's shape.
+    """
+
+    @staticmethod
+    def forward(ctx, base, value, mask, sel):
+        ctx.mask, ctx.sel = mask, sel
+        return base
+
+    @staticmethod
+    def backward(ctx, g):
+        n = ctx.needs_input_grad
+        gb = gv = None
+        if n[0]:
+            gb = g * 0 if ctx.mask is None else MaskedFill.apply(g, mask=ctx.mask, value=0)
+        if n[1]:
+            gv = g if ctx.sel is None else GetItem.apply(g.reshape(-1), idx=ctx.sel)
+        return gb, gv
+
+
 class Maximum(Op):
     """Elementwise max (min with ``largest=False``); NaN propagates.
 

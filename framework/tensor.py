@@ -12,7 +12,7 @@ from . import ops
 from ._backend import device_of, namespace, to_device, xp_of
 from .autograd import engine
 from .autograd import function as _function
-from .autograd.grad_mode import _enabled
+from .autograd.grad_mode import _enabled, no_grad
 
 
 def _shape_arg(shape):
@@ -48,9 +48,13 @@ class Tensor:
         y.backward()          # x.grad has shape (3, 4)
     """
 
-    # _base: the tensor a view op (reshape, permute, expand, basic indexing) was taken from; unset otherwise
+    # _base: the tensor a view op (reshape, permute, expand, split, basic indexing) was taken from, or None.
+    # A view also keeps _vfn (base -> view, as Tensor ops), _vver (the shared version counter's value when its
+    # grad_fn was last derived) and _vgrad (whether it was taken with grad mode on): an in-place change through
+    # the graph rewrites the base's history, and each view re-derives its grad_fn from the base when next used.
     __slots__ = (
-        "_data", "requires_grad", "grad", "grad_fn", "_version", "_output_nr", "_hooks", "_base", "__weakref__",
+        "_data", "requires_grad", "grad", "grad_fn", "_version", "_output_nr", "_hooks", "_base", "_vfn", "_vver",
+        "_vgrad", "__weakref__",
     )  # fmt: skip
     __array_priority__ = 1000  # make NumPy defer to Tensor's reflected operators
 
@@ -59,7 +63,7 @@ class Tensor:
 
         arr = _to_array(data, dtype, device)
         self._data, self.grad, self.grad_fn, self._version = arr, None, None, [0]
-        self._output_nr, self._hooks, self.requires_grad = 0, None, False
+        self._output_nr, self._hooks, self.requires_grad, self._base = 0, None, False, None
         if requires_grad:
             self.requires_grad_(True)
 
@@ -70,7 +74,7 @@ class Tensor:
         t = object.__new__(cls)
         t._data, t.requires_grad, t.grad_fn, t.grad = data, requires_grad, grad_fn, None
         t._version = [0] if version is None else version
-        t._output_nr, t._hooks = 0, None
+        t._output_nr, t._hooks, t._base = 0, None, None
         return t
 
     @staticmethod
@@ -220,6 +224,8 @@ class Tensor:
     __hash__ = object.__hash__
 
     def __repr__(self):
+        if _enabled[0]:
+            _function.fresh(self)  # a view whose base changed in place shows its current grad_fn
         body = np.array2string(np.asarray(self.detach().cpu()._data, dtype=np.float64) if self.dtype == D.bfloat16
                                else self.detach().cpu()._data, separator=", ", prefix="tensor(")  # fmt: skip
         extra = []
@@ -236,6 +242,7 @@ class Tensor:
     # ------------------------------------------------------------ autograd
     def backward(self, gradient=None, retain_graph=None, create_graph=False, inputs=None):
         """Accumulate d(self)/d(leaf) into every leaf's ``.grad`` (``gradient`` is dL/dself)."""
+        _function.fresh(self)
         if not self.requires_grad:
             raise RuntimeError("element 0 of tensors does not require grad and does not have a grad_fn")
         if gradient is None:
@@ -511,34 +518,16 @@ class Tensor:
     add, sub, mul, div, pow = __add__, __sub__, __mul__, __truediv__, __pow__
     true_divide, multiply, subtract, neg, negative = __truediv__, __mul__, __sub__, __neg__, __neg__
 
-    # in-place: true in-place when no graph is involved; otherwise the graph is rebuilt
+    # ------------------------------------------------------------ in-place
+    # As in PyTorch, an in-place op writes into this tensor's memory (so its views see the new values) and,
+    # when gradients are being recorded, makes the op this tensor's history. The op itself runs out of place
+    # first (``new``), then ``_assign`` writes it back; see _assign for views and what the old values' savers get.
     def _inplace(self, op, other):
         other_t = other if isinstance(other, Tensor) else None
-        in_graph = _enabled[0] and (self.requires_grad or (other_t is not None and other_t.requires_grad))
-        if in_graph:
-            if self.grad_fn is None and self.requires_grad:
-                raise RuntimeError(
-                    "a leaf Variable that requires grad is being used in an in-place operation; "
-                    "wrap it in conch.no_grad() or use an out-of-place operation"
-                )
-            base = getattr(self, "_base", None)
-            if base is not None and base._data is not self._data and _shares_memory(self._data, base._data):
-                # the result is a new array; writing it back into the base's memory would leave the base's
-                # graph without this op (wrong gradients, silently), so refuse as the honest alternative
-                raise RuntimeError(
-                    f"in-place {op.strip('_')} on a view (shape {self.shape}) of a tensor of shape {base.shape} "
-                    "while recording gradients is not supported: the view's base would not see the change. "
-                    "Use an out-of-place op (y = y + ...), or clone() the view first."
-                )
-            self._version[0] += 1  # anything saved from the old value must now refuse to backward
-            res = getattr(Tensor, op)(self, other)
-            if res.dtype != self.dtype:
-                raise RuntimeError(f"result type {res.dtype} can't be cast to the desired output type {self.dtype}")
-            # the old buffer is untouched (the result is a new array), so ``self`` takes the result's
-            # version counter: whatever saved the result (as "out") watches the array ``self`` now holds
-            self._data, self.grad_fn, self.requires_grad = res._data, res.grad_fn, True
-            self._output_nr, self._version = res._output_nr, res._version
-            return self
+        if _enabled[0] and (
+            self.requires_grad or (other_t is not None and other_t.requires_grad) or self._base is not None
+        ):
+            return self._assign(getattr(Tensor, op)(self, other), name=op.strip("_"))
         res = getattr(Tensor, op)(self.detach(), other.detach() if other_t is not None else other)
         if res.dtype != self.dtype and not np.can_cast(res.dtype, self.dtype, "same_kind"):
             raise RuntimeError(f"result type {res.dtype} can't be cast to the desired output type {self.dtype}")
@@ -549,6 +538,105 @@ class Tensor:
         self._data[...] = res._data
         self._version[0] += 1
         return self
+
+    def _assign(self, new, steps=(), name="in-place operation", replaces=False):
+        """Write ``new`` into ``self`` (or into ``self[i][j]...`` for ``steps=(i, j, ...)``) in place, recording
+        the change for autograd.
+
+        ``new`` is a Tensor computed out of place (it broadcasts to the written shape and is cast to
+        self's dtype); ``replaces`` says it does not derive from the old values (copy_, fill_, zero_), whose
+        history then still gets a node (a zero gradient, as PyTorch). Three cases while gradients are recorded:
+
+        - self is not a view and there are no steps: self's history becomes ``new``'s (no extra node);
+        - otherwise the base B at the root of self's views gets B' = CopySlices(B, new): dB = g with the
+          written elements zeroed, dnew = g at the written elements; self's grad_fn is re-derived from B'
+          at once, its other views' when next used (their version stamps are stale);
+        - anything that saved the old values (by the shared version counter) refuses to backward, except
+          the op that produced ``new`` from them: it gets a private copy (PyTorch's "original self").
+        """
+        target = self._data
+        for i in steps:
+            target = target[i]
+        tshape = target.shape
+        if new.shape != tshape:
+            try:
+                full = np.broadcast_shapes(new.shape, tshape)
+            except ValueError:
+                full = None
+            if full != tshape:
+                raise RuntimeError(
+                    f"{name}: the value of shape {new.shape} can't be written into a tensor of shape {tshape} "
+                    "(it must broadcast to that shape)"
+                )
+        root, chain = self, []
+        while root._base is not None:
+            chain.append(root._vfn)
+            root = root._base
+        recording = _enabled[0] and (self.requires_grad or new.requires_grad or root.requires_grad)
+        if new.dtype != self.dtype:
+            if not np.can_cast(new.dtype, self.dtype, "same_kind"):
+                raise RuntimeError(f"result type {new.dtype} can't be cast to the desired output type {self.dtype}")
+        if not recording:
+            _write(self._data, steps, new._data.astype(self.dtype, copy=False))
+            self._version[0] += 1
+            return self
+        if root.requires_grad and root.grad_fn is None:
+            what = "a view of a leaf Variable" if chain else "a leaf Variable"
+            raise RuntimeError(
+                f"{what} that requires grad is being used in an in-place operation ({name}); wrap it in "
+                "conch.no_grad() or use an out-of-place operation"
+            )
+        if chain and root.requires_grad and not self._vgrad:
+            raise RuntimeError(
+                f"a view (shape {self.shape}) of a tensor that requires grad was created in no_grad mode and is "
+                f"being modified in place ({name}) with grad mode enabled; take the view with grad mode on, or "
+                "clone() it first"
+            )
+        if 0 in target.strides and target.size > 1 and any(st == 0 and n > 1 for st, n in zip(target.strides, tshape)):
+            raise RuntimeError(
+                f"unsupported operation: more than one element of the written-to tensor (shape {tshape}, an "
+                "expanded view) refers to a single memory location; clone() the tensor before the in-place op"
+            )
+        if new.grad_fn is not None:
+            _keep_old_values(new.grad_fn, self._version, self._data)
+        if new.dtype != self.dtype:
+            new = new.to(dtype=self.dtype)
+        if new.shape != tshape:
+            new = new.expand(*tshape)
+        _write(self._data, steps, new._data)
+        self._version[0] += 1
+        if not chain and not steps and new.grad_fn is not None and not replaces:
+            self.grad_fn, self._output_nr, self.requires_grad = new.grad_fn, new._output_nr, True
+            return self
+        xp = xp_of(root._data)
+        if not chain and not steps:
+            mask = sel = None
+        else:  # the written elements' flat positions in the root, found by replaying the views on positions
+            with no_grad():
+                pos = Tensor._make(xp.arange(root._data.size).reshape(root.shape))
+                for fn in reversed(chain):
+                    pos = fn(pos)
+            sel = pos._data
+            for i in steps:
+                sel = sel[i]
+            mask = xp.zeros(root._data.size, dtype=np.bool_)
+            mask[sel.reshape(-1)] = True
+            mask = mask.reshape(root.shape)
+        out = ops.CopySlices.apply(root, new, mask=mask, sel=sel)
+        root.grad_fn, root._output_nr, root.requires_grad = out.grad_fn, 0, True
+        if chain:
+            self._refresh_view()
+        return self
+
+    def _refresh_view(self):
+        """Re-derive this view's grad_fn (and requires_grad) from its base's current history."""
+        base = self._base
+        if base._base is not None and base._vver != base._version[0]:
+            base._refresh_view()
+        if self._vgrad and _enabled[0]:
+            fresh = self._vfn(base)
+            self.grad_fn, self._output_nr, self.requires_grad = fresh.grad_fn, fresh._output_nr, fresh.requires_grad
+        self._vver = self._version[0]
 
     def __iadd__(self, other):
         return self._inplace("__add__", other)
@@ -584,16 +672,39 @@ class Tensor:
         self._version[0] += 1
         return self
 
+    def _records_write(self, *others):
+        """Whether an in-place write now must go through ``_assign`` (a graph or a view may be involved)."""
+        if not _enabled[0]:
+            return False
+        return self.requires_grad or self._base is not None or any(o.requires_grad for o in others)
+
+    def _scalar(self, value):
+        return Tensor._make(xp_of(self._data).asarray(value, dtype=self.dtype))
+
     def zero_(self):
+        if self._records_write():
+            return self._assign(self._scalar(0), name="zero_", replaces=True)
         return self._set_(lambda a: a.fill(0))
 
     def fill_(self, value):
+        if isinstance(value, Tensor):
+            if value.ndim:
+                raise RuntimeError(
+                    f"fill_ only supports 0-dimension value tensor but got tensor with {value.ndim} dimensions"
+                )
+            if self._records_write(value):
+                return self._assign(value.to(device=self.device), name="fill_", replaces=True)
+            value = value.item()
+        if self._records_write():
+            return self._assign(self._scalar(value), name="fill_", replaces=True)
         return self._set_(lambda a: a.fill(value))
 
     def copy_(self, src):
         src = _as_tensor(src, self)
         if src.device != self.device:
             src = src.to(device=self.device)
+        if self._records_write(src):
+            return self._assign(src, name="copy_", replaces=True)
 
         def put(a):
             a[...] = src._data.astype(a.dtype, copy=False)
@@ -601,6 +712,8 @@ class Tensor:
         return self._set_(put)
 
     def clamp_(self, min=None, max=None):
+        if self._records_write():
+            return self._assign(self.clamp(min, max), name="clamp_")
         xp = xp_of(self._data)
         return self._set_(lambda a: xp.clip(a, min, max, out=a))
 
@@ -612,38 +725,36 @@ class Tensor:
             if split is not None:  # ints with index arrays: select the ints first, as PyTorch
                 return self[split[0]][split[1]]
         if not (_enabled[0] and self.requires_grad):
-            out = self._data[idx]
-            if ops._is_basic(idx):
-                t = Tensor._make(out, False, None, self._version)
-                t._base = self
-                return t
-            return Tensor._make(out)
-        out = ops.GetItem.apply(self, idx=idx)
+            out = Tensor._make(self._data[idx])
+        else:
+            out = ops.GetItem.apply(self, idx=idx)
         if ops._is_basic(idx):
-            out._version, out._base = self._version, self  # a view shares its base's version counter
+            _mark_view(out, self, lambda b, idx=idx: b[idx])
         return out
 
     def __setitem__(self, idx, value):
-        if _enabled[0] and self.requires_grad:
-            raise RuntimeError(
-                "__setitem__ is only supported on tensors that do not require grad (or inside conch.no_grad())"
-            )
         idx = _index_arrays(idx, self)
-        data = self._data
+        steps = (idx,)
         if type(idx) is tuple and len(idx) > 1:
             split = _split_int_index(idx)
             if split is not None:
-                data, idx = data[split[0]], split[1]  # a view: assigning into it writes self
+                steps = split  # self[ints] is a view: assigning into it writes self
         if isinstance(value, Tensor):
             if value.device != self.device:
                 raise RuntimeError(f"expected value on {self.device}, got a tensor on {value.device}")
+            if self._records_write(value):
+                self._assign(value, steps, name="__setitem__")
+                return
             v = value._data
+        elif self._records_write():
+            self._assign(_as_tensor(value, self), steps, name="__setitem__")
+            return
         elif isinstance(value, (np.ndarray, list, tuple)) and type(self._data) is not np.ndarray:
             # CuPy's basic-index assignment takes only scalars or CuPy arrays: copy host data over once
             v = xp_of(self._data).asarray(value, dtype=self._data.dtype)
         else:
             v = value
-        data[idx] = v
+        _write(self._data, steps, v)
         self._version[0] += 1
 
     def masked_fill(self, mask, value):
@@ -656,6 +767,8 @@ class Tensor:
         m = _mask_array(mask, self)
         if isinstance(value, Tensor):
             value = value.item()
+        if self._records_write():
+            return self._assign(self.masked_fill(m, value), name="masked_fill_")
         if type(self._data) is np.ndarray:
             return self._set_(lambda a: np.putmask(a, m, value))
         # CuPy has no putmask; a masked copyto also broadcasts the mask, as PyTorch's masked_fill_ does
@@ -669,7 +782,8 @@ class Tensor:
         if shape == self.shape:
             return self
         out = ops.Reshape.apply(self, shape=shape)
-        out._version, out._base = self._version, self
+        if out._data.base is not None and _shares_memory(out._data, self._data):  # not when reshape had to copy
+            _mark_view(out, self, lambda b, shape=shape: b.reshape(shape))
         return out
 
     def view(self, *shape):
@@ -718,9 +832,7 @@ class Tensor:
         perm = tuple(_norm_dim(d, self.ndim) for d in dims)
         if len(set(perm)) != len(perm):
             raise RuntimeError(f"permute(): duplicate dims are not allowed, got {dims}")
-        out = ops.Permute.apply(self, perm=perm)
-        out._version, out._base = self._version, self
-        return out
+        return _mark_view(ops.Permute.apply(self, perm=perm), self, lambda b, perm=perm: b.permute(*perm))
 
     def unsqueeze(self, dim):
         d = _norm_dim(dim, self.ndim + 1)
@@ -750,9 +862,7 @@ class Tensor:
                 )
         if full == self.shape:
             return self
-        out = ops.Expand.apply(self, shape=full)
-        out._version, out._base = self._version, self
-        return out
+        return _mark_view(ops.Expand.apply(self, shape=full), self, lambda b, full=full: b.expand(*full))
 
     def expand_as(self, other):
         return self.expand(*other.shape)
@@ -1158,6 +1268,40 @@ def _index_arrays(idx, t):
     return tuple(out) if isinstance(idx, tuple) else out[0]
 
 
+def _mark_view(out, base, fn):
+    """Record that ``out`` views ``base`` (``out = fn(base)``): they share memory and the version counter."""
+    out._version, out._base, out._vfn, out._vver, out._vgrad = base._version, base, fn, base._version[0], _enabled[0]
+    return out
+
+
+def _keep_old_values(node, counter, arr):
+    """Before an in-place write into ``arr``: give the op that computed the new values from the old ones a
+    private copy of whatever it saved from ``arr`` (PyTorch's "original self"), so its backward still works."""
+    for s in node._saved:
+        if s is not None and s.counter is counter and not s.is_output:
+            s.data, s.counter = s.data.copy(), [s.version]
+    res = getattr(node, "res", None)  # a fused op's kernel residuals: a dict, tuple or namedtuple of arrays
+
+    def own(r):
+        return r.copy() if getattr(r, "size", 0) and hasattr(r, "strides") and _shares_memory(r, arr) else r
+
+    if isinstance(res, dict):
+        node.res = {k: own(r) for k, r in res.items()}
+    elif isinstance(res, (tuple, list)):
+        items = [own(r) for r in res]
+        node.res = type(res)(*items) if hasattr(res, "_fields") else type(res)(items)
+
+
+def _write(arr, steps, value):
+    """``arr[s0][s1]...[sn] = value``: every step but the last is basic indexing (a view of arr)."""
+    if not steps:
+        arr[...] = value
+        return
+    for i in steps[:-1]:
+        arr = arr[i]
+    arr[steps[-1]] = value
+
+
 def _shares_memory(a, b):
     return bool(xp_of(a).may_share_memory(a, b))
 
@@ -1314,7 +1458,12 @@ def split(t, split_size_or_sections, dim=0):
             )
     if len(sizes) <= 1:
         return (t,) if sizes else ()
-    return ops.Split.apply(t, sizes=sizes, dim=d)
+    parts, start = ops.Split.apply(t, sizes=sizes, dim=d), 0
+    for p, n in zip(parts, sizes):  # each part views t
+        sl = (slice(None),) * d + (slice(start, start + n),)
+        _mark_view(p, t, lambda b, sl=sl: b[sl])
+        start += n
+    return parts
 
 
 def where(cond, a=None, b=None):

@@ -80,9 +80,12 @@ def run_backward(roots, root_grads, retain_graph=False, create_graph=False, inpu
     """
     Tensor = _fn.Tensor
     capture_leaf, capture_node, captured = {}, {}, None
+    for t in roots:
+        _fn.fresh(t)
     if inputs is not None:
         captured = [None] * len(inputs)
         for i, t in enumerate(inputs):
+            _fn.fresh(t)
             if not t.requires_grad:
                 raise RuntimeError(f"input {i} of autograd.grad does not require grad and is not part of the graph")
             if t.grad_fn is None:

@@ -115,7 +115,17 @@ class _RemovableHandle:
             self._lst.remove(self._fn)
 
 
+def fresh(t):
+    """Re-derive a view's grad_fn from its base if an in-place change (on the base or another of its views)
+    has rewritten the base's history since the view was taken; otherwise leave ``t`` as it is."""
+    if t._base is not None and t._vver != t._version[0]:
+        t._refresh_view()
+    return t
+
+
 def _edge(t):
+    if t._base is not None and t._vver != t._version[0]:
+        t._refresh_view()
     if not t.requires_grad:
         return None
     return t if t.grad_fn is None else (t.grad_fn, t._output_nr)
@@ -217,9 +227,10 @@ class Op(Node):
         record = False
         if _enabled[0]:
             for t in tensors:
+                if t._base is not None and t._vver != t._version[0]:
+                    t._refresh_view()  # a view whose base changed in place: its grad_fn is re-derived first
                 if t.requires_grad:
                     record = True
-                    break
         if not record:
             out = cls.forward(ctx, *[t._data for t in tensors], **attrs)
             if type(out) is tuple:

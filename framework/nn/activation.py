@@ -26,7 +26,7 @@ class ReLU(_Act):
     fused_name = "relu"
 
     def forward(self, input):
-        return F.relu(input)
+        return F.relu(input, self.inplace)
 
 
 class GELU(Module):
@@ -55,7 +55,7 @@ class SiLU(_Act):
     fused_name = "silu"
 
     def forward(self, input):
-        return F.silu(input)
+        return F.silu(input, self.inplace)
 
 
 class Tanh(Module):
@@ -88,7 +88,7 @@ class LeakyReLU(Module):
         return {"negative_slope": self.negative_slope}
 
     def forward(self, input):
-        return F.leaky_relu(input, self.negative_slope)
+        return F.leaky_relu(input, self.negative_slope, self.inplace)
 
     def extra_repr(self):
         return f"negative_slope={self.negative_slope}" + (", inplace=True" if self.inplace else "")
@@ -108,7 +108,7 @@ class ELU(Module):
         return {"alpha": self.alpha}
 
     def forward(self, input):
-        return F.elu(input, self.alpha)
+        return F.elu(input, self.alpha, self.inplace)
 
     def extra_repr(self):
         return f"alpha={self.alpha}" + (", inplace=True" if self.inplace else "")
@@ -128,12 +128,13 @@ class Softplus(Module):
 
 class Mish(_Act):
     def forward(self, input):
-        return F.mish(input)
+        out = F.mish(input)
+        return input._assign(out, name="mish_") if self.inplace else out
 
 
 class ReLU6(_Act):
     def forward(self, input):
-        return F.relu6(input)
+        return F.relu6(input, self.inplace)
 
 
 class LogSigmoid(Module):

@@ -81,9 +81,14 @@ def _as_strided(xp, a, shape, strides):
 # ---------------------------------------------------------------- activations
 
 
+def _inplace(input, out, inplace, name):
+    """``inplace=True``: write ``out`` back into ``input`` (its views see it; autograd records it) and return it."""
+    return input._assign(out, name=name) if inplace else out
+
+
 def relu(input, inplace=False):
     """max(x, 0)."""
-    return _fused.activation(input, "relu")
+    return _inplace(input, _fused.activation(input, "relu"), inplace, "relu_")
 
 
 def gelu(input, approximate="none"):
@@ -95,7 +100,7 @@ def gelu(input, approximate="none"):
 
 def silu(input, inplace=False):
     """x·σ(x)."""
-    return _fused.activation(input, "silu")
+    return _inplace(input, _fused.activation(input, "silu"), inplace, "silu_")
 
 
 def tanh(input):
@@ -109,12 +114,13 @@ def sigmoid(input):
 
 def leaky_relu(input, negative_slope=0.01, inplace=False):
     """x for x > 0, negative_slope·x otherwise."""
-    return _fused.activation(input, "leaky_relu", negative_slope=float(negative_slope))
+    out = _fused.activation(input, "leaky_relu", negative_slope=float(negative_slope))
+    return _inplace(input, out, inplace, "leaky_relu_")
 
 
 def elu(input, alpha=1.0, inplace=False):
     """x for x > 0, α(eˣ - 1) otherwise."""
-    return _fused.activation(input, "elu", alpha=float(alpha))
+    return _inplace(input, _fused.activation(input, "elu", alpha=float(alpha)), inplace, "elu_")
 
 
 class _LogSigmoid(Op):
@@ -148,11 +154,11 @@ def mish(input):
 
 
 def relu6(input, inplace=False):
-    return input.clamp(0.0, 6.0)
+    return _inplace(input, input.clamp(0.0, 6.0), inplace, "relu6_")
 
 
 def hardtanh(input, min_val=-1.0, max_val=1.0, inplace=False):
-    return input.clamp(min_val, max_val)
+    return _inplace(input, input.clamp(min_val, max_val), inplace, "hardtanh_")
 
 
 def _softmax_dim(ndim):
@@ -193,7 +199,7 @@ def dropout(input, p=0.5, training=True, inplace=False):
     """Zero each element with probability ``p`` and scale the rest by 1/(1-p) when ``training``."""
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
-    return _fused.dropout(input, float(p), bool(training))
+    return _inplace(input, _fused.dropout(input, float(p), bool(training)), inplace and training and p > 0, "dropout_")
 
 
 class _Embedding(Op):
