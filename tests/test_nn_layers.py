@@ -8,7 +8,7 @@ import pytest
 import conch
 import conch.nn as nn
 import conch.nn.functional as F
-from conch.autograd import gradcheck
+from conch.autograd import gradcheck, gradgradcheck
 
 
 def t64(a, grad=True):
@@ -360,6 +360,50 @@ def test_conv2d_against_numpy_and_gradcheck(stride, pad, dil, groups):
     gradcheck(lambda x, w, b: F.conv2d(x, w, b, stride, pad, dil, groups), (xs, ws, bs))
 
 
+NP_PAD = {"constant": "constant", "reflect": "reflect", "replicate": "edge", "circular": "wrap"}
+
+
+@pytest.mark.parametrize("mode", list(NP_PAD))
+@pytest.mark.parametrize("widths", [(2, 1), (0, 3, 1, 2), (1, 1, 0, 0, 2, 2)])
+def test_pad_modes_against_numpy_and_gradcheck(mode, widths):
+    x = np.random.standard_normal((2, 3, 4, 5))
+    np_widths = [(0, 0)] * x.ndim
+    for i in range(len(widths) // 2):
+        np_widths[x.ndim - 1 - i] = (widths[2 * i], widths[2 * i + 1])
+    out = F.pad(t64(x), widths, mode=mode)
+    np.testing.assert_array_equal(npv(out), np.pad(x, np_widths, mode=NP_PAD[mode]))
+    xs = t64(x[:1]).requires_grad_()
+    gradcheck(lambda t: F.pad(t, widths, mode=mode), (xs,))
+    gradgradcheck(lambda t: F.pad(t, widths, mode=mode) ** 2, (xs,))
+
+
+def test_pad_crops_with_negative_widths_and_names_bad_widths():
+    x = np.arange(24.0).reshape(2, 3, 4)
+    np.testing.assert_array_equal(npv(F.pad(t64(x), (-1, 2, 1, -2), value=7.0)),
+                                  np.pad(x[:, :1, 1:], ((0, 0), (1, 0), (0, 2)), constant_values=7.0))  # fmt: skip
+    with pytest.raises(ValueError, match=r"reflect padding \(4, 0\) of dim 2 must be less than that dim's size \(4\)"):
+        F.pad(t64(x), (4, 0), mode="reflect")
+    with pytest.raises(ValueError, match="at most"):
+        F.pad(t64(x), (5, 0), mode="circular")
+    with pytest.raises(ValueError, match="only supported with mode='constant'"):
+        F.pad(t64(x), (-1, 0), mode="replicate")
+    with pytest.raises(ValueError, match="mode must be one of"):
+        F.pad(t64(x), (1, 0), mode="symmetric")
+
+
+@pytest.mark.parametrize("mode", ["reflect", "replicate", "circular"])
+@pytest.mark.parametrize("padding", [(1, 2), "same"])
+def test_conv2d_padding_modes(mode, padding):
+    conv = nn.Conv2d(2, 3, (3, 4), padding=padding, padding_mode=mode).double()
+    x = np.random.standard_normal((2, 2, 5, 6))
+    (pt, pb), (pl, pr) = ((1, 1), (1, 2)) if padding == "same" else ((1, 1), (2, 2))
+    xp = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)), mode=NP_PAD[mode])
+    want = ref_conv2d(xp, npv(conv.weight), npv(conv.bias), (1, 1), (0, 0), (1, 1))
+    np.testing.assert_allclose(npv(conv(t64(x))), want, rtol=1e-10, atol=1e-12)
+    assert f"padding_mode={mode}" in repr(conv)
+    gradcheck(lambda t: conv(t), (t64(x[:1]).requires_grad_(),))
+
+
 def test_conv2d_module_same_padding_and_errors():
     conv = nn.Conv2d(3, 5, (3, 4), padding="same", bias=False).double()
     x = conch.randn(2, 3, 6, 7, dtype=conch.float64)
@@ -415,13 +459,21 @@ def test_adaptive_avg_pool_flatten_identity():
 # ---------------------------------------------------------------- attention
 
 
-def ref_mha(x_q, x_kv, w_in, b_in, w_out, b_out, heads, keep=None):
+def ref_mha(x_q, x_kv, w_in, b_in, w_out, b_out, heads, keep=None, bias_kv=None, zero_attn=False):
     e = x_q.shape[-1]
     q = x_q @ w_in[:e].T + b_in[:e]
     k = x_kv @ w_in[e : 2 * e].T + b_in[e : 2 * e]
     v = x_kv @ w_in[2 * e :].T + b_in[2 * e :]
     b, lq, _ = q.shape
     d = e // heads
+    if bias_kv is not None:  # one more key/value per sequence; every query may attend to it
+        k = np.concatenate([k, np.broadcast_to(bias_kv[0], (b, 1, e))], 1)
+        v = np.concatenate([v, np.broadcast_to(bias_kv[1], (b, 1, e))], 1)
+    if zero_attn:  # a zero key/value (zero per head too)
+        k, v = (np.concatenate([t, np.zeros((b, 1, e))], 1) for t in (k, v))
+    if keep is not None and k.shape[1] > keep.shape[-1]:
+        extra = k.shape[1] - keep.shape[-1]
+        keep = np.concatenate([np.broadcast_to(keep, keep.shape), np.ones(keep.shape[:-1] + (extra,), bool)], -1)
 
     def split(t):
         return t.reshape(b, -1, heads, d).transpose(0, 2, 1, 3)
@@ -461,6 +513,30 @@ def test_multihead_attention_against_numpy():
     assert w is None
     ro, _ = ref_mha(x, kv, *args, keep=~kpm[:, None, None, :])
     np.testing.assert_allclose(npv(out), ro, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("bias_kv,zero_attn", [(True, False), (False, True), (True, True)])
+def test_multihead_attention_bias_kv_and_zero_attn_against_numpy(bias_kv, zero_attn):
+    mha = nn.MultiheadAttention(8, 2, add_bias_kv=bias_kv, add_zero_attn=zero_attn).double()
+    names = [n for n, _ in mha.named_parameters()]
+    assert ("bias_k" in names and "bias_v" in names) == bias_kv
+    with conch.no_grad():
+        mha.in_proj_bias.copy_(conch.tensor(np.random.standard_normal(24)))
+    x, kv = np.random.standard_normal((2, 4, 8)), np.random.standard_normal((2, 3, 8))
+    kpm = np.array([[False, False, True], [False, True, True]])
+    args = (npv(mha.in_proj_weight), npv(mha.in_proj_bias), npv(mha.out_proj.weight), npv(mha.out_proj.bias), 2)
+    extra = {"bias_kv": (npv(mha.bias_k), npv(mha.bias_v)) if bias_kv else None, "zero_attn": zero_attn}
+    out, w = mha(t64(x), t64(kv), t64(kv), key_padding_mask=conch.tensor(kpm))
+    ro, rw = ref_mha(x, kv, *args, keep=~kpm[:, None, None, :], **extra)
+    assert w.shape == (2, 4, 3 + bias_kv + zero_attn)
+    np.testing.assert_allclose(npv(out), ro, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(npv(w), rw, rtol=1e-9, atol=1e-12)
+    out, _ = mha(t64(x), t64(x), t64(x), is_causal=True)
+    ro, _ = ref_mha(x, x, *args, keep=np.tril(np.ones((4, 4), bool)), **extra)
+    np.testing.assert_allclose(npv(out), ro, rtol=1e-9, atol=1e-12)
+    if bias_kv:
+        gradcheck(lambda x, bk: mha(x, x, x, attn_mask=conch.ones(4, 4, dtype=conch.float64))[0] * bk.sum(),
+                  (t64(x[:1]).requires_grad_(), mha.bias_k))  # fmt: skip
 
 
 def test_multihead_attention_gradcheck_and_errors():

@@ -24,6 +24,14 @@ CASES = [
         (2, 3, 7, 6),
     ),
     (lambda: nn.BatchNorm2d(3), lambda: torch.nn.BatchNorm2d(3), (4, 3, 3, 3)),
+    *(
+        (
+            lambda m=m, p=p: nn.Conv2d(3, 4, (3, 2), padding=p, padding_mode=m),
+            lambda m=m, p=p: torch.nn.Conv2d(3, 4, (3, 2), padding=p, padding_mode=m),
+            (2, 3, 6, 5),
+        )
+        for m, p in (("reflect", 1), ("replicate", (2, 1)), ("circular", "same"))
+    ),
     (
         lambda: nn.Sequential(nn.Linear(5, 6), nn.GELU(), nn.LayerNorm(6), nn.Linear(6, 2)),
         lambda: torch.nn.Sequential(
@@ -73,6 +81,28 @@ def test_multihead_attention_matches_torch():
     ot, wt = tm(torch.tensor(q), torch.tensor(kv), torch.tensor(kv), key_padding_mask=torch.tensor(kpm))
     np.testing.assert_allclose(oc.detach().numpy(), ot.detach().numpy(), rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(wc.detach().numpy(), wt.detach().numpy(), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("bias_kv,zero_attn", [(True, False), (False, True), (True, True)])
+def test_multihead_attention_bias_kv_zero_attn_match_torch(bias_kv, zero_attn):
+    kw = {"add_bias_kv": bias_kv, "add_zero_attn": zero_attn}
+    cm = nn.MultiheadAttention(8, 2, **kw).double()
+    tm = torch.nn.MultiheadAttention(8, 2, batch_first=True, **kw).double()
+    _copy_to_torch(cm, tm)
+    q, kv = np.random.standard_normal((2, 4, 8)), np.random.standard_normal((2, 5, 8))
+    kpm = np.where(np.array([[False] * 4 + [True], [False] * 2 + [True] * 3]), -np.inf, 0.0)
+    am = np.random.standard_normal((4, 5))  # float masks, added to the scores (padded with zeros for the extras)
+    oc, wc = cm(conch.tensor(q), conch.tensor(kv), conch.tensor(kv), key_padding_mask=conch.tensor(kpm),
+                attn_mask=conch.tensor(am))  # fmt: skip
+    ot, wt = tm(torch.tensor(q), torch.tensor(kv), torch.tensor(kv), key_padding_mask=torch.tensor(kpm),
+                attn_mask=torch.tensor(am))  # fmt: skip
+    np.testing.assert_allclose(oc.detach().numpy(), ot.detach().numpy(), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(wc.detach().numpy(), wt.detach().numpy(), rtol=1e-9, atol=1e-12)
+    g = np.random.standard_normal(ot.shape)
+    oc.backward(conch.tensor(g))
+    ot.backward(torch.tensor(g))
+    for (n, p), (_, r) in zip(cm.named_parameters(), tm.named_parameters()):
+        np.testing.assert_allclose(p.grad.numpy(), r.grad.numpy(), rtol=1e-9, atol=1e-12, err_msg=n)
 
 
 def test_state_dict_round_trip_through_torch():

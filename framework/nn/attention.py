@@ -23,6 +23,9 @@ class MultiheadAttention(Module):
     ``v_proj_weight`` instead of ``in_proj_weight``. ``batch_first=True`` (the default here):
     inputs (B, L, E); otherwise (L, B, E); unbatched (L, E) is accepted too.
 
+    ``add_bias_kv=True`` learns one extra key and value (``bias_k``, ``bias_v``, shape (1, 1, E), xavier
+    normal) appended to every sequence; ``add_zero_attn=True`` appends a zero key and value per head.
+
     ``forward(query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
     average_attn_weights=True, is_causal=False)`` returns ``(output, weights)``; weights are
     averaged over heads, shape (B, L, S), or None when ``need_weights=False``. Masks follow
@@ -58,8 +61,6 @@ class MultiheadAttention(Module):
             )
         if embed_dim % num_heads:
             raise ValueError(f"embed_dim ({embed_dim}) must be divisible by num_heads ({num_heads})")
-        if add_bias_kv or add_zero_attn:
-            raise NotImplementedError("MultiheadAttention: add_bias_kv and add_zero_attn are not implemented")
         self.embed_dim, self.num_heads, self.dropout, self.batch_first = (
             embed_dim,
             num_heads,
@@ -86,6 +87,12 @@ class MultiheadAttention(Module):
         else:
             self.register_parameter("in_proj_bias", None)
         self.out_proj = NonDynamicallyQuantizableLinear(embed_dim, embed_dim, bias=bias, **kw)
+        if add_bias_kv:
+            self.bias_k = Parameter(empty(1, 1, embed_dim, **kw))
+            self.bias_v = Parameter(empty(1, 1, embed_dim, **kw))
+        else:
+            self.bias_k = self.bias_v = None
+        self.add_zero_attn = bool(add_zero_attn)
         self._reset_parameters()
 
     def _reset_parameters(self):
@@ -98,6 +105,9 @@ class MultiheadAttention(Module):
         if self.in_proj_bias is not None:
             init.zeros_(self.in_proj_bias)
             init.zeros_(self.out_proj.bias)
+        if self.bias_k is not None:
+            init.xavier_normal_(self.bias_k)
+            init.xavier_normal_(self.bias_v)
 
     def forward(
         self,
@@ -163,6 +173,9 @@ class MultiheadAttention(Module):
             q_proj_weight=self.q_proj_weight,
             k_proj_weight=self.k_proj_weight,
             v_proj_weight=self.v_proj_weight,
+            bias_k=self.bias_k,
+            bias_v=self.bias_v,
+            add_zero_attn=self.add_zero_attn,
         )
         if unbatched:
             return out.squeeze(0), (None if w is None else w.squeeze(0))

@@ -22,7 +22,7 @@ from .. import _dtype as D
 from .. import _fused, ops
 from .._backend import xp_of
 from ..autograd.function import Op
-from ..tensor import Tensor, where
+from ..tensor import Tensor, cat, where
 
 _REDUCTIONS = ("mean", "sum", "none")
 
@@ -283,18 +283,89 @@ class _Pad(Op):
         return g[ctx.sl]
 
 
+class _PadTake(Op):
+    """Padding along one axis by gathering: out[..., j, ...] = a[..., idx[j], ...], where idx maps every output
+    position to its source (reflect, replicate, circular); idx[left:left+n] is the identity. The backward is the
+    adjoint: the padded positions' gradients are added back onto their sources (_PadScatter)."""
+
+    @staticmethod
+    def forward(ctx, a, idx, axis, left):
+        ctx.idx, ctx.axis, ctx.left, ctx.n = idx, axis, left, a.shape[axis]
+        return xp_of(a).take(a, xp_of(a).asarray(idx), axis=axis)
+
+    @staticmethod
+    def backward(ctx, g):
+        return _PadScatter.apply(g, idx=ctx.idx, axis=ctx.axis, left=ctx.left, n=ctx.n)
+
+
+class _PadScatter(Op):
+    """The adjoint of _PadTake: out = g's identity part, plus each padded position's g added at its source."""
+
+    @staticmethod
+    def forward(ctx, g, idx, axis, left, n):
+        ctx.idx, ctx.axis, ctx.left = idx, axis, left
+        lead = (slice(None),) * axis
+        out = g[lead + (slice(left, left + n),)].copy()
+        for j in (*range(left), *range(left + n, len(idx))):  # one slice add per padded position (pads are small)
+            out[lead + (int(idx[j]),)] += g[lead + (j,)]
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        return _PadTake.apply(g, idx=ctx.idx, axis=ctx.axis, left=ctx.left)
+
+
+def _pad_source(mode, n, left, right):
+    """Source position of every output position along a dim of size n padded by (left, right)."""
+    i = np.arange(-left, n + right)
+    if mode == "replicate":
+        return np.clip(i, 0, n - 1)
+    if mode == "circular":
+        return i % n
+    period = 2 * (n - 1)  # reflect: mirror about the edges without repeating them
+    i = np.abs(i) % period if period else np.zeros_like(i)
+    return np.where(i > n - 1, period - i, i)
+
+
+PAD_MODES = ("constant", "reflect", "replicate", "circular")
+
+
 def pad(input, pad, mode="constant", value=0.0):
-    """Pad the last ``len(pad)//2`` dims: ``pad = (left, right, top, bottom, ...)`` starting from the last dim."""
-    if mode != "constant":
-        raise NotImplementedError(f"pad: only mode='constant' is implemented, got {mode!r}")
+    """Pad the last ``len(pad)//2`` dims: ``pad = (left, right, top, bottom, ...)`` starting from the last dim.
+
+    ``mode``: "constant" (``value``; negative widths crop), "reflect" (mirror without repeating the edge,
+    widths < the dim's size), "replicate" (repeat the edge) or "circular" (wrap around, widths <= size).
+    Example: ``F.pad(x, (1, 1), mode="reflect")`` on [1, 2, 3] gives [2, 1, 2, 3, 2].
+    """
+    if mode not in PAD_MODES:
+        raise ValueError(f"pad: mode must be one of {', '.join(PAD_MODES)}, got {mode!r}")
     if len(pad) % 2 or len(pad) // 2 > input.ndim:
         raise ValueError(f"pad: padding length must be even and at most 2*input.ndim ({input.ndim}), got {len(pad)}")
-    if any(int(p) < 0 for p in pad):
-        raise NotImplementedError("pad: negative padding (cropping) is not supported; slice the tensor instead")
-    widths = [(0, 0)] * input.ndim
-    for i in range(len(pad) // 2):
-        widths[input.ndim - 1 - i] = (int(pad[2 * i]), int(pad[2 * i + 1]))
-    return _Pad.apply(input, widths=tuple(widths), value=value)
+    pairs = [(input.ndim - 1 - i, int(pad[2 * i]), int(pad[2 * i + 1])) for i in range(len(pad) // 2)]
+    if mode == "constant":
+        crop, widths = [slice(None)] * input.ndim, [(0, 0)] * input.ndim
+        for d, lo, hi in pairs:
+            if input.shape[d] + lo + hi < 0:
+                raise ValueError(f"pad: widths {(lo, hi)} crop dim {d} of size {input.shape[d]} below zero")
+            crop[d] = slice(max(-lo, 0), input.shape[d] - max(-hi, 0))  # negative widths crop first
+            widths[d] = (max(lo, 0), max(hi, 0))
+        if any(lo < 0 or hi < 0 for _, lo, hi in pairs):
+            input = input[tuple(crop)]
+        return _Pad.apply(input, widths=tuple(widths), value=value)
+    for d, lo, hi in pairs:
+        n = input.shape[d]
+        if lo < 0 or hi < 0:
+            raise ValueError(f"pad: negative widths {(lo, hi)} are only supported with mode='constant'")
+        if not lo and not hi:
+            continue
+        if n == 0 or (mode == "reflect" and max(lo, hi) >= n) or (mode == "circular" and max(lo, hi) > n):
+            limit = "less than" if mode == "reflect" else "at most"
+            raise ValueError(
+                f"pad: {mode} padding {(lo, hi)} of dim {d} must be {limit} that dim's size ({n}); input shape "
+                f"{tuple(input.shape)}"
+            )
+        input = _PadTake.apply(input, idx=_pad_source(mode, n, lo, hi), axis=d, left=lo)
+    return input
 
 
 # ---------------------------------------------------------------- convolution (im2col + matmul)
@@ -754,11 +825,17 @@ def multi_head_attention_forward(
     q_proj_weight=None,
     k_proj_weight=None,
     v_proj_weight=None,
+    bias_k=None,
+    bias_v=None,
+    add_zero_attn=False,
 ):
     """Batch-first multi-head attention: query (B, L, E), key/value (B, S, Ek/Ev) -> ((B, L, E), weights).
 
     ``key_padding_mask`` (B, S) and ``attn_mask`` (L, S) or (B·H, L, S) follow ``nn.MultiheadAttention``:
-    bool True means *masked out*; float masks are added to the scores.
+    bool True means *masked out*; float masks are added to the scores. ``bias_k``/``bias_v`` (1, 1, E)
+    append one learned key and value to every sequence after the projections; ``add_zero_attn``
+    appends a zero key and value per head after that. Either widens the weights to S+1 (S+2) columns,
+    and the masks let every query attend to the added positions.
     """
     b, lq, e = query.shape
     s = key.shape[1]
@@ -776,10 +853,24 @@ def multi_head_attention_forward(
         bq, bk, bv = (None, None, None) if in_proj_bias is None else in_proj_bias.split(e, dim=0)
         q = _fused.linear(query, q_proj_weight, bq)
         k, v = _fused.linear(key, k_proj_weight, bk), _fused.linear(value, v_proj_weight, bv)
+    extra = 0
+    if (bias_k is None) != (bias_v is None):
+        raise ValueError("multi_head_attention_forward: bias_k and bias_v must be given together")
+    if bias_k is not None:
+        if bias_k.shape != (1, 1, e) or bias_v.shape != (1, 1, e):
+            raise ValueError(
+                f"bias_k and bias_v must have shape (1, 1, {e}), got {tuple(bias_k.shape)} and {tuple(bias_v.shape)}"
+            )
+        k, v = cat([k, bias_k.expand(b, 1, e)], 1), cat([v, bias_v.expand(b, 1, e)], 1)
+        extra += 1
     q = q.reshape(b, lq, h, hd).permute(0, 2, 1, 3)
-    k = k.reshape(b, s, h, hd).permute(0, 2, 1, 3)
-    v = v.reshape(b, s, h, hd).permute(0, 2, 1, 3)
+    k = k.reshape(b, s + extra, h, hd).permute(0, 2, 1, 3)
+    v = v.reshape(b, s + extra, h, hd).permute(0, 2, 1, 3)
     xp = xp_of(query._data)
+    if add_zero_attn:
+        zero = Tensor._make(xp.zeros((b, h, 1, hd), dtype=k.dtype))
+        k, v = cat([k, zero], 2), cat([v, zero], 2)
+        extra += 1
     keep = None
     add = None
 
@@ -813,6 +904,11 @@ def multi_head_attention_forward(
             raise RuntimeError(f"expected key_padding_mask of shape {(b, s)}, got {tuple(key_padding_mask.shape)}")
         kpm = key_padding_mask.reshape(b, 1, 1, s)
         merge_bool(kpm._data) if kpm.dtype == np.bool_ else merge_float(kpm)
+    if extra:  # the appended keys are open to every query: pad the masks with "keep" columns
+        if keep is not None:
+            keep = xp.concatenate([keep, xp.ones(keep.shape[:-1] + (extra,), dtype=np.bool_)], axis=-1)
+        if add is not None:
+            add = cat([add, Tensor._make(xp.zeros(add.shape[:-1] + (extra,), dtype=add.dtype))], -1)
     out, attn = _attention(q, k, v, add, keep, dropout_p if training else 0.0, 1.0 / math.sqrt(hd))
     out = out.permute(0, 2, 1, 3).reshape(b, lq, e)
     out = _fused.linear(out, out_proj_weight, out_proj_bias)
