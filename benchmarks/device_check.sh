@@ -136,9 +136,11 @@ if [ "$GPU" = "0" ]; then
     echo "no usable GPU: GPU stages will fail or skip quickly; kernel stages time the CPU paths at one small size" | tee -a "$LOG"
     KSIZE=(--sizes 64 --max-seconds 10)
     KSIZE_MM=(--sizes 64 --max-seconds 10)
+    KSIZE_AT=(--sizes 64 --max-seconds 10)
 else
     KSIZE=(--size large --max-seconds 42)
-    KSIZE_MM=(--size large --max-seconds 95)
+    KSIZE_MM=(--size large --max-seconds 88)
+    KSIZE_AT=(--size large --max-seconds 18)
 fi
 
 # ---- test suite on the GPU -----------------------------------------------------------------------------------
@@ -158,7 +160,7 @@ fi
 # matmul (most wanted first): 4096^3 and 8192^3 in fp16, bf16 and tf32 (cuBLAS TF32 mode), linear+bias+gelu
 # at the same sizes, exact fp32 at 4096^3, the linear backward in bf16. Then softmax and cross-entropy at
 # 4096 rows, layer/rms norm at 8192 rows, activations and dropout on 64M elements.
-stage kernels_mm 110 "$LOG" "$PY" -m conch.bench matmul "${KSIZE_MM[@]}" --repeats 30 --budget 0.2 \
+stage kernels_mm 100 "$LOG" "$PY" -m conch.bench matmul "${KSIZE_MM[@]}" --repeats 30 --budget 0.2 \
     --json "$RES/kernels_matmul.json"
 stage kernels 55 "$LOG" "$PY" -m conch.bench activations,softmax,cross_entropy,norms,dropout "${KSIZE[@]}" \
     --repeats 30 --budget 0.1 --json "$RES/kernels_other.json"
@@ -168,12 +170,15 @@ stage e2e_mlp 25 "$LOG" "$PY" benchmarks/bench_e2e_mlp.py --device cuda --second
     --json "$RES/e2e_mlp.json"
 stage e2e_gpt 50 "$LOG" "$PY" benchmarks/bench_e2e_gpt.py --device cuda --seconds 1.5 --rounds 2 \
     --json "$RES/e2e_gpt.json"
-stage amp 35 "$LOG" "$PY" benchmarks/bench_amp.py --device cuda --layers 8 --width 4096 --batch 4096 \
+stage amp 30 "$LOG" "$PY" benchmarks/bench_amp.py --device cuda --layers 8 --width 4096 --batch 4096 \
     --seconds 1 --json "$RES/amp.json"
 stage checkpoint 25 "$LOG" "$PY" benchmarks/bench_checkpoint.py --device cuda --seconds 0.5 \
     --json "$RES/checkpoint.json"
 stage overhead 12 "$LOG" "$PY" benchmarks/bench_overhead.py --ops 500 --repeats 7 --rounds 2 \
     --json "$RES/overhead.json"
+# flash attention (bf16, causal, T 1024 and 4096) last: it runs on whatever time the stages above left
+stage kernels_at 22 "$LOG" "$PY" -m conch.bench attention --dtype bf16 "${KSIZE_AT[@]}" --repeats 20 \
+    --budget 0.1 --json "$RES/kernels_attention.json"
 
 # ---- summary ----------------------------------------------------------------------------------------------
 SHORT="$WORK/short.txt"

@@ -484,3 +484,41 @@ def dropout(x: Tensor, p: float = 0.5, training: bool = True) -> Tensor:
 
     seed, offset = philox_seed_offset(x.numel())
     return Dropout.apply(x, p=float(p), seed=seed, offset=offset)
+
+
+def _composite_attention(q, k, v, causal, scale):
+    s = (q @ k.transpose(-2, -1)) * scale
+    if causal:
+        xp = xp_of(s._data)
+        s = s.masked_fill(~xp.tril(xp.ones(s.shape[-2:], dtype=bool)), -math.inf)
+    return softmax(s, -1) @ v
+
+
+class Attention(Op):
+    """softmax(q kᵀ·scale [causal]) v on the flash-attention kernels (no (L, S) matrix kept on the GPU).
+
+    Backward: dv = pᵀ dout, ds = p ∘ (dout vᵀ - rowsum(dout ∘ out)), dq = ds k·scale, dk = dsᵀ q·scale,
+    with p recomputed tile by tile from the saved logsumexp.
+    """
+
+    saves = (0, 1, 2)
+
+    @staticmethod
+    def forward(ctx, q, k, v, causal, scale):
+        ctx.attrs = (causal, scale)
+        out, ctx.res = K.attention.attention_forward(q, k, v, causal=causal, scale=scale, allow_tf32=_tf32[0])
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        if _enabled[0]:
+            causal, scale = ctx.attrs
+            return _recompute_grads(ctx, lambda q, k, v: _composite_attention(q, k, v, causal, scale), (g,))
+        grads = K.attention.attention_backward(_res(ctx), g._data)
+        return tuple(_t(a) if need else None for a, need in zip(grads, ctx.needs_input_grad))
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, causal: bool, scale: float) -> Tensor:
+    """softmax(q kᵀ·scale) v for q (..., L, D), k (..., S, D), v (..., S, Dv) of one float dtype; ``causal``
+    masks key j > query i. The fused kernel path of ``scaled_dot_product_attention`` without mask or dropout."""
+    return Attention.apply(q, k, v, causal=bool(causal), scale=float(scale))

@@ -27,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-FAMILIES = ("matmul", "activations", "softmax", "cross_entropy", "norms", "dropout")
+FAMILIES = ("matmul", "activations", "softmax", "cross_entropy", "norms", "dropout", "attention")
 #: bench_*.py files that are end-to-end scripts, not kernel families.
 _NOT_FAMILIES = ("e2e", "overhead", "checkpoint", "amp")
 _ACTS = ("relu", "leaky_relu", "elu", "gelu", "gelu_tanh", "silu", "tanh", "sigmoid")
@@ -128,7 +128,8 @@ def torch_baseline(torch, name, shape, dtype, device):
     """A zero-arg PyTorch callable for the same problem on its own random inputs, or None if ambiguous.
 
     Covers square matmul (shape (n, n, n)), softmax/log_softmax/layer_norm/rms_norm/cross_entropy
-    forward over (rows, cols) and elementwise activations forward. Inputs are drawn once here.
+    forward over (rows, cols), causal attention forward over (batch·heads, D, T) and elementwise
+    activations forward. Inputs are drawn once here.
     """
     import torch.nn.functional as F
 
@@ -171,6 +172,10 @@ def torch_baseline(torch, name, shape, dtype, device):
             return lambda: F.rms_norm(x, (cols,), w)
         t = torch.randint(0, cols, (rows,), generator=g, device=device)
         return lambda: F.cross_entropy(x, t)
+    if base == "attention" and len(shape) == 3:  # (batch·heads, D, T), causal, as the attention cases
+        bh, d, t = shape
+        q, k, v = randn(1, bh, t, d), randn(1, bh, t, d), randn(1, bh, t, d)
+        return lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True)
     if base in _ACTS:
         x = randn(*shape)
         fns = {"relu": F.relu, "gelu": F.gelu, "silu": F.silu, "tanh": torch.tanh, "sigmoid": torch.sigmoid,
@@ -415,6 +420,24 @@ def cpu_cases(family, sizes=None, dtype="float32") -> list:
                             baseline=drop_base, baseline_name="numpy uniform mask * x / (1-p)",
                             check=lambda x=x, f=drop_expected: _rel(
                                 dr.dropout_forward(x, p, seed=7)[0], f())))  # fmt: skip
+    elif family == "attention":
+        from conch.kernels import attention as at
+
+        for t in sizes or (128, 256):
+            q, k, v = randn(4, t, 64), randn(4, t, 64), randn(4, t, 64)
+
+            def attn_base(q=q, k=k, v=v):
+                s = q.astype(ct) @ k.astype(ct).transpose(0, 2, 1) * 0.125
+                s = np.where(np.tril(np.ones((s.shape[-1],) * 2, bool)), s, -np.inf)
+                p = np.exp(s - s.max(-1, keepdims=True))
+                return ((p / p.sum(-1, keepdims=True)) @ v.astype(ct)).astype(dt)
+
+            out.append(dict(base, name="attention_fwd", shape=(4, 64, t), flops=2 * 4 * t * t * 64,
+                            bytes=4 * 4 * t * 64 * isz,
+                            run=lambda q=q, k=k, v=v: at.attention_forward(q, k, v, causal=True),
+                            baseline=attn_base, baseline_name="numpy causal softmax(q kᵀ/√d) v",
+                            check=lambda q=q, k=k, v=v, f=attn_base: _rel(
+                                at.attention_forward(q, k, v, causal=True)[0], f())))  # fmt: skip
     else:
         raise ValueError(f"no CPU benchmark cases for kernel family {family!r}; known: {', '.join(FAMILIES)}")
     return out

@@ -11,7 +11,9 @@ arrays (Triton on the GPU). Submodules load on first use so ``import conch`` sta
 
 import importlib
 
-_SUBMODULES = ("matmul", "activations", "softmax", "cross_entropy", "norms", "dropout", "autotune", "optim")
+_SUBMODULES = (
+    "matmul", "activations", "softmax", "cross_entropy", "norms", "dropout", "attention", "autotune", "optim",
+)  # fmt: skip
 
 
 def __getattr__(name):

@@ -22,8 +22,9 @@ import summary  # noqa: E402
 
 from conch import bench  # noqa: E402
 
-FAMILIES = ("matmul", "activations", "softmax", "cross_entropy", "norms", "dropout")
-TINY = {"matmul": 24, "activations": 300, "softmax": 40, "cross_entropy": 33, "norms": 20, "dropout": 300}
+FAMILIES = ("matmul", "activations", "softmax", "cross_entropy", "norms", "dropout", "attention")
+TINY = {"matmul": 24, "activations": 300, "softmax": 40, "cross_entropy": 33, "norms": 20, "dropout": 300,
+        "attention": 24}  # fmt: skip
 
 
 @pytest.fixture

@@ -32,6 +32,11 @@ CASES = {
     "log_softmax_dim0": (lambda x: F.log_softmax(x, 0), [(7, 33)]),
     "layer_norm": (lambda x, w, b: F.layer_norm(x, (33,), w, b), [(7, 33), (33,), (33,)]),
     "rms_norm": (lambda x, w: F.rms_norm(x, 33, w), [(3, 7, 33), (33,)]),
+    "attention_causal": (lambda q, k, v: F.attention(q, k, v, True, 0.4), [(2, 3, 9, 8), (2, 3, 9, 8), (2, 3, 9, 8)]),
+    "sdpa": (
+        lambda q, k, v: conch.nn.functional.scaled_dot_product_attention(q, k, v),
+        [(2, 7, 5), (2, 11, 5), (2, 11, 5)],
+    ),
 }
 
 
@@ -142,6 +147,17 @@ def test_norms_and_softmax_second_derivatives():
     ):
         assert conch.autograd.gradcheck(fn, (x, w))
         assert conch.autograd.gradgradcheck(fn, (x, w))
+
+
+def test_attention_gradcheck_second_derivatives_and_composite_agree():
+    rng = np.random.default_rng(3)
+    q, k, v = (conch.tensor(rng.standard_normal(s), requires_grad=True) for s in ((2, 5, 3), (2, 6, 3), (2, 6, 4)))
+    for causal in (False, True):
+        fn = lambda q, k, v, causal=causal: F.attention(q, k, v, causal, 0.7)  # noqa: E731
+        assert conch.autograd.gradcheck(fn, (q, k, v))
+        assert conch.autograd.gradgradcheck(fn, (q, k, v))
+        out = fn(q, k, v).detach().numpy()
+        np.testing.assert_allclose(out, F._composite_attention(q, k, v, causal, 0.7).detach().numpy(), rtol=1e-12)
 
 
 def test_fused_op_backward_twice_raises():

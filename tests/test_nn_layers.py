@@ -539,6 +539,25 @@ def test_multihead_attention_bias_kv_and_zero_attn_against_numpy(bias_kv, zero_a
                   (t64(x[:1]).requires_grad_(), mha.bias_k))  # fmt: skip
 
 
+def test_multihead_attention_without_weights_takes_the_flash_path(monkeypatch):
+    from conch import _fused
+
+    calls = []
+    real = _fused.attention
+    monkeypatch.setattr(_fused, "attention", lambda *a: calls.append(a[3]) or real(*a))
+    mha = nn.MultiheadAttention(8, 2).double()
+    x = np.random.standard_normal((2, 5, 8))
+    args = (npv(mha.in_proj_weight), npv(mha.in_proj_bias), npv(mha.out_proj.weight), npv(mha.out_proj.bias), 2)
+    for causal in (False, True):
+        out, w = mha(t64(x), t64(x), t64(x), need_weights=False, is_causal=causal)
+        ro, _ = ref_mha(x, x, *args, keep=np.tril(np.ones((5, 5), bool)) if causal else None)
+        assert w is None
+        np.testing.assert_allclose(npv(out), ro, rtol=1e-9, atol=1e-12)
+    assert calls == [False, True]
+    mha(t64(x), t64(x), t64(x), need_weights=True)  # the weights need the explicit probabilities
+    assert len(calls) == 2
+
+
 def test_multihead_attention_gradcheck_and_errors():
     mha = nn.MultiheadAttention(4, 2).double()
     x = t64(np.random.standard_normal((1, 3, 4)))

@@ -793,9 +793,12 @@ def scaled_dot_product_attention(
     sc = 1.0 / math.sqrt(query.shape[-1]) if scale is None else float(scale)
     keep = add = None
     xp = xp_of(query._data)
+    if is_causal and attn_mask is not None:
+        raise RuntimeError("scaled_dot_product_attention: explicit attn_mask should not be set when is_causal=True")
+    if (attn_mask is None and not dropout_p and query.is_floating_point()
+            and query.dtype == key.dtype == value.dtype):  # fmt: skip
+        return _fused.attention(query, key, value, is_causal, sc)  # flash attention: no (L, S) matrix kept
     if is_causal:
-        if attn_mask is not None:
-            raise RuntimeError("scaled_dot_product_attention: explicit attn_mask should not be set when is_causal=True")
         keep = _causal_keep(xp, lq, lk)
     elif attn_mask is not None:
         if attn_mask.dtype == np.bool_:
@@ -909,7 +912,12 @@ def multi_head_attention_forward(
             keep = xp.concatenate([keep, xp.ones(keep.shape[:-1] + (extra,), dtype=np.bool_)], axis=-1)
         if add is not None:
             add = cat([add, Tensor._make(xp.zeros(add.shape[:-1] + (extra,), dtype=add.dtype))], -1)
-    out, attn = _attention(q, k, v, add, keep, dropout_p if training else 0.0, 1.0 / math.sqrt(hd))
+    drop = dropout_p if training else 0.0
+    causal_only = is_causal and attn_mask is None and key_padding_mask is None and not extra
+    if not need_weights and not drop and add is None and (keep is None or causal_only) and q.dtype == v.dtype:
+        out = _fused.attention(q, k, v, causal_only, 1.0 / math.sqrt(hd))  # flash attention: no weights kept
+    else:
+        out, attn = _attention(q, k, v, add, keep, drop, 1.0 / math.sqrt(hd))
     out = out.permute(0, 2, 1, 3).reshape(b, lq, e)
     out = _fused.linear(out, out_proj_weight, out_proj_bias)
     if not need_weights:

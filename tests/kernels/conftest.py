@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from devices import ON_GPU
 
 
 @pytest.fixture
@@ -9,6 +10,16 @@ def interpret(monkeypatch):
     """Route NumPy arrays to the Triton kernels (through Triton's interpreter) for this test."""
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     monkeypatch.setenv("CONCH_KERNELS", "auto")
+
+
+@pytest.fixture
+def triton_path(request, monkeypatch):
+    """Triton kernels: compiled on the GPU (CONCH_TEST_DEVICE=cuda), interpreted on the CPU."""
+    if ON_GPU:
+        monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+        monkeypatch.setenv("CONCH_KERNELS", "auto")
+    else:
+        request.getfixturevalue("interpret")
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@
 import ml_dtypes
 import numpy as np
 import pytest
-from devices import ON_GPU, dev, host
+from devices import dev, host
 from tolerances import assert_close
 
 from conch.kernels import cross_entropy as ce
@@ -13,16 +13,6 @@ BF16 = np.dtype(ml_dtypes.bfloat16)
 DTYPES = [np.float32, np.float16, BF16]
 DTYPE_IDS = ["fp32", "fp16", "bf16"]
 REDUCTIONS = ["mean", "sum", "none"]
-
-
-@pytest.fixture
-def triton_path(request, monkeypatch):
-    """Triton kernels: compiled on the GPU, interpreted on the CPU."""
-    if ON_GPU:
-        monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-        monkeypatch.setenv("CONCH_KERNELS", "auto")
-    else:
-        request.getfixturevalue("interpret")
 
 
 def on_reference(monkeypatch, fn, *args, **kwargs):

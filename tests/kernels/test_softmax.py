@@ -3,7 +3,7 @@
 import ml_dtypes
 import numpy as np
 import pytest
-from devices import ON_GPU, dev, host
+from devices import dev, host
 from tolerances import assert_close
 
 from conch.kernels import softmax as sm
@@ -11,16 +11,6 @@ from conch.kernels._launch import LAUNCHES
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 DTYPES = [np.float32, np.float16, BF16]
-
-
-@pytest.fixture
-def triton_path(request, monkeypatch):
-    """Triton kernels: compiled on the GPU, interpreted on the CPU."""
-    if ON_GPU:
-        monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-        monkeypatch.setenv("CONCH_KERNELS", "auto")
-    else:
-        request.getfixturevalue("interpret")
 
 
 def on_reference(monkeypatch, fn, *args, **kwargs):

@@ -1,0 +1,423 @@
+"""Fused scaled-dot-product attention (flash attention): Triton forward and backward kernels, reference path.
+
+Forward, per batch-head, for queries q (L, D), keys k (S, D), values v (S, D)::
+
+    s = q kᵀ · scale            (causal: s[i, j] = -inf where j > i, top-left aligned as PyTorch)
+    lse = log Σ_j exp(s[i, j])  (one float32 per query row)
+    out = exp(s - lse) v
+
+The kernels never store the (L, S) score matrix: each program keeps BLOCK_M query rows and walks the keys
+BLOCK_N at a time with an online softmax (a running max m, a running sum l rescaled when m grows), so the
+memory is O(L) per head instead of O(L·S), and the backward recomputes p = exp(s - lse) tile by tile::
+
+    delta_i = Σ_d dout[i, d] · out[i, d]
+    dv = pᵀ dout        dp = dout vᵀ        ds = p ∘ (dp - delta)
+    dq = ds k · scale   dk = dsᵀ q · scale
+
+Two backward kernels avoid atomics: one per query block writes dq (and delta), one per key block writes
+dk and dv. Scores are kept in base-2 units (s · scale · log2 e) so the kernels use exp2.
+
+Example::
+
+    out, res = attention_forward(q, k, v, causal=True)        # q, k, v: (B, H, L, D)
+    dq, dk, dv = attention_backward(res, dout)
+"""
+
+from __future__ import annotations
+
+import math
+
+import ml_dtypes
+import numpy as np
+import triton
+import triton.language as tl
+
+from . import autotune
+from ._launch import kernel_for, targ, use_triton, xp_of
+
+_LOG2E = 1.4426950408889634
+_BF16 = np.dtype(ml_dtypes.bfloat16)
+_TRITON_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), _BF16)
+_ALL_DTYPES = _TRITON_DTYPES + (np.dtype(np.float64),)
+#: Largest head dim the Triton path takes (q, k, v tiles stay in registers); larger ones use the reference path.
+MAX_HEAD_DIM = 256
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Triton kernels. Grid: (query or key blocks, B·H). Every tensor is addressed through its own 4-D strides
+# (batch, head, row, col), so permuted views (a transformer's (B, T, H, D) -> (B, H, T, D)) need no copy.
+# --------------------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _tile(base, rows, s_r, cols, s_c, mask, UPCAST: tl.constexpr):
+    """The (rows, cols) tile at ``base`` (masked lanes 0); fp32 when UPCAST (the interpreter's tl.dot multiplies
+    raw bf16 bits, so bf16 dots run in fp32 there)."""
+    t = tl.load(base + rows[:, None] * s_r + cols[None, :] * s_c, mask=mask, other=0.0)
+    if UPCAST:
+        t = t.to(tl.float32)
+    return t
+
+
+@triton.jit
+def _head(H):
+    """(b·H + h, b, h) of this program's batch-head (grid axis 1), 64-bit."""
+    bh = tl.program_id(1).to(tl.int64)
+    return bh, bh // H, bh % H
+
+
+@triton.jit
+def _attn_fwd_kernel(
+    Q, K, V, O, LSE, H, L, S, D, qk_scale,
+    s_qb, s_qh, s_ql, s_qd, s_kb, s_kh, s_ks, s_kd, s_vb, s_vh, s_vs, s_vd, s_ob, s_oh, s_ol, s_od,
+    CAUSAL: tl.constexpr, UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    pid_m = tl.program_id(0)
+    bh, b, h = _head(H)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_m = offs_m < L
+    mask_d = offs_d < D
+    md = mask_m[:, None] & mask_d[None, :]
+    q = _tile(Q + b * s_qb + h * s_qh, offs_m, s_ql, offs_d, s_qd, md, UPCAST)
+    k_base = K + b * s_kb + h * s_kh
+    v_base = V + b * s_vb + h * s_vh
+    m_i = tl.full([BLOCK_M], -float("inf"), tl.float32)
+    l_i = tl.full([BLOCK_M], 0.0, tl.float32)
+    acc = tl.full([BLOCK_M, BLOCK_D], 0.0, tl.float32)
+    hi = S
+    if CAUSAL:  # keys past this block's last query are masked for every row: skip them
+        hi = min(S, (pid_m + 1) * BLOCK_M)
+    for start_n in range(0, hi, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        mask_n = offs_n < S
+        kt = _tile(k_base, offs_d, s_kd, offs_n, s_ks, mask_d[:, None] & mask_n[None, :], UPCAST)  # (D, N)
+        v = _tile(v_base, offs_n, s_vs, offs_d, s_vd, mask_n[:, None] & mask_d[None, :], UPCAST)
+        s = tl.dot(q, kt, input_precision=INPUT_PRECISION) * qk_scale  # base-2 scores
+        valid = mask_n[None, :]
+        if CAUSAL:
+            valid = valid & (offs_n[None, :] <= offs_m[:, None])
+        s = tl.where(valid, s, -float("inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        # a row that has seen only masked keys keeps m = -inf: shift by 0 so exp2(-inf - -inf) never makes NaN
+        shift = tl.where(m_new == -float("inf"), 0.0, m_new)
+        p = tl.exp2(s - shift[:, None])
+        alpha = tl.exp2(m_i - shift)
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        acc = acc * alpha[:, None]
+        acc = tl.dot(p.to(v.dtype), v, acc, input_precision=INPUT_PRECISION)
+        m_i = m_new
+    out = acc / l_i[:, None]
+    tl.store(O + b * s_ob + h * s_oh + offs_m[:, None] * s_ol + offs_d[None, :] * s_od, out.to(O.dtype.element_ty),
+             mask=md)  # fmt: skip
+    tl.store(LSE + bh * L + offs_m, m_i + tl.log2(l_i), mask=mask_m)  # base 2
+
+
+@triton.jit
+def _attn_bwd_dq_kernel(
+    Q, K, V, O, DO, DQ, LSE, DELTA, H, L, S, D, qk_scale, sm_scale,
+    s_qb, s_qh, s_ql, s_qd, s_kb, s_kh, s_ks, s_kd, s_vb, s_vh, s_vs, s_vd,
+    s_ob, s_oh, s_ol, s_od, s_gb, s_gh, s_gl, s_gd, s_dqb, s_dqh, s_dql, s_dqd,
+    CAUSAL: tl.constexpr, UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    # One query block: delta = rowsum(dout ∘ out) (stored for the dk/dv kernel), then
+    # dq = Σ_key blocks ds k · scale with p = exp2(s - lse), ds = p ∘ (dout vᵀ - delta).
+    pid_m = tl.program_id(0)
+    bh, b, h = _head(H)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_m = offs_m < L
+    mask_d = offs_d < D
+    md = mask_m[:, None] & mask_d[None, :]
+    q = _tile(Q + b * s_qb + h * s_qh, offs_m, s_ql, offs_d, s_qd, md, UPCAST)
+    do = _tile(DO + b * s_gb + h * s_gh, offs_m, s_gl, offs_d, s_gd, md, UPCAST)
+    o = _tile(O + b * s_ob + h * s_oh, offs_m, s_ol, offs_d, s_od, md, UPCAST)
+    delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), axis=1)
+    tl.store(DELTA + bh * L + offs_m, delta, mask=mask_m)
+    lse = tl.load(LSE + bh * L + offs_m, mask=mask_m, other=0.0)
+    k_base = K + b * s_kb + h * s_kh
+    v_base = V + b * s_vb + h * s_vh
+    dq = tl.full([BLOCK_M, BLOCK_D], 0.0, tl.float32)
+    hi = S
+    if CAUSAL:
+        hi = min(S, (pid_m + 1) * BLOCK_M)
+    for start_n in range(0, hi, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        mask_n = offs_n < S
+        nd = mask_n[:, None] & mask_d[None, :]
+        k = _tile(k_base, offs_n, s_ks, offs_d, s_kd, nd, UPCAST)
+        v = _tile(v_base, offs_n, s_vs, offs_d, s_vd, nd, UPCAST)
+        s = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION) * qk_scale
+        valid = mask_m[:, None] & mask_n[None, :]
+        if CAUSAL:
+            valid = valid & (offs_n[None, :] <= offs_m[:, None])
+        p = tl.where(valid, tl.exp2(s - lse[:, None]), 0.0)
+        dp = tl.dot(do, tl.trans(v), input_precision=INPUT_PRECISION)
+        ds = p * (dp - delta[:, None])
+        dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=INPUT_PRECISION)
+    dq = dq * sm_scale
+    tl.store(DQ + b * s_dqb + h * s_dqh + offs_m[:, None] * s_dql + offs_d[None, :] * s_dqd,
+             dq.to(DQ.dtype.element_ty), mask=md)  # fmt: skip
+
+
+@triton.jit
+def _attn_bwd_dkdv_kernel(
+    Q, K, V, DO, DK, DV, LSE, DELTA, H, L, S, D, qk_scale, sm_scale,
+    s_qb, s_qh, s_ql, s_qd, s_kb, s_kh, s_ks, s_kd, s_vb, s_vh, s_vs, s_vd,
+    s_gb, s_gh, s_gl, s_gd, s_dkb, s_dkh, s_dks, s_dkd, s_dvb, s_dvh, s_dvs, s_dvd,
+    CAUSAL: tl.constexpr, UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    # One key block: dv = Σ_query blocks pᵀ dout, dk = Σ dsᵀ q · scale (transposed tiles: rows are keys).
+    pid_n = tl.program_id(0)
+    bh, b, h = _head(H)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_n = offs_n < S
+    mask_d = offs_d < D
+    nd = mask_n[:, None] & mask_d[None, :]
+    k = _tile(K + b * s_kb + h * s_kh, offs_n, s_ks, offs_d, s_kd, nd, UPCAST)
+    v = _tile(V + b * s_vb + h * s_vh, offs_n, s_vs, offs_d, s_vd, nd, UPCAST)
+    q_base = Q + b * s_qb + h * s_qh
+    do_base = DO + b * s_gb + h * s_gh
+    dk = tl.full([BLOCK_N, BLOCK_D], 0.0, tl.float32)
+    dv = tl.full([BLOCK_N, BLOCK_D], 0.0, tl.float32)
+    lo = 0
+    if CAUSAL:  # queries before this block's first key see none of its keys
+        lo = (pid_n * BLOCK_N // BLOCK_M) * BLOCK_M
+    for start_m in range(lo, L, BLOCK_M):
+        offs_m = start_m + tl.arange(0, BLOCK_M)
+        mask_m = offs_m < L
+        md = mask_m[:, None] & mask_d[None, :]
+        q = _tile(q_base, offs_m, s_ql, offs_d, s_qd, md, UPCAST)
+        do = _tile(do_base, offs_m, s_gl, offs_d, s_gd, md, UPCAST)
+        lse = tl.load(LSE + bh * L + offs_m, mask=mask_m, other=0.0)
+        delta = tl.load(DELTA + bh * L + offs_m, mask=mask_m, other=0.0)
+        st = tl.dot(k, tl.trans(q), input_precision=INPUT_PRECISION) * qk_scale  # (keys, queries)
+        valid = mask_n[:, None] & mask_m[None, :]
+        if CAUSAL:
+            valid = valid & (offs_n[:, None] <= offs_m[None, :])
+        pt = tl.where(valid, tl.exp2(st - lse[None, :]), 0.0)
+        dv = tl.dot(pt.to(do.dtype), do, dv, input_precision=INPUT_PRECISION)
+        dpt = tl.dot(v, tl.trans(do), input_precision=INPUT_PRECISION)
+        dst = pt * (dpt - delta[None, :])
+        dk = tl.dot(dst.to(q.dtype), q, dk, input_precision=INPUT_PRECISION)
+    tl.store(DK + b * s_dkb + h * s_dkh + offs_n[:, None] * s_dks + offs_d[None, :] * s_dkd,
+             (dk * sm_scale).to(DK.dtype.element_ty), mask=nd)  # fmt: skip
+    tl.store(DV + b * s_dvb + h * s_dvh + offs_n[:, None] * s_dvs + offs_d[None, :] * s_dvd,
+             dv.to(DV.dtype.element_ty), mask=nd)  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Launchers
+# --------------------------------------------------------------------------------------------------------------
+
+#: The one config under the interpreter (small tiles keep CPU tests fast).
+INTERPRET_CONFIG = {"BLOCK_M": 16, "BLOCK_N": 16, "num_warps": 4, "num_stages": 1}
+
+
+def _cfg(bm, bn, warps, stages):
+    return {"BLOCK_M": bm, "BLOCK_N": bn, "num_warps": warps, "num_stages": stages}
+
+
+#: Candidates timed by autotune.pick on the GPU (flash-attention tile sizes for head dims up to 128).
+GPU_CONFIGS = [_cfg(128, 64, 4, 3), _cfg(128, 64, 8, 3), _cfg(64, 64, 4, 3), _cfg(128, 32, 4, 3), _cfg(64, 32, 4, 4),
+               _cfg(64, 64, 4, 2), _cfg(32, 32, 4, 2)]  # fmt: skip
+#: The backward holds more tiles per program: smaller candidates.
+GPU_BWD_CONFIGS = [_cfg(64, 64, 4, 2), _cfg(64, 64, 8, 2), _cfg(32, 64, 4, 2), _cfg(64, 32, 4, 2), _cfg(32, 32, 4, 2),
+                   _cfg(32, 32, 4, 1)]  # fmt: skip
+
+
+def _as4d(x):
+    """``x`` (..., R, D) as a (B, H, R, D) view: 2-D and 3-D inputs gain unit dims, more leading dims merge."""
+    if x.ndim == 2:
+        return x[None, None]
+    if x.ndim == 3:
+        return x[:, None]
+    if x.ndim == 4:
+        return x
+    return x.reshape((-1, 1) + tuple(x.shape[-2:]))
+
+
+def _st(x):
+    return tuple(s // x.itemsize for s in x.strides)
+
+
+def _upcast(x):
+    return isinstance(x, np.ndarray) and x.dtype == _BF16
+
+
+def _block_d(d):
+    return max(16, triton.next_power_of_2(d))  # tl.dot needs every dim >= 16
+
+
+def _triton_ok(q, k, v):
+    d = q.shape[-1]
+    return (
+        np.dtype(q.dtype) in _TRITON_DTYPES
+        and q.ndim >= 2
+        and q.shape[:-2] == k.shape[:-2] == v.shape[:-2]
+        and v.shape[-1] == d
+        and 0 < d <= MAX_HEAD_DIM
+        and q.shape[-2] > 0
+        and k.shape[-2] > 0
+    )
+
+
+def _triton_forward(q, k, v, causal, scale, allow_tf32):
+    xp = xp_of(q)
+    q4, k4, v4 = _as4d(q), _as4d(k), _as4d(v)
+    B, H, L, D = q4.shape
+    S = k4.shape[2]
+    o4 = xp.empty((B, H, L, D), dtype=q.dtype)
+    lse = xp.empty((B * H, L), dtype=np.float32)
+    prec = "tf32" if allow_tf32 else "ieee"
+
+    def run(cfg):
+        grid = (triton.cdiv(L, cfg["BLOCK_M"]), B * H)
+        kernel_for(_attn_fwd_kernel, q4)[grid](
+            targ(q4), targ(k4), targ(v4), targ(o4), targ(lse), H, L, S, D, scale * _LOG2E,
+            *_st(q4), *_st(k4), *_st(v4), *_st(o4),
+            CAUSAL=causal, UPCAST=_upcast(q4), INPUT_PRECISION=prec,
+            BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_D=_block_d(D),
+            num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        )  # fmt: skip
+
+    key = (str(q.dtype), autotune.bucket(L), autotune.bucket(S), _block_d(D), bool(causal))
+    cfg = autotune.pick("attention_fwd", key, GPU_CONFIGS, run, like=q4, interpret_config=INTERPRET_CONFIG)
+    run(cfg)
+    return o4.reshape(q.shape[:-1] + (D,)), lse
+
+
+def _triton_backward(res, dout):
+    q, k, v, out, lse = res["q"], res["k"], res["v"], res["out"], res["lse"]
+    causal, scale, prec = res["causal"], res["scale"], "tf32" if res["allow_tf32"] else "ieee"
+    xp = xp_of(q)
+    q4, k4, v4, o4, g4 = _as4d(q), _as4d(k), _as4d(v), _as4d(out), _as4d(dout.astype(q.dtype, copy=False))
+    B, H, L, D = q4.shape
+    S = k4.shape[2]
+    dq, dk, dv = (xp.empty(t.shape, dtype=q.dtype) for t in (q4, k4, v4))
+    delta = xp.empty((B * H, L), dtype=np.float32)
+    common = dict(CAUSAL=causal, UPCAST=_upcast(q4), INPUT_PRECISION=prec, BLOCK_D=_block_d(D))
+
+    def run_dq(cfg):
+        kernel_for(_attn_bwd_dq_kernel, q4)[(triton.cdiv(L, cfg["BLOCK_M"]), B * H)](
+            targ(q4), targ(k4), targ(v4), targ(o4), targ(g4), targ(dq), targ(lse), targ(delta),
+            H, L, S, D, scale * _LOG2E, scale, *_st(q4), *_st(k4), *_st(v4), *_st(o4), *_st(g4), *_st(dq),
+            BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], num_warps=cfg["num_warps"],
+            num_stages=cfg["num_stages"], **common,
+        )  # fmt: skip
+
+    def run_dkdv(cfg):
+        kernel_for(_attn_bwd_dkdv_kernel, q4)[(triton.cdiv(S, cfg["BLOCK_N"]), B * H)](
+            targ(q4), targ(k4), targ(v4), targ(g4), targ(dk), targ(dv), targ(lse), targ(delta),
+            H, L, S, D, scale * _LOG2E, scale, *_st(q4), *_st(k4), *_st(v4), *_st(g4), *_st(dk), *_st(dv),
+            BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], num_warps=cfg["num_warps"],
+            num_stages=cfg["num_stages"], **common,
+        )  # fmt: skip
+
+    key = (str(q.dtype), autotune.bucket(L), autotune.bucket(S), _block_d(D), bool(causal))
+    tune = {"like": q4, "interpret_config": INTERPRET_CONFIG}
+    run_dq(autotune.pick("attention_bwd_dq", key, GPU_BWD_CONFIGS, run_dq, **tune))
+    # dk/dv read the delta the dq kernel wrote: the dq launch (and any timing runs) precede it on the stream
+    run_dkdv(autotune.pick("attention_bwd_dkdv", key, GPU_BWD_CONFIGS, run_dkdv, **tune))
+    return dq.reshape(q.shape), dk.reshape(k.shape), dv.reshape(v.shape)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Reference path (array API: NumPy and CuPy). It materializes the (L, S) probabilities and keeps them for the
+# backward: on the CPU memory is not the constraint and the backward then needs no second q kᵀ product.
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _ct(dtype):
+    return np.float64 if np.dtype(dtype) == np.float64 else np.float32
+
+
+def _reference_forward(q, k, v, causal, scale):
+    xp = xp_of(q)
+    ct = _ct(q.dtype)
+    qf, kf, vf = (t.astype(ct, copy=False) for t in (q, k, v))
+    s = xp.matmul(qf, xp.swapaxes(kf, -1, -2))
+    s *= scale
+    if causal:
+        L, S = s.shape[-2:]
+        s = xp.where(xp.tril(xp.ones((L, S), dtype=bool)), s, -xp.inf)
+    m = s.max(axis=-1, keepdims=True)
+    s -= m
+    p = xp.exp(s, out=s)
+    den = p.sum(axis=-1, keepdims=True)
+    p /= den
+    out = xp.matmul(p, vf).astype(q.dtype, copy=False)
+    return out, p
+
+
+def _reference_backward(res, dout):
+    q, k, v, out, p, scale = res["q"], res["k"], res["v"], res["out"], res["p"], res["scale"]
+    xp = xp_of(q)
+    ct = _ct(q.dtype)
+    qf, kf, vf, of = (t.astype(ct, copy=False) for t in (q, k, v, out))
+    g = dout.astype(ct, copy=False)
+    dv = xp.matmul(xp.swapaxes(p, -1, -2), g)
+    ds = xp.matmul(g, xp.swapaxes(vf, -1, -2))  # dp
+    ds -= (g * of).sum(axis=-1, keepdims=True)  # - delta
+    ds *= p
+    dq = xp.matmul(ds, kf)
+    dq *= scale
+    dk = xp.matmul(xp.swapaxes(ds, -1, -2), qf)
+    dk *= scale
+    return tuple(t.astype(q.dtype, copy=False) for t in (dq, dk, dv))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Public pair
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _check(q, k, v):
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not hasattr(t, "dtype") or not hasattr(t, "shape"):
+            raise TypeError(f"attention: {name} must be a NumPy or CuPy array, got {type(t).__name__}")
+        if np.dtype(t.dtype) not in _ALL_DTYPES:
+            raise TypeError(f"attention: {name} must be float16, bfloat16, float32 or float64, got {t.dtype}")
+        if t.ndim < 2:
+            raise ValueError(f"attention: {name} must have shape (..., rows, dim), got {tuple(t.shape)}")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise TypeError(f"attention: q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if q.shape[-1] != k.shape[-1] or k.shape[-2] != v.shape[-2]:
+        raise ValueError(
+            f"attention: expected q (..., L, D), k (..., S, D), v (..., S, Dv); got q {tuple(q.shape)}, "
+            f"k {tuple(k.shape)}, v {tuple(v.shape)}"
+        )
+
+
+def attention_forward(q, k, v, *, causal=False, scale=None, allow_tf32=True):
+    """out = softmax(q kᵀ · scale [causal mask]) v; returns ``(out, residuals)``.
+
+    q (..., L, D), k (..., S, D), v (..., S, Dv), one float dtype (float64: reference path only); leading
+    dims broadcast on the reference path and must match on the Triton path (which also needs Dv == D <= 256).
+    ``scale`` defaults to 1/√D; ``causal`` masks key j > query i. ``allow_tf32``: fp32 dots in TF32 (GPU).
+    out has q's dtype and shape (..., L, Dv). The Triton path keeps one float32 logsumexp per query row in
+    the residuals; the reference path keeps the probabilities.
+    """
+    _check(q, k, v)
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    res = {"q": q, "k": k, "v": v, "causal": bool(causal), "scale": scale, "allow_tf32": bool(allow_tf32)}
+    if use_triton(q, k, v) and _triton_ok(q, k, v):
+        out, res["lse"] = _triton_forward(q, k, v, bool(causal), scale, bool(allow_tf32))
+    else:
+        out, res["p"] = _reference_forward(q, k, v, bool(causal), scale)
+    res["out"] = out
+    return out, res
+
+
+def attention_backward(residuals, dout):
+    """Gradients (dq, dk, dv) of :func:`attention_forward` for the upstream gradient ``dout`` (out's shape)."""
+    out = residuals["out"]
+    if tuple(dout.shape) != tuple(out.shape):
+        raise ValueError(f"attention_backward: dout shape {tuple(dout.shape)} != output shape {tuple(out.shape)}")
+    if "lse" in residuals:
+        return _triton_backward(residuals, dout)
+    return _reference_backward(residuals, dout)
