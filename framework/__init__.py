@@ -34,6 +34,21 @@ from ._dtype import (
 )
 from ._dtype import float as float  # noqa: PLC0414
 from ._dtype import int as int  # noqa: PLC0414
+from ._tensor_more import (
+    addmm,
+    allclose,
+    baddbmm,
+    bincount,
+    bmm,
+    diag,
+    equal,
+    ger,
+    isclose,
+    mm,
+    multinomial,
+    outer,
+    unique,
+)
 from .autograd.grad_mode import enable_grad, is_grad_enabled, no_grad, set_grad_enabled
 from .creation import (
     arange,
@@ -115,6 +130,12 @@ for _n in (
     "abs", "sin", "cos", "tanh", "sigmoid", "relu", "pow", "clamp", "clip", "reshape", "flatten", "transpose",
     "permute", "unsqueeze", "squeeze", "expand", "masked_fill", "sign", "square", "logsumexp", "all", "any",
     "chunk", "unbind", "flip", "norm", "log1p", "expm1", "numel", "neg", "t", "clone", "detach",
+    "floor", "ceil", "round", "trunc", "frac", "fix", "erf", "isinf", "isposinf", "isneginf", "nan_to_num", "lerp",
+    "addcmul", "addcdiv", "clamp_min", "clamp_max", "atan2", "arctan2", "logical_and", "logical_or", "logical_xor",
+    "logical_not", "prod", "cumprod", "count_nonzero", "aminmax", "std_mean", "var_mean", "median", "kthvalue",
+    "sort", "argsort", "msort", "topk", "gather", "take_along_dim", "scatter", "scatter_add", "index_select",
+    "masked_select", "nonzero", "argwhere", "narrow", "select", "movedim", "moveaxis", "diagonal", "tril", "triu",
+    "roll", "tile", "diff", "nelement",
 ):  # fmt: skip
     if _n not in globals():
         globals()[_n] = _method(_n)

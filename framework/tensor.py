@@ -8,8 +8,9 @@ import sys
 import numpy as np
 
 from . import _dtype as D
-from . import ops
+from . import _tensor_more, ops
 from ._backend import device_of, namespace, to_device, xp_of
+from ._tensor_more import TensorOpsMixin
 from .autograd import engine
 from .autograd import function as _function
 from .autograd.grad_mode import _enabled, no_grad
@@ -38,7 +39,7 @@ def _norm_dims(dim, ndim):
     return _norm_dim(int(dim), ndim) if ndim else None
 
 
-class Tensor:
+class Tensor(TensorOpsMixin):
     """An n-dimensional array with autograd, on the CPU (NumPy) or a GPU (CuPy).
 
     Example::
@@ -1020,7 +1021,9 @@ class Tensor:
         return _act(self, "relu")
 
     def sign(self):
-        return _const(xp_of(self._data).sign(self._data))
+        if not (self.requires_grad and _enabled[0]) or not self.is_floating_point():
+            return _const(xp_of(self._data).sign(self._data))
+        return _tensor_more.Rounding.apply(self, fn="sign", decimals=0)  # piecewise constant: zero gradient
 
     def square(self):
         return self * self
