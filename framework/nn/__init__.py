@@ -14,21 +14,29 @@ from . import functional, init, utils
 from .activation import (
     ELU,
     GELU,
+    GLU,
+    CosineSimilarity,
+    Hardsigmoid,
+    Hardswish,
+    Hardtanh,
     LeakyReLU,
     LogSigmoid,
     LogSoftmax,
     Mish,
+    PairwiseDistance,
+    PReLU,
     ReLU,
     ReLU6,
     Sigmoid,
     SiLU,
     Softmax,
     Softplus,
+    Softsign,
     Tanh,
 )
 from .attention import MultiheadAttention, NonDynamicallyQuantizableLinear
 from .container import ModuleDict, ModuleList, ParameterDict, ParameterList, Sequential
-from .conv import AdaptiveAvgPool2d, AvgPool2d, Conv2d, MaxPool2d
+from .conv import AdaptiveAvgPool2d, AvgPool2d, Conv1d, Conv2d, MaxPool2d, Upsample
 from .linear import Dropout, Embedding, Flatten, Identity, Linear, Unflatten
 from .loss import (
     BCELoss,
@@ -42,8 +50,10 @@ from .loss import (
     SmoothL1Loss,
 )
 from .module import Module, RemovableHandle
-from .norm import BatchNorm1d, BatchNorm2d, LayerNorm, RMSNorm
+from .norm import BatchNorm1d, BatchNorm2d, GroupNorm, LayerNorm, RMSNorm
 from .parameter import Buffer, Parameter
+from .rnn import GRU, LSTM
+from .transformer import TransformerEncoder, TransformerEncoderLayer
 
 __all__ = [
     "functional",
@@ -59,7 +69,22 @@ __all__ = [
     "Identity",
     "Flatten",
     "Unflatten",
+    "Conv1d",
     "Conv2d",
+    "Upsample",
+    "GroupNorm",
+    "LSTM",
+    "GRU",
+    "TransformerEncoderLayer",
+    "TransformerEncoder",
+    "PReLU",
+    "Hardsigmoid",
+    "Hardswish",
+    "Hardtanh",
+    "Softsign",
+    "GLU",
+    "CosineSimilarity",
+    "PairwiseDistance",
     "MaxPool2d",
     "AvgPool2d",
     "AdaptiveAvgPool2d",

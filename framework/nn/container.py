@@ -7,7 +7,7 @@ from collections import OrderedDict
 
 from .activation import ELU, GELU, LeakyReLU, ReLU, Sigmoid, SiLU, Tanh
 from .linear import Linear
-from .module import Module
+from .module import Module, _addindent
 from .parameter import Parameter
 
 # activation modules that the fused linear kernel can apply in its epilogue (exact types: a subclass
@@ -132,6 +132,20 @@ class ModuleList(Module):
         super().__init__()
         if modules is not None:
             self.extend(modules)
+
+    def __repr__(self):
+        # runs of identical entries print once, as "(0-3): 4 x Block(...)", as PyTorch's ModuleList does
+        runs = []  # [first index, last index, repr]
+        for i, m in enumerate(self):
+            r = repr(m)
+            if runs and runs[-1][2] == r:
+                runs[-1][1] = i
+            else:
+                runs.append([i, i, r])
+        if not runs:
+            return self._get_name() + "()"
+        lines = [_addindent(f"({a}): {r}" if a == b else f"({a}-{b}): {b - a + 1} x {r}", 2) for a, b, r in runs]
+        return self._get_name() + "(\n  " + "\n  ".join(lines) + "\n)"
 
     def _idx(self, idx):
         n = len(self)

@@ -1,8 +1,9 @@
-"""Conv2d (im2col + the matmul kernel), MaxPool2d, AvgPool2d and AdaptiveAvgPool2d."""
+"""Conv1d and Conv2d (im2col + the matmul kernel), MaxPool2d, AvgPool2d, AdaptiveAvgPool2d and Upsample."""
 
 from __future__ import annotations
 
 import math
+import numbers
 
 from ..creation import empty
 from . import functional as F
@@ -11,49 +12,44 @@ from .module import Module
 from .parameter import Parameter
 
 
-class Conv2d(Module):
-    """2-D cross-correlation over (N, C_in, H, W) -> (N, C_out, OH, OW), as torch.nn.Conv2d.
+def _ntuple(v, n, name):
+    t = (int(v),) * n if isinstance(v, numbers.Integral) else tuple(int(i) for i in v)
+    if len(t) == 1 and n > 1:
+        t = t * n
+    if len(t) != n:
+        raise ValueError(f"{name} must be an int or a {n}-tuple, got {v}")
+    return t
 
-    weight (C_out, C_in/groups, kh, kw) ~ kaiming_uniform(a=√5); bias (C_out,) ~ U(-1/√fan_in, 1/√fan_in)
-    with fan_in = C_in/groups·kh·kw. ``padding`` is an int, a pair, "valid" or "same";
-    OH = ⌊(H + 2·ph - dh·(kh-1) - 1)/sh⌋ + 1.
 
-    Example::
+class _ConvNd(Module):
+    """Shared by Conv1d and Conv2d: weight (C_out, C_in/groups, *kernel) ~ kaiming_uniform(a=√5), bias (C_out,)
+    ~ U(-1/√fan_in, 1/√fan_in) with fan_in = C_in/groups·∏kernel; non-"zeros" ``padding_mode`` pads with F.pad
+    first, as PyTorch."""
 
-        conv = conch.nn.Conv2d(3, 8, 3, padding=1)
-        y = conv(conch.randn(2, 3, 16, 16))     # (2, 8, 16, 16)
-    """
+    _N = 2
 
-    def __init__(
-        self,
-        in_channels,
-        out_channels,
-        kernel_size,
-        stride=1,
-        padding=0,
-        dilation=1,
-        groups=1,
-        bias=True,
-        padding_mode="zeros",
-        device=None,
-        dtype=None,
-    ):
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1, bias=True,
+                 padding_mode="zeros", device=None, dtype=None):  # fmt: skip
         super().__init__()
-        if groups < 1 or in_channels % groups or out_channels % groups:
-            raise ValueError(
-                f"in_channels ({in_channels}) and out_channels ({out_channels}) must be divisible by groups ({groups})"
-            )
+        if groups < 1:
+            raise ValueError(f"groups must be a positive integer, got {groups}")
+        for name, v in (("in_channels", in_channels), ("out_channels", out_channels)):
+            if v % groups:
+                raise ValueError(f"{name} must be divisible by groups ({name}={v}, groups={groups})")
         if padding_mode not in ("zeros", "reflect", "replicate", "circular"):
             raise ValueError(
                 f"padding_mode must be one of 'zeros', 'reflect', 'replicate' or 'circular', got {padding_mode!r}"
             )
         if isinstance(padding, str) and padding not in ("same", "valid"):
             raise ValueError(f"Invalid padding string {padding!r}, should be one of {{'valid', 'same'}}")
+        n = self._N
+        if padding == "same" and any(st != 1 for st in _ntuple(stride, n, "stride")):
+            raise ValueError("padding='same' is not supported for strided convolutions")
         self.in_channels, self.out_channels, self.groups = int(in_channels), int(out_channels), int(groups)
-        self.kernel_size = F._pair(kernel_size, "kernel_size")
-        self.stride = F._pair(stride, "stride")
-        self.padding = padding if isinstance(padding, str) else F._pair(padding, "padding")
-        self.dilation = F._pair(dilation, "dilation")
+        self.kernel_size = _ntuple(kernel_size, n, "kernel_size")
+        self.stride = _ntuple(stride, n, "stride")
+        self.padding = padding if isinstance(padding, str) else _ntuple(padding, n, "padding")
+        self.dilation = _ntuple(dilation, n, "dilation")
         self.padding_mode = padding_mode
         kw = {"device": device, "dtype": dtype}
         self.weight = Parameter(empty(out_channels, in_channels // groups, *self.kernel_size, **kw))
@@ -71,24 +67,45 @@ class Conv2d(Module):
                 bound = 1 / math.sqrt(fan_in)
                 init.uniform_(self.bias, -bound, bound)
 
+    def _conv(self, x, padding):
+        raise NotImplementedError
+
     def forward(self, input):
         if self.padding_mode == "zeros":
-            return F.conv2d(input, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+            return self._conv(input, self.padding)
         if self.padding == "same":  # total dilation·(k-1) per dim, the extra one on the right/bottom
-            tot = [d * (k - 1) for d, k in zip(self.dilation, self.kernel_size)]
-            (top, bottom), (left, right) = ((t // 2, t - t // 2) for t in tot)
+            pairs = [(t // 2, t - t // 2) for t in (d * (k - 1) for d, k in zip(self.dilation, self.kernel_size))]
         elif self.padding == "valid":
-            top = bottom = left = right = 0
+            pairs = [(0, 0)] * self._N
         else:
-            (top, bottom), (left, right) = ((p, p) for p in self.padding)
-        x = F.pad(input, (left, right, top, bottom), mode=self.padding_mode)
-        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+            pairs = [(p, p) for p in self.padding]
+        widths = tuple(w for pair in reversed(pairs) for w in pair)  # F.pad starts from the last dim
+        return self._conv(F.pad(input, widths, mode=self.padding_mode), 0)
+
+
+class Conv2d(_ConvNd):
+    """2-D cross-correlation over (N, C_in, H, W) -> (N, C_out, OH, OW), as torch.nn.Conv2d.
+
+    weight (C_out, C_in/groups, kh, kw) ~ kaiming_uniform(a=√5); bias (C_out,) ~ U(-1/√fan_in, 1/√fan_in)
+    with fan_in = C_in/groups·kh·kw. ``padding`` is an int, a pair, "valid" or "same";
+    OH = ⌊(H + 2·ph - dh·(kh-1) - 1)/sh⌋ + 1.
+
+    Example::
+
+        conv = conch.nn.Conv2d(3, 8, 3, padding=1)
+        y = conv(conch.randn(2, 3, 16, 16))     # (2, 8, 16, 16)
+    """
+
+    _N = 2
+
+    def _conv(self, x, padding):
+        return F.conv2d(x, self.weight, self.bias, self.stride, padding, self.dilation, self.groups)
 
     def extra_repr(self):
         s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
-        if self.padding != (0, 0):
+        if self.padding != (0,) * self._N:
             s += f", padding={self.padding}"  # a string too, unquoted, as PyTorch prints it
-        if self.dilation != (1, 1):
+        if self.dilation != (1,) * self._N:
             s += f", dilation={self.dilation}"
         if self.groups != 1:
             s += f", groups={self.groups}"
@@ -97,6 +114,24 @@ class Conv2d(Module):
         if self.padding_mode != "zeros":
             s += f", padding_mode={self.padding_mode}"
         return s
+
+
+class Conv1d(_ConvNd):
+    """1-D cross-correlation over (N, C_in, L) -> (N, C_out, OL), as torch.nn.Conv1d (weight (C_out, C_in/groups,
+    k), same init); it runs as a conv2d over a height-1 image.
+
+    Example::
+
+        conv = conch.nn.Conv1d(4, 8, 3, padding="same")
+        y = conv(conch.randn(2, 4, 50))       # (2, 8, 50)
+    """
+
+    _N = 1
+
+    def _conv(self, x, padding):
+        return F.conv1d(x, self.weight, self.bias, self.stride, padding, self.dilation, self.groups)
+
+    extra_repr = Conv2d.extra_repr
 
 
 class MaxPool2d(Module):
@@ -158,3 +193,18 @@ class AdaptiveAvgPool2d(Module):
 
     def extra_repr(self):
         return f"output_size={self.output_size}"
+
+
+class Upsample(Module):
+    """Resize (N, C, *spatial) by ``size`` or ``scale_factor``: F.interpolate as a module (torch.nn.Upsample)."""
+
+    def __init__(self, size=None, scale_factor=None, mode="nearest", align_corners=None):
+        super().__init__()
+        self.size, self.scale_factor, self.mode, self.align_corners = size, scale_factor, mode, align_corners
+
+    def forward(self, input):
+        return F.interpolate(input, self.size, self.scale_factor, self.mode, self.align_corners)
+
+    def extra_repr(self):
+        info = f"size={self.size}" if self.size is not None else f"scale_factor={float(self.scale_factor)}"
+        return f"{info}, mode='{self.mode}'"

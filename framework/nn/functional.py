@@ -1167,3 +1167,169 @@ def kl_div(input, target, size_average=None, reduce=None, reduction="mean", log_
     if reduction == "batchmean":
         return loss.sum() / float(input.shape[0] if input.ndim else 1)
     return _reduce(loss, _legacy_reduction(size_average, reduce, reduction))
+
+
+# ---------------------------------------------------------------- more layers: group norm, conv1d, small activations
+
+
+def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5):
+    """Normalize each of ``num_groups`` channel groups of (N, C, *) over its channels and positions (biased var),
+    then ``weight``/``bias`` (C,) per channel. The normalization runs on the fused layer-norm kernel as rows of
+    (C/G)·∏spatial elements."""
+    _check_tensor(input, "group_norm")
+    if input.ndim < 2:
+        raise RuntimeError(f"group_norm: expected an input of shape (N, C, *), got {tuple(input.shape)}")
+    n, c = input.shape[:2]
+    if num_groups < 1 or c % num_groups:
+        raise RuntimeError(f"Expected number of channels in input ({c}) to be divisible by num_groups ({num_groups})")
+    rows = input.reshape(n, num_groups, -1)
+    y = _fused.layer_norm(rows, (rows.shape[-1],), None, None, eps).reshape(input.shape)
+    bshape = (1, c) + (1,) * (input.ndim - 2)
+    if weight is not None:
+        y = y * weight.reshape(bshape)
+    if bias is not None:
+        y = y + bias.reshape(bshape)
+    return y
+
+
+def conv1d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    """1-D cross-correlation: input (N, C_in, L) or (C_in, L), weight (C_out, C_in/groups, k) -> (N, C_out, OL),
+    computed as a conv2d over a height-1 image."""
+    _check_tensor(input, "conv1d")
+    if input.ndim not in (2, 3):
+        raise RuntimeError(
+            f"Expected 2D (unbatched) or 3D (batched) input to conv1d, but got input of size: {list(input.shape)}"
+        )
+    if weight.ndim != 3:
+        raise RuntimeError(f"conv1d: weight must be 3-D (C_out, C_in/groups, k), got shape {list(weight.shape)}")
+
+    def one(v, name):
+        t = (v,) if isinstance(v, numbers.Integral) else tuple(v)
+        if len(t) != 1:
+            raise ValueError(f"conv1d: {name} must be an int or a 1-tuple, got {v}")
+        return int(t[0])
+
+    c = input.shape[-2]
+    if groups >= 1 and c != weight.shape[1] * groups:
+        raise RuntimeError(
+            f"Given groups={groups}, weight of size {list(weight.shape)}, expected input{list(input.shape)} to have "
+            f"{weight.shape[1] * groups} channels, but got {c} channels instead"
+        )
+    pad = padding if isinstance(padding, str) else (0, one(padding, "padding"))
+    out = conv2d(input.unsqueeze(-2), weight.unsqueeze(-2), bias, (1, one(stride, "stride")), pad,
+                 (1, one(dilation, "dilation")), groups)  # fmt: skip
+    return out.squeeze(-2)
+
+
+def prelu(input, weight):
+    """x for x >= 0, weight·x otherwise; weight has 1 or C (input.shape[1]) elements."""
+    if weight.numel() != 1 and (input.ndim < 2 or weight.numel() != input.shape[1]):
+        raise RuntimeError(
+            f"prelu: mismatch of parameter numbers ({weight.numel()}) and input channel size "
+            f"({input.shape[1] if input.ndim > 1 else 1}); input shape {tuple(input.shape)}"
+        )
+    w = weight.reshape((1, -1) + (1,) * (input.ndim - 2)) if weight.numel() != 1 else weight.reshape(())
+    return input.clamp(min=0) + w * input.clamp(max=0)
+
+
+def hardsigmoid(input, inplace=False):
+    """relu6(x + 3) / 6."""
+    return _inplace(input, (input + 3.0).clamp(0.0, 6.0) / 6.0, inplace, "hardsigmoid_")
+
+
+def hardswish(input, inplace=False):
+    """x · relu6(x + 3) / 6."""
+    return _inplace(input, input * (input + 3.0).clamp(0.0, 6.0) / 6.0, inplace, "hardswish_")
+
+
+def softsign(input):
+    """x / (1 + |x|)."""
+    return input / (input.abs() + 1.0)
+
+
+def glu(input, dim=-1):
+    """a · σ(b) where (a, b) are the two halves of ``input`` along ``dim``."""
+    d = dim % max(input.ndim, 1)
+    if input.ndim == 0 or input.shape[d] % 2:
+        n = input.shape[d] if input.ndim else 0
+        raise RuntimeError(f"glu: Halving dimension must be even, but dimension {d} is size {n}")
+    a, b = input.chunk(2, d)
+    return a * sigmoid(b)
+
+
+def cosine_similarity(x1, x2, dim=1, eps=1e-8):
+    """Σ (x1/max(‖x1‖, eps)) · (x2/max(‖x2‖, eps)) along ``dim`` (x1, x2 broadcast)."""
+    a, b = x1, x2
+    if a.shape != b.shape:
+        try:
+            shape = np.broadcast_shapes(a.shape, b.shape)
+        except ValueError:
+            raise RuntimeError(
+                f"cosine_similarity: x1 of shape {tuple(a.shape)} and x2 of shape {tuple(b.shape)} do not broadcast"
+            ) from None
+        a, b = a.expand(*shape), b.expand(*shape)
+    na = a.norm(2, dim, keepdim=True).clamp(min=eps)
+    nb = b.norm(2, dim, keepdim=True).clamp(min=eps)
+    return ((a / na) * (b / nb)).sum(dim)
+
+
+def pairwise_distance(x1, x2, p=2.0, eps=1e-6, keepdim=False):
+    """‖x1 - x2 + eps‖_p over the last dim."""
+    return (x1 - x2 + eps).norm(p, -1, keepdim=keepdim)
+
+
+# ---------------------------------------------------------------- interpolate
+
+
+def _resize_scales(input, size, scale_factor, n_sp):
+    if (size is None) == (scale_factor is None):
+        raise ValueError("interpolate: either size or scale_factor should be defined, not both and not neither")
+    sp = input.shape[2:]
+    if size is not None:
+        out = (int(size),) * n_sp if isinstance(size, numbers.Integral) else tuple(int(s) for s in size)
+        if len(out) != n_sp:
+            raise ValueError(f"interpolate: size {size} needs {n_sp} entries for input of shape {tuple(input.shape)}")
+        return out, tuple(i / o for i, o in zip(sp, out))
+    sf = (float(scale_factor),) * n_sp if isinstance(scale_factor, numbers.Number) else tuple(map(float, scale_factor))
+    if len(sf) != n_sp:
+        raise ValueError(f"interpolate: scale_factor {scale_factor} must have {n_sp} entries")
+    return tuple(int(math.floor(i * f)) for i, f in zip(sp, sf)), tuple(1.0 / f for f in sf)
+
+
+def interpolate(input, size=None, scale_factor=None, mode="nearest", align_corners=None):
+    """Resize the spatial dims of (N, C, *spatial): ``mode`` "nearest" (any number of spatial dims; source index
+    ⌊dst·scale⌋) or "bilinear" (4-D input; ``align_corners`` as PyTorch). ``scale`` is 1/scale_factor when
+    ``scale_factor`` is given, else in/out, as PyTorch computes it."""
+    if mode not in ("nearest", "bilinear", "linear"):
+        raise ValueError(f"interpolate: mode must be 'nearest', 'linear' or 'bilinear', got {mode!r}")
+    if input.ndim < 3:
+        raise ValueError(f"interpolate: expected an input of shape (N, C, *spatial), got {tuple(input.shape)}")
+    n_sp = input.ndim - 2
+    if mode == "bilinear" and n_sp != 2 or mode == "linear" and n_sp != 1:
+        raise ValueError(f"interpolate: mode {mode!r} needs {2 if mode == 'bilinear' else 1} spatial dims, "
+                         f"got input of shape {tuple(input.shape)}")  # fmt: skip
+    if mode == "nearest" and align_corners is not None:
+        raise ValueError("align_corners option can only be set with the interpolating modes: linear | bilinear")
+    out_size, scales = _resize_scales(input, size, scale_factor, n_sp)
+    if any(o <= 0 for o in out_size):
+        raise ValueError(f"interpolate: output size {out_size} must be positive (input {tuple(input.shape)})")
+    xp = xp_of(input._data)
+    x = input
+    for i, (n_in, n_out, sc) in enumerate(zip(input.shape[2:], out_size, scales)):
+        d = 2 + i
+        dst = np.arange(n_out, dtype=np.float64)
+        if mode == "nearest":
+            src = np.minimum(np.floor(dst * sc).astype(np.int64), n_in - 1)
+            x = x.index_select(d, Tensor._make(xp.asarray(src)))
+            continue
+        if align_corners:
+            pos = dst * ((n_in - 1) / (n_out - 1)) if n_out > 1 else np.zeros(n_out)
+        else:
+            pos = np.maximum((dst + 0.5) * sc - 0.5, 0.0)
+        i0 = np.minimum(np.floor(pos).astype(np.int64), n_in - 1)
+        i1 = np.minimum(i0 + 1, n_in - 1)
+        lam = (pos - i0).reshape((-1,) + (1,) * (input.ndim - d - 1))
+        w = Tensor._make(xp.asarray(lam, dtype=x.dtype))
+        a, b = x.index_select(d, Tensor._make(xp.asarray(i0))), x.index_select(d, Tensor._make(xp.asarray(i1)))
+        x = a + (b - a) * w
+    return x

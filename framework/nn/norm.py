@@ -1,4 +1,4 @@
-"""Normalisation layers: LayerNorm, RMSNorm, BatchNorm1d and BatchNorm2d."""
+"""Normalisation layers: LayerNorm, RMSNorm, GroupNorm, BatchNorm1d and BatchNorm2d."""
 
 from __future__ import annotations
 
@@ -10,6 +10,14 @@ from . import functional as F
 from . import init
 from .module import Module
 from .parameter import Parameter
+
+
+def _reset_affine(m):
+    """weight to ones and bias to zeros, those that exist."""
+    if m.weight is not None:
+        init.ones_(m.weight)
+    if m.bias is not None:
+        init.zeros_(m.bias)
 
 
 def _shape(normalized_shape):
@@ -40,10 +48,7 @@ class LayerNorm(Module):
             self.register_parameter("bias", None)
 
     def reset_parameters(self):
-        if self.weight is not None:
-            init.ones_(self.weight)
-        if self.bias is not None:
-            init.zeros_(self.bias)
+        _reset_affine(self)
 
     def forward(self, input):
         return F.layer_norm(input, self.normalized_shape, self.weight, self.bias, self.eps)
@@ -183,3 +188,39 @@ class BatchNorm2d(_BatchNorm):
     """Batch norm over (N, C, H, W) inputs (statistics over N, H and W per channel)."""
 
     _expected_dims = (4,)
+
+
+class GroupNorm(Module):
+    """Normalize (N, C, *) over groups of C/num_groups channels (and every position), then per-channel affine.
+
+    weight (C,) starts at ones, bias (C,) at zeros (``affine=False`` drops both, ``bias=False`` the bias), as
+    torch.nn.GroupNorm.
+
+    Example::
+
+        gn = conch.nn.GroupNorm(4, 16)
+        y = gn(conch.randn(2, 16, 8, 8))      # each group of 4 channels has mean 0 and variance 1
+    """
+
+    def __init__(self, num_groups, num_channels, eps=1e-5, affine=True, bias=True, device=None, dtype=None):
+        super().__init__()
+        if num_groups < 1 or num_channels % num_groups:
+            raise ValueError(f"num_channels ({num_channels}) must be divisible by num_groups ({num_groups})")
+        self.num_groups, self.num_channels, self.eps, self.affine = int(num_groups), int(num_channels), eps, affine
+        kw = {"device": device, "dtype": dtype}
+        self.register_parameter("weight", Parameter(ones(num_channels, **kw)) if affine else None)
+        self.register_parameter("bias", Parameter(zeros(num_channels, **kw)) if affine and bias else None)
+
+    def reset_parameters(self):
+        _reset_affine(self)
+
+    def forward(self, input):
+        if input.ndim < 2 or input.shape[1] != self.num_channels:
+            raise RuntimeError(
+                f"GroupNorm: expected input of shape (N, {self.num_channels}, *), got {tuple(input.shape)}"
+            )
+        return F.group_norm(input, self.num_groups, self.weight, self.bias, self.eps)
+
+    def extra_repr(self):
+        head = f"{self.num_groups}, {self.num_channels}, eps={self.eps}"
+        return f"{head}, affine={self.affine}, bias={self.bias is not None}"

@@ -1,0 +1,192 @@
+"""Recurrent layers: LSTM and GRU with PyTorch's parameter names, gate order, layouts and initialisation.
+
+Per layer and direction, the input projection of every time step is one matmul (T·N, H_in) @ W_ihᵀ; only
+the hidden projection runs step by step. The maths (σ = sigmoid, ∘ = elementwise)::
+
+    LSTM: i, f, g, o = σ, σ, tanh, σ of (W_ih x + b_ih + W_hh h + b_hh) split in 4
+          c' = f ∘ c + i ∘ g,   h' = o ∘ tanh(c')
+    GRU:  r, z = σ of the first two thirds of (W_ih x + b_ih + W_hh h + b_hh)
+          n = tanh(W_in x + b_in + r ∘ (W_hn h + b_hn)),   h' = (1 - z) ∘ n + z ∘ h
+
+Example::
+
+    lstm = conch.nn.LSTM(8, 16, num_layers=2, batch_first=True)
+    out, (h_n, c_n) = lstm(conch.randn(4, 10, 8))     # out (4, 10, 16); h_n, c_n (2, 4, 16)
+"""
+
+from __future__ import annotations
+
+import math
+
+from ..creation import empty, zeros
+from ..tensor import cat, stack
+from . import functional as F
+from . import init
+from .module import Module
+from .parameter import Parameter
+
+
+class _RNNBase(Module):
+    _GATES = 1
+    mode = ""
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
+                 bidirectional=False, device=None, dtype=None):  # fmt: skip
+        super().__init__()
+        if hidden_size <= 0 or num_layers <= 0:
+            raise ValueError(f"hidden_size ({hidden_size}) and num_layers ({num_layers}) must be positive")
+        if not 0 <= dropout <= 1:
+            raise ValueError(f"dropout should be a number in range [0, 1], got {dropout}")
+        self.input_size, self.hidden_size, self.num_layers = int(input_size), int(hidden_size), int(num_layers)
+        self.bias, self.batch_first, self.dropout, self.bidirectional = bias, batch_first, float(dropout), bidirectional
+        kw = {"device": device, "dtype": dtype}
+        g = self._GATES * hidden_size
+        dirs = 2 if bidirectional else 1
+        for layer in range(num_layers):
+            width = input_size if layer == 0 else hidden_size * dirs
+            for sfx in ("", "_reverse")[:dirs]:
+                setattr(self, f"weight_ih_l{layer}{sfx}", Parameter(empty(g, width, **kw)))
+                setattr(self, f"weight_hh_l{layer}{sfx}", Parameter(empty(g, hidden_size, **kw)))
+                if bias:
+                    setattr(self, f"bias_ih_l{layer}{sfx}", Parameter(empty(g, **kw)))
+                    setattr(self, f"bias_hh_l{layer}{sfx}", Parameter(empty(g, **kw)))
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        k = 1.0 / math.sqrt(self.hidden_size)
+        for p in self.parameters():
+            init.uniform_(p, -k, k)
+
+    def extra_repr(self):
+        s = f"{self.input_size}, {self.hidden_size}"
+        if self.num_layers != 1:
+            s += f", num_layers={self.num_layers}"
+        if not self.bias:
+            s += ", bias=False"
+        if self.batch_first:
+            s += ", batch_first=True"
+        if self.dropout:
+            s += f", dropout={self.dropout}"
+        if self.bidirectional:
+            s += ", bidirectional=True"
+        return s
+
+    def _weights(self, layer, sfx):
+        get = lambda n: getattr(self, f"{n}_l{layer}{sfx}", None)  # noqa: E731
+        return get("weight_ih"), get("weight_hh"), get("bias_ih"), get("bias_hh")
+
+    def _step(self, xw, state, w_hh, b_hh):
+        raise NotImplementedError
+
+    def _run(self, x, states):
+        """x (T, N, H_in); states: per (layer, direction) initial state -> (output (T, N, D·H), final states)."""
+        dirs = 2 if self.bidirectional else 1
+        finals = []
+        for layer in range(self.num_layers):
+            outs = []
+            for d, sfx in enumerate(("", "_reverse")[:dirs]):
+                w_ih, w_hh, b_ih, b_hh = self._weights(layer, sfx)
+                t_len, n = x.shape[0], x.shape[1]
+                xw = F.linear(x.reshape(t_len * n, x.shape[2]), w_ih, b_ih).reshape(t_len, n, -1)
+                state = states[layer * dirs + d]
+                hs = [None] * t_len
+                for t in range(t_len - 1, -1, -1) if d else range(t_len):
+                    state = self._step(xw[t], state, w_hh, b_hh)
+                    hs[t] = state[0] if isinstance(state, tuple) else state
+                outs.append(stack(hs, 0))
+                finals.append(state)
+            x = outs[0] if dirs == 1 else cat(outs, 2)
+            if self.dropout and self.training and layer < self.num_layers - 1:
+                x = F.dropout(x, self.dropout, True)
+        return x, finals
+
+    def _prepare(self, input, hx_parts):
+        """(T, N, H_in) input, unbatched flag, and the checked initial states (L·D, N, H) (zeros when None)."""
+        if input.ndim not in (2, 3):
+            raise ValueError(
+                f"{type(self).__name__}: Expected input to be 2D or 3D, got {input.ndim}D tensor of shape "
+                f"{tuple(input.shape)}"
+            )
+        unbatched = input.ndim == 2
+        x = input.unsqueeze(1) if unbatched else (input.transpose(0, 1) if self.batch_first else input)
+        if x.shape[2] != self.input_size:
+            raise RuntimeError(
+                f"{type(self).__name__}: input.size(-1) must be equal to input_size. Expected {self.input_size}, "
+                f"got {x.shape[2]}"
+            )
+        n = x.shape[1]
+        dirs = 2 if self.bidirectional else 1
+        want = (self.num_layers * dirs, n, self.hidden_size)
+        given = [h for h in hx_parts if h is not None]
+        if unbatched and any(h.ndim != 2 for h in given):
+            names = "hx and cx" if len(hx_parts) == 2 else "hx"
+            got = ", ".join(f"{h.ndim}-D" for h in given)
+            raise RuntimeError(f"For unbatched 2-D input, {names} should also be 2-D but got ({got}) tensors")
+        parts = []
+        for h in hx_parts:
+            if h is None:
+                parts.append(zeros(*want, dtype=x.dtype, device=x.device))
+                continue
+            h = h.unsqueeze(1) if unbatched else h
+            if tuple(h.shape) != want:
+                raise RuntimeError(f"Expected hidden size {want}, got {tuple(h.shape)}")
+            parts.append(h)
+        return x, unbatched, parts
+
+    def _finish(self, out, unbatched):
+        if unbatched:
+            return out.squeeze(1)
+        return out.transpose(0, 1) if self.batch_first else out
+
+
+class LSTM(_RNNBase):
+    """Long short-term memory, as torch.nn.LSTM: ``forward(input, (h_0, c_0)=None) -> (output, (h_n, c_n))``.
+
+    input (T, N, H_in) ((N, T, H_in) with ``batch_first``, or unbatched (T, H_in)); output (T, N, D·H);
+    h_n, c_n (num_layers·D, N, H) with D = 2 when bidirectional. weight_ih_l{k} (4H, H_in), weight_hh_l{k}
+    (4H, H), gates in the order i, f, g, o; every parameter ~ U(-1/√H, 1/√H).
+    """
+
+    _GATES = 4
+    mode = "LSTM"
+
+    def _step(self, xw, state, w_hh, b_hh):
+        h, c = state
+        gates = xw + F.linear(h, w_hh, b_hh)
+        i, f, g, o = gates.chunk(4, 1)
+        c = f.sigmoid() * c + i.sigmoid() * g.tanh()
+        return o.sigmoid() * c.tanh(), c
+
+    def forward(self, input, hx=None):
+        h0, c0 = (None, None) if hx is None else hx
+        x, unbatched, (h0, c0) = self._prepare(input, (h0, c0))
+        out, finals = self._run(x, list(zip(h0.unbind(0), c0.unbind(0))))
+        h_n, c_n = stack([s[0] for s in finals], 0), stack([s[1] for s in finals], 0)
+        if unbatched:
+            h_n, c_n = h_n.squeeze(1), c_n.squeeze(1)
+        return self._finish(out, unbatched), (h_n, c_n)
+
+
+class GRU(_RNNBase):
+    """Gated recurrent unit, as torch.nn.GRU: ``forward(input, h_0=None) -> (output, h_n)``.
+
+    Layouts as :class:`LSTM`; weight_ih_l{k} (3H, H_in), weight_hh_l{k} (3H, H), gates in the order r, z, n,
+    with the reset gate applied to the hidden projection *after* its bias (PyTorch's and cuDNN's form).
+    """
+
+    _GATES = 3
+    mode = "GRU"
+
+    def _step(self, xw, h, w_hh, b_hh):
+        hw = F.linear(h, w_hh, b_hh)
+        xr, xz, xn = xw.chunk(3, 1)
+        hr, hz, hn = hw.chunk(3, 1)
+        r, z = (xr + hr).sigmoid(), (xz + hz).sigmoid()
+        n = (xn + r * hn).tanh()
+        return n + z * (h - n)  # (1 - z) n + z h
+
+    def forward(self, input, hx=None):
+        x, unbatched, (h0,) = self._prepare(input, (hx,))
+        out, finals = self._run(x, list(h0.unbind(0)))
+        h_n = stack(finals, 0)
+        return self._finish(out, unbatched), (h_n.squeeze(1) if unbatched else h_n)
