@@ -136,10 +136,11 @@ def _make_all(o, which):
         "onecycle": lambda: S.OneCycleLR(o, max_lr=0.3, total_steps=30, pct_start=0.3),
         "onecycle3": lambda: S.OneCycleLR(o, max_lr=0.3, total_steps=30, three_phase=True, anneal_strategy="linear"),
         "lambda": lambda: S.LambdaLR(o, lambda e: 1 / (1 + e)),
+        "warm": lambda: S.CosineAnnealingWarmRestarts(o, T_0=3, T_mult=2, eta_min=0.001),
     }[which]()
 
 
-NAMES = ["step", "multistep", "exp", "cos", "linear", "onecycle", "onecycle3", "lambda"]
+NAMES = ["step", "multistep", "exp", "cos", "linear", "onecycle", "onecycle3", "lambda", "warm"]
 
 
 @pytest.mark.parametrize("which", NAMES)
@@ -160,6 +161,7 @@ def test_exactly_torch(which):
         "onecycle": lambda: TS.OneCycleLR(to, max_lr=0.3, total_steps=30, pct_start=0.3),
         "onecycle3": lambda: TS.OneCycleLR(to, max_lr=0.3, total_steps=30, three_phase=True, anneal_strategy="linear"),
         "lambda": lambda: TS.LambdaLR(to, lambda e: 1 / (1 + e)),
+        "warm": lambda: TS.CosineAnnealingWarmRestarts(to, T_0=3, T_mult=2, eta_min=0.001),
     }[which]()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -218,3 +220,75 @@ def test_closed_form_with_explicit_epoch():
     with pytest.warns(UserWarning, match="epoch parameter"):
         s.step(5)
     assert s.get_last_lr() == [0.25]
+
+
+def test_warm_restarts_closed_form():
+    # restarts after 3, then 3 + 6 = 9, then 9 + 12 = 21 steps: T_cur and T_i from those boundaries
+    got = _lrs(S.CosineAnnealingWarmRestarts(_opt(1.0), T_0=3, T_mult=2), 24)
+    starts, lengths = [0, 3, 9, 21], [3, 6, 12, 24]
+    want = []
+    for t in range(25):
+        k = max(i for i, b in enumerate(starts) if b <= t)
+        want.append(0.5 * (1 + math.cos(math.pi * (t - starts[k]) / lengths[k])))
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-15)
+    s = S.CosineAnnealingWarmRestarts(_opt(1.0), T_0=4)
+    s.step(5.5)  # fractional epochs: T_cur = 1.5 of T_i = 4
+    assert s.get_last_lr()[0] == pytest.approx(0.5 * (1 + math.cos(math.pi * 1.5 / 4)))
+
+
+def _plateau_lrs(sched, metrics):
+    out = []
+    for m in metrics:
+        sched.step(m)
+        out.append(sched.get_last_lr()[0])
+    return out
+
+
+def test_reduce_on_plateau_hand_computed():
+    metrics = [1.0, 0.9, 0.9, 0.9, 0.9, 0.8, 0.8, 0.8, 0.8, 0.8, 0.8]
+    # patience 2: the third step without improvement reduces (steps 5 and 9 here)
+    got = _plateau_lrs(S.ReduceLROnPlateau(_opt(0.1), factor=0.5, patience=2), metrics)
+    np.testing.assert_allclose(got, [0.1] * 4 + [0.05] * 4 + [0.025] * 3)
+    # cooldown 2: after a reduction two steps pass uncounted; min_lr floors the lr
+    got = _plateau_lrs(S.ReduceLROnPlateau(_opt(0.1), factor=0.5, patience=0, cooldown=2, min_lr=0.03), metrics)
+    np.testing.assert_allclose(got, [0.1, 0.1, 0.05, 0.05, 0.05, 0.05, 0.03, 0.03, 0.03, 0.03, 0.03])
+    # mode max with an absolute threshold: +0.05 is not enough to count as better
+    got = _plateau_lrs(S.ReduceLROnPlateau(_opt(1.0), mode="max", threshold_mode="abs", threshold=0.1, patience=1),
+                       [1.0, 1.05, 1.3, 1.35, 1.4])  # fmt: skip
+    np.testing.assert_allclose(got, [1.0, 1.0, 1.0, 1.0, 0.1])
+
+
+def test_new_scheduler_arguments_are_checked():
+    with pytest.raises(ValueError, match="Factor should be < 1.0"):
+        S.ReduceLROnPlateau(_opt(), factor=1.5)
+    with pytest.raises(ValueError, match="mode"):
+        S.ReduceLROnPlateau(_opt(), mode="lowest")
+    with pytest.raises(ValueError, match="min_lr must have the same length"):
+        S.ReduceLROnPlateau(_opt(groups=2), min_lr=[0.1])
+    with pytest.raises(ValueError, match="T_0"):
+        S.CosineAnnealingWarmRestarts(_opt(), T_0=0)
+    with pytest.raises(ValueError, match="T_mult"):
+        S.CosineAnnealingWarmRestarts(_opt(), T_0=2, T_mult=0)
+
+
+def test_reduce_on_plateau_exactly_torch_and_resume(tmp_path):
+    parts = [np.linspace(1, 0.5, 5), np.full(8, 0.5), np.linspace(0.5, 0.4, 3), np.full(9, 0.41)]
+    metrics = list(np.concatenate(parts))
+    s1 = S.ReduceLROnPlateau(_opt(0.1), patience=1, cooldown=2, factor=0.5, min_lr=0.002)
+    first = _plateau_lrs(s1, metrics[:6])
+    conch.save({"sched": s1.state_dict()}, tmp_path / "p.safetensors")
+    s2 = S.ReduceLROnPlateau(_opt(0.1), patience=1, cooldown=2, factor=0.5, min_lr=0.002)
+    s2.load_state_dict(conch.load(tmp_path / "p.safetensors")["sched"])
+    s2.optimizer.param_groups[0]["lr"] = s1.optimizer.param_groups[0]["lr"]
+    assert _plateau_lrs(s1, metrics[6:]) == _plateau_lrs(s2, metrics[6:])
+    torch = pytest.importorskip("torch")
+    tp = torch.zeros(2, requires_grad=True)
+    ts = torch.optim.lr_scheduler.ReduceLROnPlateau(torch.optim.SGD([tp], lr=0.1), patience=1, cooldown=2,
+                                                    factor=0.5, min_lr=0.002)  # fmt: skip
+    s3 = S.ReduceLROnPlateau(_opt(0.1), patience=1, cooldown=2, factor=0.5, min_lr=0.002)
+    for m in metrics:
+        ts.step(m)
+        s3.step(m)
+        assert s3.get_last_lr() == ts.get_last_lr()
+    assert first == _plateau_lrs(S.ReduceLROnPlateau(_opt(0.1), patience=1, cooldown=2, factor=0.5, min_lr=0.002),
+                                 metrics[:6])  # fmt: skip
