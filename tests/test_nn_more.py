@@ -896,3 +896,58 @@ def test_interpolate_errors():
         F.interpolate(x, size=(2, 3, 4))
     with pytest.raises(ValueError, match=r"\(2, 2, 2\)"):
         F.interpolate(x, scale_factor=(2, 2, 2))
+
+
+# ---------------------------------------------------------------- ConvTranspose2d
+
+
+def ref_conv_transpose2d(x, w, b, stride, padding, output_padding, groups, dilation):
+    """Scatter each input pixel's weighted kernel onto the output (the definition), then crop the padding."""
+    n, cin, h, wd = x.shape
+    _, cg, kh, kw = w.shape
+    (sh, sw), (ph, pw), (oph, opw), (dh, dw) = stride, padding, output_padding, dilation
+    full_h, full_w = (h - 1) * sh + dh * (kh - 1) + 1 + oph, (wd - 1) * sw + dw * (kw - 1) + 1 + opw
+    out = np.zeros((n, cg * groups, full_h, full_w))
+    per = cin // groups
+    for c in range(cin):
+        g = c // per
+        for i in range(h):
+            for j in range(wd):
+                for a in range(kh):
+                    for bb in range(kw):
+                        out[:, g * cg : (g + 1) * cg, i * sh + a * dh, j * sw + bb * dw] += (
+                            x[:, c, i, j, None] * w[c, :, a, bb]
+                        )
+    out = out[:, :, ph : full_h - ph, pw : full_w - pw]
+    return out + (0 if b is None else b.reshape(1, -1, 1, 1))
+
+
+@pytest.mark.parametrize(
+    "stride,padding,output_padding,groups,dilation",
+    [((1, 1), (0, 0), (0, 0), 1, (1, 1)), ((2, 2), (1, 1), (1, 1), 1, (1, 1)), ((2, 3), (1, 0), (1, 2), 2, (1, 1)),
+     ((1, 2), (2, 1), (0, 1), 1, (2, 2))],
+)  # fmt: skip
+def test_conv_transpose2d_against_numpy_and_gradcheck(stride, padding, output_padding, groups, dilation):
+    rng = np.random.default_rng(5)
+    x, w, b = rng.standard_normal((2, 4, 3, 4)), rng.standard_normal((4, 6 // groups, 3, 2)), rng.standard_normal(6)
+    out = F.conv_transpose2d(t64(x), t64(w), t64(b), stride, padding, output_padding, groups, dilation)
+    want = ref_conv_transpose2d(x, w, b, stride, padding, output_padding, groups, dilation)
+    assert out.shape == want.shape
+    np.testing.assert_allclose(npv(out), want, rtol=1e-12, atol=1e-12)
+    gradcheck(lambda x, w, b: F.conv_transpose2d(x, w, b, stride, padding, output_padding, groups, dilation),
+              (t64(x[:1, :, :2, :3]), t64(w), t64(b)))  # fmt: skip
+
+
+def test_conv_transpose2d_module_output_size_and_errors():
+    up = nn.ConvTranspose2d(4, 3, 3, stride=2, padding=1).double()
+    assert up.weight.shape == (4, 3, 3, 3) and up.bias.shape == (3,)
+    x = t64(np.random.standard_normal((1, 4, 5, 5)), grad=False)
+    assert up(x).shape == (1, 3, 9, 9) and up(x, output_size=(10, 10)).shape == (1, 3, 10, 10)
+    with pytest.raises(ValueError, match="output size"):
+        up(x, output_size=(12, 12))
+    with pytest.raises(RuntimeError, match="to have 4 channels, but got 3"):
+        up(t64(np.zeros((1, 3, 5, 5)), grad=False))
+    with pytest.raises(ValueError, match="output padding"):
+        F.conv_transpose2d(x, up.weight, None, stride=1, output_padding=1)
+    with pytest.raises(ValueError, match="padding_mode='zeros'"):
+        nn.ConvTranspose2d(4, 3, 3, padding_mode="reflect")

@@ -112,6 +112,18 @@ CASES = [
         for mode in ("reflect", "replicate", "circular")
         for pad in (2, "same")
     ),
+    ("convT2d", lambda m: m.ConvTranspose2d(3, 4, 3), (_rand(2, 3, 5, 4),)),
+    (
+        "convT2d-stride-pad-outpad",
+        lambda m: m.ConvTranspose2d(4, 6, (3, 2), stride=(2, 3), padding=(1, 0), output_padding=(1, 2)),
+        (_rand(2, 4, 3, 4),),
+    ),
+    (
+        "convT2d-groups-dil-nobias",
+        lambda m: m.ConvTranspose2d(4, 6, 3, groups=2, dilation=2, bias=False),
+        (_rand(1, 4, 4, 3),),
+    ),  # fmt: skip
+    ("convT2d-unbatched", lambda m: m.ConvTranspose2d(3, 2, 2, stride=2), (_rand(3, 4, 5),)),
     ("prelu-1", lambda m: m.PReLU(), (_rand(2, 3, 4),)),
     ("prelu-channels", lambda m: m.PReLU(3, init=0.1), (_rand(2, 3, 4, 2),)),
     ("prelu-channels-2d", lambda m: m.PReLU(3), (_rand(5, 3),)),
@@ -159,6 +171,8 @@ REPRS = [
     lambda m: m.LSTM(4, 5),
     lambda m: m.LSTM(4, 5, 2, batch_first=True, bidirectional=True),
     lambda m: m.GRU(4, 5, num_layers=2, bias=False, dropout=0.5),
+    lambda m: m.ConvTranspose2d(4, 6, 3, stride=2, padding=1, output_padding=1),
+    lambda m: m.ConvTranspose2d(4, 6, (3, 2), groups=2, bias=False, dilation=2),
     lambda m: m.PReLU(),
     lambda m: m.PReLU(3),
     lambda m: m.Hardswish(),

@@ -36,7 +36,7 @@ from .activation import (
 )
 from .attention import MultiheadAttention, NonDynamicallyQuantizableLinear
 from .container import ModuleDict, ModuleList, ParameterDict, ParameterList, Sequential
-from .conv import AdaptiveAvgPool2d, AvgPool2d, Conv1d, Conv2d, MaxPool2d, Upsample
+from .conv import AdaptiveAvgPool2d, AvgPool2d, Conv1d, Conv2d, ConvTranspose2d, MaxPool2d, Upsample
 from .linear import Dropout, Embedding, Flatten, Identity, Linear, Unflatten
 from .loss import (
     BCELoss,
@@ -71,6 +71,7 @@ __all__ = [
     "Unflatten",
     "Conv1d",
     "Conv2d",
+    "ConvTranspose2d",
     "Upsample",
     "GroupNorm",
     "LSTM",

@@ -208,3 +208,54 @@ class Upsample(Module):
     def extra_repr(self):
         info = f"size={self.size}" if self.size is not None else f"scale_factor={float(self.scale_factor)}"
         return f"{info}, mode='{self.mode}'"
+
+
+class ConvTranspose2d(_ConvNd):
+    """The adjoint of Conv2d (upsampling by a learned kernel), as torch.nn.ConvTranspose2d.
+
+    weight (C_in, C_out/groups, kh, kw) ~ kaiming_uniform(a=√5) with PyTorch's fan (dim 1), bias (C_out,);
+    OH = (H-1)·sh - 2·ph + dh·(kh-1) + output_padding + 1. ``forward(input, output_size=None)``: a target
+    size picks the output_padding, as PyTorch.
+
+    Example::
+
+        up = conch.nn.ConvTranspose2d(8, 4, 3, stride=2, padding=1, output_padding=1)
+        y = up(conch.randn(2, 8, 16, 16))       # (2, 4, 32, 32)
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, output_padding=0, groups=1,
+                 bias=True, dilation=1, padding_mode="zeros", device=None, dtype=None):  # fmt: skip
+        if padding_mode != "zeros" or isinstance(padding, str):
+            raise ValueError(
+                f"ConvTranspose2d supports only padding_mode='zeros' and integer padding, got "
+                f"padding_mode={padding_mode!r}, padding={padding!r}"
+            )
+        # the base builds weight (first, second/groups, *k): pass the channels swapped for (C_in, C_out/groups)
+        super().__init__(out_channels, in_channels, kernel_size, stride, padding, dilation, groups, bias,
+                         device=device, dtype=dtype)  # fmt: skip
+        self.in_channels, self.out_channels = int(in_channels), int(out_channels)
+        if bias:
+            self.bias = Parameter(empty(out_channels, device=device, dtype=dtype))
+            self.reset_parameters()
+        self.output_padding = _ntuple(output_padding, 2, "output_padding")
+
+    def forward(self, input, output_size=None):
+        op = self.output_padding
+        if output_size is not None:
+            want = tuple(int(v) for v in tuple(output_size)[-2:])
+            base = tuple(
+                (i - 1) * s - 2 * p + d * (k - 1) + 1
+                for i, s, p, d, k in zip(input.shape[-2:], self.stride, self.padding, self.dilation, self.kernel_size)
+            )
+            op = tuple(w - b for w, b in zip(want, base))
+            if any(o < 0 or o >= max(s, d) for o, s, d in zip(op, self.stride, self.dilation)):
+                raise ValueError(f"requested an output size of {want}, but valid sizes range from {base} (inclusive)")
+        return F.conv_transpose2d(input, self.weight, self.bias, self.stride, self.padding, op, self.groups,
+                                  self.dilation)  # fmt: skip
+
+    def extra_repr(self):
+        s = Conv2d.extra_repr(self)
+        if self.output_padding != (0, 0):
+            head, sep, tail = s.partition(", dilation=") if ", dilation=" in s else (s, "", "")
+            s = head + f", output_padding={self.output_padding}" + sep + tail
+        return s

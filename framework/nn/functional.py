@@ -1333,3 +1333,49 @@ def interpolate(input, size=None, scale_factor=None, mode="nearest", align_corne
         a, b = x.index_select(d, Tensor._make(xp.asarray(i0))), x.index_select(d, Tensor._make(xp.asarray(i1)))
         x = a + (b - a) * w
     return x
+
+
+def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1):
+    """The adjoint of conv2d (a "deconvolution"): input (N, C_in, H, W), weight (C_in, C_out/groups, kh, kw) ->
+    (N, C_out, OH, OW) with OH = (H-1)·sh - 2·ph + dh·(kh-1) + output_padding_h + 1.
+
+    Each input pixel's weighted kernel is added onto the output: the products Wᵀ x of all pixels are one
+    batched matmul, and col2im (the adjoint of conv2d's im2col) sums them into place.
+    """
+    _check_tensor(input, "conv_transpose2d")
+    input, weight, bias = _fused._amp("conv2d", input, weight, bias)
+    unbatched = input.ndim == 3
+    if unbatched:
+        input = input.unsqueeze(0)
+    if input.ndim != 4 or weight.ndim != 4:
+        raise RuntimeError(
+            f"conv_transpose2d: expected a 3-D or 4-D input and a 4-D weight (C_in, C_out/groups, kh, kw), got "
+            f"input {list(input.shape)} and weight {list(weight.shape)}"
+        )
+    n, c, h, w = input.shape
+    cin, cg, kh, kw = weight.shape
+    if groups < 1 or cin % groups:
+        raise RuntimeError(f"conv_transpose2d: weight's C_in ({cin}) must be divisible by groups ({groups})")
+    if c != cin:
+        raise RuntimeError(
+            f"Given transposed=1, weight of size {list(weight.shape)}, expected input{list(input.shape)} to have "
+            f"{cin} channels, but got {c} channels instead"
+        )
+    s, d = _pair(stride, "stride"), _pair(dilation, "dilation")
+    p, op = _pair(padding, "padding"), _pair(output_padding, "output_padding")
+    if any(o >= max(si, di) or o < 0 for o, si, di in zip(op, s, d)):
+        raise ValueError(f"output padding {op} must be smaller than either stride {s} or dilation {d}")
+    geo = zip((h, w), s, p, d, (kh, kw), op)
+    out_hw = tuple((i - 1) * si - 2 * pi + di * (k - 1) + o + 1 for i, si, pi, di, k, o in geo)
+    if min(out_hw) <= 0:
+        raise RuntimeError(f"conv_transpose2d: output size {out_hw} is too small for input {list(input.shape)}")
+    cout, k = cg * groups, cg * kh * kw
+    wt = weight.reshape(groups, cin // groups, k).transpose(-1, -2).expand(n, groups, k, cin // groups)
+    cols = (wt @ input.reshape(n, groups, cin // groups, h * w)).reshape(n, cout * kh * kw, h * w)
+    # the conv2d whose im2col reads this output's (padded) pixels at the input's H x W positions
+    need = tuple(di * (kk - 1) + si * (i - 1) + 1 for di, kk, si, i in zip(d, (kh, kw), s, (h, w)))
+    pads = (p[0], max(need[0] - out_hw[0] - p[0], 0), p[1], max(need[1] - out_hw[1] - p[1], 0))
+    y = _Col2im.apply(cols, geom=((kh, kw), s, d, pads, (h, w)), in_shape=(n, cout) + out_hw)
+    if bias is not None:
+        y = y + bias.to(dtype=y.dtype).reshape(1, cout, 1, 1)
+    return y.squeeze(0) if unbatched else y
