@@ -31,9 +31,11 @@ import ml_dtypes
 import numpy as np
 import triton
 import triton.language as tl
+from triton.language import rand as tl_rand  # bare global name: kernel_for's interpreted twin swaps it
 
 from . import autotune
 from ._launch import kernel_for, targ, use_triton, xp_of
+from .dropout import dropout_mask
 
 _LOG2E = 1.4426950408889634
 _BF16 = np.dtype(ml_dtypes.bfloat16)
@@ -60,6 +62,13 @@ def _tile(base, rows, s_r, cols, s_c, mask, UPCAST: tl.constexpr):
 
 
 @triton.jit
+def _keep(seed, offset, p_drop, bh, L, S, rows, cols):
+    """Dropout's keep mask of the (rows, cols) probabilities: u >= p with u = tl.rand(seed, offset + (bh·L + i)·S + j),
+    the element's linear index in (B·H, L, S), so the backward and the reference path regenerate the same mask."""
+    return tl_rand(seed, offset + (bh * L + rows[:, None]) * S + cols[None, :]) >= p_drop
+
+
+@triton.jit
 def _head(H):
     """(b·H + h, b, h) of this program's batch-head (grid axis 1), 64-bit."""
     bh = tl.program_id(1).to(tl.int64)
@@ -68,9 +77,9 @@ def _head(H):
 
 @triton.jit
 def _attn_fwd_kernel(
-    Q, K, V, O, LSE, H, L, S, D, qk_scale,
+    Q, K, V, O, LSE, H, L, S, D, qk_scale, seed, offset, p_drop, drop_scale,
     s_qb, s_qh, s_ql, s_qd, s_kb, s_kh, s_ks, s_kd, s_vb, s_vh, s_vs, s_vd, s_ob, s_oh, s_ol, s_od,
-    CAUSAL: tl.constexpr, UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    CAUSAL: tl.constexpr, DROPOUT: tl.constexpr, UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
     pid_m = tl.program_id(0)
@@ -104,8 +113,10 @@ def _attn_fwd_kernel(
         shift = tl.where(m_new == -float("inf"), 0.0, m_new)
         p = tl.exp2(s - shift[:, None])
         alpha = tl.exp2(m_i - shift)
-        l_i = l_i * alpha + tl.sum(p, axis=1)
+        l_i = l_i * alpha + tl.sum(p, axis=1)  # the normalizer counts every key, dropped or not
         acc = acc * alpha[:, None]
+        if DROPOUT:  # out = (p ∘ keep / (1 - p_drop)) v
+            p = tl.where(_keep(seed, offset, p_drop, bh, L, S, offs_m, offs_n), p * drop_scale, 0.0)
         acc = tl.dot(p.to(v.dtype), v, acc, input_precision=INPUT_PRECISION)
         m_i = m_new
     out = acc / l_i[:, None]
@@ -116,10 +127,10 @@ def _attn_fwd_kernel(
 
 @triton.jit
 def _attn_bwd_dq_kernel(
-    Q, K, V, O, DO, DQ, LSE, DELTA, H, L, S, D, qk_scale, sm_scale,
+    Q, K, V, O, DO, DQ, LSE, DELTA, H, L, S, D, qk_scale, sm_scale, seed, offset, p_drop, drop_scale,
     s_qb, s_qh, s_ql, s_qd, s_kb, s_kh, s_ks, s_kd, s_vb, s_vh, s_vs, s_vd,
     s_ob, s_oh, s_ol, s_od, s_gb, s_gh, s_gl, s_gd, s_dqb, s_dqh, s_dql, s_dqd,
-    CAUSAL: tl.constexpr, UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    CAUSAL: tl.constexpr, DROPOUT: tl.constexpr, UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
     # One query block: delta = rowsum(dout ∘ out) (stored for the dk/dv kernel), then
@@ -155,6 +166,8 @@ def _attn_bwd_dq_kernel(
             valid = valid & (offs_n[None, :] <= offs_m[:, None])
         p = tl.where(valid, tl.exp2(s - lse[:, None]), 0.0)
         dp = tl.dot(do, tl.trans(v), input_precision=INPUT_PRECISION)
+        if DROPOUT:  # d/dp of (p ∘ keep / (1 - p_drop)) v; delta = rowsum(dout ∘ out) already has the mask in it
+            dp = tl.where(_keep(seed, offset, p_drop, bh, L, S, offs_m, offs_n), dp * drop_scale, 0.0)
         ds = p * (dp - delta[:, None])
         dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=INPUT_PRECISION)
     dq = dq * sm_scale
@@ -164,10 +177,10 @@ def _attn_bwd_dq_kernel(
 
 @triton.jit
 def _attn_bwd_dkdv_kernel(
-    Q, K, V, DO, DK, DV, LSE, DELTA, H, L, S, D, qk_scale, sm_scale,
+    Q, K, V, DO, DK, DV, LSE, DELTA, H, L, S, D, qk_scale, sm_scale, seed, offset, p_drop, drop_scale,
     s_qb, s_qh, s_ql, s_qd, s_kb, s_kh, s_ks, s_kd, s_vb, s_vh, s_vs, s_vd,
     s_gb, s_gh, s_gl, s_gd, s_dkb, s_dkh, s_dks, s_dkd, s_dvb, s_dvh, s_dvs, s_dvd,
-    CAUSAL: tl.constexpr, UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    CAUSAL: tl.constexpr, DROPOUT: tl.constexpr, UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
     # One key block: dv = Σ_query blocks pᵀ dout, dk = Σ dsᵀ q · scale (transposed tiles: rows are keys).
@@ -200,8 +213,13 @@ def _attn_bwd_dkdv_kernel(
         if CAUSAL:
             valid = valid & (offs_n[:, None] <= offs_m[None, :])
         pt = tl.where(valid, tl.exp2(st - lse[None, :]), 0.0)
-        dv = tl.dot(pt.to(do.dtype), do, dv, input_precision=INPUT_PRECISION)
         dpt = tl.dot(v, tl.trans(do), input_precision=INPUT_PRECISION)
+        if DROPOUT:  # the transposed tile's mask: rows are keys j, columns queries i
+            keep = tl.trans(_keep(seed, offset, p_drop, bh, L, S, offs_m, offs_n))
+            dv = tl.dot(tl.where(keep, pt * drop_scale, 0.0).to(do.dtype), do, dv, input_precision=INPUT_PRECISION)
+            dpt = tl.where(keep, dpt * drop_scale, 0.0)
+        else:
+            dv = tl.dot(pt.to(do.dtype), do, dv, input_precision=INPUT_PRECISION)
         dst = pt * (dpt - delta[None, :])
         dk = tl.dot(dst.to(q.dtype), q, dk, input_precision=INPUT_PRECISION)
     tl.store(DK + b * s_dkb + h * s_dkh + offs_n[:, None] * s_dks + offs_d[None, :] * s_dkd,
@@ -266,7 +284,15 @@ def _triton_ok(q, k, v):
     )
 
 
-def _triton_forward(q, k, v, causal, scale, allow_tf32):
+def _drop_args(drop):
+    """(seed, offset, p, 1/(1-p)) kernel arguments and the DROPOUT flag for ``drop`` = None or (p, seed, offset)."""
+    if drop is None:
+        return (0, 0, 0.0, 1.0), False
+    p, seed, offset = drop
+    return (int(seed), int(offset), float(p), 1.0 / (1.0 - p)), True
+
+
+def _triton_forward(q, k, v, causal, scale, allow_tf32, drop=None):
     xp = xp_of(q)
     q4, k4, v4 = _as4d(q), _as4d(k), _as4d(v)
     B, H, L, D = q4.shape
@@ -274,18 +300,19 @@ def _triton_forward(q, k, v, causal, scale, allow_tf32):
     o4 = xp.empty((B, H, L, D), dtype=q.dtype)
     lse = xp.empty((B * H, L), dtype=np.float32)
     prec = "tf32" if allow_tf32 else "ieee"
+    dargs, dropout = _drop_args(drop)
 
     def run(cfg):
         grid = (triton.cdiv(L, cfg["BLOCK_M"]), B * H)
         kernel_for(_attn_fwd_kernel, q4)[grid](
-            targ(q4), targ(k4), targ(v4), targ(o4), targ(lse), H, L, S, D, scale * _LOG2E,
+            targ(q4), targ(k4), targ(v4), targ(o4), targ(lse), H, L, S, D, scale * _LOG2E, *dargs,
             *_st(q4), *_st(k4), *_st(v4), *_st(o4),
-            CAUSAL=causal, UPCAST=_upcast(q4), INPUT_PRECISION=prec,
+            CAUSAL=causal, DROPOUT=dropout, UPCAST=_upcast(q4), INPUT_PRECISION=prec,
             BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_D=_block_d(D),
             num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
         )  # fmt: skip
 
-    key = (str(q.dtype), autotune.bucket(L), autotune.bucket(S), _block_d(D), bool(causal))
+    key = (str(q.dtype), autotune.bucket(L), autotune.bucket(S), _block_d(D), bool(causal), dropout)
     cfg = autotune.pick("attention_fwd", key, GPU_CONFIGS, run, like=q4, interpret_config=INTERPRET_CONFIG)
     run(cfg)
     return o4.reshape(q.shape[:-1] + (D,)), lse
@@ -300,12 +327,13 @@ def _triton_backward(res, dout):
     S = k4.shape[2]
     dq, dk, dv = (xp.empty(t.shape, dtype=q.dtype) for t in (q4, k4, v4))
     delta = xp.empty((B * H, L), dtype=np.float32)
-    common = dict(CAUSAL=causal, UPCAST=_upcast(q4), INPUT_PRECISION=prec, BLOCK_D=_block_d(D))
+    dargs, dropout = _drop_args(res.get("drop"))
+    common = dict(CAUSAL=causal, DROPOUT=dropout, UPCAST=_upcast(q4), INPUT_PRECISION=prec, BLOCK_D=_block_d(D))
 
     def run_dq(cfg):
         kernel_for(_attn_bwd_dq_kernel, q4)[(triton.cdiv(L, cfg["BLOCK_M"]), B * H)](
             targ(q4), targ(k4), targ(v4), targ(o4), targ(g4), targ(dq), targ(lse), targ(delta),
-            H, L, S, D, scale * _LOG2E, scale, *_st(q4), *_st(k4), *_st(v4), *_st(o4), *_st(g4), *_st(dq),
+            H, L, S, D, scale * _LOG2E, scale, *dargs, *_st(q4), *_st(k4), *_st(v4), *_st(o4), *_st(g4), *_st(dq),
             BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], num_warps=cfg["num_warps"],
             num_stages=cfg["num_stages"], **common,
         )  # fmt: skip
@@ -313,12 +341,12 @@ def _triton_backward(res, dout):
     def run_dkdv(cfg):
         kernel_for(_attn_bwd_dkdv_kernel, q4)[(triton.cdiv(S, cfg["BLOCK_N"]), B * H)](
             targ(q4), targ(k4), targ(v4), targ(g4), targ(dk), targ(dv), targ(lse), targ(delta),
-            H, L, S, D, scale * _LOG2E, scale, *_st(q4), *_st(k4), *_st(v4), *_st(g4), *_st(dk), *_st(dv),
+            H, L, S, D, scale * _LOG2E, scale, *dargs, *_st(q4), *_st(k4), *_st(v4), *_st(g4), *_st(dk), *_st(dv),
             BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], num_warps=cfg["num_warps"],
             num_stages=cfg["num_stages"], **common,
         )  # fmt: skip
 
-    key = (str(q.dtype), autotune.bucket(L), autotune.bucket(S), _block_d(D), bool(causal))
+    key = (str(q.dtype), autotune.bucket(L), autotune.bucket(S), _block_d(D), bool(causal), dropout)
     tune = {"like": q4, "interpret_config": INTERPRET_CONFIG}
     run_dq(autotune.pick("attention_bwd_dq", key, GPU_BWD_CONFIGS, run_dq, **tune))
     # dk/dv read the delta the dq kernel wrote: the dq launch (and any timing runs) precede it on the stream
@@ -336,7 +364,13 @@ def _ct(dtype):
     return np.float64 if np.dtype(dtype) == np.float64 else np.float32
 
 
-def _reference_forward(q, k, v, causal, scale):
+def _keep_ref(shape, drop, xp):
+    """The keep mask of (..., L, S) probabilities: the kernels' linear index over (B·H, L, S) is C order here."""
+    p, seed, offset = drop
+    return dropout_mask(shape, p, seed, offset, xp)
+
+
+def _reference_forward(q, k, v, causal, scale, drop=None):
     xp = xp_of(q)
     ct = _ct(q.dtype)
     qf, kf, vf = (t.astype(ct, copy=False) for t in (q, k, v))
@@ -350,8 +384,11 @@ def _reference_forward(q, k, v, causal, scale):
     p = xp.exp(s, out=s)
     den = p.sum(axis=-1, keepdims=True)
     p /= den
-    out = xp.matmul(p, vf).astype(q.dtype, copy=False)
-    return out, p
+    if drop is None:
+        return xp.matmul(p, vf).astype(q.dtype, copy=False), p
+    kept = p * _keep_ref(p.shape, drop, xp)
+    kept *= 1.0 / (1.0 - drop[0])
+    return xp.matmul(kept, vf).astype(q.dtype, copy=False), p
 
 
 def _reference_backward(res, dout):
@@ -360,8 +397,13 @@ def _reference_backward(res, dout):
     ct = _ct(q.dtype)
     qf, kf, vf, of = (t.astype(ct, copy=False) for t in (q, k, v, out))
     g = dout.astype(ct, copy=False)
-    dv = xp.matmul(xp.swapaxes(p, -1, -2), g)
     ds = xp.matmul(g, xp.swapaxes(vf, -1, -2))  # dp
+    if res.get("drop") is None:
+        dv = xp.matmul(xp.swapaxes(p, -1, -2), g)
+    else:  # out = (p ∘ keep / (1 - p_drop)) v
+        w = _keep_ref(p.shape, res["drop"], xp) * (1.0 / (1.0 - res["drop"][0]))
+        dv = xp.matmul(xp.swapaxes(p * w, -1, -2), g)
+        ds *= w
     ds -= (g * of).sum(axis=-1, keepdims=True)  # - delta
     ds *= p
     dq = xp.matmul(ds, kf)
@@ -393,22 +435,29 @@ def _check(q, k, v):
         )
 
 
-def attention_forward(q, k, v, *, causal=False, scale=None, allow_tf32=True):
-    """out = softmax(q kᵀ · scale [causal mask]) v; returns ``(out, residuals)``.
+def attention_forward(q, k, v, *, causal=False, scale=None, dropout_p=0.0, seed=0, offset=0, allow_tf32=True):
+    """out = softmax(q kᵀ · scale [causal mask]) [dropout] v; returns ``(out, residuals)``.
 
     q (..., L, D), k (..., S, D), v (..., S, Dv), one float dtype (float64: reference path only); leading
     dims broadcast on the reference path and must match on the Triton path (which also needs Dv == D <= 256).
     ``scale`` defaults to 1/√D; ``causal`` masks key j > query i. ``allow_tf32``: fp32 dots in TF32 (GPU).
+    ``dropout_p`` > 0 drops probabilities with dropout's counter-based generator: element (bh, i, j) of the
+    (B·H, L, S) probabilities is kept when tl.rand(seed, offset + (bh·L + i)·S + j) >= dropout_p (the caller
+    reserves B·H·L·S counters), and the backward regenerates the same mask.
     out has q's dtype and shape (..., L, Dv). The Triton path keeps one float32 logsumexp per query row in
     the residuals; the reference path keeps the probabilities.
     """
     _check(q, k, v)
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"attention: dropout_p must be in [0, 1), got {dropout_p}")
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-    res = {"q": q, "k": k, "v": v, "causal": bool(causal), "scale": scale, "allow_tf32": bool(allow_tf32)}
+    drop = (float(dropout_p), int(seed), int(offset)) if dropout_p > 0 else None
+    res = {"q": q, "k": k, "v": v, "causal": bool(causal), "scale": scale, "allow_tf32": bool(allow_tf32),
+           "drop": drop}  # fmt: skip
     if use_triton(q, k, v) and _triton_ok(q, k, v):
-        out, res["lse"] = _triton_forward(q, k, v, bool(causal), scale, bool(allow_tf32))
+        out, res["lse"] = _triton_forward(q, k, v, bool(causal), scale, bool(allow_tf32), drop)
     else:
-        out, res["p"] = _reference_forward(q, k, v, bool(causal), scale)
+        out, res["p"] = _reference_forward(q, k, v, bool(causal), scale, drop)
     res["out"] = out
     return out, res
 

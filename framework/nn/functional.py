@@ -795,9 +795,8 @@ def scaled_dot_product_attention(
     xp = xp_of(query._data)
     if is_causal and attn_mask is not None:
         raise RuntimeError("scaled_dot_product_attention: explicit attn_mask should not be set when is_causal=True")
-    if (attn_mask is None and not dropout_p and query.is_floating_point()
-            and query.dtype == key.dtype == value.dtype):  # fmt: skip
-        return _fused.attention(query, key, value, is_causal, sc)  # flash attention: no (L, S) matrix kept
+    if attn_mask is None and query.is_floating_point() and query.dtype == key.dtype == value.dtype and dropout_p < 1:
+        return _fused.attention(query, key, value, is_causal, sc, float(dropout_p))  # flash: no (L, S) matrix kept
     if is_causal:
         keep = _causal_keep(xp, lq, lk)
     elif attn_mask is not None:
@@ -914,8 +913,8 @@ def multi_head_attention_forward(
             add = cat([add, Tensor._make(xp.zeros(add.shape[:-1] + (extra,), dtype=add.dtype))], -1)
     drop = dropout_p if training else 0.0
     causal_only = is_causal and attn_mask is None and key_padding_mask is None and not extra
-    if not need_weights and not drop and add is None and (keep is None or causal_only) and q.dtype == v.dtype:
-        out = _fused.attention(q, k, v, causal_only, 1.0 / math.sqrt(hd))  # flash attention: no weights kept
+    if not need_weights and drop < 1 and add is None and (keep is None or causal_only) and q.dtype == v.dtype:
+        out = _fused.attention(q, k, v, causal_only, 1.0 / math.sqrt(hd), drop)  # flash attention: no weights kept
     else:
         out, attn = _attention(q, k, v, add, keep, drop, 1.0 / math.sqrt(hd))
     out = out.permute(0, 2, 1, 3).reshape(b, lq, e)

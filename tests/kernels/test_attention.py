@@ -15,18 +15,19 @@ BF16 = np.dtype(ml_dtypes.bfloat16)
 KERNELS = ("_attn_fwd_kernel", "_attn_bwd_dq_kernel", "_attn_bwd_dkdv_kernel")
 
 
-def np_attention(q, k, v, dout, causal, scale):
-    """out, dq, dk, dv in float64 from the explicit probabilities (an independent formulation)."""
+def np_attention(q, k, v, dout, causal, scale, keep=None, p=0.0):
+    """out, dq, dk, dv in float64 from the explicit probabilities (an independent formulation); with a dropout
+    ``keep`` mask: out = (P ∘ keep/(1-p)) v, and the softmax Jacobian is applied to dP ∘ keep/(1-p)."""
     q, k, v, g = (np.asarray(t).astype(np.float64) for t in (q, k, v, dout))
     s = q @ np.swapaxes(k, -1, -2) * scale
     if causal:
         s = np.where(np.tril(np.ones(s.shape[-2:], bool)), s, -np.inf)
-    p = np.exp(s - s.max(-1, keepdims=True))
-    p /= p.sum(-1, keepdims=True)
-    out = p @ v
-    dp = g @ np.swapaxes(v, -1, -2)
-    ds = p * (dp - (dp * p).sum(-1, keepdims=True))  # softmax Jacobian applied row by row
-    return out, ds @ k * scale, np.swapaxes(ds, -1, -2) @ q * scale, np.swapaxes(p, -1, -2) @ g
+    pr = np.exp(s - s.max(-1, keepdims=True))
+    pr /= pr.sum(-1, keepdims=True)
+    w = 1.0 if keep is None else keep / (1 - p)
+    dp = (g @ np.swapaxes(v, -1, -2)) * w
+    ds = pr * (dp - (dp * pr).sum(-1, keepdims=True))  # softmax Jacobian applied row by row
+    return (pr * w) @ v, ds @ k * scale, np.swapaxes(ds, -1, -2) @ q * scale, np.swapaxes(pr * w, -1, -2) @ g
 
 
 def rand(rng, shape, dtype):
@@ -115,3 +116,38 @@ def test_errors_name_shapes_and_dtypes(rng):
     out, res = at.attention_forward(q, q, q)
     with pytest.raises(ValueError, match="dout shape"):
         at.attention_backward(res, q[:1])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16], ids=["fp32", "fp16"])
+@pytest.mark.parametrize(
+    "shape,causal", [((1, 2, 7, 7, 5), True), ((2, 1, 33, 20, 16), False), ((1, 1, 17, 40, 8), True)]
+)
+def test_dropout_regenerates_the_same_mask(triton_path, monkeypatch, rng, shape, causal, dtype):
+    """Forward and both backward kernels draw keep = tl.rand(seed, offset + (bh·L + i)·S + j) >= p, bit for bit
+    the mask dropout_mask gives on the host; the reference path applies that mask too."""
+    from conch.kernels.dropout import dropout_mask
+
+    B, H, L, S, D = shape
+    q, k, v = (rand(rng, (B, H, n, D), dtype) for n in (L, S, S))
+    g = rand(rng, (B, H, L, D), dtype)
+    kw = dict(causal=causal, dropout_p=0.3, seed=11, offset=1000, allow_tf32=False)
+    out, res = at.attention_forward(dev(q), dev(k), dev(v), **kw)
+    grads = at.attention_backward(res, dev(g))
+    with monkeypatch.context() as m:
+        m.setenv("CONCH_KERNELS", "reference")
+        out_r, res_r = at.attention_forward(dev(q), dev(k), dev(v), **kw)
+        grads_r = at.attention_backward(res_r, dev(g))
+    keep = dropout_mask((B, H, L, S), 0.3, 11, 1000)
+    assert 0.5 < keep.mean() < 0.9  # a mask, not all kept
+    want = np_attention(q, k, v, g, causal, 1 / math.sqrt(D), keep, 0.3)
+    for got, ref, exp in zip((out, *grads), (out_r, *grads_r), want):
+        assert_close(host(got), host(ref), dtype, table=MATMUL_TOL, scale=2)
+        assert_close(host(got), exp, dtype, table=MATMUL_TOL, scale=2)
+    other, _ = at.attention_forward(dev(q), dev(k), dev(v), **{**kw, "offset": 1000 + B * H * L * S})
+    assert not np.allclose(host(other), host(out))  # the next counters give another mask
+
+
+def test_dropout_p_is_checked(rng):
+    q = rand(rng, (2, 3, 4), np.float32)
+    with pytest.raises(ValueError, match=r"dropout_p must be in \[0, 1\)"):
+        at.attention_forward(q, q, q, dropout_p=1.0)
