@@ -951,3 +951,98 @@ def test_conv_transpose2d_module_output_size_and_errors():
         F.conv_transpose2d(x, up.weight, None, stride=1, output_padding=1)
     with pytest.raises(ValueError, match="padding_mode='zeros'"):
         nn.ConvTranspose2d(4, 3, 3, padding_mode="reflect")
+
+
+# ---------------------------------------------------------------- 1-D pooling, InstanceNorm, channel dropout
+
+
+def ref_pool1d(x, k, s, p, op, pad_value, count_include_pad=True):
+    """Sliding windows over the last dim of (N, C, L) with ``pad_value`` padding; ``op`` reduces each window."""
+    n, c, length = x.shape
+    xp = np.pad(x, ((0, 0), (0, 0), (p, p)), constant_values=pad_value)
+    out_len = (length + 2 * p - k) // s + 1
+    out = np.empty((n, c, out_len))
+    for i in range(out_len):
+        win = xp[:, :, i * s : i * s + k]
+        if op == "max":
+            out[:, :, i] = win.max(-1)
+        else:
+            real = min(i * s + k, length + p) - max(i * s, p)  # the window's elements inside the input
+            out[:, :, i] = win.sum(-1) / (k if count_include_pad else real)
+    return out
+
+
+@pytest.mark.parametrize("k,s,p", [(3, 1, 0), (3, 2, 1), (4, 3, 2), (2, 2, 0)])
+def test_pool1d_against_numpy_and_gradcheck(k, s, p):
+    x = np.random.default_rng(k + s + p).standard_normal((2, 3, 11))
+    np.testing.assert_allclose(npv(F.max_pool1d(t64(x), k, s, p)), ref_pool1d(x, k, s, p, "max", -np.inf))
+    np.testing.assert_allclose(npv(nn.AvgPool1d(k, s, p)(t64(x))), ref_pool1d(x, k, s, p, "avg", 0.0), rtol=1e-12)
+    np.testing.assert_allclose(npv(F.avg_pool1d(t64(x), k, s, p, count_include_pad=False)),
+                               ref_pool1d(x, k, s, p, "avg", 0.0, count_include_pad=False), rtol=1e-12)  # fmt: skip
+    out, idx = nn.MaxPool1d(k, s, p, return_indices=True)(t64(x))
+    np.testing.assert_array_equal(np.take_along_axis(x, npv(idx), -1), npv(out))  # indices index L
+    gradcheck(lambda t: F.max_pool1d(t, k, s, p), (t64(x[:1]),))
+    gradcheck(lambda t: F.avg_pool1d(t, k, s, p), (t64(x[:1]),))
+
+
+@pytest.mark.parametrize("length,out_len", [(11, 4), (8, 8), (5, 7), (9, 1)])
+def test_adaptive_avg_pool1d_windows(length, out_len):
+    x = np.random.default_rng(length).standard_normal((2, 3, length))
+    want = np.stack(
+        [x[..., (i * length) // out_len : -(-(i + 1) * length // out_len)].mean(-1) for i in range(out_len)], -1
+    )
+    np.testing.assert_allclose(npv(nn.AdaptiveAvgPool1d(out_len)(t64(x))), want, rtol=1e-12)
+    gradcheck(lambda t: F.adaptive_avg_pool1d(t, out_len), (t64(x[:1]),))
+
+
+def test_instance_norm_statistics_running_stats_and_gradcheck():
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((2, 3, 4, 5)) * 2 + 1
+    m = nn.InstanceNorm2d(3, affine=True, track_running_stats=True).double()
+    randomize(m)
+    rm0, rv0 = npv(m.running_mean).copy(), npv(m.running_var).copy()
+    flat = x.reshape(2, 3, -1)
+    mu, var = flat.mean(-1, keepdims=True), flat.var(-1, keepdims=True)
+    w, b = npv(m.weight)[:, None, None], npv(m.bias)[:, None, None]
+    want = ((flat - mu) / np.sqrt(var + 1e-5)).reshape(x.shape) * w + b
+    np.testing.assert_allclose(npv(m(t64(x))), want, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(npv(m.running_mean), 0.9 * rm0 + 0.1 * flat.mean(-1).mean(0), rtol=1e-12)
+    np.testing.assert_allclose(npv(m.running_var), 0.9 * rv0 + 0.1 * flat.var(-1, ddof=1).mean(0), rtol=1e-12)
+    m.eval()  # eval normalises with the running statistics
+    rm, rv = npv(m.running_mean)[:, None, None], npv(m.running_var)[:, None, None]
+    want = (x - rm) / np.sqrt(rv + 1e-5) * npv(m.weight)[:, None, None] + npv(m.bias)[:, None, None]
+    np.testing.assert_allclose(npv(m(t64(x))), want, rtol=1e-10, atol=1e-12)
+    plain = nn.InstanceNorm1d(3).double()
+    assert plain.weight is None and plain.running_mean is None
+    assert plain(t64(x[0, :, 0])).shape == (3, 5)  # unbatched (C, L)
+    gradcheck(lambda t: plain(t), (t64(x[:1, :, 0]),))
+    with pytest.raises(ValueError, match="expected 2D or 3D input"):
+        plain(t64(x))
+
+
+def test_channel_dropout_zeros_whole_channels():
+    x = np.random.default_rng(9).standard_normal((4, 6, 3, 5)) + 5  # no zeros in the input
+    conch.manual_seed(0)
+    y = npv(nn.Dropout2d(0.5)(t64(x, grad=False)))
+    ratio = (y / x).reshape(4, 6, -1)
+    assert np.allclose(ratio.min(-1), ratio.max(-1))  # one decision per (sample, channel)
+    assert set(np.round(ratio[..., 0].ravel(), 12)) == {0.0, 2.0}
+    conch.manual_seed(0)
+    np.testing.assert_array_equal(npv(F.dropout2d(t64(x, grad=False), 0.5)), y)  # the same seed, the same mask
+    d1 = nn.Dropout1d(0.3)
+    conch.manual_seed(1)
+    r1 = (npv(d1(t64(x[:, :, 0], grad=False))) / x[:, :, 0]).round(12)
+    assert np.allclose(r1.min(-1), r1.max(-1)) and set(r1[:, :, 0].ravel()) <= {0.0, round(1 / 0.7, 12)}
+    d1.eval()
+    np.testing.assert_array_equal(npv(d1(t64(x[:, :, 0], grad=False))), x[:, :, 0])
+    t = t64(x[:1, :2, :1, :2])
+    conch.manual_seed(2)
+    t2 = F.dropout2d(t, 0.4)
+    t2.sum().backward()
+    np.testing.assert_allclose(npv(t.grad), npv(t2) / x[:1, :2, :1, :2])  # the gradient is the mask / (1-p)
+    with pytest.warns(UserWarning, match="3D input to dropout2d"):
+        F.dropout2d(t64(x[0], grad=False), 0.5)
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        F.dropout1d(t64(x[0, :, 0], grad=False), 1.5)
+    with pytest.raises(RuntimeError, match="dropout1d"):
+        F.dropout1d(t64(x, grad=False), 0.5)

@@ -36,8 +36,19 @@ from .activation import (
 )
 from .attention import MultiheadAttention, NonDynamicallyQuantizableLinear
 from .container import ModuleDict, ModuleList, ParameterDict, ParameterList, Sequential
-from .conv import AdaptiveAvgPool2d, AvgPool2d, Conv1d, Conv2d, ConvTranspose2d, MaxPool2d, Upsample
-from .linear import Dropout, Embedding, Flatten, Identity, Linear, Unflatten
+from .conv import (
+    AdaptiveAvgPool1d,
+    AdaptiveAvgPool2d,
+    AvgPool1d,
+    AvgPool2d,
+    Conv1d,
+    Conv2d,
+    ConvTranspose2d,
+    MaxPool1d,
+    MaxPool2d,
+    Upsample,
+)
+from .linear import Dropout, Dropout1d, Dropout2d, Embedding, Flatten, Identity, Linear, Unflatten
 from .loss import (
     BCELoss,
     BCEWithLogitsLoss,
@@ -50,7 +61,7 @@ from .loss import (
     SmoothL1Loss,
 )
 from .module import Module, RemovableHandle
-from .norm import BatchNorm1d, BatchNorm2d, GroupNorm, LayerNorm, RMSNorm
+from .norm import BatchNorm1d, BatchNorm2d, GroupNorm, InstanceNorm1d, InstanceNorm2d, LayerNorm, RMSNorm
 from .parameter import Buffer, Parameter
 from .rnn import GRU, LSTM
 from .transformer import TransformerEncoder, TransformerEncoderLayer
@@ -72,6 +83,13 @@ __all__ = [
     "Conv1d",
     "Conv2d",
     "ConvTranspose2d",
+    "MaxPool1d",
+    "AvgPool1d",
+    "AdaptiveAvgPool1d",
+    "Dropout1d",
+    "Dropout2d",
+    "InstanceNorm1d",
+    "InstanceNorm2d",
     "Upsample",
     "GroupNorm",
     "LSTM",

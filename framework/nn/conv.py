@@ -259,3 +259,36 @@ class ConvTranspose2d(_ConvNd):
             head, sep, tail = s.partition(", dilation=") if ", dilation=" in s else (s, "", "")
             s = head + f", output_padding={self.output_padding}" + sep + tail
         return s
+
+
+class MaxPool1d(MaxPool2d):
+    """Max over windows of (N, C, L) (stride defaults to kernel_size; padding counts as -inf)."""
+
+    def forward(self, input):
+        return F.max_pool1d(
+            input, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode, self.return_indices
+        )
+
+
+class AvgPool1d(Module):
+    """Mean over windows of (N, C, L) (``count_include_pad`` counts zero padding in the divisor)."""
+
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True):
+        super().__init__()
+        self.kernel_size = _ntuple(kernel_size, 1, "kernel_size")
+        self.stride = _ntuple(stride if stride is not None else kernel_size, 1, "stride")
+        self.padding = _ntuple(padding, 1, "padding")
+        self.ceil_mode, self.count_include_pad = ceil_mode, count_include_pad
+
+    def forward(self, input):
+        return F.avg_pool1d(input, self.kernel_size, self.stride, self.padding, self.ceil_mode, self.count_include_pad)
+
+    def extra_repr(self):
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+
+
+class AdaptiveAvgPool1d(AdaptiveAvgPool2d):
+    """Average (N, C, L) into a fixed output length."""
+
+    def forward(self, input):
+        return F.adaptive_avg_pool1d(input, self.output_size)

@@ -1378,3 +1378,106 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
     if bias is not None:
         y = y + bias.to(dtype=y.dtype).reshape(1, cout, 1, 1)
     return y.squeeze(0) if unbatched else y
+
+
+# ---------------------------------------------------------------- 1-D pooling and channel dropout
+
+
+def _single(v, name):
+    t = (int(v),) if isinstance(v, numbers.Integral) else tuple(int(i) for i in v)
+    if len(t) != 1:
+        raise ValueError(f"{name} must be an int or a 1-tuple, got {v}")
+    return t[0]
+
+
+def _as_2d(input, name):
+    if input.ndim not in (2, 3):
+        raise RuntimeError(f"{name}: expected 2-D (C, L) or 3-D (N, C, L) input, got size {list(input.shape)}")
+    return input.unsqueeze(-2)  # (.., C, 1, L): the 2-D kernels with a height-1 window
+
+
+def max_pool1d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
+    """Max over windows of (N, C, L) or (C, L), as max_pool2d over a height-1 image (indices index L)."""
+    k = _single(kernel_size, "kernel_size")
+    s = k if stride is None or stride == [] else _single(stride, "stride")
+    out = max_pool2d(_as_2d(input, "max_pool1d"), (1, k), (1, s), (0, _single(padding, "padding")),
+                     (1, _single(dilation, "dilation")), ceil_mode, return_indices)  # fmt: skip
+    if return_indices:
+        return out[0].squeeze(-2), out[1].squeeze(-2)
+    return out.squeeze(-2)
+
+
+def avg_pool1d(input, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True):
+    """Mean over windows of (N, C, L) or (C, L), with avg_pool2d's divisor rules."""
+    k = _single(kernel_size, "kernel_size")
+    s = k if stride is None or stride == [] else _single(stride, "stride")
+    x = _as_2d(input, "avg_pool1d")
+    return avg_pool2d(x, (1, k), (1, s), (0, _single(padding, "padding")), ceil_mode, count_include_pad).squeeze(-2)
+
+
+def adaptive_avg_pool1d(input, output_size):
+    """Mean over PyTorch's adaptive windows of L: (N, C, L) -> (N, C, output_size)."""
+    x = _as_2d(input, "adaptive_avg_pool1d")
+    return adaptive_avg_pool2d(x, (1, _single(output_size, "output_size"))).squeeze(-2)
+
+
+def _channel_dropout(input, p, training, inplace, name, batched_ndim):
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
+    if input.ndim not in (batched_ndim - 1, batched_ndim):
+        raise RuntimeError(
+            f"{name}: expected {batched_ndim - 1}-D (unbatched) or {batched_ndim}-D (batched) input, got size "
+            f"{list(input.shape)}"
+        )
+    if not training or p == 0.0:
+        return input
+    from conch.kernels.dropout import dropout_mask
+
+    from ..creation import philox_seed_offset
+
+    lead = input.shape[: input.ndim - (batched_ndim - 2)]  # (N, C) or (C,): one draw per channel
+    n = int(np.prod(lead, dtype=np.int64))
+    seed, offset = philox_seed_offset(n)
+    keep = dropout_mask(lead, p, seed, offset, xp=xp_of(input._data)) if p < 1 else np.zeros(lead, bool)
+    scale = 0.0 if p == 1 else 1.0 / (1.0 - p)
+    m = (keep * scale).astype(input.dtype).reshape(lead + (1,) * (batched_ndim - 2))
+    return _inplace(input, input * Tensor._make(xp_of(input._data).asarray(m)), inplace, f"{name}_")
+
+
+def dropout1d(input, p=0.5, training=True, inplace=False):
+    """Zero whole channels of (N, C, L) or (C, L) with probability p, scaling the rest by 1/(1-p)."""
+    return _channel_dropout(input, p, training, inplace, "dropout1d", 3)
+
+
+def dropout2d(input, p=0.5, training=True, inplace=False):
+    """Zero whole channels of (N, C, H, W) with probability p, scaling the rest by 1/(1-p). A 3-D input is taken
+    as (N, C, L) with a warning, as PyTorch does."""
+    if input.ndim == 3:
+        import warnings
+
+        warnings.warn(
+            "dropout2d: Received a 3D input to dropout2d and assuming that channel-wise 1D dropout behavior is "
+            "desired - input is interpreted as shape (N, C, L), where C is the channel dim.",
+            UserWarning,
+            stacklevel=2,
+        )
+        return _channel_dropout(input, p, training, inplace, "dropout2d", 3)
+    return _channel_dropout(input, p, training, inplace, "dropout2d", 4)
+
+
+def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=None, use_input_stats=True,
+                  momentum=0.1, eps=1e-5):  # fmt: skip
+    """Normalise each (sample, channel) of (N, C, *) over its positions (or with running statistics when
+    ``use_input_stats=False``), then per-channel ``weight``/``bias``."""
+    if not use_input_stats:
+        return batch_norm(input, running_mean, running_var, weight, bias, False, 0.0, eps)
+    if running_mean is not None and running_var is not None:
+        from ..autograd.grad_mode import no_grad
+
+        with no_grad():
+            # the per-instance means and unbiased variances, averaged over the batch (PyTorch's update)
+            flat = input.reshape(input.shape[0], input.shape[1], -1)
+            mean, var = flat.mean(-1).mean(0), flat.var(-1, unbiased=True).mean(0)
+            running_mean.mul_(1 - momentum).add_(mean.to(dtype=running_mean.dtype) * momentum)
+            running_var.mul_(1 - momentum).add_(var.to(dtype=running_var.dtype) * momentum)
+    return group_norm(input, input.shape[1], weight, bias, eps)

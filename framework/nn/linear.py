@@ -190,6 +190,20 @@ class Dropout(Module):
         return f"p={self.p}, inplace={self.inplace}"
 
 
+class Dropout1d(Dropout):
+    """Zero whole channels of (N, C, L) or (C, L) with probability ``p`` in training (scale the rest by 1/(1-p))."""
+
+    def forward(self, input):
+        return F.dropout1d(input, self.p, self.training, self.inplace)
+
+
+class Dropout2d(Dropout):
+    """Zero whole channels of (N, C, H, W) with probability ``p`` in training (scale the rest by 1/(1-p))."""
+
+    def forward(self, input):
+        return F.dropout2d(input, self.p, self.training, self.inplace)
+
+
 class Flatten(Module):
     """Flatten dims ``start_dim..end_dim`` into one: (N, C, H, W) -> (N, C·H·W) by default."""
 

@@ -1,4 +1,4 @@
-"""Normalisation layers: LayerNorm, RMSNorm, GroupNorm, BatchNorm1d and BatchNorm2d."""
+"""Normalisation layers: LayerNorm, RMSNorm, GroupNorm, BatchNorm1d/2d and InstanceNorm1d/2d."""
 
 from __future__ import annotations
 
@@ -170,8 +170,10 @@ class _BatchNorm(Module):
             self.eps,
         )
 
+    _repr_bias = False  # InstanceNorm prints bias= also without affine, as PyTorch
+
     def extra_repr(self):
-        bias = f", bias={self.bias is not None}" if self.affine else ""
+        bias = f", bias={self.bias is not None}" if self.affine or self._repr_bias else ""
         return (
             f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}{bias}, "
             f"track_running_stats={self.track_running_stats}"
@@ -224,3 +226,51 @@ class GroupNorm(Module):
     def extra_repr(self):
         head = f"{self.num_groups}, {self.num_channels}, eps={self.eps}"
         return f"{head}, affine={self.affine}, bias={self.bias is not None}"
+
+
+class _InstanceNorm(_BatchNorm):
+    """Normalise each (sample, channel) over its positions, as PyTorch's InstanceNorm: weight/bias only with
+    ``affine=True``, running statistics only with ``track_running_stats=True`` (then updated in training with
+    the per-instance means and unbiased variances averaged over the batch, and used in eval)."""
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=False, track_running_stats=False, device=None,
+                 dtype=None, bias=True):  # fmt: skip
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype, bias)
+
+    def forward(self, input):
+        unbatched = input.ndim == self._expected_dims[0]
+        if input.ndim not in self._expected_dims:
+            want = " or ".join(f"{d}D" for d in self._expected_dims)
+            raise ValueError(
+                f"{type(self).__name__}: expected {want} input (got {input.ndim}D input of size {list(input.shape)})"
+            )
+        x = input.unsqueeze(0) if unbatched else input
+        if x.shape[1] != self.num_features:
+            raise ValueError(
+                f"{type(self).__name__}: expected input with {self.num_features} channels, got input of size "
+                f"{list(input.shape)}"
+            )
+        use_input = self.training or not self.track_running_stats
+        factor, stats = 0.0, (None, None)
+        if self.training and self.track_running_stats:
+            # as PyTorch: num_batches_tracked stays 0 and momentum=None means no update (not a cumulative mean)
+            factor = 0.0 if self.momentum is None else self.momentum
+            stats = (self.running_mean, self.running_var)
+        elif not use_input:
+            stats = (self.running_mean, self.running_var)
+        y = F.instance_norm(x, *stats, self.weight, self.bias, use_input, factor, self.eps)
+        return y.squeeze(0) if unbatched else y
+
+    _repr_bias = True
+
+
+class InstanceNorm1d(_InstanceNorm):
+    """Instance norm over (N, C, L) or unbatched (C, L)."""
+
+    _expected_dims = (2, 3)
+
+
+class InstanceNorm2d(_InstanceNorm):
+    """Instance norm over (N, C, H, W) or unbatched (C, H, W)."""
+
+    _expected_dims = (3, 4)
