@@ -121,3 +121,61 @@ def test_dropout_masks_match_across_devices():
         conch.manual_seed(7)
         outs.append(_host(F.dropout(conch.ones(64, 33, device=dev), 0.3)))
     np.testing.assert_array_equal(outs[0], outs[1])
+
+
+def _same_on_both(fn, arrays, rtol=1e-4, atol=1e-5):
+    """fn(*tensors) on "cpu" and "cuda" (float32 inputs that require grad): outputs and input gradients agree."""
+    res = {}
+    for dev in ("cpu", "cuda"):
+        ts = [conch.tensor(a, device=dev, requires_grad=a.dtype.kind == "f") for a in arrays]
+        out = fn(*ts)
+        out = out if isinstance(out, tuple) else (out,)
+        g = np.random.default_rng(1).standard_normal(out[0].shape).astype(np.float32)
+        out[0].backward(conch.tensor(g, device=dev))
+        res[dev] = [_host(o) for o in out] + [_host(t.grad) for t in ts if t.grad is not None]
+    for c, g in zip(res["cpu"], res["cuda"]):
+        np.testing.assert_allclose(g, c, rtol=rtol, atol=atol)
+
+
+def test_flash_attention_and_its_dropout_agree_across_devices():
+    rng = np.random.default_rng(2)
+    q, k, v = (rng.standard_normal((2, 3, 37, 16)).astype(np.float32) for _ in range(3))
+    conch.set_float32_matmul_precision("highest")
+    try:
+        _same_on_both(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True), [q, k, v])
+
+        def dropped(q, k, v):
+            conch.manual_seed(5)  # the same Philox stream on both devices: the same mask
+            return F.scaled_dot_product_attention(q, k, v, dropout_p=0.2)
+
+        _same_on_both(dropped, [q, k, v])
+    finally:
+        conch.set_float32_matmul_precision("high")
+
+
+def test_in_place_views_sort_gather_and_recurrent_layers_on_the_gpu():
+    rng = np.random.default_rng(3)
+    x, w = rng.standard_normal((4, 6)).astype(np.float32), rng.standard_normal((2, 6)).astype(np.float32)
+
+    def in_place(x, w):
+        h = x * 2
+        early = h[1]
+        h[0] += w[0]
+        h.T[1:].mul_(2.0)
+        h.diagonal().zero_()
+        return h + early.sum()
+
+    _same_on_both(in_place, [x, w])
+    idx = rng.integers(0, 6, (4, 3))
+    _same_on_both(lambda x, i: x.topk(3, dim=1).values * x.gather(1, i), [x, idx])
+    _same_on_both(lambda x, i: x.scatter_add(1, i, x[:, :3]).sort(1, descending=True).values, [x, idx])
+    conch.manual_seed(0)
+    lstm = nn.LSTM(6, 5, num_layers=2, bidirectional=True)
+    sd = lstm.state_dict()
+
+    def run(x):
+        m = nn.LSTM(6, 5, num_layers=2, bidirectional=True).to(x.device)
+        m.load_state_dict({k: v.to(x.device) for k, v in sd.items()})
+        return m(x.reshape(4, 1, 6))[0]
+
+    _same_on_both(run, [x], rtol=2e-3, atol=2e-4)
