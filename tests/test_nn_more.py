@@ -1046,3 +1046,37 @@ def test_channel_dropout_zeros_whole_channels():
         F.dropout1d(t64(x[0, :, 0], grad=False), 1.5)
     with pytest.raises(RuntimeError, match="dropout1d"):
         F.dropout1d(t64(x, grad=False), 0.5)
+
+
+# ---------------------------------------------------------------- unfold / fold
+
+
+def ref_unfold(x, k, d, p, s):
+    """Blocks by explicit indexing: column (c, i, j) of block (r, q) is x_pad[c, r·sh + i·dh, q·sw + j·dw]."""
+    n, c, h, w = x.shape
+    xp = np.pad(x, ((0, 0), (0, 0), (p[0], p[0]), (p[1], p[1])))
+    oh, ow = ((h + 2 * p[0] - d[0] * (k[0] - 1) - 1) // s[0] + 1, (w + 2 * p[1] - d[1] * (k[1] - 1) - 1) // s[1] + 1)
+    out = np.empty((n, c, k[0], k[1], oh, ow))
+    for i in range(k[0]):
+        for j in range(k[1]):
+            out[:, :, i, j] = xp[:, :, i * d[0] : i * d[0] + s[0] * (oh - 1) + 1 : s[0],
+                                 j * d[1] : j * d[1] + s[1] * (ow - 1) + 1 : s[1]]  # fmt: skip
+    return out.reshape(n, c * k[0] * k[1], oh * ow)
+
+
+@pytest.mark.parametrize(
+    "k,d,p,s", [((3, 3), (1, 1), (0, 0), (1, 1)), ((2, 3), (2, 1), (1, 1), (2, 1)), ((2, 2), (1, 1), (0, 0), (2, 2))]
+)
+def test_unfold_fold_against_numpy_adjoint_and_gradcheck(k, d, p, s):
+    rng = np.random.default_rng(sum(k) + sum(s))
+    x = rng.standard_normal((2, 3, 7, 6))
+    cols = F.unfold(t64(x), k, d, p, s)
+    np.testing.assert_allclose(npv(cols), ref_unfold(x, k, d, p, s))
+    y = rng.standard_normal(cols.shape)
+    # fold is unfold's adjoint: <unfold(x), y> = <x, fold(y)>
+    folded = npv(nn.Fold((7, 6), k, d, p, s)(t64(y, grad=False)))
+    np.testing.assert_allclose((ref_unfold(x, k, d, p, s) * y).sum(), (x * folded).sum(), rtol=1e-12)
+    gradcheck(lambda t: nn.Unfold(k, d, p, s)(t), (t64(x[:1, :2]),))
+    gradcheck(lambda t: F.fold(t, (7, 6), k, d, p, s), (t64(y[:1, : cols.shape[1] // 3 * 2]),))
+    with pytest.raises(RuntimeError, match="fold: expected input of size"):
+        F.fold(t64(y[:, :, :-1], grad=False), (7, 6), k, d, p, s)

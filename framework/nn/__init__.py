@@ -44,8 +44,10 @@ from .conv import (
     Conv1d,
     Conv2d,
     ConvTranspose2d,
+    Fold,
     MaxPool1d,
     MaxPool2d,
+    Unfold,
     Upsample,
 )
 from .linear import Dropout, Dropout1d, Dropout2d, Embedding, Flatten, Identity, Linear, Unflatten
@@ -84,6 +86,8 @@ __all__ = [
     "Conv2d",
     "ConvTranspose2d",
     "MaxPool1d",
+    "Unfold",
+    "Fold",
     "AvgPool1d",
     "AdaptiveAvgPool1d",
     "Dropout1d",

@@ -1481,3 +1481,45 @@ def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=
             running_mean.mul_(1 - momentum).add_(mean.to(dtype=running_mean.dtype) * momentum)
             running_var.mul_(1 - momentum).add_(var.to(dtype=running_var.dtype) * momentum)
     return group_norm(input, input.shape[1], weight, bias, eps)
+
+
+# ---------------------------------------------------------------- unfold / fold (im2col / col2im)
+
+
+def _fold_geom(name, spatial, kernel_size, dilation, padding, stride):
+    k, d, p, s = (_pair(v, n) for v, n in ((kernel_size, "kernel_size"), (dilation, "dilation"),
+                                            (padding, "padding"), (stride, "stride")))  # fmt: skip
+    if min(k) < 1 or min(d) < 1 or min(s) < 1 or min(p) < 0:
+        raise ValueError(f"{name}: kernel_size, dilation and stride must be positive and padding non-negative")
+    out = tuple((n + 2 * pi - di * (ki - 1) - 1) // si + 1 for n, pi, di, ki, si in zip(spatial, p, d, k, s))
+    if min(out) < 1:
+        raise RuntimeError(f"{name}: the {k} kernel (dilation {d}) does not fit the padded input of size {spatial}")
+    return (k, s, d, (p[0], p[0], p[1], p[1]), out)
+
+
+def unfold(input, kernel_size, dilation=1, padding=0, stride=1):
+    """Sliding blocks (im2col): (N, C, H, W) -> (N, C·kh·kw, L) with L the number of block positions, as
+    torch.nn.functional.unfold; the gradient sums the blocks back (fold)."""
+    if input.ndim not in (3, 4):
+        raise RuntimeError(f"unfold: expected 3-D or 4-D input, got size {list(input.shape)}")
+    x = input.unsqueeze(0) if input.ndim == 3 else input
+    geom = _fold_geom("unfold", x.shape[2:], kernel_size, dilation, padding, stride)
+    out = _Im2col.apply(x, geom=geom)
+    return out.squeeze(0) if input.ndim == 3 else out
+
+
+def fold(input, output_size, kernel_size, dilation=1, padding=0, stride=1):
+    """The adjoint of unfold (col2im): (N, C·kh·kw, L) -> (N, C, H, W), overlapping block entries summed."""
+    if input.ndim not in (2, 3):
+        raise RuntimeError(f"fold: expected 2-D or 3-D input, got size {list(input.shape)}")
+    x = input.unsqueeze(0) if input.ndim == 2 else input
+    hw = _pair(output_size, "output_size")
+    geom = _fold_geom("fold", hw, kernel_size, dilation, padding, stride)
+    kk, n_blocks = geom[0][0] * geom[0][1], geom[4][0] * geom[4][1]
+    if x.shape[1] % kk or x.shape[2] != n_blocks:
+        raise RuntimeError(
+            f"fold: expected input of size (N, C·{kk}, {n_blocks}) for output_size {hw} and kernel_size {geom[0]}, "
+            f"got {list(input.shape)}"
+        )
+    out = _Col2im.apply(x, geom=geom, in_shape=(x.shape[0], x.shape[1] // kk) + hw)
+    return out.squeeze(0) if input.ndim == 2 else out
