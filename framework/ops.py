@@ -470,6 +470,39 @@ class Sum(Op):
         return g.expand(*ctx.shape)
 
 
+class PNorm(Op):
+    """‖x‖_p over ``dim`` (None: all) for finite p != 1; half precision accumulates in float32.
+
+    d/dx = sign(x)·|x|^(p-1) / ‖x‖^(p-1) (x / ‖x‖ for p = 2), and 0 where the norm is 0: PyTorch's
+    subgradient, where sqrt(Σx²) composed of ops would give 0·∞ = NaN.
+    """
+
+    saves = (0, "out")
+
+    @staticmethod
+    def forward(ctx, a, p, dim, keepdim):
+        ctx.p, ctx.dim, ctx.keepdim = p, dim, keepdim
+        xp = xp_of(a)
+        acc = _acc_dtype(a.dtype)
+        x = a if acc is None else a.astype(acc)
+        if p == 2:
+            out = xp.sqrt((x * x).sum(axis=dim, keepdims=keepdim))
+        else:
+            out = (xp.abs(x) ** p).sum(axis=dim, keepdims=keepdim) ** (1.0 / p)
+        return out.astype(a.dtype, copy=False)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, out = ctx.saved_tensors
+        if not ctx.keepdim:
+            shape = _keep_shape(x.shape, ctx.dim) if ctx.dim is not None else (1,) * x.ndim
+            g, out = g.reshape(shape), out.reshape(shape)
+        safe = out.masked_fill(out._data == 0, 1)  # where the norm is 0, x is 0 too: the gradient is 0
+        if ctx.p == 2:
+            return g * x / safe
+        return g * x.sign() * x.abs() ** (ctx.p - 1) / safe ** (ctx.p - 1)
+
+
 class Mean(Op):
     @staticmethod
     def forward(ctx, a, dim, keepdim):

@@ -968,14 +968,15 @@ class Tensor(TensorOpsMixin):
         return _const(xp_of(self._data).asarray(self._data.any(axis=_norm_dims(dim, self.ndim), keepdims=keepdim)))
 
     def norm(self, p=2, dim=None, keepdim=False):
-        self = _fp32("norm", self)
-        if p == 2:
-            return (self * self).sum(dim, keepdim).sqrt()
+        self = _fp32("norm", _floating(self))
         if p == 1:
             return self.abs().sum(dim, keepdim)
         if p == float("inf"):
             return self.abs().amax(dim, keepdim)
-        return (self.abs() ** p).sum(dim, keepdim) ** (1.0 / p)
+        if p == 0:
+            return (self != 0).to(dtype=self.dtype).sum(dim, keepdim)
+        d = _norm_dims(dim if dim != () else None, self.ndim)
+        return ops.PNorm.apply(self, p=float(p), dim=d, keepdim=bool(keepdim) and d is not None)
 
     def logsumexp(self, dim, keepdim=False):
         self = _fp32("logsumexp", self)

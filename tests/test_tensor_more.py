@@ -1172,3 +1172,28 @@ def test_errors(device, name):
     _, fn, exc, match = next(e for e in _errors(device) if e[0] == name)
     with pytest.raises(exc, match=match):
         fn()
+
+
+# ---------------------------------------------------------------- p-norms: gradients, also at zero
+
+
+@pytest.mark.parametrize("p", [2, 3, 1.5])
+@pytest.mark.parametrize("dim,keepdim", [(None, False), (1, False), ((0, 1), True), (-1, True)])
+def test_norm_values_and_gradcheck(p, dim, keepdim):
+    x = rnd(3, 4, seed=7)
+    axis = tuple(dim) if isinstance(dim, tuple) else dim
+    want = (np.abs(x) ** p).sum(axis=axis, keepdims=keepdim) ** (1 / p)
+    t = conch.tensor(x, requires_grad=True)
+    np.testing.assert_allclose(t.norm(p, dim, keepdim).detach().numpy(), want, rtol=1e-12)
+    assert gradcheck(lambda t: t.norm(p, dim, keepdim), (t,))
+
+
+def test_norm_gradient_is_zero_where_the_norm_is_zero():
+    # d‖x‖/dx = x/‖x‖ has no limit at 0; PyTorch's subgradient there is 0, where sqrt(Σx²) gives NaN
+    x = conch.tensor([[0.0, 0.0, 0.0], [3.0, 4.0, 0.0]], dtype=conch.float64, requires_grad=True)
+    (x.norm(dim=1).sum() + x.norm(3, dim=1).sum()).backward()
+    r3 = np.array([3.0, 4.0, 0.0]) ** 2 / (27 + 64) ** (2 / 3)  # x²/‖x‖₃² for p = 3
+    np.testing.assert_allclose(x.grad.numpy(), [[0, 0, 0], [0.6 + r3[0], 0.8 + r3[1], 0]], rtol=1e-12)
+    z = conch.zeros(2, 3, requires_grad=True)
+    conch.nn.functional.normalize(z, dim=1).sum().backward()
+    assert np.isfinite(z.grad.numpy()).all()
