@@ -38,18 +38,24 @@ from ._tensor_more import (
     addmm,
     allclose,
     baddbmm,
+    bernoulli,
     bincount,
     bmm,
+    broadcast_tensors,
+    cdist,
     diag,
+    dist,
     equal,
     ger,
     isclose,
+    meshgrid,
     mm,
     multinomial,
     outer,
+    set_printoptions,
     unique,
 )
-from .autograd.grad_mode import enable_grad, is_grad_enabled, no_grad, set_grad_enabled
+from .autograd.grad_mode import enable_grad, inference_mode, is_grad_enabled, no_grad, set_grad_enabled
 from .creation import (
     arange,
     as_tensor,
@@ -135,7 +141,7 @@ for _n in (
     "logical_not", "prod", "cumprod", "count_nonzero", "aminmax", "std_mean", "var_mean", "median", "kthvalue",
     "sort", "argsort", "msort", "topk", "gather", "take_along_dim", "scatter", "scatter_add", "index_select",
     "masked_select", "nonzero", "argwhere", "narrow", "select", "movedim", "moveaxis", "diagonal", "tril", "triu",
-    "roll", "tile", "diff", "nelement",
+    "roll", "tile", "diff", "nelement", "repeat_interleave",
 ):  # fmt: skip
     if _n not in globals():
         globals()[_n] = _method(_n)

@@ -764,6 +764,22 @@ class TensorOpsMixin:
         dims = tuple(dims[0]) if len(dims) == 1 and isinstance(dims[0], (tuple, list)) else tuple(dims)
         return self.repeat(*((1,) * (self.ndim - len(dims)) + dims))
 
+    def repeat_interleave(self, repeats, dim=None, output_size=None):
+        """Each element (or slice along ``dim``) repeated ``repeats`` times (an int, or one count per element);
+        ``dim=None`` flattens first. Differentiable (an index_select)."""
+        x, d = (self.reshape(-1), 0) if dim is None else (self, _dim(int(dim), self.ndim))
+        n = x.shape[d]
+        reps = repeats._data if isinstance(repeats, _T()) else repeats
+        if hasattr(reps, "get"):
+            reps = reps.get()
+        reps = np.asarray(reps, dtype=np.int64)
+        if reps.ndim > 1 or (reps.ndim == 1 and reps.shape[0] not in (1, n)):
+            raise RuntimeError(f"repeat_interleave: repeats must have shape ({n},) or be a number, got {reps.shape}")
+        if (reps < 0).any():
+            raise RuntimeError("repeat_interleave: repeats can not be negative")
+        idx = np.repeat(np.arange(n), np.broadcast_to(reps.reshape(-1), (n,)))
+        return x.index_select(d, _const(xp_of(self._data).asarray(idx)))
+
     def diff(self, n=1, dim=-1, prepend=None, append=None):
         from .tensor import cat
 
@@ -921,7 +937,78 @@ def multinomial(input, num_samples, replacement=False, generator=None):
     return _const(idx if input.ndim == 2 else idx.reshape(-1))
 
 
+def bernoulli(input, p=None, generator=None):
+    """1 with probability ``p`` (default: the values of ``input``, in [0, 1]) and 0 otherwise, in input's dtype."""
+    from .creation import rand
+
+    probs = input if p is None else p
+    pa = probs._data if isinstance(probs, _T()) else probs
+    if bool((xp_of(input._data).asarray(pa) < 0).any()) or bool((xp_of(input._data).asarray(pa) > 1).any()):
+        raise RuntimeError("bernoulli: all probabilities must be in [0, 1]")
+    u = rand(*input.shape, dtype=D.float64, device=input.device, generator=generator)._data
+    return _const((u < pa).astype(input.dtype if input.dtype.kind == "f" else D.get_default_dtype()))
+
+
+def broadcast_tensors(*tensors):
+    """The tensors expanded (as views) to their common broadcast shape."""
+    shape = np.broadcast_shapes(*(t.shape for t in tensors))
+    return tuple(t if t.shape == shape else t.expand(*shape) for t in tensors)
+
+
+def meshgrid(*tensors, indexing="ij"):
+    """Coordinate grids from 1-D tensors: with ``indexing="ij"`` output i varies along dim i ("xy" swaps the
+    first two dims, as NumPy's). Each grid is an expanded view (gradients sum back)."""
+    ts = tensors[0] if len(tensors) == 1 and isinstance(tensors[0], (list, tuple)) else tensors
+    if indexing not in ("ij", "xy"):
+        raise ValueError(f"meshgrid: indexing must be 'ij' or 'xy', got {indexing!r}")
+    if any(t.ndim > 1 for t in ts):
+        raise RuntimeError(f"meshgrid: expects 0-D or 1-D tensors, got shapes {[tuple(t.shape) for t in ts]}")
+    ts = [t.reshape(-1) for t in ts]
+    swap = indexing == "xy" and len(ts) >= 2
+    order = [1, 0] + list(range(2, len(ts))) if swap else list(range(len(ts)))
+    shape = tuple(ts[i].shape[0] for i in order)
+    out = []
+    for i, t in enumerate(ts):
+        pos = order.index(i)
+        view = [1] * len(ts)
+        view[pos] = -1
+        out.append(t.reshape(view).expand(*shape))
+    return tuple(out)
+
+
+def dist(input, other, p=2):
+    """‖input - other‖_p over all elements."""
+    return (input - other).norm(p)
+
+
+def cdist(x1, x2, p=2.0):
+    """Pairwise p-norm distances: x1 (..., P, M), x2 (..., R, M) -> (..., P, R), computed from the differences
+    (exact, and a zero gradient where two rows coincide, as PyTorch's)."""
+    if x1.shape[-1] != x2.shape[-1]:
+        raise RuntimeError(
+            f"cdist: X1 and X2 must have the same number of columns, got {tuple(x1.shape)} and {tuple(x2.shape)}"
+        )
+    return (x1.unsqueeze(-2) - x2.unsqueeze(-3)).norm(p, -1)
+
+
+def set_printoptions(precision=None, threshold=None, edgeitems=None, linewidth=None, profile=None, sci_mode=None):
+    """How tensors print (NumPy's print options underneath): ``profile`` "default", "short" or "full"."""
+    opts = {}
+    if profile is not None:
+        opts.update({"default": dict(precision=4, threshold=1000, edgeitems=3, linewidth=80),
+                     "short": dict(precision=2, threshold=1000, edgeitems=2, linewidth=80),
+                     "full": dict(precision=4, threshold=np.inf, edgeitems=3, linewidth=80)}[profile])  # fmt: skip
+    for k, v in (("precision", precision), ("threshold", threshold), ("edgeitems", edgeitems),
+                 ("linewidth", linewidth)):  # fmt: skip
+        if v is not None:
+            opts[k] = v
+    if sci_mode is not None:
+        opts["suppress"] = not sci_mode
+    np.set_printoptions(**opts)
+
+
 __all__ = [
     "TensorOpsMixin", "ValuesIndices", "MinMax", "outer", "ger", "bmm", "mm", "addmm", "baddbmm", "diag",
-    "allclose", "isclose", "equal", "unique", "bincount", "multinomial",
+    "allclose", "isclose", "equal", "unique", "bincount", "multinomial", "bernoulli", "broadcast_tensors",
+    "meshgrid", "dist", "cdist", "set_printoptions",
 ]  # fmt: skip

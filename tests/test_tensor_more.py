@@ -1197,3 +1197,89 @@ def test_norm_gradient_is_zero_where_the_norm_is_zero():
     z = conch.zeros(2, 3, requires_grad=True)
     conch.nn.functional.normalize(z, dim=1).sum().backward()
     assert np.isfinite(z.grad.numpy()).all()
+
+
+# ---------------------------------------------------------------- repeat_interleave, meshgrid, cdist, bernoulli...
+
+
+def test_repeat_interleave_against_numpy_and_gradcheck():
+    x = rnd(3, 4, seed=3)
+    t = conch.tensor(x, requires_grad=True)
+    np.testing.assert_array_equal(t.repeat_interleave(2).detach().numpy(), np.repeat(x, 2))
+    reps = [2, 0, 3]
+    out = conch.repeat_interleave(t, conch.tensor(reps), dim=0)
+    np.testing.assert_array_equal(out.detach().numpy(), np.repeat(x, reps, axis=0))
+    assert gradcheck(lambda t: t.repeat_interleave(conch.tensor([1, 2, 0, 3]), dim=1), (t,))
+    with pytest.raises(RuntimeError, match="repeats must have shape"):
+        t.repeat_interleave(conch.tensor([1, 2]), dim=0)
+    with pytest.raises(RuntimeError, match="negative"):
+        t.repeat_interleave(-1)
+
+
+@pytest.mark.parametrize("indexing", ["ij", "xy"])
+def test_meshgrid_and_broadcast_tensors(indexing):
+    a, b, c = rnd(3, seed=1), rnd(2, seed=2), rnd(4, seed=3)
+    ts = [conch.tensor(v, requires_grad=True) for v in (a, b, c)]
+    got = conch.meshgrid(*ts, indexing=indexing)
+    for g, w in zip(got, np.meshgrid(a, b, c, indexing=indexing)):
+        np.testing.assert_array_equal(g.detach().numpy(), w)
+    assert gradcheck(lambda a, b: [g * 1.0 for g in conch.meshgrid(a, b, indexing=indexing)], tuple(ts[:2]))
+    x, y = conch.broadcast_tensors(conch.ones(3, 1), conch.zeros(4))
+    assert x.shape == y.shape == (3, 4)
+
+
+def test_cdist_dist_against_numpy_and_zero_distance_gradient():
+    a, b = rnd(4, 3, seed=4), rnd(5, 3, seed=5)
+    for p in (2.0, 1.0, 3.0):
+        want = (np.abs(a[:, None] - b[None]) ** p).sum(-1) ** (1 / p)
+        ta, tb = conch.tensor(a, requires_grad=True), conch.tensor(b, requires_grad=True)
+        np.testing.assert_allclose(conch.cdist(ta, tb, p).detach().numpy(), want, rtol=1e-12)
+        assert gradcheck(lambda x, y, p=p: conch.cdist(x, y, p), (ta, tb))
+    b[1] = a[2]  # a coinciding pair: its distance is 0 and its gradient 0, not NaN
+    ta = conch.tensor(a, requires_grad=True)
+    conch.cdist(ta, conch.tensor(b)).sum().backward()
+    assert np.isfinite(ta.grad.numpy()).all()
+    np.testing.assert_allclose(conch.dist(conch.tensor(a), conch.tensor(a * 0)).item(), np.sqrt((a * a).sum()))
+
+
+def test_bernoulli_statistics_seed_and_range():
+    conch.manual_seed(0)
+    probs = conch.tensor(np.linspace(0, 1, 5)).reshape(5, 1).expand(5, 4000)
+    draws = conch.bernoulli(probs).numpy()
+    assert set(np.unique(draws)) <= {0.0, 1.0} and draws[0].sum() == 0 and draws[-1].sum() == 4000
+    np.testing.assert_allclose(draws.mean(1), np.linspace(0, 1, 5), atol=0.03)
+    conch.manual_seed(0)
+    np.testing.assert_array_equal(conch.bernoulli(probs).numpy(), draws)
+    with pytest.raises(RuntimeError, match=r"\[0, 1\]"):
+        conch.bernoulli(conch.tensor([1.5]))
+
+
+def test_inference_mode_forms():
+    w = conch.ones(2, requires_grad=True)
+    with conch.inference_mode():
+        assert not (w * 2).requires_grad
+    assert conch.is_grad_enabled()
+
+    @conch.inference_mode
+    def bare(x):
+        return x * 2
+
+    @conch.inference_mode()
+    def called(x):
+        return x * 2
+
+    assert not bare(w).requires_grad and not called(w).requires_grad
+    with conch.inference_mode(False):
+        assert (w * 2).requires_grad
+
+
+def test_set_printoptions_changes_the_repr():
+    x = conch.tensor([1.0 / 3.0])
+    saved = np.get_printoptions()
+    try:
+        conch.set_printoptions(precision=2)
+        assert "0.33" in repr(x) and "0.333" not in repr(x)
+        conch.set_printoptions(profile="full")
+        assert "..." not in repr(conch.arange(3000))
+    finally:
+        np.set_printoptions(**saved)  # NumPy's print options are global: leave them as found

@@ -1,4 +1,4 @@
-"""Whether operations record the graph: ``no_grad`` / ``enable_grad`` / ``set_grad_enabled``."""
+"""Whether operations record the graph: ``no_grad`` / ``enable_grad`` / ``set_grad_enabled`` / ``inference_mode``."""
 
 from __future__ import annotations
 
@@ -47,6 +47,38 @@ class no_grad(_GradMode):
     """Disable graph recording: ``with conch.no_grad(): ...``, ``@conch.no_grad()`` or ``@conch.no_grad``."""
 
     mode = False
+
+
+class inference_mode(_GradMode):
+    """``with conch.inference_mode(): ...`` (or a decorator): no graph is recorded, as ``no_grad``.
+
+    PyTorch's inference mode also skips version counting on the tensors it makes; conch's counters cost
+    nothing to skip, so here it is ``no_grad`` under PyTorch's name (``inference_mode(False)`` records).
+    """
+
+    def __new__(cls, mode=True):
+        self = object.__new__(cls)
+        if callable(mode) and not isinstance(mode, bool):  # bare ``@conch.inference_mode``
+            self.mode = False
+            return self(mode)
+        return self
+
+    def __init__(self, mode: bool = True):
+        self.mode = not mode
+
+    def __call__(self, fn):
+        enabled = self.mode
+
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            prev = _enabled[0]
+            _enabled[0] = enabled
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                _enabled[0] = prev
+
+        return wrapper
 
 
 class enable_grad(_GradMode):
