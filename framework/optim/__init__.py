@@ -1,4 +1,4 @@
-"""conch.optim: optimizers (SGD, Adam, AdamW, RMSprop, Adagrad) and learning-rate schedulers.
+"""conch.optim: optimizers (SGD, Adam, AdamW, RMSprop, Adagrad, RAdam, NAdam, Adamax) and learning-rate schedulers.
 
 Example::
 
@@ -14,6 +14,7 @@ Example::
 from . import lr_scheduler
 from .adagrad import Adagrad
 from .adam import Adam, AdamW
+from .adam_variants import Adamax, NAdam, RAdam
 from .optimizer import Optimizer, is_bitwise_torch, required, set_bitwise_torch
 from .rmsprop import RMSprop
 from .sgd import SGD
@@ -25,6 +26,9 @@ __all__ = [
     "AdamW",
     "RMSprop",
     "Adagrad",
+    "RAdam",
+    "NAdam",
+    "Adamax",
     "lr_scheduler",
     "required",
     "set_bitwise_torch",
