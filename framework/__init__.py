@@ -160,6 +160,19 @@ def isnan(t):
     return Tensor._make(xp_of(t._data).isnan(t._data))
 
 
+def compile(model=None, *, fullgraph=False, dynamic=None, backend="inductor", mode=None, options=None, disable=False):
+    """``torch.compile``'s name and signature: conch has no graph compiler (its speed comes from the fused
+    kernels), so the module or function comes back unchanged and scripts written for PyTorch 2 run as they are.
+
+    Example: ``model = conch.compile(model)`` or ``@conch.compile`` / ``@conch.compile(mode="max-autotune")``.
+    """
+    if model is None:
+        return lambda m: m
+    if not callable(model):
+        raise TypeError(f"compile expects a Module or a function, got {type(model).__name__}")
+    return model
+
+
 def set_float32_matmul_precision(precision: str) -> None:
     """``"highest"``: exact float32 matmuls on the GPU; ``"high"`` (default) or ``"medium"``: TF32 allowed."""
     from ._fused import set_float32_matmul_precision as _set

@@ -1283,3 +1283,16 @@ def test_set_printoptions_changes_the_repr():
         assert "..." not in repr(conch.arange(3000))
     finally:
         np.set_printoptions(**saved)  # NumPy's print options are global: leave them as found
+
+
+def test_compile_returns_the_model_unchanged():
+    model = conch.nn.Linear(3, 2)
+    assert conch.compile(model) is model and conch.compile(mode="max-autotune")(model) is model
+
+    @conch.compile
+    def f(x):
+        return x * 2
+
+    assert f(conch.ones(2)).tolist() == [2.0, 2.0]
+    with pytest.raises(TypeError, match="Module or a function"):
+        conch.compile(3)
