@@ -1080,3 +1080,52 @@ def test_unfold_fold_against_numpy_adjoint_and_gradcheck(k, d, p, s):
     gradcheck(lambda t: F.fold(t, (7, 6), k, d, p, s), (t64(y[:1, : cols.shape[1] // 3 * 2]),))
     with pytest.raises(RuntimeError, match="fold: expected input of size"):
         F.fold(t64(y[:, :, :-1], grad=False), (7, 6), k, d, p, s)
+
+
+# ---------------------------------------------------------------- packed sequences
+
+
+def test_pack_pad_round_trip_and_layout():
+    from conch.nn.utils.rnn import pack_padded_sequence, pack_sequence, pad_packed_sequence, pad_sequence
+
+    rng = np.random.default_rng(12)
+    seqs = [rng.standard_normal((n, 2)) for n in (3, 5, 1)]
+    padded = pad_sequence([t64(s) for s in seqs], batch_first=True, padding_value=-7.0)
+    assert padded.shape == (3, 5, 2) and npv(padded)[2, 1:].tolist() == [[-7.0, -7.0]] * 4
+    packed = pack_padded_sequence(padded, [3, 5, 1], batch_first=True, enforce_sorted=False)
+    assert packed.batch_sizes.tolist() == [3, 2, 2, 1, 1]  # sequences still running at each step
+    # time-major, longest first: step 0 of (5, 3, 1)-long sequences, then step 1 of the two longer ones...
+    want = np.concatenate(
+        [np.stack([s[t] for s in sorted(seqs, key=len, reverse=True) if len(s) > t]) for t in range(5)]
+    )
+    np.testing.assert_array_equal(npv(packed.data), want)
+    back, lengths = pad_packed_sequence(packed, batch_first=True, padding_value=-7.0)
+    np.testing.assert_array_equal(npv(back), npv(padded))
+    assert lengths.tolist() == [3, 5, 1]
+    gradcheck(lambda t: pack_padded_sequence(t, [3, 5, 1], batch_first=True, enforce_sorted=False).data,
+              (t64(npv(padded)),))  # fmt: skip
+    with pytest.raises(RuntimeError, match="sorted in decreasing order"):
+        pack_sequence([t64(s) for s in seqs])
+    with pytest.raises(ValueError, match="total_length"):
+        pad_packed_sequence(packed, total_length=3)
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_packed_rnn_equals_running_each_sequence_alone(kind, bidirectional):
+    """The reference: each sequence through the same module on its own, unpadded."""
+    from conch.nn.utils.rnn import pack_sequence, pad_packed_sequence
+
+    rng = np.random.default_rng(13)
+    seqs = [rng.standard_normal((n, 3)) for n in (2, 4, 3)]
+    rnn = getattr(nn, kind)(3, 4, num_layers=2, bidirectional=bidirectional).double()
+    out, h = rnn(pack_sequence([t64(s) for s in seqs], enforce_sorted=False))
+    padded, lengths = pad_packed_sequence(out)
+    h_n = h[0] if kind == "LSTM" else h
+    for b, s in enumerate(seqs):
+        alone, h_alone = rnn(t64(s, grad=False))  # unbatched (L, H_in)
+        h_alone = h_alone[0] if kind == "LSTM" else h_alone
+        np.testing.assert_allclose(npv(padded)[: len(s), b], npv(alone), rtol=1e-10, atol=1e-12)
+        assert np.all(npv(padded)[len(s) :, b] == 0)
+        np.testing.assert_allclose(npv(h_n)[:, b], npv(h_alone), rtol=1e-10, atol=1e-12)
+    assert lengths.tolist() == [2, 4, 3]

@@ -403,3 +403,30 @@ FCASES = [
 @pytest.mark.parametrize("make,args", [c[1:] for c in FCASES], ids=[c[0] for c in FCASES])
 def test_functional_matches_torch(request, make, args):
     _fcheck(make(F), make(TF), args, grad_rtol=LOOSE_GRAD.get(request.node.callspec.id, RTOL))
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+@pytest.mark.parametrize("layers,bidirectional", [(1, False), (2, True)])
+def test_packed_sequences_match_torch(kind, layers, bidirectional):
+    from conch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+    trnn = torch.nn.utils.rnn
+    cm = getattr(nn, kind)(4, 3, num_layers=layers, bidirectional=bidirectional).double()
+    tm = getattr(torch.nn, kind)(4, 3, num_layers=layers, bidirectional=bidirectional).double()
+    _copy_to_torch(cm, tm)
+    x, lens = _rand(5, 4, 4), [3, 5, 2, 5]
+    xc, xt = conch.tensor(x, requires_grad=True), torch.tensor(x, requires_grad=True)
+    hx = _rand(layers * (1 + bidirectional), 4, 3)
+    args_c = (conch.tensor(hx), conch.tensor(hx)) if kind == "LSTM" else conch.tensor(hx)
+    args_t = (torch.tensor(hx), torch.tensor(hx)) if kind == "LSTM" else torch.tensor(hx)
+    oc, hc = cm(pack_padded_sequence(xc, lens, enforce_sorted=False), args_c)
+    ot, ht = tm(trnn.pack_padded_sequence(xt, lens, enforce_sorted=False), args_t)
+    pc, _ = pad_packed_sequence(oc)
+    pt, _ = trnn.pad_packed_sequence(ot)
+    np.testing.assert_allclose(_npy(pc), _npy(pt), rtol=RTOL, atol=ATOL)
+    for a, b in zip(_flat(hc), _flat(ht)):
+        np.testing.assert_allclose(_npy(a), _npy(b), rtol=RTOL, atol=ATOL)
+    g = _rand(*pt.shape)
+    (pc * conch.tensor(g)).sum().backward()
+    (pt * torch.tensor(g)).sum().backward()
+    np.testing.assert_allclose(_npy(xc.grad), _npy(xt.grad), rtol=RTOL, atol=ATOL)

@@ -8,6 +8,8 @@ the hidden projection runs step by step. The maths (σ = sigmoid, ∘ = elementw
     GRU:  r, z = σ of the first two thirds of (W_ih x + b_ih + W_hh h + b_hh)
           n = tanh(W_in x + b_in + r ∘ (W_hn h + b_hn)),   h' = (1 - z) ∘ n + z ∘ h
 
+A PackedSequence input (``conch.nn.utils.rnn``) runs only the real steps of each sequence.
+
 Example::
 
     lstm = conch.nn.LSTM(8, 16, num_layers=2, batch_first=True)
@@ -18,12 +20,15 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from ..creation import empty, zeros
 from ..tensor import cat, stack
 from . import functional as F
 from . import init
 from .module import Module
 from .parameter import Parameter
+from .utils.rnn import PackedSequence
 
 
 class _RNNBase(Module):
@@ -78,45 +83,74 @@ class _RNNBase(Module):
     def _step(self, xw, state, w_hh, b_hh):
         raise NotImplementedError
 
-    def _run(self, x, states):
-        """x (T, N, H_in); states: per (layer, direction) initial state -> (output (T, N, D·H), final states)."""
+    def _run(self, data, batch_sizes, states):
+        """The recurrence over time-major rows ``data`` (Σ batch_sizes, H_in): at step t the first batch_sizes[t]
+        rows advance. A padded batch (T, N) has batch_sizes N at every step; in a packed one the sequences still
+        running come first, so the finished ones keep their last state (their h_n). ``states``: one per
+        (layer, direction), an h (GRU) or an (h, c) pair (LSTM). Returns the last layer's rows and the finals."""
         dirs = 2 if self.bidirectional else 1
+        offs = np.concatenate(([0], np.cumsum(batch_sizes)))
         finals = []
         for layer in range(self.num_layers):
             outs = []
             for d, sfx in enumerate(("", "_reverse")[:dirs]):
                 w_ih, w_hh, b_ih, b_hh = self._weights(layer, sfx)
-                t_len, n = x.shape[0], x.shape[1]
-                xw = F.linear(x.reshape(t_len * n, x.shape[2]), w_ih, b_ih).reshape(t_len, n, -1)
+                xw = F.linear(data, w_ih, b_ih)  # the input projection of every step: one matmul
                 state = states[layer * dirs + d]
-                hs = [None] * t_len
-                for t in range(t_len - 1, -1, -1) if d else range(t_len):
-                    state = self._step(xw[t], state, w_hh, b_hh)
-                    hs[t] = state[0] if isinstance(state, tuple) else state
-                outs.append(stack(hs, 0))
+                pair = isinstance(state, tuple)
+                hs = [None] * len(batch_sizes)
+                for t in range(len(batch_sizes) - 1, -1, -1) if d else range(len(batch_sizes)):
+                    bs = int(batch_sizes[t])
+                    live = tuple(v[:bs] for v in state) if pair else state[:bs]
+                    new = self._step(xw[int(offs[t]) : int(offs[t]) + bs], live, w_hh, b_hh)
+                    new_t, old_t = (new, state) if pair else ((new,), (state,))
+                    merged = tuple(n if bs == o.shape[0] else cat([n, o[bs:]], 0) for n, o in zip(new_t, old_t))
+                    state = merged if pair else merged[0]
+                    hs[t] = new_t[0]
+                outs.append(cat(hs, 0))
                 finals.append(state)
-            x = outs[0] if dirs == 1 else cat(outs, 2)
+            data = outs[0] if dirs == 1 else cat(outs, 1)
             if self.dropout and self.training and layer < self.num_layers - 1:
-                x = F.dropout(x, self.dropout, True)
-        return x, finals
+                data = F.dropout(data, self.dropout, True)
+        return data, finals
 
-    def _prepare(self, input, hx_parts):
-        """(T, N, H_in) input, unbatched flag, and the checked initial states (L·D, N, H) (zeros when None)."""
-        if input.ndim not in (2, 3):
-            raise ValueError(
-                f"{type(self).__name__}: Expected input to be 2D or 3D, got {input.ndim}D tensor of shape "
-                f"{tuple(input.shape)}"
-            )
-        unbatched = input.ndim == 2
-        x = input.unsqueeze(1) if unbatched else (input.transpose(0, 1) if self.batch_first else input)
-        if x.shape[2] != self.input_size:
+    def _forward(self, input, hx_parts):
+        """Shared by LSTM and GRU: ``hx_parts`` is (h0,) or (h0, c0); returns (output, final state parts)."""
+        packed = isinstance(input, PackedSequence)
+        if packed:
+            data, batch_sizes = input.data, np.asarray(input.batch_sizes._data, dtype=np.int64)
+            n, unbatched = int(batch_sizes[0]), False
+        else:
+            if input.ndim not in (2, 3):
+                raise ValueError(
+                    f"{type(self).__name__}: Expected input to be 2D or 3D, got {input.ndim}D tensor of shape "
+                    f"{tuple(input.shape)}"
+                )
+            unbatched = input.ndim == 2
+            x = input.unsqueeze(1) if unbatched else (input.transpose(0, 1) if self.batch_first else input)
+            t_len, n = x.shape[0], x.shape[1]
+            data, batch_sizes = x.reshape(t_len * n, x.shape[2]), np.full(t_len, n, dtype=np.int64)
+        if data.shape[-1] != self.input_size:
             raise RuntimeError(
                 f"{type(self).__name__}: input.size(-1) must be equal to input_size. Expected {self.input_size}, "
-                f"got {x.shape[2]}"
+                f"got {data.shape[-1]}"
             )
-        n = x.shape[1]
-        dirs = 2 if self.bidirectional else 1
-        want = (self.num_layers * dirs, n, self.hidden_size)
+        parts = self._initial_states(hx_parts, n, data, unbatched, input.sorted_indices if packed else None)
+        per = [tuple(p[i] for p in parts) if len(parts) == 2 else parts[0][i] for i in range(parts[0].shape[0])]
+        out, finals = self._run(data, batch_sizes, per)
+        stacks = [stack([f[j] for f in finals], 0) for j in range(2)] if len(parts) == 2 else [stack(finals, 0)]
+        if packed:
+            if input.unsorted_indices is not None:  # the states go back in the caller's batch order
+                stacks = [v.index_select(1, input.unsorted_indices) for v in stacks]
+            return type(input)(out, input.batch_sizes, input.sorted_indices, input.unsorted_indices), stacks
+        out = out.reshape(len(batch_sizes), n, -1)
+        if unbatched:
+            return out.squeeze(1), [v.squeeze(1) for v in stacks]
+        return (out.transpose(0, 1) if self.batch_first else out), stacks
+
+    def _initial_states(self, hx_parts, n, like, unbatched, sorted_indices):
+        """The checked initial states (L·D, N, H), zeros where not given, in the order the rows run in."""
+        want = (self.num_layers * (2 if self.bidirectional else 1), n, self.hidden_size)
         given = [h for h in hx_parts if h is not None]
         if unbatched and any(h.ndim != 2 for h in given):
             names = "hx and cx" if len(hx_parts) == 2 else "hx"
@@ -125,18 +159,13 @@ class _RNNBase(Module):
         parts = []
         for h in hx_parts:
             if h is None:
-                parts.append(zeros(*want, dtype=x.dtype, device=x.device))
+                parts.append(zeros(*want, dtype=like.dtype, device=like.device))
                 continue
             h = h.unsqueeze(1) if unbatched else h
             if tuple(h.shape) != want:
                 raise RuntimeError(f"Expected hidden size {want}, got {tuple(h.shape)}")
-            parts.append(h)
-        return x, unbatched, parts
-
-    def _finish(self, out, unbatched):
-        if unbatched:
-            return out.squeeze(1)
-        return out.transpose(0, 1) if self.batch_first else out
+            parts.append(h if sorted_indices is None else h.index_select(1, sorted_indices))
+        return parts
 
 
 class LSTM(_RNNBase):
@@ -158,13 +187,8 @@ class LSTM(_RNNBase):
         return o.sigmoid() * c.tanh(), c
 
     def forward(self, input, hx=None):
-        h0, c0 = (None, None) if hx is None else hx
-        x, unbatched, (h0, c0) = self._prepare(input, (h0, c0))
-        out, finals = self._run(x, list(zip(h0.unbind(0), c0.unbind(0))))
-        h_n, c_n = stack([s[0] for s in finals], 0), stack([s[1] for s in finals], 0)
-        if unbatched:
-            h_n, c_n = h_n.squeeze(1), c_n.squeeze(1)
-        return self._finish(out, unbatched), (h_n, c_n)
+        out, (h_n, c_n) = self._forward(input, (None, None) if hx is None else tuple(hx))
+        return out, (h_n, c_n)
 
 
 class GRU(_RNNBase):
@@ -186,7 +210,5 @@ class GRU(_RNNBase):
         return n + z * (h - n)  # (1 - z) n + z h
 
     def forward(self, input, hx=None):
-        x, unbatched, (h0,) = self._prepare(input, (hx,))
-        out, finals = self._run(x, list(h0.unbind(0)))
-        h_n = stack(finals, 0)
-        return self._finish(out, unbatched), (h_n.squeeze(1) if unbatched else h_n)
+        out, (h_n,) = self._forward(input, (hx,))
+        return out, h_n

@@ -6,9 +6,9 @@ import math
 
 import numpy as np
 
-from .._backend import xp_of
-from ..autograd.grad_mode import no_grad
-from ..tensor import Tensor
+from ..._backend import xp_of
+from ...autograd.grad_mode import no_grad
+from ...tensor import Tensor
 
 
 def _params(parameters):
@@ -131,7 +131,7 @@ def clip_grad_value_(parameters, clip_value, foreach=None):
 
 def parameters_to_vector(parameters):
     """All parameters flattened and concatenated into one 1-D tensor (differentiable)."""
-    from ..tensor import cat
+    from ...tensor import cat
 
     ps = _params(parameters)
     if not ps:
