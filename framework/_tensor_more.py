@@ -17,23 +17,19 @@ import numpy as np
 from . import _dtype as D
 from . import ops
 from ._backend import xp_of
-from .autograd import function as _fn
 from .autograd.function import Op
 
 
 def _T():
-    return _fn.Tensor
+    return _tensor.Tensor
 
 
 def _const(arr):
-    return _fn.Tensor._make(arr)
+    return _tensor._const(arr)
 
 
 def _dim(d, ndim):
-    n = max(ndim, 1)
-    if not -n <= d < n:
-        raise IndexError(f"Dimension out of range (expected to be in range of [{-n}, {n - 1}], but got {d})")
-    return d % n
+    return _tensor._norm_dim(d, ndim)
 
 
 class _Named(tuple):
@@ -70,12 +66,12 @@ class Rounding(Op):
     @staticmethod
     def forward(ctx, a, fn, decimals):
         xp = xp_of(a)
-        if a.dtype.kind in "iub":
+        if fn == "sign":
+            return xp.sign(a)
+        if a.dtype.kind in "iub":  # integers are already whole
             return a.copy()
         if fn == "round":
             return xp.round(a, decimals).astype(a.dtype, copy=False)  # half to even, as PyTorch
-        if fn == "sign":
-            return xp.sign(a)
         return getattr(xp, fn)(a).astype(a.dtype, copy=False)
 
     @staticmethod
@@ -1012,3 +1008,6 @@ __all__ = [
     "allclose", "isclose", "equal", "unique", "bincount", "multinomial", "bernoulli", "broadcast_tensors",
     "meshgrid", "dist", "cdist", "set_printoptions",
 ]  # fmt: skip
+
+# last: tensor.py imports TensorOpsMixin from here, and the helpers above look its names up at call time
+from . import tensor as _tensor  # noqa: E402

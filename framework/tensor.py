@@ -593,7 +593,7 @@ class Tensor(TensorOpsMixin):
                 f"being modified in place ({name}) with grad mode enabled; take the view with grad mode on, or "
                 "clone() it first"
             )
-        if 0 in target.strides and target.size > 1 and any(st == 0 and n > 1 for st, n in zip(target.strides, tshape)):
+        if any(st == 0 and n > 1 for st, n in zip(target.strides, tshape)):
             raise RuntimeError(
                 f"unsupported operation: more than one element of the written-to tensor (shape {tshape}, an "
                 "expanded view) refers to a single memory location; clone() the tensor before the in-place op"
@@ -1022,8 +1022,6 @@ class Tensor(TensorOpsMixin):
         return _act(self, "relu")
 
     def sign(self):
-        if not (self.requires_grad and _enabled[0]) or not self.is_floating_point():
-            return _const(xp_of(self._data).sign(self._data))
         return _tensor_more.Rounding.apply(self, fn="sign", decimals=0)  # piecewise constant: zero gradient
 
     def square(self):

@@ -123,7 +123,7 @@ def test_dropout_masks_match_across_devices():
     np.testing.assert_array_equal(outs[0], outs[1])
 
 
-def _same_on_both(fn, arrays, rtol=1e-4, atol=1e-5):
+def assert_same_on_both(fn, arrays, rtol=1e-4, atol=1e-5):
     """fn(*tensors) on "cpu" and "cuda" (float32 inputs that require grad): outputs and input gradients agree."""
     res = {}
     for dev in ("cpu", "cuda"):
@@ -142,13 +142,13 @@ def test_flash_attention_and_its_dropout_agree_across_devices():
     q, k, v = (rng.standard_normal((2, 3, 37, 16)).astype(np.float32) for _ in range(3))
     conch.set_float32_matmul_precision("highest")
     try:
-        _same_on_both(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True), [q, k, v])
+        assert_same_on_both(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True), [q, k, v])
 
         def dropped(q, k, v):
             conch.manual_seed(5)  # the same Philox stream on both devices: the same mask
             return F.scaled_dot_product_attention(q, k, v, dropout_p=0.2)
 
-        _same_on_both(dropped, [q, k, v])
+        assert_same_on_both(dropped, [q, k, v])
     finally:
         conch.set_float32_matmul_precision("high")
 
@@ -165,10 +165,10 @@ def test_in_place_views_sort_gather_and_recurrent_layers_on_the_gpu():
         h.diagonal().zero_()
         return h + early.sum()
 
-    _same_on_both(in_place, [x, w])
+    assert_same_on_both(in_place, [x, w])
     idx = rng.integers(0, 6, (4, 3))
-    _same_on_both(lambda x, i: x.topk(3, dim=1).values * x.gather(1, i), [x, idx])
-    _same_on_both(lambda x, i: x.scatter_add(1, i, x[:, :3]).sort(1, descending=True).values, [x, idx])
+    assert_same_on_both(lambda x, i: x.topk(3, dim=1).values * x.gather(1, i), [x, idx])
+    assert_same_on_both(lambda x, i: x.scatter_add(1, i, x[:, :3]).sort(1, descending=True).values, [x, idx])
     conch.manual_seed(0)
     lstm = nn.LSTM(6, 5, num_layers=2, bidirectional=True)
     sd = lstm.state_dict()
@@ -178,4 +178,4 @@ def test_in_place_views_sort_gather_and_recurrent_layers_on_the_gpu():
         m.load_state_dict({k: v.to(x.device) for k, v in sd.items()})
         return m(x.reshape(4, 1, 6))[0]
 
-    _same_on_both(run, [x], rtol=2e-3, atol=2e-4)
+    assert_same_on_both(run, [x], rtol=2e-3, atol=2e-4)

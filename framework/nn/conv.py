@@ -3,22 +3,12 @@
 from __future__ import annotations
 
 import math
-import numbers
 
 from ..creation import empty
 from . import functional as F
 from . import init
 from .module import Module
 from .parameter import Parameter
-
-
-def _ntuple(v, n, name):
-    t = (int(v),) * n if isinstance(v, numbers.Integral) else tuple(int(i) for i in v)
-    if len(t) == 1 and n > 1:
-        t = t * n
-    if len(t) != n:
-        raise ValueError(f"{name} must be an int or a {n}-tuple, got {v}")
-    return t
 
 
 class _ConvNd(Module):
@@ -43,13 +33,13 @@ class _ConvNd(Module):
         if isinstance(padding, str) and padding not in ("same", "valid"):
             raise ValueError(f"Invalid padding string {padding!r}, should be one of {{'valid', 'same'}}")
         n = self._N
-        if padding == "same" and any(st != 1 for st in _ntuple(stride, n, "stride")):
+        if padding == "same" and any(st != 1 for st in F._ntuple(stride, n, "stride")):
             raise ValueError("padding='same' is not supported for strided convolutions")
         self.in_channels, self.out_channels, self.groups = int(in_channels), int(out_channels), int(groups)
-        self.kernel_size = _ntuple(kernel_size, n, "kernel_size")
-        self.stride = _ntuple(stride, n, "stride")
-        self.padding = padding if isinstance(padding, str) else _ntuple(padding, n, "padding")
-        self.dilation = _ntuple(dilation, n, "dilation")
+        self.kernel_size = F._ntuple(kernel_size, n, "kernel_size")
+        self.stride = F._ntuple(stride, n, "stride")
+        self.padding = padding if isinstance(padding, str) else F._ntuple(padding, n, "padding")
+        self.dilation = F._ntuple(dilation, n, "dilation")
         self.padding_mode = padding_mode
         kw = {"device": device, "dtype": dtype}
         self.weight = Parameter(empty(out_channels, in_channels // groups, *self.kernel_size, **kw))
@@ -237,7 +227,7 @@ class ConvTranspose2d(_ConvNd):
         if bias:
             self.bias = Parameter(empty(out_channels, device=device, dtype=dtype))
             self.reset_parameters()
-        self.output_padding = _ntuple(output_padding, 2, "output_padding")
+        self.output_padding = F._ntuple(output_padding, 2, "output_padding")
 
     def forward(self, input, output_size=None):
         op = self.output_padding
@@ -275,9 +265,9 @@ class AvgPool1d(Module):
 
     def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True):
         super().__init__()
-        self.kernel_size = _ntuple(kernel_size, 1, "kernel_size")
-        self.stride = _ntuple(stride if stride is not None else kernel_size, 1, "stride")
-        self.padding = _ntuple(padding, 1, "padding")
+        self.kernel_size = F._ntuple(kernel_size, 1, "kernel_size")
+        self.stride = F._ntuple(stride if stride is not None else kernel_size, 1, "stride")
+        self.padding = F._ntuple(padding, 1, "padding")
         self.ceil_mode, self.count_include_pad = ceil_mode, count_include_pad
 
     def forward(self, input):

@@ -63,15 +63,22 @@ def _const_like(arr, like):
     return Tensor._make(xp.asarray(arr, dtype=like.dtype))
 
 
-def _pair(v, name):
-    if isinstance(v, numbers.Integral):
-        return (int(v), int(v))
-    t = tuple(int(i) for i in v)
-    if len(t) == 1:
-        return (t[0], t[0])
-    if len(t) != 2:
-        raise ValueError(f"{name} must be an int or a pair of ints, got {v}")
+def _ntuple(v, n, name):
+    """``v`` (an int, or a sequence of 1 or n ints) as an n-tuple of ints, as PyTorch's _single/_pair."""
+    t = (int(v),) * n if isinstance(v, numbers.Integral) else tuple(int(i) for i in v)
+    if len(t) == 1 and n > 1:
+        t = t * n
+    if len(t) != n:
+        raise ValueError(f"{name} must be an int or a {'pair' if n == 2 else f'{n}-tuple'} of ints, got {v}")
     return t
+
+
+def _pair(v, name):
+    return _ntuple(v, 2, name)
+
+
+def _single(v, name):
+    return _ntuple(v, 1, name)[0]
 
 
 def _as_strided(xp, a, shape, strides):
@@ -1202,21 +1209,15 @@ def conv1d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     if weight.ndim != 3:
         raise RuntimeError(f"conv1d: weight must be 3-D (C_out, C_in/groups, k), got shape {list(weight.shape)}")
 
-    def one(v, name):
-        t = (v,) if isinstance(v, numbers.Integral) else tuple(v)
-        if len(t) != 1:
-            raise ValueError(f"conv1d: {name} must be an int or a 1-tuple, got {v}")
-        return int(t[0])
-
     c = input.shape[-2]
     if groups >= 1 and c != weight.shape[1] * groups:
         raise RuntimeError(
             f"Given groups={groups}, weight of size {list(weight.shape)}, expected input{list(input.shape)} to have "
             f"{weight.shape[1] * groups} channels, but got {c} channels instead"
         )
-    pad = padding if isinstance(padding, str) else (0, one(padding, "padding"))
-    out = conv2d(input.unsqueeze(-2), weight.unsqueeze(-2), bias, (1, one(stride, "stride")), pad,
-                 (1, one(dilation, "dilation")), groups)  # fmt: skip
+    pad = padding if isinstance(padding, str) else (0, _single(padding, "padding"))
+    out = conv2d(input.unsqueeze(-2), weight.unsqueeze(-2), bias, (1, _single(stride, "stride")), pad,
+                 (1, _single(dilation, "dilation")), groups)  # fmt: skip
     return out.squeeze(-2)
 
 
@@ -1381,13 +1382,6 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
 
 
 # ---------------------------------------------------------------- 1-D pooling and channel dropout
-
-
-def _single(v, name):
-    t = (int(v),) if isinstance(v, numbers.Integral) else tuple(int(i) for i in v)
-    if len(t) != 1:
-        raise ValueError(f"{name} must be an int or a 1-tuple, got {v}")
-    return t[0]
 
 
 def _as_2d(input, name):
