@@ -97,20 +97,21 @@ def _flatten(obj, path, tensors, names):
     )
 
 
-def _unflatten(node, tensors, where):
+def _unflatten(node, tensors, where, move=lambda a: a):
+    """Rebuild the saved structure; ``move`` puts tensors' arrays on the load device (plain arrays stay NumPy)."""
     if not isinstance(node, dict) or len(node) != 1:
         raise SerializationError(f"{where}: malformed structure entry {str(node)[:80]!r}")
     (kind, val), = node.items()  # fmt: skip
     if kind == "T":
-        return Tensor._make(tensors[val])
+        return Tensor._make(move(tensors[val]))
     if kind == "A":
         return tensors[val]
     if kind == "D":
-        return {k: _unflatten(v, tensors, where) for k, v in val}
+        return {k: _unflatten(v, tensors, where, move) for k, v in val}
     if kind == "L":
-        return [_unflatten(v, tensors, where) for v in val]
+        return [_unflatten(v, tensors, where, move) for v in val]
     if kind == "U":
-        return tuple(_unflatten(v, tensors, where) for v in val)
+        return tuple(_unflatten(v, tensors, where, move) for v in val)
     if kind == "V":
         return val
     raise SerializationError(f"{where}: unknown structure entry kind {kind!r}")
@@ -247,12 +248,16 @@ def load(path, device=None):
                 got = f.readinto(memoryview(arr.reshape(-1).view(np.uint8)))
                 if got != nbytes:
                     raise SerializationError(f"{path}: file is truncated inside tensor {name!r}")
-            tensors[name] = arr if dev is None or dev.type == "cpu" else to_device(arr, dev)
+            tensors[name] = arr
+
+    def move(a):
+        return a if dev is None or dev.type == "cpu" else to_device(a, dev)
+
     skeleton = meta.get("conch") if isinstance(meta, dict) else None
     if skeleton is None:
-        return {name: Tensor._make(a) for name, a in tensors.items()}
+        return {name: Tensor._make(move(a)) for name, a in tensors.items()}
     try:
         skel = json.loads(skeleton)
-        return _unflatten(skel, tensors, path)
+        return _unflatten(skel, tensors, path, move)
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
         raise SerializationError(f"{path}: corrupt conch structure metadata ({type(e).__name__}: {e})") from None
