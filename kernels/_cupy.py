@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+
+from ._triton_compat import bind_to_cupy
+
 _state: dict = {}
 
 
@@ -13,11 +17,16 @@ def get_cupy():
     """
     if "module" not in _state:
         try:
+            if os.environ.get("CONCH_SIMULATE_GPU", "").strip().lower() not in ("", "0", "false", "no", "off"):
+                from .sim import install  # the simulated device (tests on CPU-only machines): fake cupy modules
+
+                install()
             import cupy
 
             if not cupy.cuda.is_available():
                 raise RuntimeError("CuPy found no CUDA device (cupy.cuda.is_available() is False)")
             cupy.cuda.runtime.getDeviceCount()
+            bind_to_cupy(cupy)  # compiled Triton launches on CuPy's current device and stream, torch or not
             _state["module"], _state["why"] = cupy, None
         except Exception as e:  # ImportError, CUDARuntimeError, missing driver: all mean "no GPU"
             _state["module"], _state["why"] = None, f"{type(e).__name__}: {e}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import os
+import sys
 
 import numpy as np
 
@@ -146,6 +147,19 @@ _INTERPRETED: dict = {}
 
 #: Triton launches per kernel name, counted by :func:`kernel_for`; tests read it to prove which path ran.
 LAUNCHES: collections.Counter = collections.Counter()
+#: The autotuner's trial launches (probes and timing runs), kept apart so LAUNCHES counts the op's own work.
+TUNING_LAUNCHES: collections.Counter = collections.Counter()
+_TUNING = [0]
+
+
+@contextlib.contextmanager
+def tuning():
+    """Count the launches made inside as :data:`TUNING_LAUNCHES` (the autotuner wraps its trial runs)."""
+    _TUNING[0] += 1
+    try:
+        yield
+    finally:
+        _TUNING[0] -= 1
 
 
 def _rebind_for_interpreter(fn):
@@ -187,18 +201,55 @@ def _interpreter_stdlib():
         import triton.experimental.gluon  # noqa: F401
     except ImportError:
         pass
-    saved = []
+    # Triton's interpreter patches tl, tl.core, tl.math and the tensor/dtype classes each time an interpreted
+    # device function is called (InterpretedFunction.__call__ -> _patch_lang) and never undoes it; left in place,
+    # every later compile in the process fails ("'value' object has no attribute 'dtype'"). Snapshot all of
+    # them here and put every attribute back afterwards, which also undoes the swaps below.
+    snapshot = _lang_snapshot()
     for obj in (tl, tl.standard, tl.math, tl.tensor):
         for name, val in list(vars(obj).items()):
             if isinstance(val, JITFunction) and not name.startswith("_"):
-                saved.append((obj, name, val))
                 twin = interpreted(val)
                 setattr(obj, name, _as_method(twin) if obj is tl.tensor else twin)
     try:
         yield
     finally:
-        for obj, name, val in saved:
-            setattr(obj, name, val)
+        _lang_restore(snapshot)
+
+
+def _lang_objects():
+    """The modules and classes Triton's interpreter may patch: triton.language's modules and core classes."""
+    import inspect
+
+    import triton.language as tl
+
+    objs = {id(tl): tl}
+    for mod in (getattr(tl, "core", None), getattr(tl, "math", None), getattr(tl, "standard", None)):
+        if mod is not None:
+            objs[id(mod)] = mod
+    core = getattr(tl, "core", tl)
+    for val in list(vars(core).values()):
+        if inspect.isclass(val) and getattr(val, "__module__", "").startswith("triton.language"):
+            objs[id(val)] = val
+    return list(objs.values())
+
+
+def _lang_snapshot():
+    return [(obj, dict(vars(obj))) for obj in _lang_objects()]
+
+
+def _lang_restore(snapshot):
+    missing = object()
+    for obj, before in snapshot:
+        now = vars(obj)
+        for name in [n for n in now if n not in before]:
+            try:
+                delattr(obj, name)
+            except (AttributeError, TypeError):
+                pass
+        for name, val in before.items():
+            if now.get(name, missing) is not val:
+                setattr(obj, name, val)
 
 
 def _as_method(twin):
@@ -215,9 +266,11 @@ def interpreted(jitfn):
     if twin is None:
         from triton.runtime.interpreter import InterpretedFunction
 
+        from ._triton_compat import interpreter_fixes
+
         class _Twin(InterpretedFunction):
             def run(self, *args, **kwargs):
-                with _interpreter_stdlib():
+                with _interpreter_stdlib(), interpreter_fixes():
                     return super().run(*args, **kwargs)
 
         twin = _Twin(_rebind_for_interpreter(jitfn.fn))
@@ -230,7 +283,12 @@ def kernel_for(jitfn, *arrays):
 
     Usage: ``kernel_for(_my_kernel, x)[grid](targ(x), ..., BLOCK=...)``.
     """
-    LAUNCHES[jitfn.fn.__name__] += 1
+    (TUNING_LAUNCHES if _TUNING[0] else LAUNCHES)[jitfn.fn.__name__] += 1
     if any(isinstance(a, np.ndarray) for a in arrays if a is not None):
         return interpreted(jitfn)
+    sim = sys.modules.get("conch.kernels.sim")
+    if sim is not None and sim.INSTALLED:  # the simulated GPU: compile check, then the interpreted twin
+        from .sim.launch import Launcher
+
+        return Launcher(jitfn)
     return jitfn

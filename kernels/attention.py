@@ -248,6 +248,21 @@ GPU_BWD_CONFIGS = [_cfg(64, 64, 4, 2), _cfg(64, 64, 8, 2), _cfg(32, 64, 4, 2), _
                    _cfg(32, 32, 4, 1)]  # fmt: skip
 
 
+def smem_bytes(kind, cfg, block_d, itemsize):
+    """Upper bound on the shared memory of one attention kernel launch, in bytes (sm_90, Triton 3.x, 16-aligned
+    strides; checked against the compiled kernels by tests/kernels/test_sim_compile.py). ``kind``: "fwd", "dq"
+    or "dkdv". The forward keeps its q tile and ``num_stages`` copies of the k and v tiles (exact for 64+ rows);
+    the backward kernels keep their fixed tiles and pipeline the streamed ones, or, for 32-row tiles or one
+    stage, hold about three row tiles and the two column tiles. fp32 at head dim 128-256 is where configs
+    stop fitting (the fp32 forward's 128x64 at head dim 128 needs 262,144 bytes)."""
+    bm, bn, st, d = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["num_stages"], block_d
+    if kind == "fwd":
+        return (bm + 2 * st * bn) * d * itemsize
+    if kind == "dq":
+        return max(2 * bm + 2 * st * bn, 3 * bm + 2 * bn) * d * itemsize
+    return max(2 * bn + 2 * st * bm, 3 * bm + 2 * bn) * d * itemsize + 2 * st * bm * 4  # + lse, delta rows
+
+
 def _as4d(x):
     """``x`` (..., R, D) as a (B, H, R, D) view: 2-D and 3-D inputs gain unit dims, more leading dims merge."""
     if x.ndim == 2:
@@ -313,7 +328,9 @@ def _triton_forward(q, k, v, causal, scale, allow_tf32, drop=None):
         )  # fmt: skip
 
     key = (str(q.dtype), autotune.bucket(L), autotune.bucket(S), _block_d(D), bool(causal), dropout)
-    cfg = autotune.pick("attention_fwd", key, GPU_CONFIGS, run, like=q4, interpret_config=INTERPRET_CONFIG)
+    it = q4.dtype.itemsize
+    cfg = autotune.pick("attention_fwd", key, GPU_CONFIGS, run, like=q4, interpret_config=INTERPRET_CONFIG,
+                        smem=lambda c: smem_bytes("fwd", c, _block_d(D), it))  # fmt: skip
     run(cfg)
     return o4.reshape(q.shape[:-1] + (D,)), lse
 
@@ -348,9 +365,12 @@ def _triton_backward(res, dout):
 
     key = (str(q.dtype), autotune.bucket(L), autotune.bucket(S), _block_d(D), bool(causal), dropout)
     tune = {"like": q4, "interpret_config": INTERPRET_CONFIG}
-    run_dq(autotune.pick("attention_bwd_dq", key, GPU_BWD_CONFIGS, run_dq, **tune))
+    it, bd = q4.dtype.itemsize, _block_d(D)
+    run_dq(autotune.pick("attention_bwd_dq", key, GPU_BWD_CONFIGS, run_dq,
+                         smem=lambda c: smem_bytes("dq", c, bd, it), **tune))  # fmt: skip
     # dk/dv read the delta the dq kernel wrote: the dq launch (and any timing runs) precede it on the stream
-    run_dkdv(autotune.pick("attention_bwd_dkdv", key, GPU_BWD_CONFIGS, run_dkdv, **tune))
+    run_dkdv(autotune.pick("attention_bwd_dkdv", key, GPU_BWD_CONFIGS, run_dkdv,
+                           smem=lambda c: smem_bytes("dkdv", c, bd, it), **tune))  # fmt: skip
     return dq.reshape(q.shape), dk.reshape(k.shape), dv.reshape(v.shape)
 
 

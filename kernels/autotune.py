@@ -27,7 +27,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ._launch import interpreting, xp_of
+from ._launch import interpreting, tuning, xp_of
 
 _VERSION = 1
 _MEMORY: dict[str, dict] = {}
@@ -107,13 +107,48 @@ def _write_disk(k: str, cfg: dict) -> None:
         warnings.warn(f"conch autotune: could not write cache {path}: {e}", RuntimeWarning, stacklevel=3)
 
 
+_PROPS: dict = {}
+
+
+def device_props(xp, device_id: int | None = None) -> dict:
+    """``getDeviceProperties`` of a CuPy device (the current one by default), queried once per device id.
+
+    The query costs about 1 ms in CuPy and the properties never change, while :func:`pick` needs the name and
+    the shared-memory limit on every launch. NumPy (``xp is np``) gives ``{"name": "cpu"}``.
+    """
+    if xp is np:
+        return {"name": "cpu"}
+    dev = xp.cuda.Device().id if device_id is None else int(device_id)
+    props = _PROPS.get(dev)
+    if props is None:
+        props = dict(xp.cuda.runtime.getDeviceProperties(dev))
+        name = props.get("name", "")
+        props["name"] = name.decode() if isinstance(name, bytes) else str(name)
+        _PROPS[dev] = props
+    return props
+
+
 def device_name(xp) -> str:
     """Name of the current GPU for CuPy (``"NVIDIA H100 80GB HBM3"``), ``"cpu"`` for NumPy."""
+    return device_props(xp)["name"]
+
+
+def shared_limit(xp) -> int | None:
+    """Opt-in shared memory per block of the current GPU in bytes (``sharedMemPerBlockOptin``, what Triton checks
+    a kernel's shared memory against before a launch); None for NumPy or when the driver does not say."""
     if xp is np:
-        return "cpu"
-    dev = xp.cuda.Device()
-    name = xp.cuda.runtime.getDeviceProperties(dev.id)["name"]
-    return name.decode() if isinstance(name, bytes) else str(name)
+        return None
+    props = device_props(xp)
+    limit = props.get("sharedMemPerBlockOptin") or props.get("sharedMemPerBlock")
+    return int(limit) if limit else None
+
+
+def fitting(configs: list[dict], smem: Callable[[dict], int] | None, limit: int | None) -> list[dict]:
+    """The configs whose shared memory ``smem(cfg)`` (an upper bound, see each kernel's ``smem_bytes``) fits in
+    ``limit`` bytes, in their order (the lists are best-first). No estimate or no limit keeps them all."""
+    if smem is None or limit is None:
+        return list(configs)
+    return [c for c in configs if smem(c) <= limit]
 
 
 def event_timer(xp) -> Callable[[Callable[[], None]], float]:
@@ -134,6 +169,18 @@ def event_timer(xp) -> Callable[[Callable[[], None]], float]:
     return timer
 
 
+def _fit(kernel_name, key, configs, smem, limit, xp) -> list[dict]:
+    """``configs`` less those that cannot fit in the GPU's shared memory (never empty: that is an error)."""
+    if limit is None and smem is not None:
+        limit = shared_limit(xp if xp is not None else np)
+    fit = fitting(configs, smem, limit)
+    if not fit:
+        need = ", ".join(f"{c}: {smem(c)} bytes" for c in configs)
+        raise RuntimeError(f"autotune.pick({kernel_name!r}, {key}): no config fits in {limit} bytes of shared "
+                           f"memory: {need}")  # fmt: skip
+    return fit
+
+
 def pick(
     kernel_name: str,
     key: tuple,
@@ -143,14 +190,18 @@ def pick(
     like=None,
     interpret_config: dict | None = None,
     timer: Callable[[Callable[[], None]], float] | None = None,
+    smem: Callable[[dict], int] | None = None,
+    limit: int | None = None,
 ) -> dict:
     """The fastest of ``configs`` for ``(kernel_name, GPU, *key)``, timing ``bench(config)`` once per key.
 
     ``bench(cfg)`` must launch the kernel with ``cfg`` (and be safe to repeat). ``like``: an array whose
     namespace (``xp_of``) says where it runs; NumPy arrays, or ``TRITON_INTERPRET=1`` with no ``like``, give
     ``interpret_config`` (default ``configs[0]``) without timing. ``timer(fn) -> ms`` replaces the CuPy-event
-    timer (tests inject a fake one to run on the CPU). Configs whose bench raises are skipped; if every one
-    fails, RuntimeError lists why.
+    timer (tests inject a fake one to run on the CPU). ``smem(cfg)``: the kernel's shared-memory bound in bytes;
+    configs above ``limit`` (default: the GPU's ``sharedMemPerBlockOptin``) are dropped before anything is
+    compiled, so ``CONCH_AUTOTUNE=N`` times the first N that fit. Configs whose bench raises are skipped; if
+    every one fails, RuntimeError lists why.
     """
     if not configs:
         raise ValueError(f"autotune.pick({kernel_name!r}): no candidate configs")
@@ -176,17 +227,16 @@ def pick(
         if hit is not None:
             return dict(hit)
         errors = []
-        for cfg in configs:
+        for cfg in _fit(kernel_name, key, configs, smem, limit, xp):
             try:
-                bench(cfg)
+                with tuning():
+                    bench(cfg)
                 with _LOCK:
                     _MEMORY[k] = dict(cfg)
                 return dict(cfg)
             except Exception as e:
                 errors.append(f"{cfg}: {type(e).__name__}: {e}")
         raise RuntimeError(f"autotune.pick({kernel_name!r}, {key}): every config failed:\n" + "\n".join(errors))
-    if budget.isdigit():  # CONCH_AUTOTUNE=N: time only the first N candidates (the list is best-first)
-        configs = configs[: max(int(budget), 1)]
     device = device_name(xp if xp is not None else np)
     k = _key_str(kernel_name, device, key)
     with _LOCK:
@@ -194,13 +244,17 @@ def pick(
         hit = _MEMORY.get(k)
     if hit is not None:
         return dict(hit)
+    configs = _fit(kernel_name, key, configs, smem, limit, xp)
+    if budget.isdigit():  # CONCH_AUTOTUNE=N: time only the first N candidates (the list is best-first)
+        configs = configs[: max(int(budget), 1)]
 
     results, errors = [], []
     for cfg in configs:
         try:
-            for _ in range(WARMUP):
-                bench(cfg)
-            ms = statistics.median(timer(lambda c=cfg: bench(c)) for _ in range(REPEATS))
+            with tuning():
+                for _ in range(WARMUP):
+                    bench(cfg)
+                ms = statistics.median(timer(lambda c=cfg: bench(c)) for _ in range(REPEATS))
         except Exception as e:  # out of shared memory, too many registers, compile errors: skip the config
             errors.append(f"{cfg}: {type(e).__name__}: {e}")
             continue

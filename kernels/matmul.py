@@ -213,6 +213,26 @@ GPU_CONFIGS = [
 ]
 
 
+def smem_bytes(cfg, itemsize, dout_op=0, fused=False):
+    """Shared memory of one ``_matmul_kernel`` launch with ``cfg``, in bytes (sm_90, Triton 3.x, 16-aligned
+    operands; an upper bound, exact but for relu's dA, checked by tests/kernels/test_sim_compile.py).
+
+    Software pipelining keeps ``num_stages`` copies of the A (BLOCK_M x BLOCK_K) and B (BLOCK_K x BLOCK_N) tiles.
+    act' fused into the loads of dOut (``fused``, FUSE_IN_LOADS) adds the Z/output tile that rides along:
+    ``num_stages - 1`` more tiles of dOut's shape (relu's dA, computed from the output, needs one fewer).
+    fp32 tiles are twice fp16's, so 128x256x64 and 256x128x64 at 3 stages never fit an H100 in fp32 (294,912
+    bytes), and fused fp32 backward products also lose the 64-deep tiles. autotune.pick drops the configs above
+    the GPU's limit before compiling anything.
+    """
+    bm, bn, bk, st = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"], cfg["num_stages"]
+    elems = st * (bm * bk + bk * bn)
+    if fused and dout_op == 1:
+        elems += max(st - 1, 0) * bm * bk
+    elif fused and dout_op == 2:
+        elems += max(st - 1, 0) * bk * bn
+    return elems * itemsize
+
+
 def _check_dtype(x, what):
     if x.dtype not in _ALL_DTYPES:
         raise TypeError(f"{what} must be float16, bfloat16, float32 or float64, got {what}.dtype={x.dtype}")
@@ -296,6 +316,7 @@ def _launch(
     if M == 0 or N == 0 or nb == 0:
         return
     like = a3
+    probed = []  # configs launched by autotune.pick (timing or probe runs): only then does dbias hold their sums
 
     def run(cfg):
         grid = (triton.cdiv(M, cfg["BLOCK_M"]) * triton.cdiv(N, cfg["BLOCK_N"]), nb)
@@ -311,12 +332,15 @@ def _launch(
 
     full_key = (str(a3.dtype), autotune.bucket(M), autotune.bucket(N), autotune.bucket(K), autotune.bucket(rb)) + key
     cfg = autotune.pick(
-        "matmul", full_key, GPU_CONFIGS, run, like=like, interpret_config=INTERPRET_CONFIG
+        "matmul", full_key, GPU_CONFIGS, lambda c: (probed.append(1), run(c)), like=like,
+        interpret_config=INTERPRET_CONFIG, smem=lambda c: smem_bytes(c, a3.dtype.itemsize, dout_op, r is not None),
     )  # fmt: skip
-    if dbias is not None and not isinstance(dbias, np.ndarray):
-        # the timing runs (first call per key only) added into dbias. This CuPy fill, the xp.zeros/empty
-        # allocations above and the Triton launches are ordered because both sides use the legacy default
-        # stream unless someone sets another; a caller that sets a CuPy stream must set Triton's to match.
+    if dbias is not None and probed:
+        # the timing runs (first call per key only) added into dbias: reset it then, and only then (a cached
+        # config launches nothing in pick, so the caller's zeroed dbias is clean: no fill per launch). This CuPy
+        # fill, the xp.zeros/empty allocations above and the Triton launches are ordered because both sides use
+        # the legacy default stream unless someone sets another; a caller that sets a CuPy stream must set
+        # Triton's to match.
         dbias[...] = 0
     run(cfg)
 

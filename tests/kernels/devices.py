@@ -8,6 +8,8 @@ import pytest
 from conch.kernels._cupy import get_cupy, is_cupy_array, unavailable_reason
 
 ON_GPU = os.environ.get("CONCH_TEST_DEVICE", "cpu").startswith("cuda")
+# the simulated GPU (CONCH_SIMULATE_GPU=1) runs Triton kernels through the interpreter, with its rounding
+SIMULATED = ON_GPU and os.environ.get("CONCH_SIMULATE_GPU", "").strip().lower() not in ("", "0", "false", "no", "off")
 
 
 def dev(a):
