@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from conch.kernels import _cupy
+from conch.kernels import _cupy, _deferred
 from conch.kernels._launch import xp_of as _xp_of_any
 
 
@@ -92,7 +92,7 @@ def to_device(a, dev: device):
     if dev.type == "cpu":
         if isinstance(a, np.ndarray):
             return a
-        return a.get()
+        return _deferred.fetch(a)[0]  # a sync: pending device-side checks are read in the same copy
     cp = require_cupy()
     if not isinstance(a, np.ndarray) and a.device.id == dev.index:
         return a
@@ -106,7 +106,7 @@ def asarray_on(data, dtype, dev: device):
     """Make an array of ``dtype`` on ``dev`` from Python data or an array."""
     if dev.type == "cpu":
         if not isinstance(data, np.ndarray) and _cupy.is_cupy_array(data):
-            data = data.get()
+            data = _deferred.fetch(data)[0]
         return np.asarray(data, dtype=dtype)
     cp = require_cupy()
     with cp.cuda.Device(dev.index):
@@ -130,6 +130,7 @@ class _Cuda:
         cp = _cupy.get_cupy()
         if cp is not None:
             cp.cuda.Device().synchronize()
+            _deferred.raise_pending()  # device-side range checks surface here, as CUDA's device asserts
 
     @staticmethod
     def get_device_name(index: int = 0) -> str:

@@ -298,11 +298,12 @@ class CrossEntropy(Op):
     saves = (0,)
 
     @staticmethod
-    def forward(ctx, logits, target, ignore_index, label_smoothing, reduction):
+    def forward(ctx, logits, target, ignore_index, label_smoothing, reduction, check_targets=True):
         ctx.attrs = (target, ignore_index, label_smoothing, reduction)
         loss, ctx.res = K.cross_entropy.cross_entropy_forward(
-            logits, target, ignore_index=ignore_index, label_smoothing=label_smoothing, reduction=reduction
-        )
+            logits, target, ignore_index=ignore_index, label_smoothing=label_smoothing, reduction=reduction,
+            check_targets=check_targets,
+        )  # fmt: skip
         return loss
 
     @staticmethod
@@ -313,11 +314,14 @@ class CrossEntropy(Op):
         return _t(K.cross_entropy.cross_entropy_backward(_res(ctx), g._data))
 
 
-def cross_entropy(logits: Tensor, target: Tensor, ignore_index=-100, label_smoothing=0.0, reduction="mean"):
+def cross_entropy(
+    logits: Tensor, target: Tensor, ignore_index=-100, label_smoothing=0.0, reduction="mean", check_targets=True
+):
     """Cross-entropy of (N, C) logits against (N,) integer targets, PyTorch semantics.
 
     loss_i = (1-ε)(lse_i - x_i[t_i]) + ε/C Σ_j (lse_i - x_ij); rows with t_i = ignore_index count 0
     and are left out of the mean's denominator. The loss is float32 for half-precision logits.
+    ``check_targets=False``: the caller has range-checked the targets (one check per call, not two).
     """
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"{reduction} is not a valid value for reduction; expected 'mean', 'sum' or 'none'")
@@ -334,7 +338,7 @@ def cross_entropy(logits: Tensor, target: Tensor, ignore_index=-100, label_smoot
     (logits,) = _amp("cross_entropy", logits)
     return CrossEntropy.apply(
         logits, target=target._data, ignore_index=int(ignore_index), label_smoothing=float(label_smoothing),
-        reduction=reduction,
+        reduction=reduction, check_targets=check_targets,
     )  # fmt: skip
 
 

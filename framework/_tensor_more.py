@@ -18,6 +18,7 @@ from . import _dtype as D
 from . import ops
 from ._backend import xp_of
 from .autograd.function import Op
+from .kernels import _deferred
 
 
 def _T():
@@ -304,9 +305,16 @@ def _index_array(index, t, what):
 
 
 def _check_range(idx, n, dim, what, error=RuntimeError):
-    if idx.size and (int(idx.min()) < -n or int(idx.max()) >= n):  # one host sync, as PyTorch's check
-        bad = int(idx.max()) if int(idx.max()) >= n else int(idx.min())
-        raise error(f"{what}(): index {bad} is out of bounds for dimension {dim} with size {n}")
+    if idx.size:
+        # min and max stay arrays: no host sync on a GPU, where the check is read at the next sync
+        # (kernels._deferred, as PyTorch's device assert); the wrap below keeps every index in range meanwhile
+        xp = xp_of(idx)
+        lo, hi = idx.min(), idx.max()
+        _deferred.check(
+            (lo < -n) | (hi >= n),
+            lambda: xp.where(hi >= n, hi, lo),
+            lambda bad: error(f"{what}(): index {bad} is out of bounds for dimension {dim} with size {n}"),
+        )
     return idx % n if n else idx  # negative indices wrap, as Python's
 
 

@@ -18,6 +18,14 @@ from .tensor import Tensor
 
 _state = {"np": np.random.default_rng(0), "seed": 0, "philox": [0, 0], "cupy": [0, 0]}
 
+# The live GPU generators: device index -> ((seed, epoch), cupy Generator). Building a CuPy Philox generator
+# initialises its cuRAND states (a kernel and an allocation), so one is built per device and seed and then
+# advanced by every draw, not rebuilt per draw. ``_gpu_epoch`` is bumped whenever the GPU state is set or
+# captured (manual_seed, set_rng_state, get_rng_state): the next draw then builds a generator keyed on the
+# state's (seed, counter) again, so restoring a captured state replays the same numbers.
+_gpu_gens: dict = {}
+_gpu_epoch = [0]
+
 
 def manual_seed(seed: int):
     """Seed every generator: NumPy's (CPU tensors), the GPU counter generator, and dropout's counter."""
@@ -26,6 +34,7 @@ def manual_seed(seed: int):
     _state["seed"] = seed
     _state["philox"] = [seed & 0x7FFFFFFF, 0]
     _state["cupy"] = [seed, 0]
+    _gpu_epoch[0] += 1
     if "cupy" in sys.modules:  # also CuPy's own global generator, for code that calls cupy.random directly
         cp = _cupy.get_cupy()
         if cp is not None:
@@ -44,8 +53,11 @@ def get_rng_state():
     """The whole RNG state as a plain dict (JSON-able): NumPy's generator, the GPU and dropout counters.
 
     GPU random numbers come from a Philox generator keyed on ``(seed, counter)``, so the GPU state is
-    two integers and a state saved on a GPU machine restores on a CPU-only one.
+    two integers and a state saved on a GPU machine restores on a CPU-only one. ``counter`` counts GPU draws;
+    one generator serves the draws that follow a capture (or a seed), so capturing the state makes the next
+    GPU draw start a generator at the current ``(seed, counter)``: the numbers a restore replays.
     """
+    _gpu_epoch[0] += 1
     return {
         "np": _state["np"].bit_generator.state,
         "philox": list(_state["philox"]),
@@ -61,6 +73,7 @@ def set_rng_state(st):
     _state["philox"] = list(st["philox"])
     _state["seed"] = st.get("seed", 0)
     _state["cupy"] = list(st.get("cupy", [_state["seed"], 0]))
+    _gpu_epoch[0] += 1
 
 
 def philox_seed_offset(n: int):
@@ -74,10 +87,16 @@ def _generator(dev):
     """The generator for one draw on ``dev``; for a GPU, call it (and draw) inside ``_on(dev)``."""
     if dev.type == "cpu":
         return _state["np"]
-    cp = require_cupy()
     st = _state["cupy"]
     st[1] += 1
-    return cp.random.Generator(cp.random.Philox4x3210(seed=st[0] * 1000003 + st[1]))
+    tag = (st[0], _gpu_epoch[0])
+    hit = _gpu_gens.get(dev.index)
+    if hit is not None and hit[0] == tag:
+        return hit[1]  # advanced by every draw since it was built: no cuRAND re-initialisation
+    cp = require_cupy()
+    gen = cp.random.Generator(cp.random.Philox4x3210(seed=st[0] * 1000003 + st[1]))
+    _gpu_gens[dev.index] = (tag, gen)
+    return gen
 
 
 def _on(dev):

@@ -14,6 +14,7 @@ from ._tensor_more import TensorOpsMixin
 from .autograd import engine
 from .autograd import function as _function
 from .autograd.grad_mode import _enabled, no_grad
+from .kernels import _deferred
 
 
 def _shape_arg(shape):
@@ -167,7 +168,10 @@ class Tensor(TensorOpsMixin):
     def item(self):
         if self._data.size != 1:
             raise RuntimeError(f"a Tensor with {self._data.size} elements cannot be converted to Scalar")
-        return self._data.reshape(()).item() if isinstance(self._data, np.ndarray) else self._data.item()
+        if isinstance(self._data, np.ndarray):
+            return self._data.reshape(()).item()
+        # the host waits here anyway: pending device-side checks are read in the same copy (and raise)
+        return _deferred.fetch(self._data)[0].reshape(()).item() if _deferred._PENDING else self._data.item()
 
     def tolist(self):
         return self.cpu()._data.tolist()
@@ -181,7 +185,7 @@ class Tensor(TensorOpsMixin):
                     f"can't convert {self.device} device type tensor to numpy. Use Tensor.cpu() to copy the tensor "
                     "to host memory first."
                 )
-            return self._data.get()
+            return _deferred.fetch(self._data)[0]  # a sync: pending device-side checks are read with it
         return self._data
 
     def __array__(self, dtype=None, copy=None):

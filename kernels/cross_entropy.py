@@ -8,6 +8,7 @@ import numpy as np
 import triton
 import triton.language as tl
 
+from . import _deferred
 from ._launch import kernel_for, targ, use_triton, xp_of
 from ._reduce import row_max, row_sum
 
@@ -172,14 +173,25 @@ def _check(logits, target, ignore_index, label_smoothing, reduction):
 
 
 def _check_targets_in_range(target, n_classes, ignore_index):
-    """Raise naming the first bad target. On the GPU this costs one device-to-host sync."""
+    """Raise naming the first bad target; returns the targets the kernels may read.
+
+    NumPy: raises now. CuPy: no host sync; the flag and the first bad value stay on the device and raise at
+    the next sync (``kernels._deferred``), as PyTorch's device-side assert. Until then bad targets are read
+    as ``ignore_index`` so that no kernel loads outside its row.
+    """
+    if target.size == 0:  # nothing to check (and argmax of an empty array raises)
+        return target
     bad = (target != ignore_index) & ((target < 0) | (target >= n_classes))
-    if bool(bad.any()):
-        value = int(target[bad].ravel()[0])
-        raise ValueError(
+    xp = xp_of(target)
+    _deferred.check(
+        bad.any(),
+        lambda: xp.take(target, xp.argmax(bad)),
+        lambda value: ValueError(
             f"cross_entropy: target value {value} is out of range for V={n_classes} classes "
             f"(valid targets are 0..{n_classes - 1}, or ignore_index={ignore_index})"
-        )
+        ),
+    )
+    return target if xp is np else xp.where(bad, target.dtype.type(ignore_index), target)
 
 
 def _flatten(logits, target):
@@ -317,7 +329,9 @@ def _ce_bwd_reference(res, scale, per_row):
 # ----------------------------------------------------------------------------------------------
 
 
-def cross_entropy_forward(logits, target, *, ignore_index=-100, label_smoothing=0.0, reduction="mean"):
+def cross_entropy_forward(
+    logits, target, *, ignore_index=-100, label_smoothing=0.0, reduction="mean", check_targets=True
+):
     """Cross-entropy of ``logits`` (..., V) against integer class ``target`` (...), PyTorch semantics.
 
     Per row, with lse = log(sum_j exp(x_j)) and eps = ``label_smoothing``:
@@ -327,7 +341,9 @@ def cross_entropy_forward(logits, target, *, ignore_index=-100, label_smoothing=
 
     logits: float16 / bfloat16 / float32 (Triton) or float64 (reference path); target: int32 / int64.
     Returns ``(loss, residuals)``; ``loss`` is float32 (float64 for float64 logits), 0-d for mean/sum.
-    Targets outside [0, V) other than ``ignore_index`` raise ValueError. Inputs are never modified.
+    Targets outside [0, V) other than ``ignore_index`` raise ValueError: at once for NumPy arrays, at the
+    next host sync for CuPy ones (no sync here). ``check_targets=False``: the caller checked them already.
+    Inputs are never modified.
 
     >>> loss, res = cross_entropy_forward(np.zeros((2, 3), np.float32), np.array([0, 2]))
     >>> dlogits = cross_entropy_backward(res, np.float32(1.0))
@@ -337,7 +353,8 @@ def cross_entropy_forward(logits, target, *, ignore_index=-100, label_smoothing=
     eps = float(label_smoothing)
     n_classes = logits.shape[-1]
     x2, t = _flatten(logits, target)
-    _check_targets_in_range(t, n_classes, ignore_index)
+    if check_targets:
+        t = _check_targets_in_range(t, n_classes, ignore_index)
     if use_triton(logits, target) and np.dtype(logits.dtype) in _TRITON_DTYPES:
         loss, row_max, log_sum = _ce_fwd_triton(x2, t, ignore_index, eps)
     else:

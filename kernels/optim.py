@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import triton
 import triton.language as tl
@@ -143,17 +145,32 @@ class FlatPlan:
         work = [(t, s) for t, n in enumerate(sizes) for s in range(0, n, block)]
         self.num_tensors = len(sizes)
         self.num_programs = len(work)
-        self.ptrs = xp.asarray(np.array([[_addr(a) for a in lst] for lst in lists], dtype=np.int64))
-        self.sizes = xp.asarray(np.array(sizes, dtype=np.int64))
-        self.work = xp.asarray(np.array(work, dtype=np.int64).reshape(-1, 2))
+        # the three tables travel in one host-to-device copy (gradients are new arrays every step, so a
+        # training loop uploads a plan per step); ptrs, sizes and work are views of it
+        n_lists, n_t = len(lists), len(sizes)
+        host = np.empty(n_lists * n_t + n_t + 2 * len(work), dtype=np.int64)
+        host[: n_lists * n_t] = [_addr(a) for lst in lists for a in lst]
+        host[n_lists * n_t : (n_lists + 1) * n_t] = sizes
+        host[(n_lists + 1) * n_t :] = np.array(work, dtype=np.int64).reshape(-1)
+        with contextlib.nullcontext() if xp is np else first.device:  # the tables on the parameters' GPU
+            table = xp.asarray(host)
+        self.ptrs = table[: n_lists * n_t].reshape(n_lists, n_t)
+        self.sizes = table[n_lists * n_t : (n_lists + 1) * n_t]
+        self.work = table[(n_lists + 1) * n_t :].reshape(-1, 2)
         # Host -> device copies above run on CuPy's current stream and the kernel on Triton's (both the
         # legacy default stream unless the caller changed one), so the tables are ready at launch.
 
 
 def _plan_key(lists, block):
+    # Everything a table holds (addresses, sizes) or is read as (dtypes), plus where it lives: a parameter freed
+    # and reallocated at the same address with the same size and dtype gets a table of identical contents, any
+    # other change (size, dtype, another GPU whose allocator reused the address) a new one. No array identity
+    # is kept, so a cached plan never keeps a freed parameter alive.
+    first = lists[0][0]
     return (
         block,
-        type(lists[0][0]).__module__,
+        type(first).__module__,
+        None if isinstance(first, np.ndarray) else first.device.id,
         tuple(tuple(_addr(a) for a in lst) for lst in lists),
         tuple(int(a.size) for a in lists[0]),
         tuple(lst[0].dtype.str if lst[0].dtype.name != "bfloat16" else "bf16" for lst in lists),
@@ -352,11 +369,15 @@ def adam_step(
     lerp_small = abs(w) < 0.5
     bias_correction1 = 1.0 - beta1**step
     bias_correction2 = 1.0 - beta2**step
+    wide = all(a.dtype == np.float64 for lst in lists for a in lst)
     s = dict(
         maximize=bool(maximize), decoupled=bool(decoupled), weight_decay=float(weight_decay),
         decay=1.0 - lr * weight_decay,
-        # PyTorch's lerp: coefficient w (|w| < 0.5) or w - 1, both as float32 values
-        lerp_coeff=float(_f32(w)) if lerp_small else float(_f32(w) - _f32(1.0)), lerp_small=lerp_small,
+        # PyTorch's lerp: coefficient w (|w| < 0.5) or w - 1, in the parameters' precision (float32 values
+        # unless every array is float64: rounding the weight to float32 there costs 1e-9 relative per step)
+        lerp_coeff=(w if lerp_small else w - 1.0) if wide else (float(_f32(w)) if lerp_small else
+                                                                float(_f32(w) - _f32(1.0))),
+        lerp_small=lerp_small,
         beta2=float(beta2), one_minus_beta2=1.0 - beta2, bc2_sqrt=bias_correction2**0.5, eps=float(eps),
         neg_step_size=-(lr / bias_correction1),
     )  # fmt: skip

@@ -22,6 +22,16 @@ def device():
 def _seed():
     conch.manual_seed(0)
     np.random.seed(0)
+    yield
+    # a GPU range check that failed raises at the next host sync: read what a test left, so that a failure
+    # fails that test (in its teardown), not whichever test syncs next on the same worker
+    from conch.kernels import _deferred
+
+    if _deferred.pending():
+        try:
+            _deferred.raise_pending()
+        finally:
+            _deferred._PENDING.clear()
 
 
 requires_gpu = pytest.mark.skipif(not conch.cuda.is_available(), reason="needs a CUDA GPU (conch.cuda.is_available())")

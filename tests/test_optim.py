@@ -289,7 +289,8 @@ def test_fast_mode_is_not_bitwise_torch(device):
         exact, _, _ = _run_conch(optim.AdamW, {"lr": 0.01}, init, grads, device)
     finally:
         optim.set_bitwise_torch(False)
-    assert not np.array_equal(fast[-1][0], exact[-1][0])
+    if device == "cpu":  # on a GPU both modes run the fused kernel (hardware FMAs): the switch is a CPU one
+        assert not np.array_equal(fast[-1][0], exact[-1][0])
     np.testing.assert_allclose(fast[-1][0], exact[-1][0], rtol=1e-6, atol=1e-6)
 
 

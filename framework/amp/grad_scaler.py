@@ -40,6 +40,7 @@ import numpy as np
 
 from .. import _dtype as D
 from .._backend import xp_of
+from ..kernels import _deferred
 
 READY, UNSCALED, STEPPED = "READY", "UNSCALED", "STEPPED"
 
@@ -238,9 +239,13 @@ class GradScaler:
 
     @staticmethod
     def _found(st):
-        # the host synchronisation: one read per device, cached for update()
+        # the host synchronisation: one read per device, cached for update(); pending device-side range checks
+        # (kernels._deferred: cross-entropy targets, embedding indices) travel in the same copy and raise here
         if st["found"] is None:
-            st["found"] = any(float(f) != 0.0 for f in st["found_inf"].values())
+            st["found"] = any(
+                float(f if isinstance(f, np.ndarray) else _deferred.fetch(f)[0]) != 0.0
+                for f in st["found_inf"].values()
+            )
         return st["found"]
 
     def step(self, optimizer, *args, **kwargs) -> bool:

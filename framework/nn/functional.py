@@ -22,6 +22,7 @@ from .. import _dtype as D
 from .. import _fused, ops
 from .._backend import xp_of
 from ..autograd.function import Op
+from ..kernels import _deferred
 from ..tensor import Tensor, cat, where
 
 _REDUCTIONS = ("mean", "sum", "none")
@@ -236,10 +237,16 @@ def embedding(input, weight, padding_idx=None, max_norm=None, norm_type=2.0, sca
     num = weight.shape[0]
     idx = input._data
     if idx.size:
-        lo, hi = int(idx.min()), int(idx.max())
-        if lo < 0 or hi >= num:
-            bad = lo if lo < 0 else hi
-            raise IndexError(f"index out of range in self: index {bad} for an embedding with {num} rows")
+        # min and max stay arrays: on a GPU the check is read at the next host sync (kernels._deferred), not here
+        xp = xp_of(idx)
+        lo, hi = idx.min(), idx.max()
+        _deferred.check(
+            (lo < 0) | (hi >= num),
+            lambda: xp.where(lo < 0, lo, hi),
+            lambda bad: IndexError(f"index out of range in self: index {bad} for an embedding with {num} rows"),
+        )
+        if xp is not np:
+            idx = idx % num  # until the check surfaces, a bad index must not read outside the table (one pass)
     if padding_idx is not None:
         padding_idx = int(padding_idx)
         if not -num <= padding_idx < num:
@@ -266,10 +273,13 @@ def one_hot(tensor, num_classes=-1):
     a = tensor._data
     xp = xp_of(a)
     if num_classes < 0:
-        num_classes = int(a.max()) + 1 if a.size else 0
-    if a.size and (int(a.min()) < 0 or int(a.max()) >= num_classes):
-        raise RuntimeError(
-            f"one_hot: class values must be in [0, {num_classes}), got range [{int(a.min())}, {int(a.max())}]"
+        num_classes = int(a.max()) + 1 if a.size else 0  # the shape depends on it: a sync, as in PyTorch
+    if a.size:  # on a GPU read at the next host sync (kernels._deferred), as PyTorch's device assert
+        lo, hi = a.min(), a.max()
+        _deferred.check(
+            (lo < 0) | (hi >= num_classes),
+            lambda: xp.where(lo < 0, lo, hi),
+            lambda v: RuntimeError(f"one_hot: class values must be in [0, {num_classes}), got {v}"),
         )
     return Tensor._make((a[..., None] == xp.arange(num_classes)).astype(np.int64))
 
@@ -957,15 +967,26 @@ def _flatten_classes(input, target, name):
 
 
 def _check_targets(t, c, ignore_index, name):
+    """``(valid, safe)``: the mask of targets != ignore_index, after checking the others are in [0, c), and
+    the targets a kernel may read.
+
+    CPU: raises now; ``safe`` is the targets' array. GPU: no host sync; the check raises at the next sync
+    (``kernels._deferred``), as PyTorch's device-side assert, and until then ``safe`` holds ignore_index in
+    place of a bad target so that no kernel reads outside its row.
+    """
     a = t._data
+    xp = xp_of(a)
     valid = a != ignore_index
     bad = valid & ((a < 0) | (a >= c))
-    if bad.any():
-        raise IndexError(
-            f"{name}: Target {int(a[bad][0])} is out of bounds: input has {c} classes (valid targets "
+    _deferred.check(
+        bad.any(),
+        lambda: xp.take(a.reshape(-1), xp.argmax(bad.reshape(-1))),
+        lambda v: IndexError(
+            f"{name}: Target {v} is out of bounds: input has {c} classes (valid targets "
             f"are 0..{c - 1} or ignore_index={ignore_index})"
-        )
-    return valid
+        ),
+    )
+    return valid, (a if xp is np else xp.where(bad, a.dtype.type(ignore_index), a))
 
 
 def nll_loss(input, target, weight=None, size_average=None, ignore_index=-100, reduce=None, reduction="mean"):
@@ -981,7 +1002,7 @@ def nll_loss(input, target, weight=None, size_average=None, ignore_index=-100, r
     m, c = x2.shape
     if weight is not None and weight.shape != (c,):
         raise RuntimeError(f"nll_loss: weight should have shape ({c},), got {tuple(weight.shape)}")
-    valid = _check_targets(t1, c, ignore_index, "nll_loss")
+    valid, _ = _check_targets(t1, c, ignore_index, "nll_loss")
     xp = xp_of(t1._data)
     safe = xp.where(valid, t1._data, 0)
     picked = x2[Tensor._make(xp.arange(m)), Tensor._make(safe)]
@@ -1022,8 +1043,10 @@ def cross_entropy(
     x2, t1, out_shape = _flatten_classes(input, target, "cross_entropy")
     c = x2.shape[1]
     if weight is None:
-        _check_targets(t1, c, ignore_index, "cross_entropy")
-        loss = _fused.cross_entropy(x2, t1, ignore_index, float(label_smoothing), reduction)
+        _, safe = _check_targets(t1, c, ignore_index, "cross_entropy")  # once: the kernel does not check again
+        if safe is not t1._data:
+            t1 = Tensor._make(safe)
+        loss = _fused.cross_entropy(x2, t1, ignore_index, float(label_smoothing), reduction, check_targets=False)
         return loss.reshape(out_shape) if reduction == "none" else loss
     if weight.shape != (c,):
         raise RuntimeError(f"cross_entropy: weight should have shape ({c},), got {tuple(weight.shape)}")
@@ -1155,8 +1178,9 @@ def binary_cross_entropy(input, target, weight=None, size_average=None, reduce=N
             f"({tuple(input.shape)}) is deprecated. Please ensure they have the same size."
         )
     a = input._data
-    if a.size and (float(a.min()) < 0 or float(a.max()) > 1):
-        raise RuntimeError("all elements of input should be between 0 and 1")
+    if a.size:  # on a GPU read at the next host sync (kernels._deferred), as PyTorch's device assert
+        _deferred.check((a.min() < 0) | (a.max() > 1), 0,
+                        lambda _: RuntimeError("all elements of input should be between 0 and 1"))  # fmt: skip
     loss = -(target * input.log().clamp(min=-100) + (1 - target) * (1 - input).log().clamp(min=-100))
     if weight is not None:
         loss = loss * weight

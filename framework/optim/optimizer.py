@@ -356,6 +356,7 @@ def _is_cupy(a):
 
 
 _FUSED = []
+_FUSED_ERROR = [None]  # why the import failed, for fused=True's error
 
 
 def _fused_kernels():
@@ -363,10 +364,44 @@ def _fused_kernels():
     if not _FUSED:
         try:
             from conch.kernels import optim as k
-        except ImportError:
-            k = None
+        except ImportError as e:
+            k, _FUSED_ERROR[0] = None, f"{type(e).__name__}: {e}"
         _FUSED.append(k)
     return _FUSED[0]
+
+
+_FUSABLE = ("float16", "bfloat16", "float32", "float64")
+
+
+def _check_fusable(name, params):
+    """Raise when ``fused=True`` cannot be honoured for ``params`` (those with a gradient), naming the reason.
+
+    The multi-tensor kernel updates flat buffers in place in one launch on one device: every parameter and
+    gradient must be a float array (float16/bfloat16/float32/float64), C-contiguous, all on one device
+    (NumPy arrays take the kernels' interpreter or NumPy path, CuPy arrays one GPU).
+    """
+    devices = {}
+    for i, p in enumerate(params):
+        g = p.grad
+        for what, t in (("parameter", p), ("gradient", g)):
+            if t.dtype.name not in _FUSABLE:
+                raise TypeError(
+                    f"{name}(fused=True): the fused kernel takes float16/bfloat16/float32/float64 tensors, but the "
+                    f"{what} of parameter {i} (shape {tuple(p.shape)}) has dtype {t.dtype}; pass fused=False"
+                )
+            devices.setdefault(str(t.device), (what, i))
+        if not p._data.flags.c_contiguous:
+            st = tuple(s // p._data.itemsize for s in p._data.strides)
+            raise ValueError(
+                f"{name}(fused=True): parameter {i} (shape {tuple(p.shape)}, strides {st}) is not contiguous, and "
+                "the fused kernel updates flat buffers in place; pass fused=False or make it contiguous"
+            )
+    if len(devices) > 1:
+        where = ", ".join(f"{w} {i} on {d}" for d, (w, i) in devices.items())
+        raise RuntimeError(
+            f"{name}(fused=True): one fused launch runs on one device, but the tensors are on {len(devices)} "
+            f"devices ({where}); put every parameter and gradient of a group on one device or pass fused=False"
+        )
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -532,13 +567,25 @@ class Optimizer:
         """
         fused = group.get("fused")
         if fused is None:
-            fused = self._all_cupy_with_grad(group)
-        k = _fused_kernels() if fused else None
-        if k is None:  # NumPy parameters, or no kernels: skip the parameter scan
+            k = _fused_kernels() if self._all_cupy_with_grad(group) else None
+            if k is None:  # NumPy parameters, or no kernels: skip the parameter scan
+                return None
+            params = self._params_with_grad(group)
+            if not all(p._data.flags.c_contiguous for p in params):
+                return None
+            return k, params
+        if not fused:
             return None
+        # fused=True is honoured or refused, never quietly replaced by the per-parameter path (PyTorch raises too)
+        name = type(self).__name__
+        k = _fused_kernels()
+        if k is None:
+            raise RuntimeError(
+                f"{name}(fused=True): the multi-tensor kernels (conch.kernels.optim) could not be imported "
+                f"({_FUSED_ERROR[0]}); pass fused=False or fused=None to use the per-parameter path"
+            )
         params = self._params_with_grad(group)
-        if not all(p._data.flags.c_contiguous for p in params):
-            return None
+        _check_fusable(name, params)
         return k, params
 
     def _params_with_grad(self, group):
