@@ -1,6 +1,7 @@
 """Factories, dtype inference, NumPy/DLPack interop, seeding, and what ``import conch`` costs."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -204,15 +205,15 @@ def test_device_objects():
     assert conch.ones(1).device == "cpu" and conch.ones(1).device.type == "cpu"
 
 
-def test_import_is_light_and_fast():
+def test_import_is_light():
+    # what `import conch` pulls in, not how long it takes: a time limit fails on a busy machine (the import
+    # time is measured in benchmarks/, never asserted here)
     code = (
-        "import sys, time, json; t = time.perf_counter(); import conch; dt = time.perf_counter() - t; "
-        "print(json.dumps([dt, sorted(m for m in sys.modules if m.split('.')[0] in ('triton', 'cupy', 'torch'))]))"
+        "import sys, json; import conch; "
+        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('triton', 'cupy', 'cupyx', 'torch')"
+        " or m.startswith('conch.kernels.sim'))))"
     )
-    best = None
-    for _ in range(2):  # the first run may pay for a cold disk cache
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-        dt, mods = json.loads(out.strip().splitlines()[-1])
-        assert mods == [], f"import conch pulled in {mods}"
-        best = dt if best is None else min(best, dt)
-    assert best < 1.0, f"import conch took {best:.2f} s"
+    env = {k: v for k, v in os.environ.items() if k != "CONCH_SIMULATE_GPU"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout
+    mods = json.loads(out.strip().splitlines()[-1])
+    assert mods == [], f"import conch pulled in {mods}"
