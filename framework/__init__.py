@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import importlib
 
-from . import autograd
+from . import autograd, backends
 from ._backend import cuda, device
 from ._dtype import (
     bfloat16,
@@ -56,6 +56,7 @@ from ._tensor_more import (
     unique,
 )
 from .autograd.grad_mode import enable_grad, inference_mode, is_grad_enabled, no_grad, set_grad_enabled
+from .backends import get_float32_matmul_precision, set_float32_matmul_precision
 from .creation import (
     arange,
     as_tensor,
@@ -171,19 +172,6 @@ def compile(model=None, *, fullgraph=False, dynamic=None, backend="inductor", mo
     if not callable(model):
         raise TypeError(f"compile expects a Module or a function, got {type(model).__name__}")
     return model
-
-
-def set_float32_matmul_precision(precision: str) -> None:
-    """``"highest"``: exact float32 matmuls on the GPU; ``"high"`` (default) or ``"medium"``: TF32 allowed."""
-    from ._fused import set_float32_matmul_precision as _set
-
-    _set(precision)
-
-
-def get_float32_matmul_precision() -> str:
-    from ._fused import get_float32_matmul_precision as _get
-
-    return _get()
 
 
 def is_tensor(x):

@@ -10,7 +10,6 @@ written with Tensor operations.
 from __future__ import annotations
 
 import math
-import sys
 
 import numpy as np
 
@@ -20,8 +19,10 @@ from conch.kernels._launch import use_triton
 from . import _dtype as D
 from . import ops
 from ._backend import xp_of
+from .amp.autocast_mode import cast_for
 from .autograd.function import Op
 from .autograd.grad_mode import _enabled
+from .backends import _tf32
 from .tensor import Tensor, _norm_dim
 
 ACTIVATIONS = ("relu", "leaky_relu", "elu", "gelu", "gelu_tanh", "silu", "tanh", "sigmoid")
@@ -73,12 +74,7 @@ def _composite_activation(x, name, negative_slope=0.01, alpha=1.0):
     raise ValueError(f"unknown activation {name!r}; expected one of {', '.join(ACTIVATIONS)} or None")
 
 
-def _amp(op: str, *tensors):
-    """Cast inputs by the autocast policy; free (one dict lookup) when conch.amp was never imported."""
-    amp = sys.modules.get("conch.amp.autocast_mode")
-    if amp is None or not amp._state[0]:
-        return tensors
-    return amp.cast_for(op, *tensors)
+_amp = cast_for
 
 
 def _res(ctx):
@@ -183,32 +179,6 @@ class MatMulAct(Op):
         n = ctx.needs_input_grad
         da, db, dbias = K.matmul.matmul_backward(_res(ctx), g._data, (n[0], n[1], n[2] and ctx.has_bias))
         return _t(da), _t(db), _t(dbias)
-
-
-_tf32 = [True]
-
-
-def allow_tf32(flag: bool | None = None) -> bool:
-    """Let float32 matmuls use TF32 tensor cores on the GPU (default True); returns the setting."""
-    if flag is not None:
-        _tf32[0] = bool(flag)
-    return _tf32[0]
-
-
-def set_float32_matmul_precision(precision: str) -> None:
-    """PyTorch's switch for float32 matmuls on the GPU: ``"highest"`` computes in exact fp32 (IEEE dots),
-    ``"high"``/``"medium"`` allow TF32 tensor cores (10-bit mantissa inputs, fp32 accumulation).
-
-    conch defaults to ``"high"`` (PyTorch defaults to ``"highest"``): training in float32 on an H100 is
-    several times faster with TF32 and loses little. Example: ``conch.set_float32_matmul_precision("highest")``.
-    """
-    if precision not in ("highest", "high", "medium"):
-        raise ValueError(f"precision must be 'highest', 'high' or 'medium', got {precision!r}")
-    _tf32[0] = precision != "highest"
-
-
-def get_float32_matmul_precision() -> str:
-    return "high" if _tf32[0] else "highest"
 
 
 def _no_bias(a):

@@ -16,7 +16,7 @@ import numpy as np
 
 from . import _dtype as D
 from . import ops
-from ._backend import xp_of
+from ._backend import to_host, xp_of
 from .autograd.function import Op
 from .kernels import _deferred
 
@@ -300,7 +300,7 @@ def _index_array(index, t, what):
     if arr.dtype.kind not in "iu":
         raise RuntimeError(f"{what}(): Expected dtype int64 for index, got {arr.dtype}")
     if type(arr) is not type(t._data):
-        arr = xp.asarray(arr.get() if hasattr(arr, "get") else arr)
+        arr = xp.asarray(to_host(arr))
     return arr.astype(np.int64, copy=False)
 
 
@@ -774,9 +774,7 @@ class TensorOpsMixin:
         x, d = (self.reshape(-1), 0) if dim is None else (self, _dim(int(dim), self.ndim))
         n = x.shape[d]
         reps = repeats._data if isinstance(repeats, _T()) else repeats
-        if hasattr(reps, "get"):
-            reps = reps.get()
-        reps = np.asarray(reps, dtype=np.int64)
+        reps = np.asarray(to_host(reps), dtype=np.int64)
         if reps.ndim > 1 or (reps.ndim == 1 and reps.shape[0] not in (1, n)):
             raise RuntimeError(f"repeat_interleave: repeats must have shape ({n},) or be a number, got {reps.shape}")
         if (reps < 0).any():

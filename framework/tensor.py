@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import numbers
-import sys
 
 import numpy as np
 
 from . import _dtype as D
 from . import _tensor_more, ops
-from ._backend import device_of, namespace, to_device, xp_of
+from ._backend import device_of, namespace, to_device, to_host, xp_of
 from ._tensor_more import TensorOpsMixin
+from .amp.autocast_mode import _state as _autocast
+from .amp.autocast_mode import cast_for
 from .autograd import engine
 from .autograd import function as _function
 from .autograd.grad_mode import _enabled, no_grad
@@ -1110,11 +1111,9 @@ _SCALAR_FAST = (D.float32, D.float64)
 
 
 def _fp32(op, t):
-    """Autocast's float32 policy for reductions and exp/log/pow; free until conch.amp is imported."""
-    amp = sys.modules.get("conch.amp.autocast_mode")
-    if amp is None or not amp._state[0]:
-        return t
-    return amp.cast_for(op, t)[0]
+    """``t`` as autocast's policy table casts it for ``op`` (reductions, exp/log/pow: float32); one list read
+    when autocast is off."""
+    return cast_for(op, t)[0] if _autocast[0] else t
 
 
 def _const(arr):
@@ -1239,12 +1238,8 @@ def _mask_array(mask, t):
     """``mask`` (a Tensor, NumPy/CuPy array or nested list) as a bool-or-other array in ``t``'s namespace."""
     m = mask._data if isinstance(mask, Tensor) else mask
     if type(m) is not type(t._data):
-        m = xp_of(t._data).asarray(m.get() if _cupy_array(m) else m)
+        m = xp_of(t._data).asarray(to_host(m))
     return m
-
-
-def _cupy_array(a):
-    return type(a).__module__.startswith("cupy")
 
 
 def _index_arrays(idx, t):
@@ -1486,7 +1481,7 @@ def where(cond, a=None, b=None):
     if isinstance(cond, Tensor):
         _check_devices(cond, a)
     elif type(c) is not type(a._data):  # a NumPy mask (or list) for GPU tensors: onto their device
-        c = xp_of(a._data).asarray(c.get() if _cupy_array(c) else c)
+        c = xp_of(a._data).asarray(to_host(c))
     if c.dtype != np.bool_:
         c = c.astype(bool)
     shape = np.broadcast_shapes(c.shape, a.shape, b.shape)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._backend import to_host, xp_of
+
 
 def _tensors(inputs):
     from ..tensor import Tensor
@@ -19,7 +21,7 @@ def _flat_outputs(out):
 
 def _host(a):
     """A float64 NumPy copy of array ``a`` (NumPy or CuPy)."""
-    return (a if isinstance(a, np.ndarray) else a.get()).astype(np.float64).ravel()
+    return to_host(a).astype(np.float64).ravel()
 
 
 def _numerical_jacobian(fn, inputs, i, eps):
@@ -103,8 +105,6 @@ def _like(arr, host):
     """``host`` (a NumPy array) moved to ``arr``'s device with ``arr``'s dtype."""
     if isinstance(arr, np.ndarray):
         return host.astype(arr.dtype, copy=False)
-    from .._backend import xp_of
-
     return xp_of(arr).asarray(host, dtype=arr.dtype)
 
 

@@ -8,6 +8,7 @@ import warnings
 
 import numpy as np
 
+from .._backend import is_cupy_array, xp_of
 from ..tensor import Tensor
 
 __all__ = ["DataLoader", "default_collate"]
@@ -39,12 +40,10 @@ def default_collate(batch):
         if len(shapes) != 1:
             raise RuntimeError(f"default_collate: arrays have different shapes {sorted(shapes)}")
         return Tensor._make(np.stack(batch))
-    if type(elem).__module__.startswith("cupy"):  # CuPy arrays: stacked on their GPU
+    if is_cupy_array(elem):  # CuPy arrays: stacked on their GPU
         shapes = {a.shape for a in batch}
         if len(shapes) != 1:
             raise RuntimeError(f"default_collate: arrays have different shapes {sorted(shapes)}")
-        from .._backend import xp_of
-
         return Tensor._make(xp_of(elem).stack(batch))
     if isinstance(elem, (bool, np.bool_)):
         return Tensor._make(np.array(batch, dtype=np.bool_))

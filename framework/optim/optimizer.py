@@ -43,7 +43,7 @@ from itertools import chain
 
 import numpy as np
 
-from .._backend import xp_of
+from .._backend import on_gpu, xp_of
 from ..autograd.grad_mode import enable_grad, no_grad
 from ..tensor import Tensor
 
@@ -351,10 +351,6 @@ def _scalar_state(value=0.0):
     return Tensor._make(np.array(value, dtype=np.float32))
 
 
-def _is_cupy(a):
-    return not isinstance(a, np.ndarray)
-
-
 _FUSED = []
 _FUSED_ERROR = [None]  # why the import failed, for fused=True's error
 
@@ -557,7 +553,7 @@ class Optimizer:
     @staticmethod
     def _all_cupy_with_grad(group):
         """Whether every parameter of ``group`` that has a gradient lives on a GPU (the default ``fused`` test)."""
-        return all(_is_cupy(p._data) for p in group["params"] if p.grad is not None)
+        return all(on_gpu(p._data) for p in group["params"] if p.grad is not None)
 
     def _fused_plan(self, group):
         """``(kernels, params)`` when ``group`` takes the multi-tensor GPU kernel, else ``None`` (per-parameter path).
