@@ -31,7 +31,7 @@ class Parameter(Tensor):
             from ..creation import tensor
 
             data = tensor(data)
-        p = Tensor._make.__func__(cls, data._data, False, None, data._version)
+        p = Tensor._make_as(cls, data._data, False, None, data._version)
         if requires_grad:
             p.requires_grad_(True)
         return p
@@ -63,7 +63,7 @@ class Buffer(Tensor):
     """Marks a tensor to be registered as a buffer when assigned to a Module attribute (as ``torch.nn.Buffer``)."""
 
     def __new__(cls, data, persistent=True):
-        b = Tensor._make.__func__(cls, data._data, False, None, data._version)
+        b = Tensor._make_as(cls, data._data, False, None, data._version)
         b.persistent = persistent
         return b
 
