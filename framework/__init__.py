@@ -68,6 +68,8 @@ from .creation import (
 )
 from .fused.matmul import matmul
 from .fused.softmax import log_softmax, softmax
+from .serialization import load as _load
+from .serialization import save as _save
 from .tensor import Tensor, cat, concat, concatenate, cumsum, maximum, minimum, split, stack, where
 from .tensor_api import (
     addmm,
@@ -169,12 +171,9 @@ def is_tensor(x):
 
 
 def save(obj, path):
-    from .serialization import save as _save
-
     return _save(obj, path)
 
 
 def load(path, device=None):  # noqa: F811  (the parameter shadows conch.device, as torch.load)
-    from .serialization import load as _load
 
     return _load(path, device=device)

@@ -9,7 +9,8 @@ import warnings
 import numpy as np
 
 from .._backend import is_cupy_array, xp_of
-from ..tensor import Tensor
+from ..creation import _state
+from ..tensor import Tensor, stack
 
 __all__ = ["DataLoader", "default_collate"]
 
@@ -32,8 +33,6 @@ def default_collate(batch):
         shapes = {t.shape for t in batch}
         if len(shapes) != 1:
             raise RuntimeError(f"default_collate: stack expects each tensor to be equal size, but got {sorted(shapes)}")
-        from ..tensor import stack
-
         return stack([t.detach() for t in batch], 0)
     if isinstance(elem, np.ndarray):
         shapes = {a.shape for a in batch}
@@ -190,6 +189,5 @@ def _draw_seed(generator):
         return int(generator)
     if generator is not None:
         raise TypeError(f"generator must be a numpy.random.Generator or an int seed, got {type(generator).__name__}")
-    from ..creation import _state
 
     return int(_state["np"].integers(0, 2**63 - 1))

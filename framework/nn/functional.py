@@ -24,6 +24,8 @@ from .. import _dtype as D
 from .. import ops
 from .._backend import xp_of
 from ..amp.autocast_mode import cast_for
+from ..autograd.grad_mode import no_grad
+from ..creation import philox_seed_offset
 from ..fused import activations as fused_act
 from ..fused import attention as fattn
 from ..fused import cross_entropy as fused_ce
@@ -33,7 +35,7 @@ from ..fused import norms as fused_norms
 from ..fused import softmax as fused_softmax
 from ..kernels import _deferred
 from ..ops.nn import _as_strided
-from ..tensor import Tensor, cat, where
+from ..tensor import Tensor, cat, stack, where
 
 _REDUCTIONS = ("mean", "sum", "none")
 
@@ -228,8 +230,6 @@ def embedding(input, weight, padding_idx=None, max_norm=None, norm_type=2.0, sca
             raise ValueError(f"padding_idx must be within num_embeddings ({num}), got {padding_idx}")
         padding_idx %= num
     if max_norm is not None:
-        from ..autograd.grad_mode import no_grad
-
         with no_grad():  # renormalise the looked-up rows in place, as PyTorch does
             xp = xp_of(weight._data)
             rows = xp.unique(idx)
@@ -530,8 +530,6 @@ def adaptive_avg_pool2d(input, output_size):
 
 
 def _stack(ts, dim):
-    from ..tensor import stack
-
     return stack(ts, dim)
 
 
@@ -1307,8 +1305,6 @@ def _channel_dropout(input, p, training, inplace, name, batched_ndim):
         return input
     from conch.kernels.dropout import dropout_mask
 
-    from ..creation import philox_seed_offset
-
     lead = input.shape[: input.ndim - (batched_ndim - 2)]  # (N, C) or (C,): one draw per channel
     n = int(np.prod(lead, dtype=np.int64))
     seed, offset = philox_seed_offset(n)
@@ -1346,8 +1342,6 @@ def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=
     if not use_input_stats:
         return batch_norm(input, running_mean, running_var, weight, bias, False, 0.0, eps)
     if running_mean is not None and running_var is not None:
-        from ..autograd.grad_mode import no_grad
-
         with no_grad():
             # the per-instance means and unbiased variances, averaged over the batch (PyTorch's update)
             flat = input.reshape(input.shape[0], input.shape[1], -1)

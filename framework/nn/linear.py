@@ -6,6 +6,7 @@ import math
 
 from conch.kernels._act_names import ACTIVATIONS
 
+from ..autograd.grad_mode import no_grad
 from ..creation import empty
 from ..fused import matmul as fused_matmul
 from ..tensor import Tensor
@@ -130,8 +131,6 @@ class Embedding(Module):
     def reset_parameters(self):
         init.normal_(self.weight)
         if self.padding_idx is not None:
-            from ..autograd.grad_mode import no_grad
-
             with no_grad():
                 self.weight[self.padding_idx] = 0
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+from ..creation import empty, tensor
 from ..tensor import Tensor
 
 
@@ -24,12 +25,8 @@ class Parameter(Tensor):
 
     def __new__(cls, data=None, requires_grad=True):
         if data is None:
-            from ..creation import empty
-
             data = empty(0)
         if not isinstance(data, Tensor):
-            from ..creation import tensor
-
             data = tensor(data)
         p = Tensor._make_as(cls, data._data, False, None, data._version)
         if requires_grad:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from conch.kernels._cupy import scatter_add
+
 from .._backend import xp_of
 from ..autograd.function import Op
 
@@ -67,8 +69,6 @@ def _segment_sum_rows(out, idx, g):
 
 
 def _cupy_add_at(out, idx, g):
-    from conch.kernels._cupy import scatter_add
-
     scatter_add(out, idx, g)
 
 

@@ -45,6 +45,7 @@ import numpy as np
 
 from .._backend import on_gpu, xp_of
 from ..autograd.grad_mode import enable_grad, no_grad
+from ..creation import from_dlpack
 from ..tensor import Tensor
 
 __all__ = ["Optimizer", "required", "set_bitwise_torch", "is_bitwise_torch"]
@@ -690,8 +691,6 @@ def _norm_id(k):
 def _cast_state(p, key, value):
     """A copy of a loaded state value placed like torch does: tensors on p's device, float ones in p's dtype."""
     if not isinstance(value, Tensor) and (isinstance(value, np.ndarray) or hasattr(value, "__dlpack__")):
-        from ..creation import from_dlpack
-
         value = from_dlpack(value.detach() if hasattr(value, "detach") else value)  # NumPy, PyTorch, CuPy...
     if isinstance(value, Tensor):
         if key == "step":

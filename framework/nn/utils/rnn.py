@@ -22,7 +22,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..._backend import to_host
+from ..._backend import to_host, xp_of
 from ...tensor import Tensor, cat, stack
 
 __all__ = ["PackedSequence", "pack_padded_sequence", "pad_packed_sequence", "pad_sequence", "pack_sequence"]
@@ -77,8 +77,6 @@ def pack_padded_sequence(input, lengths, batch_first=False, enforce_sorted=True)
 
 
 def _to_device(like, arr):
-    from ..._backend import xp_of
-
     return xp_of(like._data).asarray(arr)
 
 
