@@ -919,7 +919,7 @@ class Tensor(GraphTensor):
         return ops.Var.apply(_fp32("var", self), dim=d, correction=c, keepdim=keepdim)
 
     def std(self, dim=None, unbiased=True, keepdim=False, correction=None):
-        return self.var(dim, unbiased, keepdim, correction).sqrt()
+        return _fp32("std", self).var(dim, unbiased, keepdim, correction).sqrt()
 
     def amax(self, dim=None, keepdim=False):
         _check_nonempty(self, "amax")
@@ -1030,13 +1030,13 @@ class Tensor(GraphTensor):
         return self * self
 
     def reciprocal(self):
-        return 1 / self
+        return 1 / _fp32("reciprocal", self)
 
     def log1p(self):
-        return (self + 1).log()
+        return ops.Log1p.apply(_fp32("log1p", _floating(self)))
 
     def expm1(self):
-        return self.exp() - 1
+        return ops.Expm1.apply(_fp32("expm1", _floating(self)))
 
     def clamp(self, min=None, max=None):
         if min is None and max is None:

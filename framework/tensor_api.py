@@ -248,7 +248,7 @@ class TensorMethods:
 
     # ---- reductions
     def prod(self, dim=None, keepdim=False, dtype=None):
-        x = self if dtype is None else self.to(dtype=dtype)
+        x = cast_for("prod", self)[0] if dtype is None else self.to(dtype=dtype)
         if x.dtype.kind in "biu":
             x = x.to(dtype=D.int64)
         d = None if dim is None else _dim(int(dim), x.ndim)
@@ -573,12 +573,14 @@ def bmm(a, b):
         raise RuntimeError(f"bmm: expected 3-D tensors, got shapes {tuple(a.shape)} and {tuple(b.shape)}")
     if a.shape[0] != b.shape[0]:
         raise RuntimeError(f"bmm: batch sizes differ: {tuple(a.shape)} and {tuple(b.shape)}")
+    a, b = cast_for("bmm", a, b)
     return a @ b
 
 
 def mm(a, b):
     if a.ndim != 2 or b.ndim != 2:
         raise RuntimeError(f"mm: expected 2-D matrices, got shapes {tuple(a.shape)} and {tuple(b.shape)}")
+    a, b = cast_for("mm", a, b)
     return a @ b
 
 
@@ -590,10 +592,12 @@ def _scaled_sum(input, prod, beta, alpha):
 
 
 def addmm(input, mat1, mat2, beta=1, alpha=1):
+    input, mat1, mat2 = cast_for("addmm", input, mat1, mat2)
     return _scaled_sum(input, mm(mat1, mat2), beta, alpha)
 
 
 def baddbmm(input, batch1, batch2, beta=1, alpha=1):
+    input, batch1, batch2 = cast_for("baddbmm", input, batch1, batch2)
     return _scaled_sum(input, bmm(batch1, batch2), beta, alpha)
 
 

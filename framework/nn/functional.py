@@ -567,6 +567,7 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
                 f"batch_norm: {name} should have shape ({c},) for input of size {list(input.shape)}, "
                 f"got {tuple(t.shape)}"
             )
+    (input,) = cast_for("batch_norm", input)
     dims = (0,) + tuple(range(2, input.ndim))
     bshape = (1, c) + (1,) * (input.ndim - 2)
     x = input.float() if input.dtype in (D.float16, D.bfloat16) else input
@@ -1066,6 +1067,7 @@ def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5):
     n, c = input.shape[:2]
     if num_groups < 1 or c % num_groups:
         raise RuntimeError(f"Expected number of channels in input ({c}) to be divisible by num_groups ({num_groups})")
+    (input,) = cast_for("group_norm", input)
     rows = input.reshape(n, num_groups, -1)
     y = fused_norms.layer_norm(rows, (rows.shape[-1],), None, None, eps).reshape(input.shape)
     bshape = (1, c) + (1,) * (input.ndim - 2)

@@ -527,3 +527,33 @@ class LogSigmoid(Op):
     def backward(ctx, g):
         (a,) = ctx.saved_tensors
         return g * Sigmoid.apply(-a)
+
+
+class Log1p(Op):
+    """log(1 + x), accurate where x is tiny (log1p(1e-10) = 1e-10, where log(1 + x) rounds to 0); d/dx = 1/(1 + x)."""
+
+    saves = (0,)
+
+    @staticmethod
+    def forward(ctx, a):
+        return xp_of(a).log1p(a)
+
+    @staticmethod
+    def backward(ctx, g):
+        (a,) = ctx.saved_tensors
+        return g / (a + 1)
+
+
+class Expm1(Op):
+    """eˣ - 1, accurate where x is tiny; d/dx = eˣ = out + 1."""
+
+    saves = ("out",)
+
+    @staticmethod
+    def forward(ctx, a):
+        return xp_of(a).expm1(a)
+
+    @staticmethod
+    def backward(ctx, g):
+        (y,) = ctx.saved_tensors
+        return g * (y + 1)
