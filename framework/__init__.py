@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import importlib
 
-from . import autograd
-from ._backend import cuda, device
+from . import autograd, backends
+from ._backend import cuda, device, xp_of
 from ._dtype import (
     bfloat16,
     bool_,
@@ -34,28 +34,8 @@ from ._dtype import (
 )
 from ._dtype import float as float  # noqa: PLC0414
 from ._dtype import int as int  # noqa: PLC0414
-from ._tensor_more import (
-    addmm,
-    allclose,
-    baddbmm,
-    bernoulli,
-    bincount,
-    bmm,
-    broadcast_tensors,
-    cdist,
-    diag,
-    dist,
-    equal,
-    ger,
-    isclose,
-    meshgrid,
-    mm,
-    multinomial,
-    outer,
-    set_printoptions,
-    unique,
-)
 from .autograd.grad_mode import enable_grad, inference_mode, is_grad_enabled, no_grad, set_grad_enabled
+from .backends import get_float32_matmul_precision, set_float32_matmul_precision
 from .creation import (
     arange,
     as_tensor,
@@ -86,21 +66,38 @@ from .creation import (
     zeros,
     zeros_like,
 )
-from .tensor import (
-    Tensor,
-    cat,
-    concat,
-    concatenate,
-    cumsum,
-    log_softmax,
-    matmul,
-    maximum,
-    minimum,
-    softmax,
-    split,
-    stack,
-    where,
+from .fused.matmul import matmul
+from .fused.softmax import log_softmax, softmax
+from .serialization import load as _load
+from .serialization import save as _save
+from .tensor import Tensor, cat, concat, concatenate, cumsum, maximum, minimum, split, stack, where
+from .tensor_api import (
+    addmm,
+    allclose,
+    baddbmm,
+    bernoulli,
+    bincount,
+    bmm,
+    broadcast_tensors,
+    cdist,
+    diag,
+    dist,
+    einsum,
+    equal,
+    ger,
+    isclose,
+    meshgrid,
+    mm,
+    multinomial,
+    outer,
+    set_printoptions,
+    unique,
 )
+from .tensor_api import attach as _attach_tensor_methods
+
+# The one place Tensor gets the methods that need the layers above tensor.py (fused kernels, creation, the rest of
+# PyTorch's Tensor API): conch.tensor_api.TensorMethods, copied onto Tensor before anything can use it.
+_attach_tensor_methods(Tensor)
 
 globals()["bool"] = bool_  # conch.bool, as torch.bool (assigned so the builtin stays usable in this module)
 
@@ -149,14 +146,10 @@ del _n
 
 
 def isfinite(t):
-    from ._backend import xp_of
-
     return Tensor._make(xp_of(t._data).isfinite(t._data))
 
 
 def isnan(t):
-    from ._backend import xp_of
-
     return Tensor._make(xp_of(t._data).isnan(t._data))
 
 
@@ -173,37 +166,14 @@ def compile(model=None, *, fullgraph=False, dynamic=None, backend="inductor", mo
     return model
 
 
-def set_float32_matmul_precision(precision: str) -> None:
-    """``"highest"``: exact float32 matmuls on the GPU; ``"high"`` (default) or ``"medium"``: TF32 allowed."""
-    from ._fused import set_float32_matmul_precision as _set
-
-    _set(precision)
-
-
-def get_float32_matmul_precision() -> str:
-    from ._fused import get_float32_matmul_precision as _get
-
-    return _get()
-
-
 def is_tensor(x):
     return isinstance(x, Tensor)
 
 
-def einsum(equation, *operands):
-    """``einsum`` with gradients, built from permute/reshape/matmul-free broadcasting sums."""
-    from ._einsum import einsum as _einsum
-
-    return _einsum(equation, *operands)
-
-
 def save(obj, path):
-    from .serialization import save as _save
-
     return _save(obj, path)
 
 
 def load(path, device=None):  # noqa: F811  (the parameter shadows conch.device, as torch.load)
-    from .serialization import load as _load
 
     return _load(path, device=device)

@@ -5,7 +5,10 @@ from __future__ import annotations
 import numpy as np
 
 from conch.kernels import _cupy, _deferred
+from conch.kernels._cupy import is_cupy_array
 from conch.kernels._launch import xp_of as _xp_of_any
+
+__all__ = ["is_cupy_array", "on_gpu", "to_host", "xp_of", "device", "device_of", "to_device", "namespace"]
 
 
 def xp_of(a):
@@ -14,6 +17,17 @@ def xp_of(a):
     A one-comparison fast path for NumPy (every CPU op asks) in front of ``conch.kernels``' test.
     """
     return np if type(a) is np.ndarray else _xp_of_any(a)
+
+
+def on_gpu(a) -> bool:
+    """Whether array ``a`` lives on a GPU: the one device test for arrays (anything not NumPy is CuPy here)."""
+    return type(a) is not np.ndarray and is_cupy_array(a)
+
+
+def to_host(a):
+    """``a`` as a NumPy array when it is a CuPy one (a copy that also reads pending device-side checks);
+    anything else (NumPy arrays, lists, numbers) comes back unchanged."""
+    return _deferred.fetch(a)[0] if is_cupy_array(a) else a
 
 
 class device(str):
@@ -105,9 +119,7 @@ def to_device(a, dev: device):
 def asarray_on(data, dtype, dev: device):
     """Make an array of ``dtype`` on ``dev`` from Python data or an array."""
     if dev.type == "cpu":
-        if not isinstance(data, np.ndarray) and _cupy.is_cupy_array(data):
-            data = _deferred.fetch(data)[0]
-        return np.asarray(data, dtype=dtype)
+        return np.asarray(to_host(data), dtype=dtype)
     cp = require_cupy()
     with cp.cuda.Device(dev.index):
         return cp.asarray(data, dtype=dtype)

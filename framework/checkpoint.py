@@ -19,10 +19,11 @@ from __future__ import annotations
 import numpy as np
 
 from . import _dtype as D
+from . import ops
 from ._backend import xp_of
 from .amp import autocast_mode as _ac
 from .autograd import engine as _engine
-from .autograd.function import Function, Op, _edge
+from .autograd.function import Function, _edge
 from .autograd.grad_mode import _enabled
 from .creation import get_rng_state, set_rng_state
 from .tensor import Tensor
@@ -147,7 +148,7 @@ class _Checkpoint(Function):
                 # double backward: the gradients returned below carry a graph over the recompute's inputs; an
                 # alias node (cut off while this backward runs, reconnected to the original input after it)
                 # lets that graph reach the original inputs
-                d = _Alias.apply(d)
+                d = ops.Alias.apply(d)
             detached.append(d)
         args, kwargs = _fill(spec.struct, detached)
         rng_now = get_rng_state() if spec.preserve_rng else None
@@ -206,18 +207,6 @@ class _Checkpoint(Function):
         res += [by_id.get(id(p)) for p in params]
         res += [None] * (n_flat + 1 - len(res))  # the anchor
         return tuple(res)
-
-
-class _Alias(Op):
-    """y = x sharing memory; dy/dx = 1."""
-
-    @staticmethod
-    def forward(ctx, a):
-        return a
-
-    @staticmethod
-    def backward(ctx, g):
-        return g
 
 
 def _reachable_leaves(roots):

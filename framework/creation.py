@@ -9,10 +9,11 @@ import sys
 import numpy as np
 
 from conch.kernels import _cupy
+from conch.kernels._cupy import is_cupy_array
 
 from . import _dtype as D
 from ._backend import CPU, asarray_on, device, device_of, namespace, require_cupy
-from .tensor import Tensor
+from .tensor import Tensor, _to_array
 
 # ---------------------------------------------------------------- random state
 
@@ -122,43 +123,6 @@ def _device(d):
     return CPU if d is None else device(d)
 
 
-def _infer_dtype(data):
-    """dtype of nested Python data, as torch.tensor infers it."""
-    if isinstance(data, (bool, np.bool_)):
-        return D.bool_
-    if isinstance(data, numbers.Integral):
-        return D.int64
-    if isinstance(data, numbers.Real):
-        return D.get_default_dtype()
-    try:  # every element counts: [1, 2.5] is floating, [True, 2] is integer
-        kind = np.asarray(data).dtype.kind
-    except (ValueError, TypeError):
-        return D.get_default_dtype()  # ragged or odd data: the conversion below reports it
-    return D.bool_ if kind == "b" else D.int64 if kind in "iu" else D.get_default_dtype()
-
-
-def _to_array(data, dtype, dev):
-    dtype = None if dtype is None else D.as_dtype(dtype)
-    if isinstance(data, Tensor):
-        arr = data._data
-        dev = device_of(arr) if dev is None else device(dev)
-        return asarray_on(arr if dtype is None else arr.astype(dtype), dtype or arr.dtype, dev)
-    dev = _device(dev) if dev is not None or not _cupy.is_cupy_array(data) else device_of(data)
-    if isinstance(data, np.ndarray) or _cupy.is_cupy_array(data):
-        return asarray_on(data, dtype or data.dtype, dev)
-    if isinstance(data, np.generic):
-        return asarray_on(np.asarray(data), dtype or data.dtype, dev)
-    if dtype is None:
-        dtype = _infer_dtype(data)
-    try:
-        arr = np.array(data, dtype=np.float64 if dtype in D.FLOATING else None)
-    except ValueError as e:
-        raise ValueError(f"could not make a tensor from {type(data).__name__}: {e}") from None
-    if arr.dtype == object:
-        raise TypeError(f"could not make a tensor from data of type {type(data).__name__} (ragged or non-numeric)")
-    return asarray_on(arr, dtype, dev)
-
-
 def _finish(arr, requires_grad):
     t = Tensor._make(arr)
     if requires_grad:
@@ -177,7 +141,7 @@ def _float_dtype(dtype):
 def tensor(data, dtype=None, device=None, requires_grad=False):
     """A new tensor holding a copy of ``data`` (nested lists, scalars, NumPy/CuPy arrays, Tensors)."""
     arr = _to_array(data, dtype, device)
-    if (isinstance(data, np.ndarray) or _cupy.is_cupy_array(data)) and arr is data:
+    if (isinstance(data, np.ndarray) or is_cupy_array(data)) and arr is data:
         arr = arr.copy()
     if isinstance(data, Tensor) and arr is data._data:
         arr = arr.copy()

@@ -36,7 +36,7 @@ import numpy as np
 
 from . import _dtype as D
 from ._backend import device as _device
-from ._backend import to_device
+from ._backend import is_cupy_array, to_device
 from .tensor import Tensor
 
 __all__ = ["save", "load", "SerializationError"]
@@ -60,7 +60,7 @@ class SerializationError(RuntimeError):
 
 def _flatten(obj, path, tensors, names):
     """The JSON skeleton of ``obj``; tensor leaves are collected into ``tensors`` as ``name -> array``."""
-    if isinstance(obj, (Tensor, np.ndarray)) or type(obj).__module__.startswith("cupy"):  # cupy: a raw GPU array
+    if isinstance(obj, (Tensor, np.ndarray)) or is_cupy_array(obj):  # cupy: a raw GPU array
         name = ".".join(path) if path else "tensor"
         if name in names:
             raise ValueError(

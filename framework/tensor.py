@@ -1,18 +1,27 @@
-"""The Tensor: an array (NumPy on the CPU, CuPy on a GPU) plus its place in the autograd graph."""
+"""The Tensor: an array (NumPy on the CPU, CuPy on a GPU) plus its place in the autograd graph.
+
+This module holds the core: storage, graph position, version counter and views, the dunder operators, in-place
+writes, indexing, shapes, reductions and plain elementwise methods, and the array-level functions built from the
+ops alone (cat, stack, split, where, maximum, minimum, cumsum). It imports only the op definitions
+(:mod:`conch.ops`), autograd and the backend modules. Methods that need the layers above it (the fused kernels,
+creation, the rest of PyTorch's Tensor API) are attached in one place, :mod:`conch.tensor_api`.
+"""
 
 from __future__ import annotations
 
 import numbers
-import sys
+import weakref
 
 import numpy as np
 
 from . import _dtype as D
-from . import _tensor_more, ops
-from ._backend import device_of, namespace, to_device, xp_of
-from ._tensor_more import TensorOpsMixin
+from . import ops
+from ._backend import CPU, asarray_on, device, device_of, is_cupy_array, namespace, to_device, to_host, xp_of
+from .amp.autocast_mode import _state as _autocast
+from .amp.autocast_mode import cast_for
 from .autograd import engine
 from .autograd import function as _function
+from .autograd.function import GraphTensor, _RemovableHandle
 from .autograd.grad_mode import _enabled, no_grad
 from .kernels import _deferred
 
@@ -40,7 +49,7 @@ def _norm_dims(dim, ndim):
     return _norm_dim(int(dim), ndim) if ndim else None
 
 
-class Tensor(TensorOpsMixin):
+class Tensor(GraphTensor):
     """An n-dimensional array with autograd, on the CPU (NumPy) or a GPU (CuPy).
 
     Example::
@@ -61,16 +70,21 @@ class Tensor(TensorOpsMixin):
     __array_priority__ = 1000  # make NumPy defer to Tensor's reflected operators
 
     def __init__(self, data, dtype=None, device=None, requires_grad=False):
-        from .creation import _to_array
-
         arr = _to_array(data, dtype, device)
         self._data, self.grad, self.grad_fn, self._version = arr, None, None, [0]
         self._output_nr, self._hooks, self.requires_grad, self._base = 0, None, False, None
         if requires_grad:
             self.requires_grad_(True)
 
-    @classmethod
-    def _make(cls, data, requires_grad=False, grad_fn=None, version=None):
+    @staticmethod
+    def _make(data, requires_grad=False, grad_fn=None, version=None):
+        """A Tensor around array ``data`` (no copy); always a plain Tensor, also when called on a Parameter,
+        so that autograd can make an op's outputs with any input's ``_make``."""
+        return Tensor._make_as(Tensor, data, requires_grad, grad_fn, version)
+
+    @staticmethod
+    def _make_as(cls, data, requires_grad=False, grad_fn=None, version=None):
+        """``_make`` for a subclass ``cls`` (Parameter, Buffer)."""
         if isinstance(data, np.generic):  # NumPy reductions hand back scalars; keep 0-d arrays
             data = np.asarray(data)
         t = object.__new__(cls)
@@ -258,7 +272,7 @@ class Tensor(TensorOpsMixin):
                 )
             gradient = Tensor._make(xp_of(self._data).ones(self.shape, dtype=self.dtype))
         else:
-            gradient = _as_grad(gradient, self)
+            gradient = self._as_grad(gradient)
         if retain_graph is None:
             retain_graph = create_graph
         if inputs is not None:
@@ -297,16 +311,12 @@ class Tensor(TensorOpsMixin):
         if self._hooks is None:
             self._hooks = []
         self._hooks.append(fn)
-        from .autograd.function import _RemovableHandle
-
         return _RemovableHandle(self._hooks, fn)
 
     def retain_grad(self):
         """Keep ``.grad`` for this non-leaf tensor after backward."""
         if self.grad_fn is None:
             return
-        import weakref
-
         ref = weakref.ref(self)
 
         def keep(g):
@@ -331,11 +341,9 @@ class Tensor(TensorOpsMixin):
             if dtype != self.dtype:
                 out = ops.Cast.apply(out, dtype=dtype) if out.requires_grad else _const(out._data.astype(dtype))
         if device is not None:
-            from ._backend import device as _dev
-
-            dev = _dev(device)
+            dev = _device_arg(device)
             if dev != out.device:
-                out = ToDevice.apply(out, dev=dev) if out.requires_grad else _const(to_device(out._data, dev))
+                out = ops.ToDevice.apply(out, dev=dev) if out.requires_grad else _const(to_device(out._data, dev))
         if copy and out is self:
             out = self.clone()
         return out
@@ -460,11 +468,12 @@ class Tensor(TensorOpsMixin):
         a, b = _operands(other, self)
         return ops.Pow.apply(a, b)
 
+    # ``matmul`` runs on the fused matmul kernel: attached with the other kernel-backed methods (tensor_api.py)
     def __matmul__(self, other):
-        return matmul(self, other)
+        return self.matmul(other)
 
     def __rmatmul__(self, other):
-        return matmul(_as_tensor(other, self), self)
+        return _as_tensor(other, self).matmul(self)
 
     def __abs__(self):
         return self.abs()
@@ -910,7 +919,7 @@ class Tensor(TensorOpsMixin):
         return ops.Var.apply(_fp32("var", self), dim=d, correction=c, keepdim=keepdim)
 
     def std(self, dim=None, unbiased=True, keepdim=False, correction=None):
-        return self.var(dim, unbiased, keepdim, correction).sqrt()
+        return _fp32("std", self).var(dim, unbiased, keepdim, correction).sqrt()
 
     def amax(self, dim=None, keepdim=False):
         _check_nonempty(self, "amax")
@@ -941,12 +950,12 @@ class Tensor(TensorOpsMixin):
         _check_nonempty(self, "max" if largest else "min")
         d = _norm_dim(dim, self.ndim)
         if self.ndim == 0:
-            return _MinMax((self.clone(), _const(xp_of(self._data).zeros((), dtype=np.int64))))
+            return ops.ValuesIndices((self.clone(), _const(xp_of(self._data).zeros((), dtype=np.int64))))
         a = self._data
         # NumPy's argmax/argmin pick the first extremum (and the first NaN), as PyTorch's max(dim) does
         idx = (a.argmax if largest else a.argmin)(axis=d, keepdims=True).astype(np.int64, copy=False)
         values = ops.TakeAlongDim.apply(self, idx=idx, dim=d, keepdim=keepdim)
-        return _MinMax((values, _const(idx if keepdim else idx.squeeze(d))))
+        return ops.ValuesIndices((values, _const(idx if keepdim else idx.squeeze(d))))
 
     def argmax(self, dim=None, keepdim=False):
         return self._arg(dim, keepdim, "argmax")
@@ -1014,31 +1023,20 @@ class Tensor(TensorOpsMixin):
     def cos(self):
         return ops.Cos.apply(_floating(self))
 
-    def tanh(self):
-        return _act(_floating(self), "tanh")
-
-    def sigmoid(self):
-        return _act(_floating(self), "sigmoid")
-
-    def relu(self):
-        if not self.is_floating_point():  # integer relu stays integer, as in PyTorch
-            return _const(xp_of(self._data).maximum(self._data, 0).astype(self.dtype, copy=False))
-        return _act(self, "relu")
-
     def sign(self):
-        return _tensor_more.Rounding.apply(self, fn="sign", decimals=0)  # piecewise constant: zero gradient
+        return ops.Rounding.apply(self, fn="sign", decimals=0)  # piecewise constant: zero gradient
 
     def square(self):
         return self * self
 
     def reciprocal(self):
-        return 1 / self
+        return 1 / _fp32("reciprocal", self)
 
     def log1p(self):
-        return (self + 1).log()
+        return ops.Log1p.apply(_fp32("log1p", _floating(self)))
 
     def expm1(self):
-        return self.exp() - 1
+        return ops.Expm1.apply(_fp32("expm1", _floating(self)))
 
     def clamp(self, min=None, max=None):
         if min is None and max is None:
@@ -1058,15 +1056,6 @@ class Tensor(TensorOpsMixin):
 
     clip = clamp
 
-    def softmax(self, dim, dtype=None):
-        return softmax(self, dim, dtype=dtype)
-
-    def log_softmax(self, dim, dtype=None):
-        return log_softmax(self, dim, dtype=dtype)
-
-    def matmul(self, other):
-        return matmul(self, other)
-
     def maximum(self, other):
         return maximum(self, other)
 
@@ -1076,31 +1065,22 @@ class Tensor(TensorOpsMixin):
     def where(self, cond, other):
         return where(cond, self, other)
 
+    def flip(self, dims):
+        dims = (dims,) if isinstance(dims, int) else tuple(dims)
+        idx = [slice(None)] * self.ndim
+        for d in dims:
+            idx[_norm_dim(d, self.ndim)] = slice(None, None, -1)
+        return self[tuple(idx)]
 
-class _MinMax(tuple):
-    """``(values, indices)`` returned by ``max(dim)``/``min(dim)``, with named fields."""
-
-    @property
-    def values(self):
-        return self[0]
-
-    @property
-    def indices(self):
-        return self[1]
-
-
-class ToDevice(ops.Op):
-    @staticmethod
-    def forward(ctx, a, dev):
-        ctx.src = device_of(a)
-        return to_device(a, dev)
-
-    @staticmethod
-    def backward(ctx, g):
-        return g.to(device=ctx.src)
-
-
-_function.Tensor = Tensor
+    def _as_grad(self, g):
+        """``g`` (a Tensor, number or array) as a gradient for this tensor: a Tensor of its shape."""
+        if not isinstance(g, Tensor):
+            g = _as_tensor(g, self)
+        if g.shape != self.shape:
+            raise RuntimeError(
+                f"Mismatch in shape: grad_output has a shape of {g.shape} and output has a shape of {self.shape}"
+            )
+        return g
 
 
 # ---------------------------------------------------------------- helpers
@@ -1110,11 +1090,9 @@ _SCALAR_FAST = (D.float32, D.float64)
 
 
 def _fp32(op, t):
-    """Autocast's float32 policy for reductions and exp/log/pow; free until conch.amp is imported."""
-    amp = sys.modules.get("conch.amp.autocast_mode")
-    if amp is None or not amp._state[0]:
-        return t
-    return amp.cast_for(op, t)[0]
+    """``t`` as autocast's policy table casts it for ``op`` (reductions, exp/log/pow: float32); one list read
+    when autocast is off."""
+    return cast_for(op, t)[0] if _autocast[0] else t
 
 
 def _const(arr):
@@ -1158,19 +1136,48 @@ def _as_tensor(x, like):
     if isinstance(x, numbers.Number):
         dt = D.result_type((like.dtype, like.ndim), x)
         return Tensor._make(xp_of(like._data).asarray(x, dtype=dt))
-    from .creation import _to_array
-
     return Tensor._make(_to_array(x, None, like.device))
 
 
-def _as_grad(g, t):
-    if not isinstance(g, Tensor):
-        g = _as_tensor(g, t)
-    if g.shape != t.shape:
-        raise RuntimeError(
-            f"Mismatch in shape: grad_output has a shape of {g.shape} and output has a shape of {t.shape}"
-        )
-    return g
+def _device_arg(d):
+    return CPU if d is None else device(d)
+
+
+def _infer_dtype(data):
+    """dtype of nested Python data, as torch.tensor infers it."""
+    if isinstance(data, (bool, np.bool_)):
+        return D.bool_
+    if isinstance(data, numbers.Integral):
+        return D.int64
+    if isinstance(data, numbers.Real):
+        return D.get_default_dtype()
+    try:  # every element counts: [1, 2.5] is floating, [True, 2] is integer
+        kind = np.asarray(data).dtype.kind
+    except (ValueError, TypeError):
+        return D.get_default_dtype()  # ragged or odd data: the conversion below reports it
+    return D.bool_ if kind == "b" else D.int64 if kind in "iu" else D.get_default_dtype()
+
+
+def _to_array(data, dtype, dev):
+    dtype = None if dtype is None else D.as_dtype(dtype)
+    if isinstance(data, Tensor):
+        arr = data._data
+        dev = device_of(arr) if dev is None else device(dev)
+        return asarray_on(arr if dtype is None else arr.astype(dtype), dtype or arr.dtype, dev)
+    dev = (CPU if dev is None else device(dev)) if dev is not None or not is_cupy_array(data) else device_of(data)
+    if isinstance(data, np.ndarray) or is_cupy_array(data):
+        return asarray_on(data, dtype or data.dtype, dev)
+    if isinstance(data, np.generic):
+        return asarray_on(np.asarray(data), dtype or data.dtype, dev)
+    if dtype is None:
+        dtype = _infer_dtype(data)
+    try:
+        arr = np.array(data, dtype=np.float64 if dtype in D.FLOATING else None)
+    except ValueError as e:
+        raise ValueError(f"could not make a tensor from {type(data).__name__}: {e}") from None
+    if arr.dtype == object:
+        raise TypeError(f"could not make a tensor from data of type {type(data).__name__} (ragged or non-numeric)")
+    return asarray_on(arr, dtype, dev)
 
 
 def _check_devices(a, b):
@@ -1239,12 +1246,8 @@ def _mask_array(mask, t):
     """``mask`` (a Tensor, NumPy/CuPy array or nested list) as a bool-or-other array in ``t``'s namespace."""
     m = mask._data if isinstance(mask, Tensor) else mask
     if type(m) is not type(t._data):
-        m = xp_of(t._data).asarray(m.get() if _cupy_array(m) else m)
+        m = xp_of(t._data).asarray(to_host(m))
     return m
-
-
-def _cupy_array(a):
-    return type(a).__module__.startswith("cupy")
 
 
 def _index_arrays(idx, t):
@@ -1345,66 +1348,7 @@ def _split_int_index(idx):
     return tuple(first), tuple(rest)
 
 
-def _act(t, name):
-    # activations route through conch.kernels (fused Triton kernels on the GPU); _fused imports this
-    # module, so it is bound on first use rather than at import
-    fn = _lazy.get("activation")
-    if fn is None:
-        from ._fused import activation as fn
-
-        _lazy["activation"] = fn
-    return fn(t, name)
-
-
-_lazy: dict = {}
-
-
 # ---------------------------------------------------------------- functions
-
-
-def matmul(a, b):
-    """NumPy matmul semantics (1-D, 2-D, batched with broadcast batch dims), with gradient."""
-    if not isinstance(a, Tensor) or not isinstance(b, Tensor):
-        a, b = (a if isinstance(a, Tensor) else _as_tensor(a, b)), (b if isinstance(b, Tensor) else _as_tensor(b, a))
-    _check_devices(a, b)
-    if a.ndim == 0 or b.ndim == 0:
-        raise RuntimeError(f"both arguments to matmul need to be at least 1D, but they are {a.ndim}D and {b.ndim}D")
-    k_a = a.shape[-1]
-    k_b = b.shape[0] if b.ndim == 1 else b.shape[-2]
-    if k_a != k_b:
-        raise RuntimeError(
-            f"mat1 and mat2 shapes cannot be multiplied ({_mshape(a)} and {_mshape(b)}): inner dimensions "
-            f"{k_a} and {k_b} differ"
-        )
-    if a.ndim > 2 and b.ndim > 2:
-        try:
-            np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
-        except ValueError:
-            raise RuntimeError(f"matmul: batch dimensions of {a.shape} and {b.shape} are not broadcastable") from None
-    if a.dtype != b.dtype:
-        dt = D.result_type((a.dtype, a.ndim), (b.dtype, b.ndim))
-        a, b = a.to(dtype=dt), b.to(dtype=dt)
-    if not a.is_floating_point():  # integer/bool matmul: no gradient, no kernel
-        return _const(a._data @ b._data)
-    from ._fused import matmul as _mm
-
-    return _mm(a, b)
-
-
-def _mshape(t):
-    return "x".join(str(s) for s in t.shape)
-
-
-def softmax(t, dim, dtype=None):
-    from ._fused import softmax as _sm
-
-    return _sm(t, dim, dtype=dtype)
-
-
-def log_softmax(t, dim, dtype=None):
-    from ._fused import log_softmax as _lsm
-
-    return _lsm(t, dim, dtype=dtype)
 
 
 def cat(tensors, dim=0):
@@ -1486,7 +1430,7 @@ def where(cond, a=None, b=None):
     if isinstance(cond, Tensor):
         _check_devices(cond, a)
     elif type(c) is not type(a._data):  # a NumPy mask (or list) for GPU tensors: onto their device
-        c = xp_of(a._data).asarray(c.get() if _cupy_array(c) else c)
+        c = xp_of(a._data).asarray(to_host(c))
     if c.dtype != np.bool_:
         c = c.astype(bool)
     shape = np.broadcast_shapes(c.shape, a.shape, b.shape)
@@ -1506,27 +1450,4 @@ def minimum(a, b):
 
 def cumsum(t, dim):
     d = _norm_dim(dim, t.ndim)
-    return _Cumsum.apply(_fp32("cumsum", t), dim=d)
-
-
-class _Cumsum(ops.Op):
-    @staticmethod
-    def forward(ctx, a, dim):
-        ctx.dim = dim
-        return a.cumsum(axis=dim)
-
-    @staticmethod
-    def backward(ctx, g):
-        # d/dx_j Σ_{i>=j} g_i: a reversed cumulative sum
-        return g.flip(ctx.dim).cumsum(ctx.dim).flip(ctx.dim)
-
-
-def _flip(self, dims):
-    dims = (dims,) if isinstance(dims, int) else tuple(dims)
-    idx = [slice(None)] * self.ndim
-    for d in dims:
-        idx[_norm_dim(d, self.ndim)] = slice(None, None, -1)
-    return self[tuple(idx)]
-
-
-Tensor.flip = _flip
+    return ops.Cumsum.apply(_fp32("cumsum", t), dim=d)

@@ -22,6 +22,9 @@ from __future__ import annotations
 
 import os
 
+from ._backend import to_device
+from .creation import get_rng_state, set_rng_state
+from .serialization import load, save
 from .tensor import Tensor
 
 __all__ = ["save_checkpoint", "load_checkpoint"]
@@ -53,8 +56,6 @@ def _load_model_state(model, sd):
         src = sd[k]
         if tuple(src.shape) != tuple(t.shape):
             raise RuntimeError(f"checkpoint tensor {k!r} has shape {tuple(src.shape)}, the model's has {t.shape}")
-        from ._backend import to_device
-
         t._data[...] = to_device(src._data, t.device).astype(t.dtype, copy=False)
         t._version[0] += 1
 
@@ -68,9 +69,6 @@ def save_checkpoint(path, model=None, optimizer=None, scheduler=None, scaler=Non
         step: the number of optimizer steps taken so far.
         extra: any JSON-like data (numbers, strings, lists, dicts, tensors) stored alongside.
     """
-    from .creation import get_rng_state
-    from .serialization import save
-
     ckpt = {
         "format": _FORMAT,
         "version": _VERSION,
@@ -95,9 +93,6 @@ def load_checkpoint(path, model=None, optimizer=None, scheduler=None, scaler=Non
     ``device`` places loaded tensors (default: the host; ``load_state_dict`` moves them next to the
     parameters).
     """
-    from .creation import set_rng_state
-    from .serialization import load
-
     ckpt = load(path, device=device)
     if not isinstance(ckpt, dict) or ckpt.get("format") != _FORMAT:
         raise ValueError(f"{os.fspath(path)}: not a conch training checkpoint (no format={_FORMAT!r} entry)")

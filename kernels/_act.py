@@ -21,20 +21,8 @@ import numpy as np
 import triton
 import triton.language as tl
 
+from ._act_names import ACT_CODES, ACTIVATIONS, act_code, act_name  # noqa: F401  (re-exported)
 from ._launch import xp_of
-
-#: Integer code per activation name, as the kernels' ``ACT`` constexpr sees it.
-ACT_CODES = {
-    "none": 0,
-    "relu": 1,
-    "leaky_relu": 2,
-    "elu": 3,
-    "gelu": 4,
-    "gelu_tanh": 5,
-    "silu": 6,
-    "tanh": 7,
-    "sigmoid": 8,
-}
 
 #: Activations whose derivative is a function of the output y alone: their backward saves y, not z.
 FROM_OUTPUT = frozenset({"relu", "tanh", "sigmoid"})
@@ -44,21 +32,6 @@ _INV_SQRT_2PI = 0.3989422804014327  # 1/sqrt(2*pi)
 _SQRT_2_OVER_PI = 0.7978845608028654  # sqrt(2/pi)
 _GELU_C = 0.044715
 _F32 = np.dtype(np.float32)
-
-
-def act_name(name) -> str:
-    """Canonical activation name (``None`` -> ``"none"``); ValueError listing the valid names otherwise."""
-    if name is None:
-        return "none"
-    if isinstance(name, str) and name.lower() in ACT_CODES:
-        return name.lower()
-    valid = ", ".join(["None"] + [repr(n) for n in ACT_CODES])
-    raise ValueError(f"unknown activation {name!r}; valid names are: {valid}")
-
-
-def act_code(name) -> int:
-    """The ``ACT`` constexpr code for ``name`` (validated by :func:`act_name`)."""
-    return ACT_CODES[act_name(name)]
 
 
 # --------------------------------------------------------------------------------------------------------------

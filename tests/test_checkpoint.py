@@ -15,7 +15,7 @@ def _dropout(x, p):
     try:
         from conch.nn.functional import dropout
     except ImportError:
-        from conch._fused import dropout
+        from conch.fused.dropout import dropout
     return dropout(x, p, True)
 
 

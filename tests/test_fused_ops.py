@@ -5,7 +5,13 @@ import numpy as np
 import pytest
 
 import conch
-from conch import _fused as F
+from conch.fused import activations as factivations
+from conch.fused import attention as fattention
+from conch.fused import cross_entropy as fcross_entropy
+from conch.fused import dropout as fdropout
+from conch.fused import matmul as fmatmul
+from conch.fused import norms as fnorms
+from conch.fused import softmax as fsoftmax
 from conch.kernels._launch import LAUNCHES
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
@@ -24,15 +30,18 @@ def _run(fn, arrays, dtype, upstream_seed=0):
 CASES = {
     "matmul": (lambda a, b: a @ b, [(7, 33), (33, 5)]),
     "matmul_batched": (lambda a, b: a @ b, [(2, 3, 7, 9), (9, 4)]),
-    "linear_gelu": (lambda x, w, b: F.linear(x, w, b, "gelu"), [(7, 9), (5, 9), (5,)]),
-    "linear_relu": (lambda x, w, b: F.linear(x, w, b, "relu"), [(3, 7, 9), (5, 9), (5,)]),
-    "silu": (lambda x: F.activation(x, "silu"), [(7, 33)]),
-    "leaky_relu": (lambda x: F.activation(x, "leaky_relu", negative_slope=0.2), [(123,)]),
-    "softmax": (lambda x: F.softmax(x, -1), [(7, 33)]),
-    "log_softmax_dim0": (lambda x: F.log_softmax(x, 0), [(7, 33)]),
-    "layer_norm": (lambda x, w, b: F.layer_norm(x, (33,), w, b), [(7, 33), (33,), (33,)]),
-    "rms_norm": (lambda x, w: F.rms_norm(x, 33, w), [(3, 7, 33), (33,)]),
-    "attention_causal": (lambda q, k, v: F.attention(q, k, v, True, 0.4), [(2, 3, 9, 8), (2, 3, 9, 8), (2, 3, 9, 8)]),
+    "linear_gelu": (lambda x, w, b: fmatmul.linear(x, w, b, "gelu"), [(7, 9), (5, 9), (5,)]),
+    "linear_relu": (lambda x, w, b: fmatmul.linear(x, w, b, "relu"), [(3, 7, 9), (5, 9), (5,)]),
+    "silu": (lambda x: factivations.activation(x, "silu"), [(7, 33)]),
+    "leaky_relu": (lambda x: factivations.activation(x, "leaky_relu", negative_slope=0.2), [(123,)]),
+    "softmax": (lambda x: fsoftmax.softmax(x, -1), [(7, 33)]),
+    "log_softmax_dim0": (lambda x: fsoftmax.log_softmax(x, 0), [(7, 33)]),
+    "layer_norm": (lambda x, w, b: fnorms.layer_norm(x, (33,), w, b), [(7, 33), (33,), (33,)]),
+    "rms_norm": (lambda x, w: fnorms.rms_norm(x, 33, w), [(3, 7, 33), (33,)]),
+    "attention_causal": (
+        lambda q, k, v: fattention.attention(q, k, v, True, 0.4),
+        [(2, 3, 9, 8), (2, 3, 9, 8), (2, 3, 9, 8)],
+    ),
     "sdpa": (
         lambda q, k, v: conch.nn.functional.scaled_dot_product_attention(q, k, v),
         [(2, 7, 5), (2, 11, 5), (2, 11, 5)],
@@ -68,7 +77,7 @@ def test_reference_path_takes_no_triton_launch(monkeypatch):
     monkeypatch.setenv("CONCH_KERNELS", "auto")
     before = _kernel_launches()
     x = conch.randn(4, 5, requires_grad=True)
-    F.linear(x, conch.randn(3, 5), None, "gelu").sum().backward()
+    fmatmul.linear(x, conch.randn(3, 5), None, "gelu").sum().backward()
     assert _kernel_launches() == before
 
 
@@ -84,7 +93,7 @@ def test_cross_entropy_triton_path(monkeypatch):
             monkeypatch.setenv("TRITON_INTERPRET", "1")
         x = conch.tensor(logits.astype(np.float32), requires_grad=True)
         before = _kernel_launches()
-        loss = F.cross_entropy(x, conch.tensor(target), label_smoothing=0.1, reduction="none")
+        loss = fcross_entropy.cross_entropy(x, conch.tensor(target), label_smoothing=0.1, reduction="none")
         loss.backward(conch.tensor(upstream))
         if mode == "triton":
             assert _kernel_launches() > before
@@ -107,31 +116,31 @@ def test_dropout_mask_same_on_both_paths(monkeypatch):
     x = conch.ones(7, 33, requires_grad=True)
     conch.manual_seed(3)
     monkeypatch.setenv("CONCH_KERNELS", "reference")
-    y_ref = F.dropout(x, 0.3).detach().numpy().copy()
+    y_ref = fdropout.dropout(x, 0.3).detach().numpy().copy()
     conch.manual_seed(3)
     monkeypatch.setenv("CONCH_KERNELS", "auto")
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    y = F.dropout(x, 0.3)
+    y = fdropout.dropout(x, 0.3)
     y.sum().backward()
     np.testing.assert_array_equal(y.detach().numpy(), y_ref)
     np.testing.assert_array_equal(x.grad.numpy(), y_ref)  # dy/dx = mask / (1-p) = y for x = 1
     assert 0.1 < (y_ref == 0).mean() < 0.5
 
 
-@pytest.mark.parametrize("act", [None, *F.ACTIVATIONS])
+@pytest.mark.parametrize("act", [None, *factivations.ACTIVATIONS])
 def test_linear_gradcheck_and_second_derivatives(act):
     x = conch.randn(3, 4, dtype=conch.float64, requires_grad=True)
     w = conch.randn(5, 4, dtype=conch.float64, requires_grad=True)
     b = conch.randn(5, dtype=conch.float64, requires_grad=True)
-    assert conch.autograd.gradcheck(lambda x, w, b: F.linear(x, w, b, act), (x, w, b))
-    assert conch.autograd.gradgradcheck(lambda x, w, b: F.linear(x, w, b, act), (x, w, b))
+    assert conch.autograd.gradcheck(lambda x, w, b: fmatmul.linear(x, w, b, act), (x, w, b))
+    assert conch.autograd.gradgradcheck(lambda x, w, b: fmatmul.linear(x, w, b, act), (x, w, b))
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 def test_cross_entropy_gradcheck(reduction):
     x = conch.randn(5, 7, dtype=conch.float64, requires_grad=True)
     t = conch.tensor([1, 0, -100, 6, 3])
-    fn = lambda x: F.cross_entropy(x, t, label_smoothing=0.2, reduction=reduction)  # noqa: E731
+    fn = lambda x: fcross_entropy.cross_entropy(x, t, label_smoothing=0.2, reduction=reduction)  # noqa: E731
     assert conch.autograd.gradcheck(fn, (x,))
     assert conch.autograd.gradgradcheck(fn, (x,))
 
@@ -140,10 +149,10 @@ def test_norms_and_softmax_second_derivatives():
     x = conch.randn(3, 6, dtype=conch.float64, requires_grad=True)
     w = conch.randn(6, dtype=conch.float64, requires_grad=True)
     for fn in (
-        lambda x, w: F.layer_norm(x, 6, w, w),
-        lambda x, w: F.rms_norm(x, 6, w),
-        lambda x, w: F.softmax(x * w, 1),
-        lambda x, w: F.log_softmax(x * w, 0),
+        lambda x, w: fnorms.layer_norm(x, 6, w, w),
+        lambda x, w: fnorms.rms_norm(x, 6, w),
+        lambda x, w: fsoftmax.softmax(x * w, 1),
+        lambda x, w: fsoftmax.log_softmax(x * w, 0),
     ):
         assert conch.autograd.gradcheck(fn, (x, w))
         assert conch.autograd.gradgradcheck(fn, (x, w))
@@ -153,16 +162,18 @@ def test_attention_gradcheck_second_derivatives_and_composite_agree():
     rng = np.random.default_rng(3)
     q, k, v = (conch.tensor(rng.standard_normal(s), requires_grad=True) for s in ((2, 5, 3), (2, 6, 3), (2, 6, 4)))
     for causal in (False, True):
-        fn = lambda q, k, v, causal=causal: F.attention(q, k, v, causal, 0.7)  # noqa: E731
+        fn = lambda q, k, v, causal=causal: fattention.attention(q, k, v, causal, 0.7)  # noqa: E731
         assert conch.autograd.gradcheck(fn, (q, k, v))
         assert conch.autograd.gradgradcheck(fn, (q, k, v))
         out = fn(q, k, v).detach().numpy()
-        np.testing.assert_allclose(out, F._composite_attention(q, k, v, causal, 0.7).detach().numpy(), rtol=1e-12)
+        np.testing.assert_allclose(
+            out, fattention._composite_attention(q, k, v, causal, 0.7).detach().numpy(), rtol=1e-12
+        )
 
 
 def test_fused_op_backward_twice_raises():
     x = conch.randn(3, 4, requires_grad=True)
-    y = F.linear(x, conch.randn(2, 4), None, "silu").sum()
+    y = fmatmul.linear(x, conch.randn(2, 4), None, "silu").sum()
     y.backward()
     with pytest.raises(RuntimeError, match="backward through the graph a second time"):
         y.backward()
@@ -170,9 +181,9 @@ def test_fused_op_backward_twice_raises():
 
 def test_linear_shape_errors_name_shapes():
     with pytest.raises(RuntimeError, match=r"\(3, 4\).*\(2, 5\)"):
-        F.linear(conch.randn(3, 4), conch.randn(2, 5))
+        fmatmul.linear(conch.randn(3, 4), conch.randn(2, 5))
     with pytest.raises(ValueError, match="unknown activation"):
-        F.linear(conch.randn(3, 4), conch.randn(2, 4), None, "swish")
+        fmatmul.linear(conch.randn(3, 4), conch.randn(2, 4), None, "swish")
 
 
 @pytest.mark.parametrize("interp", [False, True])
@@ -183,7 +194,7 @@ def test_linear_weight_grad_is_contiguous(interp, monkeypatch):
     x = conch.randn(5, 33)
     w = conch.randn(17, 33, requires_grad=True)
     g = np.random.default_rng(0).standard_normal((5, 17)).astype(np.float32)
-    F.linear(x, w, None, "tanh").backward(conch.tensor(g))
+    fmatmul.linear(x, w, None, "tanh").backward(conch.tensor(g))
     assert w.grad.is_contiguous()
     z = x.numpy().astype(np.float64) @ w.detach().numpy().T.astype(np.float64)
     ref = (g * (1 - np.tanh(z) ** 2)).T @ x.numpy()
@@ -196,7 +207,7 @@ def test_relu_propagates_nan_like_pytorch(interp, monkeypatch):
         monkeypatch.setenv("TRITON_INTERPRET", "1")
     x = conch.tensor([float("nan"), -1.0, 0.0, 2.0])
     np.testing.assert_array_equal(x.relu().numpy(), [np.nan, 0.0, 0.0, 2.0])
-    y = F.linear(conch.tensor([[float("nan")], [1.0]]), conch.ones(1, 1), None, "relu")
+    y = fmatmul.linear(conch.tensor([[float("nan")], [1.0]]), conch.ones(1, 1), None, "relu")
     assert np.isnan(y.numpy()[0, 0]) and y.numpy()[1, 0] == 1.0
 
 
@@ -241,10 +252,10 @@ def test_attention_dropout_gradcheck_and_both_paths(monkeypatch):
     q, k, v = (conch.tensor(rng.standard_normal(s), requires_grad=True) for s in ((2, 5, 3), (2, 6, 3), (2, 6, 4)))
     drop = (0.4, 7, 123)  # a fixed (p, seed, offset): every evaluation of gradcheck sees the same mask
     for causal in (False, True):
-        fn = lambda q, k, v, causal=causal: F.Attention.apply(q, k, v, causal=causal, scale=0.7, drop=drop)  # noqa: E731
+        fn = lambda q, k, v, causal=causal: fattention.Attention.apply(q, k, v, causal=causal, scale=0.7, drop=drop)  # noqa: E731
         assert conch.autograd.gradcheck(fn, (q, k, v))
         assert conch.autograd.gradgradcheck(fn, (q, k, v))
-        composite = F._composite_attention(q, k, v, causal, 0.7, drop)
+        composite = fattention._composite_attention(q, k, v, causal, 0.7, drop)
         np.testing.assert_allclose(fn(q, k, v).detach().numpy(), composite.detach().numpy(), rtol=1e-12)
     # scaled_dot_product_attention with dropout: the same seed gives the same result on the Triton path
     x = rng.standard_normal((2, 3, 9, 8)).astype(np.float32)

@@ -878,3 +878,30 @@ def test_module_level_functions_match_methods(device):
     assert conch.argmin(x).item() == a.argmin()
     assert_close(conch.pow(x, 2), a**2)
     assert_close(conch.clamp(x, 0.8, 1.2), np.clip(a, 0.8, 1.2))
+
+
+# ---------------------------------------------------------------- log1p / expm1 as ops
+
+
+def test_log1p_expm1_match_numpy_where_naive_formulas_round_to_zero():
+    x = np.array([1e-10, -1e-12, 0.0, 0.5, -0.5, 3.0])
+    for dt in (np.float32, np.float64):
+        t = conch.tensor(x.astype(dt))
+        np.testing.assert_allclose(t.log1p().numpy(), np.log1p(x.astype(dt)), rtol=1e-6)
+        np.testing.assert_allclose(t.expm1().numpy(), np.expm1(x.astype(dt)), rtol=1e-6)
+    assert conch.tensor(1e-10, dtype=conch.float64).log1p().item() == pytest.approx(1e-10, rel=1e-9)
+    assert conch.log1p(conch.tensor([1e-10])).item() > 0  # (x + 1).log() gave 0.0
+
+
+def test_log1p_expm1_gradcheck_float64():
+    x = conch.tensor(np.random.default_rng(0).uniform(-0.9, 2.0, (3, 4)), requires_grad=True)
+    assert conch.autograd.gradcheck(lambda t: t.log1p(), (x,))
+    assert conch.autograd.gradcheck(lambda t: t.expm1(), (x,))
+    assert conch.autograd.gradgradcheck(lambda t: t.log1p() * t.expm1(), (x,))
+
+
+@pytest.mark.parametrize("op", ["prod", "reciprocal", "log1p", "expm1"])
+def test_fp32_policy_ops_return_float32_under_float16_autocast(op):
+    x = conch.rand(3, 4) + 0.5
+    with conch.amp.autocast(dtype=conch.float16):
+        assert getattr(x.half(), op)().dtype == conch.float32

@@ -39,7 +39,8 @@ import numbers
 import numpy as np
 
 from .. import _dtype as D
-from .._backend import xp_of
+from .._backend import asarray_on, xp_of
+from ..autograd.function import GraphTensor
 from ..kernels import _deferred
 
 READY, UNSCALED, STEPPED = "READY", "UNSCALED", "STEPPED"
@@ -162,10 +163,7 @@ class GradScaler:
         hit = self._scale_tensors.get(key)
         if hit is not None and hit[0] == self._scale:
             return hit[1]
-        from .._backend import asarray_on
-        from ..tensor import Tensor
-
-        t = Tensor._make(asarray_on(np.float32(self._scale), np.float32, like.device))
+        t = like._make(asarray_on(np.float32(self._scale), np.float32, like.device))
         self._scale_tensors[key] = (self._scale, t)
         return t
 
@@ -177,10 +175,9 @@ class GradScaler:
         """
         if not self._enabled:
             return outputs
-        from ..tensor import Tensor
 
         self._scale_used = True
-        if isinstance(outputs, Tensor):
+        if isinstance(outputs, GraphTensor):
             return outputs * self._scale_tensor(outputs)
         if isinstance(outputs, (list, tuple)):
             return type(outputs)(self.scale(o) for o in outputs)
@@ -273,9 +270,7 @@ class GradScaler:
         if not self._enabled:
             return
         if new_scale is not None:
-            from ..tensor import Tensor
-
-            if isinstance(new_scale, Tensor):
+            if isinstance(new_scale, GraphTensor):
                 if new_scale.numel() != 1 or new_scale.requires_grad:
                     raise ValueError("new_scale should be a float or a 1-element tensor with requires_grad=False")
                 new_scale = new_scale.item()

@@ -33,7 +33,7 @@ _LOW_OPS = ("matmul", "mm", "bmm", "linear", "conv2d", "scaled_dot_product_atten
 _FP32_OPS = (
     # softmax family and losses
     "softmax", "log_softmax", "cross_entropy", "nll_loss", "mse_loss", "l1_loss",
-    "binary_cross_entropy_with_logits", "bce_with_logits", "huber_loss", "smooth_l1_loss",
+    "binary_cross_entropy_with_logits", "huber_loss", "smooth_l1_loss",
     # normalisation statistics
     "layer_norm", "rms_norm", "batch_norm", "group_norm",
     # reductions
@@ -42,10 +42,9 @@ _FP32_OPS = (
     "exp", "log", "log1p", "expm1", "pow", "rsqrt", "reciprocal",
 )  # fmt: skip
 
-_PROMOTE_OPS = ("add", "sub", "mul", "div", "maximum", "minimum", "cat", "stack", "where", "addcmul", "addcdiv")
-
+# Every name above is one an op looks up (cast_for / tensor.py's _fp32), so the table is what runs. PROMOTE is the
+# default for names not listed (add, mul, cat, where, ...): they need no entry.
 POLICY: dict[str, str] = {
-    **{n: PROMOTE for n in _PROMOTE_OPS},
     **{n: FP32 for n in _FP32_OPS},
     **{n: LOW for n in _LOW_OPS},
 }

@@ -10,6 +10,7 @@ reduces a gradient over broadcast axes and casts it to its input's dtype.
 
 from __future__ import annotations
 
+from .._backend import xp_of
 from . import function as _fn
 from .grad_mode import _enabled
 
@@ -78,7 +79,7 @@ def run_backward(roots, root_grads, retain_graph=False, create_graph=False, inpu
     With ``inputs=None`` gradients accumulate into every leaf's ``.grad``; otherwise the gradients
     of exactly those tensors are returned (``autograd.grad``) and no ``.grad`` is touched.
     """
-    Tensor = _fn.Tensor
+    make, zeros = roots[0]._make, roots[0]._zeros  # Tensor's constructors (this layer sits below tensor.py)
     capture_leaf, capture_node, captured = {}, {}, None
     for t in roots:
         _fn.fresh(t)
@@ -131,12 +132,12 @@ def run_backward(roots, root_grads, retain_graph=False, create_graph=False, inpu
         if leaf.grad is None:
             b = _buffer_id(g._data)
             if b in stored or b == _buffer_id(leaf._data):
-                g = Tensor._make(g._data.copy(), g.requires_grad, g.grad_fn)
+                g = make(g._data.copy(), g.requires_grad, g.grad_fn)
                 b = id(g._data)
             stored.add(b)
             leaf.grad = g
         else:
-            leaf.grad = leaf.grad + g if create_graph else Tensor._make(leaf.grad._data + g._data, False, None)
+            leaf.grad = leaf.grad + g if create_graph else make(leaf.grad._data + g._data, False, None)
 
     buffers = {}
     for r, g in zip(roots, root_grads):
@@ -177,7 +178,7 @@ def run_backward(roots, root_grads, retain_graph=False, create_graph=False, inpu
                     for nr, g in enumerate(grads):
                         if g is None and node.out_meta[nr] is not None:  # missing output gradient: zeros
                             shape, dtype, dev = node.out_meta[nr]
-                            grads[nr] = Tensor._zeros(shape, dtype, dev)
+                            grads[nr] = zeros(shape, dtype, dev)
                 in_grads = type(node).backward(node, *grads)
                 if type(in_grads) is not tuple:
                     in_grads = (in_grads,)
@@ -196,7 +197,7 @@ def run_backward(roots, root_grads, retain_graph=False, create_graph=False, inpu
                 if e is None:
                     continue
                 if g is not None:
-                    if not isinstance(g, Tensor):
+                    if not isinstance(g, _fn.GraphTensor):
                         raise TypeError(
                             f"{node.name()}.backward returned {type(g).__name__}, expected a Tensor or None"
                         )
@@ -237,3 +238,60 @@ def run_backward(roots, root_grads, retain_graph=False, create_graph=False, inpu
                 )
         return tuple(captured)
     return None
+
+
+def _seq(x):
+    return [x] if isinstance(x, _fn.GraphTensor) else list(x)
+
+
+def grad(outputs, inputs, grad_outputs=None, retain_graph=None, create_graph=False, allow_unused=False):
+    """Gradients of ``outputs`` with respect to ``inputs``, returned (``.grad`` is not touched).
+
+    ``create_graph=True`` records the backward pass so the result can be differentiated again.
+    Example::
+
+        x = conch.tensor(3.0, requires_grad=True)
+        (g,) = conch.autograd.grad(x ** 3, x, create_graph=True)   # 27
+        (h,) = conch.autograd.grad(g, x)                           # 6x = 18
+    """
+    outs, ins = _seq(outputs), _seq(inputs)
+    if grad_outputs is None:
+        gos = [None] * len(outs)
+    else:
+        gos = _seq(grad_outputs) if not isinstance(grad_outputs, (list, tuple)) else list(grad_outputs)
+    if len(gos) != len(outs):
+        raise RuntimeError(f"grad requires one grad_output per output: got {len(gos)} for {len(outs)} outputs")
+    roots, root_grads = [], []
+    for o, g in zip(outs, gos):
+        if not isinstance(o, _fn.GraphTensor):
+            raise TypeError(f"outputs must be Tensors, got {type(o).__name__}")
+        if not o.requires_grad:
+            raise RuntimeError("element 0 of tensors does not require grad and does not have a grad_fn")
+        if g is None:
+            if o.numel() != 1:
+                raise RuntimeError(
+                    f"grad can be implicitly created only for scalar outputs (output has shape {o.shape})"
+                )
+            g = o._make(xp_of(o._data).ones(o.shape, dtype=o.dtype))
+        roots.append(o)
+        root_grads.append(o._as_grad(g))
+    if retain_graph is None:
+        retain_graph = create_graph
+    res = run_backward(roots, root_grads, retain_graph, create_graph, ins, allow_unused)
+    if not create_graph:
+        res = tuple(None if r is None else r.detach() for r in res)
+    return res
+
+
+def backward(tensors, grad_tensors=None, retain_graph=None, create_graph=False):
+    """``conch.autograd.backward([y1, y2], [g1, g2])``: backward from several roots at once."""
+    ts = _seq(tensors)
+    gs = [None] * len(ts) if grad_tensors is None else _seq(grad_tensors)
+    root_grads = []
+    for t, g in zip(ts, gs):
+        if g is None:
+            if t.numel() != 1:
+                raise RuntimeError(f"grad can be implicitly created only for scalar outputs (shape {t.shape})")
+            g = t.detach() * 0 + 1
+        root_grads.append(t._as_grad(g))
+    run_backward(ts, root_grads, create_graph if retain_graph is None else retain_graph, create_graph)

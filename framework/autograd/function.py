@@ -10,7 +10,16 @@ from __future__ import annotations
 
 from .grad_mode import _enabled
 
-Tensor = None  # set by conch.tensor (avoids an import cycle)
+
+class GraphTensor:
+    """The base of ``conch.Tensor``: what this layer records (``_data``, ``requires_grad``, ``grad_fn``,
+    ``_output_nr``, ``_version``, ``_base``) and ``_make(array, requires_grad, grad_fn, version)``.
+
+    The graph layer sits below the Tensor class and never names it: a node makes its outputs with an input's
+    ``_make`` (a static method that always builds a plain Tensor), and tests ``isinstance(x, GraphTensor)``.
+    """
+
+    __slots__ = ()
 
 
 class SavedTensor:
@@ -21,10 +30,10 @@ class SavedTensor:
     is detected when the tensor is unpacked.
     """
 
-    __slots__ = ("data", "version", "counter", "grad_fn", "output_nr", "leaf", "requires_grad", "is_output")
+    __slots__ = ("data", "version", "counter", "grad_fn", "output_nr", "leaf", "requires_grad", "is_output", "make")
 
     def __init__(self, t, is_output: bool):
-        self.data = t._data
+        self.data, self.make = t._data, t._make
         self.counter = c = t._version
         self.version = c[0]
         self.requires_grad = rg = t.requires_grad
@@ -45,7 +54,7 @@ class SavedTensor:
             )
         if self.leaf is not None:
             return self.leaf
-        t = Tensor._make(self.data, self.requires_grad, owner if self.is_output else self.grad_fn, self.counter)
+        t = self.make(self.data, self.requires_grad, owner if self.is_output else self.grad_fn, self.counter)
         t._output_nr = self.output_nr
         return t
 
@@ -168,7 +177,7 @@ class Function(Node):
     @classmethod
     def apply(cls, *args, **kwargs):
         ctx = object.__new__(cls)
-        tensors = [a if isinstance(a, Tensor) else None for a in args]
+        tensors = [a if isinstance(a, GraphTensor) else None for a in args]
         record = _enabled[0] and any(t is not None and t.requires_grad for t in tensors)
         ctx.needs_input_grad = tuple(t is not None and t.requires_grad for t in tensors)
         ctx._to_save = ()
@@ -183,8 +192,8 @@ class Function(Node):
         inputs = {id(t) for t in tensors if t is not None}
         wrapped = []
         for o in outs:
-            if isinstance(o, Tensor) and id(o) in inputs:  # returning an input: give the output its own node
-                o = Tensor._make(o._data, False, None, o._version)
+            if isinstance(o, GraphTensor) and id(o) in inputs:  # returning an input: give it its own node
+                o = o._make(o._data, False, None, o._version)
             wrapped.append(o)
         if record:
             non_diff = getattr(ctx, "_non_diff", ())
@@ -192,9 +201,9 @@ class Function(Node):
             ctx.in_meta = tuple(None if t is None else (t.shape, t.dtype) for t in tensors)
             ctx.out_meta = []
             for i, o in enumerate(wrapped):
-                if isinstance(o, Tensor) and id(o) not in non_diff and o.is_floating_point():
+                if isinstance(o, GraphTensor) and id(o) not in non_diff and o.is_floating_point():
                     o.grad_fn, o._output_nr, o.requires_grad = ctx, i, True
-                ctx.out_meta.append((o.shape, o.dtype, o.device) if isinstance(o, Tensor) else None)
+                ctx.out_meta.append((o.shape, o.dtype, o.device) if isinstance(o, GraphTensor) else None)
             ctx.n_outputs = len(wrapped)
             outs_ids = {id(o) for o in wrapped}
             ctx._saved = tuple(None if t is None else SavedTensor(t, id(t) in outs_ids) for t in ctx._to_save)
@@ -224,6 +233,7 @@ class Op(Node):
     def apply(cls, *tensors, **attrs):
         # the hot path of every op: kept to plain loops and attribute reads (see benchmarks/bench_overhead.py)
         ctx = object.__new__(cls)
+        make = tensors[0]._make  # Tensor._make: this layer does not import the Tensor class above it
         record = False
         if _enabled[0]:
             for t in tensors:
@@ -234,8 +244,8 @@ class Op(Node):
         if not record:
             out = cls.forward(ctx, *[t._data for t in tensors], **attrs)
             if type(out) is tuple:
-                return tuple(Tensor._make(o) for o in out)
-            return Tensor._make(out)
+                return tuple(make(o) for o in out)
+            return make(out)
         needs, edges, meta = [], [], []
         for t in tensors:
             rg = t.requires_grad
@@ -247,13 +257,13 @@ class Op(Node):
         out = cls.forward(ctx, *[t._data for t in tensors], **attrs)
         ctx.next_edges, ctx.in_meta = edges, meta
         if type(out) is not tuple:
-            res = Tensor._make(out, True, ctx)
+            res = make(out, True, ctx)
             if cls.saves:
                 ctx._saved = tuple(
                     SavedTensor(res, True) if s == "out" else SavedTensor(tensors[s], False) for s in cls.saves
                 )
             return res
-        res = tuple(Tensor._make(o, True, ctx) for o in out)
+        res = tuple(make(o, True, ctx) for o in out)
         for i, r in enumerate(res):
             r._output_nr = i
         ctx.n_outputs = len(res)

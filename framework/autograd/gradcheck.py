@@ -4,22 +4,22 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._backend import to_host, xp_of
+from .engine import grad
+from .function import GraphTensor
+
 
 def _tensors(inputs):
-    from ..tensor import Tensor
-
-    return [inputs] if isinstance(inputs, Tensor) else list(inputs)
+    return [inputs] if isinstance(inputs, GraphTensor) else list(inputs)
 
 
 def _flat_outputs(out):
-    from ..tensor import Tensor
-
-    return [out] if isinstance(out, Tensor) else [o for o in out if isinstance(o, Tensor)]
+    return [out] if isinstance(out, GraphTensor) else [o for o in out if isinstance(o, GraphTensor)]
 
 
 def _host(a):
     """A float64 NumPy copy of array ``a`` (NumPy or CuPy)."""
-    return (a if isinstance(a, np.ndarray) else a.get()).astype(np.float64).ravel()
+    return to_host(a).astype(np.float64).ravel()
 
 
 def _numerical_jacobian(fn, inputs, i, eps):
@@ -56,16 +56,13 @@ def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, raise_exception=True, 
         x = conch.randn(3, 4, dtype=conch.float64, requires_grad=True)
         conch.autograd.gradcheck(lambda t: (t * t).sum(1), (x,))
     """
-    from .. import autograd
-    from ..tensor import Tensor
-
     inputs = _tensors(inputs)
     for k, t in enumerate(inputs):
-        if isinstance(t, Tensor) and t.requires_grad and t.dtype != np.float64:
+        if isinstance(t, GraphTensor) and t.requires_grad and t.dtype != np.float64:
             raise ValueError(
                 f"gradcheck expects float64 inputs for precision; input {k} is {t.dtype}. Use .double() first."
             )
-    wrt = [k for k, t in enumerate(inputs) if isinstance(t, Tensor) and t.requires_grad]
+    wrt = [k for k, t in enumerate(inputs) if isinstance(t, GraphTensor) and t.requires_grad]
     if not wrt:
         raise ValueError("gradcheck: none of the inputs requires grad")
     outs = [o for o in _flat_outputs(fn(*inputs)) if o.is_floating_point()]
@@ -73,8 +70,8 @@ def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, raise_exception=True, 
     vs_np = [rng.standard_normal(o.shape) for o in outs]
     diff = [j for j, o in enumerate(outs) if o.requires_grad]
     if diff:
-        vs = [Tensor._make(_like(outs[j]._data, vs_np[j])) for j in diff]
-        analytic = autograd.grad([outs[j] for j in diff], [inputs[k] for k in wrt], vs, allow_unused=True)
+        vs = [outs[j]._make(_like(outs[j]._data, vs_np[j])) for j in diff]
+        analytic = grad([outs[j] for j in diff], [inputs[k] for k in wrt], vs, allow_unused=True)
     else:
         analytic = [None] * len(wrt)
     v_flat = np.concatenate([v.ravel() for v in vs_np]) if vs_np else np.zeros(0)
@@ -103,25 +100,20 @@ def _like(arr, host):
     """``host`` (a NumPy array) moved to ``arr``'s device with ``arr``'s dtype."""
     if isinstance(arr, np.ndarray):
         return host.astype(arr.dtype, copy=False)
-    from .._backend import xp_of
-
     return xp_of(arr).asarray(host, dtype=arr.dtype)
 
 
 def gradgradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, raise_exception=True):
     """Check second derivatives: gradcheck of the function ``x -> d(sum(v·fn(x)))/dx`` built with create_graph."""
-    from .. import autograd
-    from ..tensor import Tensor
-
     inputs = _tensors(inputs)
     rng = np.random.default_rng(4321)
     outs0 = _flat_outputs(fn(*inputs))
-    vs = [Tensor._make(_like(o._data, rng.standard_normal(o.shape))) for o in outs0 if o.requires_grad]
-    wrt = [k for k, t in enumerate(inputs) if isinstance(t, Tensor) and t.requires_grad]
+    vs = [o._make(_like(o._data, rng.standard_normal(o.shape))) for o in outs0 if o.requires_grad]
+    wrt = [k for k, t in enumerate(inputs) if isinstance(t, GraphTensor) and t.requires_grad]
 
     def first_grads(*xs):
         outs = [o for o in _flat_outputs(fn(*xs)) if o.requires_grad]
-        gs = autograd.grad(outs, [xs[k] for k in wrt], vs, create_graph=True, allow_unused=True)
+        gs = grad(outs, [xs[k] for k in wrt], vs, create_graph=True, allow_unused=True)
         # an unused input's gradient is zero everywhere; keep it so the output count is fixed
         return tuple(xs[k].detach() * 0 if g is None else g for k, g in zip(wrt, gs))
 

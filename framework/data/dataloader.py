@@ -8,7 +8,9 @@ import warnings
 
 import numpy as np
 
-from ..tensor import Tensor
+from .._backend import is_cupy_array, xp_of
+from ..creation import _state
+from ..tensor import Tensor, stack
 
 __all__ = ["DataLoader", "default_collate"]
 
@@ -31,20 +33,16 @@ def default_collate(batch):
         shapes = {t.shape for t in batch}
         if len(shapes) != 1:
             raise RuntimeError(f"default_collate: stack expects each tensor to be equal size, but got {sorted(shapes)}")
-        from ..tensor import stack
-
         return stack([t.detach() for t in batch], 0)
     if isinstance(elem, np.ndarray):
         shapes = {a.shape for a in batch}
         if len(shapes) != 1:
             raise RuntimeError(f"default_collate: arrays have different shapes {sorted(shapes)}")
         return Tensor._make(np.stack(batch))
-    if type(elem).__module__.startswith("cupy"):  # CuPy arrays: stacked on their GPU
+    if is_cupy_array(elem):  # CuPy arrays: stacked on their GPU
         shapes = {a.shape for a in batch}
         if len(shapes) != 1:
             raise RuntimeError(f"default_collate: arrays have different shapes {sorted(shapes)}")
-        from .._backend import xp_of
-
         return Tensor._make(xp_of(elem).stack(batch))
     if isinstance(elem, (bool, np.bool_)):
         return Tensor._make(np.array(batch, dtype=np.bool_))
@@ -191,6 +189,5 @@ def _draw_seed(generator):
         return int(generator)
     if generator is not None:
         raise TypeError(f"generator must be a numpy.random.Generator or an int seed, got {type(generator).__name__}")
-    from ..creation import _state
 
     return int(_state["np"].integers(0, 2**63 - 1))

@@ -8,6 +8,7 @@ import numbers
 import numpy as np
 
 from .._backend import xp_of
+from ..creation import _state
 from ..tensor import Tensor
 
 __all__ = ["Dataset", "TensorDataset", "Subset", "ConcatDataset", "random_split"]
@@ -161,6 +162,5 @@ def _rng(generator, seed):
         return np.random.default_rng(int(generator))
     if generator is not None:
         raise TypeError(f"generator must be a numpy.random.Generator or an int seed, got {type(generator).__name__}")
-    from ..creation import _state
 
     return _state["np"]

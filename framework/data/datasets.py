@@ -7,6 +7,8 @@ import os
 
 import numpy as np
 
+from .. import _dtype as D
+from ..tensor import Tensor
 from .dataset import TensorDataset
 
 __all__ = ["load_digits"]
@@ -57,9 +59,6 @@ def load_digits(split=None, *, test_size=360, seed=0, flatten=True, normalize=Tr
         train, test = conch.data.load_digits()
         x, y = train.tensors                     # (1437, 64) float32, (1437,) int64
     """
-    from .. import _dtype as D
-    from ..tensor import Tensor
-
     x, y = _digits_arrays()
     dt = D.float32 if dtype is None else D.as_dtype(dtype)
     imgs = (x / 16.0 if normalize else x).astype(dt)

@@ -8,6 +8,7 @@ import struct
 
 import numpy as np
 
+from ..tensor import Tensor
 from .dataset import TensorDataset
 
 __all__ = ["read_idx", "write_idx", "MNIST"]
@@ -85,8 +86,6 @@ class MNIST(TensorDataset):
               False: ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}  # fmt: skip
 
     def __init__(self, root, train=True, flatten=False):
-        from ..tensor import Tensor
-
         root = os.path.expanduser(os.fspath(root))
         paths = []
         for stem in self._FILES[bool(train)]:

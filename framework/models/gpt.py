@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import conch
 
 from .. import nn
+from ..checkpoint import checkpoint
 from ..nn import functional as F
 
 
@@ -127,8 +128,6 @@ class GPT(nn.Module):
         x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
         for block in self.h:
             if self.config.checkpointing and self.training:
-                from ..checkpoint import checkpoint
-
                 x = checkpoint(block, x)
             else:
                 x = block(x)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from ..creation import full
 from . import functional as F
+from . import init as _init
 from .module import Module
+from .parameter import Parameter
 
 
 class _Act(Module):
@@ -174,16 +177,11 @@ class PReLU(Module):
     """x for x >= 0, a·x otherwise, with a learned ``weight`` of ``num_parameters`` (1, or one per channel)."""
 
     def __init__(self, num_parameters=1, init=0.25, device=None, dtype=None):
-        from ..creation import full
-        from .parameter import Parameter
-
         super().__init__()
         self.num_parameters, self.init = int(num_parameters), float(init)
         self.weight = Parameter(full((self.num_parameters,), self.init, device=device, dtype=dtype))
 
     def reset_parameters(self):
-        from . import init as _init
-
         _init.constant_(self.weight, self.init)
 
     def forward(self, input):

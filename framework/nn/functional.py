@@ -1,7 +1,7 @@
 """conch.nn.functional: stateless layers, activations, losses and attention (PyTorch's names and semantics).
 
 The fused ops (linear + activation, activations, softmax, cross-entropy, layer/RMS norm, dropout)
-route through :mod:`conch._fused`, which runs Triton kernels on the GPU; the rest are composed from
+route through :mod:`conch.fused`, which runs Triton kernels on the GPU; the rest are composed from
 Tensor operations or written as ``Op`` subclasses here (im2col for convolution, pooling, embedding).
 
 Example::
@@ -18,12 +18,24 @@ import numbers
 
 import numpy as np
 
+from conch.kernels._act_names import ACTIVATIONS
+
 from .. import _dtype as D
-from .. import _fused, ops
+from .. import ops
 from .._backend import xp_of
-from ..autograd.function import Op
+from ..amp.autocast_mode import cast_for
+from ..autograd.grad_mode import no_grad
+from ..creation import philox_seed_offset
+from ..fused import activations as fused_act
+from ..fused import attention as fattn
+from ..fused import cross_entropy as fused_ce
+from ..fused import dropout as fdrop
+from ..fused import matmul as fmm
+from ..fused import norms as fused_norms
+from ..fused import softmax as fused_softmax
 from ..kernels import _deferred
-from ..tensor import Tensor, cat, where
+from ..ops.nn import _as_strided
+from ..tensor import Tensor, cat, stack, where
 
 _REDUCTIONS = ("mean", "sum", "none")
 
@@ -82,10 +94,6 @@ def _single(v, name):
     return _ntuple(v, 1, name)[0]
 
 
-def _as_strided(xp, a, shape, strides):
-    return xp.lib.stride_tricks.as_strided(a, shape=shape, strides=strides)
-
-
 # ---------------------------------------------------------------- activations
 
 
@@ -96,64 +104,48 @@ def _inplace(input, out, inplace, name):
 
 def relu(input, inplace=False):
     """max(x, 0)."""
-    return _inplace(input, _fused.activation(input, "relu"), inplace, "relu_")
+    return _inplace(input, fused_act.activation(input, "relu"), inplace, "relu_")
 
 
 def gelu(input, approximate="none"):
     """x·Φ(x) (``approximate="none"``) or 0.5x(1 + tanh(√(2/π)(x + 0.044715x³))) (``"tanh"``)."""
     if approximate not in ("none", "tanh"):
         raise ValueError(f"approximate argument must be either none or tanh, got {approximate!r}")
-    return _fused.activation(input, "gelu" if approximate == "none" else "gelu_tanh")
+    return fused_act.activation(input, "gelu" if approximate == "none" else "gelu_tanh")
 
 
 def silu(input, inplace=False):
     """x·σ(x)."""
-    return _inplace(input, _fused.activation(input, "silu"), inplace, "silu_")
+    return _inplace(input, fused_act.activation(input, "silu"), inplace, "silu_")
 
 
 def tanh(input):
-    return _fused.activation(input, "tanh")
+    return fused_act.activation(input, "tanh")
 
 
 def sigmoid(input):
     """σ(x) = 1 / (1 + e^-x)."""
-    return _fused.activation(input, "sigmoid")
+    return fused_act.activation(input, "sigmoid")
 
 
 def leaky_relu(input, negative_slope=0.01, inplace=False):
     """x for x > 0, negative_slope·x otherwise."""
-    out = _fused.activation(input, "leaky_relu", negative_slope=float(negative_slope))
+    out = fused_act.activation(input, "leaky_relu", negative_slope=float(negative_slope))
     return _inplace(input, out, inplace, "leaky_relu_")
 
 
 def elu(input, alpha=1.0, inplace=False):
     """x for x > 0, α(eˣ - 1) otherwise."""
-    return _inplace(input, _fused.activation(input, "elu", alpha=float(alpha)), inplace, "elu_")
-
-
-class _LogSigmoid(Op):
-    """log σ(x) = -softplus(-x), computed without overflow; d/dx = σ(-x)."""
-
-    saves = (0,)
-
-    @staticmethod
-    def forward(ctx, a):
-        xp = xp_of(a)
-        return (xp.minimum(a, 0) - xp.log1p(xp.exp(-abs(a)))).astype(a.dtype, copy=False)
-
-    @staticmethod
-    def backward(ctx, g):
-        (a,) = ctx.saved_tensors
-        return g * ops.Sigmoid.apply(-a)
+    return _inplace(input, fused_act.activation(input, "elu", alpha=float(alpha)), inplace, "elu_")
 
 
 def logsigmoid(input):
-    return _LogSigmoid.apply(input)
+    return ops.LogSigmoid.apply(input)
 
 
 def softplus(input, beta=1.0, threshold=20.0):
     """(1/β)·log(1 + e^(βx)), linear where βx > threshold (as PyTorch)."""
-    soft = -_LogSigmoid.apply(input * -beta) * (1.0 / beta)
+    soft = -ops.LogSigmoid.apply(input * -beta) * (1.0 / beta)
     return where((input * beta)._data > threshold, input, soft)
 
 
@@ -175,12 +167,12 @@ def _softmax_dim(ndim):
 
 def softmax(input, dim=None, dtype=None):
     """exp(x) / Σ exp(x) along ``dim`` (computed in ``dtype`` if given)."""
-    return _fused.softmax(input, _softmax_dim(input.ndim) if dim is None else dim, dtype=dtype)
+    return fused_softmax.softmax(input, _softmax_dim(input.ndim) if dim is None else dim, dtype=dtype)
 
 
 def log_softmax(input, dim=None, dtype=None):
     """x - log Σ exp(x) along ``dim``."""
-    return _fused.log_softmax(input, _softmax_dim(input.ndim) if dim is None else dim, dtype=dtype)
+    return fused_softmax.log_softmax(input, _softmax_dim(input.ndim) if dim is None else dim, dtype=dtype)
 
 
 def normalize(input, p=2.0, dim=1, eps=1e-12):
@@ -198,31 +190,16 @@ def linear(input, weight, bias=None, activation=None):
     "leaky_relu", "elu" with their default parameters); the whole expression is one fused kernel.
     """
     _check_tensor(input, "linear")
-    if activation is not None and activation not in _fused.ACTIVATIONS:
-        raise ValueError(f"unknown activation {activation!r}; expected None or one of {', '.join(_fused.ACTIVATIONS)}")
-    return _fused.linear(input, weight, bias, activation=activation)
+    if activation is not None and activation not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {activation!r}; expected None or one of {', '.join(ACTIVATIONS)}")
+    return fmm.linear(input, weight, bias, activation=activation)
 
 
 def dropout(input, p=0.5, training=True, inplace=False):
     """Zero each element with probability ``p`` and scale the rest by 1/(1-p) when ``training``."""
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
-    return _inplace(input, _fused.dropout(input, float(p), bool(training)), inplace and training and p > 0, "dropout_")
-
-
-class _Embedding(Op):
-    """out[...] = weight[idx[...]]; the gradient is scatter-added into the rows, except row ``padding_idx``."""
-
-    @staticmethod
-    def forward(ctx, w, idx, padding_idx):
-        ctx.idx, ctx.pad, ctx.shape = idx, padding_idx, w.shape
-        return w[idx]
-
-    @staticmethod
-    def backward(ctx, g):
-        if ctx.pad is not None:
-            g = g.masked_fill((ctx.idx == ctx.pad)[..., None], 0)
-        return ops.IndexAdd.apply(g, shape=ctx.shape, idx=ctx.idx)
+    return _inplace(input, fdrop.dropout(input, float(p), bool(training)), inplace and training and p > 0, "dropout_")
 
 
 def embedding(input, weight, padding_idx=None, max_norm=None, norm_type=2.0, scale_grad_by_freq=False, sparse=False):
@@ -253,8 +230,6 @@ def embedding(input, weight, padding_idx=None, max_norm=None, norm_type=2.0, sca
             raise ValueError(f"padding_idx must be within num_embeddings ({num}), got {padding_idx}")
         padding_idx %= num
     if max_norm is not None:
-        from ..autograd.grad_mode import no_grad
-
         with no_grad():  # renormalise the looked-up rows in place, as PyTorch does
             xp = xp_of(weight._data)
             rows = xp.unique(idx)
@@ -263,7 +238,7 @@ def embedding(input, weight, padding_idx=None, max_norm=None, norm_type=2.0, sca
             scale = xp.where(norms > max_norm, max_norm / (norms + 1e-7), 1.0)
             w[rows] = (w[rows] * scale[:, None]).astype(w.dtype)
             weight._version[0] += 1
-    return _Embedding.apply(weight, idx=idx, padding_idx=padding_idx)
+    return ops.Embedding.apply(weight, idx=idx, padding_idx=padding_idx)
 
 
 def one_hot(tensor, num_classes=-1):
@@ -285,51 +260,6 @@ def one_hot(tensor, num_classes=-1):
 
 
 # ---------------------------------------------------------------- padding
-
-
-class _Pad(Op):
-    """Constant padding; ``widths`` is NumPy's ((before, after), ...) per dim. The gradient is the slice back."""
-
-    @staticmethod
-    def forward(ctx, a, widths, value):
-        ctx.sl = tuple(slice(b, b + n) for (b, _), n in zip(widths, a.shape))
-        return xp_of(a).pad(a, widths, mode="constant", constant_values=value)
-
-    @staticmethod
-    def backward(ctx, g):
-        return g[ctx.sl]
-
-
-class _PadTake(Op):
-    """Padding along one axis by gathering: out[..., j, ...] = a[..., idx[j], ...], where idx maps every output
-    position to its source (reflect, replicate, circular); idx[left:left+n] is the identity. The backward is the
-    adjoint: the padded positions' gradients are added back onto their sources (_PadScatter)."""
-
-    @staticmethod
-    def forward(ctx, a, idx, axis, left):
-        ctx.idx, ctx.axis, ctx.left, ctx.n = idx, axis, left, a.shape[axis]
-        return xp_of(a).take(a, xp_of(a).asarray(idx), axis=axis)
-
-    @staticmethod
-    def backward(ctx, g):
-        return _PadScatter.apply(g, idx=ctx.idx, axis=ctx.axis, left=ctx.left, n=ctx.n)
-
-
-class _PadScatter(Op):
-    """The adjoint of _PadTake: out = g's identity part, plus each padded position's g added at its source."""
-
-    @staticmethod
-    def forward(ctx, g, idx, axis, left, n):
-        ctx.idx, ctx.axis, ctx.left = idx, axis, left
-        lead = (slice(None),) * axis
-        out = g[lead + (slice(left, left + n),)].copy()
-        for j in (*range(left), *range(left + n, len(idx))):  # one slice add per padded position (pads are small)
-            out[lead + (int(idx[j]),)] += g[lead + (j,)]
-        return out
-
-    @staticmethod
-    def backward(ctx, g):
-        return _PadTake.apply(g, idx=ctx.idx, axis=ctx.axis, left=ctx.left)
 
 
 def _pad_source(mode, n, left, right):
@@ -368,7 +298,7 @@ def pad(input, pad, mode="constant", value=0.0):
             widths[d] = (max(lo, 0), max(hi, 0))
         if any(lo < 0 or hi < 0 for _, lo, hi in pairs):
             input = input[tuple(crop)]
-        return _Pad.apply(input, widths=tuple(widths), value=value)
+        return ops.Pad.apply(input, widths=tuple(widths), value=value)
     for d, lo, hi in pairs:
         n = input.shape[d]
         if lo < 0 or hi < 0:
@@ -381,59 +311,11 @@ def pad(input, pad, mode="constant", value=0.0):
                 f"pad: {mode} padding {(lo, hi)} of dim {d} must be {limit} that dim's size ({n}); input shape "
                 f"{tuple(input.shape)}"
             )
-        input = _PadTake.apply(input, idx=_pad_source(mode, n, lo, hi), axis=d, left=lo)
+        input = ops.PadTake.apply(input, idx=_pad_source(mode, n, lo, hi), axis=d, left=lo)
     return input
 
 
 # ---------------------------------------------------------------- convolution (im2col + matmul)
-
-
-class _Im2col(Op):
-    """(N, C, H, W) -> patches (N, C·kh·kw, OH·OW), read through one strided view of the padded input.
-
-    Entry (n, (c, i, j), (oh, ow)) holds x_pad[n, c, oh·sh + i·dh, ow·sw + j·dw]. The long output-pixel
-    axis is innermost, so the copy out of the strided view runs over long rows, and ``W @ cols`` lands
-    directly in NCHW order. The adjoint is col2im (a scatter-add of the patches back into the image).
-    """
-
-    @staticmethod
-    def forward(ctx, x, geom, value=0.0):
-        ctx.geom, ctx.in_shape = geom, x.shape
-        xp = xp_of(x)
-        (kh, kw), (sh, sw), (dh, dw), (pt, pb, pl, pr), (oh, ow) = geom
-        if pt or pb or pl or pr:
-            x = xp.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)), mode="constant", constant_values=value)
-        n, c = x.shape[:2]
-        s_n, s_c, s_h, s_w = x.strides
-        win = _as_strided(xp, x, (n, c, kh, kw, oh, ow), (s_n, s_c, s_h * dh, s_w * dw, s_h * sh, s_w * sw))
-        return win.reshape(n, c * kh * kw, oh * ow)
-
-    @staticmethod
-    def backward(ctx, g):
-        return _Col2im.apply(g, geom=ctx.geom, in_shape=ctx.in_shape)
-
-
-class _Col2im(Op):
-    """Adjoint of im2col: sum every patch entry back onto the pixel it was read from."""
-
-    @staticmethod
-    def forward(ctx, g, geom, in_shape):
-        ctx.geom = geom
-        xp = xp_of(g)
-        (kh, kw), (sh, sw), (dh, dw), (pt, pb, pl, pr), (oh, ow) = geom
-        n, c, h, w = in_shape
-        out = xp.zeros((n, c, h + pt + pb, w + pl + pr), dtype=g.dtype)
-        g6 = g.reshape(n, c, kh, kw, oh, ow)
-        for i in range(kh):
-            for j in range(kw):
-                rows = slice(i * dh, i * dh + sh * (oh - 1) + 1, sh)
-                cols = slice(j * dw, j * dw + sw * (ow - 1) + 1, sw)
-                out[:, :, rows, cols] += g6[:, :, i, j]
-        return out[:, :, pt : pt + h, pl : pl + w]
-
-    @staticmethod
-    def backward(ctx, g):
-        return _Im2col.apply(g, geom=ctx.geom)
 
 
 def _conv_padding(padding, k, d, s):
@@ -462,7 +344,7 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     on the matmul kernel, whose result is already contiguous NCHW.
     """
     _check_tensor(input, "conv2d")
-    input, weight, bias = _fused._amp("conv2d", input, weight, bias)
+    input, weight, bias = cast_for("conv2d", input, weight, bias)
     unbatched = input.ndim == 3
     if unbatched:
         input = input.unsqueeze(0)
@@ -496,7 +378,7 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
             f"{h + pads[0] + pads[1]}x{w + pads[2] + pads[3]}) is smaller than the dilated kernel "
             f"{d[0] * (kh - 1) + 1}x{d[1] * (kw - 1) + 1}"
         )
-    cols = _Im2col.apply(input, geom=((kh, kw), s, d, pads, (oh, ow)))  # (N, C·kh·kw, OH·OW)
+    cols = ops.Im2col.apply(input, geom=((kh, kw), s, d, pads, (oh, ow)))  # (N, C·kh·kw, OH·OW)
     # the weight is expanded over the batch as a view: the batched matmul path is much faster than the
     # 2-D @ 3-D broadcast one, and the engine sums the weight gradient over the expanded dim
     k = cg * kh * kw
@@ -545,20 +427,6 @@ def _pool_args(name, input, kernel_size, stride, padding, dilation):
     return unbatched, k, s, p, d
 
 
-class _ScatterFlat(Op):
-    """out = zeros(size); out[idx] += g (repeated indices accumulate); the adjoint of a gather ``x[idx]``."""
-
-    @staticmethod
-    def forward(ctx, g, idx, size):
-        ctx.idx = idx
-        xp = xp_of(g)
-        return xp.bincount(idx, weights=g.astype(np.float64, copy=False), minlength=size).astype(g.dtype)
-
-    @staticmethod
-    def backward(ctx, g):
-        return g[Tensor._make(ctx.idx)]
-
-
 def _max_pool_arrays(x, k, s, p, d, out_hw):
     """Forward of max pooling on arrays: (output, PyTorch-style indices into H·W, flat indices into the padded
     input, padded shape, crop)."""
@@ -584,22 +452,6 @@ def _max_pool_arrays(x, k, s, p, d, out_hw):
     return out, indices, flat.ravel(), (n, c, hp, wp), (p[0], p[1], h, w)
 
 
-class _MaxPool2d(Op):
-    """Max over each window of the (-inf padded) input; the gradient goes to the first maximum of each window."""
-
-    @staticmethod
-    def forward(ctx, x, res):
-        out, _, ctx.flat, ctx.pad_shape, ctx.crop = res
-        return out
-
-    @staticmethod
-    def backward(ctx, g):
-        n, c, hp, wp = ctx.pad_shape
-        pt, pl, h, w = ctx.crop
-        gpad = _ScatterFlat.apply(g.reshape(-1), idx=ctx.flat, size=n * c * hp * wp).reshape(n, c, hp, wp)
-        return gpad[:, :, pt : pt + h, pl : pl + w]
-
-
 def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
     """Max over kh×kw windows: (N, C, H, W) -> (N, C, OH, OW); padding counts as -inf.
 
@@ -616,7 +468,7 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
             f"and kernel_size={k}"
         )
     res = _max_pool_arrays(x._data, k, s, p, d, (oh, ow))
-    out = _MaxPool2d.apply(x, res=res)
+    out = ops.MaxPool2d.apply(x, res=res)
     if unbatched:
         out = out.squeeze(0)
     if return_indices:
@@ -639,7 +491,7 @@ def avg_pool2d(
         raise RuntimeError(f"avg_pool2d: output size is too small ({oh}x{ow}) for input of size {list(input.shape)}")
     pb = max((oh - 1) * s[0] + k[0] - h - p[0], 0)
     pr = max((ow - 1) * s[1] + k[1] - w - p[1], 0)
-    cols = _Im2col.apply(x.reshape(n * c, 1, h, w), geom=(k, s, (1, 1), (p[0], pb, p[1], pr), (oh, ow)))
+    cols = ops.Im2col.apply(x.reshape(n * c, 1, h, w), geom=(k, s, (1, 1), (p[0], pb, p[1], pr), (oh, ow)))
     total = cols.sum(1).reshape(n, c, oh, ow)
     if divisor_override:
         out = total / float(divisor_override)
@@ -678,8 +530,6 @@ def adaptive_avg_pool2d(input, output_size):
 
 
 def _stack(ts, dim):
-    from ..tensor import stack
-
     return stack(ts, dim)
 
 
@@ -689,7 +539,7 @@ def _stack(ts, dim):
 def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
     """(x - mean) / √(var + eps) · weight + bias over the trailing ``normalized_shape`` dims (biased var)."""
     _check_tensor(input, "layer_norm")
-    return _fused.layer_norm(input, normalized_shape, weight, bias, eps)
+    return fused_norms.layer_norm(input, normalized_shape, weight, bias, eps)
 
 
 def rms_norm(input, normalized_shape, weight=None, eps=None):
@@ -697,7 +547,7 @@ def rms_norm(input, normalized_shape, weight=None, eps=None):
     _check_tensor(input, "rms_norm")
     if eps is None:
         eps = float(np.finfo(np.float32 if input.dtype == D.bfloat16 else input.dtype).eps)
-    return _fused.rms_norm(input, normalized_shape, weight, eps)
+    return fused_norms.rms_norm(input, normalized_shape, weight, eps)
 
 
 def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1, eps=1e-5):
@@ -717,6 +567,7 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
                 f"batch_norm: {name} should have shape ({c},) for input of size {list(input.shape)}, "
                 f"got {tuple(t.shape)}"
             )
+    (input,) = cast_for("batch_norm", input)
     dims = (0,) + tuple(range(2, input.ndim))
     bshape = (1, c) + (1,) * (input.ndim - 2)
     x = input.float() if input.dtype in (D.float16, D.bfloat16) else input
@@ -767,9 +618,9 @@ def _attention(q, k, v, add_mask, keep_mask, dropout_p, scale):
         scores = scores.masked_fill(~keep_mask, -math.inf)
     if add_mask is not None:
         scores = scores + add_mask
-    attn = _fused.softmax(scores, -1)
+    attn = fused_softmax.softmax(scores, -1)
     if dropout_p > 0.0:
-        attn = _fused.dropout(attn, dropout_p, True)
+        attn = fdrop.dropout(attn, dropout_p, True)
     return attn @ v, attn
 
 
@@ -805,7 +656,7 @@ def scaled_dot_product_attention(
             return t.unsqueeze(-3).expand(*s[:-2], rep, *s[-2:]).reshape(*s[:-3], hq, *s[-2:])
 
         key, value = expand(key), expand(value)
-    query, key, value = _fused._amp("scaled_dot_product_attention", query, key, value)
+    query, key, value = cast_for("scaled_dot_product_attention", query, key, value)
     lq, lk = query.shape[-2], key.shape[-2]
     sc = 1.0 / math.sqrt(query.shape[-1]) if scale is None else float(scale)
     keep = add = None
@@ -813,7 +664,7 @@ def scaled_dot_product_attention(
     if is_causal and attn_mask is not None:
         raise RuntimeError("scaled_dot_product_attention: explicit attn_mask should not be set when is_causal=True")
     if attn_mask is None and query.is_floating_point() and query.dtype == key.dtype == value.dtype and dropout_p < 1:
-        return _fused.attention(query, key, value, is_causal, sc, float(dropout_p))  # flash: no (L, S) matrix kept
+        return fattn.attention(query, key, value, is_causal, sc, float(dropout_p))  # flash: no (L, S) matrix kept
     if is_causal:
         keep = _causal_keep(xp, lq, lk)
     elif attn_mask is not None:
@@ -862,16 +713,20 @@ def multi_head_attention_forward(
     hd = e // h
     if q_proj_weight is None:
         if query is key and key is value:
-            qkv = _fused.linear(query, in_proj_weight, in_proj_bias)
+            qkv = fmm.linear(query, in_proj_weight, in_proj_bias)
             q, k, v = qkv.split(e, dim=-1)
         else:
             wq, wk, wv = in_proj_weight.split(e, dim=0)
             bq, bk, bv = (None, None, None) if in_proj_bias is None else in_proj_bias.split(e, dim=0)
-            q, k, v = _fused.linear(query, wq, bq), _fused.linear(key, wk, bk), _fused.linear(value, wv, bv)
+            q, k, v = (
+                fmm.linear(query, wq, bq),
+                fmm.linear(key, wk, bk),
+                fmm.linear(value, wv, bv),
+            )
     else:
         bq, bk, bv = (None, None, None) if in_proj_bias is None else in_proj_bias.split(e, dim=0)
-        q = _fused.linear(query, q_proj_weight, bq)
-        k, v = _fused.linear(key, k_proj_weight, bk), _fused.linear(value, v_proj_weight, bv)
+        q = fmm.linear(query, q_proj_weight, bq)
+        k, v = fmm.linear(key, k_proj_weight, bk), fmm.linear(value, v_proj_weight, bv)
     extra = 0
     if (bias_k is None) != (bias_v is None):
         raise ValueError("multi_head_attention_forward: bias_k and bias_v must be given together")
@@ -931,11 +786,11 @@ def multi_head_attention_forward(
     drop = dropout_p if training else 0.0
     causal_only = is_causal and attn_mask is None and key_padding_mask is None and not extra
     if not need_weights and drop < 1 and add is None and (keep is None or causal_only) and q.dtype == v.dtype:
-        out = _fused.attention(q, k, v, causal_only, 1.0 / math.sqrt(hd), drop)  # flash attention: no weights kept
+        out = fattn.attention(q, k, v, causal_only, 1.0 / math.sqrt(hd), drop)  # flash attention: no weights kept
     else:
         out, attn = _attention(q, k, v, add, keep, drop, 1.0 / math.sqrt(hd))
     out = out.permute(0, 2, 1, 3).reshape(b, lq, e)
-    out = _fused.linear(out, out_proj_weight, out_proj_bias)
+    out = fmm.linear(out, out_proj_weight, out_proj_bias)
     if not need_weights:
         return out, None
     return out, (attn.mean(1) if average_attn_weights else attn)
@@ -995,7 +850,7 @@ def nll_loss(input, target, weight=None, size_average=None, ignore_index=-100, r
     reduction = _legacy_reduction(size_average, reduce, reduction)
     _check_reduction(reduction)
     _check_tensor(input, "nll_loss")
-    (input,) = _fused._amp("nll_loss", input)
+    (input,) = cast_for("nll_loss", input)
     if target.dtype.kind not in "iu":
         raise TypeError(f"nll_loss: expected integer class targets, got {target.dtype}")
     x2, t1, out_shape = _flatten_classes(input, target, "nll_loss")
@@ -1046,11 +901,11 @@ def cross_entropy(
         _, safe = _check_targets(t1, c, ignore_index, "cross_entropy")  # once: the kernel does not check again
         if safe is not t1._data:
             t1 = Tensor._make(safe)
-        loss = _fused.cross_entropy(x2, t1, ignore_index, float(label_smoothing), reduction, check_targets=False)
+        loss = fused_ce.cross_entropy(x2, t1, ignore_index, float(label_smoothing), reduction, check_targets=False)
         return loss.reshape(out_shape) if reduction == "none" else loss
     if weight.shape != (c,):
         raise RuntimeError(f"cross_entropy: weight should have shape ({c},), got {tuple(weight.shape)}")
-    logp = _fused.log_softmax(x2.float() if x2.dtype in (D.float16, D.bfloat16) else x2, 1)
+    logp = fused_softmax.log_softmax(x2.float() if x2.dtype in (D.float16, D.bfloat16) else x2, 1)
     nll = nll_loss(logp, t1, weight, ignore_index=ignore_index, reduction=reduction)
     if not label_smoothing:
         return nll.reshape(out_shape) if reduction == "none" else nll
@@ -1077,7 +932,7 @@ def _cross_entropy_probs(input, target, weight, reduction, label_smoothing):
     cdim = 0 if input.ndim == 1 else 1
     c = input.shape[cdim]
     x = input.float() if input.dtype in (D.float16, D.bfloat16) else input
-    logp = _fused.log_softmax(x, cdim)
+    logp = fused_softmax.log_softmax(x, cdim)
     t = target.to(dtype=logp.dtype)
     if label_smoothing:
         t = t * (1 - label_smoothing) + label_smoothing / c
@@ -1107,7 +962,7 @@ def _check_same_shape(input, target, name):
 def mse_loss(input, target, size_average=None, reduce=None, reduction="mean", weight=None):
     """(input - target)², reduced."""
     _check_same_shape(input, target, "mse_loss")
-    input, target = _fused._amp("mse_loss", input, target)
+    input, target = cast_for("mse_loss", input, target)
     d = input - target
     loss = d * d
     if weight is not None:
@@ -1118,7 +973,7 @@ def mse_loss(input, target, size_average=None, reduce=None, reduction="mean", we
 def l1_loss(input, target, size_average=None, reduce=None, reduction="mean"):
     """|input - target|, reduced."""
     _check_same_shape(input, target, "l1_loss")
-    input, target = _fused._amp("l1_loss", input, target)
+    input, target = cast_for("l1_loss", input, target)
     return _reduce((input - target).abs(), _legacy_reduction(size_average, reduce, reduction))
 
 
@@ -1127,7 +982,7 @@ def huber_loss(input, target, reduction="mean", delta=1.0):
     if delta <= 0:
         raise ValueError(f"huber_loss: delta must be positive, got {delta}")
     _check_same_shape(input, target, "huber_loss")
-    input, target = _fused._amp("huber_loss", input, target)
+    input, target = cast_for("huber_loss", input, target)
     d = input - target
     a = d.abs()
     loss = where(a._data < delta, d * d * 0.5, (a - 0.5 * delta) * delta)
@@ -1140,7 +995,7 @@ def smooth_l1_loss(input, target, size_average=None, reduce=None, reduction="mea
         raise ValueError(f"smooth_l1_loss: beta must be non-negative, got {beta}")
     _check_same_shape(input, target, "smooth_l1_loss")
     reduction = _legacy_reduction(size_average, reduce, reduction)
-    input, target = _fused._amp("smooth_l1_loss", input, target)
+    input, target = cast_for("smooth_l1_loss", input, target)
     d = input - target
     a = d.abs()
     if beta == 0:
@@ -1157,9 +1012,9 @@ def binary_cross_entropy_with_logits(
     reduction = _legacy_reduction(size_average, reduce, reduction)
     if input.shape != target.shape:
         raise ValueError(f"Target size ({tuple(target.shape)}) must be the same as input size ({tuple(input.shape)})")
-    input, target = _fused._amp("binary_cross_entropy_with_logits", input, target)
+    input, target = cast_for("binary_cross_entropy_with_logits", input, target)
     t = target if target.dtype == input.dtype else target.to(dtype=input.dtype)
-    ls = _LogSigmoid.apply(input)
+    ls = ops.LogSigmoid.apply(input)
     if pos_weight is not None:
         loss = (1 - t) * input - (t * (pos_weight - 1) + 1) * ls
     else:
@@ -1212,8 +1067,9 @@ def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5):
     n, c = input.shape[:2]
     if num_groups < 1 or c % num_groups:
         raise RuntimeError(f"Expected number of channels in input ({c}) to be divisible by num_groups ({num_groups})")
+    (input,) = cast_for("group_norm", input)
     rows = input.reshape(n, num_groups, -1)
-    y = _fused.layer_norm(rows, (rows.shape[-1],), None, None, eps).reshape(input.shape)
+    y = fused_norms.layer_norm(rows, (rows.shape[-1],), None, None, eps).reshape(input.shape)
     bshape = (1, c) + (1,) * (input.ndim - 2)
     if weight is not None:
         y = y * weight.reshape(bshape)
@@ -1367,7 +1223,7 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
     batched matmul, and col2im (the adjoint of conv2d's im2col) sums them into place.
     """
     _check_tensor(input, "conv_transpose2d")
-    input, weight, bias = _fused._amp("conv2d", input, weight, bias)
+    input, weight, bias = cast_for("conv2d", input, weight, bias)
     unbatched = input.ndim == 3
     if unbatched:
         input = input.unsqueeze(0)
@@ -1399,7 +1255,7 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
     # the conv2d whose im2col reads this output's (padded) pixels at the input's H x W positions
     need = tuple(di * (kk - 1) + si * (i - 1) + 1 for di, kk, si, i in zip(d, (kh, kw), s, (h, w)))
     pads = (p[0], max(need[0] - out_hw[0] - p[0], 0), p[1], max(need[1] - out_hw[1] - p[1], 0))
-    y = _Col2im.apply(cols, geom=((kh, kw), s, d, pads, (h, w)), in_shape=(n, cout) + out_hw)
+    y = ops.Col2im.apply(cols, geom=((kh, kw), s, d, pads, (h, w)), in_shape=(n, cout) + out_hw)
     if bias is not None:
         y = y + bias.to(dtype=y.dtype).reshape(1, cout, 1, 1)
     return y.squeeze(0) if unbatched else y
@@ -1451,8 +1307,6 @@ def _channel_dropout(input, p, training, inplace, name, batched_ndim):
         return input
     from conch.kernels.dropout import dropout_mask
 
-    from ..creation import philox_seed_offset
-
     lead = input.shape[: input.ndim - (batched_ndim - 2)]  # (N, C) or (C,): one draw per channel
     n = int(np.prod(lead, dtype=np.int64))
     seed, offset = philox_seed_offset(n)
@@ -1490,8 +1344,6 @@ def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=
     if not use_input_stats:
         return batch_norm(input, running_mean, running_var, weight, bias, False, 0.0, eps)
     if running_mean is not None and running_var is not None:
-        from ..autograd.grad_mode import no_grad
-
         with no_grad():
             # the per-instance means and unbiased variances, averaged over the batch (PyTorch's update)
             flat = input.reshape(input.shape[0], input.shape[1], -1)
@@ -1522,7 +1374,7 @@ def unfold(input, kernel_size, dilation=1, padding=0, stride=1):
         raise RuntimeError(f"unfold: expected 3-D or 4-D input, got size {list(input.shape)}")
     x = input.unsqueeze(0) if input.ndim == 3 else input
     geom = _fold_geom("unfold", x.shape[2:], kernel_size, dilation, padding, stride)
-    out = _Im2col.apply(x, geom=geom)
+    out = ops.Im2col.apply(x, geom=geom)
     return out.squeeze(0) if input.ndim == 3 else out
 
 
@@ -1539,5 +1391,5 @@ def fold(input, output_size, kernel_size, dilation=1, padding=0, stride=1):
             f"fold: expected input of size (N, C·{kk}, {n_blocks}) for output_size {hw} and kernel_size {geom[0]}, "
             f"got {list(input.shape)}"
         )
-    out = _Col2im.apply(x, geom=geom, in_shape=(x.shape[0], x.shape[1] // kk) + hw)
+    out = ops.Col2im.apply(x, geom=geom, in_shape=(x.shape[0], x.shape[1] // kk) + hw)
     return out.squeeze(0) if input.ndim == 2 else out

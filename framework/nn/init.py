@@ -16,8 +16,10 @@ import warnings
 
 import numpy as np
 
+from .. import _dtype as D
 from .._backend import xp_of
 from ..autograd.grad_mode import no_grad
+from ..creation import eye, rand, randn
 from ..tensor import Tensor
 
 _LINEAR = ("linear", "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d")
@@ -74,15 +76,11 @@ def _fill(tensor, arr_fn):
 
 
 def _rng_dtype(tensor):
-    from .. import _dtype as D
-
     return D.float64 if tensor.dtype == D.float64 else D.float32
 
 
 def uniform_(tensor, a=0.0, b=1.0, generator=None):
     """Fill with U(a, b)."""
-    from ..creation import rand
-
     return _fill(
         tensor,
         lambda: rand(*tensor.shape, dtype=_rng_dtype(tensor), device=tensor.device, generator=generator) * (b - a) + a,
@@ -91,8 +89,6 @@ def uniform_(tensor, a=0.0, b=1.0, generator=None):
 
 def normal_(tensor, mean=0.0, std=1.0, generator=None):
     """Fill with N(mean, std²)."""
-    from ..creation import randn
-
     return _fill(
         tensor,
         lambda: randn(*tensor.shape, dtype=_rng_dtype(tensor), device=tensor.device, generator=generator) * std + mean,
@@ -102,8 +98,6 @@ def normal_(tensor, mean=0.0, std=1.0, generator=None):
 def trunc_normal_(tensor, mean=0.0, std=1.0, a=-2.0, b=2.0, generator=None):
     """Fill with N(mean, std²) truncated to [a, b] (absolute bounds), by inverting the normal CDF:
     u ~ U(Φ(α), Φ(β)), x = mean + std·√2·erfinv(2u - 1)."""
-    from ..creation import rand
-
     if mean < a - 2 * std or mean > b + 2 * std:
         warnings.warn(
             "mean is more than 2 std from [a, b] in nn.init.trunc_normal_; the distribution of values may "
@@ -150,7 +144,6 @@ def eye_(tensor):
     """Fill a 2-D tensor with the identity (ones on the diagonal)."""
     if tensor.ndim != 2:
         raise ValueError(f"Only tensors with 2 dimensions are supported, got shape {tuple(tensor.shape)}")
-    from ..creation import eye
 
     return _fill(tensor, lambda: eye(*tensor.shape, dtype=tensor.dtype, device=tensor.device))
 
@@ -205,7 +198,6 @@ def orthogonal_(tensor, gain=1.0, generator=None):
     """Fill with a (semi-)orthogonal matrix (QR of a Gaussian matrix, signs fixed by diag(R)), times gain."""
     if tensor.ndim < 2:
         raise ValueError("Only tensors with 2 or more dimensions are supported")
-    from ..creation import randn
 
     rows = tensor.shape[0]
     cols = tensor.numel() // rows

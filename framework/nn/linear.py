@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import math
 
-from .. import _fused
+from conch.kernels._act_names import ACTIVATIONS
+
+from ..autograd.grad_mode import no_grad
 from ..creation import empty
+from ..fused import matmul as fused_matmul
 from ..tensor import Tensor
 from . import functional as F
 from . import init
@@ -45,10 +48,8 @@ class Linear(Module):
 
     def __init__(self, in_features, out_features, bias=True, activation=None, device=None, dtype=None):
         super().__init__()
-        if activation is not None and activation not in _fused.ACTIVATIONS:
-            raise ValueError(
-                f"unknown activation {activation!r}; expected None or one of {', '.join(_fused.ACTIVATIONS)}"
-            )
+        if activation is not None and activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {activation!r}; expected None or one of {', '.join(ACTIVATIONS)}")
         self.in_features, self.out_features, self.activation = int(in_features), int(out_features), activation
         self.weight = Parameter(empty(self.out_features, self.in_features, **_factory(device, dtype)))
         if bias:
@@ -73,7 +74,7 @@ class Linear(Module):
                 f"Linear: expected input of shape (*, {self.in_features}), got {tuple(input.shape)} "
                 f"(mat1 and mat2 shapes cannot be multiplied)"
             )
-        return _fused.linear(input, self.weight, self.bias, activation=activation, **act_params)
+        return fused_matmul.linear(input, self.weight, self.bias, activation=activation, **act_params)
 
     def extra_repr(self):
         s = f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
@@ -130,8 +131,6 @@ class Embedding(Module):
     def reset_parameters(self):
         init.normal_(self.weight)
         if self.padding_idx is not None:
-            from ..autograd.grad_mode import no_grad
-
             with no_grad():
                 self.weight[self.padding_idx] = 0
 

@@ -9,7 +9,7 @@ import numpy as np
 
 from .. import _dtype as D
 from .._backend import device as _device
-from .._backend import to_device
+from .._backend import is_cupy_array, to_device
 from ..autograd.grad_mode import no_grad
 from ..tensor import Tensor
 from .parameter import Buffer, Parameter
@@ -55,7 +55,7 @@ def _as_state_tensor(v, key):
     """A state-dict value (conch Tensor, NumPy array, PyTorch tensor, ...) as a conch Tensor."""
     if isinstance(v, Tensor):
         return v
-    if type(v).__module__.startswith("cupy"):  # a CuPy array: np.asarray would refuse it
+    if is_cupy_array(v):  # a CuPy array: np.asarray would refuse it
         return Tensor._make(v)
     if hasattr(v, "detach") and hasattr(v, "cpu") and hasattr(v, "numpy"):  # a PyTorch tensor
         v = v.detach().cpu()

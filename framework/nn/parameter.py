@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+from ..creation import empty, tensor
 from ..tensor import Tensor
 
 
@@ -24,14 +25,10 @@ class Parameter(Tensor):
 
     def __new__(cls, data=None, requires_grad=True):
         if data is None:
-            from ..creation import empty
-
             data = empty(0)
         if not isinstance(data, Tensor):
-            from ..creation import tensor
-
             data = tensor(data)
-        p = Tensor._make.__func__(cls, data._data, False, None, data._version)
+        p = Tensor._make_as(cls, data._data, False, None, data._version)
         if requires_grad:
             p.requires_grad_(True)
         return p
@@ -63,7 +60,7 @@ class Buffer(Tensor):
     """Marks a tensor to be registered as a buffer when assigned to a Module attribute (as ``torch.nn.Buffer``)."""
 
     def __new__(cls, data, persistent=True):
-        b = Tensor._make.__func__(cls, data._data, False, None, data._version)
+        b = Tensor._make_as(cls, data._data, False, None, data._version)
         b.persistent = persistent
         return b
 

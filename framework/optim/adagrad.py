@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .._backend import xp_of
+from ..creation import full_like
 from . import optimizer as _o
 from .optimizer import (
     Optimizer,
@@ -60,8 +61,6 @@ class Adagrad(Optimizer):
                     self._init_state(p, self.state[p], g)
 
     def _init_state(self, p, state, group):
-        from ..creation import full_like
-
         state["step"] = _scalar_state(0.0)
         state["sum"] = full_like(p.detach(), group["initial_accumulator_value"])
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .._backend import xp_of
+from ..creation import zeros_like
 from . import optimizer as _o
 from .optimizer import (
     Optimizer,
@@ -74,8 +75,6 @@ class Adam(Optimizer):
             raise ValueError(f"Invalid weight_decay value: {g['weight_decay']}")
 
     def _init_state(self, p, state, group):
-        from ..creation import zeros_like
-
         d = p.detach()
         state["step"] = _scalar_state(0.0)
         state["exp_avg"] = zeros_like(d)

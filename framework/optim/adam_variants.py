@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 
 from .._backend import xp_of
+from ..creation import zeros_like
 from .adam import Adam
 from .optimizer import Optimizer, _opmath, _scalar_state
 
@@ -29,8 +30,6 @@ class _AdamLike(Optimizer):
     _check_group = Adam._check_group  # lr, eps, betas and weight_decay, with Adam's messages
 
     def _init_state(self, p, state, group):
-        from ..creation import zeros_like
-
         state["step"] = _scalar_state(0.0)
         for name in self._STATE:
             state[name] = zeros_like(p.detach())

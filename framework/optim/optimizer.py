@@ -43,8 +43,9 @@ from itertools import chain
 
 import numpy as np
 
-from .._backend import xp_of
+from .._backend import on_gpu, xp_of
 from ..autograd.grad_mode import enable_grad, no_grad
+from ..creation import from_dlpack
 from ..tensor import Tensor
 
 __all__ = ["Optimizer", "required", "set_bitwise_torch", "is_bitwise_torch"]
@@ -351,10 +352,6 @@ def _scalar_state(value=0.0):
     return Tensor._make(np.array(value, dtype=np.float32))
 
 
-def _is_cupy(a):
-    return not isinstance(a, np.ndarray)
-
-
 _FUSED = []
 _FUSED_ERROR = [None]  # why the import failed, for fused=True's error
 
@@ -557,7 +554,7 @@ class Optimizer:
     @staticmethod
     def _all_cupy_with_grad(group):
         """Whether every parameter of ``group`` that has a gradient lives on a GPU (the default ``fused`` test)."""
-        return all(_is_cupy(p._data) for p in group["params"] if p.grad is not None)
+        return all(on_gpu(p._data) for p in group["params"] if p.grad is not None)
 
     def _fused_plan(self, group):
         """``(kernels, params)`` when ``group`` takes the multi-tensor GPU kernel, else ``None`` (per-parameter path).
@@ -694,8 +691,6 @@ def _norm_id(k):
 def _cast_state(p, key, value):
     """A copy of a loaded state value placed like torch does: tensors on p's device, float ones in p's dtype."""
     if not isinstance(value, Tensor) and (isinstance(value, np.ndarray) or hasattr(value, "__dlpack__")):
-        from ..creation import from_dlpack
-
         value = from_dlpack(value.detach() if hasattr(value, "detach") else value)  # NumPy, PyTorch, CuPy...
     if isinstance(value, Tensor):
         if key == "step":

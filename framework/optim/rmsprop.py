@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .._backend import xp_of
+from ..creation import zeros_like
 from . import optimizer as _o
 from .optimizer import (
     Optimizer,
@@ -54,8 +55,6 @@ class RMSprop(Optimizer):
                 raise ValueError(f"Invalid {'alpha' if key == 'alpha' else key} value: {g[key]}")
 
     def _init_state(self, p, state, group):
-        from ..creation import zeros_like
-
         d = p.detach()
         state["step"] = _scalar_state(0.0)
         state["square_avg"] = zeros_like(d)

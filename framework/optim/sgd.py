@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .._backend import xp_of
+from ..creation import zeros_like
 from ..tensor import Tensor
 from .optimizer import (
     Optimizer,
@@ -98,8 +99,6 @@ class SGD(Optimizer):
                 continue
             bufs = None
             if momentum != 0:
-                from ..creation import zeros_like
-
                 for p in ps:
                     if first:
                         self.state[p]["momentum_buffer"] = zeros_like(p.detach())

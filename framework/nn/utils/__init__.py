@@ -8,7 +8,7 @@ import numpy as np
 
 from ..._backend import xp_of
 from ...autograd.grad_mode import no_grad
-from ...tensor import Tensor
+from ...tensor import Tensor, cat
 
 
 def _params(parameters):
@@ -131,8 +131,6 @@ def clip_grad_value_(parameters, clip_value, foreach=None):
 
 def parameters_to_vector(parameters):
     """All parameters flattened and concatenated into one 1-D tensor (differentiable)."""
-    from ...tensor import cat
-
     ps = _params(parameters)
     if not ps:
         raise ValueError("parameters_to_vector: got no parameters")

@@ -22,6 +22,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ..._backend import to_host, xp_of
 from ...tensor import Tensor, cat, stack
 
 __all__ = ["PackedSequence", "pack_padded_sequence", "pad_packed_sequence", "pad_sequence", "pack_sequence"]
@@ -39,9 +40,7 @@ class PackedSequence(NamedTuple):
 
 def _lengths(lengths):
     arr = lengths._data if isinstance(lengths, Tensor) else lengths
-    if hasattr(arr, "get"):
-        arr = arr.get()
-    arr = np.asarray(arr, dtype=np.int64).reshape(-1)
+    arr = np.asarray(to_host(arr), dtype=np.int64).reshape(-1)
     if arr.size and arr.min() <= 0:
         raise RuntimeError(f"pack_padded_sequence: every length must be positive, got {arr.tolist()}")
     return arr
@@ -78,8 +77,6 @@ def pack_padded_sequence(input, lengths, batch_first=False, enforce_sorted=True)
 
 
 def _to_device(like, arr):
-    from ..._backend import xp_of
-
     return xp_of(like._data).asarray(arr)
 
 
@@ -114,8 +111,7 @@ def pad_packed_sequence(sequence, batch_first=False, padding_value=0.0, total_le
 
 
 def _host(t):
-    a = t._data
-    return a.get() if hasattr(a, "get") else a
+    return to_host(t._data)
 
 
 def pad_sequence(sequences, batch_first=False, padding_value=0.0, padding_side="right"):

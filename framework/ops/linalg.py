@@ -1,4 +1,7 @@
-"""``conch.einsum``: Einstein summation with gradients, each operand's gradient itself an einsum."""
+"""Linear algebra: matrix products (the plain op behind the fused matmul's composite) and einsum.
+
+Example: ``Einsum``'s gradient for operand i is another einsum of the output gradient with the other operands.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +9,39 @@ import string
 
 import numpy as np
 
-from ._backend import xp_of
-from .autograd.function import Op
+from .._backend import xp_of
+from ..autograd.function import Op
+
+
+class MatMul(Op):
+    """NumPy matmul semantics: 1-D operands are promoted and the added dim removed afterwards."""
+
+    saves = (0, 1)
+
+    @staticmethod
+    def forward(ctx, a, b):
+        return (a @ b).astype(a.dtype, copy=False)  # NumPy's bfloat16 matmul returns float32
+
+    @staticmethod
+    def backward(ctx, g):
+        a, b = ctx.saved_tensors
+        n = ctx.needs_input_grad
+        a2 = a.unsqueeze(0) if a.ndim == 1 else a
+        b2 = b.unsqueeze(-1) if b.ndim == 1 else b
+        if a.ndim == 1:
+            g = g.unsqueeze(-2 if b.ndim > 1 else 0)
+        if b.ndim == 1:
+            g = g.unsqueeze(-1)
+        ga = gb = None
+        if n[0]:
+            ga = g @ b2.mT
+            if a.ndim == 1:
+                ga = ga.reshape(-1, a.shape[0]).sum(0)
+        if n[1]:
+            gb = a2.mT @ g
+            if b.ndim == 1:
+                gb = gb.reshape(-1, b.shape[0]).sum(0)
+        return ga, gb
 
 
 def _parse(equation: str, shapes):
@@ -87,32 +121,3 @@ def _op(n):
     if cls is None:
         cls = _OPS[n] = type(f"Einsum{n}", (Einsum,), {"saves": tuple(range(n))})
     return cls
-
-
-def einsum(equation: str, *operands):
-    """Einstein summation, as ``torch.einsum``: ``einsum("bij,bjk->bik", a, b)`` is a batched matmul.
-
-    Gradients flow to every operand (each is another einsum); a label repeated inside one operand
-    (a diagonal, ``"ii->i"``) works forward but has no gradient.
-    """
-    from .tensor import Tensor, _check_devices
-
-    if len(operands) == 1 and isinstance(operands[0], (list, tuple)):
-        operands = tuple(operands[0])
-    if not operands or not all(isinstance(t, Tensor) for t in operands):
-        raise TypeError("einsum(): expected Tensor operands after the equation")
-    for t in operands[1:]:
-        _check_devices(operands[0], t)
-    from ._fused import _amp
-
-    operands = _amp("einsum", *operands)
-    ins, out = _parse(equation, [t.shape for t in operands])
-    dt = operands[0].dtype
-    for t in operands[1:]:
-        if t.dtype != dt:
-            raise TypeError(f"einsum(): operands must share one dtype, got {dt} and {t.dtype}")
-    try:
-        return _op(len(operands)).apply(*operands, ins=ins, out=out)
-    except ValueError as e:
-        shapes = ", ".join(str(tuple(t.shape)) for t in operands)
-        raise RuntimeError(f"einsum(): {equation!r} does not fit operands of shapes {shapes}: {e}") from None

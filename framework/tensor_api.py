@@ -1,8 +1,10 @@
-"""More of PyTorch's Tensor API: rounding, sorting, gather/scatter, triangular and diagonal views, repeat, prod.
+"""The rest of PyTorch's Tensor API, as methods attached to Tensor in one place and as functions (``conch.NAME``).
 
-``Tensor`` inherits these methods from :class:`TensorOpsMixin`; the Ops they need live here, each with its
-forward on arrays and its backward in Tensor operations (so second derivatives work), as in ``ops.py``.
-Example::
+``tensor.py`` holds the core Tensor; the methods here need layers above it: the fused kernels (``matmul``,
+``softmax``, the activations), creation (``new_zeros``, ``multinomial``), or are the long tail of PyTorch's
+API (rounding, sorting, gather/scatter, diagonals, repeat, prod...). They are written as the body of
+:class:`TensorMethods` and copied onto Tensor by :func:`attach`, which ``conch/__init__.py`` calls once; the ops
+they build on live in :mod:`conch.ops`. Example::
 
     x = conch.randn(4, 6, requires_grad=True)
     top = x.topk(2, dim=1)                       # values (4, 2) with gradients, indices (4, 2) int64
@@ -15,292 +17,44 @@ from __future__ import annotations
 import numpy as np
 
 from . import _dtype as D
-from . import ops
-from ._backend import xp_of
-from .autograd.function import Op
+from . import creation, ops
+from ._backend import to_host, xp_of
+from .amp.autocast_mode import cast_for
+from .creation import rand
+from .fused import activations as fused_act
+from .fused import matmul as fused_matmul
+from .fused import softmax as fused_softmax
 from .kernels import _deferred
-
-
-def _T():
-    return _tensor.Tensor
-
-
-def _const(arr):
-    return _tensor._const(arr)
-
-
-def _dim(d, ndim):
-    return _tensor._norm_dim(d, ndim)
-
-
-class _Named(tuple):
-    """A tuple with named fields, as torch.return_types (``values``/``indices``, ``min``/``max``)."""
-
-    _fields: tuple = ()
-
-    def __new__(cls, items):
-        return super().__new__(cls, items)
-
-    def __getattr__(self, name):
-        try:
-            return self[type(self)._fields.index(name)]
-        except ValueError:
-            raise AttributeError(name) from None
-
-
-class ValuesIndices(_Named):
-    _fields = ("values", "indices")
-
-
-class MinMax(_Named):
-    _fields = ("min", "max")
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Ops
-# ---------------------------------------------------------------------------------------------------------------
-
-
-class Rounding(Op):
-    """floor / ceil / round / trunc / sign: piecewise constant, so the gradient is zero (as PyTorch)."""
-
-    @staticmethod
-    def forward(ctx, a, fn, decimals):
-        xp = xp_of(a)
-        if fn == "sign":
-            return xp.sign(a)
-        if a.dtype.kind in "iub":  # integers are already whole
-            return a.copy()
-        if fn == "round":
-            return xp.round(a, decimals).astype(a.dtype, copy=False)  # half to even, as PyTorch
-        return getattr(xp, fn)(a).astype(a.dtype, copy=False)
-
-    @staticmethod
-    def backward(ctx, g):
-        return g * 0
-
-
-class NanToNum(Op):
-    """NaN -> nan, +inf -> posinf, -inf -> neginf; the gradient passes where the input was finite."""
-
-    @staticmethod
-    def forward(ctx, a, nan, posinf, neginf):
-        xp = xp_of(a)
-        ctx.finite = xp.isfinite(a)
-        return xp.nan_to_num(a, nan=nan, posinf=posinf, neginf=neginf)
-
-    @staticmethod
-    def backward(ctx, g):
-        return g.masked_fill(~ctx.finite, 0)
-
-
-class Atan2(Op):
-    """atan2(a, b); d/da = b / (a² + b²), d/db = -a / (a² + b²)."""
-
-    saves = (0, 1)
-
-    @staticmethod
-    def forward(ctx, a, b):
-        return xp_of(a).arctan2(a, b)
-
-    @staticmethod
-    def backward(ctx, g):
-        a, b = ctx.saved_tensors
-        r = g / (a * a + b * b)
-        return r * b, -(r * a)
-
-
-def _along(idx, dim):
-    """The full advanced index that addresses ``a[..., idx[...], ...]`` along ``dim`` (take_along_axis's)."""
-    xp = xp_of(idx)
-    nd = idx.ndim
-    return tuple(idx if d == dim else xp.arange(idx.shape[d]).reshape((-1,) + (1,) * (nd - d - 1)) for d in range(nd))
-
-
-def _add_at(out, index, values):
-    if xp_of(out) is np:
-        np.add.at(out, index, values)
-    else:
-        from conch.kernels._cupy import scatter_add
-
-        scatter_add(out, index, values)
-
-
-def _gather(a, idx, dim):
-    """a[i][idx[i][j][k]][k] along ``dim``: GetItem with the full index, so its gradient is IndexAdd's
-    scatter-add (repeated indices accumulate) and higher derivatives come for free."""
-    return ops.GetItem.apply(a, idx=_along(idx, dim))
-
-
-def _scatter_add_into(src, idx, dim, shape):
-    """zeros(shape) with ``src`` added at the positions _gather reads."""
-    return ops.IndexAdd.apply(src, shape=shape, idx=_along(idx, dim))
-
-
-class Scatter(Op):
-    """out = a with ``src`` written at ``idx`` along ``dim``; d/da = g off the written positions, d/dsrc = g there."""
-
-    @staticmethod
-    def forward(ctx, a, src, idx, dim):
-        ctx.idx, ctx.dim = idx, dim
-        index = _along(idx, dim)
-        out = a.copy()
-        out[index] = src
-        ctx.written = xp_of(a).zeros(a.shape, dtype=bool)
-        ctx.written[index] = True
-        return out
-
-    @staticmethod
-    def backward(ctx, g):
-        n = ctx.needs_input_grad
-        ga = g.masked_fill(ctx.written, 0) if n[0] else None
-        return ga, (_gather(g, ctx.idx, ctx.dim) if n[1] else None)
-
-
-class Prod(Op):
-    """Π over ``dim`` (all dims for None). d/dx_i = Π_{j≠i} x_j, computed without dividing by a zero."""
-
-    saves = (0,)
-
-    @staticmethod
-    def forward(ctx, a, dim, keepdim):
-        ctx.dim, ctx.keepdim = dim, keepdim
-        return a.prod(axis=dim, keepdims=keepdim)
-
-    @staticmethod
-    def backward(ctx, g):
-        (x,) = ctx.saved_tensors
-        dim = ctx.dim
-        if not ctx.keepdim:
-            g = g.reshape(ops._keep_shape(x.shape, dim) if dim is not None else (1,) * x.ndim)
-        nz = x._data != 0
-        xp = xp_of(nz)
-        zeros = (~nz).sum(axis=dim, keepdims=True)
-        safe = x.masked_fill(~nz, 1)  # a differentiable x with its zeros replaced by ones
-        p_safe = Prod.apply(safe, dim=dim, keepdim=True)
-        if not zeros.any():
-            return g * p_safe / safe
-        # one zero in a slice: only that element gets Π(others); two or more: every gradient is zero
-        others = (p_safe / safe).masked_fill(~xp.broadcast_to(zeros == 0, x.shape), 0)
-        at_zero = p_safe.masked_fill(~((zeros == 1) & ~nz), 0)
-        return g * (others.masked_fill(~nz, 0) + at_zero)
-
-
-class Cumprod(Op):
-    """Running product along ``dim``. d out_j / d x_i = Π_{k≤j, k≠i} x_k for j ≥ i."""
-
-    saves = (0, "out")
-
-    @staticmethod
-    def forward(ctx, a, dim):
-        ctx.dim = dim
-        return a.cumprod(axis=dim)
-
-    @staticmethod
-    def backward(ctx, g):
-        x, out = ctx.saved_tensors
-        d = ctx.dim
-        if bool((x._data != 0).all()):  # Σ_{j≥i} g_j out_j / x_i: a reversed cumulative sum, divided by x
-            return (g * out).flip(d).cumsum(d).flip(d) / x
-        # zeros: per position i, the running product with x_i replaced by 1, summed from i on (n passes)
-        n = x.shape[d]
-        xp = xp_of(x._data)
-        pos = xp.arange(n).reshape((n,) + (1,) * (x.ndim - d - 1))
-        cols = []
-        for i in range(n):
-            ones_at_i = Cumprod.apply(x.masked_fill(pos == i, 1), dim=d)
-            cols.append((g * ones_at_i).masked_fill(pos < i, 0).sum(d, keepdim=True))
-        return ops.Cat.apply(*cols, dim=d)
-
-
-class Roll(Op):
-    @staticmethod
-    def forward(ctx, a, shifts, dims):
-        ctx.shifts, ctx.dims = shifts, dims
-        return xp_of(a).roll(a, shifts, axis=dims)
-
-    @staticmethod
-    def backward(ctx, g):
-        neg = tuple(-s for s in ctx.shifts) if isinstance(ctx.shifts, tuple) else -ctx.shifts
-        return Roll.apply(g, shifts=neg, dims=ctx.dims)
-
-
-def _diag_view(a, offset, d1, d2):
-    """A strided view of ``a``'s diagonal ``offset`` in the (d1, d2) planes, as the last dim (NumPy's layout)."""
-    xp = xp_of(a)
-    m = xp.moveaxis(a, (d1, d2), (-2, -1))
-    r0, c0 = max(-offset, 0), max(offset, 0)
-    n = max(0, min(m.shape[-2] - r0, m.shape[-1] - c0))
-    sub = m[..., r0 : r0 + n, c0 : c0 + n]
-    step = sub.strides[-2] + sub.strides[-1]
-    return xp.lib.stride_tricks.as_strided(sub, shape=sub.shape[:-2] + (n,), strides=sub.strides[:-2] + (step,))
-
-
-class Diagonal(Op):
-    """A view of a diagonal; the gradient is g placed on that diagonal of zeros (DiagonalAdjoint)."""
-
-    @staticmethod
-    def forward(ctx, a, offset, d1, d2):
-        ctx.args, ctx.shape = (offset, d1, d2), a.shape
-        return _diag_view(a, offset, d1, d2)
-
-    @staticmethod
-    def backward(ctx, g):
-        return DiagonalAdjoint.apply(g, shape=ctx.shape, args=ctx.args)
-
-
-class DiagonalAdjoint(Op):
-    @staticmethod
-    def forward(ctx, g, shape, args):
-        ctx.args = args
-        out = xp_of(g).zeros(shape, dtype=g.dtype)
-        _diag_view(out, *args)[...] = g
-        return out
-
-    @staticmethod
-    def backward(ctx, g):
-        offset, d1, d2 = ctx.args
-        return Diagonal.apply(g, offset=offset, d1=d1, d2=d2)
-
-
-def _diag_index(xp, n, offset):
-    return xp.arange(n) + max(-offset, 0), xp.arange(n) + max(offset, 0)
-
-
-class DiagEmbed(Op):
-    """A 1-D v of length n onto diagonal ``offset`` of an (n+|offset|)² zero matrix; the gradient reads it back."""
-
-    @staticmethod
-    def forward(ctx, v, offset):
-        xp = xp_of(v)
-        n = v.shape[0]
-        m = n + abs(offset)
-        ctx.rc = _diag_index(xp, n, offset)
-        out = xp.zeros((m, m), dtype=v.dtype)
-        out[ctx.rc] = v
-        return out
-
-    @staticmethod
-    def backward(ctx, g):
-        return ops.GetItem.apply(g, idx=ctx.rc)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# helpers
-# ---------------------------------------------------------------------------------------------------------------
+from .ops import (
+    Atan2,
+    Cumprod,
+    DiagEmbed,
+    Diagonal,
+    MinMax,
+    NanToNum,
+    Prod,
+    Roll,
+    Rounding,
+    Scatter,
+    ValuesIndices,
+    _argsort,
+    _gather,
+    _scatter_add_into,
+)
+from .tensor import Tensor, _check_devices, _const, _floating, _mark_view, _operands, cat
+from .tensor import _norm_dim as _dim
 
 
 def _index_array(index, t, what):
     """``index`` (a Tensor or array of integers) as an int64 array on t's device."""
-    T = _T()
-    arr = index._data if isinstance(index, T) else index
+    arr = index._data if isinstance(index, Tensor) else index
     xp = xp_of(t._data)
     if not hasattr(arr, "dtype"):
         arr = np.asarray(arr)
     if arr.dtype.kind not in "iu":
         raise RuntimeError(f"{what}(): Expected dtype int64 for index, got {arr.dtype}")
     if type(arr) is not type(t._data):
-        arr = xp.asarray(arr.get() if hasattr(arr, "get") else arr)
+        arr = xp.asarray(to_host(arr))
     return arr.astype(np.int64, copy=False)
 
 
@@ -318,30 +72,12 @@ def _check_range(idx, n, dim, what, error=RuntimeError):
     return idx % n if n else idx  # negative indices wrap, as Python's
 
 
-def _argsort(a, dim, descending):
-    xp = xp_of(a)
-    kw = {"kind": "stable"} if xp is np else {}
-    if descending:
-        if a.dtype.kind in "fi":
-            return xp.argsort(-a, axis=dim, **kw)
-        return xp.flip(xp.argsort(a, axis=dim, **kw), axis=dim)
-    return xp.argsort(a, axis=dim, **kw)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# the mixin
-# ---------------------------------------------------------------------------------------------------------------
-
-
-class TensorOpsMixin:
-    """Methods Tensor inherits (this class has no state of its own)."""
-
-    __slots__ = ()
+class TensorMethods:
+    """The methods :func:`attach` gives Tensor (this class is never instantiated: it is a namespace that reads
+    as the class body it extends)."""
 
     # ---- new tensors like this one
     def _like(self, fn, size, dtype, device, requires_grad):
-        from . import creation
-
         size = size[0] if len(size) == 1 and isinstance(size[0], (tuple, list)) else size
         t = getattr(creation, fn)(*size, dtype=dtype or self.dtype, device=device or self.device)
         return t.requires_grad_(True) if requires_grad else t
@@ -356,19 +92,36 @@ class TensorOpsMixin:
         return self._like("empty", size, dtype, device, requires_grad)
 
     def new_full(self, size, fill_value, dtype=None, device=None, requires_grad=False):
-        from . import creation
-
         t = creation.full(tuple(size), fill_value, dtype=dtype or self.dtype, device=device or self.device)
         return t.requires_grad_(True) if requires_grad else t
 
     def new_tensor(self, data, dtype=None, device=None, requires_grad=False):
-        from . import creation
-
         return creation.tensor(data, dtype=dtype or self.dtype, device=device or self.device,
                                requires_grad=requires_grad)  # fmt: skip
 
     def nelement(self):
         return self.numel()
+
+    # ---- on the fused kernels (conch.fused)
+    def matmul(self, other):
+        return fused_matmul.matmul(self, other)
+
+    def softmax(self, dim, dtype=None):
+        return fused_softmax.softmax(self, dim, dtype=dtype)
+
+    def log_softmax(self, dim, dtype=None):
+        return fused_softmax.log_softmax(self, dim, dtype=dtype)
+
+    def tanh(self):
+        return fused_act.activation(_floating(self), "tanh")
+
+    def sigmoid(self):
+        return fused_act.activation(_floating(self), "sigmoid")
+
+    def relu(self):
+        if not self.is_floating_point():  # integer relu stays integer, as in PyTorch
+            return _const(xp_of(self._data).maximum(self._data, 0).astype(self.dtype, copy=False))
+        return fused_act.activation(self, "relu")
 
     # ---- the function forms PyTorch also offers as methods
     def outer(self, vec2):
@@ -428,10 +181,7 @@ class TensorOpsMixin:
     fix = trunc
 
     def erf(self):
-        from ._fused import Erf
-        from .tensor import _floating
-
-        return Erf.apply(_floating(self))
+        return ops.Erf.apply(_floating(self))
 
     def isnan(self):
         return _const(xp_of(self._data).isnan(self._data))
@@ -470,8 +220,6 @@ class TensorOpsMixin:
         return self.clamp(max=max)
 
     def atan2(self, other):
-        from .tensor import _operands
-
         a, b = _operands(self, other)
         if not a.is_floating_point():
             a, b = a.to(dtype=D.get_default_dtype()), b.to(dtype=D.get_default_dtype())
@@ -483,7 +231,7 @@ class TensorOpsMixin:
         xp = xp_of(self._data)
         if other is None:
             return _const(getattr(xp, fn)(self._data))
-        o = other._data if isinstance(other, _T()) else other
+        o = other._data if isinstance(other, Tensor) else other
         return _const(getattr(xp, fn)(self._data, o))
 
     def logical_and(self, other):
@@ -500,7 +248,7 @@ class TensorOpsMixin:
 
     # ---- reductions
     def prod(self, dim=None, keepdim=False, dtype=None):
-        x = self if dtype is None else self.to(dtype=dtype)
+        x = cast_for("prod", self)[0] if dtype is None else self.to(dtype=dtype)
         if x.dtype.kind in "biu":
             x = x.to(dtype=D.int64)
         d = None if dim is None else _dim(int(dim), x.ndim)
@@ -621,7 +369,7 @@ class TensorOpsMixin:
         return _gather(self.expand(*full_x), _check_range(idx, self.shape[d], d, "take_along_dim"), d)
 
     def _scatter_src(self, src, idx, what):
-        T = _T()
+        T = Tensor
         if not isinstance(src, T):
             return _const(xp_of(self._data).full(idx.shape, src, dtype=self.dtype))
         if src.ndim != idx.ndim or any(a < b for a, b in zip(src.shape, idx.shape)):
@@ -655,7 +403,7 @@ class TensorOpsMixin:
         return self[(slice(None),) * d + (idx,)]
 
     def masked_select(self, mask):
-        m = mask._data if isinstance(mask, _T()) else xp_of(self._data).asarray(mask)
+        m = mask._data if isinstance(mask, Tensor) else xp_of(self._data).asarray(mask)
         if m.dtype != np.bool_:
             raise RuntimeError(f"masked_select(): expected a bool mask, got {m.dtype}")
         try:
@@ -718,8 +466,6 @@ class TensorOpsMixin:
 
     def diagonal(self, offset=0, dim1=0, dim2=1):
         """The diagonal ``offset`` of the (dim1, dim2) planes as the last dim: a view (writes reach self)."""
-        from .tensor import _mark_view
-
         d1, d2 = _dim(dim1, self.ndim), _dim(dim2, self.ndim)
         if d1 == d2:
             raise RuntimeError(f"diagonal dimensions cannot be identical {dim1}, {dim2}")
@@ -773,10 +519,8 @@ class TensorOpsMixin:
         ``dim=None`` flattens first. Differentiable (an index_select)."""
         x, d = (self.reshape(-1), 0) if dim is None else (self, _dim(int(dim), self.ndim))
         n = x.shape[d]
-        reps = repeats._data if isinstance(repeats, _T()) else repeats
-        if hasattr(reps, "get"):
-            reps = reps.get()
-        reps = np.asarray(reps, dtype=np.int64)
+        reps = repeats._data if isinstance(repeats, Tensor) else repeats
+        reps = np.asarray(to_host(reps), dtype=np.int64)
         if reps.ndim > 1 or (reps.ndim == 1 and reps.shape[0] not in (1, n)):
             raise RuntimeError(f"repeat_interleave: repeats must have shape ({n},) or be a number, got {reps.shape}")
         if (reps < 0).any():
@@ -785,8 +529,6 @@ class TensorOpsMixin:
         return x.index_select(d, _const(xp_of(self._data).asarray(idx)))
 
     def diff(self, n=1, dim=-1, prepend=None, append=None):
-        from .tensor import cat
-
         d = _dim(dim, self.ndim)
         if int(n) < 0:
             raise RuntimeError(f"diff expects n to be non-negative (order must be non-negative but got {n})")
@@ -799,9 +541,22 @@ class TensorOpsMixin:
         return x
 
 
-# ---------------------------------------------------------------------------------------------------------------
+def attach(cls=Tensor):
+    """Copy :class:`TensorMethods`' methods onto ``cls`` (conch.Tensor); called once, by ``conch/__init__.py``.
+
+    A name Tensor already defines is an error, not an override: each method has one home.
+    """
+    for name, fn in vars(TensorMethods).items():
+        if name.startswith("__"):
+            continue
+        if name in vars(cls):
+            raise RuntimeError(f"Tensor.{name} is defined twice: in tensor.py and in tensor_api.py")
+        setattr(cls, name, fn)
+
+
+# ----------------------------------------------------------------------------------------------------
 # functions (conch.NAME)
-# ---------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------
 
 
 def outer(a, b):
@@ -818,12 +573,14 @@ def bmm(a, b):
         raise RuntimeError(f"bmm: expected 3-D tensors, got shapes {tuple(a.shape)} and {tuple(b.shape)}")
     if a.shape[0] != b.shape[0]:
         raise RuntimeError(f"bmm: batch sizes differ: {tuple(a.shape)} and {tuple(b.shape)}")
+    a, b = cast_for("bmm", a, b)
     return a @ b
 
 
 def mm(a, b):
     if a.ndim != 2 or b.ndim != 2:
         raise RuntimeError(f"mm: expected 2-D matrices, got shapes {tuple(a.shape)} and {tuple(b.shape)}")
+    a, b = cast_for("mm", a, b)
     return a @ b
 
 
@@ -835,10 +592,12 @@ def _scaled_sum(input, prod, beta, alpha):
 
 
 def addmm(input, mat1, mat2, beta=1, alpha=1):
+    input, mat1, mat2 = cast_for("addmm", input, mat1, mat2)
     return _scaled_sum(input, mm(mat1, mat2), beta, alpha)
 
 
 def baddbmm(input, batch1, batch2, beta=1, alpha=1):
+    input, batch1, batch2 = cast_for("baddbmm", input, batch1, batch2)
     return _scaled_sum(input, bmm(batch1, batch2), beta, alpha)
 
 
@@ -852,14 +611,14 @@ def diag(input, diagonal=0):
 
 
 def allclose(a, b, rtol=1e-05, atol=1e-08, equal_nan=False):
-    T = _T()
+    T = Tensor
     xa = a._data if isinstance(a, T) else a
     xb = b._data if isinstance(b, T) else b
     return bool(xp_of(xa).allclose(xa, xb, rtol=rtol, atol=atol, equal_nan=equal_nan))
 
 
 def isclose(a, b, rtol=1e-05, atol=1e-08, equal_nan=False):
-    T = _T()
+    T = Tensor
     xa = a._data if isinstance(a, T) else a
     xb = b._data if isinstance(b, T) else b
     return _const(xp_of(xa).isclose(xa, xb, rtol=rtol, atol=atol, equal_nan=equal_nan))
@@ -906,8 +665,6 @@ def multinomial(input, num_samples, replacement=False, generator=None):
     With replacement: inverse-CDF sampling of uniforms; without: the Gumbel-top-k trick (the k largest of
     log p + Gumbel noise are k draws without replacement). Classes of probability zero are never drawn.
     """
-    from .creation import rand
-
     p = input if input.ndim == 2 else input.reshape(1, -1)
     if input.ndim not in (1, 2):
         raise RuntimeError(f"multinomial: prob_dist must be 1 or 2 dim, got shape {tuple(input.shape)}")
@@ -943,10 +700,8 @@ def multinomial(input, num_samples, replacement=False, generator=None):
 
 def bernoulli(input, p=None, generator=None):
     """1 with probability ``p`` (default: the values of ``input``, in [0, 1]) and 0 otherwise, in input's dtype."""
-    from .creation import rand
-
     probs = input if p is None else p
-    pa = probs._data if isinstance(probs, _T()) else probs
+    pa = probs._data if isinstance(probs, Tensor) else probs
     if bool((xp_of(input._data).asarray(pa) < 0).any()) or bool((xp_of(input._data).asarray(pa) > 1).any()):
         raise RuntimeError("bernoulli: all probabilities must be in [0, 1]")
     u = rand(*input.shape, dtype=D.float64, device=input.device, generator=generator)._data
@@ -1011,11 +766,26 @@ def set_printoptions(precision=None, threshold=None, edgeitems=None, linewidth=N
     np.set_printoptions(**opts)
 
 
-__all__ = [
-    "TensorOpsMixin", "ValuesIndices", "MinMax", "outer", "ger", "bmm", "mm", "addmm", "baddbmm", "diag",
-    "allclose", "isclose", "equal", "unique", "bincount", "multinomial", "bernoulli", "broadcast_tensors",
-    "meshgrid", "dist", "cdist", "set_printoptions",
-]  # fmt: skip
+def einsum(equation: str, *operands):
+    """Einstein summation, as ``torch.einsum``: ``einsum("bij,bjk->bik", a, b)`` is a batched matmul.
 
-# last: tensor.py imports TensorOpsMixin from here, and the helpers above look its names up at call time
-from . import tensor as _tensor  # noqa: E402
+    Gradients flow to every operand (each is another einsum); a label repeated inside one operand
+    (a diagonal, ``"ii->i"``) works forward but has no gradient.
+    """
+    if len(operands) == 1 and isinstance(operands[0], (list, tuple)):
+        operands = tuple(operands[0])
+    if not operands or not all(isinstance(t, Tensor) for t in operands):
+        raise TypeError("einsum(): expected Tensor operands after the equation")
+    for t in operands[1:]:
+        _check_devices(operands[0], t)
+    operands = cast_for("einsum", *operands)
+    ins, out = ops.linalg._parse(equation, [t.shape for t in operands])
+    dt = operands[0].dtype
+    for t in operands[1:]:
+        if t.dtype != dt:
+            raise TypeError(f"einsum(): operands must share one dtype, got {dt} and {t.dtype}")
+    try:
+        return ops._op(len(operands)).apply(*operands, ins=ins, out=out)
+    except ValueError as e:
+        shapes = ", ".join(str(tuple(t.shape)) for t in operands)
+        raise RuntimeError(f"einsum(): {equation!r} does not fit operands of shapes {shapes}: {e}") from None

@@ -1,0 +1,36 @@
+"""Backend switches that change how kernels compute (today: TF32 for float32 matmuls), as ``torch.backends``.
+
+The setting is read by the fused matmul and attention adapters (``conch.fused.matmul``, ``conch.fused.attention``)
+at each call. Example::
+
+    conch.set_float32_matmul_precision("highest")   # exact float32 dots on the GPU
+    conch.backends.allow_tf32()                     # False now
+"""
+
+from __future__ import annotations
+
+_tf32 = [True]  # read on every matmul: a one-element list, not an object attribute
+
+
+def allow_tf32(flag: bool | None = None) -> bool:
+    """Let float32 matmuls use TF32 tensor cores on the GPU (default True); returns the setting."""
+    if flag is not None:
+        _tf32[0] = bool(flag)
+    return _tf32[0]
+
+
+def set_float32_matmul_precision(precision: str) -> None:
+    """PyTorch's switch for float32 matmuls on the GPU: ``"highest"`` computes in exact fp32 (IEEE dots),
+    ``"high"``/``"medium"`` allow TF32 tensor cores (10-bit mantissa inputs, fp32 accumulation).
+
+    conch defaults to ``"high"`` (PyTorch defaults to ``"highest"``): training in float32 on an H100 is
+    several times faster with TF32 and loses little. Example: ``conch.set_float32_matmul_precision("highest")``.
+    """
+    if precision not in ("highest", "high", "medium"):
+        raise ValueError(f"precision must be 'highest', 'high' or 'medium', got {precision!r}")
+    _tf32[0] = precision != "highest"
+
+
+def get_float32_matmul_precision() -> str:
+    """``"high"`` while TF32 is allowed, else ``"highest"``."""
+    return "high" if _tf32[0] else "highest"

@@ -1,0 +1,114 @@
+"""The matmul kernel's framework side (kernels/matmul.py): ``act(a @ b + bias)`` in one kernel, for ``@``,
+``conch.matmul`` and ``F.linear``; shape checks, autocast casts, TF32 from :mod:`conch.backends`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from conch import kernels as K
+from conch.kernels._act_names import ACTIVATIONS
+
+from .. import _dtype as D
+from .. import ops
+from ..amp.autocast_mode import cast_for
+from ..autograd.function import Op
+from ..autograd.grad_mode import _enabled
+from ..backends import _tf32
+from ..tensor import Tensor, _as_tensor, _check_devices
+from ._common import _no_bias, _recompute_grads, _res, _t
+from .activations import _composite_activation
+
+
+class MatMulAct(Op):
+    """out = act(a @ b + bias) on the matmul kernel (bias and activation fused in the epilogue).
+
+    Backward: dZ = dout · act'(Z), da = dZ @ bᵀ, db = aᵀ @ dZ, dbias = Σ_rows dZ.
+    """
+
+    saves = (0, 1, 2)
+
+    @staticmethod
+    def forward(ctx, a, b, bias, act, negative_slope, alpha=1.0):
+        ctx.act, ctx.slope, ctx.alpha, ctx.has_bias = act, negative_slope, alpha, bias.size > 0
+        out, ctx.res = K.matmul.matmul_forward(
+            a, b, bias if ctx.has_bias else None, act, negative_slope=negative_slope, alpha=alpha,
+            allow_tf32=_tf32[0],
+        )  # fmt: skip
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        if _enabled[0]:
+            act, slope, alpha, has_bias = ctx.act, ctx.slope, ctx.alpha, ctx.has_bias
+
+            def composite(a, b, bias):
+                z = ops.MatMul.apply(a, b)
+                if has_bias:
+                    z = z + bias
+                return z if act is None else _composite_activation(z, act, slope, alpha)
+
+            return _recompute_grads(ctx, composite, (g,))
+        n = ctx.needs_input_grad
+        da, db, dbias = K.matmul.matmul_backward(_res(ctx), g._data, (n[0], n[1], n[2] and ctx.has_bias))
+        return _t(da), _t(db), _t(dbias)
+
+
+def matmul(a, b):
+    """NumPy matmul semantics (1-D, 2-D, batched with broadcast batch dims), with gradient."""
+    if not isinstance(a, Tensor) or not isinstance(b, Tensor):
+        a, b = (a if isinstance(a, Tensor) else _as_tensor(a, b)), (b if isinstance(b, Tensor) else _as_tensor(b, a))
+    _check_devices(a, b)
+    if a.ndim == 0 or b.ndim == 0:
+        raise RuntimeError(f"both arguments to matmul need to be at least 1D, but they are {a.ndim}D and {b.ndim}D")
+    k_a = a.shape[-1]
+    k_b = b.shape[0] if b.ndim == 1 else b.shape[-2]
+    if k_a != k_b:
+        raise RuntimeError(
+            f"mat1 and mat2 shapes cannot be multiplied ({_mshape(a)} and {_mshape(b)}): inner dimensions "
+            f"{k_a} and {k_b} differ"
+        )
+    if a.ndim > 2 and b.ndim > 2:
+        try:
+            np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+        except ValueError:
+            raise RuntimeError(f"matmul: batch dimensions of {a.shape} and {b.shape} are not broadcastable") from None
+    if a.dtype != b.dtype:
+        dt = D.result_type((a.dtype, a.ndim), (b.dtype, b.ndim))
+        a, b = a.to(dtype=dt), b.to(dtype=dt)
+    if not a.is_floating_point():  # integer/bool matmul: no gradient, no kernel
+        return Tensor._make(a._data @ b._data)
+    a, b = cast_for("matmul", a, b)
+    return MatMulAct.apply(a, b, _no_bias(a), act=None, negative_slope=0.01)
+
+
+def _mshape(t):
+    return "x".join(str(s) for s in t.shape)
+
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, activation: str | None = None,
+           negative_slope: float = 0.01, alpha: float = 1.0) -> Tensor:  # fmt: skip
+    """``act(x @ weightᵀ + bias)`` in one kernel: x (..., in), weight (out, in), bias (out,) -> (..., out)."""
+    if weight.ndim != 2:
+        raise RuntimeError(f"linear: weight must be 2-D (out_features, in_features), got shape {weight.shape}")
+    if x.ndim == 0 or x.shape[-1] != weight.shape[1]:
+        raise RuntimeError(
+            f"linear: input shape {x.shape} does not match weight shape {weight.shape}: "
+            f"expected last dim {weight.shape[1]} (in_features), got {x.shape[-1] if x.ndim else 'a 0-d tensor'}"
+        )
+    if bias is not None and bias.shape != weight.shape[:1]:
+        raise RuntimeError(f"linear: bias shape {bias.shape} does not match out_features {weight.shape[0]}")
+    if activation == "none":
+        activation = None
+    if activation is not None and activation not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {activation!r}; expected None or one of {', '.join(ACTIVATIONS)}")
+    if bias is None:
+        x, weight = cast_for("linear", x, weight)
+        bias = _no_bias(x)
+    else:
+        x, weight, bias = cast_for("linear", x, weight, bias)
+    dt = x.dtype
+    if weight.dtype != dt or (bias.numel() and bias.dtype != dt):
+        weight, bias = weight.to(dtype=dt), bias.to(dtype=dt)
+    # weightᵀ is a strided view: the kernel reads it in place, no copy
+    return MatMulAct.apply(x, weight.T, bias, act=activation, negative_slope=negative_slope, alpha=alpha)

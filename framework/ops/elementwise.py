@@ -1,0 +1,559 @@
+"""Elementwise ops: arithmetic, powers, exp/log, trigonometric, activations, clamps, casts, rounding, erf.
+
+Each Op has its forward on arrays (NumPy or CuPy) and its backward on Tensors, side by side. Backward formulas
+use Tensor operations, so with ``create_graph=True`` they are recorded too and give higher derivatives.
+Broadcasting is undone by the engine, not here: a backward may return a gradient of the broadcast shape.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .._backend import xp_of
+from ..autograd.function import Op
+from ..autograd.grad_mode import _enabled
+
+
+class Add(Op):
+    @staticmethod
+    def forward(ctx, a, b):
+        return a + b
+
+    @staticmethod
+    def backward(ctx, g):
+        return g, g
+
+
+class Sub(Op):
+    @staticmethod
+    def forward(ctx, a, b):
+        return a - b
+
+    @staticmethod
+    def backward(ctx, g):
+        return g, -g
+
+
+class Mul(Op):
+    saves = (0, 1)
+
+    @staticmethod
+    def forward(ctx, a, b):
+        return a * b
+
+    @staticmethod
+    def backward(ctx, g):
+        n = ctx.needs_input_grad
+        if not _enabled[0]:  # backward not recorded: plain array maths (see _arr)
+            gd = g._data
+            return (g._wrap_const(gd * ctx.saved_tensor(1)._data) if n[0] else None), (
+                g._wrap_const(gd * ctx.saved_tensor(0)._data) if n[1] else None
+            )
+        return (g * ctx.saved_tensor(1) if n[0] else None), (g * ctx.saved_tensor(0) if n[1] else None)
+
+
+class Div(Op):
+    saves = (0, 1)
+
+    @staticmethod
+    def forward(ctx, a, b):
+        return a / b
+
+    @staticmethod
+    def backward(ctx, g):
+        # d(a/b)/da = 1/b ; d(a/b)/db = -a/b²
+        a, b = ctx.saved_tensors
+        n = ctx.needs_input_grad
+        return (g / b if n[0] else None), (-g * a / (b * b) if n[1] else None)
+
+
+class AddScalar(Op):
+    """a + s for a Python number s (no 0-d tensor is made for s)."""
+
+    @staticmethod
+    def forward(ctx, a, s):
+        return a + s
+
+    @staticmethod
+    def backward(ctx, g):
+        return g
+
+
+class MulScalar(Op):
+    """a · s for a Python number s: d/da = s."""
+
+    @staticmethod
+    def forward(ctx, a, s):
+        ctx.s = s
+        return a * s
+
+    @staticmethod
+    def backward(ctx, g):
+        if not _enabled[0]:
+            return g._wrap_const(g._data * ctx.s)
+        return g * ctx.s
+
+
+class DivScalar(Op):
+    """a / s for a Python number s: d/da = 1/s."""
+
+    @staticmethod
+    def forward(ctx, a, s):
+        ctx.s = s
+        return a / s
+
+    @staticmethod
+    def backward(ctx, g):
+        return g / ctx.s
+
+
+class RSubScalar(Op):
+    """s - a for a Python number s: d/da = -1."""
+
+    @staticmethod
+    def forward(ctx, a, s):
+        return s - a
+
+    @staticmethod
+    def backward(ctx, g):
+        return -g
+
+
+class Neg(Op):
+    @staticmethod
+    def forward(ctx, a):
+        return -a
+
+    @staticmethod
+    def backward(ctx, g):
+        return -g
+
+
+class PowScalar(Op):
+    """a ** p for a Python number p: d/da = p a^(p-1)."""
+
+    saves = (0,)
+
+    @staticmethod
+    def forward(ctx, a, p):
+        ctx.p = p
+        # NumPy's float pow is ~50x slower than a multiply: the common small powers are spelled out
+        if p == 2:
+            return a * a
+        if p == 3:
+            return a * a * a
+        if p == 0.5:
+            return xp_of(a).sqrt(a)
+        return (a**p).astype(a.dtype, copy=False)  # NumPy widens bfloat16 ** float to float32
+
+    @staticmethod
+    def backward(ctx, g):
+        (a,) = ctx.saved_tensors
+        p = ctx.p
+        if p == 0:
+            return g * 0
+        if p == 1:
+            return g
+        if p == 2:
+            return g * a * 2
+        return g * p * a ** (p - 1)
+
+
+class Pow(Op):
+    """a ** b for tensors: d/da = b a^(b-1), d/db = a^b log a."""
+
+    saves = (0, 1, "out")
+
+    @staticmethod
+    def forward(ctx, a, b):
+        return a**b
+
+    @staticmethod
+    def backward(ctx, g):
+        a, b, out = ctx.saved_tensors
+        n = ctx.needs_input_grad
+        ga = gb = None
+        if n[0]:
+            # b == 0: a^0 is constant 1, so the gradient is 0 even at a == 0 (where b·a^(b-1) is 0·inf)
+            # (the exponent is 0 there too, so that no 0·inf appears in a second derivative either)
+            b0 = b._data == 0
+            ga = (g * b * a ** (b - 1).masked_fill(b0, 0)).masked_fill(b0, 0)
+        if n[1]:
+            # log a is nan for a < 0 and -inf at 0; at a == 0 the derivative a^b log a is 0 for b >= 0
+            # (PyTorch's convention) and stays inf·(-inf) = -inf for b < 0
+            zero = (a._data == 0) & (b._data >= 0)
+            # (log of 1, not of 0, at those entries: no 0/0 in a second derivative)
+            ab = a if a.shape == zero.shape else a.expand(*zero.shape)
+            gb = (g * out * ab.masked_fill(zero, 1).log()).masked_fill(zero, 0)
+        return ga, gb
+
+
+class RPowScalar(Op):
+    """s ** a for a Python number s: d/da = s^a log s."""
+
+    saves = ("out",)
+
+    @staticmethod
+    def forward(ctx, a, s):
+        # log 0 = -inf; PyTorch's convention: 0^a has derivative 0 where a >= 0 (only a < 0 gives -inf)
+        ctx.logs = float(np.log(s)) if s > 0 else float("-inf") if s == 0 else float("nan")
+        ctx.zero = a >= 0 if s == 0 else None
+        return xp_of(a).asarray(s, dtype=a.dtype) ** a
+
+    @staticmethod
+    def backward(ctx, g):
+        (out,) = ctx.saved_tensors
+        if ctx.zero is not None:
+            return (g * out * ctx.logs).masked_fill(ctx.zero, 0)
+        return g * out * ctx.logs
+
+
+class Exp(Op):
+    saves = ("out",)
+
+    @staticmethod
+    def forward(ctx, a):
+        return xp_of(a).exp(a)
+
+    @staticmethod
+    def backward(ctx, g):
+        (out,) = ctx.saved_tensors
+        if not _enabled[0]:
+            return g._wrap_const(g._data * out._data)
+        return g * out
+
+
+class Log(Op):
+    saves = (0,)
+
+    @staticmethod
+    def forward(ctx, a):
+        return xp_of(a).log(a)
+
+    @staticmethod
+    def backward(ctx, g):
+        (a,) = ctx.saved_tensors
+        return g / a
+
+
+class Sqrt(Op):
+    saves = ("out",)
+
+    @staticmethod
+    def forward(ctx, a):
+        return xp_of(a).sqrt(a)
+
+    @staticmethod
+    def backward(ctx, g):
+        (out,) = ctx.saved_tensors
+        return g / (out * 2)
+
+
+class Rsqrt(Op):
+    saves = ("out",)
+
+    @staticmethod
+    def forward(ctx, a):
+        xp = xp_of(a)
+        return (1 / xp.sqrt(a)).astype(a.dtype, copy=False)
+
+    @staticmethod
+    def backward(ctx, g):
+        # d/da a^(-1/2) = -1/2 a^(-3/2) = -1/2 out³
+        (out,) = ctx.saved_tensors
+        return g * out * out * out * -0.5
+
+
+class Abs(Op):
+    saves = (0,)
+
+    @staticmethod
+    def forward(ctx, a):
+        return abs(a)
+
+    @staticmethod
+    def backward(ctx, g):
+        (a,) = ctx.saved_tensors
+        return g * a.sign()
+
+
+class Sin(Op):
+    saves = (0,)
+
+    @staticmethod
+    def forward(ctx, a):
+        return xp_of(a).sin(a)
+
+    @staticmethod
+    def backward(ctx, g):
+        (a,) = ctx.saved_tensors
+        return g * a.cos()
+
+
+class Cos(Op):
+    saves = (0,)
+
+    @staticmethod
+    def forward(ctx, a):
+        return xp_of(a).cos(a)
+
+    @staticmethod
+    def backward(ctx, g):
+        (a,) = ctx.saved_tensors
+        return -g * a.sin()
+
+
+class Tanh(Op):
+    saves = ("out",)
+
+    @staticmethod
+    def forward(ctx, a):
+        return xp_of(a).tanh(a)
+
+    @staticmethod
+    def backward(ctx, g):
+        (out,) = ctx.saved_tensors
+        if not _enabled[0]:  # d tanh = 1 - tanh²
+            y = out._data
+            return g._wrap_const(g._data * (1 - y * y))
+        return g * (1 - out * out)
+
+
+class Sigmoid(Op):
+    saves = ("out",)
+
+    @staticmethod
+    def forward(ctx, a):
+        xp = xp_of(a)
+        # split by sign so exp never overflows: σ(x) = 1/(1+e^-x) = e^x/(1+e^x)
+        e = xp.exp(-abs(a))
+        return xp.where(a >= 0, 1 / (1 + e), e / (1 + e)).astype(a.dtype, copy=False)
+
+    @staticmethod
+    def backward(ctx, g):
+        (out,) = ctx.saved_tensors
+        if not _enabled[0]:  # dσ = σ(1 - σ)
+            y = out._data
+            return g._wrap_const(g._data * y * (1 - y))
+        return g * out * (1 - out)
+
+
+class Relu(Op):
+    @staticmethod
+    def forward(ctx, a):
+        ctx.mask = a > 0
+        # maximum, not a * mask: keeps NaN (as PyTorch) and gives +0.0, never -0.0, for negative inputs
+        return xp_of(a).maximum(a, a.dtype.type(0))
+
+    @staticmethod
+    def backward(ctx, g):
+        return g.masked_fill(~ctx.mask, 0)
+
+
+class Clamp(Op):
+    @staticmethod
+    def forward(ctx, a, lo, hi):
+        xp = xp_of(a)
+        out = a
+        if lo is not None:
+            out = xp.maximum(out, xp.asarray(lo, dtype=a.dtype))
+        if hi is not None:
+            out = xp.minimum(out, xp.asarray(hi, dtype=a.dtype))
+        # gradient passes where the input is inside [lo, hi] (inclusive, as in PyTorch); none when lo > hi
+        ctx.mask = out == a
+        if lo is not None and hi is not None and lo > hi:
+            ctx.mask = xp.zeros(a.shape, dtype=bool)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        return g.masked_fill(~ctx.mask, 0)
+
+
+class ClampTensor(Op):
+    """clamp with tensor bounds: out = min(max(a, lo), hi), broadcasting; ``has`` is "lo", "hi" or "lohi".
+
+    Gradients as PyTorch: a where lo <= a <= hi (ties go to a), lo where a < lo (and lo < hi),
+    hi where a > hi (or hi < lo, when hi wins everywhere).
+    """
+
+    @staticmethod
+    def forward(ctx, a, *bounds, has):
+        xp = xp_of(a)
+        lo = bounds[0] if has[0:2] == "lo" else None
+        hi = bounds[-1] if has.endswith("hi") else None
+        out, ctx.masks = a, []
+        if lo is not None:
+            out = xp.maximum(out, lo)
+        if hi is not None:
+            out = xp.minimum(out, hi)
+        if lo is not None and hi is not None:
+            ctx.masks = [(a >= lo) & (a <= hi), (a < lo) & (lo < hi), (a > hi) | (hi < lo)]
+        elif lo is not None:
+            ctx.masks = [a >= lo, a < lo]
+        else:
+            ctx.masks = [a <= hi, a > hi]
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        return tuple(g.masked_fill(~m, 0) if need else None for m, need in zip(ctx.masks, ctx.needs_input_grad))
+
+
+class Maximum(Op):
+    """Elementwise max (min with ``largest=False``); NaN propagates.
+
+    Gradient as PyTorch: the larger side gets dy, ties give each side dy/2, and where either is NaN (no
+    order) both sides get dy: da = dy · [a not below b] · (1/2 at ties), db likewise.
+    """
+
+    saves = (0, 1)
+
+    @staticmethod
+    def forward(ctx, a, b, largest=True):
+        ctx.largest = largest
+        xp = xp_of(a)
+        return xp.maximum(a, b) if largest else xp.minimum(a, b)
+
+    @staticmethod
+    def backward(ctx, g):
+        a, b = ctx.saved_tensors
+        ad, bd = a._data, b._data
+        below, above = (ad < bd, ad > bd) if ctx.largest else (ad > bd, ad < bd)
+        half = 0.5 * (ad == bd)
+        n = ctx.needs_input_grad
+        wa = g._wrap_const((1 - below - half).astype(g.dtype)) if n[0] else None
+        wb = g._wrap_const((1 - above - half).astype(g.dtype)) if n[1] else None
+        return (g * wa if n[0] else None), (g * wb if n[1] else None)
+
+
+class Cast(Op):
+    @staticmethod
+    def forward(ctx, a, dtype):
+        return a.astype(dtype)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g  # the engine casts back to the input dtype
+
+
+class Rounding(Op):
+    """floor / ceil / round / trunc / sign: piecewise constant, so the gradient is zero (as PyTorch)."""
+
+    @staticmethod
+    def forward(ctx, a, fn, decimals):
+        xp = xp_of(a)
+        if fn == "sign":
+            return xp.sign(a)
+        if a.dtype.kind in "iub":  # integers are already whole
+            return a.copy()
+        if fn == "round":
+            return xp.round(a, decimals).astype(a.dtype, copy=False)  # half to even, as PyTorch
+        return getattr(xp, fn)(a).astype(a.dtype, copy=False)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g * 0
+
+
+class NanToNum(Op):
+    """NaN -> nan, +inf -> posinf, -inf -> neginf; the gradient passes where the input was finite."""
+
+    @staticmethod
+    def forward(ctx, a, nan, posinf, neginf):
+        xp = xp_of(a)
+        ctx.finite = xp.isfinite(a)
+        return xp.nan_to_num(a, nan=nan, posinf=posinf, neginf=neginf)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g.masked_fill(~ctx.finite, 0)
+
+
+class Atan2(Op):
+    """atan2(a, b); d/da = b / (a² + b²), d/db = -a / (a² + b²)."""
+
+    saves = (0, 1)
+
+    @staticmethod
+    def forward(ctx, a, b):
+        return xp_of(a).arctan2(a, b)
+
+    @staticmethod
+    def backward(ctx, g):
+        a, b = ctx.saved_tensors
+        r = g / (a * a + b * b)
+        return r * b, -(r * a)
+
+
+def _erf_array(a):
+    if xp_of(a) is np:
+        from scipy.special import erf
+    else:
+        from conch.kernels._cupy import special
+
+        erf = special("erf")
+    return erf(a).astype(a.dtype, copy=False)
+
+
+class Erf(Op):
+    """erf(x); d/dx = 2/√π · exp(-x²)."""
+
+    saves = (0,)
+
+    @staticmethod
+    def forward(ctx, a):
+        return _erf_array(a.astype(np.float32) if a.itemsize < 4 else a).astype(a.dtype, copy=False)
+
+    @staticmethod
+    def backward(ctx, g):
+        (a,) = ctx.saved_tensors
+        return g * (-(a * a)).exp() * (2 / math.sqrt(math.pi))
+
+
+class LogSigmoid(Op):
+    """log σ(x) = -softplus(-x), computed without overflow; d/dx = σ(-x)."""
+
+    saves = (0,)
+
+    @staticmethod
+    def forward(ctx, a):
+        xp = xp_of(a)
+        return (xp.minimum(a, 0) - xp.log1p(xp.exp(-abs(a)))).astype(a.dtype, copy=False)
+
+    @staticmethod
+    def backward(ctx, g):
+        (a,) = ctx.saved_tensors
+        return g * Sigmoid.apply(-a)
+
+
+class Log1p(Op):
+    """log(1 + x), accurate where x is tiny (log1p(1e-10) = 1e-10, where log(1 + x) rounds to 0); d/dx = 1/(1 + x)."""
+
+    saves = (0,)
+
+    @staticmethod
+    def forward(ctx, a):
+        return xp_of(a).log1p(a)
+
+    @staticmethod
+    def backward(ctx, g):
+        (a,) = ctx.saved_tensors
+        return g / (a + 1)
+
+
+class Expm1(Op):
+    """eˣ - 1, accurate where x is tiny; d/dx = eˣ = out + 1."""
+
+    saves = ("out",)
+
+    @staticmethod
+    def forward(ctx, a):
+        return xp_of(a).expm1(a)
+
+    @staticmethod
+    def backward(ctx, g):
+        (y,) = ctx.saved_tensors
+        return g * (y + 1)

@@ -1,0 +1,213 @@
+"""Reductions and scans: sum, mean, var, p-norms, max/min, prod, cumulative sums and products.
+
+Half-precision inputs accumulate in float32 (as PyTorch); ``dim`` is None (all dims), an int or a sorted tuple.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .._backend import xp_of
+from ..autograd.function import Op
+from .shape import Cat
+
+
+def _acc_dtype(dtype):
+    # accumulate half precision in float32, as PyTorch does
+    return np.float32 if dtype.itemsize < 4 and dtype.kind == "f" or dtype.name == "bfloat16" else None
+
+
+class Sum(Op):
+    @staticmethod
+    def forward(ctx, a, dim, keepdim):
+        ctx.dim, ctx.keepdim, ctx.shape = dim, keepdim, a.shape
+        if a.dtype.kind in "biu":
+            return a.sum(axis=dim, keepdims=keepdim, dtype=np.int64)
+        acc = _acc_dtype(a.dtype)
+        if acc is not None:
+            return a.sum(axis=dim, keepdims=keepdim, dtype=acc).astype(a.dtype)
+        return a.sum(axis=dim, keepdims=keepdim)
+
+    @staticmethod
+    def backward(ctx, g):
+        if not ctx.keepdim and ctx.dim is not None:
+            g = g.reshape(_keep_shape(ctx.shape, ctx.dim))
+        return g.expand(*ctx.shape)
+
+
+class Mean(Op):
+    @staticmethod
+    def forward(ctx, a, dim, keepdim):
+        ctx.dim, ctx.keepdim, ctx.shape = dim, keepdim, a.shape
+        ctx.n = _count(a.shape, dim)
+        acc = _acc_dtype(a.dtype)
+        if acc is not None:
+            return a.mean(axis=dim, keepdims=keepdim, dtype=acc).astype(a.dtype)
+        return a.mean(axis=dim, keepdims=keepdim)
+
+    @staticmethod
+    def backward(ctx, g):
+        if not ctx.keepdim and ctx.dim is not None:
+            g = g.reshape(_keep_shape(ctx.shape, ctx.dim))
+        return (g / ctx.n).expand(*ctx.shape)
+
+
+class Var(Op):
+    """Variance with ``correction`` (1 = unbiased): d/dx = 2 (x - mean) / (n - correction)."""
+
+    saves = (0,)
+
+    @staticmethod
+    def forward(ctx, a, dim, correction, keepdim):
+        ctx.dim, ctx.keepdim, ctx.shape, ctx.correction = dim, keepdim, a.shape, correction
+        ctx.n = _count(a.shape, dim)
+        acc = _acc_dtype(a.dtype)
+        x = a.astype(acc) if acc is not None else a
+        return x.var(axis=dim, ddof=correction, keepdims=keepdim).astype(a.dtype, copy=False)
+
+    @staticmethod
+    def backward(ctx, g):
+        (a,) = ctx.saved_tensors
+        if not ctx.keepdim and ctx.dim is not None:
+            g = g.reshape(_keep_shape(ctx.shape, ctx.dim))
+        dims = ctx.dim if ctx.dim is not None else tuple(range(a.ndim))
+        centred = a - a.mean(dim=dims, keepdim=True)
+        dof = ctx.n - ctx.correction
+        # no degrees of freedom: the divisor is 0, as in the forward (NaN for one element, as PyTorch)
+        return g * centred * (2.0 / dof if dof > 0 else float("inf"))
+
+
+class PNorm(Op):
+    """‖x‖_p over ``dim`` (None: all) for finite p != 1; half precision accumulates in float32.
+
+    d/dx = sign(x)·|x|^(p-1) / ‖x‖^(p-1) (x / ‖x‖ for p = 2), and 0 where the norm is 0: PyTorch's
+    subgradient, where sqrt(Σx²) composed of ops would give 0·∞ = NaN.
+    """
+
+    saves = (0, "out")
+
+    @staticmethod
+    def forward(ctx, a, p, dim, keepdim):
+        ctx.p, ctx.dim, ctx.keepdim = p, dim, keepdim
+        xp = xp_of(a)
+        acc = _acc_dtype(a.dtype)
+        x = a if acc is None else a.astype(acc)
+        if p == 2:
+            out = xp.sqrt((x * x).sum(axis=dim, keepdims=keepdim))
+        else:
+            out = (xp.abs(x) ** p).sum(axis=dim, keepdims=keepdim) ** (1.0 / p)
+        return out.astype(a.dtype, copy=False)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, out = ctx.saved_tensors
+        if not ctx.keepdim:
+            shape = _keep_shape(x.shape, ctx.dim) if ctx.dim is not None else (1,) * x.ndim
+            g, out = g.reshape(shape), out.reshape(shape)
+        safe = out.masked_fill(out._data == 0, 1)  # where the norm is 0, x is 0 too: the gradient is 0
+        if ctx.p == 2:
+            return g * x / safe
+        return g * x.sign() * x.abs() ** (ctx.p - 1) / safe ** (ctx.p - 1)
+
+
+class AMax(Op):
+    """Max over ``dim``; the gradient is shared evenly between tied maxima (as PyTorch's amax)."""
+
+    saves = (0, "out")
+
+    @staticmethod
+    def forward(ctx, a, dim, keepdim, largest=True):
+        ctx.dim, ctx.keepdim, ctx.shape = dim, keepdim, a.shape
+        return a.max(axis=dim, keepdims=keepdim) if largest else a.min(axis=dim, keepdims=keepdim)
+
+    @staticmethod
+    def backward(ctx, g):
+        a, out = ctx.saved_tensors
+        if not ctx.keepdim and ctx.dim is not None:
+            shape = _keep_shape(ctx.shape, ctx.dim)
+            g, out = g.reshape(shape), out.reshape(shape)
+        hit = a._data == out._data
+        xp = xp_of(hit)
+        count = hit.sum(axis=ctx.dim, keepdims=True)
+        w = (hit / xp.maximum(count, 1)).astype(a.dtype)
+        return g * a._wrap_const(w)
+
+
+def _keep_shape(shape, dim):
+    dims = (dim,) if isinstance(dim, int) else dim
+    return tuple(1 if i in dims else s for i, s in enumerate(shape))
+
+
+def _count(shape, dim):
+    if dim is None:
+        return int(np.prod(shape, dtype=np.int64))
+    dims = (dim,) if isinstance(dim, int) else dim
+    return int(np.prod([shape[d] for d in dims], dtype=np.int64))
+
+
+class Prod(Op):
+    """Π over ``dim`` (all dims for None). d/dx_i = Π_{j≠i} x_j, computed without dividing by a zero."""
+
+    saves = (0,)
+
+    @staticmethod
+    def forward(ctx, a, dim, keepdim):
+        ctx.dim, ctx.keepdim = dim, keepdim
+        return a.prod(axis=dim, keepdims=keepdim)
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        dim = ctx.dim
+        if not ctx.keepdim:
+            g = g.reshape(_keep_shape(x.shape, dim) if dim is not None else (1,) * x.ndim)
+        nz = x._data != 0
+        xp = xp_of(nz)
+        zeros = (~nz).sum(axis=dim, keepdims=True)
+        safe = x.masked_fill(~nz, 1)  # a differentiable x with its zeros replaced by ones
+        p_safe = Prod.apply(safe, dim=dim, keepdim=True)
+        if not zeros.any():
+            return g * p_safe / safe
+        # one zero in a slice: only that element gets Π(others); two or more: every gradient is zero
+        others = (p_safe / safe).masked_fill(~xp.broadcast_to(zeros == 0, x.shape), 0)
+        at_zero = p_safe.masked_fill(~((zeros == 1) & ~nz), 0)
+        return g * (others.masked_fill(~nz, 0) + at_zero)
+
+
+class Cumprod(Op):
+    """Running product along ``dim``. d out_j / d x_i = Π_{k≤j, k≠i} x_k for j ≥ i."""
+
+    saves = (0, "out")
+
+    @staticmethod
+    def forward(ctx, a, dim):
+        ctx.dim = dim
+        return a.cumprod(axis=dim)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, out = ctx.saved_tensors
+        d = ctx.dim
+        if bool((x._data != 0).all()):  # Σ_{j≥i} g_j out_j / x_i: a reversed cumulative sum, divided by x
+            return (g * out).flip(d).cumsum(d).flip(d) / x
+        # zeros: per position i, the running product with x_i replaced by 1, summed from i on (n passes)
+        n = x.shape[d]
+        xp = xp_of(x._data)
+        pos = xp.arange(n).reshape((n,) + (1,) * (x.ndim - d - 1))
+        cols = []
+        for i in range(n):
+            ones_at_i = Cumprod.apply(x.masked_fill(pos == i, 1), dim=d)
+            cols.append((g * ones_at_i).masked_fill(pos < i, 0).sum(d, keepdim=True))
+        return Cat.apply(*cols, dim=d)
+
+
+class Cumsum(Op):
+    @staticmethod
+    def forward(ctx, a, dim):
+        ctx.dim = dim
+        return a.cumsum(axis=dim)
+
+    @staticmethod
+    def backward(ctx, g):
+        # d/dx_j Σ_{i>=j} g_i: a reversed cumulative sum
+        return g.flip(ctx.dim).cumsum(ctx.dim).flip(ctx.dim)

@@ -1,0 +1,228 @@
+"""Shape ops and views: reshape, expand, permute, cat/split, copies and device moves, roll, diagonals, padding.
+
+A view op's forward returns a view of its input's array (no copy); ``tensor.py`` records the view relation.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .._backend import device_of, to_device, xp_of
+from ..autograd.function import Op
+from .indexing import GetItem
+
+
+class Reshape(Op):
+    @staticmethod
+    def forward(ctx, a, shape):
+        ctx.shape = a.shape
+        return a.reshape(shape)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g.reshape(ctx.shape)
+
+
+class Expand(Op):
+    @staticmethod
+    def forward(ctx, a, shape):
+        return xp_of(a).broadcast_to(a, shape)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g  # the engine sums the broadcast axes away
+
+
+class Permute(Op):
+    @staticmethod
+    def forward(ctx, a, perm):
+        ctx.inv = tuple(np.argsort(perm))
+        return a.transpose(perm)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g.permute(*ctx.inv)
+
+
+class Cat(Op):
+    @staticmethod
+    def forward(ctx, *arrays, dim):
+        ctx.dim = dim
+        ctx.sizes = [a.shape[dim] for a in arrays]
+        return xp_of(arrays[0]).concatenate(arrays, axis=dim)
+
+    @staticmethod
+    def backward(ctx, g):
+        return tuple(g.split(ctx.sizes, dim=ctx.dim))
+
+
+class Split(Op):
+    @staticmethod
+    def forward(ctx, a, sizes, dim):
+        ctx.dim = dim
+        idx = np.cumsum(sizes)[:-1].tolist()
+        return tuple(xp_of(a).split(a, idx, axis=dim))
+
+    @staticmethod
+    def backward(ctx, *grads):
+        return Cat.apply(*grads, dim=ctx.dim)
+
+
+class Clone(Op):
+    @staticmethod
+    def forward(ctx, a):
+        return a.copy()
+
+    @staticmethod
+    def backward(ctx, g):
+        return g
+
+
+class Contiguous(Op):
+    @staticmethod
+    def forward(ctx, a):
+        return xp_of(a).ascontiguousarray(a)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g
+
+
+class ToDevice(Op):
+    @staticmethod
+    def forward(ctx, a, dev):
+        ctx.src = device_of(a)
+        return to_device(a, dev)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g.to(device=ctx.src)
+
+
+class Alias(Op):
+    """y = x sharing memory; dy/dx = 1."""
+
+    @staticmethod
+    def forward(ctx, a):
+        return a
+
+    @staticmethod
+    def backward(ctx, g):
+        return g
+
+
+class Roll(Op):
+    @staticmethod
+    def forward(ctx, a, shifts, dims):
+        ctx.shifts, ctx.dims = shifts, dims
+        return xp_of(a).roll(a, shifts, axis=dims)
+
+    @staticmethod
+    def backward(ctx, g):
+        neg = tuple(-s for s in ctx.shifts) if isinstance(ctx.shifts, tuple) else -ctx.shifts
+        return Roll.apply(g, shifts=neg, dims=ctx.dims)
+
+
+def _diag_view(a, offset, d1, d2):
+    """A strided view of ``a``'s diagonal ``offset`` in the (d1, d2) planes, as the last dim (NumPy's layout)."""
+    xp = xp_of(a)
+    m = xp.moveaxis(a, (d1, d2), (-2, -1))
+    r0, c0 = max(-offset, 0), max(offset, 0)
+    n = max(0, min(m.shape[-2] - r0, m.shape[-1] - c0))
+    sub = m[..., r0 : r0 + n, c0 : c0 + n]
+    step = sub.strides[-2] + sub.strides[-1]
+    return xp.lib.stride_tricks.as_strided(sub, shape=sub.shape[:-2] + (n,), strides=sub.strides[:-2] + (step,))
+
+
+class Diagonal(Op):
+    """A view of a diagonal; the gradient is g placed on that diagonal of zeros (DiagonalAdjoint)."""
+
+    @staticmethod
+    def forward(ctx, a, offset, d1, d2):
+        ctx.args, ctx.shape = (offset, d1, d2), a.shape
+        return _diag_view(a, offset, d1, d2)
+
+    @staticmethod
+    def backward(ctx, g):
+        return DiagonalAdjoint.apply(g, shape=ctx.shape, args=ctx.args)
+
+
+class DiagonalAdjoint(Op):
+    @staticmethod
+    def forward(ctx, g, shape, args):
+        ctx.args = args
+        out = xp_of(g).zeros(shape, dtype=g.dtype)
+        _diag_view(out, *args)[...] = g
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        offset, d1, d2 = ctx.args
+        return Diagonal.apply(g, offset=offset, d1=d1, d2=d2)
+
+
+def _diag_index(xp, n, offset):
+    return xp.arange(n) + max(-offset, 0), xp.arange(n) + max(offset, 0)
+
+
+class DiagEmbed(Op):
+    """A 1-D v of length n onto diagonal ``offset`` of an (n+|offset|)² zero matrix; the gradient reads it back."""
+
+    @staticmethod
+    def forward(ctx, v, offset):
+        xp = xp_of(v)
+        n = v.shape[0]
+        m = n + abs(offset)
+        ctx.rc = _diag_index(xp, n, offset)
+        out = xp.zeros((m, m), dtype=v.dtype)
+        out[ctx.rc] = v
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        return GetItem.apply(g, idx=ctx.rc)
+
+
+class Pad(Op):
+    """Constant padding; ``widths`` is NumPy's ((before, after), ...) per dim. The gradient is the slice back."""
+
+    @staticmethod
+    def forward(ctx, a, widths, value):
+        ctx.sl = tuple(slice(b, b + n) for (b, _), n in zip(widths, a.shape))
+        return xp_of(a).pad(a, widths, mode="constant", constant_values=value)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g[ctx.sl]
+
+
+class PadTake(Op):
+    """Padding along one axis by gathering: out[..., j, ...] = a[..., idx[j], ...], where idx maps every output
+    position to its source (reflect, replicate, circular); idx[left:left+n] is the identity. The backward is the
+    adjoint: the padded positions' gradients are added back onto their sources (PadScatter)."""
+
+    @staticmethod
+    def forward(ctx, a, idx, axis, left):
+        ctx.idx, ctx.axis, ctx.left, ctx.n = idx, axis, left, a.shape[axis]
+        return xp_of(a).take(a, xp_of(a).asarray(idx), axis=axis)
+
+    @staticmethod
+    def backward(ctx, g):
+        return PadScatter.apply(g, idx=ctx.idx, axis=ctx.axis, left=ctx.left, n=ctx.n)
+
+
+class PadScatter(Op):
+    """The adjoint of PadTake: out = g's identity part, plus each padded position's g added at its source."""
+
+    @staticmethod
+    def forward(ctx, g, idx, axis, left, n):
+        ctx.idx, ctx.axis, ctx.left = idx, axis, left
+        lead = (slice(None),) * axis
+        out = g[lead + (slice(left, left + n),)].copy()
+        for j in (*range(left), *range(left + n, len(idx))):  # one slice add per padded position (pads are small)
+            out[lead + (int(idx[j]),)] += g[lead + (j,)]
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        return PadTake.apply(g, idx=ctx.idx, axis=ctx.axis, left=ctx.left)
