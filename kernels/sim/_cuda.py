@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import time
 import types
 import weakref
@@ -96,6 +97,17 @@ def _set_device(i):
     CURRENT["device"] = _check_id(i)
 
 
+def _memcpy(dst, src, size, kind, stream=None):
+    """cudaMemcpy(Async) between simulated arrays: their ``data.ptr`` are the host addresses of NumPy buffers.
+
+    Device-to-host and host-to-device copies are how data crosses, so they count as a sync and a transfer;
+    device-to-device copies count nothing (the GPU does them without the host).
+    """
+    if kind in (1, 2):  # cudaMemcpyHostToDevice, cudaMemcpyDeviceToHost
+        record("h2d" if kind == 1 else "sync", "runtime.memcpy")
+    ctypes.memmove(dst, src, size)
+
+
 runtime = types.SimpleNamespace(
     CUDARuntimeError=CUDARuntimeError, is_hip=False,
     getDeviceCount=lambda: _state.device_count(),
@@ -105,6 +117,8 @@ runtime = types.SimpleNamespace(
     deviceSynchronize=lambda: record("sync", "runtime.deviceSynchronize"),
     getDevice=lambda: CURRENT["device"], setDevice=_set_device,
     memGetInfo=lambda: (80 * 2**30, 85_031_714_816),
+    memcpy=lambda dst, src, size, kind: _memcpy(dst, src, size, kind), memcpyAsync=_memcpy,
+    memcpyHostToHost=0, memcpyHostToDevice=1, memcpyDeviceToHost=2, memcpyDeviceToDevice=3, memcpyDefault=4,
     cudaDevAttrMaxThreadsPerBlock=1, cudaDevAttrMaxSharedMemoryPerBlock=8, cudaDevAttrWarpSize=10,
     cudaDevAttrMaxRegistersPerBlock=12, cudaDevAttrMultiProcessorCount=16, cudaDevAttrL2CacheSize=38,
     cudaDevAttrComputeCapabilityMajor=75, cudaDevAttrComputeCapabilityMinor=76,
