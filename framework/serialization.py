@@ -370,10 +370,11 @@ def _check_header(path, raw, names, infos, meta):
             for k, v in header.items()
             if k != "__metadata__"
         }
-    except (AttributeError, KeyError, TypeError):
-        mine = None
+        my_meta = header.get("__metadata__") or {}
+    except (AttributeError, KeyError, TypeError):  # only if the bytes are not the ones the library validated
+        mine = my_meta = None
     theirs = {k: (*infos[k], spans[k]) for k in names}
-    if mine != theirs or (header.get("__metadata__") or {}) != meta:
+    if mine != theirs or my_meta != meta:
         raise SerializationError(f"{path}: the header changed while it was being read; load again")
     return spans, offset
 
