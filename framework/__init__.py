@@ -174,6 +174,5 @@ def save(obj, path):
     return _save(obj, path)
 
 
-def load(path, device=None):  # noqa: F811  (the parameter shadows conch.device, as torch.load)
-
-    return _load(path, device=device)
+def load(path, device=None, verify=True):  # noqa: F811  (the parameter shadows conch.device, as torch.load)
+    return _load(path, device=device, verify=verify)

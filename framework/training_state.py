@@ -85,15 +85,15 @@ def save_checkpoint(path, model=None, optimizer=None, scheduler=None, scaler=Non
 
 
 def load_checkpoint(path, model=None, optimizer=None, scheduler=None, scaler=None, loader=None, *,
-                    restore_rng=True, device=None):  # fmt: skip
+                    restore_rng=True, device=None, verify=True):  # fmt: skip
     """Restore the given objects (in place) and the RNG state from a :func:`save_checkpoint` file.
 
     Objects passed as ``None`` are skipped; a component the file lacks while an object for it was given
     raises ``KeyError``. Returns the whole checkpoint dict (``ckpt["step"]``, ``ckpt["extra"]``, ...).
     ``device`` places loaded tensors (default: the host; ``load_state_dict`` moves them next to the
-    parameters).
+    parameters). ``verify=False`` skips the checksum checks, as in :func:`conch.load`.
     """
-    ckpt = load(path, device=device)
+    ckpt = load(path, device=device, verify=verify)
     if not isinstance(ckpt, dict) or ckpt.get("format") != _FORMAT:
         raise ValueError(f"{os.fspath(path)}: not a conch training checkpoint (no format={_FORMAT!r} entry)")
     if ckpt.get("version", 0) > _VERSION:

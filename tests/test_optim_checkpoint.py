@@ -146,3 +146,17 @@ def test_checkpoint_errors(tmp_path):
         load_checkpoint(tmp_path / "c.safetensors", model={"v": conch.zeros(3, requires_grad=True)})
     ck = load_checkpoint(tmp_path / "c.safetensors", model={"w": w})
     assert ck["step"] == 4 and ck["optimizer"] is None and "np" in ck["rng"]
+
+
+def test_corrupt_checkpoint_raises_unless_verify_false(tmp_path):
+    from conch.serialization import SerializationError
+
+    w = conch.ones(64, requires_grad=True)
+    path = tmp_path / "c.safetensors"
+    save_checkpoint(path, model={"w": w}, step=4)
+    data = bytearray(path.read_bytes())
+    data[-4] ^= 0x80  # the last tensor's last byte
+    path.write_bytes(bytes(data))
+    with pytest.raises(SerializationError, match="c.safetensors.*checksum mismatch in tensor"):
+        load_checkpoint(path, model={"w": w})
+    assert load_checkpoint(path, model={"w": w}, verify=False)["step"] == 4

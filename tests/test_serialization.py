@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import struct
 import subprocess
@@ -278,3 +279,199 @@ def test_model_state_dict_round_trip(tmp_path):
     m2 = nn.Linear(5, 3)
     m2.load_state_dict(conch.load(tmp_path / "m.safetensors"))
     np.testing.assert_array_equal(_host(m2.weight), _host(m.weight))
+
+
+# -------------------------------------------------------------------------------- malformed headers (fuzzer findings)
+# Each file is built by hand: an 8-byte length, the JSON header exactly as given, the data. The safetensors
+# library rejects all of them (conch used to read some silently, with the wrong bytes or shapes, and crash on
+# others with ValueError/OverflowError/RecursionError); duplicate keys conch rejects on its own.
+
+
+def _st_file(path, header, data=b""):
+    """Write a safetensors file whose header is ``header`` (a dict, or raw JSON bytes kept as they are)."""
+    h = header if isinstance(header, bytes) else json.dumps(header).encode()
+    _write(path, struct.pack("<Q", len(h)) + h + data)
+    return path
+
+
+def _f32(shape, offsets):
+    return {"dtype": "F32", "shape": shape, "data_offsets": offsets}
+
+
+_DUP = b'{"a":{"dtype":"F32","shape":[3],"data_offsets":[0,12]},"b":{"dtype":"F32","shape":[3],"data_offsets":[12,24]}'
+_MALFORMED = {
+    # offsets shifted by 4: the old reader read bytes 4..16 as "a"
+    "shifted_offsets": ({"a": _f32([3], [4, 16]), "b": _f32([3], [16, 28])}, 28, r"offset.*`a`"),
+    "overlapping_offsets": ({"a": _f32([3], [0, 12]), "b": _f32([3], [0, 12])}, 12, r"offset.*`[ab]`"),
+    "gap_between_tensors": ({"a": _f32([1], [0, 4]), "b": _f32([1], [8, 12])}, 12, r"offset.*`b`"),
+    # a second "a" identical to the first (the safetensors library keeps the last silently) or different
+    "duplicate_key_same": (_DUP + b',"a":{"dtype":"F32","shape":[3],"data_offsets":[0,12]}}', 24, "duplicate key 'a'"),
+    "duplicate_key_other": (_DUP + b',"a":{"dtype":"F32","shape":[3],"data_offsets":[12,24]}}', 24, "offset.*`[ab]`"),
+    "shape_true_15": ({"a": _f32([True, 15], [0, 60])}, 60, "boolean"),
+    "shape_string_53": ({"a": _f32("53", [0, 60])}, 60, "string"),
+    "metadata_not_a_dict": ({"__metadata__": [1], "a": _f32([3], [0, 12])}, 12, "expected a map"),
+    "metadata_value_not_str": ({"__metadata__": {"conch": 1}, "a": _f32([3], [0, 12])}, 12, "expected a string"),
+    "negative_shape": ({"a": _f32([-5, -3], [0, 60])}, 60, "-5"),
+    "shape_2_pow_64": ({"a": _f32([2**64, 1], [0, 4])}, 4, "expected usize"),
+    "shape_overflows": ({"a": _f32([2**62, 4], [0, 16])}, 16, r"overflow.*'a'"),
+    "size_mismatch": ({"a": _f32([3], [0, 8])}, 8, r"'a'.*needs 12 bytes"),
+    "unknown_dtype": ({"a": {"dtype": "F12", "shape": [3], "data_offsets": [0, 12]}}, 12, r"F12.*'a'"),
+    "dtype_conch_lacks": ({"a": {"dtype": "F8_E4M3", "shape": [3], "data_offsets": [0, 3]}}, 3, r"'a'.*F8_E4M3"),
+    "deeply_nested_json": (b'{"a":' + b"[" * 100_000 + b"]" * 100_000 + b"}", 0, "header"),
+    "nan_in_header": (b'{"a":{"dtype":"F32","shape":[3],"data_offsets":[0,12]},"x":NaN}', 12, "header"),
+    "not_an_object": (b"[1, 2]", 0, "header"),
+    "data_truncated": ({"a": _f32([3], [0, 12])}, 8, "truncated"),
+    "data_extended": ({"a": _f32([3], [0, 12])}, 16, "extended"),
+}
+
+
+@pytest.mark.parametrize("case", list(_MALFORMED))
+def test_malformed_header_raises_serialization_error(tmp_path, case):
+    header, ndata, problem = _MALFORMED[case]
+    path = _st_file(tmp_path / f"{case}.safetensors", header, bytes(range(256)) * (ndata // 256) + bytes(ndata % 256))
+    with pytest.raises(SerializationError, match=case) as info:
+        conch.load(path)
+    assert re.search(problem, str(info.value)), str(info.value)
+
+
+def test_deeply_nested_structure_metadata_raises(tmp_path):
+    # a pre-checksum file (nothing to verify) whose conch skeleton nests beyond Python's recursion limit
+    skel = '{"L":[' * 50_000 + "]}" * 50_000
+    path = _st_file(tmp_path / "nested.safetensors", {"__metadata__": {"format": "pt", "conch": skel}})
+    with pytest.raises(SerializationError, match="nested.safetensors.*structure"):
+        conch.load(path)
+
+
+def test_files_without_checksums_still_load(tmp_path):
+    # what conch wrote before it stored checksums: the skeleton only
+    skel = json.dumps({"D": [["w", {"T": "w"}], ["lr", {"V": 0.5}]]})
+    data = np.arange(3, dtype=np.float32).tobytes()
+    path = _st_file(tmp_path / "old.safetensors", {"w": _f32([3], [0, 12]), "__metadata__": {"conch": skel}}, data)
+    back = conch.load(path)
+    assert back["lr"] == 0.5 and back["w"].tolist() == [0.0, 1.0, 2.0]
+
+
+# -------------------------------------------------------------------------------- checksums
+
+
+@pytest.fixture
+def ckpt_file(tmp_path):
+    path = tmp_path / "ck.safetensors"
+    w = np.arange(64, dtype=np.float32)
+    conch.save({"w": conch.tensor(w), "b": conch.zeros(2), "betas": (0.9, 0.999), "step": 7}, path)
+    return path, w
+
+
+def test_checksums_are_stored_per_tensor_and_for_the_metadata(ckpt_file):
+    from safetensors import safe_open
+
+    with safe_open(str(ckpt_file[0]), framework="numpy") as f:
+        meta = f.metadata()
+    assert meta["conch.checksum"] == "crc32"
+    assert set(json.loads(meta["conch.tensor_checksums"])) == {"w", "b"}
+    assert len(meta["conch.metadata_checksum"]) == 8
+
+
+def test_flipped_data_byte_raises_naming_the_tensor(ckpt_file):
+    path, w = ckpt_file
+    data = bytearray(path.read_bytes())
+    data[-20] ^= 0x01  # inside "w": data in insertion order, "w" (256 bytes) then "b" (8 bytes)
+    path.write_bytes(bytes(data))
+    with pytest.raises(SerializationError, match=r"ck.safetensors.*checksum mismatch in tensor 'w'.*\[64\]"):
+        conch.load(path)
+    back = conch.load(path, verify=False)  # the fast path reads what is there
+    assert (back["w"].numpy() != w).sum() == 1
+
+
+def test_flipped_metadata_byte_raises(ckpt_file):
+    path, _ = ckpt_file
+    data = path.read_bytes()
+    assert data.count(b":0.9}") == 1
+    path.write_bytes(data.replace(b":0.9}", b":1.9}"))  # betas (0.9, 0.999) -> (1.9, 0.999): still valid JSON
+    with pytest.raises(SerializationError, match="ck.safetensors.*metadata checksum mismatch"):
+        conch.load(path)
+    assert conch.load(path, verify=False)["betas"] == (1.9, 0.999)
+
+
+def test_flipped_dtype_and_name_raise(ckpt_file):
+    path, _ = ckpt_file
+    data = path.read_bytes()
+    # "F32" -> "I32": the same size, so only the checksum (which covers dtype and shape) can tell
+    path.write_bytes(data.replace(b'"w":{"dtype":"F32"', b'"w":{"dtype":"I32"'))
+    with pytest.raises(SerializationError, match="tensor 'w'"):
+        conch.load(path)
+    path.write_bytes(data.replace(b'"w":{"dtype"', b'"v":{"dtype"'))  # a corrupt tensor name
+    with pytest.raises(SerializationError, match=r"ck.safetensors.*unexpected \['v'\], missing \['w'\]"):
+        conch.load(path)
+
+
+def test_unknown_checksum_algorithm(ckpt_file):
+    path, _ = ckpt_file
+    data = path.read_bytes()
+    path.write_bytes(data.replace(b'"conch.checksum":"crc32"', b'"conch.checksum":"crc64"'))
+    with pytest.raises(SerializationError, match="crc64.*verify=False"):
+        conch.load(path)
+    assert conch.load(path, verify=False)["step"] == 7
+
+
+# -------------------------------------------------------------------------------- stale temporary files
+
+
+def _dead_pid():
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid  # reaped: no process has this pid until the kernel reuses it
+
+
+def test_next_save_removes_stale_temps_of_dead_writers_only(tmp_path):
+    import conch.serialization as ser
+
+    host, dead, old, ancient = ser._HOST, _dead_pid(), time.time() - 120, time.time() - 3 * 86400
+    files = {  # name -> (mtime, removed?)
+        f".c.safetensors.conch-tmp.{host}.{dead}.ab_cd123.tmp": (old, True),  # a killed save
+        f".other.bin.conch-tmp.{host}.{dead}.zz999999.tmp": (old, True),  # another file's killed save
+        f".c.safetensors.conch-tmp.{host}.{dead}.fresh000.tmp": (time.time(), False),  # written seconds ago
+        f".c.safetensors.conch-tmp.{host}.{os.getpid()}.alive000.tmp": (old, False),  # a live writer
+        f".c.safetensors.conch-tmp.otherhost.{dead}.remote00.tmp": (old, False),  # maybe alive elsewhere
+        f".c.safetensors.conch-tmp.otherhost.{dead}.remote11.tmp": (ancient, True),  # no save takes days
+        ".c.safetensors.abcd1234.tmp": (ancient, False),  # not conch's name: never touched
+        "notes.conch-tmp.txt": (ancient, False),
+        f"c.safetensors.conch-tmp.{host}.{dead}.nodot000.tmp": (ancient, False),
+    }
+    for name, (mtime, _) in files.items():
+        (tmp_path / name).write_bytes(b"x" * 10)
+        os.utime(tmp_path / name, (mtime, mtime))
+    (tmp_path / f".d.conch-tmp.{host}.{dead}.adir0000.tmp").mkdir()  # a folder with the name: left alone
+    conch.save({"v": conch.ones(1)}, tmp_path / "c.safetensors")
+    left = set(os.listdir(tmp_path))
+    for name, (_, removed) in files.items():
+        assert (name not in left) == removed, name
+    assert f".d.conch-tmp.{host}.{dead}.adir0000.tmp" in left and "c.safetensors" in left
+
+
+def test_killed_save_leftover_removed_by_next_save(tmp_path):
+    path = tmp_path / "ckpt.safetensors"
+    script = tmp_path / "saver.py"
+    script.write_text(_SAVER)
+    proc = subprocess.Popen([sys.executable, str(script), str(path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "1"
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not [n for n in os.listdir(tmp_path) if ".conch-tmp." in n]:
+            pass
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        proc.stdout.close()
+    temps = [n for n in os.listdir(tmp_path) if ".conch-tmp." in n]
+    assert all(f".{proc.pid}." in n for n in temps)
+    for n in temps:  # past the grace period that guards writers in other pid namespaces
+        os.utime(tmp_path / n, (time.time() - 120, time.time() - 120))
+    conch.save({"i": 0}, path)
+    assert sorted(os.listdir(tmp_path)) == ["ckpt.safetensors", "saver.py"]
+
+
+def test_long_file_name(tmp_path):
+    path = tmp_path / ("x" * 200 + ".safetensors")  # the temporary file's longer name must still be legal
+    conch.save({"v": conch.ones(1)}, path)
+    assert conch.load(path)["v"].tolist() == [1.0] and os.listdir(tmp_path) == [path.name]
