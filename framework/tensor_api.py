@@ -508,7 +508,9 @@ class TensorMethods:
         x = self.reshape(shape)
         inter = tuple(v for s in shape for v in (1, s))
         big = tuple(v for r, s in zip(sizes, shape) for v in (r, s))
-        return x.reshape(inter).expand(*big).reshape(tuple(r * s for r, s in zip(sizes, shape)))
+        out = x.reshape(inter).expand(*big).reshape(tuple(r * s for r, s in zip(sizes, shape)))
+        # repeating only along size-1 dims leaves a view of self: PyTorch's repeat (and tile) always copies
+        return out.clone() if out._base is not None else out
 
     def tile(self, *dims):
         dims = tuple(dims[0]) if len(dims) == 1 and isinstance(dims[0], (tuple, list)) else tuple(dims)
