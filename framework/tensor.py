@@ -901,9 +901,14 @@ class Tensor(GraphTensor):
         return split(self, split_size_or_sections, dim)
 
     def chunk(self, chunks, dim=0):
+        chunks = int(chunks)
+        if chunks <= 0:
+            raise RuntimeError(f"chunk expects `chunks` to be greater than 0, got: {chunks}")
         d = _norm_dim(dim, self.ndim)
-        size = -(-self.shape[d] // chunks)
-        return split(self, size, d)
+        n = self.shape[d]
+        if n == 0:  # PyTorch: `chunks` empty parts (split would give one)
+            return split(self, [0] * chunks, d)
+        return split(self, -(-n // chunks), d)
 
     def unbind(self, dim=0):
         d = _norm_dim(dim, self.ndim)
@@ -932,12 +937,13 @@ class Tensor(GraphTensor):
         return _fp32("std", self).var(dim, unbiased, keepdim, correction).sqrt()
 
     def amax(self, dim=None, keepdim=False):
-        _check_nonempty(self, "amax")
-        return ops.AMax.apply(self, dim=_norm_dims(dim if dim != () else None, self.ndim), keepdim=keepdim)
+        d = _norm_dims(dim if dim != () else None, self.ndim)
+        _check_reduce(self, "amax", d)
+        return ops.AMax.apply(self, dim=d, keepdim=keepdim)
 
     def amin(self, dim=None, keepdim=False):
-        _check_nonempty(self, "amin")
         d = _norm_dims(dim if dim != () else None, self.ndim)
+        _check_reduce(self, "amin", d)
         return ops.AMax.apply(self, dim=d, keepdim=keepdim, largest=False)
 
     def max(self, dim=None, keepdim=False):
@@ -957,8 +963,8 @@ class Tensor(GraphTensor):
         return self._minmax_dim(dim, keepdim, False)
 
     def _minmax_dim(self, dim, keepdim, largest):
-        _check_nonempty(self, "max" if largest else "min")
         d = _norm_dim(dim, self.ndim)
+        _check_reduce(self, "max" if largest else "min", d if self.ndim else None)
         if self.ndim == 0:
             return ops.ValuesIndices((self.clone(), _const(xp_of(self._data).zeros((), dtype=np.int64))))
         a = self._data
@@ -974,7 +980,7 @@ class Tensor(GraphTensor):
         return self._arg(dim, keepdim, "argmin")
 
     def _arg(self, dim, keepdim, name):
-        _check_nonempty(self, name)
+        _check_reduce(self, name, None if dim is None or not self.ndim else _norm_dim(dim, self.ndim))
         a = self._data
         if dim is None:
             i = xp_of(a).asarray(getattr(a, name)()).astype(np.int64)
@@ -1003,9 +1009,12 @@ class Tensor(GraphTensor):
 
     def logsumexp(self, dim, keepdim=False):
         self = _fp32("logsumexp", self)
-        m = self.detach().amax(dim, keepdim=True)
-        m = m.masked_fill(~xp_of(m._data).isfinite(m._data), 0)
-        out = (self - m).exp().sum(dim, keepdim=True).log() + m
+        if self._data.size == 0:  # log of an empty sum: -inf (or an empty result), without log(0)'s warning
+            out = self.sum(dim, keepdim=True) + float("-inf")
+        else:
+            m = self.detach().amax(dim, keepdim=True)
+            m = m.masked_fill(~xp_of(m._data).isfinite(m._data), 0)
+            out = (self - m).exp().sum(dim, keepdim=True).log() + m
         return out if keepdim else out.squeeze(dim)
 
     def cumsum(self, dim):
@@ -1116,9 +1125,19 @@ def _looks_like_dtype(s):
         return False
 
 
-def _check_nonempty(t, name):
-    if t._data.size == 0:
-        raise RuntimeError(f"{name}(): Expected reduction dim to be specified for input.numel() == 0")
+def _check_reduce(t, name, dims):
+    """A max-like reduction (no identity) of an empty tensor: over a dim of size 0 it raises, as PyTorch; over
+    non-empty dims (another dim is 0) it gives an empty result."""
+    if t._data.size != 0:
+        return
+    if dims is None:
+        raise RuntimeError(
+            f"{name}(): Expected reduction dim to be specified for input.numel() == 0. Specify the reduction dim "
+            "with the 'dim' argument."
+        )
+    for d in (dims,) if isinstance(dims, int) else dims:
+        if t.shape[d] == 0:
+            raise IndexError(f"{name}(): Expected reduction dim {d} to have non-zero size.")
 
 
 def _floating(t):
@@ -1433,7 +1452,7 @@ def split(t, split_size_or_sections, dim=0):
         s = split_size_or_sections
         if s <= 0:
             raise ValueError(f"split_size must be positive, got {s}")
-        sizes = [s] * (n // s) + ([n % s] if n % s else [])
+        sizes = [s] * (n // s) + ([n % s] if n % s else []) or [0]  # a dim of size 0 gives one empty part
     else:
         sizes = [int(s) for s in split_size_or_sections]
         if sum(sizes) != n:
@@ -1485,4 +1504,6 @@ def minimum(a, b):
 
 def cumsum(t, dim):
     d = _norm_dim(dim, t.ndim)
+    if t.ndim == 0:  # NumPy's cumsum flattens a 0-d array to shape (1,); PyTorch keeps ()
+        return ops.Cumsum.apply(_fp32("cumsum", t.reshape(1)), dim=0).reshape(())
     return ops.Cumsum.apply(_fp32("cumsum", t), dim=d)
