@@ -549,17 +549,20 @@ class Tensor(GraphTensor):
             raise RuntimeError(
                 f"output with shape {self.shape} doesn't match the broadcast shape {res.shape} of an in-place op"
             )
+        _check_overlap(self._data)
         self._data[...] = res._data
         self._version[0] += 1
         return self
 
-    def _assign(self, new, steps=(), name="in-place operation", replaces=False):
+    def _assign(self, new, steps=(), name="in-place operation", replaces=False, fills=False):
         """Write ``new`` into ``self`` (or into ``self[i][j]...`` for ``steps=(i, j, ...)``) in place, recording
         the change for autograd.
 
         ``new`` is a Tensor computed out of place (it broadcasts to the written shape and is cast to
         self's dtype); ``replaces`` says it does not derive from the old values (copy_, fill_, zero_), whose
-        history then still gets a node (a zero gradient, as PyTorch). Three cases while gradients are recorded:
+        history then still gets a node (a zero gradient, as PyTorch); ``fills`` (fill_, zero_, a scalar
+        ``__setitem__``) may write one value into an expanded view outside the graph, as PyTorch's idempotent fill.
+        Three cases while gradients are recorded:
 
         - self is not a view and there are no steps: self's history becomes ``new``'s (no extra node);
         - otherwise the base B at the root of self's views gets B' = CopySlices(B, new): dB = g with the
@@ -591,6 +594,8 @@ class Tensor(GraphTensor):
             if not np.can_cast(new.dtype, self.dtype, "same_kind"):
                 raise RuntimeError(f"result type {new.dtype} can't be cast to the desired output type {self.dtype}")
         if not recording:
+            if not fills:
+                _check_overlap(target)
             _write(self._data, steps, new._data.astype(self.dtype, copy=False))
             self._version[0] += 1
             return self
@@ -606,11 +611,7 @@ class Tensor(GraphTensor):
                 f"being modified in place ({name}) with grad mode enabled; take the view with grad mode on, or "
                 "clone() it first"
             )
-        if any(st == 0 and n > 1 for st, n in zip(target.strides, tshape)):
-            raise RuntimeError(
-                f"unsupported operation: more than one element of the written-to tensor (shape {tshape}, an "
-                "expanded view) refers to a single memory location; clone() the tensor before the in-place op"
-            )
+        _check_overlap(target)
         if new.grad_fn is not None:
             _keep_old_values(new.grad_fn, self._version, self._data)
         if new.dtype != self.dtype:
@@ -676,12 +677,15 @@ class Tensor(GraphTensor):
     def div_(self, other):
         return self._inplace("__truediv__", other)
 
-    def _set_(self, array_fn):
-        """Overwrite in place under no_grad; used by zero_, fill_, copy_, init functions."""
+    def _set_(self, array_fn, fills=False):
+        """Overwrite in place under no_grad; used by zero_, fill_, copy_, init functions. ``fills``: one value
+        everywhere, which PyTorch allows into an expanded view (every alias gets the same value)."""
         if _enabled[0] and self.requires_grad and self.grad_fn is None:
             raise RuntimeError(
                 "a leaf Variable that requires grad is being used in an in-place operation; wrap it in conch.no_grad()"
             )
+        if not fills:
+            _check_overlap(self._data)
         array_fn(self._data)
         self._version[0] += 1
         return self
@@ -697,8 +701,8 @@ class Tensor(GraphTensor):
 
     def zero_(self):
         if self._records_write():
-            return self._assign(self._scalar(0), name="zero_", replaces=True)
-        return self._set_(lambda a: a.fill(0))
+            return self._assign(self._scalar(0), name="zero_", replaces=True, fills=True)
+        return self._set_(lambda a: a.fill(0), fills=True)
 
     def fill_(self, value):
         if isinstance(value, Tensor):
@@ -707,11 +711,11 @@ class Tensor(GraphTensor):
                     f"fill_ only supports 0-dimension value tensor but got tensor with {value.ndim} dimensions"
                 )
             if self._records_write(value):
-                return self._assign(value.to(device=self.device), name="fill_", replaces=True)
+                return self._assign(value.to(device=self.device), name="fill_", replaces=True, fills=True)
             value = value.item()
         if self._records_write():
-            return self._assign(self._scalar(value), name="fill_", replaces=True)
-        return self._set_(lambda a: a.fill(value))
+            return self._assign(self._scalar(value), name="fill_", replaces=True, fills=True)
+        return self._set_(lambda a: a.fill(value), fills=True)
 
     def copy_(self, src):
         src = _as_tensor(src, self)
@@ -738,6 +742,7 @@ class Tensor(GraphTensor):
             split = _split_int_index(idx)
             if split is not None:  # ints with index arrays: select the ints first, as PyTorch
                 return self[split[0]][split[1]]
+        idx = _view_index(idx)
         if not (_enabled[0] and self.requires_grad):
             out = Tensor._make(self._data[idx])
         else:
@@ -761,13 +766,18 @@ class Tensor(GraphTensor):
                 return
             v = value._data
         elif self._records_write():
-            self._assign(_as_tensor(value, self), steps, name="__setitem__")
+            self._assign(_as_tensor(value, self), steps, name="__setitem__", fills=isinstance(value, numbers.Number))
             return
         elif isinstance(value, (np.ndarray, list, tuple)) and type(self._data) is not np.ndarray:
             # CuPy's basic-index assignment takes only scalars or CuPy arrays: copy host data over once
             v = xp_of(self._data).asarray(value, dtype=self._data.dtype)
         else:
             v = value
+        if not isinstance(v, numbers.Number):  # a scalar is PyTorch's fill_, allowed into an expanded view
+            target = self._data
+            for i in steps:
+                target = target[i]
+            _check_overlap(target)
         _write(self._data, steps, v)
         self._version[0] += 1
 
@@ -891,9 +901,14 @@ class Tensor(GraphTensor):
         return split(self, split_size_or_sections, dim)
 
     def chunk(self, chunks, dim=0):
+        chunks = int(chunks)
+        if chunks <= 0:
+            raise RuntimeError(f"chunk expects `chunks` to be greater than 0, got: {chunks}")
         d = _norm_dim(dim, self.ndim)
-        size = -(-self.shape[d] // chunks)
-        return split(self, size, d)
+        n = self.shape[d]
+        if n == 0:  # PyTorch: `chunks` empty parts (split would give one)
+            return split(self, [0] * chunks, d)
+        return split(self, -(-n // chunks), d)
 
     def unbind(self, dim=0):
         d = _norm_dim(dim, self.ndim)
@@ -922,12 +937,13 @@ class Tensor(GraphTensor):
         return _fp32("std", self).var(dim, unbiased, keepdim, correction).sqrt()
 
     def amax(self, dim=None, keepdim=False):
-        _check_nonempty(self, "amax")
-        return ops.AMax.apply(self, dim=_norm_dims(dim if dim != () else None, self.ndim), keepdim=keepdim)
+        d = _norm_dims(dim if dim != () else None, self.ndim)
+        _check_reduce(self, "amax", d)
+        return ops.AMax.apply(self, dim=d, keepdim=keepdim)
 
     def amin(self, dim=None, keepdim=False):
-        _check_nonempty(self, "amin")
         d = _norm_dims(dim if dim != () else None, self.ndim)
+        _check_reduce(self, "amin", d)
         return ops.AMax.apply(self, dim=d, keepdim=keepdim, largest=False)
 
     def max(self, dim=None, keepdim=False):
@@ -947,8 +963,8 @@ class Tensor(GraphTensor):
         return self._minmax_dim(dim, keepdim, False)
 
     def _minmax_dim(self, dim, keepdim, largest):
-        _check_nonempty(self, "max" if largest else "min")
         d = _norm_dim(dim, self.ndim)
+        _check_reduce(self, "max" if largest else "min", d if self.ndim else None)
         if self.ndim == 0:
             return ops.ValuesIndices((self.clone(), _const(xp_of(self._data).zeros((), dtype=np.int64))))
         a = self._data
@@ -964,7 +980,7 @@ class Tensor(GraphTensor):
         return self._arg(dim, keepdim, "argmin")
 
     def _arg(self, dim, keepdim, name):
-        _check_nonempty(self, name)
+        _check_reduce(self, name, None if dim is None or not self.ndim else _norm_dim(dim, self.ndim))
         a = self._data
         if dim is None:
             i = xp_of(a).asarray(getattr(a, name)()).astype(np.int64)
@@ -993,9 +1009,12 @@ class Tensor(GraphTensor):
 
     def logsumexp(self, dim, keepdim=False):
         self = _fp32("logsumexp", self)
-        m = self.detach().amax(dim, keepdim=True)
-        m = m.masked_fill(~xp_of(m._data).isfinite(m._data), 0)
-        out = (self - m).exp().sum(dim, keepdim=True).log() + m
+        if self._data.size == 0:  # log of an empty sum: -inf (or an empty result), without log(0)'s warning
+            out = self.sum(dim, keepdim=True) + float("-inf")
+        else:
+            m = self.detach().amax(dim, keepdim=True)
+            m = m.masked_fill(~xp_of(m._data).isfinite(m._data), 0)
+            out = (self - m).exp().sum(dim, keepdim=True).log() + m
         return out if keepdim else out.squeeze(dim)
 
     def cumsum(self, dim):
@@ -1066,11 +1085,10 @@ class Tensor(GraphTensor):
         return where(cond, self, other)
 
     def flip(self, dims):
+        """A copy reversed along ``dims`` (as PyTorch: not a view, so writes to it leave self alone)."""
         dims = (dims,) if isinstance(dims, int) else tuple(dims)
-        idx = [slice(None)] * self.ndim
-        for d in dims:
-            idx[_norm_dim(d, self.ndim)] = slice(None, None, -1)
-        return self[tuple(idx)]
+        dims = tuple(sorted({_norm_dim(d, self.ndim) for d in dims})) if self.ndim else ()
+        return ops.Flip.apply(self, dims=dims)
 
     def _as_grad(self, g):
         """``g`` (a Tensor, number or array) as a gradient for this tensor: a Tensor of its shape."""
@@ -1107,9 +1125,19 @@ def _looks_like_dtype(s):
         return False
 
 
-def _check_nonempty(t, name):
-    if t._data.size == 0:
-        raise RuntimeError(f"{name}(): Expected reduction dim to be specified for input.numel() == 0")
+def _check_reduce(t, name, dims):
+    """A max-like reduction (no identity) of an empty tensor: over a dim of size 0 it raises, as PyTorch; over
+    non-empty dims (another dim is 0) it gives an empty result."""
+    if t._data.size != 0:
+        return
+    if dims is None:
+        raise RuntimeError(
+            f"{name}(): Expected reduction dim to be specified for input.numel() == 0. Specify the reduction dim "
+            "with the 'dim' argument."
+        )
+    for d in (dims,) if isinstance(dims, int) else dims:
+        if t.shape[d] == 0:
+            raise IndexError(f"{name}(): Expected reduction dim {d} to have non-zero size.")
 
 
 def _floating(t):
@@ -1277,6 +1305,32 @@ def _index_arrays(idx, t):
     return tuple(out) if isinstance(idx, tuple) else out[0]
 
 
+_OVERLAP = (
+    "unsupported operation: more than one element of the written-to tensor refers to a single memory location. "
+    "Please clone() the tensor before performing the operation."
+)
+
+
+def _check_overlap(arr):
+    """Refuse an in-place write into ``arr`` when several of its elements share one memory location (an expanded
+    view): the result would depend on the write order. PyTorch's check (a 0 stride on a dim of size > 1)."""
+    if arr.size > 1 and any(st == 0 and n > 1 for st, n in zip(arr.strides, arr.shape)):
+        raise RuntimeError(_OVERLAP)
+
+
+def _view_index(idx):
+    """A basic index with integers that would give NumPy a scalar (a copy) gets a trailing ``...``, which makes
+    NumPy return a 0-d view instead: ``t[1]`` of a 1-D tensor is then a view, as in PyTorch."""
+    items = idx if type(idx) is tuple else (idx,)
+    has_int = False
+    for i in items:
+        if type(i) is int or isinstance(i, np.integer):
+            has_int = True
+        elif i is Ellipsis or not isinstance(i, (slice, type(None))):
+            return idx  # already has an ellipsis, or is advanced indexing
+    return items + (Ellipsis,) if has_int else idx
+
+
 def _mark_view(out, base, fn):
     """Record that ``out`` views ``base`` (``out = fn(base)``): they share memory and the version counter."""
     out._version, out._base, out._vfn, out._vver, out._vgrad = base._version, base, fn, base._version[0], _enabled[0]
@@ -1398,7 +1452,7 @@ def split(t, split_size_or_sections, dim=0):
         s = split_size_or_sections
         if s <= 0:
             raise ValueError(f"split_size must be positive, got {s}")
-        sizes = [s] * (n // s) + ([n % s] if n % s else [])
+        sizes = [s] * (n // s) + ([n % s] if n % s else []) or [0]  # a dim of size 0 gives one empty part
     else:
         sizes = [int(s) for s in split_size_or_sections]
         if sum(sizes) != n:
@@ -1450,4 +1504,6 @@ def minimum(a, b):
 
 def cumsum(t, dim):
     d = _norm_dim(dim, t.ndim)
+    if t.ndim == 0:  # NumPy's cumsum flattens a 0-d array to shape (1,); PyTorch keeps ()
+        return ops.Cumsum.apply(_fp32("cumsum", t.reshape(1)), dim=0).reshape(())
     return ops.Cumsum.apply(_fp32("cumsum", t), dim=d)

@@ -258,7 +258,10 @@ class TensorMethods:
         x = self if dtype is None else self.to(dtype=dtype)
         if x.dtype.kind in "biu":
             x = x.to(dtype=D.int64)
-        return Cumprod.apply(x, dim=_dim(int(dim), x.ndim))
+        d = _dim(int(dim), x.ndim)
+        if x.ndim == 0:  # NumPy's cumprod flattens a 0-d array to shape (1,); PyTorch keeps ()
+            return Cumprod.apply(x.reshape(1), dim=0).reshape(())
+        return Cumprod.apply(x, dim=d)
 
     def count_nonzero(self, dim=None):
         return _const((self._data != 0).sum(axis=dim).astype(np.int64))
@@ -287,16 +290,20 @@ class TensorMethods:
         sl[d] = slice(k - 1, k)
         idx = idx[tuple(sl)]
         vals = _gather(x, idx, d)
-        if not keepdim:
+        if not keepdim or not self.ndim:  # a 0-d input gives 0-d results, keepdim or not (as PyTorch)
             vals, idx = vals.squeeze(d), idx.squeeze(d)
         return ValuesIndices((vals, _const(idx)))
 
     def median(self, dim=None, keepdim=False):
         """Lower median (the ⌊(n-1)/2⌋-th smallest); with ``dim`` also its index, as PyTorch."""
         if dim is None:
+            if self.numel() == 0:  # PyTorch: NaN for an empty tensor
+                return _const(xp_of(self._data).full((), np.nan, dtype=self.dtype))
             flat = self.reshape(-1)
             return flat._kth((flat.shape[0] - 1) // 2 + 1, 0, False, "median").values
         d = _dim(int(dim), self.ndim)
+        if self.ndim and self.shape[d] == 0:
+            raise IndexError(f"median(): Expected reduction dim {d} to have non-zero size.")
         return self._kth((self.shape[d] - 1) // 2 + 1 if self.ndim else 1, d, keepdim, "median")
 
     def kthvalue(self, k, dim=-1, keepdim=False):
@@ -421,8 +428,8 @@ class TensorMethods:
         parts = xp.nonzero(self._data) if self.ndim else xp.nonzero(self._data.reshape(1))
         if as_tuple:
             return tuple(_const(p.astype(np.int64)) for p in parts)
-        if not parts:
-            return _const(xp.zeros((0, 0), dtype=np.int64))
+        if not self.ndim:  # a 0-d tensor has no dims to index: (1, 0) when it is nonzero, else (0, 0)
+            return _const(xp.zeros((int(parts[0].size), 0), dtype=np.int64))
         return _const(xp.stack(parts, axis=1).astype(np.int64))
 
     def argwhere(self):
@@ -508,7 +515,9 @@ class TensorMethods:
         x = self.reshape(shape)
         inter = tuple(v for s in shape for v in (1, s))
         big = tuple(v for r, s in zip(sizes, shape) for v in (r, s))
-        return x.reshape(inter).expand(*big).reshape(tuple(r * s for r, s in zip(sizes, shape)))
+        out = x.reshape(inter).expand(*big).reshape(tuple(r * s for r, s in zip(sizes, shape)))
+        # repeating only along size-1 dims leaves a view of self: PyTorch's repeat (and tile) always copies
+        return out.clone() if out._base is not None else out
 
     def tile(self, *dims):
         dims = tuple(dims[0]) if len(dims) == 1 and isinstance(dims[0], (tuple, list)) else tuple(dims)

@@ -313,6 +313,8 @@ def act_ref(z, name, param=0.01):
     large array costs as much as a small matmul.
     """
     name = act_name(name)
+    if z.ndim == 0:  # NumPy turns 0-d results into scalars, which the in-place updates (out=) refuse
+        return act_ref(z.reshape(1), name, param).reshape(())
     if _big_numpy(z, name):
         return _blockwise(_act, z, name, param)
     return _act(z, name, param)
@@ -321,6 +323,8 @@ def act_ref(z, name, param=0.01):
 def act_grad_ref(z, name, param=0.01):
     """f'(z) on an array (fp32/fp64), the derivative with respect to the pre-activation z (a fresh array)."""
     name = act_name(name)
+    if z.ndim == 0:  # as in act_ref: 0-d arithmetic gives NumPy scalars, which out= refuses
+        return act_grad_ref(z.reshape(1), name, param).reshape(())
     if _big_numpy(z, name):
         return _blockwise(_act_grad, z, name, param)
     return _act_grad(z, name, param)

@@ -406,7 +406,7 @@ def _triton_backward(res, dout, needs):
         """(batch, reduction-batch, row, col) strides: batch stride on the grid axis, or on the in-kernel loop."""
         return (0, s[0], s[1], s[2]) if reduce_batch else (s[0], 0, s[1], s[2])
 
-    if want_da and M and K:
+    if want_da and M and K and N:  # N == 0: dA is a sum of nothing (zeros below), no launch
         # dA = dZ @ B^T: A operand dOut (act' fused in its loads when r is given), B operand b3 transposed
         # (strides swapped, no copy); dbias from the first tile column
         red = mode_a == "none" and nb > 1
@@ -419,7 +419,7 @@ def _triton_backward(res, dout, needs):
         )  # fmt: skip
         dbias_done = want_dbias
         da = _unflatten(da3, a, a2, batch, mode_a)
-    if want_db and K and N:
+    if want_db and K and N and M:  # M == 0 (no rows): dB is zeros, no launch
         # dB = A^T @ dZ: A operand a3 transposed, B operand dOut (act' fused in its loads when r is given)
         red = mode_b == "none" and nb > 1
         out_nb, rb = (1, nb) if red else (nb, 1)

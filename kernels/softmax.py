@@ -270,7 +270,7 @@ def softmax_forward(x, *, log=False):
     >>> dx = softmax_backward(res, np.ones_like(y))
     """
     _check_float("x", x)
-    if use_triton(x) and np.dtype(x.dtype) in _TRITON_DTYPES:
+    if use_triton(x) and np.dtype(x.dtype) in _TRITON_DTYPES and x.size:  # empty: no launch (reference below)
         y = _softmax_fwd_triton(x, bool(log))
     else:
         y = _softmax_fwd_reference(x, bool(log))
@@ -289,6 +289,6 @@ def softmax_backward(residuals, dy, *, log=False):
     _check_float("dy", dy)
     if tuple(dy.shape) != tuple(y.shape):
         raise ValueError(f"softmax_backward: dy shape {tuple(dy.shape)} != output shape {tuple(y.shape)}")
-    if use_triton(y, dy) and np.dtype(y.dtype) in _TRITON_DTYPES:
+    if use_triton(y, dy) and np.dtype(y.dtype) in _TRITON_DTYPES and y.size:
         return _softmax_bwd_triton(y, dy, bool(log))
     return _softmax_bwd_reference(y, dy, bool(log))

@@ -11,6 +11,7 @@ from conch.kernels._act_names import ACTIVATIONS
 
 from .. import _dtype as D
 from .. import ops
+from .._backend import xp_of
 from ..amp.autocast_mode import cast_for
 from ..autograd.function import Op
 from ..autograd.grad_mode import _enabled
@@ -51,6 +52,8 @@ class MatMulAct(Op):
             return _recompute_grads(ctx, composite, (g,))
         n = ctx.needs_input_grad
         da, db, dbias = K.matmul.matmul_backward(_res(ctx), g._data, (n[0], n[1], n[2] and ctx.has_bias))
+        if n[2] and not ctx.has_bias:  # a real bias of N = 0 elements looks like "no bias": its gradient is empty
+            dbias = xp_of(g._data).zeros((0,), dtype=g.dtype)
         return _t(da), _t(db), _t(dbias)
 
 

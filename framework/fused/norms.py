@@ -56,6 +56,10 @@ def _norm(x, normalized_shape, weight, bias, eps, rms):
         weight = wb.pop(0)
     if bias is not None:
         bias = wb.pop(0)
+    if x.numel() == 0:  # no rows, or rows of 0 elements: an empty result (PyTorch's), no kernel
+        y = x.clone()
+        y = y * weight if weight is not None else y
+        return y + bias if bias is not None else y
     d = 1
     for s in shape:
         d *= s

@@ -572,11 +572,16 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     bshape = (1, c) + (1,) * (input.ndim - 2)
     x = input.float() if input.dtype in (D.float16, D.bfloat16) else input
     if training:
-        n = input.numel() // c
-        if n <= 1:
+        n = int(np.prod(input.shape[:1] + input.shape[2:], dtype=np.int64))  # values per channel
+        if n == 1:  # PyTorch refuses exactly one value per channel; an empty batch passes (below)
             raise ValueError(
                 f"Expected more than 1 value per channel when training, got input size {list(input.shape)}"
             )
+    if input.numel() == 0:
+        # PyTorch: an empty input gives an empty output (a clone, so the graph is kept) and leaves the
+        # running statistics alone
+        y = x.clone()
+    elif training:
         mean = x.mean(dims, keepdim=True)
         xc = x - mean
         var = (xc * xc).mean(dims, keepdim=True)
@@ -663,7 +668,9 @@ def scaled_dot_product_attention(
     xp = xp_of(query._data)
     if is_causal and attn_mask is not None:
         raise RuntimeError("scaled_dot_product_attention: explicit attn_mask should not be set when is_causal=True")
-    if attn_mask is None and query.is_floating_point() and query.dtype == key.dtype == value.dtype and dropout_p < 1:
+    empty = not (query.numel() and key.numel() and value.numel())  # the composite path below handles L, S or N = 0
+    if (attn_mask is None and query.is_floating_point() and query.dtype == key.dtype == value.dtype and dropout_p < 1
+            and not empty):  # fmt: skip
         return fattn.attention(query, key, value, is_causal, sc, float(dropout_p))  # flash: no (L, S) matrix kept
     if is_causal:
         keep = _causal_keep(xp, lq, lk)
@@ -1068,8 +1075,11 @@ def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5):
     if num_groups < 1 or c % num_groups:
         raise RuntimeError(f"Expected number of channels in input ({c}) to be divisible by num_groups ({num_groups})")
     (input,) = cast_for("group_norm", input)
-    rows = input.reshape(n, num_groups, -1)
-    y = fused_norms.layer_norm(rows, (rows.shape[-1],), None, None, eps).reshape(input.shape)
+    if input.numel() == 0:  # nothing to normalise (N, C or a spatial dim is 0): an empty result, as PyTorch
+        y = input.clone()
+    else:
+        rows = input.reshape(n, num_groups, -1)
+        y = fused_norms.layer_norm(rows, (rows.shape[-1],), None, None, eps).reshape(input.shape)
     bshape = (1, c) + (1,) * (input.ndim - 2)
     if weight is not None:
         y = y * weight.reshape(bshape)
@@ -1343,7 +1353,7 @@ def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=
     ``use_input_stats=False``), then per-channel ``weight``/``bias``."""
     if not use_input_stats:
         return batch_norm(input, running_mean, running_var, weight, bias, False, 0.0, eps)
-    if running_mean is not None and running_var is not None:
+    if running_mean is not None and running_var is not None and input.numel():
         with no_grad():
             # the per-instance means and unbiased variances, averaged over the batch (PyTorch's update)
             flat = input.reshape(input.shape[0], input.shape[1], -1)

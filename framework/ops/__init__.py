@@ -74,6 +74,7 @@ from .shape import (
     Diagonal,
     DiagonalAdjoint,
     Expand,
+    Flip,
     Pad,
     PadScatter,
     PadTake,

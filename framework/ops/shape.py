@@ -26,7 +26,12 @@ class Reshape(Op):
 class Expand(Op):
     @staticmethod
     def forward(ctx, a, shape):
-        return xp_of(a).broadcast_to(a, shape)
+        out = xp_of(a).broadcast_to(a, shape)
+        if isinstance(a, np.ndarray) and a.flags.writeable:
+            # PyTorch's expand is a writable view (``x.expand(2, 3)[0] = v`` writes x); NumPy's broadcast_to is
+            # read-only. Writes into elements that share memory are refused by Tensor (_check_overlap).
+            out = np.lib.stride_tricks.as_strided(a, out.shape, out.strides)
+        return out
 
     @staticmethod
     def backward(ctx, g):
@@ -42,6 +47,19 @@ class Permute(Op):
     @staticmethod
     def backward(ctx, g):
         return g.permute(*ctx.inv)
+
+
+class Flip(Op):
+    """A copy of ``a`` reversed along ``dims`` (PyTorch's flip copies); d/da = flip(g)."""
+
+    @staticmethod
+    def forward(ctx, a, dims):
+        ctx.dims = dims
+        return xp_of(a).flip(a, axis=dims).copy() if dims else a.copy()
+
+    @staticmethod
+    def backward(ctx, g):
+        return Flip.apply(g, dims=ctx.dims)
 
 
 class Cat(Op):
