@@ -235,7 +235,7 @@ def _linear_bwd_case(xp, mm, dtype, n, seed):
         bias = harness.randn(xp, rng, (n,), dtype, scale=0.1)
         dout = harness.randn(xp, rng, (n, n), dtype)
         _, res = mm.matmul_forward(a, b, bias, "gelu", allow_tf32=allow_tf32)
-        z = res["r"]  # the saved pre-activation a @ b + bias
+        z = res.r  # the saved pre-activation a @ b + bias
         kernel, composed = _dz_gelu(xp, sdt)
         dz_gelu, fused = composed, False
         if kernel is not None:

@@ -27,10 +27,11 @@ import sys
 import time
 from pathlib import Path
 
+from conch.kernels._act_names import ACTIVATIONS  # the one list of activation names (no Triton import)
+
 FAMILIES = ("matmul", "activations", "softmax", "cross_entropy", "norms", "dropout", "attention")
 #: bench_*.py files that are end-to-end scripts, not kernel families.
 _NOT_FAMILIES = ("e2e", "overhead", "checkpoint", "amp")
-_ACTS = ("relu", "leaky_relu", "elu", "gelu", "gelu_tanh", "silu", "tanh", "sigmoid")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -176,7 +177,7 @@ def torch_baseline(torch, name, shape, dtype, device):
         bh, d, t = shape
         q, k, v = randn(1, bh, t, d), randn(1, bh, t, d), randn(1, bh, t, d)
         return lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True)
-    if base in _ACTS:
+    if base in ACTIVATIONS:
         x = randn(*shape)
         fns = {"relu": F.relu, "gelu": F.gelu, "silu": F.silu, "tanh": torch.tanh, "sigmoid": torch.sigmoid,
                "elu": F.elu, "leaky_relu": F.leaky_relu,

@@ -183,7 +183,7 @@ class _Checkpoint(Function):
         params = spec.params
         wanted = [d for d in detached if d.requires_grad] + [p for p in params if p.requires_grad]
         known = {id(t) for t in wanted} | {id(t) for t in roots_in}
-        others = [leaf for leaf in _reachable_leaves(roots) if id(leaf) not in known]
+        others = [leaf for leaf in _engine.walk_graph(roots, with_leaves=True)[2] if id(leaf) not in known]
         # hooks of explicit parameters must run once: when the outer engine accumulates what this returns
         hooked = [(p, p._hooks) for p in params if p._hooks]
         for p, _ in hooked:
@@ -207,27 +207,6 @@ class _Checkpoint(Function):
         res += [by_id.get(id(p)) for p in params]
         res += [None] * (n_flat + 1 - len(res))  # the anchor
         return tuple(res)
-
-
-def _reachable_leaves(roots):
-    seen, stack, leaves, leaf_ids = set(), [], [], set()
-    for r in roots:
-        if r.grad_fn is not None and r.grad_fn not in seen:
-            seen.add(r.grad_fn)
-            stack.append(r.grad_fn)
-    while stack:
-        node = stack.pop()
-        for e in node.next_edges:
-            if e is None:
-                continue
-            if type(e) is tuple:
-                if e[0] not in seen:
-                    seen.add(e[0])
-                    stack.append(e[0])
-            elif id(e) not in leaf_ids:
-                leaf_ids.add(id(e))
-                leaves.append(e)
-    return leaves
 
 
 def _check_recompute(ctx, out_all, out):

@@ -1343,16 +1343,11 @@ def _keep_old_values(node, counter, arr):
     for s in node._saved:
         if s is not None and s.counter is counter and not s.is_output:
             s.data, s.counter = s.data.copy(), [s.version]
-    res = getattr(node, "res", None)  # a fused op's kernel residuals: a dict, tuple or namedtuple of arrays
-
-    def own(r):
-        return r.copy() if getattr(r, "size", 0) and hasattr(r, "strides") and _shares_memory(r, arr) else r
-
-    if isinstance(res, dict):
-        node.res = {k: own(r) for k, r in res.items()}
-    elif isinstance(res, (tuple, list)):
-        items = [own(r) for r in res]
-        node.res = type(res)(*items) if hasattr(res, "_fields") else type(res)(items)
+    res = getattr(node, "res", None)  # a fused op's kernel residuals: always its family's NamedTuple
+    if res is not None:  # fields are arrays and attributes (ints, dtypes, shapes): copy the arrays aliasing arr
+        node.res = res._make(
+            r.copy() if hasattr(r, "strides") and r.size and _shares_memory(r, arr) else r for r in res
+        )
 
 
 def _write(arr, steps, value):

@@ -6,11 +6,13 @@ Forward ``y = f(x)`` and backward ``dx = dy * f'(x)`` for the activations of :mo
     y, res = activation_forward(x, "gelu")
     dx = activation_backward(res, dy)
 
-Residuals are a dict: ``saved`` is ``y`` for relu/tanh/sigmoid (their derivative is a function of the output,
-and ``y`` exists anyway) and ``x`` otherwise (``None`` for the identity); plus the attributes.
+Residuals are an :class:`ActivationResiduals`: ``saved`` is ``y`` for relu/tanh/sigmoid (their derivative is a
+function of the output, and ``y`` exists anyway) and ``x`` otherwise (``None`` for the identity); plus the attributes.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numpy as np
 import triton
@@ -64,6 +66,16 @@ def _act_bwd_kernel(s_ptr, dy_ptr, dx_ptr, n, param, ACT: tl.constexpr, FROM_OUT
 _FLOATS = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
 BLOCK = 1024  # elements per program; 4 warps on the GPU (8 fp32 per thread)
 NUM_WARPS = 4
+
+
+class ActivationResiduals(NamedTuple):
+    """What an activation's backward needs: the one saved array and the attributes."""
+
+    name: str  # canonical activation name (``act_name``)
+    param: float  # negative_slope for leaky_relu, alpha for elu, 0.0 otherwise
+    saved: object  # y for relu/tanh/sigmoid (FROM_OUTPUT), x otherwise, None for the identity
+    shape: tuple  # x's shape (dy must match it)
+    dtype: object  # x's dtype (dx has it)
 
 
 def _check_float(x, what):
@@ -168,15 +180,14 @@ def activation_forward(x, name, *, negative_slope=0.01, alpha=1.0):
     else:
         y = _reference_forward(x, name, param)
     saved = None if name == "none" else (y if name in FROM_OUTPUT else x)
-    residuals = {"name": name, "param": param, "saved": saved, "shape": x.shape, "dtype": x.dtype}
-    return y, residuals
+    return y, ActivationResiduals(name, param, saved, tuple(x.shape), x.dtype)
 
 
 def activation_backward(residuals, dy):
     """dx = dy * f'(x), in the dtype of x; ``dy`` must have x's shape (any float dtype, any strides)."""
-    name, param, saved, dtype = residuals["name"], residuals["param"], residuals["saved"], residuals["dtype"]
-    if tuple(dy.shape) != tuple(residuals["shape"]):
-        raise ValueError(f"dy has shape {tuple(dy.shape)}, expected the input's shape {tuple(residuals['shape'])}")
+    name, param, saved, shape, dtype = residuals
+    if tuple(dy.shape) != shape:
+        raise ValueError(f"dy has shape {tuple(dy.shape)}, expected the input's shape {shape}")
     _check_float(dy, "dy")
     if name == "none":
         return dy.astype(dtype, copy=True)

@@ -26,6 +26,7 @@ Example::
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import ml_dtypes
 import numpy as np
@@ -38,6 +39,27 @@ from ._launch import kernel_for, targ, use_triton, xp_of
 from .dropout import dropout_mask
 
 _LOG2E = 1.4426950408889634
+
+
+class AttentionResiduals(NamedTuple):
+    """What the backward needs: the inputs and output (by reference), the attributes, and one of ``lse``/``p``.
+
+    The Triton path keeps ``lse`` (O(L) per head) and recomputes the probabilities tile by tile; the reference
+    path keeps the probabilities ``p`` (O(L·S)) and needs no second q kᵀ product. The other one is None.
+    """
+
+    q: object  # (..., L, D)
+    k: object  # (..., S, D)
+    v: object  # (..., S, Dv)
+    out: object  # (..., L, Dv), the forward's output
+    causal: bool
+    scale: float
+    allow_tf32: bool  # fp32 dots in TF32 (GPU only)
+    drop: tuple | None  # (dropout_p, seed, offset) or None without dropout
+    lse: object  # Triton path: (B·H, L) float32 logsumexp of the scores in base 2; None on the reference path
+    p: object  # reference path: (..., L, S) probabilities in the compute dtype; None on the Triton path
+
+
 _BF16 = np.dtype(ml_dtypes.bfloat16)
 _TRITON_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), _BF16)
 _ALL_DTYPES = _TRITON_DTYPES + (np.dtype(np.float64),)
@@ -336,15 +358,15 @@ def _triton_forward(q, k, v, causal, scale, allow_tf32, drop=None):
 
 
 def _triton_backward(res, dout):
-    q, k, v, out, lse = res["q"], res["k"], res["v"], res["out"], res["lse"]
-    causal, scale, prec = res["causal"], res["scale"], "tf32" if res["allow_tf32"] else "ieee"
+    q, k, v, out, lse = res.q, res.k, res.v, res.out, res.lse
+    causal, scale, prec = res.causal, res.scale, "tf32" if res.allow_tf32 else "ieee"
     xp = xp_of(q)
     q4, k4, v4, o4, g4 = _as4d(q), _as4d(k), _as4d(v), _as4d(out), _as4d(dout.astype(q.dtype, copy=False))
     B, H, L, D = q4.shape
     S = k4.shape[2]
     dq, dk, dv = (xp.empty(t.shape, dtype=q.dtype) for t in (q4, k4, v4))
     delta = xp.empty((B * H, L), dtype=np.float32)
-    dargs, dropout = _drop_args(res.get("drop"))
+    dargs, dropout = _drop_args(res.drop)
     common = dict(CAUSAL=causal, DROPOUT=dropout, UPCAST=_upcast(q4), INPUT_PRECISION=prec, BLOCK_D=_block_d(D))
 
     def run_dq(cfg):
@@ -412,16 +434,16 @@ def _reference_forward(q, k, v, causal, scale, drop=None):
 
 
 def _reference_backward(res, dout):
-    q, k, v, out, p, scale = res["q"], res["k"], res["v"], res["out"], res["p"], res["scale"]
+    q, k, v, out, p, scale = res.q, res.k, res.v, res.out, res.p, res.scale
     xp = xp_of(q)
     ct = _ct(q.dtype)
     qf, kf, vf, of = (t.astype(ct, copy=False) for t in (q, k, v, out))
     g = dout.astype(ct, copy=False)
     ds = xp.matmul(g, xp.swapaxes(vf, -1, -2))  # dp
-    if res.get("drop") is None:
+    if res.drop is None:
         dv = xp.matmul(xp.swapaxes(p, -1, -2), g)
     else:  # out = (p ∘ keep / (1 - p_drop)) v
-        w = _keep_ref(p.shape, res["drop"], xp) * (1.0 / (1.0 - res["drop"][0]))
+        w = _keep_ref(p.shape, res.drop, xp) * (1.0 / (1.0 - res.drop[0]))
         dv = xp.matmul(xp.swapaxes(p * w, -1, -2), g)
         ds *= w
     ds -= (g * of).sum(axis=-1, keepdims=True)  # - delta
@@ -472,21 +494,19 @@ def attention_forward(q, k, v, *, causal=False, scale=None, dropout_p=0.0, seed=
         raise ValueError(f"attention: dropout_p must be in [0, 1), got {dropout_p}")
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     drop = (float(dropout_p), int(seed), int(offset)) if dropout_p > 0 else None
-    res = {"q": q, "k": k, "v": v, "causal": bool(causal), "scale": scale, "allow_tf32": bool(allow_tf32),
-           "drop": drop}  # fmt: skip
+    lse = p = None
     if use_triton(q, k, v) and _triton_ok(q, k, v):
-        out, res["lse"] = _triton_forward(q, k, v, bool(causal), scale, bool(allow_tf32), drop)
+        out, lse = _triton_forward(q, k, v, bool(causal), scale, bool(allow_tf32), drop)
     else:
-        out, res["p"] = _reference_forward(q, k, v, bool(causal), scale, drop)
-    res["out"] = out
-    return out, res
+        out, p = _reference_forward(q, k, v, bool(causal), scale, drop)
+    return out, AttentionResiduals(q, k, v, out, bool(causal), scale, bool(allow_tf32), drop, lse, p)
 
 
 def attention_backward(residuals, dout):
     """Gradients (dq, dk, dv) of :func:`attention_forward` for the upstream gradient ``dout`` (out's shape)."""
-    out = residuals["out"]
+    out = residuals.out
     if tuple(dout.shape) != tuple(out.shape):
         raise ValueError(f"attention_backward: dout shape {tuple(dout.shape)} != output shape {tuple(out.shape)}")
-    if "lse" in residuals:
+    if residuals.lse is not None:
         return _triton_backward(residuals, dout)
     return _reference_backward(residuals, dout)

@@ -25,6 +25,7 @@ by the elementwise activation kernel otherwise; dbias is summed inside the first
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import ml_dtypes
 import numpy as np
@@ -38,6 +39,25 @@ from ._act import FROM_OUTPUT, act_code, act_grad, act_grad_out, act_grad_out_re
 from ._act import apply_act as apply_act
 from ._launch import kernel_for, targ, use_triton, xp_of
 from .activations import dz_from_saved
+
+
+class MatmulResiduals(NamedTuple):
+    """What the backward needs: the operands (by reference, never copied), the saved ``r`` and the attributes."""
+
+    a: object  # the caller's a, (..., M, K) or (K,)
+    b: object  # the caller's b, (..., K, N) or (K,)
+    r: object  # None (identity), out (relu/tanh/sigmoid: act' from the output) or Z = a @ b + bias in out's dtype
+    act: str  # canonical activation name
+    param: float  # negative_slope for leaky_relu, alpha for elu, 0.0 otherwise
+    allow_tf32: bool  # fp32 products on tensor cores in TF32 (GPU only)
+    bias_shape: tuple | None  # None: no bias
+    bias_dtype: object  # None: no bias
+    batch: tuple  # the broadcast batch dims
+    M: int
+    K: int
+    N: int
+    out_shape: tuple  # dout must have it
+
 
 # --------------------------------------------------------------------------------------------------------------
 # Triton kernel. Triton's own @jit helpers (cdiv, sum) are bound to bare names and tl.zeros is replaced by tl.full:
@@ -379,15 +399,15 @@ FUSE_IN_LOADS = frozenset({"relu", "leaky_relu"})
 
 
 def _triton_backward(res, dout, needs):
-    a, b, bias_shape, name, param = res["a"], res["b"], res["bias_shape"], res["act"], res["param"]
-    batch, M, K, N = res["batch"], res["M"], res["K"], res["N"]
+    a, b, bias_shape, name, param = res.a, res.b, res.bias_shape, res.act, res.param
+    batch, M, K, N = res.batch, res.M, res.K, res.N
     xp = xp_of(a)
     a2, b2 = _as2d(a, b)
     a3, mode_a = _as3d(a2, batch)
     b3, mode_b = _as3d(b2, batch)
     a3, mode_a, b3, mode_b, nb, M = _fold(a3, mode_a, b3, mode_b, M)
     d3 = dout.astype(a.dtype, copy=False).reshape(nb, M, N)
-    r3 = None if res["r"] is None else res["r"].reshape(nb, M, N)
+    r3 = None if res.r is None else res.r.reshape(nb, M, N)
     if r3 is not None and name not in FUSE_IN_LOADS:
         # dZ = dOut * act'(Z) once, elementwise, in the storage dtype; the products then read it plainly
         d3 = dz_from_saved(r3, d3, name, param, a.dtype)
@@ -395,7 +415,7 @@ def _triton_backward(res, dout, needs):
     sd = _strides(d3)
     sr = _strides(r3) if r3 is not None else (0, 0, 0)
     common = {"r": r3, "grad_act": act_code(name), "r_is_out": name in FROM_OUTPUT, "param": param,
-              "allow_tf32": res["allow_tf32"]}  # fmt: skip
+              "allow_tf32": res.allow_tf32}  # fmt: skip
     want_da, want_db, want_dbias = needs[0], needs[1], needs[2] and bias_shape is not None
     dbias = xp.zeros(N, dtype=np.float32) if want_dbias else None
     dbias_done = False
@@ -444,7 +464,7 @@ def _triton_backward(res, dout, needs):
             # neither product ran (not requested, or K == 0): column sums of dZ with xp
             dz = d3 if r3 is None else dz_from_saved(r3, d3, name, param, np.float32)
             dbias = dz.astype(np.float32).reshape(-1, N).sum(axis=0)
-        dbias_out = dbias.astype(res["bias_dtype"]).reshape(bias_shape)
+        dbias_out = dbias.astype(res.bias_dtype).reshape(bias_shape)
     return da, db, dbias_out
 
 
@@ -513,11 +533,11 @@ def _dz_ref(dout, r, name, param):
 
 
 def _reference_backward(res, dout, needs):
-    a, b, bias_shape, name = res["a"], res["b"], res["bias_shape"], res["act"]
-    batch, M, N = res["batch"], res["M"], res["N"]
+    a, b, bias_shape, name = res.a, res.b, res.bias_shape, res.act
+    batch, M, N = res.batch, res.M, res.N
     xp = xp_of(a)
     ct = _ct(a.dtype)
-    dz = _dz_ref(dout.astype(a.dtype, copy=False), res["r"], name, res["param"])
+    dz = _dz_ref(dout.astype(a.dtype, copy=False), res.r, name, res.param)
     da = db = dbias = None
     if _fold_rows(a, b):
         # (rows, N) products: see _fold_rows
@@ -543,7 +563,7 @@ def _reference_backward(res, dout, needs):
                 db2 = xp.matmul(xp.swapaxes(a2.astype(ct, copy=False), -1, -2), dz2)  # dB = A^T @ dZ
             db = _sum_to(db2, b2.shape).reshape(b.shape).astype(b.dtype, copy=False)
     if needs[2] and bias_shape is not None:
-        dbias = dz.reshape(-1, N).sum(axis=0).reshape(bias_shape).astype(res["bias_dtype"])  # sum over rows
+        dbias = dz.reshape(-1, N).sum(axis=0).reshape(bias_shape).astype(res.bias_dtype)  # sum over rows
     return da, db, dbias
 
 
@@ -571,12 +591,8 @@ def matmul_forward(a, b, bias=None, activation=None, *, negative_slope=0.01, alp
             r = out
     else:
         out, r = _reference_forward(a, b, bias, name, param, out_shape)
-    residuals = {
-        "a": a, "b": b, "r": r, "act": name, "param": param, "allow_tf32": allow_tf32,
-        "bias_shape": None if bias is None else tuple(bias.shape), "bias_dtype": None if bias is None else bias.dtype,
-        "batch": batch, "M": M, "K": K, "N": N, "out_shape": out_shape,
-    }  # fmt: skip
-    return out, residuals
+    bias_shape, bias_dtype = (None, None) if bias is None else (tuple(bias.shape), bias.dtype)
+    return out, MatmulResiduals(a, b, r, name, param, allow_tf32, bias_shape, bias_dtype, batch, M, K, N, out_shape)
 
 
 def matmul_backward(residuals, dout, needs_input_grad=(True, True, True)):
@@ -586,12 +602,12 @@ def matmul_backward(residuals, dout, needs_input_grad=(True, True, True)):
     broadcast along and shaped like it; dbias = dZ summed over all rows. Entries not requested by
     ``needs_input_grad`` (and dbias without a bias) are None. Gradients have their input's dtype.
     """
-    if tuple(dout.shape) != tuple(residuals["out_shape"]):
-        raise ValueError(f"dout has shape {tuple(dout.shape)}, expected the output's shape {residuals['out_shape']}")
+    if tuple(dout.shape) != tuple(residuals.out_shape):
+        raise ValueError(f"dout has shape {tuple(dout.shape)}, expected the output's shape {residuals.out_shape}")
     if dout.dtype not in _ALL_DTYPES:
         raise TypeError(f"dout must be a float array, got dtype {dout.dtype}")
     needs = tuple(bool(x) for x in needs_input_grad) + (True,) * (3 - len(needs_input_grad))
-    a, b = residuals["a"], residuals["b"]
+    a, b = residuals.a, residuals.b
     if use_triton(a, b, dout) and a.dtype != np.float64:
         return _triton_backward(residuals, dout, needs)
     return _reference_backward(residuals, dout, needs)

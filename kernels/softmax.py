@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import triton
 import triton.language as tl
@@ -15,6 +17,13 @@ try:  # NumPy's bfloat16 (CuPy accepts the same dtype)
     _BF16 = np.dtype(ml_dtypes.bfloat16)
 except ImportError:  # pragma: no cover - ml_dtypes is a dependency
     _BF16 = None
+
+
+class SoftmaxResiduals(NamedTuple):
+    """What the backward needs: the output alone (both derivatives are functions of y)."""
+
+    y: object  # the forward's output, x's shape and dtype (log-probabilities for log_softmax)
+
 
 #: Storage dtypes the Triton kernels take (math is always fp32 inside).
 _TRITON_DTYPES = tuple(d for d in (np.dtype(np.float32), np.dtype(np.float16), _BF16) if d is not None)
@@ -264,7 +273,7 @@ def softmax_forward(x, *, log=False):
 
     ``x``: any shape ``(..., C)``, float16 / bfloat16 / float32 (Triton) or float64 (reference path).
     Returns ``(y, residuals)`` with ``y`` shaped and typed like ``x`` (fp32 math) and
-    ``residuals = (y,)``. A row that is all ``-inf`` gives NaN, as in PyTorch.
+    ``residuals = SoftmaxResiduals(y)``. A row that is all ``-inf`` gives NaN, as in PyTorch.
 
     >>> y, res = softmax_forward(np.array([[0.0, 1.0]], np.float32))
     >>> dx = softmax_backward(res, np.ones_like(y))
@@ -274,7 +283,7 @@ def softmax_forward(x, *, log=False):
         y = _softmax_fwd_triton(x, bool(log))
     else:
         y = _softmax_fwd_reference(x, bool(log))
-    return y, (y,)
+    return y, SoftmaxResiduals(y)
 
 
 def softmax_backward(residuals, dy, *, log=False):
@@ -283,9 +292,9 @@ def softmax_backward(residuals, dy, *, log=False):
     softmax:      dx = y * (dy - sum(dy * y))
     log_softmax:  dx = dy - exp(y) * sum(dy)
 
-    ``residuals`` is the ``(y,)`` from the forward; ``dy`` has ``y``'s shape. ``dx`` has ``y``'s dtype.
+    ``residuals`` is the forward's :class:`SoftmaxResiduals`; ``dy`` has ``y``'s shape. ``dx`` has ``y``'s dtype.
     """
-    (y,) = residuals
+    y = residuals.y
     _check_float("dy", dy)
     if tuple(dy.shape) != tuple(y.shape):
         raise ValueError(f"softmax_backward: dy shape {tuple(dy.shape)} != output shape {tuple(y.shape)}")

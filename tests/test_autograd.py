@@ -49,6 +49,19 @@ def test_grad_is_not_aliased_with_other_buffers(device):
     np.testing.assert_array_equal(npy(w.grad), [[1, 1]])
 
 
+def test_walk_graph_counts_dependencies_and_finds_leaves_once():
+    from conch.autograd.engine import walk_graph
+
+    x, w = mk([1.0, 2.0], "cpu"), mk([3.0, 4.0], "cpu")
+    h = x * w  # consumed twice below: its node has two dependencies
+    y = h.exp() + h * w  # w reached twice, as a leaf of two nodes
+    nodes, deps, leaves = walk_graph([y], with_leaves=True)
+    assert len(nodes) == 4 and y.grad_fn in nodes and y.grad_fn not in deps  # add, exp, h * w, h = x * w
+    assert deps[h.grad_fn] == 2 and all(deps[n] == 1 for n in nodes if n not in (h.grad_fn, y.grad_fn))
+    assert {id(t) for t in leaves} == {id(x), id(w)} and len(leaves) == 2
+    assert walk_graph([y])[2] == [] and walk_graph([x]) == (set(), {}, [])
+
+
 def test_tensor_used_in_several_places(device):
     a = rnd(3)
     x = mk(a, device)

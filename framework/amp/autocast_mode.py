@@ -25,7 +25,7 @@ import functools
 import numpy as np
 
 from .. import _dtype as D
-from .policy import FP32, LOW, POLICY, PROMOTE
+from .policy import FP32, LOW, policy_of
 
 # [enabled, dtype, device_type]: read on every op, so a flat list indexed by constants, not an object
 _state = [False, D.float16, None]
@@ -151,7 +151,7 @@ def cast_for(op_name: str, *tensors):
     """
     if not _state[0]:
         return tensors
-    pol = POLICY.get(op_name, PROMOTE)
+    pol = policy_of(op_name)
     dev = _state[2]
     if pol == LOW:
         target = _state[1]

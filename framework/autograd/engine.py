@@ -47,6 +47,35 @@ def _add(a, b):
     return a + b
 
 
+def walk_graph(roots, with_leaves=False):
+    """One depth-first pass over the graph behind the tensors ``roots``, iterative (no recursion limit).
+
+    Returns ``(nodes, deps, leaves)``: the set of nodes reachable from the roots' grad_fns; for each node the
+    number of edges that point at it from reachable nodes (absent means 0: the engine runs a node when its count
+    falls to 0, that is when every consumer has run); and, with ``with_leaves``, the leaf tensors reached, each
+    once, in the order the walk first meets them (else ``[]``: the engine does not need them, and collecting
+    costs it ~4% on a chain of small ops). The engine and checkpointing's backward both walk the graph with it.
+    """
+    deps, nodes, leaves, leaf_ids, stack = {}, set(), [], set(), []
+    for r in roots:
+        n = r.grad_fn
+        if n is not None and n not in nodes:
+            nodes.add(n)
+            stack.append(n)
+    while stack:
+        for e in stack.pop().next_edges:
+            if type(e) is tuple:
+                child = e[0]
+                deps[child] = deps.get(child, 0) + 1
+                if child not in nodes:
+                    nodes.add(child)
+                    stack.append(child)
+            elif with_leaves and e is not None and id(e) not in leaf_ids:
+                leaf_ids.add(id(e))
+                leaves.append(e)
+    return nodes, deps, leaves
+
+
 def _useful_nodes(nodes, capture_leaf, target_nodes):
     """For each node: does running it send gradient towards a requested leaf or non-leaf? (post-order DFS)"""
     useful = {}
@@ -95,20 +124,7 @@ def run_backward(roots, root_grads, retain_graph=False, create_graph=False, inpu
                 capture_node.setdefault((t.grad_fn, t._output_nr), []).append(i)
 
     # Count, for every node, how many edges point at it from nodes reachable from the roots.
-    deps, stack, seen = {}, [], set()
-    for r in roots:
-        if r.grad_fn is not None and r.grad_fn not in seen:
-            seen.add(r.grad_fn)
-            stack.append(r.grad_fn)
-    while stack:
-        node = stack.pop()
-        for e in node.next_edges:
-            if type(e) is tuple:
-                child = e[0]
-                deps[child] = deps.get(child, 0) + 1
-                if child not in seen:
-                    seen.add(child)
-                    stack.append(child)
+    seen, deps, _ = walk_graph(roots)
 
     # autograd.grad: run only nodes that lead to a requested input; a requested non-leaf's own node need
     # not run (its gradient is captured before it would), nor anything behind it that leads nowhere

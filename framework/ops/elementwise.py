@@ -14,6 +14,7 @@ import numpy as np
 from .._backend import xp_of
 from ..autograd.function import Op
 from ..autograd.grad_mode import _enabled
+from ..kernels._erf import erf
 
 
 class Add(Op):
@@ -488,16 +489,6 @@ class Atan2(Op):
         return r * b, -(r * a)
 
 
-def _erf_array(a):
-    if xp_of(a) is np:
-        from scipy.special import erf
-    else:
-        from conch.kernels._cupy import special
-
-        erf = special("erf")
-    return erf(a).astype(a.dtype, copy=False)
-
-
 class Erf(Op):
     """erf(x); d/dx = 2/√π · exp(-x²)."""
 
@@ -505,7 +496,7 @@ class Erf(Op):
 
     @staticmethod
     def forward(ctx, a):
-        return _erf_array(a.astype(np.float32) if a.itemsize < 4 else a).astype(a.dtype, copy=False)
+        return erf(a)
 
     @staticmethod
     def backward(ctx, g):

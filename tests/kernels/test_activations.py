@@ -104,10 +104,10 @@ def test_residuals_hold_output_or_input(interpret, rng):
     x = _data(rng, (5, 3), np.float32)
     for name in ["relu", "tanh", "sigmoid"]:
         y, res = activation_forward(dev(x), name)
-        assert res["saved"] is y
+        assert res.saved is y
     for name in ["gelu", "silu", "elu", "leaky_relu", "gelu_tanh"]:
         y, res = activation_forward(dev(x), name)
-        np.testing.assert_array_equal(host(res["saved"]), x)
+        np.testing.assert_array_equal(host(res.saved), x)
 
 
 @pytest.mark.parametrize("name", [None, "none"])

@@ -227,11 +227,11 @@ def test_needs_input_grad(interpret, rng, ashape):
 def test_residuals(interpret, rng):
     a, b, bias = _problem(rng, (7, 5), (5, 9), np.float16)
     out, res = matmul_forward(dev(a), dev(b), dev(bias), None)
-    assert res["r"] is None  # identity: nothing extra saved
+    assert res.r is None  # identity: nothing extra saved
     out, res = matmul_forward(dev(a), dev(b), dev(bias), "sigmoid")
-    assert res["r"] is out  # sigmoid' from the output
+    assert res.r is out  # sigmoid' from the output
     out, res = matmul_forward(dev(a), dev(b), dev(bias), "gelu")
-    z = host(res["r"])  # gelu' needs the pre-activation, saved in the output dtype
+    z = host(res.r)  # gelu' needs the pre-activation, saved in the output dtype
     assert z.dtype == np.float16 and z.shape == (7, 9)
     ez = a.astype(np.float64) @ b.astype(np.float64) + bias.astype(np.float64)
     assert_close(z, ez, np.float16, MATMUL_TOL)
