@@ -919,7 +919,7 @@ class Tensor(GraphTensor):
         return ops.Var.apply(_fp32("var", self), dim=d, correction=c, keepdim=keepdim)
 
     def std(self, dim=None, unbiased=True, keepdim=False, correction=None):
-        return _fp32("std", self).var(dim, unbiased, keepdim, correction).sqrt()
+        return ops.StdFromVar.apply(_fp32("std", self).var(dim, unbiased, keepdim, correction))
 
     def amax(self, dim=None, keepdim=False):
         _check_nonempty(self, "amax")
