@@ -18,7 +18,7 @@ import numpy as np
 
 from . import _dtype as D
 from . import creation, ops
-from ._backend import to_host, xp_of
+from ._backend import is_cupy_array, to_host, xp_of
 from .amp.autocast_mode import cast_for
 from .creation import rand
 from .fused import activations as fused_act
@@ -47,10 +47,10 @@ from .tensor import _norm_dim as _dim
 
 def _index_array(index, t, what):
     """``index`` (a Tensor or array of integers) as an int64 array on t's device."""
+    if not isinstance(index, Tensor) and not (isinstance(index, np.ndarray) or is_cupy_array(index)):
+        raise TypeError(f"{what}(): argument 'index' must be Tensor, not {type(index).__name__}")
     arr = index._data if isinstance(index, Tensor) else index
     xp = xp_of(t._data)
-    if not hasattr(arr, "dtype"):
-        arr = np.asarray(arr)
     if arr.dtype.kind not in "iu":
         raise RuntimeError(f"{what}(): Expected dtype int64 for index, got {arr.dtype}")
     if type(arr) is not type(t._data):
@@ -64,12 +64,13 @@ def _check_range(idx, n, dim, what, error=RuntimeError):
         # (kernels._deferred, as PyTorch's device assert); the wrap below keeps every index in range meanwhile
         xp = xp_of(idx)
         lo, hi = idx.min(), idx.max()
+        # negative indices are out of bounds too: gather/take_along_dim/index_select do not wrap them (PyTorch)
         _deferred.check(
-            (lo < -n) | (hi >= n),
+            (lo < 0) | (hi >= n),
             lambda: xp.where(hi >= n, hi, lo),
             lambda bad: error(f"{what}(): index {bad} is out of bounds for dimension {dim} with size {n}"),
         )
-    return idx % n if n else idx  # negative indices wrap, as Python's
+    return idx % n if n else idx  # on a GPU the check is read later: meanwhile keep every index in range
 
 
 class TensorMethods:

@@ -126,3 +126,141 @@ def test_prelu_gradient_at_zero(device):
 def test_sign_of_nan_is_nan(device):
     out = conch.tensor([float("nan"), 2.0, -3.0, 0.0], device=device).sign()
     np.testing.assert_array_equal(npy(out), np.sign(np.array([np.nan, 2.0, -3.0, 0.0])))
+
+
+# ---------------------------------------------------------------- inputs PyTorch refuses
+
+
+@pytest.mark.parametrize(
+    "fn",
+    [
+        lambda x: x + None,
+        lambda x: None + x,
+        lambda x: x * "a",
+        lambda x: x + [1.0, 2.0],
+        lambda x: [1.0, 2.0] + x,
+        lambda x: x - (1.0, 2.0),
+        lambda x: conch.maximum(x, [1.0, 2.0]),
+        lambda x: x @ [1.0, 2.0],
+        lambda x: x.matmul([1.0, 2.0]),
+    ],
+)
+def test_binary_ops_refuse_none_lists_and_strings(fn, device):
+    with pytest.raises(TypeError):
+        fn(conch.tensor([1.0, 2.0], device=device))
+
+
+def test_binary_ops_still_take_numbers_and_arrays(device):
+    x = conch.tensor([1.0, 2.0], device=device)
+    np.testing.assert_allclose(npy(x + 1), [2.0, 3.0])
+    np.testing.assert_allclose(npy(x + np.float32(1)), [2.0, 3.0])
+    np.testing.assert_allclose(npy(x + np.array([1.0, 1.0], np.float32)), [2.0, 3.0])
+
+
+def test_tensor_refuses_none_and_strings():
+    with pytest.raises(RuntimeError, match="Could not infer dtype of NoneType"):
+        conch.tensor(None)
+    with pytest.raises(TypeError):
+        conch.tensor([1.0, None])
+    with pytest.raises(TypeError):
+        conch.tensor(["a", "b"])
+    with pytest.raises(TypeError):
+        conch.tensor("3")
+    with pytest.raises(TypeError):
+        conch.tensor(np.array(["a", "b"]))
+    with pytest.raises(TypeError):
+        conch.tensor(np.array([1, "a"], dtype=object))
+    assert conch.tensor(np.array([1.5], dtype=conch.bfloat16)).dtype == conch.bfloat16  # kind "V", still numeric
+
+
+def test_gather_refuses_lists_and_negative_indices(device):
+    x = conch.tensor([1.0, 2.0], device=device)
+    with pytest.raises(TypeError, match="argument 'index' must be Tensor, not list"):
+        conch.gather(x, 0, [0, 1])
+    with pytest.raises(RuntimeError, match="index -1 is out of bounds for dimension 0 with size 2"):
+        conch.gather(x, 0, conch.tensor([-1], device=device))
+        conch.cuda.synchronize() if device != "cpu" else None
+    with pytest.raises(IndexError, match="out of bounds"):
+        x.index_select(0, conch.tensor([-1], device=device))
+        conch.cuda.synchronize() if device != "cpu" else None
+    np.testing.assert_array_equal(npy(conch.gather(x, 0, conch.tensor([1, 0, 1], device=device))), [2.0, 1.0, 2.0])
+
+
+def test_cat_and_where_refuse_non_sequences(device):
+    x = conch.ones(2, 2, device=device)
+    with pytest.raises(TypeError, match="must be tuple of Tensors, not Tensor"):
+        conch.cat(x)
+    with pytest.raises(TypeError, match="expected Tensor as element 1"):
+        conch.cat([x, [[1.0, 2.0]]])
+    with pytest.raises(TypeError, match="argument 'condition'"):
+        conch.where(True, x, x)
+    np.testing.assert_array_equal(npy(conch.cat((x, x))), np.ones((4, 2)))
+
+
+def test_dims_and_sizes_must_be_ints(device):
+    with pytest.raises(TypeError, match="dim"):
+        conch.ones(2, 2, device=device).sum(dim=1.5)
+    with pytest.raises(TypeError, match="dim"):
+        conch.ones(2, 2, device=device).sum(dim=(0, 1.5))
+    with pytest.raises(
+        TypeError, match=r"zeros\(\): argument 'size' must be tuple of ints, but found element of type str"
+    ):
+        conch.zeros("3")
+    with pytest.raises(TypeError, match="size"):
+        conch.ones(2.5)
+    with pytest.raises(TypeError, match="size"):
+        conch.ones(2, 2, device=device).reshape(2.0, 2)
+    np.testing.assert_array_equal(npy(conch.ones(2, 2, device=device).sum(dim=1)), [2.0, 2.0])
+    assert conch.zeros(np.int64(3)).shape == (3,)
+
+
+@pytest.mark.parametrize("make", [lambda: conch.zeros(-1), lambda: conch.randn(2, -3), lambda: conch.full((-1,), 1.0)])
+def test_negative_sizes_are_runtime_errors(make):
+    with pytest.raises(RuntimeError, match="Trying to create tensor with negative dimension"):
+        make()
+
+
+def test_split_zero_and_unknown_device_are_runtime_errors(device):
+    with pytest.raises(RuntimeError, match="split_size can only be 0 if dimension size is 0"):
+        conch.ones(4, device=device).split(0)
+    with pytest.raises(RuntimeError, match="non-negative"):
+        conch.ones(4, device=device).split(-1)
+    assert len(conch.ones(0, device=device).split(0)) == 1
+    with pytest.raises(RuntimeError, match="tpu"):
+        conch.zeros(2, device="tpu")
+
+
+@pytest.mark.parametrize("op", [lambda a, b: a // b, lambda a, b: a % b])
+def test_integer_division_by_zero_raises(op, device):
+    a = conch.tensor([1, 2], device=device)
+    for b in (0, conch.tensor([0, 1], device=device)):
+        with pytest.raises(RuntimeError, match="ZeroDivisionError"):
+            op(a, b)
+            conch.cuda.synchronize() if device != "cpu" else None
+    np.testing.assert_array_equal(npy(op(a, 2)), op(np.array([1, 2]), 2))
+    f = npy(op(conch.tensor([1.0, -1.0], device=device), 0.0))  # floats: inf/nan as IEEE, no error
+    assert not np.isfinite(f).all()
+
+
+def test_mixed_dtype_matmul_linear_conv_raise(device):
+    a = conch.ones(2, 2, device=device)
+    b = conch.ones(2, 2, dtype=conch.float64, device=device)
+    with pytest.raises(RuntimeError, match="expected m1 and m2 to have the same dtype, but got: float != double"):
+        a @ b
+    with pytest.raises(RuntimeError, match="expected m1 and m2 to have the same dtype, but got: float != double"):
+        F.linear(a, b)
+    with pytest.raises(RuntimeError, match="same dtype"):
+        F.linear(a, a, conch.ones(2, dtype=conch.float64, device=device))
+    with pytest.raises(RuntimeError, match="expected scalar type Float but found Double"):
+        F.conv2d(conch.ones(1, 1, 3, 3, device=device), conch.ones(1, 1, 2, 2, dtype=conch.float64, device=device))
+    with pytest.raises(RuntimeError, match="same dtype"):
+        conch.tensor([[1, 2]], dtype=conch.int32, device=device) @ conch.tensor([[3], [4]], device=device)
+    with conch.amp.autocast(device_type="cuda" if device != "cpu" else "cpu", dtype=conch.bfloat16):
+        out = a @ conch.ones(2, 2, dtype=conch.bfloat16, device=device)  # autocast casts both: no error
+    assert out.dtype == conch.bfloat16
+
+
+def test_functional_names_a_non_tensor_argument():
+    for fn in (F.relu, F.gelu, F.relu6, F.hardtanh, F.sigmoid):
+        with pytest.raises(TypeError, match="must be"):
+            fn([1.0, 2.0])

@@ -61,6 +61,8 @@ class Activation(Op):
 
 def activation(x: Tensor, name: str, negative_slope: float = 0.01, alpha: float = 1.0) -> Tensor:
     """``act(x)`` for one of :data:`ACTIVATIONS`; math in float32 for half-precision inputs."""
+    if not isinstance(x, Tensor):  # F.relu([1., 2.]) names the argument, as PyTorch, not a missing ``_data``
+        raise TypeError(f"{name}(): argument 'input' (position 1) must be Tensor, not {type(x).__name__}")
     simple = _SIMPLE.get(name)
     if simple is not None and x._data.dtype in _SIMPLE_DTYPES and not use_triton(x._data):
         # float32/float64 on the NumPy reference path: the plain op computes the same maths with about

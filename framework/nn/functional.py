@@ -350,7 +350,11 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     on the matmul kernel, whose result is already contiguous NCHW.
     """
     _check_tensor(input, "conv2d")
+    _check_tensor(weight, "conv2d", "weight")
     input, weight, bias = cast_for("conv2d", input, weight, bias)
+    for t in (weight, bias):  # no silent promotion (PyTorch refuses a float32 input with float64 weights)
+        if t is not None and t.dtype != input.dtype:
+            raise RuntimeError(f"expected scalar type {D.scalar_name(input.dtype)} but found {D.scalar_name(t.dtype)}")
     unbatched = input.ndim == 3
     if unbatched:
         input = input.unsqueeze(0)
