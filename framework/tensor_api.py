@@ -283,10 +283,15 @@ class TensorMethods:
         if not 1 <= k <= n:
             raise IndexError(f"{what}(): k ({k}) must be in [1, {n}] for dimension {d} of size {n}")
         x = self if self.ndim else self.reshape(1)
-        idx = _argsort(x._data, d, False)
+        idx = _argsort(x._data, d, False)  # stable: among equal values the k-th in input order
         sl = [slice(None)] * x.ndim
         sl[d] = slice(k - 1, k)
         idx = idx[tuple(sl)]
+        if what == "median" and self.is_floating_point():
+            # median propagates NaN (PyTorch): a slice holding one gives NaN and its first NaN's index
+            xp = xp_of(x._data)
+            nan = xp.isnan(x._data)
+            idx = xp.where(nan.any(axis=d, keepdims=True), nan.argmax(axis=d, keepdims=True), idx)
         vals = _gather(x, idx, d)
         if not keepdim:
             vals, idx = vals.squeeze(d), idx.squeeze(d)

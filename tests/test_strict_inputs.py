@@ -128,6 +128,51 @@ def test_sign_of_nan_is_nan(device):
     np.testing.assert_array_equal(npy(out), np.sign(np.array([np.nan, 2.0, -3.0, 0.0])))
 
 
+def _nan_last_desc_reference(a):
+    """PyTorch's descending order: NaNs first (in input order), then the rest largest first, ties stable."""
+    nan = np.flatnonzero(np.isnan(a))
+    rest = np.flatnonzero(~np.isnan(a))
+    return np.concatenate([nan, rest[np.argsort(-a[rest], kind="stable")]])
+
+
+@pytest.mark.parametrize("dt", ["float32", "float16", "float64"])
+def test_sort_topk_treat_nan_as_largest(dt, device):
+    a = np.array([1.0, np.nan, np.inf, 3.0, np.nan, -np.inf, 3.0], dtype=dt)
+    x = conch.tensor(a, device=device)
+    v, i = x.sort(descending=True)
+    ref = _nan_last_desc_reference(a)
+    np.testing.assert_array_equal(npy(i), ref)
+    np.testing.assert_array_equal(npy(v), a[ref])
+    v, i = x.sort()
+    np.testing.assert_array_equal(npy(i), np.argsort(a, kind="stable"))  # NaN last ascending, as NumPy
+    v, i = x.topk(3)
+    np.testing.assert_array_equal(npy(i), ref[:3])
+    v, i = x.topk(2, largest=False)
+    np.testing.assert_array_equal(npy(i), [5, 0])
+
+
+def test_max_amax_argmax_propagate_nan(device):
+    a = np.array([[1.0, np.nan, 3.0], [2.0, 5.0, 4.0]], np.float32)
+    x = conch.tensor(a, device=device)
+    assert np.isnan(npy(x.max())) and np.isnan(npy(x.amax())) and np.isnan(npy(x.min()))
+    v, i = x.max(dim=1)
+    np.testing.assert_array_equal(npy(v), [np.nan, 5.0])
+    np.testing.assert_array_equal(npy(i), [1, 1])
+    np.testing.assert_array_equal(npy(x.argmax(dim=1)), [1, 1])
+    np.testing.assert_array_equal(npy(x.argmin(dim=1)), [1, 0])
+
+
+def test_median_lower_value_and_nan(device):
+    # lower median (the ⌊(n-1)/2⌋-th smallest); a slice holding NaN gives NaN and its first NaN's index
+    a = np.array([[1.0, np.nan, 3.0, np.nan], [4.0, 1.0, 2.0, 2.0], [3.0, 1.0, 1.0, 3.0]], np.float32)
+    v, i = conch.tensor(a, device=device).median(dim=1)
+    np.testing.assert_array_equal(npy(v), [np.nan, 2.0, 1.0])
+    np.testing.assert_array_equal(npy(i)[:1], [1])
+    np.testing.assert_array_equal(a[[1, 2], npy(i)[1:]], [2.0, 1.0])  # the index points at the median value
+    assert np.isnan(npy(conch.tensor(a, device=device).median()))
+    assert npy(conch.tensor([1.0, 2.0, 3.0, 4.0], device=device).median()) == 2.0
+
+
 # ---------------------------------------------------------------- inputs PyTorch refuses
 
 
