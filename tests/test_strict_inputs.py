@@ -309,3 +309,44 @@ def test_functional_names_a_non_tensor_argument():
     for fn in (F.relu, F.gelu, F.relu6, F.hardtanh, F.sigmoid):
         with pytest.raises(TypeError, match="must be"):
             fn([1.0, 2.0])
+
+
+# ---------------------------------------------------------------- half precision and overflow
+
+
+def test_gelu_tanh_fp16_double_backward_finite_beyond_40(device):
+    # x³ overflows float16 for |x| > 40; the create_graph path computes in float32 as the kernel does.
+    # Reference: GELU-tanh's derivatives in float64 (0 and 1 far out, both finite)
+    v = np.array([-300.0, -60.0, -41.0, 0.5, 41.0, 60.0, 300.0])
+    x = conch.tensor(v, dtype=conch.float16, requires_grad=True, device=device)
+    y = F.gelu(x, approximate="tanh")
+    (g,) = conch.autograd.grad(y.sum(), x, create_graph=True)
+    (gg,) = conch.autograd.grad(g.sum(), x)
+    c = np.sqrt(2 / np.pi)
+    u = c * (v + 0.044715 * v**3)
+    t = np.tanh(u)
+    du = c * (1 + 3 * 0.044715 * v**2)
+    ref_g = 0.5 * (1 + t) + 0.5 * v * (1 - t**2) * du
+    np.testing.assert_allclose(npy(g).astype(np.float64), ref_g, atol=2e-3)
+    assert np.isfinite(npy(gg).astype(np.float64)).all()
+
+
+def test_linear_leaky_relu_fp16_create_graph_uses_float32_preactivation(device):
+    # x @ wᵀ + b = 0.5003662 - 0.500488 < 0 in float32 (the kernel's epilogue), but rounds to exactly 0 in float16,
+    # where the composite's leaky_relu has gradient 0 instead of the slope: both paths must agree
+    x = conch.tensor([[1.0, 1.0]], dtype=conch.float16, requires_grad=True, device=device)
+    w = conch.tensor([[0.5, 0.0003662]], dtype=conch.float16, device=device)
+    b = conch.tensor([-0.500488], dtype=conch.float16, device=device)
+    y = F.linear(x, w, b, activation="leaky_relu")
+    (g_kernel,) = conch.autograd.grad(y.sum(), x, retain_graph=True)
+    (g_graph,) = conch.autograd.grad(y.sum(), x, create_graph=True)
+    ref = 0.01 * np.array([[0.5, 0.0003662]])
+    np.testing.assert_allclose(npy(g_kernel).astype(np.float64), ref, rtol=1e-2)
+    np.testing.assert_allclose(npy(g_graph).astype(np.float64), ref, rtol=1e-2)
+
+
+def test_layer_norm_overflowing_row_is_nan():
+    # float32 [3e38, -3e38, 1]: the spread overflows; PyTorch's Welford moments give NaN, not finite zeros
+    out = npy(F.layer_norm(conch.tensor([[3e38, -3e38, 1.0], [1.0, 2.0, 3.0]]), (3,)))
+    assert np.isnan(out[0]).all()
+    np.testing.assert_allclose(out[1], [-np.sqrt(1.5), 0.0, np.sqrt(1.5)], rtol=1e-4)

@@ -20,6 +20,10 @@ from ._common import _recompute_grads, _res, _t
 
 
 def _composite_activation(x, name, negative_slope=0.01, alpha=1.0):
+    """act(x) from Tensor ops (the create_graph path). Half-precision inputs compute in float32, as the kernel
+    does: in float16, gelu_tanh's x³ overflows to inf for |x| > 40 and its derivatives turn NaN."""
+    if x.dtype in (D.float16, D.bfloat16):
+        return _composite_activation(x.float(), name, negative_slope, alpha).to(dtype=x.dtype)
     if name == "relu":
         return ops.Relu.apply(x)
     if name == "tanh":

@@ -44,10 +44,19 @@ class MatMulAct(Op):
             act, slope, alpha, has_bias = ctx.act, ctx.slope, ctx.alpha, ctx.has_bias
 
             def composite(a, b, bias):
+                # half precision: the pre-activation in float32, as the kernel's epilogue has it; rounded to
+                # float16 first, z + bias can change sign and move a leaky_relu/relu kink (wrong double backward)
+                dt = a.dtype
+                low = dt in (D.float16, D.bfloat16) and act is not None
+                if low:
+                    a, b, bias = a.float(), b.float(), bias.float()
                 z = ops.MatMul.apply(a, b)
                 if has_bias:
                     z = z + bias
-                return z if act is None else _composite_activation(z, act, slope, alpha)
+                if act is None:
+                    return z
+                out = _composite_activation(z, act, slope, alpha)
+                return out.to(dtype=dt) if low else out
 
             return _recompute_grads(ctx, composite, (g,))
         n = ctx.needs_input_grad
