@@ -49,6 +49,6 @@ def _argsort(a, dim, descending):
     nan = xp.isnan(a)
     idx = xp.argsort(xp.where(nan, -xp.inf, -a).astype(a.dtype, copy=False), axis=dim, **kw)
     if xp is not np or nan.any():  # (no host sync on a GPU: always the second pass there)
-        first = xp.argsort(~xp.take_along_axis(nan, idx, axis=dim), axis=dim, kind="stable")
+        first = xp.argsort(~xp.take_along_axis(nan, idx, axis=dim), axis=dim, **kw)  # CuPy sorts stably
         idx = xp.take_along_axis(idx, first, axis=dim)
     return idx
