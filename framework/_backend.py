@@ -49,10 +49,13 @@ class device(str):
             try:
                 idx = 0 if idx is None else int(idx)
             except ValueError:
-                raise ValueError(f"invalid device {spec!r}: expected 'cuda:N' with an integer N") from None
+                raise RuntimeError(f"Invalid device string: {spec!r}: expected 'cuda:N' with an integer N") from None
             name, typ = f"cuda:{idx}", "cuda"
         else:
-            raise ValueError(f"unknown device {spec!r}: expected 'cpu', 'cuda' or 'cuda:N'")
+            # RuntimeError, as torch.device: an unknown device type is not a bad value of a known one
+            raise RuntimeError(
+                f"unknown device {spec!r}: Expected one of cpu, cuda device type at start of device string: {s}"
+            )
         obj = super().__new__(cls, name)
         obj.type, obj.index = typ, idx
         return obj

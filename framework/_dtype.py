@@ -129,3 +129,24 @@ def result_type(*operands) -> np.dtype:
         elif scalars > _category(result):
             result = (bool_, int64, get_default_dtype())[scalars]
     return result
+
+
+# PyTorch's names in error messages: the C++ type ("float != double") and the ScalarType ("Float", "Double")
+_C_NAMES = {
+    "float16": "c10::Half", "bfloat16": "c10::BFloat16", "float32": "float", "float64": "double", "int64": "long int",
+    "int32": "int", "int16": "short int", "int8": "signed char", "uint8": "unsigned char", "bool": "bool",
+}  # fmt: skip
+_SCALAR_NAMES = {
+    "float16": "Half", "bfloat16": "BFloat16", "float32": "Float", "float64": "Double", "int64": "Long",
+    "int32": "Int", "int16": "Short", "int8": "Char", "uint8": "Byte", "bool": "Bool",
+}  # fmt: skip
+
+
+def c_name(dtype) -> str:
+    """The C++ type name PyTorch prints for ``dtype`` ("float", "double", "c10::Half")."""
+    return _C_NAMES.get(np.dtype(dtype).name, np.dtype(dtype).name)
+
+
+def scalar_name(dtype) -> str:
+    """PyTorch's ScalarType name for ``dtype`` ("Float", "Double", "Half")."""
+    return _SCALAR_NAMES.get(np.dtype(dtype).name, np.dtype(dtype).name)

@@ -13,7 +13,7 @@ from conch.kernels._cupy import is_cupy_array
 
 from . import _dtype as D
 from ._backend import CPU, asarray_on, device, device_of, namespace, require_cupy
-from .tensor import Tensor, _to_array
+from .tensor import Tensor, _shape_arg, _to_array
 
 # ---------------------------------------------------------------- random state
 
@@ -184,9 +184,12 @@ def _filled(shape, value, dtype, dev, requires_grad):
     return _finish(arr, requires_grad)
 
 
-def _shape(shape):
-    if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
-        return tuple(shape[0])
+def _shape(shape, what="zeros"):
+    """A factory's ``*size`` as a tuple of ints: TypeError for a non-integer, RuntimeError for a negative size."""
+    shape = _shape_arg(shape, what, "size")
+    for s in shape:
+        if s < 0:
+            raise RuntimeError(f"Trying to create tensor with negative dimension {s}: {list(shape)}")
     return shape
 
 
@@ -195,7 +198,7 @@ def zeros(*shape, dtype=None, device=None, requires_grad=False):
 
 
 def ones(*shape, dtype=None, device=None, requires_grad=False):
-    return _filled(_shape(shape), 1, _float_dtype(dtype), device, requires_grad)
+    return _filled(_shape(shape, "ones"), 1, _float_dtype(dtype), device, requires_grad)
 
 
 def empty(*shape, dtype=None, device=None, requires_grad=False):
@@ -207,7 +210,7 @@ def full(shape, value, dtype=None, device=None, requires_grad=False):
         shape = (shape,)
     if dtype is None:
         dtype = D.bool_ if isinstance(value, bool) else D.int64 if isinstance(value, int) else D.get_default_dtype()
-    return _filled(shape, value, D.as_dtype(dtype), device, requires_grad)
+    return _filled(_shape((shape,), "full"), value, D.as_dtype(dtype), device, requires_grad)
 
 
 def zeros_like(t, dtype=None, device=None, requires_grad=False):
@@ -252,7 +255,7 @@ def rand(*shape, dtype=None, device=None, requires_grad=False, generator=None):
     dev = _device(device)
     dt = _float_dtype(dtype)
     draw_dt = np.float32 if dt != D.float64 else np.float64
-    arr = _draw(dev, generator, lambda g: g.random(_shape(shape), dtype=draw_dt).astype(dt, copy=False))
+    arr = _draw(dev, generator, lambda g: g.random(_shape(shape, "rand"), dtype=draw_dt).astype(dt, copy=False))
     return _finish(arr, requires_grad)
 
 
@@ -260,7 +263,9 @@ def randn(*shape, dtype=None, device=None, requires_grad=False, generator=None):
     dev = _device(device)
     dt = _float_dtype(dtype)
     draw_dt = np.float32 if dt != D.float64 else np.float64
-    arr = _draw(dev, generator, lambda g: g.standard_normal(_shape(shape), dtype=draw_dt).astype(dt, copy=False))
+    arr = _draw(
+        dev, generator, lambda g: g.standard_normal(_shape(shape, "randn"), dtype=draw_dt).astype(dt, copy=False)
+    )
     return _finish(arr, requires_grad)
 
 

@@ -10,6 +10,7 @@ creation, the rest of PyTorch's Tensor API) are attached in one place, :mod:`con
 from __future__ import annotations
 
 import numbers
+import operator
 import weakref
 
 import numpy as np
@@ -26,13 +27,25 @@ from .autograd.grad_mode import _enabled, no_grad
 from .kernels import _deferred
 
 
-def _shape_arg(shape):
+def _shape_arg(shape, what="view", arg="size"):
+    """``*shape`` or one sequence of them as a tuple of ints; a float or string is a TypeError, as PyTorch."""
     if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
         shape = tuple(shape[0])
-    return tuple(int(s) for s in shape)
+    out = []
+    for pos, s in enumerate(shape):
+        try:
+            out.append(operator.index(s))
+        except TypeError:
+            raise TypeError(
+                f"{what}(): argument '{arg}' must be tuple of ints, but found element of type "
+                f"{type(s).__name__} at pos {pos}"
+            ) from None
+    return tuple(out)
 
 
 def _norm_dim(dim, ndim):
+    if not isinstance(dim, (int, np.integer)):  # sum(dim=1.5) is an error in PyTorch, not dim 1
+        raise TypeError(f"argument 'dim' must be int or tuple of ints, but got {type(dim).__name__}")
     n = max(ndim, 1)
     if not -n <= dim < n:
         raise IndexError(f"Dimension out of range (expected to be in range of [{-n}, {n - 1}], but got {dim})")
@@ -44,9 +57,9 @@ def _norm_dims(dim, ndim):
     if dim is None:
         return None
     if isinstance(dim, (list, tuple)):
-        dims = tuple(sorted({_norm_dim(int(d), ndim) for d in dim}))
+        dims = tuple(sorted({_norm_dim(d, ndim) for d in dim}))
         return dims if ndim else None
-    return _norm_dim(int(dim), ndim) if ndim else None
+    return _norm_dim(dim, ndim) if ndim else None
 
 
 class Tensor(GraphTensor):
@@ -480,10 +493,12 @@ class Tensor(GraphTensor):
 
     def __floordiv__(self, other):
         a, b = _operands(self, other)
+        _check_int_divisor(b)
         return _const(a._data // b._data)
 
     def __mod__(self, other):
         a, b = _operands(self, other)
+        _check_int_divisor(b)
         return _const(a._data % b._data)
 
     def __invert__(self):
@@ -934,7 +949,7 @@ class Tensor(GraphTensor):
         return ops.Var.apply(_fp32("var", self), dim=d, correction=c, keepdim=keepdim)
 
     def std(self, dim=None, unbiased=True, keepdim=False, correction=None):
-        return _fp32("std", self).var(dim, unbiased, keepdim, correction).sqrt()
+        return ops.StdFromVar.apply(_fp32("std", self).var(dim, unbiased, keepdim, correction))
 
     def amax(self, dim=None, keepdim=False):
         d = _norm_dims(dim if dim != () else None, self.ndim)
@@ -1113,6 +1128,14 @@ def _fp32(op, t):
     return cast_for(op, t)[0] if _autocast[0] else t
 
 
+def _check_int_divisor(b):
+    """Integer // 0 and % 0 raise, as PyTorch's CPU kernels ("ZeroDivisionError"), where NumPy returns 0 with a
+    warning. Read at once on the CPU; on a GPU at the next sync (kernels._deferred, as index checks)."""
+    d = b._data
+    if d.dtype.kind in "iu":
+        _deferred.check((d == 0).any(), 0, lambda _: RuntimeError("ZeroDivisionError"))
+
+
 def _const(arr):
     return Tensor._make(arr)
 
@@ -1194,11 +1217,25 @@ def _to_array(data, dtype, dev):
         return asarray_on(arr if dtype is None else arr.astype(dtype), dtype or arr.dtype, dev)
     dev = (CPU if dev is None else device(dev)) if dev is not None or not is_cupy_array(data) else device_of(data)
     if isinstance(data, np.ndarray) or is_cupy_array(data):
+        _check_numeric(data.dtype, data)
         return asarray_on(data, dtype or data.dtype, dev)
     if isinstance(data, np.generic):
+        _check_numeric(data.dtype, data)
         return asarray_on(np.asarray(data), dtype or data.dtype, dev)
+    if data is None:  # np.array(None, float) would be nan: PyTorch refuses
+        raise RuntimeError("Could not infer dtype of NoneType")
+    if isinstance(data, (str, bytes)):
+        raise TypeError(f"new(): invalid data type '{type(data).__name__}'")
     if dtype is None:
         dtype = _infer_dtype(data)
+    try:
+        probe = np.asarray(data)
+    except ValueError:  # ragged: the conversion below reports it
+        probe = None
+    if probe is not None:
+        if probe.dtype.kind in "US" or (probe.dtype.kind == "O" and _has_none_or_str(data)):
+            # a nested None or string: NumPy would turn None into nan and keep strings as a str32 array
+            raise TypeError(f"new(): invalid data type in {type(data).__name__}: expected numbers or bools")
     try:
         arr = np.array(data, dtype=np.float64 if dtype in D.FLOATING else None)
     except ValueError as e:
@@ -1208,11 +1245,32 @@ def _to_array(data, dtype, dev):
     return asarray_on(arr, dtype, dev)
 
 
+def _has_none_or_str(data):
+    if data is None or isinstance(data, (str, bytes)):
+        return True
+    return isinstance(data, (list, tuple)) and any(_has_none_or_str(d) for d in data)
+
+
+def _check_numeric(dt, data):
+    """Strings, bytes and Python objects make no tensor (NumPy would hold them as a str32/object array)."""
+    if dt.kind in "USO":  # (bfloat16 is kind "V")
+        raise TypeError(f"can't convert np.ndarray of type {dt}: only numeric and bool arrays make tensors")
+
+
 def _check_devices(a, b):
     if type(a._data) is not type(b._data) or (not isinstance(a._data, np.ndarray) and a.device != b.device):
         raise RuntimeError(
             f"Expected all tensors to be on the same device, but found at least two devices, {a.device} and {b.device}!"
         )
+
+
+def _operand(x, t):
+    """``x`` if it may meet a Tensor in a binary op: an array (NumPy/CuPy); a list, None or string is a
+    TypeError, as PyTorch (``tensor + [1, 2]`` and ``tensor + None`` compute nothing)."""
+    if isinstance(x, np.ndarray) or is_cupy_array(x):
+        _check_numeric(x.dtype, x)
+        return x
+    raise TypeError(f"unsupported operand type(s): 'Tensor' and '{type(x).__name__}'")
 
 
 def _operands(a, b, floating=False):
@@ -1244,14 +1302,14 @@ def _operands(a, b, floating=False):
         return a, b
     if at:
         if not isinstance(b, (numbers.Number, np.generic)):
-            return _operands(a, _as_tensor(b, a), floating)
+            return _operands(a, _as_tensor(_operand(b, a), a), floating)
         da = a._data.dtype
         if (type(b) is float or type(b) is int) and da in D.FLOATING:  # a Python number keeps a float dtype
             return a, Tensor._make(xp_of(a._data).asarray(b, dtype=da))
         like, dt = a, D.result_type((da, a._data.ndim), b)
     elif bt:
         if not isinstance(a, (numbers.Number, np.generic)):
-            return _operands(_as_tensor(a, b), b, floating)
+            return _operands(_as_tensor(_operand(a, b), b), b, floating)
         db = b._data.dtype
         if (type(a) is float or type(a) is int) and db in D.FLOATING:
             return Tensor._make(xp_of(b._data).asarray(a, dtype=db)), b
@@ -1401,6 +1459,14 @@ def _split_int_index(idx):
 
 
 def cat(tensors, dim=0):
+    if isinstance(tensors, Tensor) or not isinstance(tensors, (list, tuple)):
+        # a tensor is iterable, but cat(x) is a mistake PyTorch refuses rather than concatenating x's rows
+        raise TypeError(
+            f"cat(): argument 'tensors' (position 1) must be tuple of Tensors, not {type(tensors).__name__}"
+        )
+    for i, t in enumerate(tensors):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"cat(): expected Tensor as element {i} in argument 0, but got {type(t).__name__}")
     tensors = list(tensors)
     if not tensors:
         raise RuntimeError("cat(): expected a non-empty list of Tensors")
@@ -1445,8 +1511,12 @@ def split(t, split_size_or_sections, dim=0):
     n = t.shape[d]
     if isinstance(split_size_or_sections, int):
         s = split_size_or_sections
-        if s <= 0:
-            raise ValueError(f"split_size must be positive, got {s}")
+        if s < 0:
+            raise RuntimeError(f"split expects split_size be non-negative, but got split_size={s}")
+        if s == 0:
+            if n:
+                raise RuntimeError(f"split_size can only be 0 if dimension size is 0, but got dimension size of {n}")
+            return (t,)
         sizes = [s] * (n // s) + ([n % s] if n % s else []) or [0]  # a dim of size 0 gives one empty part
     else:
         sizes = [int(s) for s in split_size_or_sections]
@@ -1469,6 +1539,9 @@ def where(cond, a=None, b=None):
     if a is None and b is None:
         c = cond._data if isinstance(cond, Tensor) else cond
         return tuple(_const(i) for i in xp_of(c).nonzero(c))
+    if not isinstance(cond, Tensor) and not (isinstance(cond, np.ndarray) or is_cupy_array(cond)):
+        # where(True, x, y) is an error in PyTorch (the condition must be a bool tensor), not a broadcast
+        raise TypeError(f"where(): argument 'condition' (position 1) must be Tensor, not {type(cond).__name__}")
     ref = a if isinstance(a, Tensor) else b
     if not isinstance(ref, Tensor):
         ref = cond

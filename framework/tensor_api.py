@@ -18,7 +18,7 @@ import numpy as np
 
 from . import _dtype as D
 from . import creation, ops
-from ._backend import to_host, xp_of
+from ._backend import is_cupy_array, to_host, xp_of
 from .amp.autocast_mode import cast_for
 from .creation import rand
 from .fused import activations as fused_act
@@ -47,10 +47,10 @@ from .tensor import _norm_dim as _dim
 
 def _index_array(index, t, what):
     """``index`` (a Tensor or array of integers) as an int64 array on t's device."""
+    if not isinstance(index, Tensor) and not (isinstance(index, np.ndarray) or is_cupy_array(index)):
+        raise TypeError(f"{what}(): argument 'index' must be Tensor, not {type(index).__name__}")
     arr = index._data if isinstance(index, Tensor) else index
     xp = xp_of(t._data)
-    if not hasattr(arr, "dtype"):
-        arr = np.asarray(arr)
     if arr.dtype.kind not in "iu":
         raise RuntimeError(f"{what}(): Expected dtype int64 for index, got {arr.dtype}")
     if type(arr) is not type(t._data):
@@ -64,12 +64,13 @@ def _check_range(idx, n, dim, what, error=RuntimeError):
         # (kernels._deferred, as PyTorch's device assert); the wrap below keeps every index in range meanwhile
         xp = xp_of(idx)
         lo, hi = idx.min(), idx.max()
+        # negative indices are out of bounds too: gather/take_along_dim/index_select do not wrap them (PyTorch)
         _deferred.check(
-            (lo < -n) | (hi >= n),
+            (lo < 0) | (hi >= n),
             lambda: xp.where(hi >= n, hi, lo),
             lambda bad: error(f"{what}(): index {bad} is out of bounds for dimension {dim} with size {n}"),
         )
-    return idx % n if n else idx  # negative indices wrap, as Python's
+    return idx % n if n else idx  # on a GPU the check is read later: meanwhile keep every index in range
 
 
 class TensorMethods:
@@ -285,10 +286,15 @@ class TensorMethods:
         if not 1 <= k <= n:
             raise IndexError(f"{what}(): k ({k}) must be in [1, {n}] for dimension {d} of size {n}")
         x = self if self.ndim else self.reshape(1)
-        idx = _argsort(x._data, d, False)
+        idx = _argsort(x._data, d, False)  # stable: among equal values the k-th in input order
         sl = [slice(None)] * x.ndim
         sl[d] = slice(k - 1, k)
         idx = idx[tuple(sl)]
+        if what == "median" and self.is_floating_point():
+            # median propagates NaN (PyTorch): a slice holding one gives NaN and its first NaN's index
+            xp = xp_of(x._data)
+            nan = xp.isnan(x._data)
+            idx = xp.where(nan.any(axis=d, keepdims=True), nan.argmax(axis=d, keepdims=True), idx)
         vals = _gather(x, idx, d)
         if not keepdim or not self.ndim:  # a 0-d input gives 0-d results, keepdim or not (as PyTorch)
             vals, idx = vals.squeeze(d), idx.squeeze(d)

@@ -281,6 +281,13 @@ def _norm_fwd_ref(x, weight, bias, eps, is_rms):
         xc = xf - mean[:, None]  # fresh: becomes y in place below
         var = xp.einsum("ij,ij->i", xc, xc) / D
     rstd = (1.0 / xp.sqrt(var + acc(eps))).astype(acc)
+    if not is_rms and D:
+        # a row whose spread overflows (max - min = inf, e.g. [3e38, -3e38, 1] in float32) is NaN, as PyTorch's
+        # Welford moments give (x - running mean overflows, then inf - inf); the two-pass form here would give
+        # var = inf, rstd = 0 and finite zeros instead
+        with np.errstate(over="ignore", invalid="ignore"):
+            spread = xf.max(axis=1) - xf.min(axis=1)
+        rstd = xp.where(xp.isinf(spread), acc(np.nan), rstd).astype(acc, copy=False)
     if is_rms:
         y = xf * rstd[:, None]  # xhat
     else:

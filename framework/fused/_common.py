@@ -37,5 +37,17 @@ def _recompute_grads(ctx, composite, grads):
     return tuple(res)
 
 
+def _mean_over(total, wsum):
+    """``total / wsum`` for a loss's "mean" reduction (``wsum``: a 0-d array, the summed weights of the
+    elements not ignored). When every element is ignored wsum is 0: the value is NaN (0/0) as PyTorch's, but
+    the gradient is 0, as PyTorch's nll_loss_backward writes nothing for ignored rows, where dividing by the
+    zero would make it 0·∞ = NaN. So divide by 1 there and add the NaN as a constant (no gradient)."""
+    xp = xp_of(wsum)
+    wsum = wsum.astype(total.dtype, copy=False)
+    empty = wsum == 0
+    out = total / Tensor._make(xp.where(empty, xp.ones_like(wsum), wsum))
+    return out + Tensor._make(xp.where(empty, xp.asarray(float("nan"), dtype=wsum.dtype), xp.zeros_like(wsum)))
+
+
 def _no_bias(a):
     return Tensor._make(xp_of(a._data).empty((0,), dtype=a.dtype))

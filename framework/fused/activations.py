@@ -20,6 +20,10 @@ from ._common import _recompute_grads, _res, _t
 
 
 def _composite_activation(x, name, negative_slope=0.01, alpha=1.0):
+    """act(x) from Tensor ops (the create_graph path). Half-precision inputs compute in float32, as the kernel
+    does: in float16, gelu_tanh's x³ overflows to inf for |x| > 40 and its derivatives turn NaN."""
+    if x.dtype in (D.float16, D.bfloat16):
+        return _composite_activation(x.float(), name, negative_slope, alpha).to(dtype=x.dtype)
     if name == "relu":
         return ops.Relu.apply(x)
     if name == "tanh":
@@ -61,6 +65,8 @@ class Activation(Op):
 
 def activation(x: Tensor, name: str, negative_slope: float = 0.01, alpha: float = 1.0) -> Tensor:
     """``act(x)`` for one of :data:`ACTIVATIONS`; math in float32 for half-precision inputs."""
+    if not isinstance(x, Tensor):  # F.relu([1., 2.]) names the argument, as PyTorch, not a missing ``_data``
+        raise TypeError(f"{name}(): argument 'input' (position 1) must be Tensor, not {type(x).__name__}")
     simple = _SIMPLE.get(name)
     if simple is not None and x._data.dtype in _SIMPLE_DTYPES and not use_triton(x._data):
         # float32/float64 on the NumPy reference path: the plain op computes the same maths with about

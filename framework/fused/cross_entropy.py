@@ -13,7 +13,7 @@ from ..amp.autocast_mode import cast_for
 from ..autograd.function import Op
 from ..autograd.grad_mode import _enabled
 from ..tensor import Tensor
-from ._common import _recompute_grads, _res, _t
+from ._common import _mean_over, _recompute_grads, _res, _t
 
 
 class CrossEntropy(Op):
@@ -80,4 +80,4 @@ def _composite_cross_entropy(logits, t, ignore_index, label_smoothing, reduction
         return nll
     if reduction == "sum":
         return nll.sum()
-    return nll.sum() / Tensor._make(xp.asarray(valid.sum(), dtype=x.dtype))
+    return _mean_over(nll.sum(), xp.asarray(valid.sum(), dtype=x.dtype))

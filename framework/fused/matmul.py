@@ -11,7 +11,7 @@ from conch.kernels._act_names import ACTIVATIONS
 
 from .. import _dtype as D
 from .. import ops
-from .._backend import xp_of
+from .._backend import is_cupy_array, xp_of
 from ..amp.autocast_mode import cast_for
 from ..autograd.function import Op
 from ..autograd.grad_mode import _enabled
@@ -44,10 +44,19 @@ class MatMulAct(Op):
             act, slope, alpha, has_bias = ctx.act, ctx.slope, ctx.alpha, ctx.has_bias
 
             def composite(a, b, bias):
+                # half precision: the pre-activation in float32, as the kernel's epilogue has it; rounded to
+                # float16 first, z + bias can change sign and move a leaky_relu/relu kink (wrong double backward)
+                dt = a.dtype
+                low = dt in (D.float16, D.bfloat16) and act is not None
+                if low:
+                    a, b, bias = a.float(), b.float(), bias.float()
                 z = ops.MatMul.apply(a, b)
                 if has_bias:
                     z = z + bias
-                return z if act is None else _composite_activation(z, act, slope, alpha)
+                if act is None:
+                    return z
+                out = _composite_activation(z, act, slope, alpha)
+                return out.to(dtype=dt) if low else out
 
             return _recompute_grads(ctx, composite, (g,))
         n = ctx.needs_input_grad
@@ -60,6 +69,11 @@ class MatMulAct(Op):
 def matmul(a, b):
     """NumPy matmul semantics (1-D, 2-D, batched with broadcast batch dims), with gradient."""
     if not isinstance(a, Tensor) or not isinstance(b, Tensor):
+        # a NumPy/CuPy array converts (as for the other binary ops); a list is no matrix: PyTorch refuses
+        # x @ [1., 2.], and so does this
+        for name, t in (("input", a), ("other", b)):
+            if not isinstance(t, Tensor) and not (isinstance(t, np.ndarray) or is_cupy_array(t)):
+                raise TypeError(f"matmul(): argument '{name}' must be Tensor, not {type(t).__name__}")
         a, b = (a if isinstance(a, Tensor) else _as_tensor(a, b)), (b if isinstance(b, Tensor) else _as_tensor(b, a))
     _check_devices(a, b)
     if a.ndim == 0 or b.ndim == 0:
@@ -76,13 +90,18 @@ def matmul(a, b):
             np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
         except ValueError:
             raise RuntimeError(f"matmul: batch dimensions of {a.shape} and {b.shape} are not broadcastable") from None
-    if a.dtype != b.dtype:
-        dt = D.result_type((a.dtype, a.ndim), (b.dtype, b.ndim))
-        a, b = a.to(dtype=dt), b.to(dtype=dt)
+    if a.is_floating_point() and b.is_floating_point():
+        a, b = cast_for("matmul", a, b)  # autocast casts both: mixed float dtypes are fine under autocast
+    _same_dtype(a.dtype, b.dtype)
     if not a.is_floating_point():  # integer/bool matmul: no gradient, no kernel
         return Tensor._make(a._data @ b._data)
-    a, b = cast_for("matmul", a, b)
     return MatMulAct.apply(a, b, _no_bias(a), act=None, negative_slope=0.01)
+
+
+def _same_dtype(da, db):
+    """matmul never promotes (float32 @ float64 is an error in PyTorch, not a float64 product)."""
+    if da != db:
+        raise RuntimeError(f"expected m1 and m2 to have the same dtype, but got: {D.c_name(da)} != {D.c_name(db)}")
 
 
 def _mshape(t):
@@ -110,8 +129,10 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, activation: st
         bias = _no_bias(x)
     else:
         x, weight, bias = cast_for("linear", x, weight, bias)
-    dt = x.dtype
-    if weight.dtype != dt or (bias.numel() and bias.dtype != dt):
-        weight, bias = weight.to(dtype=dt), bias.to(dtype=dt)
+    _same_dtype(x.dtype, weight.dtype)
+    if bias.numel() and bias.dtype != x.dtype:
+        raise RuntimeError(
+            f"self and mat2 must have the same dtype, but got {D.scalar_name(bias.dtype)} and {D.scalar_name(x.dtype)}"
+        )
     # weightᵀ is a strided view: the kernel reads it in place, no copy
     return MatMulAct.apply(x, weight.T, bias, act=activation, negative_slope=negative_slope, alpha=alpha)

@@ -33,6 +33,7 @@ from ..fused import dropout as fdrop
 from ..fused import matmul as fmm
 from ..fused import norms as fused_norms
 from ..fused import softmax as fused_softmax
+from ..fused._common import _mean_over
 from ..kernels import _deferred
 from ..ops.nn import _as_strided
 from ..tensor import Tensor, cat, stack, where
@@ -154,11 +155,16 @@ def mish(input):
 
 
 def relu6(input, inplace=False):
-    return _inplace(input, input.clamp(0.0, 6.0), inplace, "relu6_")
+    """min(max(x, 0), 6): hardtanh(x, 0, 6), so no gradient at 0 or 6 (as PyTorch)."""
+    _check_tensor(input, "relu6")
+    return _inplace(input, ops.Clamp.apply(input, lo=0.0, hi=6.0, open_=True), inplace, "relu6_")
 
 
 def hardtanh(input, min_val=-1.0, max_val=1.0, inplace=False):
-    return _inplace(input, input.clamp(min_val, max_val), inplace, "hardtanh_")
+    """min(max(x, min_val), max_val); the gradient is 1 strictly inside, 0 at and beyond the bounds
+    (PyTorch's hardtanh_backward), unlike clamp's, which passes at the bounds."""
+    _check_tensor(input, "hardtanh")
+    return _inplace(input, ops.Clamp.apply(input, lo=min_val, hi=max_val, open_=True), inplace, "hardtanh_")
 
 
 def _softmax_dim(ndim):
@@ -344,7 +350,11 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     on the matmul kernel, whose result is already contiguous NCHW.
     """
     _check_tensor(input, "conv2d")
+    _check_tensor(weight, "conv2d", "weight")
     input, weight, bias = cast_for("conv2d", input, weight, bias)
+    for t in (weight, bias):  # no silent promotion (PyTorch refuses a float32 input with float64 weights)
+        if t is not None and t.dtype != input.dtype:
+            raise RuntimeError(f"expected scalar type {D.scalar_name(input.dtype)} but found {D.scalar_name(t.dtype)}")
     unbatched = input.ndim == 3
     if unbatched:
         input = input.unsqueeze(0)
@@ -875,7 +885,7 @@ def nll_loss(input, target, weight=None, size_average=None, ignore_index=-100, r
         return loss.reshape(out_shape)
     if reduction == "sum":
         return loss.sum()
-    return loss.sum() / Tensor._make(xp.asarray(w.sum(), dtype=x2.dtype))
+    return _mean_over(loss.sum(), xp.asarray(w.sum(), dtype=x2.dtype))
 
 
 def cross_entropy(
@@ -926,7 +936,7 @@ def cross_entropy(
     else:
         xp = xp_of(valid)
         wsum = (weight._data[xp.where(valid, t1._data, 0)] * valid).sum()
-        smooth = smooth.sum() / Tensor._make(xp.asarray(wsum, dtype=logp.dtype))
+        smooth = _mean_over(smooth.sum(), xp.asarray(wsum, dtype=logp.dtype))
     return nll * (1 - label_smoothing) + smooth * (label_smoothing / c)
 
 
@@ -1112,19 +1122,24 @@ def conv1d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
 
 
 def prelu(input, weight):
-    """x for x >= 0, weight·x otherwise; weight has 1 or C (input.shape[1]) elements."""
+    """x for x > 0, weight·x otherwise; weight has 1 or C (input.shape[1]) elements.
+
+    At x = 0 the input's gradient is weight (PyTorch's prelu backward takes the x <= 0 branch), not
+    1 + weight as the sum of the two clamps would give.
+    """
+    _check_tensor(input, "prelu")
     if weight.numel() != 1 and (input.ndim < 2 or weight.numel() != input.shape[1]):
         raise RuntimeError(
             f"prelu: mismatch of parameter numbers ({weight.numel()}) and input channel size "
             f"({input.shape[1] if input.ndim > 1 else 1}); input shape {tuple(input.shape)}"
         )
     w = weight.reshape((1, -1) + (1,) * (input.ndim - 2)) if weight.numel() != 1 else weight.reshape(())
-    return input.clamp(min=0) + w * input.clamp(max=0)
+    return where(input > 0, input, w * input)
 
 
 def hardsigmoid(input, inplace=False):
-    """relu6(x + 3) / 6."""
-    return _inplace(input, (input + 3.0).clamp(0.0, 6.0) / 6.0, inplace, "hardsigmoid_")
+    """relu6(x + 3) / 6; no gradient at x = ±3 (PyTorch's hardsigmoid_backward is open there, hardswish's not)."""
+    return _inplace(input, ops.Clamp.apply(input + 3.0, lo=0.0, hi=6.0, open_=True) / 6.0, inplace, "hardsigmoid_")
 
 
 def hardswish(input, inplace=False):

@@ -64,7 +64,20 @@ from .indexing import (
 )
 from .linalg import Einsum, MatMul, _op
 from .nn import Col2im, Im2col, LogSoftmax, MaxPool2d, Softmax
-from .reductions import AMax, Cumprod, Cumsum, Mean, PNorm, Prod, Sum, Var, _acc_dtype, _count, _keep_shape
+from .reductions import (
+    AMax,
+    Cumprod,
+    Cumsum,
+    Mean,
+    PNorm,
+    Prod,
+    StdFromVar,
+    Sum,
+    Var,
+    _acc_dtype,
+    _count,
+    _keep_shape,
+)
 from .shape import (
     Alias,
     Cat,

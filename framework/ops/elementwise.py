@@ -354,16 +354,21 @@ class Relu(Op):
 
 
 class Clamp(Op):
+    """min(max(a, lo), hi). The gradient passes where lo <= a <= hi (clamp: inclusive, as PyTorch's
+    clamp_backward), or where lo < a < hi with ``open_`` (hardtanh/relu6: PyTorch's hardtanh_backward zeroes
+    the gradient at both bounds)."""
+
     @staticmethod
-    def forward(ctx, a, lo, hi):
+    def forward(ctx, a, lo, hi, open_=False):
         xp = xp_of(a)
         out = a
         if lo is not None:
             out = xp.maximum(out, xp.asarray(lo, dtype=a.dtype))
         if hi is not None:
             out = xp.minimum(out, xp.asarray(hi, dtype=a.dtype))
-        # gradient passes where the input is inside [lo, hi] (inclusive, as in PyTorch); none when lo > hi
         ctx.mask = out == a
+        if open_:
+            ctx.mask = ctx.mask & (a != xp.asarray(lo, dtype=a.dtype)) & (a != xp.asarray(hi, dtype=a.dtype))
         if lo is not None and hi is not None and lo > hi:
             ctx.mask = xp.zeros(a.shape, dtype=bool)
         return out
@@ -485,7 +490,10 @@ class Atan2(Op):
     @staticmethod
     def backward(ctx, g):
         a, b = ctx.saved_tensors
-        r = g / (a * a + b * b)
+        # at (0, 0) the reciprocal of a² + b² is inf and 0·inf NaN: PyTorch's atan2_backward gives 0 there
+        d = a * a + b * b
+        zero = d == 0
+        r = (g / d.masked_fill(zero, 1)).masked_fill(zero, 0)
         return r * b, -(r * a)
 
 

@@ -77,6 +77,23 @@ class Var(Op):
         return g * centred * (2.0 / dof if dof > 0 else float("inf"))
 
 
+class StdFromVar(Op):
+    """std = sqrt(var). d/dvar = 1 / (2·std), and 0 where std is 0 (every element equal): PyTorch's
+    std_backward masks that point, where sqrt's own gradient gives 0·∞ = NaN through the variance."""
+
+    saves = ("out",)
+
+    @staticmethod
+    def forward(ctx, v):
+        return xp_of(v).sqrt(v)
+
+    @staticmethod
+    def backward(ctx, g):
+        (out,) = ctx.saved_tensors
+        zero = out == 0
+        return (g / (out * 2).masked_fill(zero, 1)).masked_fill(zero, 0)
+
+
 class PNorm(Op):
     """‖x‖_p over ``dim`` (None: all) for finite p != 1; half precision accumulates in float32.
 

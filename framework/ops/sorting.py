@@ -35,10 +35,20 @@ class MinMax(_Named):
 
 
 def _argsort(a, dim, descending):
+    """Indices that sort ``a`` along ``dim`` (stable on the CPU). NaN counts as the largest value, as in
+    PyTorch's sort and topk: last ascending (NumPy's order too), first descending."""
     xp = xp_of(a)
     kw = {"kind": "stable"} if xp is np else {}
-    if descending:
-        if a.dtype.kind in "fi":
-            return xp.argsort(-a, axis=dim, **kw)
+    if not descending:
+        return xp.argsort(a, axis=dim, **kw)
+    if a.dtype.kind == "i":
+        return xp.argsort(-a, axis=dim, **kw)
+    if a.dtype.kind != "f" and a.dtype.name != "bfloat16":
         return xp.flip(xp.argsort(a, axis=dim, **kw), axis=dim)
-    return xp.argsort(a, axis=dim, **kw)
+    # -a sorts NaN last; as -inf it ties with +inf instead, and a second stable pass puts the NaNs first
+    nan = xp.isnan(a)
+    idx = xp.argsort(xp.where(nan, -xp.inf, -a).astype(a.dtype, copy=False), axis=dim, **kw)
+    if xp is not np or nan.any():  # (no host sync on a GPU: always the second pass there)
+        first = xp.argsort(~xp.take_along_axis(nan, idx, axis=dim), axis=dim, **kw)  # CuPy sorts stably
+        idx = xp.take_along_axis(idx, first, axis=dim)
+    return idx
