@@ -565,6 +565,8 @@ class Tensor(GraphTensor):
                 f"output with shape {self.shape} doesn't match the broadcast shape {res.shape} of an in-place op"
             )
         _check_overlap(self._data)
+        if _COW:
+            _copy_on_write(self)
         self._data[...] = res._data
         self._version[0] += 1
         return self
@@ -611,6 +613,8 @@ class Tensor(GraphTensor):
         if not recording:
             if not fills:
                 _check_overlap(target)
+            if _COW:
+                _copy_on_write(self)
             _write(self._data, steps, new._data.astype(self.dtype, copy=False))
             self._version[0] += 1
             return self
@@ -633,6 +637,8 @@ class Tensor(GraphTensor):
             new = new.to(dtype=self.dtype)
         if new.shape != tshape:
             new = new.expand(*tshape)
+        if _COW:
+            _copy_on_write(self)
         _write(self._data, steps, new._data)
         self._version[0] += 1
         if not chain and not steps and new.grad_fn is not None and not replaces:
@@ -701,6 +707,8 @@ class Tensor(GraphTensor):
             )
         if not fills:
             _check_overlap(self._data)
+        if _COW:
+            _copy_on_write(self)
         array_fn(self._data)
         self._version[0] += 1
         return self
@@ -793,6 +801,8 @@ class Tensor(GraphTensor):
             for i in steps:
                 target = target[i]
             _check_overlap(target)
+        if _COW:
+            _copy_on_write(self)
         _write(self._data, steps, v)
         self._version[0] += 1
 
@@ -1406,6 +1416,46 @@ def _keep_old_values(node, counter, arr):
         node.res = res._make(
             r.copy() if hasattr(r, "strides") and r.size and _shares_memory(r, arr) else r for r in res
         )
+        # the residuals that aliased the written memory are private copies now: their guards have nothing to check
+        node._guards = tuple(g for g in node._guards if g[1] is not counter or not _shares_memory(g[0], arr))
+
+
+# Copy-on-write registrations: id(version counter) -> (counter, [weak references to nodes]). A fused op whose
+# residuals alias an input that PyTorch's unfused op would not save (cross_entropy's logits: log_softmax keeps
+# its output, nll_loss the log-probabilities) registers that input's counter here; an in-place write into memory
+# sharing the counter first hands each live registered node a private copy of the old values (``_keep_old_values``),
+# so the gradient stays right without keeping a copy of the logits when nothing writes them. The counter is held
+# in the entry, so its id is not reused while the entry lives; an entry goes when its last node is collected.
+_COW: dict = {}
+
+
+def _register_copy_on_write(node, counter):
+    key = id(counter)
+    entry = _COW.get(key)
+    if entry is None:
+        entry = _COW[key] = (counter, [])
+
+    def drop(ref, key=key):
+        e = _COW.get(key)
+        if e is not None:
+            if ref in e[1]:
+                e[1].remove(ref)
+            if not e[1]:
+                del _COW[key]
+
+    entry[1].append(weakref.ref(node, drop))
+
+
+def _copy_on_write(t):
+    """Before an in-place write into ``t`` (or a part of it: copying for the whole is the safe superset):
+    private copies of the old values for the nodes registered on ``t``'s counter."""
+    entry = _COW.get(id(t._version))
+    if entry is None or entry[0] is not t._version:
+        return
+    for ref in list(entry[1]):
+        node = ref()
+        if node is not None:
+            _keep_old_values(node, t._version, t._data)
 
 
 def _write(arr, steps, value):

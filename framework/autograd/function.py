@@ -45,18 +45,34 @@ class SavedTensor:
 
     def unpack(self, owner):
         if self.counter[0] != self.version:
-            raise RuntimeError(
-                "one of the variables needed for gradient computation has been modified by an inplace "
-                f"operation: a tensor of shape {tuple(self.data.shape)} saved by {type(owner).__name__} is at "
-                f"version {self.counter[0]}; expected version {self.version} instead. Hint: replace the in-place "
-                "operation (+=, *=, x[...] = ..., an optimizer step) by an out-of-place one, or clone() the tensor "
-                "before modifying it."
-            )
+            raise _modified(self.data.shape, owner, self.counter[0], self.version)
         if self.leaf is not None:
             return self.leaf
         t = self.make(self.data, self.requires_grad, owner if self.is_output else self.grad_fn, self.counter)
         t._output_nr = self.output_nr
         return t
+
+
+def _modified(shape, owner, now, expected):
+    """The error for a saved tensor (or an array a kernel kept) written in place after it was saved."""
+    return RuntimeError(
+        "one of the variables needed for gradient computation has been modified by an inplace "
+        f"operation: a tensor of shape {tuple(shape)} saved by {type(owner).__name__} is at "
+        f"version {now}; expected version {expected} instead. Hint: replace the in-place "
+        "operation (+=, *=, x[...] = ..., an optimizer step) by an out-of-place one, or clone() the tensor "
+        "before modifying it."
+    )
+
+
+def check_guards(owner):
+    """Raise the saved-tensor error if a tensor whose memory ``owner``'s kernel residuals alias (an input or the
+    output, kept by reference outside ``_saved``) was written in place since. ``owner._guards`` holds one
+    ``(array, version counter, version at save)`` per such tensor (``fused/_common.FusedOp`` records them); the
+    array is kept so that an op handed a private copy of the old values (``tensor._keep_old_values``) can tell
+    which guards the copy settles."""
+    for data, counter, version in owner._guards:
+        if counter[0] != version:
+            raise _modified(data.shape, owner, counter[0], version)
 
 
 _FREED_MSG = (
@@ -71,6 +87,7 @@ class Node:
     """Base of every graph node; the ``ctx`` argument of ``forward``/``backward`` is the node itself."""
 
     _saved = ()
+    _guards = ()  # a fused op's (array, counter, version) triples: check_guards
     _freed = False
     _pre_hooks = None
     n_outputs = 1
@@ -103,6 +120,7 @@ class Node:
         if self._saved or getattr(self, "res", None) is not None:
             self._saved = ()
             self.res = None
+            self._guards = ()  # they hold the aliased arrays: release those with the residuals
             self._freed = True
 
     def register_prehook(self, output_nr, fn):

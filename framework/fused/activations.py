@@ -12,11 +12,10 @@ from conch.kernels._launch import use_triton
 
 from .. import _dtype as D
 from .. import ops
-from ..autograd.function import Op
 from ..autograd.grad_mode import _enabled
 from ..ops import Erf
 from ..tensor import Tensor
-from ._common import _recompute_grads, _res, _t
+from ._common import FusedOp, _recompute_grads, _res, _t
 
 
 def _composite_activation(x, name, negative_slope=0.01, alpha=1.0):
@@ -44,7 +43,7 @@ def _composite_activation(x, name, negative_slope=0.01, alpha=1.0):
     raise ValueError(f"unknown activation {name!r}; expected one of {', '.join(ACTIVATIONS)} or None")
 
 
-class Activation(Op):
+class Activation(FusedOp):
     """act(x) on the activations kernel; backward dx = dy · act'(x) (or act'(y) where cheaper)."""
 
     saves = (0,)

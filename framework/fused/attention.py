@@ -11,12 +11,11 @@ import numpy as np
 from conch import kernels as K
 
 from .._backend import xp_of
-from ..autograd.function import Op
 from ..autograd.grad_mode import _enabled
 from ..backends import _tf32
 from ..creation import philox_seed_offset
 from ..tensor import Tensor
-from ._common import _recompute_grads, _res, _t
+from ._common import FusedOp, _recompute_grads, _res, _t
 from .softmax import softmax
 
 
@@ -32,7 +31,7 @@ def _composite_attention(q, k, v, causal, scale, drop=None):
     return p @ v
 
 
-class Attention(Op):
+class Attention(FusedOp):
     """softmax(q kᵀ·scale [causal]) [dropout] v on the flash-attention kernels (no (L, S) matrix kept on the GPU).
 
     Backward: dv = p̃ᵀ dout, ds = p ∘ (dp̃ - rowsum(dout ∘ out)), dq = ds k·scale, dk = dsᵀ q·scale, with p

@@ -10,16 +10,18 @@ from .. import _dtype as D
 from .. import ops
 from .._backend import xp_of
 from ..amp.autocast_mode import cast_for
-from ..autograd.function import Op
 from ..autograd.grad_mode import _enabled
 from ..tensor import Tensor
-from ._common import _mean_over, _recompute_grads, _res, _t
+from ._common import FusedOp, _mean_over, _recompute_grads, _res, _t
 
 
-class CrossEntropy(Op):
+class CrossEntropy(FusedOp):
     """Fused cross-entropy from logits (logsumexp in the forward, softmax − onehot in the backward)."""
 
     saves = (0,)
+    # the residuals keep the logits by reference (no copy of the largest activation), but PyTorch's unfused
+    # loss keeps none of them (log_softmax saves its output): a later in-place write into the logits copies them
+    copy_on_write = (0,)
 
     @staticmethod
     def forward(ctx, logits, target, ignore_index, label_smoothing, reduction, check_targets=True):

@@ -5,14 +5,13 @@ from __future__ import annotations
 from conch import kernels as K
 
 from .._backend import xp_of
-from ..autograd.function import Op
 from ..autograd.grad_mode import _enabled
 from ..creation import philox_seed_offset
 from ..tensor import Tensor
-from ._common import _res, _t
+from ._common import FusedOp, _res, _t
 
 
-class Dropout(Op):
+class Dropout(FusedOp):
     """y = x · mask / (1 - p) with a counter-based mask: the backward regenerates it from (seed, offset)."""
 
     @staticmethod

@@ -13,15 +13,14 @@ from .. import _dtype as D
 from .. import ops
 from .._backend import is_cupy_array, xp_of
 from ..amp.autocast_mode import cast_for
-from ..autograd.function import Op
 from ..autograd.grad_mode import _enabled
 from ..backends import _tf32
 from ..tensor import Tensor, _as_tensor, _check_devices
-from ._common import _no_bias, _recompute_grads, _res, _t
+from ._common import FusedOp, _no_bias, _recompute_grads, _res, _t
 from .activations import _composite_activation
 
 
-class MatMulAct(Op):
+class MatMulAct(FusedOp):
     """out = act(a @ b + bias) on the matmul kernel (bias and activation fused in the epilogue).
 
     Backward: dZ = dout · act'(Z), da = dZ @ bᵀ, db = aᵀ @ dZ, dbias = Σ_rows dZ.

@@ -6,13 +6,12 @@ from conch import kernels as K
 
 from .. import _dtype as D
 from ..amp.autocast_mode import cast_for
-from ..autograd.function import Op
 from ..autograd.grad_mode import _enabled
 from ..tensor import Tensor
-from ._common import _no_bias, _recompute_grads, _res, _t
+from ._common import FusedOp, _no_bias, _recompute_grads, _res, _t
 
 
-class LayerNorm(Op):
+class LayerNorm(FusedOp):
     """Layer norm over the last dim on the norms kernel (fp32 mean/rstd saved)."""
 
     saves = (0, 1, 2)

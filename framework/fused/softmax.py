@@ -6,18 +6,20 @@ from __future__ import annotations
 
 from conch import kernels as K
 
-from .. import ops
 from ..amp.autocast_mode import cast_for
-from ..autograd.function import Op
 from ..autograd.grad_mode import _enabled
 from ..tensor import Tensor, _norm_dim
-from ._common import _recompute_grads, _res, _t
+from ._common import FusedOp, _res, _t
 
 
-class SoftmaxLast(Op):
-    """softmax / log_softmax over the last dim on the softmax kernel."""
+class SoftmaxLast(FusedOp):
+    """softmax / log_softmax over the last dim on the softmax kernel.
 
-    saves = (0,)
+    Both derivatives are functions of the output, so the output is what is kept (as PyTorch's): the input may be
+    modified in place afterwards, the output may not.
+    """
+
+    saves = ("out",)
 
     @staticmethod
     def forward(ctx, x, log):
@@ -27,9 +29,11 @@ class SoftmaxLast(Op):
 
     @staticmethod
     def backward(ctx, g):
-        if _enabled[0]:
-            cls = ops.LogSoftmax if ctx.log else ops.Softmax
-            return _recompute_grads(ctx, lambda x: cls.apply(x, dim=x.ndim - 1), (g,))
+        if _enabled[0]:  # recorded (create_graph): the plain ops' formulas on the saved output, differentiable
+            y = ctx.saved_tensor(0)
+            if ctx.log:
+                return g - y.exp() * g.sum(dim=-1, keepdim=True)
+            return y * (g - (g * y).sum(dim=-1, keepdim=True))
         return _t(K.softmax.softmax_backward(_res(ctx), g._data, log=ctx.log))
 
 
