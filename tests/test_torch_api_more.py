@@ -277,6 +277,16 @@ def test_logcumsumexp(device):
     assert half.dtype == conch.float16
 
 
+@pytest.mark.parametrize("n", [1, 2, 5, 8, 13])
+@pytest.mark.parametrize("ufunc", ["maximum", "minimum", "logaddexp", "add"])
+def test_stepped_scan_matches_accumulate(ufunc, n):
+    # the CuPy path of cummax/cummin/logcumsumexp (a Hillis-Steele scan), run on NumPy arrays
+    from conch.ops import _scan
+
+    a = RNG.normal(size=(3, n, 2))
+    np.testing.assert_allclose(_scan(a, 1, ufunc, steps=True), getattr(np, ufunc).accumulate(a, axis=1), rtol=1e-12)
+
+
 # ---------------------------------------------------------------- in-place methods
 
 

@@ -230,12 +230,12 @@ class Cumsum(Op):
         return g.flip(ctx.dim).cumsum(ctx.dim).flip(ctx.dim)
 
 
-def _scan(a, axis, ufunc):
+def _scan(a, axis, ufunc, steps=False):
     """Inclusive scan of the associative ufunc ``ufunc`` ("maximum", "logaddexp", ...) along ``axis``: NumPy's
-    ``accumulate``; elsewhere (CuPy) a Hillis-Steele scan, log2(n) whole-array steps of the ufunc."""
+    ``accumulate``; elsewhere (CuPy), or with ``steps``, a Hillis-Steele scan: log2(n) whole-array ufunc steps."""
     xp = xp_of(a)
     fn = getattr(xp, ufunc)
-    if xp is np:
+    if xp is np and not steps:
         return fn.accumulate(a, axis=axis)
     out, n, s = a.copy(), a.shape[axis], 1
     while s < n:  # after the step with shift s, out[i] folds a[i - 2s + 1 .. i]
