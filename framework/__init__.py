@@ -94,10 +94,17 @@ from .tensor_api import (
     unique,
 )
 from .tensor_api import attach as _attach_tensor_methods
+from .tensor_api import numpy_kwargs as _numpy_kwargs
 
 # The one place Tensor gets the methods that need the layers above tensor.py (fused kernels, creation, the rest of
 # PyTorch's Tensor API): conch.tensor_api.TensorMethods, copied onto Tensor before anything can use it.
 _attach_tensor_methods(Tensor)
+
+# torch.cat(xs, axis=0), torch.softmax(x, axis=-1): PyTorch's NumPy-style aliases for the functions defined outside
+# Tensor too (the conch.NAME functions below call the methods, which take them already)
+cat, concat, concatenate, stack, split, cumsum = (_numpy_kwargs(f) for f in (cat, concat, concatenate, stack, split,
+                                                                           cumsum))  # fmt: skip
+softmax, log_softmax = _numpy_kwargs(softmax), _numpy_kwargs(log_softmax)
 
 globals()["bool"] = bool_  # conch.bool, as torch.bool (assigned so the builtin stays usable in this module)
 
@@ -139,6 +146,11 @@ for _n in (
     "sort", "argsort", "msort", "topk", "gather", "take_along_dim", "scatter", "scatter_add", "index_select",
     "masked_select", "nonzero", "argwhere", "narrow", "select", "movedim", "moveaxis", "diagonal", "tril", "triu",
     "roll", "tile", "diff", "nelement", "repeat_interleave",
+    "tan", "sinh", "cosh", "asin", "acos", "atan", "asinh", "acosh", "atanh", "arcsin", "arccos", "arctan", "arcsinh",
+    "arccosh", "arctanh", "log2", "log10", "exp2", "fmod", "remainder", "copysign", "logaddexp", "hypot",
+    "bitwise_not", "bitwise_and", "bitwise_or", "bitwise_xor", "bitwise_left_shift", "bitwise_right_shift", "div",
+    "divide", "true_divide", "floor_divide", "mul", "multiply", "cummax", "cummin", "logcumsumexp", "index_add",
+    "index_fill", "masked_scatter", "reciprocal", "negative",
 ):  # fmt: skip
     if _n not in globals():
         globals()[_n] = _method(_n)

@@ -496,27 +496,100 @@ class Tensor(GraphTensor):
         _check_int_divisor(b)
         return _const(a._data // b._data)
 
+    def __rfloordiv__(self, other):
+        a, b = _operands(other, self)
+        _check_int_divisor(b)
+        return _const(a._data // b._data)
+
     def __mod__(self, other):
+        return self.remainder(other)
+
+    def __rmod__(self, other):
+        a, b = _operands(other, self)
+        return a.remainder(b)
+
+    def remainder(self, other):
+        """a - floor(a/b)·b: Python's %, the sign of the divisor; differentiable (ops.Remainder)."""
         a, b = _operands(self, other)
         _check_int_divisor(b)
-        return _const(a._data % b._data)
+        return ops.Remainder.apply(_fp32("remainder", a), b)
+
+    def fmod(self, other):
+        """a - trunc(a/b)·b: C's fmod, the sign of the dividend; differentiable (ops.Fmod)."""
+        a, b = _operands(self, other)
+        _check_int_divisor(b)
+        return ops.Fmod.apply(a, b)
+
+    def div(self, other, *, rounding_mode=None):
+        """a / b; ``rounding_mode`` "trunc" (towards 0) or "floor" keeps integer dtypes (zero gradient)."""
+        if rounding_mode is None:
+            return self.__truediv__(other)
+        if rounding_mode not in ("trunc", "floor"):
+            raise ValueError(
+                f"div expected rounding_mode to be one of None, 'trunc', or 'floor' but found '{rounding_mode}'"
+            )
+        a, b = _operands(self, other)
+        _check_int_divisor(b)
+        return ops.DivRounded.apply(a, b, mode=rounding_mode)
+
+    divide = div
+
+    def _bitwise(self, other, name, fn):
+        """An integer/bool-only operation outside the graph; a float operand raises as PyTorch's kernels do."""
+        a, b = (self, None) if other is None else _operands(self, other)
+        if a.dtype.kind not in "biu":
+            raise RuntimeError(f"\"{name}_{a.device.type}\" not implemented for '{D.scalar_name(a.dtype)}'")
+        return _const(fn(a._data) if b is None else fn(a._data, b._data))
 
     def __invert__(self):
         if self.dtype.kind not in "biu":
-            raise TypeError(f"~ (bitwise not) is only defined for bool and integer tensors, got {self.dtype}")
+            raise TypeError("~ (operator.invert) is only implemented on integer and Boolean-type tensors")
         return _const(~self._data)
 
-    def __and__(self, other):
-        a, b = _operands(self, other)
-        return _const(a._data & b._data)
+    def bitwise_not(self):
+        return self._bitwise(None, "bitwise_not", operator.invert)
 
-    def __or__(self, other):
-        a, b = _operands(self, other)
-        return _const(a._data | b._data)
+    def bitwise_and(self, other):
+        return self._bitwise(other, "bitwise_and", operator.and_)
 
-    def __xor__(self, other):
-        a, b = _operands(self, other)
-        return _const(a._data ^ b._data)
+    def bitwise_or(self, other):
+        return self._bitwise(other, "bitwise_or", operator.or_)
+
+    def bitwise_xor(self, other):
+        return self._bitwise(other, "bitwise_xor", operator.xor)
+
+    def _shift(self, other, left, reverse=False):
+        a, b = _operands(other, self) if reverse else _operands(self, other)
+        if a.is_floating_point():  # PyTorch shifts floats too: a · 2^b and a / 2^b
+            return a * 2**b if left else a / 2**b
+        name = "lshift" if left else "rshift"
+        if a.dtype.kind not in "iu":
+            raise RuntimeError(f"\"{name}_{a.device.type}\" not implemented for '{D.scalar_name(a.dtype)}'")
+        return _const((a._data << b._data) if left else (a._data >> b._data))
+
+    def bitwise_left_shift(self, other):
+        return self._shift(other, True)
+
+    def bitwise_right_shift(self, other):
+        return self._shift(other, False)
+
+    __and__, __or__, __xor__ = bitwise_and, bitwise_or, bitwise_xor
+    __lshift__, __rshift__ = bitwise_left_shift, bitwise_right_shift
+
+    def __rand__(self, other):
+        return self._bitwise(other, "bitwise_and", lambda a, b: b & a)
+
+    def __ror__(self, other):
+        return self._bitwise(other, "bitwise_or", lambda a, b: b | a)
+
+    def __rxor__(self, other):
+        return self._bitwise(other, "bitwise_xor", lambda a, b: b ^ a)
+
+    def __rlshift__(self, other):
+        return self._shift(other, True, reverse=True)
+
+    def __rrshift__(self, other):
+        return self._shift(other, False, reverse=True)
 
     # comparisons: results are bool tensors outside the graph
     def __eq__(self, other):
@@ -544,7 +617,7 @@ class Tensor(GraphTensor):
         return _const(a._data >= b._data)
 
     eq, ne, lt, le, gt, ge = __eq__, __ne__, __lt__, __le__, __gt__, __ge__
-    add, sub, mul, div, pow = __add__, __sub__, __mul__, __truediv__, __pow__
+    add, sub, mul, pow = __add__, __sub__, __mul__, __pow__
     true_divide, multiply, subtract, neg, negative = __truediv__, __mul__, __sub__, __neg__, __neg__
 
     # ------------------------------------------------------------ in-place
@@ -557,12 +630,25 @@ class Tensor(GraphTensor):
             self.requires_grad or (other_t is not None and other_t.requires_grad) or self._base is not None
         ):
             return self._assign(getattr(Tensor, op)(self, other), name=op.strip("_"))
-        res = getattr(Tensor, op)(self.detach(), other.detach() if other_t is not None else other)
+        return self._write_back(getattr(Tensor, op)(self.detach(), other.detach() if other_t is not None else other))
+
+    def _inplace_fn(self, fn, name, *others):
+        """The in-place form of an out-of-place method: ``fn(self)`` written into self, through ``_assign`` when
+        a graph or a view is involved (``others``: the other tensors it reads), else straight into the array."""
+        if self._records_write(*(o for o in others if isinstance(o, Tensor))):
+            return self._assign(fn(self), name=name)
+        return self._write_back(fn(self.detach()))
+
+    def _write_back(self, res):
+        """Write ``res`` (computed out of place, outside any graph) into self's memory and bump the version."""
         if res.dtype != self.dtype and not np.can_cast(res.dtype, self.dtype, "same_kind"):
-            raise RuntimeError(f"result type {res.dtype} can't be cast to the desired output type {self.dtype}")
+            raise RuntimeError(
+                f"result type {D.scalar_name(res.dtype)} can't be cast to the desired output type "
+                f"{D.scalar_name(self.dtype)}"
+            )
         if res.shape != self.shape:
             raise RuntimeError(
-                f"output with shape {self.shape} doesn't match the broadcast shape {res.shape} of an in-place op"
+                f"output with shape {list(self.shape)} doesn't match the broadcast shape {list(res.shape)}"
             )
         _check_overlap(self._data)
         if _COW:
@@ -695,8 +781,36 @@ class Tensor(GraphTensor):
     def mul_(self, other):
         return self._inplace("__mul__", other)
 
-    def div_(self, other):
-        return self._inplace("__truediv__", other)
+    def div_(self, other, *, rounding_mode=None):
+        if rounding_mode is None:
+            return self._inplace("__truediv__", other)
+        return self._inplace_fn(lambda t: t.div(other, rounding_mode=rounding_mode), "div_", other)
+
+    def __imod__(self, other):
+        return self._inplace_fn(lambda t: t.remainder(other), "remainder_", other)
+
+    remainder_ = __imod__
+
+    def fmod_(self, other):
+        return self._inplace_fn(lambda t: t.fmod(other), "fmod_", other)
+
+    def __ifloordiv__(self, other):
+        return self._inplace_fn(lambda t: t // other, "floor_divide_", other)
+
+    def __iand__(self, other):
+        return self._inplace_fn(lambda t: t & other, "bitwise_and_", other)
+
+    def __ior__(self, other):
+        return self._inplace_fn(lambda t: t | other, "bitwise_or_", other)
+
+    def __ixor__(self, other):
+        return self._inplace_fn(lambda t: t ^ other, "bitwise_xor_", other)
+
+    def __ilshift__(self, other):
+        return self._inplace_fn(lambda t: t << other, "bitwise_left_shift_", other)
+
+    def __irshift__(self, other):
+        return self._inplace_fn(lambda t: t >> other, "bitwise_right_shift_", other)
 
     def _set_(self, array_fn, fills=False):
         """Overwrite in place under no_grad; used by zero_, fill_, copy_, init functions. ``fills``: one value
@@ -836,14 +950,46 @@ class Tensor(GraphTensor):
         return out
 
     def view(self, *shape):
+        """The same memory seen with another shape (PyTorch's rule: each group of merged or split dims must be
+        evenly strided, else a RuntimeError says to reshape), or with another dtype (``view(dtype)``: the bits
+        reinterpreted, the last dim scaled by the ratio of item sizes)."""
         if len(shape) == 1 and not isinstance(shape[0], (int, tuple, list, np.integer)):
-            return self.to(dtype=shape[0])
-        if not self._data.flags.c_contiguous and self.ndim > 1:
+            return self._view_dtype(D.as_dtype(shape[0]))
+        shape = _infer_shape(_shape_arg(shape), self)
+        if shape != self.shape and _view_strides(self.shape, self.stride(), shape) is None:
             raise RuntimeError(
-                f"view size is not compatible with input tensor's size and stride (shape {self.shape}, strides "
-                f"{self.stride()}); use .reshape(...) instead"
+                "view size is not compatible with input tensor's size and stride (at least one dimension spans "
+                "across two contiguous subspaces). Use .reshape(...) instead."
             )
-        return self.reshape(*shape)
+        return self.reshape(shape)
+
+    def _view_dtype(self, dtype):
+        """``view(dtype)``: no copy, no gradient (as PyTorch); shares self's memory and version counter."""
+        a, old, new = self._data, self._data.itemsize, np.dtype(dtype).itemsize
+        if old != new:
+            if self.ndim == 0:
+                raise RuntimeError(
+                    "self.dim() cannot be 0 to view "
+                    f"{D.scalar_name(self.dtype)} as {D.scalar_name(dtype)} (different element sizes)"
+                )
+            if a.shape[-1] != 1 and a.strides[-1] != old:
+                raise RuntimeError("self.stride(-1) must be 1 to view " f"{D.scalar_name(self.dtype)} as "
+                                   f"{D.scalar_name(dtype)} (different element sizes)")  # fmt: skip
+            if new > old and (a.shape[-1] * old) % new:
+                raise RuntimeError(
+                    f"self.size(-1) must be divisible by {new // old} to view {D.scalar_name(self.dtype)} as "
+                    f"{D.scalar_name(dtype)} (different element sizes), but got {a.shape[-1]}"
+                )
+            if new > old and any(st % new for st in a.strides[:-1]):
+                raise RuntimeError(
+                    f"self.stride(i) must be divisible by {new // old} for all i < self.dim() - 1 to view "
+                    f"{D.scalar_name(self.dtype)} as {D.scalar_name(dtype)} (different element sizes)"
+                )
+            if a.shape[-1] == 1 and a.strides[-1] != old:  # a size-1 last dim may have any stride: make it dense
+                a = xp_of(a).lib.stride_tricks.as_strided(a, strides=a.strides[:-1] + (old,))
+        out = Tensor._make(a.view(dtype))
+        out._version = self._version
+        return out
 
     def flatten(self, start_dim=0, end_dim=-1):
         if self.ndim == 0:
@@ -1175,6 +1321,33 @@ def _check_reduce(t, name, dims):
 
 def _floating(t):
     return t if t.is_floating_point() else t.to(dtype=D.get_default_dtype())
+
+
+def _view_strides(old_shape, old_strides, new_shape):
+    """The strides (in elements) under which ``new_shape`` views a tensor of ``old_shape``/``old_strides`` without
+    a copy, or None: PyTorch's ``computeStride``. Old dims are taken in chunks of evenly strided neighbours; each
+    chunk must be covered exactly by a run of new dims, which then get that chunk's strides."""
+    if not old_shape:
+        return (1,) * len(new_shape)
+    numel = int(np.prod(old_shape, dtype=np.int64))
+    if numel == 0:  # an empty tensor views as anything of the same (zero) size
+        return tuple(old_strides) if tuple(old_shape) == tuple(new_shape) else (0,) * len(new_shape)
+    new_strides = [0] * len(new_shape)
+    view_d = len(new_shape) - 1
+    base_stride, tensor_numel, view_numel = old_strides[-1], 1, 1
+    for d in range(len(old_shape) - 1, -1, -1):
+        tensor_numel *= old_shape[d]
+        # the chunk ends at d when d is the first dim or dim d-1 does not continue it evenly
+        if d == 0 or (old_shape[d - 1] != 1 and old_strides[d - 1] != tensor_numel * base_stride):
+            while view_d >= 0 and (view_numel < tensor_numel or new_shape[view_d] == 1):
+                new_strides[view_d] = view_numel * base_stride
+                view_numel *= new_shape[view_d]
+                view_d -= 1
+            if view_numel != tensor_numel:
+                return None
+            if d > 0:
+                base_stride, tensor_numel, view_numel = old_strides[d - 1], 1, 1
+    return tuple(new_strides) if view_d == -1 else None
 
 
 def _infer_shape(shape, t):

@@ -14,6 +14,8 @@ they build on live in :mod:`conch.ops`. Example::
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from . import _dtype as D
@@ -41,7 +43,7 @@ from .ops import (
     _gather,
     _scatter_add_into,
 )
-from .tensor import Tensor, _check_devices, _const, _floating, _mark_view, _operands, cat
+from .tensor import Tensor, _check_devices, _const, _floating, _mark_view, _mask_array, _operands, cat
 from .tensor import _norm_dim as _dim
 
 
@@ -246,6 +248,267 @@ class TensorMethods:
 
     def logical_not(self):
         return self._logical("logical_not")
+
+    # ---- more elementwise maths (issue #14): trigonometric, hyperbolic, logs and powers of 2 and 10
+    def tan(self):
+        return ops.Tan.apply(_floating(self))
+
+    def sinh(self):
+        return ops.Sinh.apply(cast_for("sinh", _floating(self))[0])
+
+    def cosh(self):
+        return ops.Cosh.apply(cast_for("cosh", _floating(self))[0])
+
+    def asin(self):
+        return ops.Asin.apply(cast_for("asin", _floating(self))[0])
+
+    def acos(self):
+        return ops.Acos.apply(cast_for("acos", _floating(self))[0])
+
+    def atan(self):
+        return ops.Atan.apply(_floating(self))
+
+    def asinh(self):
+        return ops.Asinh.apply(_floating(self))
+
+    def acosh(self):
+        return ops.Acosh.apply(_floating(self))
+
+    def atanh(self):
+        return ops.Atanh.apply(_floating(self))
+
+    arcsin, arccos, arctan, arcsinh, arccosh, arctanh = asin, acos, atan, asinh, acosh, atanh
+
+    def log2(self):
+        return ops.LogBase.apply(cast_for("log2", _floating(self))[0], base=2)
+
+    def log10(self):
+        return ops.LogBase.apply(cast_for("log10", _floating(self))[0], base=10)
+
+    def exp2(self):
+        return ops.Exp2.apply(_floating(self))
+
+    def _binary_float(self, other, op):
+        a, b = _operands(self, other, floating=True)
+        return op.apply(a, b)
+
+    def copysign(self, other):
+        return self._binary_float(other, ops.Copysign)
+
+    def logaddexp(self, other):
+        return self._binary_float(other, ops.LogAddExp)
+
+    def hypot(self, other):
+        return self._binary_float(other, ops.Hypot)
+
+    def floor_divide(self, other):
+        return self // other
+
+    def type(self, dtype=None, non_blocking=False, **kwargs):
+        """No argument: the type name as PyTorch spells it, with conch's prefix ("conch.FloatTensor",
+        "conch.cuda.LongTensor"); a dtype or such a name (also "torch.cuda.HalfTensor"): a converted tensor."""
+        if dtype is None:
+            name = _TYPE_NAMES.get(self.dtype.name, self.dtype.name)
+            return f"conch.{name}" if self.device.type == "cpu" else f"conch.cuda.{name}"
+        if isinstance(dtype, str) and dtype.endswith("Tensor"):
+            *prefix, name = dtype.split(".")
+            by_name = {v: k for k, v in _TYPE_NAMES.items()}
+            if name not in by_name or (prefix and prefix[0] not in ("torch", "conch")):
+                raise ValueError(f"invalid type: '{dtype}'")
+            cuda = "cuda" in prefix
+            dev = self.device if (self.device.type != "cpu") == cuda else ("cuda" if cuda else "cpu")
+            return self.to(device=dev, dtype=D.as_dtype(by_name[name]))
+        return self.to(dtype=dtype)
+
+    # ---- scans: running extremes with their indices, log-cumulative-sum-exp
+    def _cum_extreme(self, dim, largest):
+        d = _dim(int(dim), self.ndim)
+        x = self if self.ndim else self.reshape(1)
+        if x.numel() == 0:
+            empty = xp_of(self._data).zeros(self.shape, dtype=np.int64)
+            return ValuesIndices((self.clone(), _const(empty)))
+        idx = ops._cum_extreme_index(x._data, d, largest)
+        vals = _gather(x, idx, d)
+        if not self.ndim:
+            vals, idx = vals.reshape(()), idx.reshape(())
+        return ValuesIndices((vals, _const(idx)))
+
+    def cummax(self, dim):
+        """(values, indices): the running maximum along ``dim`` and where it was last attained; the gradient
+        goes to those elements."""
+        return self._cum_extreme(dim, True)
+
+    def cummin(self, dim):
+        return self._cum_extreme(dim, False)
+
+    def logcumsumexp(self, dim):
+        """log Σ_{j<=i} exp(x_j) along ``dim``, stable for any spread of values."""
+        x = cast_for("logcumsumexp", _floating(self))[0]
+        d = _dim(int(dim), self.ndim)
+        if not self.ndim:
+            return ops.LogCumSumExp.apply(x.reshape(1), dim=0).reshape(())
+        return ops.LogCumSumExp.apply(x, dim=d)
+
+    # ---- in-place fills from conch's generators (seeded by conch.manual_seed), for initialisation
+    def _fill_random(self, name, draw, floating=True):
+        if floating and not self.is_floating_point():
+            raise RuntimeError(f"\"{name}_{self.device.type}\" not implemented for '{D.scalar_name(self.dtype)}'")
+        if self._records_write():
+            return self._assign(draw(), name=name, replaces=True)
+        new = draw()
+        return self._set_(lambda a: a.__setitem__(Ellipsis, new._data.astype(a.dtype, copy=False)))
+
+    def _rand(self, fn, generator):
+        dt = D.float64 if self.dtype == D.float64 else D.float32  # half precision draws in float32
+        return getattr(creation, fn)(*self.shape, dtype=dt, device=self.device, generator=generator)
+
+    def normal_(self, mean=0.0, std=1.0, *, generator=None):
+        """Fill with N(mean, std²)."""
+        if std < 0:
+            raise RuntimeError(f"normal expects std >= 0.0, but found std {std}")
+        return self._fill_random("normal_", lambda: self._rand("randn", generator) * std + mean)
+
+    def uniform_(self, from_=0.0, to=1.0, *, generator=None, **kwargs):
+        """Fill with U(from, to) (``from`` is a keyword Python cannot spell: pass it positionally)."""
+        lo = kwargs.pop("from", from_)
+        if kwargs:
+            raise TypeError(f"uniform_() got an unexpected keyword argument '{next(iter(kwargs))}'")
+        if lo > to:
+            raise RuntimeError(f"uniform_ expects to return a [from, to) range, but found from={lo} > to={to}")
+        return self._fill_random("uniform_", lambda: self._rand("rand", generator) * (to - lo) + lo)
+
+    def exponential_(self, lambd=1.0, *, generator=None):
+        """Fill with Exp(lambd): -log(1 - u) / lambd for u ~ U[0, 1)."""
+        if lambd <= 0:
+            raise RuntimeError(f"exponential_ expects lambda > 0.0, but found lambda={lambd}")
+        return self._fill_random("exponential_", lambda: -(-self._rand("rand", generator)).log1p() / lambd)
+
+    def log_normal_(self, mean=1.0, std=2.0, *, generator=None):
+        """Fill with exp(N(mean, std²))."""
+        return self._fill_random("log_normal_", lambda: (self._rand("randn", generator) * std + mean).exp())
+
+    def bernoulli_(self, p=0.5, *, generator=None):
+        """Fill with 1 (probability ``p``, a number or a tensor broadcasting to self) or 0, in self's dtype."""
+        pa = p._data if isinstance(p, Tensor) else p
+        xp = xp_of(self._data)
+        if bool((xp.asarray(pa) < 0).any()) or bool((xp.asarray(pa) > 1).any()):
+            raise RuntimeError(f"bernoulli_ expects p to be in [0, 1], but got p={p}")
+        return self._fill_random(
+            "bernoulli_", lambda: _const(self._rand("rand", generator)._data < pa).to(dtype=self.dtype), False
+        )
+
+    def random_(self, *args, generator=None, **kwargs):
+        """``random_(from, to)``: integers in [from, to); ``random_(to)``: [0, to); ``random_()``: [0, 2^mantissa]
+        for floats, [0, max] for integers (as PyTorch)."""
+        lo, hi = 0, kwargs.pop("to", None)
+        lo = kwargs.pop("from", lo)
+        if len(args) == 1:
+            hi = args[0]
+        elif len(args) == 2:
+            lo, hi = args
+        if hi is None:
+            if self.dtype == D.bool_:
+                hi = 2
+            elif self.is_floating_point():
+                hi = 2 ** {"float16": 11, "bfloat16": 8, "float32": 24, "float64": 53}[self.dtype.name] + 1
+            else:
+                hi = int(np.iinfo(self.dtype).max) + 1
+        if lo >= hi:
+            raise RuntimeError(f"random_ expects 'from' to be less than 'to', but got from={lo} >= to={hi}")
+
+        def draw():
+            t = creation.randint(lo, hi, self.shape, dtype=D.int64, device=self.device, generator=generator)
+            return t.to(dtype=self.dtype)
+
+        return self._fill_random("random_", draw, False)
+
+    def fill_diagonal_(self, fill_value, wrap=False):
+        """Write ``fill_value`` on the main diagonal (all dims of equal size beyond 2-D); a tall 2-D matrix restarts
+        its diagonal after every ``cols + 1`` rows with ``wrap=True``, as NumPy's fill_diagonal."""
+        if self.ndim < 2:
+            raise RuntimeError("dimensions must larger than 1")
+        if self.ndim > 2 and len(set(self.shape)) != 1:
+            raise RuntimeError("all dimensions of input must be of equal length")
+        xp, n = xp_of(self._data), self.numel()
+        if self.ndim == 2:
+            step = self.shape[1] + 1
+            end = n if wrap else min(n, self.shape[1] * self.shape[1])
+        else:
+            step = sum(int(np.prod(self.shape[i + 1 :], dtype=np.int64)) for i in range(self.ndim))
+            end = n
+        mask = xp.zeros(n, dtype=bool)
+        mask[0:end:step] = True
+        return self.masked_fill_(mask.reshape(self.shape), fill_value)
+
+    # ---- index_add / index_fill / masked_scatter (and the in-place forms below)
+    def _index_vector(self, dim, index, what):
+        d = _dim(int(dim), self.ndim) if self.ndim else 0
+        idx = _index_array(index, self, what)
+        if idx.ndim > 1:
+            raise IndexError(f"{what}(): Index is supposed to be a vector, got shape {tuple(idx.shape)}")
+        n = self.shape[d] if self.ndim else 1
+        return d, _check_range(idx.reshape(-1), n, d, what, IndexError)
+
+    def index_add(self, dim, index, source, *, alpha=1):
+        """self with ``alpha · source[..., i, ...]`` added at ``self[..., index[i], ...]`` (repeats accumulate)."""
+        d, idx = self._index_vector(dim, index, "index_add")
+        x = self if self.ndim else self.reshape(1)
+        src = source if source.ndim else source.reshape(1)
+        want = x.shape[:d] + (idx.shape[0],) + x.shape[d + 1 :]
+        if tuple(src.shape) != want:
+            raise RuntimeError(
+                f"index_add_(): source {tuple(source.shape)} must have self's shape {tuple(self.shape)} with "
+                f"dimension {d} of size {idx.shape[0]} (the index's length)"
+            )
+        src = src if alpha == 1 else src * alpha
+        src = src if src.dtype == self.dtype else src.to(dtype=self.dtype)
+        view = [1] * x.ndim
+        view[d] = idx.shape[0]
+        full = xp_of(idx).broadcast_to(idx.reshape(view), want)
+        out = x + _scatter_add_into(src, full, d, x.shape)
+        return out if self.ndim else out.reshape(())
+
+    def index_fill(self, dim, index, value):
+        """self with ``value`` at every ``self[..., index[i], ...]``."""
+        d, idx = self._index_vector(dim, index, "index_fill")
+        mask = xp_of(self._data).zeros(self.shape[d] if self.ndim else 1, dtype=bool)
+        mask[idx] = True
+        view = [1] * self.ndim
+        if self.ndim:
+            view[d] = self.shape[d]
+        return self.masked_fill(mask.reshape(view), value)
+
+    def masked_scatter(self, mask, source):
+        """self with the elements where ``mask`` (broadcasting) is true replaced, in order, by source's first
+        elements; gradients flow to self (elsewhere) and to those source elements."""
+        m = _mask_array(mask, self)
+        if m.dtype != np.bool_:
+            raise RuntimeError(f"masked_scatter_ only supports boolean masks, but got mask with dtype {m.dtype}")
+        shape = np.broadcast_shapes(self.shape, m.shape)
+        xp = xp_of(self._data)
+        m = xp.broadcast_to(m, shape)
+        pos = xp.flatnonzero(m)
+        k = int(pos.shape[0])
+        if source.numel() < k:
+            raise RuntimeError(
+                f"masked_scatter: expected source to have at least {k} elements (the ones in mask), "
+                f"got {source.numel()}"
+            )
+        x = self if self.shape == shape else self.expand(*shape)
+        vals = source.reshape(-1)[:k]
+        vals = vals if vals.dtype == self.dtype else vals.to(dtype=self.dtype)
+        return Scatter.apply(x.reshape(-1), vals, idx=pos, dim=0).reshape(shape)
+
+    def scatter_(self, dim, index, src=None, value=None, *, reduce=None):
+        if reduce is not None:
+            if reduce != "add":
+                raise RuntimeError(f"scatter_(): reduce argument must be 'add' here, got {reduce!r}")
+            source = value if src is None else src
+            if not isinstance(source, Tensor):
+                d, idx = self._gather_index(dim, index, "scatter_")
+                source = self._scatter_src(source, idx, "scatter_")
+            return self.scatter_add_(dim, index, source)
+        return self._inplace_fn(lambda t: t.scatter(dim, index, src, value), "scatter_", src)
 
     # ---- reductions
     def prod(self, dim=None, keepdim=False, dtype=None):
@@ -556,6 +819,63 @@ class TensorMethods:
         return x
 
 
+_TYPE_NAMES = {
+    "float32": "FloatTensor", "float64": "DoubleTensor", "float16": "HalfTensor", "bfloat16": "BFloat16Tensor",
+    "int64": "LongTensor", "int32": "IntTensor", "int16": "ShortTensor", "int8": "CharTensor", "uint8": "ByteTensor",
+    "bool": "BoolTensor",
+}  # fmt: skip
+
+
+def _inplace_method(name):
+    """``t.NAME_(...)``: ``t.NAME(...)`` written into t (through the in-place machinery: views, versions, graph)."""
+
+    def method(self, *args, **kwargs):
+        return self._inplace_fn(lambda t: getattr(t, name)(*args, **kwargs), name + "_", *args, *kwargs.values())
+
+    method.__name__ = method.__qualname__ = name + "_"
+    method.__doc__ = f"In-place :meth:`{name}`."
+    return method
+
+
+for _n in (
+    "sqrt", "rsqrt", "exp", "exp2", "log", "log2", "log10", "log1p", "expm1", "abs", "neg", "negative", "sin", "cos",
+    "tan", "tanh", "sigmoid", "sinh", "cosh", "asin", "acos", "atan", "asinh", "acosh", "atanh", "arcsin", "arccos",
+    "arctan", "relu", "floor", "ceil", "round", "trunc", "frac", "fix", "reciprocal", "sign", "erf", "square", "pow",
+    "lerp", "addcmul", "addcdiv", "atan2", "copysign", "hypot", "clamp_min", "clamp_max", "nan_to_num", "scatter_add",
+    "index_add", "index_fill", "masked_scatter", "bitwise_not", "bitwise_and", "bitwise_or", "bitwise_xor",
+    "bitwise_left_shift", "bitwise_right_shift", "logical_not", "logical_and", "logical_or", "logical_xor",
+    "floor_divide", "t", "clip",
+):  # fmt: skip
+    setattr(TensorMethods, _n + "_", _inplace_method(_n))
+del _n
+
+_NUMPY_NAMES = (("axis", "dim"), ("keepdims", "keepdim"))
+
+
+def numpy_kwargs(fn):
+    """Accept PyTorch's NumPy-style keyword aliases: ``axis=`` for ``dim=``, ``keepdims=`` for ``keepdim=``."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        if "axis" in kwargs or "keepdims" in kwargs:
+            for alias, name in _NUMPY_NAMES:
+                if alias in kwargs:
+                    if name in kwargs:
+                        raise TypeError(f"{fn.__name__}() got multiple values for argument '{name}'")
+                    kwargs[name] = kwargs.pop(alias)
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
+def _takes_dim(fn):
+    code = getattr(fn, "__code__", None)
+    if code is None or getattr(fn, "__wrapped__", None) is not None:
+        return False
+    names = code.co_varnames[: code.co_argcount + code.co_kwonlyargcount]
+    return "dim" in names or "keepdim" in names
+
+
 def attach(cls=Tensor):
     """Copy :class:`TensorMethods`' methods onto ``cls`` (conch.Tensor); called once, by ``conch/__init__.py``.
 
@@ -567,6 +887,9 @@ def attach(cls=Tensor):
         if name in vars(cls):
             raise RuntimeError(f"Tensor.{name} is defined twice: in tensor.py and in tensor_api.py")
         setattr(cls, name, fn)
+    for name, fn in list(vars(cls).items()):  # every method with a dim/keepdim takes axis=/keepdims= too
+        if not name.startswith("_") and callable(fn) and not isinstance(fn, type) and _takes_dim(fn):
+            setattr(cls, name, numpy_kwargs(fn))
 
 
 # ----------------------------------------------------------------------------------------------------

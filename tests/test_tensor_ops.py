@@ -491,7 +491,7 @@ def test_copies_where_numpy_copies():
 
 def test_view_of_non_contiguous_raises_and_reshape_works(device):
     x = conch.zeros(3, 4, device=device).T
-    with pytest.raises(RuntimeError, match=r"view size is not compatible.*\(4, 3\)"):
+    with pytest.raises(RuntimeError, match=r"view size is not compatible.*Use \.reshape\(\.\.\.\) instead"):
         x.view(12)
     assert x.reshape(12).shape == (12,)
 
@@ -808,7 +808,7 @@ def test_inplace_dtype_rules(device):
     h = conch.tensor([1.0], dtype=conch.float16, device=device)
     h += conch.tensor([1.0], dtype=conch.float64, device=device)  # same kind: cast down, as PyTorch
     assert h.dtype == conch.float16 and h.item() == 2.0
-    with pytest.raises(RuntimeError, match=r"output with shape \(3,\) doesn't match the broadcast shape \(2, 3\)"):
+    with pytest.raises(RuntimeError, match=r"output with shape \[3\] doesn't match the broadcast shape \[2, 3\]"):
         z = conch.zeros(3, device=device)
         z += conch.ones(2, 3, device=device)
 

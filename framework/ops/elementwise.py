@@ -556,3 +556,284 @@ class Expm1(Op):
     def backward(ctx, g):
         (y,) = ctx.saved_tensors
         return g * (y + 1)
+
+
+# ---------------------------------------------------------------- more unary maths (issue #14)
+
+
+class Tan(Op):
+    """tan x; d/dx = 1 + tan² x = 1 + out²."""
+
+    saves = ("out",)
+
+    @staticmethod
+    def forward(ctx, a):
+        return xp_of(a).tan(a)
+
+    @staticmethod
+    def backward(ctx, g):
+        (out,) = ctx.saved_tensors
+        return g * (out * out + 1)
+
+
+class Sinh(Op):
+    """sinh x; d/dx = cosh x."""
+
+    saves = (0,)
+
+    @staticmethod
+    def forward(ctx, a):
+        return xp_of(a).sinh(a)
+
+    @staticmethod
+    def backward(ctx, g):
+        (a,) = ctx.saved_tensors
+        return g * Cosh.apply(a)
+
+
+class Cosh(Op):
+    """cosh x; d/dx = sinh x."""
+
+    saves = (0,)
+
+    @staticmethod
+    def forward(ctx, a):
+        return xp_of(a).cosh(a)
+
+    @staticmethod
+    def backward(ctx, g):
+        (a,) = ctx.saved_tensors
+        return g * Sinh.apply(a)
+
+
+class Asin(Op):
+    """asin x; d/dx = 1/√(1 - x²)."""
+
+    saves = (0,)
+
+    @staticmethod
+    def forward(ctx, a):
+        return xp_of(a).arcsin(a)
+
+    @staticmethod
+    def backward(ctx, g):
+        (a,) = ctx.saved_tensors
+        return g * (1 - a * a).rsqrt()
+
+
+class Acos(Op):
+    """acos x; d/dx = -1/√(1 - x²)."""
+
+    saves = (0,)
+
+    @staticmethod
+    def forward(ctx, a):
+        return xp_of(a).arccos(a)
+
+    @staticmethod
+    def backward(ctx, g):
+        (a,) = ctx.saved_tensors
+        return -g * (1 - a * a).rsqrt()
+
+
+class Atan(Op):
+    """atan x; d/dx = 1/(1 + x²)."""
+
+    saves = (0,)
+
+    @staticmethod
+    def forward(ctx, a):
+        return xp_of(a).arctan(a)
+
+    @staticmethod
+    def backward(ctx, g):
+        (a,) = ctx.saved_tensors
+        return g / (a * a + 1)
+
+
+class Asinh(Op):
+    """asinh x; d/dx = 1/√(x² + 1)."""
+
+    saves = (0,)
+
+    @staticmethod
+    def forward(ctx, a):
+        return xp_of(a).arcsinh(a)
+
+    @staticmethod
+    def backward(ctx, g):
+        (a,) = ctx.saved_tensors
+        return g * (a * a + 1).rsqrt()
+
+
+class Acosh(Op):
+    """acosh x; d/dx = 1/√(x² - 1)."""
+
+    saves = (0,)
+
+    @staticmethod
+    def forward(ctx, a):
+        return xp_of(a).arccosh(a)
+
+    @staticmethod
+    def backward(ctx, g):
+        (a,) = ctx.saved_tensors
+        return g * (a * a - 1).rsqrt()
+
+
+class Atanh(Op):
+    """atanh x; d/dx = 1/(1 - x²)."""
+
+    saves = (0,)
+
+    @staticmethod
+    def forward(ctx, a):
+        return xp_of(a).arctanh(a)
+
+    @staticmethod
+    def backward(ctx, g):
+        (a,) = ctx.saved_tensors
+        return g / (1 - a * a)
+
+
+class LogBase(Op):
+    """log2 x or log10 x (``base``); d/dx = 1/(x ln base)."""
+
+    saves = (0,)
+
+    @staticmethod
+    def forward(ctx, a, base):
+        ctx.ln = math.log(base)
+        return (xp_of(a).log2 if base == 2 else xp_of(a).log10)(a)
+
+    @staticmethod
+    def backward(ctx, g):
+        (a,) = ctx.saved_tensors
+        return g / (a * ctx.ln)
+
+
+class Exp2(Op):
+    """2^x; d/dx = 2^x ln 2 = out · ln 2."""
+
+    saves = ("out",)
+
+    @staticmethod
+    def forward(ctx, a):
+        return xp_of(a).exp2(a)
+
+    @staticmethod
+    def backward(ctx, g):
+        (out,) = ctx.saved_tensors
+        return g * out * math.log(2)
+
+
+# ---------------------------------------------------------------- more binary maths (issue #14)
+
+
+def _int_quotient(a, b, floor):
+    """a / b rounded towards -inf (``floor``) or towards 0, for integer arrays (exact: no float detour)."""
+    q = a // b  # NumPy's integer // floors, as Python's
+    if floor:
+        return q
+    fix = (a % b != 0) & ((a < 0) != (b < 0))  # floor went one below the truncated quotient
+    return q + fix.astype(q.dtype)
+
+
+class DivRounded(Op):
+    """a / b rounded (``mode`` "trunc" or "floor"): piecewise constant, so both gradients are zero (PyTorch)."""
+
+    @staticmethod
+    def forward(ctx, a, b, mode):
+        xp = xp_of(a)
+        if a.dtype.kind in "iub":
+            if a.dtype.kind == "b":
+                a, b = a.astype(np.int64), b.astype(np.int64)
+            return _int_quotient(a, b, mode == "floor")
+        if mode == "floor":
+            return xp.floor_divide(a, b).astype(a.dtype, copy=False)  # Python's floor division (fmod-based)
+        return xp.trunc(a / b).astype(a.dtype, copy=False)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g * 0, g * 0
+
+
+class Fmod(Op):
+    """fmod(a, b) = a - trunc(a/b)·b (sign of a, as C's fmod); d/da = 1, d/db = -trunc(a/b)."""
+
+    saves = (0, 1)
+
+    @staticmethod
+    def forward(ctx, a, b):
+        return xp_of(a).fmod(a, b)
+
+    @staticmethod
+    def backward(ctx, g):
+        a, b = ctx.saved_tensors
+        n = ctx.needs_input_grad
+        return (g if n[0] else None), (-g * DivRounded.apply(a, b, mode="trunc") if n[1] else None)
+
+
+class Remainder(Op):
+    """remainder(a, b) = a - floor(a/b)·b (sign of b, as Python's %); d/da = 1, d/db = -floor(a/b)."""
+
+    saves = (0, 1)
+
+    @staticmethod
+    def forward(ctx, a, b):
+        return xp_of(a).remainder(a, b)
+
+    @staticmethod
+    def backward(ctx, g):
+        a, b = ctx.saved_tensors
+        n = ctx.needs_input_grad
+        return (g if n[0] else None), (-g * DivRounded.apply(a, b, mode="floor") if n[1] else None)
+
+
+class Copysign(Op):
+    """|a| with the sign (bit) of b; d/da = out/a (±1; 0 where a == 0, as PyTorch), d/db = 0."""
+
+    saves = (0, "out")
+
+    @staticmethod
+    def forward(ctx, a, b):
+        return xp_of(a).copysign(a, b)
+
+    @staticmethod
+    def backward(ctx, g):
+        a, out = ctx.saved_tensors
+        zero = a._data == 0
+        n = ctx.needs_input_grad
+        return ((g * (out / a.masked_fill(zero, 1))).masked_fill(zero, 0) if n[0] else None), (g * 0 if n[1] else None)
+
+
+class LogAddExp(Op):
+    """log(eᵃ + eᵇ) without overflow; d/da = e^(a - out), d/db = e^(b - out)."""
+
+    saves = (0, 1, "out")
+
+    @staticmethod
+    def forward(ctx, a, b):
+        return xp_of(a).logaddexp(a, b)
+
+    @staticmethod
+    def backward(ctx, g):
+        a, b, out = ctx.saved_tensors
+        n = ctx.needs_input_grad
+        return (g * (a - out).exp() if n[0] else None), (g * (b - out).exp() if n[1] else None)
+
+
+class Hypot(Op):
+    """√(a² + b²) without overflow; d/da = a/out, d/db = b/out (NaN at (0, 0), as PyTorch)."""
+
+    saves = (0, 1, "out")
+
+    @staticmethod
+    def forward(ctx, a, b):
+        return xp_of(a).hypot(a, b)
+
+    @staticmethod
+    def backward(ctx, g):
+        a, b, out = ctx.saved_tensors
+        n = ctx.needs_input_grad
+        return (g * a / out if n[0] else None), (g * b / out if n[1] else None)

@@ -228,3 +228,66 @@ class Cumsum(Op):
     def backward(ctx, g):
         # d/dx_j Σ_{i>=j} g_i: a reversed cumulative sum
         return g.flip(ctx.dim).cumsum(ctx.dim).flip(ctx.dim)
+
+
+def _scan(a, axis, ufunc, steps=False):
+    """Inclusive scan of the associative ufunc ``ufunc`` ("maximum", "logaddexp", ...) along ``axis``: NumPy's
+    ``accumulate``; elsewhere (CuPy), or with ``steps``, a Hillis-Steele scan: log2(n) whole-array ufunc steps."""
+    xp = xp_of(a)
+    fn = getattr(xp, ufunc)
+    if xp is np and not steps:
+        return fn.accumulate(a, axis=axis)
+    out, n, s = a.copy(), a.shape[axis], 1
+    while s < n:  # after the step with shift s, out[i] folds a[i - 2s + 1 .. i]
+        hi, lo = [slice(None)] * a.ndim, [slice(None)] * a.ndim
+        hi[axis], lo[axis] = slice(s, None), slice(0, n - s)
+        out[tuple(hi)] = fn(out[tuple(hi)], out[tuple(lo)])  # the right side is a new array: old values are read
+        s *= 2
+    return out
+
+
+def _cum_extreme_index(a, dim, largest):
+    """cummax/cummin's indices along ``dim``: for each i the last j <= i holding the running extreme (ties take the
+    later index and a NaN stays the extreme once seen, as PyTorch's ``x >= best || isnan(x)`` update)."""
+    xp = xp_of(a)
+    best = _scan(a, dim, "maximum" if largest else "minimum")  # NaN propagates through maximum/minimum
+    hit = a == best
+    if a.dtype.kind == "f" or a.dtype.name == "bfloat16":
+        hit |= xp.isnan(a)
+    shape = [1] * a.ndim
+    shape[dim] = a.shape[dim]
+    pos = xp.where(hit, xp.arange(a.shape[dim], dtype=np.int64).reshape(shape), 0)
+    return _scan(pos, dim, "maximum")
+
+
+class LogCumSumExp(Op):
+    """out_i = log Σ_{j<=i} exp(x_j) along ``dim`` (a scan of logaddexp: no overflow, no underflow to -inf).
+
+    d out_i / d x_j = exp(x_j - out_i) for j <= i, so dx_j = Σ_{i>=j} g_i exp(x_j - out_i), computed in log space
+    for the positive and negative parts of g separately (PyTorch's formula), with logcumsumexp itself, so
+    higher derivatives come free.
+    """
+
+    saves = (0, "out")
+
+    @staticmethod
+    def forward(ctx, a, dim):
+        ctx.dim = dim
+        acc = _acc_dtype(a.dtype)
+        x = a if acc is None else a.astype(acc)
+        return _scan(x, dim, "logaddexp").astype(a.dtype, copy=False)
+
+    @staticmethod
+    def backward(ctx, g):
+        a, out = ctx.saved_tensors
+        d = ctx.dim
+        lowest = float(np.finfo(np.float32 if g.dtype.itemsize < 4 else g.dtype).min)
+        gd = g._data
+        log_abs = g.abs().masked_fill(gd == 0, 1).log()
+        pos, neg = log_abs.masked_fill(~(gd > 0), lowest), log_abs.masked_fill(~(gd < 0), lowest)
+
+        def rev(x):  # Σ_{i>=j} in log space: a logcumsumexp from the end
+            return LogCumSumExp.apply(x.flip(d), dim=d).flip(d)
+
+        with np.errstate(over="ignore"):  # lowest + a may round to -inf: exp gives the 0 it stands for
+            return (rev(pos - out) + a).exp() - (rev(neg - out) + a).exp()
