@@ -1,5 +1,5 @@
-"""conch.distributed and its launcher: 2 MPI processes on the CPU, each test one short
-``python -m conch.distributed.run`` job; plus the single-process parts (errors, world size 1, the launcher)."""
+"""conch.distributed, DistributedDataParallel and DistributedSampler: 2 MPI processes on the CPU, each test one
+short ``python -m conch.distributed.run`` job; plus the single-process parts (errors, world size 1, the sampler)."""
 
 import os
 import subprocess
@@ -12,6 +12,7 @@ import pytest
 
 import conch
 import conch.distributed as dist
+from conch.data.distributed import DistributedSampler
 from conch.distributed.run import find_mpiexec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -97,6 +98,75 @@ def test_collectives_values_for_each_op_and_dtype(tmp_path):
 
 
 @needs_mpi
+def test_ddp_gradients_equal_full_batch_and_sampler_covers_the_dataset(tmp_path):
+    r = _launch(
+        tmp_path,
+        """
+        import numpy as np, conch, conch.distributed as dist, conch.nn as nn
+        from numpy.testing import assert_allclose
+        from conch.data.distributed import DistributedSampler
+        from conch.nn.parallel import DistributedDataParallel as DDP
+        dist.init_process_group()
+        rank, w = dist.get_rank(), dist.get_world_size()
+
+        def net():
+            return nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 3)).double()
+
+        conch.manual_seed(rank)  # different weights on each rank: DDP must broadcast rank 0's
+        model = DDP(net(), bucket_cap_mb=0.0002)  # tiny buckets: several of them
+        assert len(model._buckets) > 1
+        ref = net(); ref.load_state_dict(model.module.state_dict())
+        conch.manual_seed(123)
+        x, y = conch.randn(8, 5, dtype=conch.float64), conch.randn(8, 3, dtype=conch.float64)
+        sampler = DistributedSampler(range(8), shuffle=False)
+        mine = list(sampler)
+        assert mine == list(range(rank, 8, w))
+        loss_fn = nn.MSELoss()
+        loss_fn(model(x[mine]), y[mine]).backward()
+        loss_fn(ref(x), y).backward()
+        for (n, p), q in zip(model.module.named_parameters(), ref.parameters()):
+            assert_allclose(p.grad.numpy(), q.grad.numpy(), rtol=1e-12, atol=1e-14, err_msg=n)
+        # no_sync: local accumulation, then one averaged sync of the sum
+        model.zero_grad(); ref.zero_grad()
+        half = [mine[:2], mine[2:]]
+        with model.no_sync():
+            loss_fn(model(x[half[0]]), y[half[0]]).backward()
+        local = model.module[0].weight.grad.numpy().copy()
+        rank0 = conch.tensor(local); dist.broadcast(rank0, src=0)
+        assert rank == 0 or not np.array_equal(local, rank0.numpy()), "no_sync must not reduce"
+        loss_fn(model(x[half[1]]), y[half[1]]).backward()
+        sel1 = [i for r in range(w) for i in list(range(r, 8, w))[:2]]
+        sel2 = [i for r in range(w) for i in list(range(r, 8, w))[2:]]
+        loss_fn(ref(x[sel1]), y[sel1]).backward(); loss_fn(ref(x[sel2]), y[sel2]).backward()
+        for p, q in zip(model.module.parameters(), ref.parameters()):
+            assert_allclose(p.grad.numpy(), q.grad.numpy(), rtol=1e-12, atol=1e-14)
+
+        # DistributedSampler: every index exactly once per epoch, new orders each epoch, padding and drop_last
+        def gather(s):
+            t = conch.tensor(list(s), dtype=conch.int64)
+            out = conch.zeros(w * len(s), dtype=conch.int64)
+            dist.all_gather_into_tensor(out, t)
+            return out.tolist()
+
+        orders = []
+        for epoch in range(3):
+            s = DistributedSampler(range(10), shuffle=True, seed=7)
+            s.set_epoch(epoch)
+            got = gather(s)
+            assert sorted(got) == list(range(10)) and len(s) == 5
+            orders.append(got)
+        assert orders[0] != orders[1]
+        padded = gather(DistributedSampler(range(11), shuffle=True, seed=1))
+        assert len(padded) == 12 and set(padded) == set(range(11))
+        dropped = gather(DistributedSampler(range(11), shuffle=True, seed=1, drop_last=True))
+        assert len(dropped) == 10 == len(set(dropped))
+        print("OK")
+    """,
+    )
+    _ok(r)
+
+
+@needs_mpi
 def test_a_rank_that_raises_ends_the_job(tmp_path):
     t0 = time.perf_counter()
     r = _launch(
@@ -143,6 +213,8 @@ def test_collectives_before_init_raise_pytorch_message():
         dist.all_reduce(conch.ones(2))
     with pytest.raises(ValueError, match="Default process group has not been initialized"):
         dist.get_rank()
+    with pytest.raises(ValueError, match="Default process group has not been initialized"):
+        conch.nn.parallel.DistributedDataParallel(conch.nn.Linear(2, 2))
 
 
 def test_launcher_without_mpiexec_says_so(monkeypatch):
@@ -153,6 +225,19 @@ def test_launcher_without_mpiexec_says_so(monkeypatch):
         run.command(2, "train.py", [])
     cmd = run.command(2, "pkg.train", ["--lr", "1"], module=True, mpiexec="/x/mpiexec")
     assert cmd[:3] == ["/x/mpiexec", "-n", "2"] and cmd[-4:] == ["-m", "pkg.train", "--lr", "1"]
+
+
+@pytest.mark.parametrize("n,replicas,drop_last", [(10, 3, False), (10, 3, True), (2, 4, False), (7, 7, True)])
+def test_distributed_sampler_partitions_as_pytorch(n, replicas, drop_last):
+    shares = [list(DistributedSampler(range(n), replicas, r, shuffle=False, drop_last=drop_last))
+              for r in range(replicas)]  # fmt: skip
+    per = n // replicas if drop_last else -(-n // replicas)
+    assert all(len(s) == per for s in shares)
+    flat = [i for k in range(per) for s in shares for i in s[k : k + 1]]
+    base = list(range(n)) * (-(-per * replicas // n))
+    assert flat == base[: per * replicas]  # padding repeats the first indices, drop_last cuts the tail
+    with pytest.raises(ValueError, match="Invalid rank"):
+        DistributedSampler(range(n), replicas, replicas)
 
 
 def test_queue_callback_runs_after_every_gradient_is_accumulated():
