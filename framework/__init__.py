@@ -113,6 +113,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "nn": "conch.nn", "optim": "conch.optim", "amp": "conch.amp", "checkpoint": "conch.checkpoint",
     "data": "conch.data", "models": "conch.models", "kernels": "conch.kernels", "bench": "conch.bench",
+    "distributed": "conch.distributed",
 }  # fmt: skip
 
 

@@ -149,10 +149,14 @@ def test_no_module_assigns_attributes_on_tensor():
                     assert not (isinstance(t, ast.Attribute) and ast.unparse(t.value) == "Tensor"), (m, ast.unparse(t))
 
 
-@pytest.mark.parametrize("mod", ["conch", "conch.ops", "conch.fused", "conch.nn", "conch.optim"])
+@pytest.mark.parametrize(
+    "mod", ["conch", "conch.ops", "conch.fused", "conch.nn", "conch.optim", "conch.distributed", "conch.nn.parallel"]
+)
 def test_import_conch_loads_neither_cupy_nor_triton(mod):
+    """Nor mpi4py: MPI starts in init_process_group, so a plain ``import conch`` never initialises MPI."""
     code = (
-        f"import sys, {mod}; bad = sorted(m for m in sys.modules if m.split('.')[0] in ('cupy', 'triton')); "
+        f"import sys, {mod}; "
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('cupy', 'triton', 'mpi4py')); "
         "print(bad); sys.exit(1 if bad else 0)"
     )
     env_py = [sys.executable, "-c", code]

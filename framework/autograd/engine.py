@@ -102,12 +102,43 @@ def _useful_nodes(nodes, capture_leaf, target_nodes):
     return useful
 
 
+_callbacks: list = []  # queue_callback's functions, run when the outermost backward pass ends
+_depth = [0]  # backward passes running now (checkpointing runs one inside another)
+
+
+def queue_callback(fn):
+    """Run ``fn()`` once the current backward pass has finished, every gradient accumulated (PyTorch's
+    ``Variable._execution_engine.queue_callback``). DDP's gradient hooks use it: a leaf hook sees a gradient
+    before it reaches ``.grad``, and only the end of the pass knows that every ``.grad`` is final."""
+    if not _depth[0]:
+        raise RuntimeError("queue_callback can only be called during the backward pass")
+    _callbacks.append(fn)
+
+
 def run_backward(roots, root_grads, retain_graph=False, create_graph=False, inputs=None, allow_unused=False):
     """Backpropagate ``root_grads`` from ``roots``.
 
     With ``inputs=None`` gradients accumulate into every leaf's ``.grad``; otherwise the gradients
-    of exactly those tensors are returned (``autograd.grad``) and no ``.grad`` is touched.
+    of exactly those tensors are returned (``autograd.grad``) and no ``.grad`` is touched. Callbacks queued
+    during the pass run after it, in order, when it succeeded (a failed pass drops them).
     """
+    _depth[0] += 1
+    ok = False
+    try:
+        out = _run_backward(roots, root_grads, retain_graph, create_graph, inputs, allow_unused)
+        ok = True
+    finally:
+        _depth[0] -= 1
+        if not _depth[0] and _callbacks:
+            queued = _callbacks[:]
+            _callbacks.clear()
+            if ok:
+                for fn in queued:
+                    fn()
+    return out
+
+
+def _run_backward(roots, root_grads, retain_graph, create_graph, inputs, allow_unused):
     make, zeros = roots[0]._make, roots[0]._zeros  # Tensor's constructors (this layer sits below tensor.py)
     capture_leaf, capture_node, captured = {}, {}, None
     for t in roots:

@@ -10,7 +10,7 @@ Example::
     loss.backward()
 """
 
-from . import functional, init, utils
+from . import functional, init, parallel, utils
 from .activation import (
     ELU,
     GELU,

@@ -1,0 +1,47 @@
+"""conch.distributed: torch.distributed's process group and collectives, over MPI (CPU) and NCCL (CUDA).
+
+Example (launch with ``python -m conch.distributed.run --nproc-per-node 2 train.py``)::
+
+    import conch
+    import conch.distributed as dist
+
+    dist.init_process_group()                      # rank and world size come from MPI
+    t = conch.ones(4) * dist.get_rank()
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)       # in place: 0 + 1 + ... on every rank
+    dist.destroy_process_group()
+
+Importing this package loads neither mpi4py nor CuPy: ``init_process_group`` does.
+"""
+
+from ._mpi import Work
+from .c10d import (
+    GroupMember,
+    ReduceOp,
+    all_gather,
+    all_gather_into_tensor,
+    all_reduce,
+    barrier,
+    broadcast,
+    destroy_process_group,
+    get_backend,
+    get_local_rank,
+    get_node_local_rank,
+    get_rank,
+    get_world_size,
+    group,
+    init_process_group,
+    is_available,
+    is_initialized,
+    is_mpi_available,
+    is_nccl_available,
+    recv,
+    reduce_scatter_tensor,
+    send,
+)
+
+__all__ = [
+    "init_process_group", "destroy_process_group", "is_initialized", "is_available", "is_mpi_available",
+    "is_nccl_available", "get_backend", "get_rank", "get_world_size", "get_local_rank", "get_node_local_rank",
+    "barrier", "all_reduce", "broadcast", "all_gather", "all_gather_into_tensor", "reduce_scatter_tensor", "send",
+    "recv", "ReduceOp", "Work", "group", "GroupMember",
+]  # fmt: skip

@@ -1,0 +1,118 @@
+"""The NCCL backend (CUDA tensors) through CuPy's ``cupy.cuda.nccl``: the unique id travels over MPI.
+
+Untested in CI (no GPU there); written against CuPy 13's ``NcclCommunicator`` and guarded so that a missing piece
+raises a RuntimeError that says which.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import _dtype as D
+from ._mpi import Work, _describe
+
+# ncclDataType_t and ncclRedOp_t values (nccl.h); NCCL reduces bfloat16 natively from 2.10
+_NCCL_DTYPES = {
+    np.dtype(np.int8): 0, np.dtype(np.uint8): 1, np.dtype(np.bool_): 1, np.dtype(np.int32): 2,
+    np.dtype(np.uint32): 3, np.dtype(np.int64): 4, np.dtype(np.uint64): 5, np.dtype(np.float16): 6,
+    np.dtype(np.float32): 7, np.dtype(np.float64): 8, np.dtype(D.bfloat16): 9,
+}  # fmt: skip
+_NCCL_OPS = {"SUM": 0, "PRODUCT": 1, "MAX": 2, "MIN": 3, "AVG": 4}
+
+
+class NCCLBackend:
+    """Collectives on CuPy arrays, enqueued on CuPy's current stream (so they are ordered with the kernels around
+    them, and ``async_op`` needs no extra synchronisation). Shape checks go over the MPI communicator."""
+
+    name = "nccl"
+
+    def __init__(self, mpi):
+        from ..kernels import _cupy
+
+        cp = _cupy.get_cupy()
+        if cp is None:
+            raise RuntimeError(f"the nccl backend needs a usable GPU: {_cupy.unavailable_reason()}")
+        try:
+            from cupy.cuda import nccl
+        except ImportError as e:
+            raise RuntimeError(f"the nccl backend needs CuPy built with NCCL (cupy.cuda.nccl): {e}") from None
+        if not getattr(nccl, "available", True):
+            raise RuntimeError("the nccl backend needs NCCL: CuPy's cupy.cuda.nccl reports it is not available")
+        self.cp, self.nccl, self.mpi = cp, nccl, mpi
+        self.rank, self.size = mpi.rank, mpi.size
+        self.device = mpi.local_rank % cp.cuda.runtime.getDeviceCount()  # one GPU per rank on each node
+        cp.cuda.Device(self.device).use()
+        uid = nccl.get_unique_id() if self.rank == 0 else None
+        uid = mpi.comm.bcast(uid, root=0) if mpi.size > 1 else uid
+        self.comm = nccl.NcclCommunicator(self.size, uid, self.rank)
+
+    def close(self):
+        self.comm.destroy()
+
+    def _args(self, tensor, what):
+        a = tensor._data
+        if a.device.id != self.device:
+            raise RuntimeError(
+                f"{what}: the tensor is on cuda:{a.device.id}, this rank's NCCL device is cuda:{self.device}"
+            )
+        if a.dtype not in _NCCL_DTYPES:
+            raise RuntimeError(f"{what}: NCCL has no type for {a.dtype}")
+        if not a.flags.c_contiguous:
+            raise RuntimeError(f"{what}: NCCL needs a contiguous tensor; call .contiguous() first")
+        return a, _NCCL_DTYPES[a.dtype], self.cp.cuda.get_current_stream().ptr
+
+    def _op(self, op, dtype):
+        if op.name not in _NCCL_OPS:
+            raise ValueError(f"ReduceOp.{op.name} is not supported by the nccl backend")
+        if dtype == np.bool_ and op.name in ("SUM", "PRODUCT"):  # on bytes 0/1, "any" is MAX and "all" is MIN
+            return _NCCL_OPS["MAX" if op.name == "SUM" else "MIN"]
+        return _NCCL_OPS[op.name]
+
+    @staticmethod
+    def _done(tensor, async_op):
+        tensor._version[0] += 1
+        return Work() if async_op else None
+
+    def all_reduce(self, tensor, op, async_op):
+        a, dt, stream = self._args(tensor, "all_reduce")
+        self.mpi.agree("all_reduce", f"{_describe(a)}, op {op.name}")
+        self.comm.allReduce(a.data.ptr, a.data.ptr, a.size, dt, self._op(op, a.dtype), stream)
+        return self._done(tensor, async_op)
+
+    def broadcast(self, tensor, src, async_op):
+        a, dt, stream = self._args(tensor, "broadcast")
+        self.mpi.agree("broadcast", f"{_describe(a)}, src {src}")
+        self.comm.bcast(a.data.ptr, a.size, dt, src, stream)
+        return self._done(tensor, async_op)
+
+    def all_gather_into(self, out_arr, tensor, async_op, finish):
+        a, dt, stream = self._args(tensor, "all_gather")
+        self.mpi.agree("all_gather", _describe(a))
+        self.comm.allGather(a.data.ptr, out_arr.data.ptr, a.size, dt, stream)
+        finish()
+        return Work() if async_op else None
+
+    def reduce_scatter(self, output, inp, op, async_op):
+        a, dt, stream = self._args(inp, "reduce_scatter_tensor")
+        o, _, _ = self._args(output, "reduce_scatter_tensor")
+        self.mpi.agree("reduce_scatter_tensor", f"{_describe(a)}, op {op.name}")
+        self.comm.reduceScatter(a.data.ptr, o.data.ptr, o.size, dt, self._op(op, a.dtype), stream)
+        return self._done(output, async_op)
+
+    def barrier(self, async_op):
+        self.cp.cuda.get_current_stream().synchronize()
+        return self.mpi.barrier(async_op)
+
+    def send(self, tensor, dst, tag):
+        a, dt, stream = self._args(tensor, "send")
+        self.mpi.comm.send((tuple(a.shape), a.dtype.str), dest=dst, tag=tag)
+        self.comm.send(a.data.ptr, a.size, dt, dst, stream)
+
+    def recv(self, tensor, src, tag):
+        a, dt, stream = self._args(tensor, "recv")
+        shape, dtype = self.mpi.comm.recv(source=src, tag=tag)  # NCCL needs the peer: src=None is not supported
+        if shape != tuple(a.shape) or np.dtype(dtype) != a.dtype:
+            raise RuntimeError(f"recv: rank {src} sent shape {shape}, dtype {np.dtype(dtype)} into {_describe(a)}")
+        self.comm.recv(a.data.ptr, a.size, dt, src, stream)
+        tensor._version[0] += 1
+        return src
