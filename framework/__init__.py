@@ -106,6 +106,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "nn": "conch.nn", "optim": "conch.optim", "amp": "conch.amp", "checkpoint": "conch.checkpoint",
     "data": "conch.data", "models": "conch.models", "kernels": "conch.kernels", "bench": "conch.bench",
+    "utils": "conch.utils",
 }  # fmt: skip
 
 

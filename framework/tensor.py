@@ -24,7 +24,7 @@ from .autograd import engine
 from .autograd import function as _function
 from .autograd.function import GraphTensor, _RemovableHandle
 from .autograd.grad_mode import _enabled, no_grad
-from .kernels import _deferred
+from .kernels import _cupy, _deferred
 
 
 def _shape_arg(shape, what="view", arg="size"):
@@ -366,6 +366,22 @@ class Tensor(GraphTensor):
 
     def cuda(self, device=None):
         return self.to(device="cuda" if device is None else (f"cuda:{device}" if isinstance(device, int) else device))
+
+    def pin_memory(self, device=None):
+        """A copy in page-locked host memory, so a later ``.cuda(non_blocking=True)`` copy can overlap compute.
+
+        Without a usable GPU there is nothing to pin for and the tensor comes back as it is (PyTorch raises
+        there; a no-op lets the same ``pin_memory=True`` script run on a CPU-only machine).
+        """
+        if not isinstance(self._data, np.ndarray):
+            raise RuntimeError(f"cannot pin a tensor on {self.device}: only CPU tensors can be pinned")
+        if not _cupy.is_available():
+            return self
+        import cupyx
+
+        buf = cupyx.empty_pinned(self._data.shape, self._data.dtype)
+        buf[...] = self._data
+        return Tensor._make(buf)
 
     def float(self):
         return self.to(dtype=D.float32)
