@@ -71,7 +71,7 @@ from .fused.softmax import log_softmax, softmax
 from .serialization import load as _load
 from .serialization import map_location_device as _map_location_device
 from .serialization import save as _save
-from .tensor import Tensor, cat, concat, concatenate, cumsum, maximum, minimum, split, stack, where
+from .tensor import Size, Tensor, cat, concat, concatenate, cumsum, maximum, minimum, split, stack, where
 from .tensor_api import (
     addmm,
     allclose,

@@ -27,6 +27,40 @@ from .autograd.grad_mode import _enabled, no_grad
 from .kernels import _cupy, _deferred
 
 
+class Size(tuple):
+    """A tensor's shape (PyTorch's ``torch.Size``): a tuple of ints that prints as ``conch.Size([2, 3])``.
+
+    It equals (and hashes as) the plain tuple, so ``t.shape == (2, 3)`` holds; slicing it or adding a tuple gives a
+    Size again. Example: ``conch.zeros(2, 3).shape.numel() == 6``.
+    """
+
+    __slots__ = ()
+
+    def numel(self) -> int:
+        n = 1
+        for s in self:
+            n *= s
+        return n
+
+    def __repr__(self):
+        return f"conch.Size({list(self)})"
+
+    def __format__(self, spec):
+        # f-strings show the plain tuple: conch's error messages build shapes from both Tensor.shape and raw
+        # arrays' shapes, and stay uniform ("(2, 3)") that way; print()/str()/repr() show conch.Size([2, 3])
+        return tuple.__repr__(self) if not spec else format(tuple(self), spec)
+
+    def __getitem__(self, index):
+        r = tuple.__getitem__(self, index)
+        return Size(r) if isinstance(index, slice) else r
+
+    def __add__(self, other):
+        return Size(tuple.__add__(self, other)) if isinstance(other, tuple) else NotImplemented
+
+    def __reduce__(self):
+        return (Size, (tuple(self),))
+
+
 def _shape_arg(shape, what="view", arg="size"):
     """``*shape`` or one sequence of them as a tuple of ints; a float or string is a TypeError, as PyTorch."""
     if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
@@ -121,7 +155,7 @@ class Tensor(GraphTensor):
     # ------------------------------------------------------------ attributes
     @property
     def shape(self):
-        return self._data.shape
+        return Size(self._data.shape)
 
     @property
     def ndim(self):

@@ -160,3 +160,20 @@ def test_ported_training_loop_runs_with_only_the_import_changed():
         warnings.simplefilter("error")  # none of the current spellings warns
         torch.amp.GradScaler("cuda", enabled=False)
         torch.amp.autocast("cuda")
+
+
+def test_size_is_a_tuple_with_numel_printing_as_conch_size():
+    import pickle
+
+    t = conch.zeros(2, 3, 4)
+    s = t.shape
+    assert isinstance(s, conch.Size) and isinstance(s, tuple) and t.size() == s
+    assert s == (2, 3, 4) and (2, 3, 4) == s and hash(s) == hash((2, 3, 4)) and s != (2, 3)
+    assert repr(s) == str(s) == "conch.Size([2, 3, 4])" and repr(conch.Size([])) == "conch.Size([])"
+    assert f"{s}" == "(2, 3, 4)"  # what error messages embed, uniform with raw arrays' shapes
+    assert s.numel() == 24 == t.numel() and conch.Size(()).numel() == 1
+    assert isinstance(s[1:], conch.Size) and s[1:] == (3, 4) and s[0] == 2 and type(s[0]) is int
+    assert isinstance(s + (5,), conch.Size) and s + (5,) == (2, 3, 4, 5)
+    assert pickle.loads(pickle.dumps(s)) == s and type(pickle.loads(pickle.dumps(s))) is conch.Size
+    assert conch.zeros(s).shape == s and t.reshape(s[0], -1).shape == (2, 12) and t.size(-1) == 4
+    assert np.zeros(s).shape == (2, 3, 4)
