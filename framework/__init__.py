@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import importlib
 
-from . import autograd, backends
-from ._backend import cuda, device, xp_of
+from . import accelerator, autograd, backends, cuda
+from ._backend import device, xp_of
 from ._dtype import (
     bfloat16,
     bool_,
@@ -69,8 +69,9 @@ from .creation import (
 from .fused.matmul import matmul
 from .fused.softmax import log_softmax, softmax
 from .serialization import load as _load
+from .serialization import map_location_device as _map_location_device
 from .serialization import save as _save
-from .tensor import Tensor, cat, concat, concatenate, cumsum, maximum, minimum, split, stack, where
+from .tensor import Size, Tensor, cat, concat, concatenate, cumsum, maximum, minimum, split, stack, where
 from .tensor_api import (
     addmm,
     allclose,
@@ -113,7 +114,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "nn": "conch.nn", "optim": "conch.optim", "amp": "conch.amp", "checkpoint": "conch.checkpoint",
     "data": "conch.data", "models": "conch.models", "kernels": "conch.kernels", "bench": "conch.bench",
-    "distributed": "conch.distributed",
+    "distributed": "conch.distributed", "utils": "conch.utils",
 }  # fmt: skip
 
 
@@ -187,5 +188,15 @@ def save(obj, path):
     return _save(obj, path)
 
 
-def load(path, device=None, verify=True):  # noqa: F811  (the parameter shadows conch.device, as torch.load)
-    return _load(path, device=device, verify=verify)
+def load(path, map_location=None, weights_only=True, verify=True, *, device=None, mmap=None, **pickle_load_args):  # noqa: F811, E501
+    """Read a file written by :func:`save` (safetensors) back into its structure, with ``torch.load``'s arguments.
+
+    ``map_location``: where tensors go (``"cpu"``, ``"cuda"``, ``"cuda:1"``, a ``conch.device`` or a dict; see
+    :func:`conch.serialization.map_location_device`); ``device`` is conch's earlier name for it. ``weights_only``,
+    ``mmap`` and pickle arguments are accepted: safetensors holds only tensors and plain values, so loading never
+    runs code whatever ``weights_only`` says. ``verify`` checks the stored CRC-32 checksums.
+    """
+    if device is not None and map_location is not None:
+        raise TypeError("conch.load: give map_location or device, not both")
+    dev = _map_location_device(map_location) if device is None else device
+    return _load(path, device=dev, verify=verify)

@@ -403,6 +403,28 @@ def _verify_metadata(path, meta):
     return crcs
 
 
+def map_location_device(map_location):
+    """The load device for PyTorch's ``map_location``: ``None``, a device string or ``conch.device``, or a dict.
+
+    A safetensors file keeps its tensors on the host, so a dict (``{"cuda:1": "cuda:0"}``, saved location to new
+    location) maps ``"cpu"``: tensors go to ``map_location["cpu"]`` when it is there and stay on the host otherwise,
+    as PyTorch moves only the locations a dict names. A callable cannot be honoured without PyTorch's storages
+    and is refused.
+    """
+    if map_location is None:
+        return None
+    if isinstance(map_location, dict):
+        target = map_location.get("cpu")
+        return None if target is None else _device(target)
+    if callable(map_location):
+        raise TypeError("conch.load: map_location as a function is not supported (conch files hold arrays, not "
+                        "PyTorch storages); pass a device such as 'cpu' or 'cuda:0', or a dict")  # fmt: skip
+    try:
+        return _device(map_location)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"conch.load: map_location must be None, a device or a dict, got {map_location!r} ({e})") from e
+
+
 def load(path, device=None, verify=True):
     """Read a file written by :func:`save` (or any safetensors file) back into its structure.
 

@@ -24,7 +24,41 @@ from .autograd import engine
 from .autograd import function as _function
 from .autograd.function import GraphTensor, _RemovableHandle
 from .autograd.grad_mode import _enabled, no_grad
-from .kernels import _deferred
+from .kernels import _cupy, _deferred
+
+
+class Size(tuple):
+    """A tensor's shape (PyTorch's ``torch.Size``): a tuple of ints that prints as ``conch.Size([2, 3])``.
+
+    It equals (and hashes as) the plain tuple, so ``t.shape == (2, 3)`` holds; slicing it or adding a tuple gives a
+    Size again. Example: ``conch.zeros(2, 3).shape.numel() == 6``.
+    """
+
+    __slots__ = ()
+
+    def numel(self) -> int:
+        n = 1
+        for s in self:
+            n *= s
+        return n
+
+    def __repr__(self):
+        return f"conch.Size({list(self)})"
+
+    def __format__(self, spec):
+        # f-strings show the plain tuple: conch's error messages build shapes from both Tensor.shape and raw
+        # arrays' shapes, and stay uniform ("(2, 3)") that way; print()/str()/repr() show conch.Size([2, 3])
+        return tuple.__repr__(self) if not spec else format(tuple(self), spec)
+
+    def __getitem__(self, index):
+        r = tuple.__getitem__(self, index)
+        return Size(r) if isinstance(index, slice) else r
+
+    def __add__(self, other):
+        return Size(tuple.__add__(self, other)) if isinstance(other, tuple) else NotImplemented
+
+    def __reduce__(self):
+        return (Size, (tuple(self),))
 
 
 def _shape_arg(shape, what="view", arg="size"):
@@ -121,7 +155,7 @@ class Tensor(GraphTensor):
     # ------------------------------------------------------------ attributes
     @property
     def shape(self):
-        return self._data.shape
+        return Size(self._data.shape)
 
     @property
     def ndim(self):
@@ -366,6 +400,22 @@ class Tensor(GraphTensor):
 
     def cuda(self, device=None):
         return self.to(device="cuda" if device is None else (f"cuda:{device}" if isinstance(device, int) else device))
+
+    def pin_memory(self, device=None):
+        """A copy in page-locked host memory, so a later ``.cuda(non_blocking=True)`` copy can overlap compute.
+
+        Without a usable GPU there is nothing to pin for and the tensor comes back as it is (PyTorch raises
+        there; a no-op lets the same ``pin_memory=True`` script run on a CPU-only machine).
+        """
+        if not isinstance(self._data, np.ndarray):
+            raise RuntimeError(f"cannot pin a tensor on {self.device}: only CPU tensors can be pinned")
+        if not _cupy.is_available():
+            return self
+        import cupyx
+
+        buf = cupyx.empty_pinned(self._data.shape, self._data.dtype)
+        buf[...] = self._data
+        return Tensor._make(buf)
 
     def float(self):
         return self.to(dtype=D.float32)

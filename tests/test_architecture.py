@@ -162,3 +162,16 @@ def test_import_conch_loads_neither_cupy_nor_triton(mod):
     env_py = [sys.executable, "-c", code]
     r = subprocess.run(env_py, capture_output=True, text=True, cwd=ROOT / "tests")
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_every_package_is_listed_in_pyproject():
+    # a package missing from pyproject's list imports in an editable install but not from a wheel
+    tomllib = pytest.importorskip("tomllib", reason="tomllib is in the standard library from Python 3.11")
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = set()
+    for top, name in (("framework", "conch"), ("kernels", "conch.kernels")):
+        for init in (ROOT / top).rglob("__init__.py"):
+            rel = init.parent.relative_to(ROOT / top).parts
+            found.add(".".join((name, *rel)))
+    assert found - listed == set(), f"packages missing from pyproject.toml: {sorted(found - listed)}"
+    assert listed - found == set(), f"pyproject.toml lists packages that do not exist: {sorted(listed - found)}"

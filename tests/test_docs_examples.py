@@ -13,7 +13,7 @@ import conch
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PAGES = ["README.md", "docs/tensors.md", "docs/nn.md", "docs/mixed_precision.md", "docs/checkpointing.md",
-         "docs/design.md"]  # fmt: skip
+         "docs/design.md", "docs/porting.md"]  # fmt: skip
 GPU_MARK = re.compile(r"^\s*# needs a GPU\b", re.M)
 
 

@@ -55,19 +55,32 @@ class autocast:  # noqa: N801  (PyTorch's name)
     """Context manager and decorator: ops inside run in mixed precision per :data:`conch.amp.policy.POLICY`.
 
     Args:
+        device_type: ``"cuda"``/``"cpu"`` to autocast only tensors on that device (PyTorch's first argument);
+            ``None`` (default) autocasts tensors on every device.
         dtype: ``conch.float16`` or ``conch.bfloat16``; default float16 (bfloat16 when
             ``device_type="cpu"``), as PyTorch.
         enabled: ``False`` turns autocast off inside (to opt a region out of an enclosing one).
-        device_type: ``"cpu"``/``"cuda"`` to autocast only tensors on that device; ``None``
-            (default) autocasts tensors on every device.
+        cache_enabled: accepted for PyTorch compatibility (conch casts on every use).
+
+    ``autocast("cuda", dtype=conch.bfloat16)`` is PyTorch's spelling, ``autocast(dtype=conch.bfloat16)`` conch's;
+    a dtype as the first argument (``autocast(conch.bfloat16)``, conch's earlier signature) still works.
 
     Nesting restores the enclosing state on exit. The same object may be entered again (it keeps no
     per-entry state), so ``@autocast(...)`` works on recursive functions.
     """
 
-    def __init__(self, dtype=None, enabled=True, device_type=None, cache_enabled=None):
+    def __init__(self, device_type=None, dtype=None, enabled=True, cache_enabled=None):
         # cache_enabled is accepted for PyTorch compatibility; conch casts on every use (no stale-cache risk
         # when an optimizer updates weights inside the region)
+        if device_type is not None and not isinstance(device_type, str):
+            # conch's earlier signature was autocast(dtype=None, enabled=True, device_type=None): a dtype first,
+            # maybe followed by enabled
+            if isinstance(dtype, (bool, np.bool_)):
+                dtype, enabled = None, dtype
+            if dtype is not None:
+                raise TypeError(f"autocast: device_type must be 'cpu', 'cuda' or None, got {device_type!r} "
+                                f"(with dtype={dtype!r})")  # fmt: skip
+            device_type, dtype = None, device_type
         if not isinstance(enabled, (bool, np.bool_)):
             raise TypeError(f"autocast: enabled must be a bool, got {type(enabled).__name__}")
         self.device_type = _norm_device_type(device_type)

@@ -1,4 +1,4 @@
-"""Map-style datasets: the ``Dataset`` protocol, ``TensorDataset``, ``Subset`` and ``random_split``."""
+"""Datasets: map-style ``Dataset`` and ``IterableDataset``, ``TensorDataset``, ``Subset``, ``random_split``."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from .._backend import xp_of
 from ..creation import _state
 from ..tensor import Tensor
 
-__all__ = ["Dataset", "TensorDataset", "Subset", "ConcatDataset", "random_split"]
+__all__ = ["Dataset", "IterableDataset", "TensorDataset", "Subset", "ConcatDataset", "ChainDataset", "random_split"]
 
 
 class Dataset:
@@ -33,6 +33,41 @@ class Dataset:
 
     def __add__(self, other):
         return ConcatDataset([self, other])
+
+
+class IterableDataset(Dataset):
+    """A stream of samples: subclasses implement ``__iter__`` (no indexing, no length needed).
+
+    A DataLoader batches the stream in order (no shuffle or sampler). With ``num_workers > 0`` each worker
+    process iterates its own copy, so shard the stream with :func:`get_worker_info` (``id``, ``num_workers``)
+    or every sample arrives ``num_workers`` times, as in PyTorch. ``a + b`` chains two streams.
+
+    Example::
+
+        class Count(conch.utils.data.IterableDataset):
+            def __iter__(self):
+                return iter(range(10))
+    """
+
+    def __iter__(self):
+        raise NotImplementedError(f"{type(self).__name__} must implement __iter__")
+
+    def __add__(self, other):
+        return ChainDataset([self, other])
+
+
+class ChainDataset(IterableDataset):
+    """Several iterable datasets one after another."""
+
+    def __init__(self, datasets):
+        self.datasets = list(datasets)
+
+    def __iter__(self):
+        for d in self.datasets:
+            yield from d
+
+    def __len__(self):
+        return sum(len(d) for d in self.datasets)
 
 
 class TensorDataset(Dataset):

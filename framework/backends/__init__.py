@@ -1,15 +1,18 @@
 """Backend switches that change how kernels compute (today: TF32 for float32 matmuls), as ``torch.backends``.
 
 The setting is read by the fused matmul and attention adapters (``conch.fused.matmul``, ``conch.fused.attention``)
-at each call. Example::
+at each call. PyTorch's spellings are the submodules: ``conch.backends.cuda.matmul.allow_tf32`` is the same
+switch; ``conch.backends.cudnn`` and ``conch.backends.mps`` hold PyTorch's flags for scripts that set them.
+Example::
 
     conch.set_float32_matmul_precision("highest")   # exact float32 dots on the GPU
     conch.backends.allow_tf32()                     # False now
+    conch.backends.cuda.matmul.allow_tf32 = True    # and True again
 """
 
 from __future__ import annotations
 
-_tf32 = [True]  # read on every matmul: a one-element list, not an object attribute
+from ._state import _tf32
 
 
 def allow_tf32(flag: bool | None = None) -> bool:
@@ -34,3 +37,8 @@ def set_float32_matmul_precision(precision: str) -> None:
 def get_float32_matmul_precision() -> str:
     """``"high"`` while TF32 is allowed, else ``"highest"``."""
     return "high" if _tf32[0] else "highest"
+
+
+from . import cuda, cudnn, mps  # noqa: E402  (PyTorch's submodules; they read _tf32 above)
+
+__all__ = ["allow_tf32", "set_float32_matmul_precision", "get_float32_matmul_precision", "cuda", "cudnn", "mps"]

@@ -1,0 +1,43 @@
+"""conch.cuda: GPU queries that never raise without a GPU, and ``conch.cuda.amp`` (PyTorch's deprecated spelling).
+
+Example::
+
+    if conch.cuda.is_available() and conch.cuda.is_bf16_supported():
+        dtype = conch.bfloat16
+"""
+
+from __future__ import annotations
+
+from .._backend import cuda as _cuda
+from ..kernels import _cupy
+from . import amp
+
+__all__ = ["amp", "is_available", "device_count", "is_bf16_supported", "synchronize", "get_device_name"]
+
+is_available = _cuda.is_available
+device_count = _cuda.device_count
+
+
+def is_bf16_supported(including_emulation: bool = True) -> bool:
+    """Whether the current GPU computes in bfloat16 natively (compute capability 8.0, Ampere, or newer).
+
+    False without a usable GPU. ``including_emulation`` is accepted as PyTorch's: conch's Triton kernels need
+    the hardware type, so an older GPU counts as unsupported either way.
+    """
+    if not _cupy.is_available():
+        return False
+    cp = _cupy.get_cupy()
+    return int(cp.cuda.Device().compute_capability) >= 80
+
+
+def current_device() -> int:
+    """The index of the current GPU (0 without one, as there is nothing else to select)."""
+    return int(_cupy.get_cupy().cuda.Device().id) if _cupy.is_available() else 0
+
+
+def __getattr__(name):
+    # the rest of conch.cuda (synchronize, memory statistics, ...) lives on _backend's object: one definition
+    try:
+        return getattr(_cuda, name)
+    except AttributeError:
+        raise AttributeError(f"module 'conch.cuda' has no attribute {name!r}") from None
