@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.machinery
 import types
 
 import numpy as np
@@ -147,7 +148,9 @@ _GLOBAL = [np.random.RandomState(0)]
 
 def _random_module():
     def seed(s=None):
-        _GLOBAL[0] = np.random.RandomState(s)
+        # CuPy takes any seed below 2**64; NumPy's legacy generator only 32 bits: fold (a simulation needs the
+        # same seed to give the same numbers, not CuPy's numbers)
+        _GLOBAL[0] = np.random.RandomState(None if s is None else int(s) % 2**32)
 
     def legacy(attr):
         return lambda *args, **kwargs: _core._call(getattr(_GLOBAL[0], attr), args, kwargs)[0]
@@ -215,13 +218,20 @@ def build() -> dict:
     scipy_.special = special
     cupyx = types.ModuleType("cupyx", "Simulated cupyx")
     cupyx.scatter_add, cupyx.scipy = scatter_add, scipy_
+    # pinned host buffers are NumPy arrays in CuPy too (page-locked memory behind them)
+    cupyx.empty_pinned = lambda shape, dtype=np.float64, order="C": np.empty(shape, dtype, order)
+    cupyx.zeros_pinned = lambda shape, dtype=np.float64, order="C": np.zeros(shape, dtype, order)
+    cupyx.empty_like_pinned = lambda a, dtype=None: np.empty_like(a, dtype)
+    cupyx.zeros_like_pinned = lambda a, dtype=None: np.zeros_like(a, dtype)
     cupyx.__version__ = cupy.__version__
     mods = {"cupy": cupy, "cupy.cuda": cuda, "cupy.cuda.runtime": cuda.runtime, "cupy.random": random,
             "cupy._core": core, "cupy._core._routines_linalg": rl, "cupyx": cupyx, "cupyx.scipy": scipy_,
             "cupyx.scipy.special": special}  # fmt: skip
-    for v in mods.values():
+    for name, v in mods.items():
         if isinstance(v, types.ModuleType):
             v.__path__ = []  # a package, so ``import cupy.cuda`` finds the submodule in sys.modules
+            # importlib.util.find_spec("cupy") reads it (conch.backends.cuda.is_built does)
+            v.__spec__ = importlib.machinery.ModuleSpec(name, None, is_package=True)
     MODULES.clear()
     MODULES.update(mods)
     return mods
