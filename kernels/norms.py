@@ -40,12 +40,19 @@ def _norm_fwd_kernel(
         mean = tl.full([BLOCK_M], 0.0, tl.float32)
     else:
         acc = tl.full([BLOCK_M, BLOCK_D], 0.0, tl.float32)
+        hi = tl.full([BLOCK_M, BLOCK_D], float("-inf"), tl.float32)
+        lo = tl.full([BLOCK_M, BLOCK_D], float("inf"), tl.float32)
         for start in range(0, D, BLOCK_D):
             cols = start + cols0
             m = row_ok[:, None] & (cols[None, :] < D)
             x = tl.load(X + base[:, None] + cols[None, :], mask=m, other=0.0).to(tl.float32)
             acc += x
+            hi = tl.maximum(hi, tl.where(m, x, float("-inf")))
+            lo = tl.minimum(lo, tl.where(m, x, float("inf")))
         mean = tl_sum(acc, axis=1) / D
+        # a row whose spread overflows (max - min = inf: [3e38, -3e38, 1] in fp32, or an inf input) is NaN, as
+        # PyTorch's Welford moments give; the two-pass variance would give inf, rstd = 0 and finite zeros
+        spread = tl.max(hi, axis=1) - tl.min(lo, axis=1)
     # pass 2: var = sum_D((x - mean)^2) / D ; rstd = 1 / sqrt(var + eps)
     acc = tl.full([BLOCK_M, BLOCK_D], 0.0, tl.float32)
     for start in range(0, D, BLOCK_D):
@@ -56,6 +63,8 @@ def _norm_fwd_kernel(
         acc += xc * xc
     var = tl_sum(acc, axis=1) / D
     rstd = 1.0 / tl.sqrt(var + eps)
+    if not IS_RMS:
+        rstd = tl.where(spread == float("inf"), float("nan"), rstd)
     if not IS_RMS:
         tl.store(MEAN + rows, mean, mask=row_ok)
     tl.store(RSTD + rows, rstd, mask=row_ok)

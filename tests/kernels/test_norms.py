@@ -241,3 +241,14 @@ def test_tolerance_table_is_tight_enough_to_fail(rng, reference):
     with pytest.raises(AssertionError):
         assert_close(y, ln64(x * 0.01, w, b, 1e-5)[0], np.float32)
     assert TOL[np.dtype(np.float32)][0] <= 1e-5
+
+
+def test_layer_norm_row_whose_spread_overflows_is_nan_on_both_paths(triton_path):
+    # float32 [3e38, -3e38, 1]: max - min overflows; PyTorch's Welford moments give NaN, and so must the kernel
+    # (its two-pass variance alone would give inf, rstd = 0 and finite zeros). The other row stays exact.
+    x = np.array([[3e38, -3e38, 1.0], [1.0, 2.0, 3.0]], np.float32)
+    y, _ = norms.layer_norm_forward(dev(x), None, None)
+    y = host(y)
+    assert np.isnan(y[0]).all()
+    ref = (x[1] - x[1].mean()) / np.sqrt(x[1].var() + 1e-5)
+    np.testing.assert_allclose(y[1], ref, rtol=1e-5, atol=1e-6)
