@@ -189,14 +189,19 @@ def save(obj, path):
 
 
 def load(path, map_location=None, weights_only=True, verify=True, *, device=None, mmap=None, **pickle_load_args):  # noqa: F811, E501
-    """Read a file written by :func:`save` (safetensors) back into its structure, with ``torch.load``'s arguments.
+    """Read a file written by :func:`save` (safetensors) or by ``torch.save`` back into its structure, with
+    ``torch.load``'s arguments.
 
     ``map_location``: where tensors go (``"cpu"``, ``"cuda"``, ``"cuda:1"``, a ``conch.device`` or a dict; see
-    :func:`conch.serialization.map_location_device`); ``device`` is conch's earlier name for it. ``weights_only``,
-    ``mmap`` and pickle arguments are accepted: safetensors holds only tensors and plain values, so loading never
-    runs code whatever ``weights_only`` says. ``verify`` checks the stored CRC-32 checksums.
+    :func:`conch.serialization.map_location_device`; for a ``torch.save`` file a dict maps each saved location,
+    and locations it does not name load onto the host); ``device`` is conch's earlier name for it.
+    ``weights_only``, ``mmap`` and pickle arguments are accepted: a ``torch.save`` file is always read as
+    ``weights_only=True`` reads it (tensors, Parameters and plain containers; any other global is refused, see
+    :mod:`conch.torch_format`), and safetensors holds only tensors and plain values, so loading never runs code.
+    ``verify`` checks the stored CRC-32 checksums.
     """
     if device is not None and map_location is not None:
         raise TypeError("conch.load: give map_location or device, not both")
     dev = _map_location_device(map_location) if device is None else device
-    return _load(path, device=dev, verify=verify)
+    locations = map_location if isinstance(map_location, dict) else None  # a torch.save file maps each location
+    return _load(path, device=dev, verify=verify, locations=locations)

@@ -425,14 +425,18 @@ def map_location_device(map_location):
         raise TypeError(f"conch.load: map_location must be None, a device or a dict, got {map_location!r} ({e})") from e
 
 
-def load(path, device=None, verify=True):
-    """Read a file written by :func:`save` (or any safetensors file) back into its structure.
+def load(path, device=None, verify=True, locations=None):
+    """Read a file written by :func:`save` (or any safetensors file, or a ``torch.save`` file) into its structure.
 
     ``device``: ``None``/``"cpu"`` keeps tensors on the host, ``"cuda"`` moves them to the GPU. ``verify``:
     check the CRC-32 of every tensor and of the metadata against those stored in the file (files without
     checksums load unchecked); ``False`` skips this (it costs about as much as one more copy of the data).
     Raises :class:`SerializationError` (naming the file, and the tensor or the metadata at fault) for
     truncated, malformed, corrupt or non-safetensors files.
+
+    A zip archive is read as a ``torch.save`` file by :mod:`conch.torch_format` (no code from the file runs;
+    the zip's own CRC-32 of each record is always checked); ``locations`` (``map_location`` as a dict) then maps
+    each storage's saved location to a device, in place of ``device``.
     """
     path = os.fspath(path)
     dev = None if device is None else _device(device)
@@ -442,7 +446,20 @@ def load(path, device=None, verify=True):
         raise FileNotFoundError(f"conch.load: no such file: {path!r}") from None
     with f:
         size = os.fstat(f.fileno()).st_size
-        head = f.read(8)
+        head = f.read(16)
+        from . import torch_format  # here: it imports this module
+
+        if torch_format.is_torch_zip(head):
+            f.close()
+            return torch_format.load(path, device=dev, locations=locations)
+        if torch_format.is_legacy_torch_file(head):
+            raise SerializationError(
+                f"{path}: a torch.save file in the format before PyTorch 1.6 (or saved with "
+                "_use_new_zipfile_serialization=False), which conch does not read; save it again with a current "
+                "torch.save, or as safetensors"
+            )
+        head = head[:8]
+        f.seek(8)
         if len(head) < 8:
             raise SerializationError(f"{path}: file is truncated or not a safetensors file ({size} bytes)")
         (n,) = struct.unpack("<Q", head)
