@@ -211,3 +211,13 @@ def test_random_sampler_with_replacement_draws_lazily():
     s = RandomSampler(range(4), num_samples=10, generator=rng)
     out = list(s)
     assert len(out) == 10 and sorted(out[:4]) == sorted(out[4:8]) == [0, 1, 2, 3]
+
+
+def test_utils_data_submodule_paths():
+    from conch.utils.data.dataloader import DataLoader  # minGPT's trainer.py imports it from here
+    from conch.utils.data.dataset import Dataset, TensorDataset
+    from conch.utils.data.sampler import BatchSampler, RandomSampler
+
+    assert DataLoader is conch.utils.data.DataLoader and Dataset is conch.data.Dataset
+    assert TensorDataset is conch.utils.data.TensorDataset and RandomSampler is conch.utils.data.RandomSampler
+    assert BatchSampler is conch.data.BatchSampler

@@ -12,7 +12,8 @@ import pytest
 import conch as torch
 import conch.nn as nn
 from conch.nn import functional as F
-from conch.utils.data import DataLoader, Dataset
+from conch.utils.data import Dataset
+from conch.utils.data.dataloader import DataLoader
 
 # ---------------------------------------------------------------------------------------------------------------
 # the program: the calls minGPT's mingpt/model.py, mingpt/trainer.py, mingpt/utils.py and its demo make
