@@ -46,6 +46,17 @@ def manual_seed(seed: int):
 seed = manual_seed
 
 
+def cuda_manual_seed(seed: int) -> None:
+    """``conch.cuda.manual_seed``: seed the GPU generators (random tensors on a GPU, and the dropout counter, which
+    CPU dropout shares). Without a GPU it does nothing, as PyTorch's, so scripts can call it unconditionally."""
+    if not _cupy.is_available():
+        return
+    seed = int(seed)
+    _state["philox"] = [seed & 0x7FFFFFFF, 0]
+    _state["cupy"] = [seed, 0]
+    _gpu_epoch[0] += 1
+
+
 def initial_seed() -> int:
     return _state["seed"]
 

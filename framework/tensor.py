@@ -270,6 +270,12 @@ class Tensor(GraphTensor):
             raise TypeError("only integer tensors of a single element can be converted to an index")
         return int(self.item())
 
+    def __format__(self, spec):
+        # PyTorch's rule: a 0-d tensor formats as its number (f"{loss:.4f}"), any other with object's format
+        if self._data.ndim == 0:
+            return format(self.item(), spec)
+        return object.__format__(self, spec)
+
     def __bool__(self):
         if self._data.size != 1:
             raise RuntimeError(

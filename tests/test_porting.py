@@ -177,3 +177,47 @@ def test_size_is_a_tuple_with_numel_printing_as_conch_size():
     assert pickle.loads(pickle.dumps(s)) == s and type(pickle.loads(pickle.dumps(s))) is conch.Size
     assert conch.zeros(s).shape == s and t.reshape(s[0], -1).shape == (2, 12) and t.size(-1) == 4
     assert np.zeros(s).shape == (2, 3, 4)
+
+
+def test_zero_dim_tensor_formats_as_its_number():
+    loss = conch.tensor(2.34567)
+    assert f"{loss:.4f}" == "2.3457" and "{:.1f}".format(conch.tensor(3)) == "3.0"  # noqa: UP032
+    assert f"{conch.tensor(0.5)}" == "0.5" and f"{conch.zeros(2)}" == str(conch.zeros(2))
+    with pytest.raises(TypeError, match="unsupported format string"):
+        f"{conch.zeros(2):.2f}"  # noqa: B018  (as PyTorch: only a 0-d tensor is a number)
+
+
+def test_cuda_manual_seed_is_silent_without_a_gpu():
+    conch.manual_seed(5)
+    a = conch.rand(3)
+    conch.manual_seed(5)
+    conch.cuda.manual_seed(7)
+    conch.cuda.manual_seed_all(7)
+    assert conch.equal(conch.rand(3), a)  # CPU numbers untouched, as PyTorch's
+    if GPU:
+        conch.cuda.manual_seed(7)
+        g = conch.rand(3, device="cuda")
+        conch.cuda.manual_seed(7)
+        assert conch.equal(conch.rand(3, device="cuda"), g)
+
+
+def test_random_sampler_with_replacement_draws_lazily():
+    from conch.utils.data import RandomSampler
+
+    it = iter(RandomSampler(range(10), replacement=True, num_samples=int(1e10)))  # minGPT's Trainer
+    first = [next(it) for _ in range(20000)]
+    assert all(0 <= i < 10 for i in first) and len(set(first)) == 10
+    rng = np.random.default_rng(0)
+    s = RandomSampler(range(4), num_samples=10, generator=rng)
+    out = list(s)
+    assert len(out) == 10 and sorted(out[:4]) == sorted(out[4:8]) == [0, 1, 2, 3]
+
+
+def test_utils_data_submodule_paths():
+    from conch.utils.data.dataloader import DataLoader  # minGPT's trainer.py imports it from here
+    from conch.utils.data.dataset import Dataset, TensorDataset
+    from conch.utils.data.sampler import BatchSampler, RandomSampler
+
+    assert DataLoader is conch.utils.data.DataLoader and Dataset is conch.data.Dataset
+    assert TensorDataset is conch.utils.data.TensorDataset and RandomSampler is conch.utils.data.RandomSampler
+    assert BatchSampler is conch.data.BatchSampler

@@ -12,7 +12,16 @@ from .._backend import cuda as _cuda
 from ..kernels import _cupy
 from . import amp
 
-__all__ = ["amp", "is_available", "device_count", "is_bf16_supported", "synchronize", "get_device_name"]
+__all__ = [
+    "amp",
+    "is_available",
+    "device_count",
+    "is_bf16_supported",
+    "synchronize",
+    "get_device_name",
+    "manual_seed",
+    "manual_seed_all",
+]
 
 is_available = _cuda.is_available
 device_count = _cuda.device_count
@@ -33,6 +42,16 @@ def is_bf16_supported(including_emulation: bool = True) -> bool:
 def current_device() -> int:
     """The index of the current GPU (0 without one, as there is nothing else to select)."""
     return int(_cupy.get_cupy().cuda.Device().id) if _cupy.is_available() else 0
+
+
+def manual_seed(seed: int) -> None:
+    """Seed the GPU's random numbers (``torch.cuda.manual_seed``); silently nothing without a GPU, as PyTorch's."""
+    from ..creation import cuda_manual_seed
+
+    cuda_manual_seed(seed)
+
+
+manual_seed_all = manual_seed  # conch's GPU generators share one (seed, counter) state
 
 
 def __getattr__(name):

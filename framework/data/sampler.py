@@ -83,15 +83,34 @@ class RandomSampler(Sampler):
     def num_samples(self):
         return len(self.data_source) if self._num_samples is None else self._num_samples
 
+    _BLOCK = 8192  # indices drawn at a time: minGPT's num_samples=int(1e10) must not be materialised
+
     def __iter__(self):
         n, k = len(self.data_source), self.num_samples
         rng = _rng(self.generator, None)
         if n == 0:
             return iter(())
         if self.replacement:
-            return iter(rng.integers(0, n, size=k).tolist())
-        perms = [rng.permutation(n) for _ in range(-(-k // n))]
-        return iter(np.concatenate(perms)[:k].tolist())
+            first = rng.integers(0, n, size=min(k, self._BLOCK)).tolist()  # drawn now, as a shorter run draws all
+            return iter(first) if k <= self._BLOCK else self._more(first, rng, n, k)
+        if k <= n:
+            return iter(rng.permutation(n)[:k].tolist())
+        return self._chained(rng, n, k)
+
+    def _more(self, first, rng, n, k):
+        yield from first
+        k -= len(first)
+        while k > 0:
+            block = rng.integers(0, n, size=min(k, self._BLOCK)).tolist()
+            k -= len(block)
+            yield from block
+
+    @staticmethod
+    def _chained(rng, n, k):
+        while k > 0:  # one permutation after another, as PyTorch chains them
+            perm = rng.permutation(n)[:k].tolist()
+            k -= len(perm)
+            yield from perm
 
     def __len__(self):
         return self.num_samples
