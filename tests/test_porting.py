@@ -221,3 +221,18 @@ def test_utils_data_submodule_paths():
     assert DataLoader is conch.utils.data.DataLoader and Dataset is conch.data.Dataset
     assert TensorDataset is conch.utils.data.TensorDataset and RandomSampler is conch.utils.data.RandomSampler
     assert BatchSampler is conch.data.BatchSampler
+
+
+def test_cuda_set_device_and_empty_cache():
+    if conch.cuda.is_available():
+        conch.cuda.set_device(0)
+        assert conch.cuda.current_device() == 0
+        with pytest.raises(RuntimeError, match="invalid device ordinal"):
+            conch.cuda.set_device(conch.cuda.device_count())
+        x = conch.ones(1000, device="cuda")
+        conch.cuda.empty_cache()  # live tensors keep their memory
+        assert x.sum().item() == 1000
+    else:
+        with pytest.raises(RuntimeError, match="no usable GPU"):
+            conch.cuda.set_device(0)
+        conch.cuda.empty_cache()  # nothing to free, no error, as PyTorch without CUDA initialised

@@ -21,6 +21,9 @@ __all__ = [
     "get_device_name",
     "manual_seed",
     "manual_seed_all",
+    "set_device",
+    "empty_cache",
+    "current_device",
 ]
 
 is_available = _cuda.is_available
@@ -52,6 +55,35 @@ def manual_seed(seed: int) -> None:
 
 
 manual_seed_all = manual_seed  # conch's GPU generators share one (seed, counter) state
+
+
+def set_device(device) -> None:
+    """Make GPU ``device`` (an index, ``"cuda:N"`` or a ``conch.device``) current, as ``torch.cuda.set_device``.
+
+    Raises RuntimeError naming the reason without a usable GPU, and for an index past the last GPU.
+    """
+    from .._backend import device as _device
+    from .._backend import require_cupy
+
+    idx = device if isinstance(device, int) else _device(device).index
+    if idx is None or idx < 0:  # "cuda" or a negative index: PyTorch leaves the current device as it is
+        return
+    cp = require_cupy()
+    n = cp.cuda.runtime.getDeviceCount()
+    if idx >= n:
+        raise RuntimeError(f"set_device: invalid device ordinal {idx}: this machine has {n} GPU(s)")
+    cp.cuda.Device(idx).use()
+
+
+def empty_cache() -> None:
+    """Return the cached, unused blocks of CuPy's memory pools to the driver (``torch.cuda.empty_cache``).
+
+    Live tensors keep their memory; nothing happens without a GPU.
+    """
+    if _cupy.is_available():
+        cp = _cupy.get_cupy()
+        cp.get_default_memory_pool().free_all_blocks()
+        cp.get_default_pinned_memory_pool().free_all_blocks()
 
 
 def __getattr__(name):
