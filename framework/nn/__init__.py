@@ -65,7 +65,7 @@ from .loss import (
 from .module import Module, RemovableHandle
 from .norm import BatchNorm1d, BatchNorm2d, GroupNorm, InstanceNorm1d, InstanceNorm2d, LayerNorm, RMSNorm
 from .parameter import Buffer, Parameter
-from .rnn import GRU, LSTM
+from .rnn import GRU, LSTM, RNN
 from .transformer import TransformerEncoder, TransformerEncoderLayer
 
 __all__ = [
@@ -96,6 +96,7 @@ __all__ = [
     "InstanceNorm2d",
     "Upsample",
     "GroupNorm",
+    "RNN",
     "LSTM",
     "GRU",
     "TransformerEncoderLayer",
