@@ -105,3 +105,155 @@ def test_rnn_gradcheck_and_dropout():
     a, _ = d(conch.ones(4, 1, 2))
     b, _ = d(conch.ones(4, 1, 2))
     np.testing.assert_array_equal(npv(a), npv(b))  # eval: no dropout
+
+
+# ---------------------------------------------------------------- Transformer decoder
+
+
+def ref_softmax(x, axis=-1):
+    e = np.exp(x - x.max(axis, keepdims=True))
+    return e / e.sum(axis, keepdims=True)
+
+
+def ref_ln(x, w, b, eps=1e-5):
+    return (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + eps) * w + b
+
+
+def ref_attn(x, mem, sd, pre, heads, add_mask):
+    """x (N, L, E) queries, mem (N, S, E) keys/values; add_mask broadcastable to (N, heads, L, S) or None."""
+    n, l, e = x.shape
+    s_len, hd = mem.shape[1], e // heads
+    w, b = sd[pre + "in_proj_weight"], sd[pre + "in_proj_bias"]
+    q, k, v = x @ w[:e].T + b[:e], mem @ w[e : 2 * e].T + b[e : 2 * e], mem @ w[2 * e :].T + b[2 * e :]
+    q = q.reshape(n, l, heads, hd).transpose(0, 2, 1, 3)
+    k, v = (a.reshape(n, s_len, heads, hd).transpose(0, 2, 1, 3) for a in (k, v))
+    sc = q @ k.transpose(0, 1, 3, 2) / math.sqrt(hd) + (0 if add_mask is None else add_mask)
+    o = (ref_softmax(sc) @ v).transpose(0, 2, 1, 3).reshape(n, l, e)
+    return o @ sd[pre + "out_proj.weight"].T + sd[pre + "out_proj.bias"]
+
+
+def ref_decoder_layer(x, mem, sd, heads, norm_first, tgt_add, mem_add, p=""):
+    def nrm(i, y):
+        return ref_ln(y, sd[f"{p}norm{i}.weight"], sd[f"{p}norm{i}.bias"])
+
+    def ff(y):
+        h = np.maximum(y @ sd[p + "linear1.weight"].T + sd[p + "linear1.bias"], 0)
+        return h @ sd[p + "linear2.weight"].T + sd[p + "linear2.bias"]
+
+    def sa(y):
+        return ref_attn(y, y, sd, p + "self_attn.", heads, tgt_add)
+
+    def ca(y):
+        return ref_attn(y, mem, sd, p + "multihead_attn.", heads, mem_add)
+
+    if norm_first:
+        x = x + sa(nrm(1, x))
+        x = x + ca(nrm(2, x))
+        return x + ff(nrm(3, x))
+    x = nrm(1, x + sa(x))
+    x = nrm(2, x + ca(x))
+    return nrm(3, x + ff(x))
+
+
+def randomize(m, scale=0.5):
+    with conch.no_grad():
+        for p in m.parameters():
+            p.copy_(conch.tensor(np.random.standard_normal(p.shape) * scale))
+    return m
+
+
+DEC_KEYS = [
+    f"{a}.{b}"
+    for a, bs in [
+        ("self_attn", ["in_proj_weight", "in_proj_bias", "out_proj.weight", "out_proj.bias"]),
+        ("multihead_attn", ["in_proj_weight", "in_proj_bias", "out_proj.weight", "out_proj.bias"]),
+        ("linear1", ["weight", "bias"]),
+        ("linear2", ["weight", "bias"]),
+        ("norm1", ["weight", "bias"]),
+        ("norm2", ["weight", "bias"]),
+        ("norm3", ["weight", "bias"]),
+    ]
+    for b in bs
+]
+ENC_KEYS = [k for k in DEC_KEYS if not k.startswith(("multihead_attn", "norm3"))]
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+@pytest.mark.parametrize("masks", [False, True])
+def test_transformer_decoder_layer_against_numpy(norm_first, masks):
+    layer = randomize(nn.TransformerDecoderLayer(8, 2, 12, dropout=0.0, norm_first=norm_first).double())
+    assert list(layer.state_dict()) == DEC_KEYS
+    x, mem = np.random.standard_normal((4, 3, 8)), np.random.standard_normal((5, 3, 8))  # (T, N, E), (S, N, E)
+    kw, tgt_add, mem_add = {}, None, None
+    if masks:
+        causal = nn.Transformer.generate_square_subsequent_mask(4, dtype=np.float64)
+        mpad = np.zeros((3, 5), bool)
+        mpad[1, -2:] = True
+        tpad = np.zeros((3, 4), bool)
+        tpad[2, -1] = True
+        mmask = np.zeros((4, 5), bool)
+        mmask[0, 0] = True
+        kw = dict(tgt_mask=causal, memory_mask=conch.tensor(mmask), tgt_key_padding_mask=conch.tensor(tpad),
+                  memory_key_padding_mask=conch.tensor(mpad))  # fmt: skip
+        tgt_add = npv(causal) + np.where(tpad, -np.inf, 0.0)[:, None, None, :]
+        mem_add = np.where(mmask, -np.inf, 0.0) + np.where(mpad, -np.inf, 0.0)[:, None, None, :]
+    out = layer(t64(x), t64(mem), **kw)
+    want = ref_decoder_layer(x.transpose(1, 0, 2), mem.transpose(1, 0, 2), npsd(layer), 2, norm_first, tgt_add,
+                             mem_add)  # fmt: skip
+    assert out.shape == (4, 3, 8)
+    np.testing.assert_allclose(npv(out), want.transpose(1, 0, 2), rtol=1e-9, atol=1e-11)
+    if masks:  # tgt_is_causal without tgt_mask applies the same causal mask
+        kw.pop("tgt_mask")
+        out2 = layer(t64(x), t64(mem), tgt_is_causal=True, **kw)
+        np.testing.assert_allclose(npv(out2), npv(out), rtol=1e-9, atol=1e-11)
+
+
+def test_transformer_decoder_stack_gradcheck_and_defaults():
+    layer = nn.TransformerDecoderLayer(8, 2)
+    assert layer.linear1.weight.shape == (2048, 8) and layer.norm3.eps == 1e-5 and layer.batch_first is False
+    assert [layer.dropout.p, layer.dropout1.p, layer.dropout2.p, layer.dropout3.p] == [0.1] * 4
+    small = randomize(nn.TransformerDecoderLayer(4, 2, 6, dropout=0.0, batch_first=True).double())
+    dec = nn.TransformerDecoder(small, 2, norm=nn.LayerNorm(4).double())
+    assert list(dec.state_dict()) == [f"layers.{i}.{k}" for i in range(2) for k in DEC_KEYS] + [
+        "norm.weight",
+        "norm.bias",
+    ]
+    x, mem = np.random.standard_normal((2, 3, 4)), np.random.standard_normal((2, 5, 4))
+    sd = npsd(dec)
+    want = x
+    for i in range(2):
+        want = ref_decoder_layer(want, mem, sd, 2, False, None, None, p=f"layers.{i}.")
+    want = ref_ln(want, sd["norm.weight"], sd["norm.bias"])
+    np.testing.assert_allclose(npv(dec(t64(x), t64(mem))), want, rtol=1e-9, atol=1e-11)
+    assert dec(t64(x[0]), t64(mem[0])).shape == (3, 4)  # unbatched
+    xt, mt = t64(x), t64(mem)
+    assert gradcheck(lambda a, b: dec(a, b, tgt_is_causal=True), (xt, mt))
+
+
+def test_transformer_full_model():
+    conch.manual_seed(0)
+    t = nn.Transformer(8, 2, num_encoder_layers=2, num_decoder_layers=1, dim_feedforward=12, dropout=0.0).double()
+    keys = [f"encoder.layers.{i}.{k}" for i in range(2) for k in ENC_KEYS]
+    keys += ["encoder.norm.weight", "encoder.norm.bias"]
+    keys += [f"decoder.layers.0.{k}" for k in DEC_KEYS] + ["decoder.norm.weight", "decoder.norm.bias"]
+    assert list(t.state_dict()) == keys
+    # _reset_parameters: xavier-uniform on every matrix, biases as their layers made them
+    w = t.encoder.layers[0].linear1.weight
+    assert float(w.abs().max()) <= math.sqrt(6 / (8 + 12))
+    assert float(t.decoder.layers[0].self_attn.in_proj_bias.abs().max()) == 0.0
+    src, tgt = t64(np.random.standard_normal((5, 2, 8))), t64(np.random.standard_normal((4, 2, 8)))
+    mask = nn.Transformer.generate_square_subsequent_mask(4, dtype=np.float64)
+    out = t(src, tgt, tgt_mask=mask)
+    memory = t.encoder(src)
+    np.testing.assert_allclose(npv(out), npv(t.decoder(tgt, memory, tgt_mask=mask)), rtol=1e-12)
+    np.testing.assert_allclose(npv(t(src, tgt, tgt_is_causal=True)), npv(out), rtol=1e-9, atol=1e-12)
+    assert out.shape == (4, 2, 8)
+    with pytest.raises(RuntimeError, match="batch number"):
+        t(src, tgt[:, :1])
+    with pytest.raises(RuntimeError, match="d_model"):
+        t(src, conch.randn(4, 2, 6, dtype=conch.float64))
+    m = nn.Transformer.generate_square_subsequent_mask(3)
+    assert m.dtype == conch.float32
+    np.testing.assert_array_equal(npv(m), [[0, -np.inf, -np.inf], [0, 0, -np.inf], [0, 0, 0]])
+    bf = nn.Transformer(8, 2, 1, 1, 12, dropout=0.0, batch_first=True, norm_first=True, activation="gelu")
+    assert bf(conch.randn(2, 5, 8), conch.randn(2, 3, 8)).shape == (2, 3, 8)

@@ -66,7 +66,13 @@ from .module import Module, RemovableHandle
 from .norm import BatchNorm1d, BatchNorm2d, GroupNorm, InstanceNorm1d, InstanceNorm2d, LayerNorm, RMSNorm
 from .parameter import Buffer, Parameter
 from .rnn import GRU, LSTM, RNN
-from .transformer import TransformerEncoder, TransformerEncoderLayer
+from .transformer import (
+    Transformer,
+    TransformerDecoder,
+    TransformerDecoderLayer,
+    TransformerEncoder,
+    TransformerEncoderLayer,
+)
 
 __all__ = [
     "functional",
@@ -101,6 +107,9 @@ __all__ = [
     "GRU",
     "TransformerEncoderLayer",
     "TransformerEncoder",
+    "TransformerDecoderLayer",
+    "TransformerDecoder",
+    "Transformer",
     "PReLU",
     "Hardsigmoid",
     "Hardswish",
