@@ -8,6 +8,7 @@ import pytest
 
 import conch
 import conch.nn as nn
+import conch.nn.functional as F
 from conch.autograd import gradcheck
 
 
@@ -257,3 +258,220 @@ def test_transformer_full_model():
     np.testing.assert_array_equal(npv(m), [[0, -np.inf, -np.inf], [0, 0, -np.inf], [0, 0, 0]])
     bf = nn.Transformer(8, 2, 1, 1, 12, dropout=0.0, batch_first=True, norm_first=True, activation="gelu")
     assert bf(conch.randn(2, 5, 8), conch.randn(2, 3, 8)).shape == (2, 3, 8)
+
+
+# ---------------------------------------------------------------- 3-D convolution and pooling, unpooling
+
+
+def ref_conv3d(x, w, b, stride, pad, dil, groups):
+    n, c, *size = x.shape
+    cout, cg, *k = w.shape
+    xp = np.pad(x, ((0, 0), (0, 0)) + tuple((p, p) for p in pad))
+    out = [(size[i] + 2 * pad[i] - dil[i] * (k[i] - 1) - 1) // stride[i] + 1 for i in range(3)]
+    y = np.zeros((n, cout, *out))
+    og = cout // groups
+    for co in range(cout):
+        g = co // og
+        for od, oh, ow in np.ndindex(*out):
+            patch = xp[:, g * cg : (g + 1) * cg,
+                       od * stride[0] : od * stride[0] + dil[0] * (k[0] - 1) + 1 : dil[0],
+                       oh * stride[1] : oh * stride[1] + dil[1] * (k[1] - 1) + 1 : dil[1],
+                       ow * stride[2] : ow * stride[2] + dil[2] * (k[2] - 1) + 1 : dil[2]]  # fmt: skip
+            y[:, co, od, oh, ow] = (patch * w[co]).sum((1, 2, 3, 4))
+    return y + (0 if b is None else b.reshape(1, -1, 1, 1, 1))
+
+
+def ref_conv_transpose3d(x, w, b, stride, pad, dil, out_pad, groups):
+    """Scatter each input voxel's weighted kernel onto the output (the definition)."""
+    n, cin, *size = x.shape
+    _, cg, *k = w.shape
+    full = [(size[i] - 1) * stride[i] + dil[i] * (k[i] - 1) + 1 + out_pad[i] for i in range(3)]
+    y = np.zeros((n, cg * groups, *full))
+    ig = cin // groups
+    for ci in range(cin):
+        g = ci // ig
+        for i, j, l_ in np.ndindex(*size):
+            for a, bb, cc in np.ndindex(*k):
+                pos = (i * stride[0] + a * dil[0], j * stride[1] + bb * dil[1], l_ * stride[2] + cc * dil[2])
+                y[:, g * cg : (g + 1) * cg, pos[0], pos[1], pos[2]] += x[:, ci, i, j, l_, None] * w[ci, :, a, bb, cc]
+    y = y[:, :, pad[0] : full[0] - pad[0] if pad[0] else None, pad[1] : full[1] - pad[1] if pad[1] else None,
+          pad[2] : full[2] - pad[2] if pad[2] else None]  # fmt: skip
+    # output_padding adds rows at the end only: recompute the size and crop to it
+    want = [(size[i] - 1) * stride[i] - 2 * pad[i] + dil[i] * (k[i] - 1) + out_pad[i] + 1 for i in range(3)]
+    y = y[:, :, : want[0], : want[1], : want[2]]
+    return y + (0 if b is None else b.reshape(1, -1, 1, 1, 1))
+
+
+@pytest.mark.parametrize(
+    "stride,pad,dil,groups", [((1, 1, 1), (0, 0, 0), (1, 1, 1), 1), ((2, 1, 2), (1, 0, 2), (1, 2, 1), 2)]
+)
+def test_conv3d_against_numpy_and_gradcheck(stride, pad, dil, groups):
+    x = np.random.standard_normal((2, 4, 5, 6, 7))
+    w = np.random.standard_normal((6, 4 // groups, 2, 3, 2))
+    b = np.random.standard_normal(6)
+    y = F.conv3d(t64(x), t64(w), t64(b), stride, pad, dil, groups)
+    np.testing.assert_allclose(npv(y), ref_conv3d(x, w, b, stride, pad, dil, groups), rtol=1e-10, atol=1e-12)
+    xs, ws, bs = t64(x[:1, :, :3, :4, :3]), t64(w[:, :, :2, :2, :2]), t64(b)
+    assert gradcheck(lambda a, c, e: F.conv3d(a, c, e, stride, pad, dil, groups), (xs, ws, bs))
+    # unbatched, "same" padding
+    y1 = F.conv3d(t64(x[0]), t64(w[:, :, :, :, :]), None, 1, "same", 1, groups)
+    assert y1.shape == (6, 5, 6, 7)
+
+
+def test_conv3d_module_names_init_errors():
+    m = nn.Conv3d(4, 6, (2, 3, 2), stride=2, padding=1, groups=2)
+    assert list(m.state_dict()) == ["weight", "bias"]
+    assert m.weight.shape == (6, 2, 2, 3, 2) and m.bias.shape == (6,)
+    bound = 1 / math.sqrt(2 * 2 * 3 * 2)  # kaiming_uniform(a=√5): U(±1/√fan_in); bias likewise
+    assert float(m.weight.abs().max()) <= bound and float(m.bias.abs().max()) <= bound
+    assert repr(m) == "Conv3d(4, 6, kernel_size=(2, 3, 2), stride=(2, 2, 2), padding=(1, 1, 1), groups=2)"
+    with pytest.raises(RuntimeError, match=r"expected input\[1, 3, 4, 4, 4\] to have 4 channels"):
+        m(conch.randn(1, 3, 4, 4, 4))
+    with pytest.raises(RuntimeError, match="4-D .* or 5-D"):
+        m(conch.randn(4, 4, 4))
+    r = nn.Conv3d(1, 1, 3, padding=1, padding_mode="circular", bias=False).double()
+    x = np.random.standard_normal((1, 1, 3, 4, 5))
+    xpad = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1), (1, 1)), mode="wrap")
+    np.testing.assert_allclose(npv(r(t64(x))), ref_conv3d(xpad, npv(r.weight), None, (1,) * 3, (0,) * 3, (1,) * 3, 1),
+                               rtol=1e-10, atol=1e-12)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "stride,pad,dil,out_pad,groups", [(1, 0, 1, 0, 1), ((2, 1, 2), (1, 0, 0), (1, 2, 1), (1, 0, 1), 2)]
+)
+def test_conv_transpose3d_against_numpy_adjoint_and_gradcheck(stride, pad, dil, out_pad, groups):
+    s, p, d, op = (F._ntuple(v, 3, "") for v in (stride, pad, dil, out_pad))
+    x = np.random.standard_normal((2, 4, 3, 2, 3))
+    w = np.random.standard_normal((4, 6 // groups, 2, 3, 2))
+    b = np.random.standard_normal(6)
+    y = F.conv_transpose3d(t64(x), t64(w), t64(b), stride, pad, op, groups, dil)
+    np.testing.assert_allclose(npv(y), ref_conv_transpose3d(x, w, b, s, p, d, op, groups), rtol=1e-10, atol=1e-12)
+    # conv_transpose3d is the adjoint of conv3d: <conv3d(z, w), x> = <z, conv_transpose3d(x, w)>
+    z = np.random.standard_normal(y.shape)
+    lhs = (ref_conv3d(z, w, None, s, p, d, groups) * x).sum()
+    rhs = (z * npv(F.conv_transpose3d(t64(x), t64(w), None, stride, pad, op, groups, dil))).sum()
+    np.testing.assert_allclose(lhs, rhs, rtol=1e-10)
+    assert gradcheck(lambda a, c, e: F.conv_transpose3d(a, c, e, stride, pad, op, groups, dil),
+                     (t64(x[:1, :, :2, :2, :2]), t64(w[:, :, :2, :2, :1]), t64(b)))  # fmt: skip
+    m = nn.ConvTranspose3d(4, 6, (2, 3, 2), stride=stride, padding=pad, output_padding=op, groups=groups,
+                           dilation=dil).double()  # fmt: skip
+    assert list(m.state_dict()) == ["weight", "bias"] and m.weight.shape == (4, 6 // groups, 2, 3, 2)
+    np.testing.assert_allclose(npv(m(t64(x))), ref_conv_transpose3d(x, npv(m.weight), npv(m.bias), s, p, d, op,
+                                                                     groups), rtol=1e-10, atol=1e-12)  # fmt: skip
+    base = m(t64(x), output_size=y.shape).shape
+    assert base == y.shape
+
+
+def ref_pool3d(x, k, s, p, reduce, ceil_mode=False, count_include_pad=True, dil=(1, 1, 1)):
+    """Windows over the -inf (max) / 0 (avg, sum) padded input; returns the result and (max) the flat indices."""
+    n, c, *size = x.shape
+    fill = -np.inf if reduce == "max" else 0.0
+    outs = []
+    for i in range(3):
+        num = size[i] + 2 * p[i] - dil[i] * (k[i] - 1) - 1
+        o = (-(-num // s[i]) if ceil_mode else num // s[i]) + 1
+        if ceil_mode and (o - 1) * s[i] >= size[i] + p[i]:
+            o -= 1
+        outs.append(o)
+    big = np.full((n, c) + tuple(size[i] + 2 * p[i] + k[i] * dil[i] for i in range(3)), fill)
+    big[:, :, p[0] : p[0] + size[0], p[1] : p[1] + size[1], p[2] : p[2] + size[2]] = x
+    y, idx = np.zeros((n, c, *outs)), np.zeros((n, c, *outs), np.int64)
+    for o in np.ndindex(*outs):
+        st = [o[i] * s[i] for i in range(3)]
+        sl = tuple(slice(st[i], st[i] + dil[i] * (k[i] - 1) + 1, dil[i]) for i in range(3))
+        win = big[(slice(None), slice(None)) + sl].reshape(n, c, -1)
+        if reduce == "max":
+            am = win.argmax(-1)
+            y[(slice(None), slice(None)) + o] = win.max(-1)
+            kk = np.unravel_index(am, k)
+            pos = [st[i] + kk[i] * dil[i] - p[i] for i in range(3)]
+            idx[(slice(None), slice(None)) + o] = (pos[0] * size[1] + pos[1]) * size[2] + pos[2]
+        else:
+            ends = [min(st[i] + k[i], size[i] + 2 * p[i]) for i in range(3)]
+            if reduce == "sum":
+                div = 1
+            elif count_include_pad:
+                div = np.prod([ends[i] - st[i] for i in range(3)])
+            else:
+                div = np.prod([min(ends[i], size[i] + p[i]) - max(st[i], p[i]) for i in range(3)])
+            y[(slice(None), slice(None)) + o] = win.sum(-1) / div
+    return y, idx
+
+
+@pytest.mark.parametrize("k,s,p,ceil_mode,dil", [((2, 2, 2), (2, 2, 2), (0, 0, 0), False, (1, 1, 1)),
+                                                 ((3, 2, 3), (2, 1, 2), (1, 1, 0), True, (1, 1, 1)),
+                                                 ((2, 2, 2), (1, 2, 1), (1, 0, 1), False, (2, 1, 1))])  # fmt: skip
+def test_max_pool3d_against_numpy(k, s, p, ceil_mode, dil):
+    x = np.random.standard_normal((2, 3, 5, 4, 6))
+    y, idx = F.max_pool3d(t64(x), k, s, p, dil, ceil_mode, return_indices=True)
+    ry, ridx = ref_pool3d(x, k, s, p, "max", ceil_mode, dil=dil)
+    np.testing.assert_allclose(npv(y), ry, rtol=1e-12)
+    np.testing.assert_array_equal(npv(idx), ridx)
+    assert idx.dtype == conch.int64
+    np.testing.assert_array_equal(
+        npv(y), np.take_along_axis(x.reshape(2, 3, -1), ridx.reshape(2, 3, -1), -1).reshape(y.shape)
+    )
+    assert gradcheck(lambda a: F.max_pool3d(a, k, s, p, dil, ceil_mode), (t64(x[:1, :1]),))
+    m = nn.MaxPool3d(k, s, p, dil, ceil_mode=ceil_mode)
+    np.testing.assert_allclose(npv(m(t64(x[0]))), ry[0], rtol=1e-12)  # unbatched
+
+
+def test_max_pool3d_gradient_to_first_max():
+    x = t64(np.ones((1, 1, 2, 2, 2)))
+    F.max_pool3d(x, 2).sum().backward()
+    want = np.zeros((1, 1, 2, 2, 2))
+    want[0, 0, 0, 0, 0] = 1
+    np.testing.assert_array_equal(npv(x.grad), want)
+
+
+@pytest.mark.parametrize("count_include_pad", [True, False])
+@pytest.mark.parametrize("k,s,p,ceil_mode", [(2, 2, 0, False), ((3, 2, 3), (2, 1, 2), (1, 1, 1), True)])
+def test_avg_pool3d_against_numpy(k, s, p, ceil_mode, count_include_pad):
+    k3, s3, p3 = (F._ntuple(v, 3, "") for v in (k, s, p))
+    x = np.random.standard_normal((2, 3, 5, 4, 6))
+    y = F.avg_pool3d(t64(x), k, s, p, ceil_mode, count_include_pad)
+    np.testing.assert_allclose(npv(y), ref_pool3d(x, k3, s3, p3, "avg", ceil_mode, count_include_pad)[0], rtol=1e-12)
+    assert gradcheck(lambda a: F.avg_pool3d(a, k, s, p, ceil_mode, count_include_pad), (t64(x[:1, :1]),))
+    m = nn.AvgPool3d(k, s, p, ceil_mode, count_include_pad, divisor_override=5)
+    np.testing.assert_allclose(npv(m(t64(x))), ref_pool3d(x, k3, s3, p3, "sum", ceil_mode)[0] / 5, rtol=1e-12)
+
+
+def test_max_unpool_1d_2d_3d():
+    x = np.random.standard_normal((2, 3, 6, 8))
+    y, idx = F.max_pool2d(t64(x), 2, return_indices=True)
+    u = F.max_unpool2d(y, idx, 2)
+    assert u.shape == (2, 3, 6, 8)
+    want = np.zeros((2, 3, 48))
+    np.put_along_axis(want, npv(idx).reshape(2, 3, -1), npv(y).reshape(2, 3, -1), -1)
+    np.testing.assert_array_equal(npv(u), want.reshape(2, 3, 6, 8))
+    # the kept values are each window's max, everything else zero
+    assert (npv(u) != 0).sum() == y.numel()
+    np.testing.assert_array_equal(npv(nn.MaxUnpool2d(2)(y, idx)), npv(u))
+    # output_size restores an odd size that pooling floored away
+    x7 = t64(np.random.standard_normal((1, 2, 7, 7)))
+    y7, i7 = F.max_pool2d(x7, 2, return_indices=True)
+    assert F.max_unpool2d(y7, i7, 2, output_size=(1, 2, 7, 7)).shape == (1, 2, 7, 7)
+    with pytest.raises(ValueError, match="output_size"):
+        F.max_unpool2d(y7, i7, 2, output_size=(9, 9))
+    bad = i7.clone()
+    bad[0, 0, 0, 0] = 99
+    with pytest.raises(RuntimeError, match="invalid max index: 99"):
+        F.max_unpool2d(y7, bad, 2)
+    # 1-D
+    x1 = np.random.standard_normal((2, 3, 9))
+    y1, i1 = F.max_pool1d(t64(x1), 3, 2, return_indices=True)
+    u1 = nn.MaxUnpool1d(3, 2)(y1, i1)
+    assert u1.shape == (2, 3, 9)
+    w1 = np.zeros((2, 3, 9))
+    np.put_along_axis(w1, npv(i1), npv(y1), -1)
+    np.testing.assert_array_equal(npv(u1), w1)
+    assert F.max_unpool1d(y1[0], i1[0], 3, 2).shape == (3, 9)  # unbatched
+    # gradient: dx = dy gathered at the indices
+    yg = t64(npv(y))
+    assert gradcheck(lambda a: F.max_unpool2d(a, idx, 2), (yg,))
+    # 3-D round trip
+    x3 = np.random.standard_normal((1, 2, 4, 4, 4))
+    y3, i3 = F.max_pool3d(t64(x3), 2, return_indices=True)
+    u3 = nn.MaxUnpool3d(2)(y3, i3)
+    np.testing.assert_array_equal(npv(F.max_pool3d(u3, 2)), npv(y3))
+    assert repr(nn.MaxUnpool2d(2)) == "MaxUnpool2d(kernel_size=(2, 2), stride=(2, 2), padding=(0, 0))"
