@@ -475,3 +475,87 @@ def test_max_unpool_1d_2d_3d():
     u3 = nn.MaxUnpool3d(2)(y3, i3)
     np.testing.assert_array_equal(npv(F.max_pool3d(u3, 2)), npv(y3))
     assert repr(nn.MaxUnpool2d(2)) == "MaxUnpool2d(kernel_size=(2, 2), stride=(2, 2), padding=(0, 0))"
+
+
+# ---------------------------------------------------------------- activations
+
+SELU_A, SELU_S = 1.6732632423543772848170429916717, 1.0507009873554804934193349852946
+KINKS = np.array([-2.0, -0.5, -0.3, 0.0, 0.3, 0.5, 1.5])
+
+
+def _elu(x, a):
+    return np.where(x > 0, x, a * (np.exp(x) - 1))
+
+
+# (module, function, NumPy value, NumPy derivative as PyTorch defines it at the kinks)
+ACT_CASES = {
+    "SELU": (nn.SELU(), F.selu, lambda x: SELU_S * _elu(x, SELU_A),
+             lambda x: np.where(x > 0, SELU_S, SELU_S * SELU_A * np.exp(x))),
+    "CELU": (nn.CELU(0.5), lambda x: F.celu(x, 0.5), lambda x: np.where(x > 0, x, 0.5 * (np.exp(x / 0.5) - 1)),
+             lambda x: np.where(x > 0, 1.0, np.exp(x / 0.5))),
+    "Hardshrink": (nn.Hardshrink(0.5), F.hardshrink, lambda x: np.where(np.abs(x) > 0.5, x, 0),
+                   lambda x: (np.abs(x) > 0.5) * 1.0),
+    "Softshrink": (nn.Softshrink(0.3), lambda x: F.softshrink(x, 0.3),
+                   lambda x: np.where(x > 0.3, x - 0.3, np.where(x < -0.3, x + 0.3, 0)),
+                   lambda x: (np.abs(x) > 0.3) * 1.0),
+    "Tanhshrink": (nn.Tanhshrink(), F.tanhshrink, lambda x: x - np.tanh(x), lambda x: np.tanh(x) ** 2),
+    "Threshold": (nn.Threshold(0.3, -7.0), lambda x: F.threshold(x, 0.3, -7.0), lambda x: np.where(x > 0.3, x, -7.0),
+                  lambda x: (x > 0.3) * 1.0),
+    "RReLU_eval": (nn.RReLU(0.1, 0.3).eval(), lambda x: F.rrelu(x, 0.1, 0.3),
+                   lambda x: np.where(x >= 0, x, 0.2 * x), lambda x: np.where(x > 0, 1.0, 0.2)),
+    "Softplus": (nn.Softplus(2.0, 1.0), lambda x: F.softplus(x, 2.0, 1.0),
+                 lambda x: np.where(2 * x > 1.0, x, np.log1p(np.exp(2 * x)) / 2),
+                 lambda x: np.where(2 * x > 1.0, 1.0, 1 / (1 + np.exp(-2 * x)))),
+    "LogSigmoid": (nn.LogSigmoid(), F.logsigmoid, lambda x: -np.log1p(np.exp(-x)), lambda x: 1 / (1 + np.exp(x))),
+    "Mish": (nn.Mish(), F.mish, lambda x: x * np.tanh(np.log1p(np.exp(x))), None),
+    "Hardtanh": (nn.Hardtanh(-0.5, 0.5), lambda x: F.hardtanh(x, -0.5, 0.5), lambda x: np.clip(x, -0.5, 0.5),
+                 lambda x: (np.abs(x) < 0.5) * 1.0),
+    "ReLU6": (nn.ReLU6(), F.relu6, lambda x: np.clip(x, 0, 6), lambda x: ((x > 0) & (x < 6)) * 1.0),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(ACT_CASES))
+def test_activation_values_kink_gradients_and_gradcheck(name):
+    mod, fn, ref, dref = ACT_CASES[name]
+    x = t64(KINKS)
+    y = fn(x)
+    np.testing.assert_allclose(npv(y), ref(KINKS), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(npv(mod(t64(KINKS, False))), ref(KINKS), rtol=1e-12, atol=1e-14)
+    if dref is not None:
+        y.sum().backward()
+        np.testing.assert_allclose(npv(x.grad), dref(KINKS), rtol=1e-10, atol=1e-14)
+    smooth = t64(np.random.standard_normal((3, 4)) + 0.05)  # away from the kinks
+    assert gradcheck(fn, (smooth,))
+
+
+def test_softmin_softmax2d_rrelu_training_and_inplace():
+    x = np.random.standard_normal((2, 3, 4, 5))
+    e = np.exp(-x - (-x).max(1, keepdims=True))
+    np.testing.assert_allclose(npv(nn.Softmin(1)(t64(x))), e / e.sum(1, keepdims=True), rtol=1e-12)
+    np.testing.assert_allclose(npv(F.softmin(t64(x), 1)), e / e.sum(1, keepdims=True), rtol=1e-12)
+    e2 = np.exp(x - x.max(1, keepdims=True))
+    np.testing.assert_allclose(npv(nn.Softmax2d()(t64(x))), e2 / e2.sum(1, keepdims=True), rtol=1e-12)
+    with pytest.raises(ValueError, match="3D or 4D"):
+        nn.Softmax2d()(conch.randn(3, 4))
+    assert gradcheck(lambda a: F.softmin(a, -1), (t64(x[0, 0]),))
+    # RReLU training: each negative element gets its own slope in [lower, upper), from conch's generator
+    r = nn.RReLU(0.1, 0.3)
+    xs = t64(-np.abs(np.random.standard_normal(2000)) - 0.01)
+    conch.manual_seed(3)
+    y = r(xs)
+    slope = npv(y) / npv(xs)
+    assert slope.min() >= 0.1 and slope.max() < 0.3 and slope.std() > 0.03
+    conch.manual_seed(3)
+    np.testing.assert_array_equal(npv(r(xs)), npv(y))  # reproducible under the seed
+    y.sum().backward()
+    np.testing.assert_allclose(npv(xs.grad), slope, rtol=1e-12)  # d/dx = the drawn slope
+    pos = t64(np.abs(np.random.standard_normal(10)))
+    np.testing.assert_array_equal(npv(r(pos)), npv(pos))
+    # inplace
+    z = conch.tensor([-1.0, 2.0])
+    out = F.threshold(z, 0.0, 5.0, inplace=True)
+    assert out is z and z.tolist() == [5.0, 2.0]
+    assert repr(nn.Threshold(0.1, 2.0)) == "Threshold(threshold=0.1, value=2.0)"
+    assert repr(nn.Softshrink()) == "Softshrink(0.5)" and repr(nn.CELU(0.5)) == "CELU(alpha=0.5)"
+    with pytest.raises(RuntimeError, match="lambda"):
+        F.softshrink(conch.randn(3), -1.0)

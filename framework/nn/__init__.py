@@ -12,10 +12,13 @@ Example::
 
 from . import functional, init, parallel, utils
 from .activation import (
+    CELU,
     ELU,
     GELU,
     GLU,
+    SELU,
     CosineSimilarity,
+    Hardshrink,
     Hardsigmoid,
     Hardswish,
     Hardtanh,
@@ -27,12 +30,18 @@ from .activation import (
     PReLU,
     ReLU,
     ReLU6,
+    RReLU,
     Sigmoid,
     SiLU,
     Softmax,
+    Softmax2d,
+    Softmin,
     Softplus,
+    Softshrink,
     Softsign,
     Tanh,
+    Tanhshrink,
+    Threshold,
 )
 from .attention import MultiheadAttention, NonDynamicallyQuantizableLinear
 from .container import ModuleDict, ModuleList, ParameterDict, ParameterList, Sequential
@@ -129,6 +138,15 @@ __all__ = [
     "Hardswish",
     "Hardtanh",
     "Softsign",
+    "Softmin",
+    "Softmax2d",
+    "SELU",
+    "CELU",
+    "RReLU",
+    "Hardshrink",
+    "Softshrink",
+    "Tanhshrink",
+    "Threshold",
     "GLU",
     "CosineSimilarity",
     "PairwiseDistance",

@@ -25,7 +25,7 @@ from .. import ops
 from .._backend import xp_of
 from ..amp.autocast_mode import cast_for
 from ..autograd.grad_mode import no_grad
-from ..creation import philox_seed_offset
+from ..creation import philox_seed_offset, rand
 from ..fused import activations as fused_act
 from ..fused import attention as fattn
 from ..fused import cross_entropy as fused_ce
@@ -165,6 +165,76 @@ def hardtanh(input, min_val=-1.0, max_val=1.0, inplace=False):
     (PyTorch's hardtanh_backward), unlike clamp's, which passes at the bounds."""
     _check_tensor(input, "hardtanh")
     return _inplace(input, ops.Clamp.apply(input, lo=min_val, hi=max_val, open_=True), inplace, "hardtanh_")
+
+
+_SELU_ALPHA = 1.6732632423543772848170429916717
+_SELU_SCALE = 1.0507009873554804934193349852946
+
+
+def selu(input, inplace=False):
+    """scale·(max(0, x) + min(0, α(eˣ - 1))) with PyTorch's α ≈ 1.6733 and scale ≈ 1.0507: scale·elu(x, α).
+    d/dx = scale for x > 0, scale·α·eˣ for x <= 0 (so scale·α at 0, as PyTorch)."""
+    return _inplace(input, elu(input, _SELU_ALPHA) * _SELU_SCALE, inplace, "selu_")
+
+
+def celu(input, alpha=1.0, inplace=False):
+    """max(0, x) + min(0, α(e^(x/α) - 1)) = α·elu(x/α, 1). d/dx = 1 for x > 0, e^(x/α) for x <= 0 (1 at 0)."""
+    if alpha == 0:
+        raise ValueError("ZeroDivisionError: alpha cannot be 0 for CELU")
+    return _inplace(input, elu(input * (1.0 / alpha), 1.0) * float(alpha), inplace, "celu_")
+
+
+def _mask(cond, like):
+    """The bool array ``cond`` as a no-grad 0/1 tensor of ``like``'s dtype."""
+    return Tensor._make(cond.astype(like.dtype))
+
+
+def hardshrink(input, lambd=0.5):
+    """x where |x| > λ, else 0. d/dx = 1 where |x| > λ, 0 elsewhere (0 at ±λ, as PyTorch)."""
+    _check_tensor(input, "hardshrink")
+    x = input._data
+    return input * _mask((x > lambd) | (x < -lambd), input)
+
+
+def softshrink(input, lambd=0.5):
+    """x - λ where x > λ, x + λ where x < -λ, else 0. d/dx = 1 where |x| > λ, else 0."""
+    _check_tensor(input, "softshrink")
+    if lambd < 0:
+        raise RuntimeError(f"lambda must be greater or equal to 0, but found to be {lambd}.")
+    x = input._data
+    hi, lo = x > lambd, x < -lambd
+    return input * _mask(hi | lo, input) - Tensor._make((hi.astype(input.dtype) - lo.astype(input.dtype)) * lambd)
+
+
+def tanhshrink(input):
+    """x - tanh(x); d/dx = tanh²(x)."""
+    return input - tanh(input)
+
+
+def threshold(input, threshold, value, inplace=False):
+    """x where x > threshold, else ``value``. d/dx = 1 where x > threshold, else 0."""
+    _check_tensor(input, "threshold")
+    keep = input._data > threshold
+    out = input * _mask(keep, input) + Tensor._make((~keep).astype(input.dtype) * value)
+    return _inplace(input, out, inplace, "threshold_")
+
+
+def rrelu(input, lower=1.0 / 8, upper=1.0 / 3, training=False, inplace=False):
+    """Randomised leaky ReLU: x for x >= 0, a·x otherwise. Training: a ~ U(lower, upper) per element, drawn from
+    conch's generator (so ``conch.manual_seed`` repeats it); eval: the fixed slope a = (lower + upper)/2.
+    d/dx = 1 for x > 0 and a for x <= 0 (the drawn a at 0, as PyTorch's noise)."""
+    _check_tensor(input, "rrelu")
+    if not training:
+        return leaky_relu(input, (lower + upper) / 2.0, inplace)
+    u = rand(*input.shape, dtype=input.dtype, device=input.device)._data
+    neg = input._data <= 0
+    noise = xp_of(neg).where(neg, lower + (upper - lower) * u, 1).astype(input.dtype)
+    return _inplace(input, input * Tensor._make(noise), inplace, "rrelu_")
+
+
+def softmin(input, dim=None, dtype=None):
+    """softmax(-x) along ``dim``: exp(-x) / Σ exp(-x)."""
+    return softmax(-input, dim, dtype)
 
 
 def _softmax_dim(ndim):
