@@ -559,3 +559,65 @@ def test_softmin_softmax2d_rrelu_training_and_inplace():
     assert repr(nn.Softshrink()) == "Softshrink(0.5)" and repr(nn.CELU(0.5)) == "CELU(alpha=0.5)"
     with pytest.raises(RuntimeError, match="lambda"):
         F.softshrink(conch.randn(3), -1.0)
+
+
+# ---------------------------------------------------------------- Adadelta
+
+
+def ref_adadelta(p, grads, lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0, maximize=False):
+    p = p.astype(np.float64)
+    v, u, out = np.zeros_like(p), np.zeros_like(p), []
+    for g in grads:
+        g = g * (-1 if maximize else 1) + weight_decay * p
+        v = rho * v + (1 - rho) * g * g
+        delta = np.sqrt(u + eps) / np.sqrt(v + eps) * g
+        u = rho * u + (1 - rho) * delta * delta
+        p = p - lr * delta
+        out.append(p)
+    return out
+
+
+@pytest.mark.parametrize(
+    "kw", [{}, dict(lr=0.5, rho=0.7, eps=1e-4, weight_decay=0.1), dict(lr=2.0, maximize=True, rho=0.95)]
+)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_adadelta_against_numpy(kw, dtype):
+    shapes = [(3, 4), (5,), (200, 300)]  # the last is updated in cache-sized pieces
+    init = [np.random.standard_normal(s) for s in shapes]
+    grads = [[np.random.standard_normal(s) for s in shapes] for _ in range(4)]
+    ps = [nn.Parameter(conch.tensor(a.astype(dtype))) for a in init]
+    opt = conch.optim.Adadelta(ps, **kw)
+    for step, gs in enumerate(grads):
+        for p, g in zip(ps, gs):
+            p.grad = conch.tensor(g.astype(dtype))
+        opt.step()
+        for i, p in enumerate(ps):
+            want = ref_adadelta(init[i], [gg[i] for gg in grads[: step + 1]], **kw)[-1]
+            tol = 1e-12 if dtype == np.float64 else 2e-5
+            np.testing.assert_allclose(npv(p), want, rtol=tol, atol=tol)
+    st = opt.state[ps[0]]
+    assert set(st) == {"step", "square_avg", "acc_delta"} and float(st["step"]) == 4
+    for p, g in zip(ps, grads[-1]):  # the user's gradients are left as they were
+        np.testing.assert_array_equal(npv(p.grad), g.astype(dtype))
+
+
+def test_adadelta_defaults_state_dict_and_errors():
+    p = nn.Parameter(conch.randn(3))
+    opt = conch.optim.Adadelta([p])
+    g = opt.param_groups[0]
+    assert (g["lr"], g["rho"], g["eps"], g["weight_decay"], g["maximize"]) == (1.0, 0.9, 1e-6, 0.0, False)
+    assert opt.state.get(p, {}) == {}  # state is created at the first step, as PyTorch
+    p.grad = conch.ones(3)
+    opt.step()
+    sd = opt.state_dict()
+    assert set(sd["state"][0]) == {"step", "square_avg", "acc_delta"}
+    q = nn.Parameter(p.detach().clone())
+    opt2 = conch.optim.Adadelta([q])
+    opt2.load_state_dict(sd)
+    p.grad, q.grad = conch.full((3,), 0.5), conch.full((3,), 0.5)
+    opt.step()
+    opt2.step()
+    np.testing.assert_array_equal(npv(p), npv(q))
+    for bad in (dict(lr=-1.0), dict(rho=1.5), dict(eps=-1.0), dict(weight_decay=-0.1)):
+        with pytest.raises(ValueError, match="Invalid"):
+            conch.optim.Adadelta([nn.Parameter(conch.randn(2))], **bad)
