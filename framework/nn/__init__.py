@@ -12,10 +12,13 @@ Example::
 
 from . import functional, init, parallel, utils
 from .activation import (
+    CELU,
     ELU,
     GELU,
     GLU,
+    SELU,
     CosineSimilarity,
+    Hardshrink,
     Hardsigmoid,
     Hardswish,
     Hardtanh,
@@ -27,12 +30,18 @@ from .activation import (
     PReLU,
     ReLU,
     ReLU6,
+    RReLU,
     Sigmoid,
     SiLU,
     Softmax,
+    Softmax2d,
+    Softmin,
     Softplus,
+    Softshrink,
     Softsign,
     Tanh,
+    Tanhshrink,
+    Threshold,
 )
 from .attention import MultiheadAttention, NonDynamicallyQuantizableLinear
 from .container import ModuleDict, ModuleList, ParameterDict, ParameterList, Sequential
@@ -41,12 +50,19 @@ from .conv import (
     AdaptiveAvgPool2d,
     AvgPool1d,
     AvgPool2d,
+    AvgPool3d,
     Conv1d,
     Conv2d,
+    Conv3d,
     ConvTranspose2d,
+    ConvTranspose3d,
     Fold,
     MaxPool1d,
     MaxPool2d,
+    MaxPool3d,
+    MaxUnpool1d,
+    MaxUnpool2d,
+    MaxUnpool3d,
     Unfold,
     Upsample,
 )
@@ -65,8 +81,14 @@ from .loss import (
 from .module import Module, RemovableHandle
 from .norm import BatchNorm1d, BatchNorm2d, GroupNorm, InstanceNorm1d, InstanceNorm2d, LayerNorm, RMSNorm
 from .parameter import Buffer, Parameter
-from .rnn import GRU, LSTM
-from .transformer import TransformerEncoder, TransformerEncoderLayer
+from .rnn import GRU, LSTM, RNN
+from .transformer import (
+    Transformer,
+    TransformerDecoder,
+    TransformerDecoderLayer,
+    TransformerEncoder,
+    TransformerEncoderLayer,
+)
 
 __all__ = [
     "functional",
@@ -85,6 +107,13 @@ __all__ = [
     "Conv1d",
     "Conv2d",
     "ConvTranspose2d",
+    "Conv3d",
+    "ConvTranspose3d",
+    "MaxPool3d",
+    "AvgPool3d",
+    "MaxUnpool1d",
+    "MaxUnpool2d",
+    "MaxUnpool3d",
     "MaxPool1d",
     "Unfold",
     "Fold",
@@ -96,15 +125,28 @@ __all__ = [
     "InstanceNorm2d",
     "Upsample",
     "GroupNorm",
+    "RNN",
     "LSTM",
     "GRU",
     "TransformerEncoderLayer",
     "TransformerEncoder",
+    "TransformerDecoderLayer",
+    "TransformerDecoder",
+    "Transformer",
     "PReLU",
     "Hardsigmoid",
     "Hardswish",
     "Hardtanh",
     "Softsign",
+    "Softmin",
+    "Softmax2d",
+    "SELU",
+    "CELU",
+    "RReLU",
+    "Hardshrink",
+    "Softshrink",
+    "Tanhshrink",
+    "Threshold",
     "GLU",
     "CosineSimilarity",
     "PairwiseDistance",

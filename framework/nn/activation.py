@@ -1,4 +1,5 @@
-"""Activation modules (ReLU, GELU, SiLU, Tanh, Sigmoid, LeakyReLU, ELU, PReLU, Hardswish...) and two similarities."""
+"""Activation modules (ReLU, GELU, SiLU, Tanh, Sigmoid, LeakyReLU, ELU, SELU, CELU, RReLU, the shrinks, PReLU,
+Hardswish...) and two similarities."""
 
 from __future__ import annotations
 
@@ -118,6 +119,8 @@ class ELU(Module):
 
 
 class Softplus(Module):
+    """(1/β)·log(1 + e^(βx)), linear where βx > threshold."""
+
     def __init__(self, beta=1.0, threshold=20.0):
         super().__init__()
         self.beta, self.threshold = beta, threshold
@@ -130,17 +133,23 @@ class Softplus(Module):
 
 
 class Mish(_Act):
+    """x·tanh(softplus(x))."""
+
     def forward(self, input):
         out = F.mish(input)
         return input._assign(out, name="mish_") if self.inplace else out
 
 
 class ReLU6(_Act):
+    """min(max(x, 0), 6)."""
+
     def forward(self, input):
         return F.relu6(input, self.inplace)
 
 
 class LogSigmoid(Module):
+    """log σ(x) = -softplus(-x)."""
+
     def forward(self, input):
         return F.logsigmoid(input)
 
@@ -171,6 +180,106 @@ class LogSoftmax(Module):
 
     def extra_repr(self):
         return f"dim={self.dim}"
+
+
+class Softmin(Module):
+    """exp(-x) / Σ exp(-x) along ``dim``."""
+
+    def __init__(self, dim=None):
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, input):
+        return F.softmin(input, self.dim)
+
+    def extra_repr(self):
+        return f"dim={self.dim}"
+
+
+class Softmax2d(Module):
+    """Softmax over the channels of (N, C, H, W) or (C, H, W) at every position (dim -3)."""
+
+    def forward(self, input):
+        if input.ndim not in (3, 4):
+            raise ValueError(f"Softmax2d: expected input to be 3D or 4D, got {input.ndim}D of size {list(input.shape)}")
+        return F.softmax(input, -3)
+
+
+class SELU(_Act):
+    """scale·elu(x, α), α ≈ 1.6733, scale ≈ 1.0507 (self-normalising)."""
+
+    def forward(self, input):
+        return F.selu(input, self.inplace)
+
+
+class CELU(Module):
+    """max(0, x) + min(0, α(e^(x/α) - 1))."""
+
+    def __init__(self, alpha=1.0, inplace=False):
+        super().__init__()
+        self.alpha, self.inplace = float(alpha), inplace
+
+    def forward(self, input):
+        return F.celu(input, self.alpha, self.inplace)
+
+    def extra_repr(self):
+        return f"alpha={self.alpha}" + (", inplace=True" if self.inplace else "")
+
+
+class RReLU(Module):
+    """Randomised leaky ReLU: slope a ~ U(lower, upper) per negative element in training, (lower + upper)/2 in eval."""
+
+    def __init__(self, lower=1.0 / 8, upper=1.0 / 3, inplace=False):
+        super().__init__()
+        self.lower, self.upper, self.inplace = lower, upper, inplace
+
+    def forward(self, input):
+        return F.rrelu(input, self.lower, self.upper, self.training, self.inplace)
+
+    def extra_repr(self):
+        return f"lower={self.lower}, upper={self.upper}" + (", inplace=True" if self.inplace else "")
+
+
+class Hardshrink(Module):
+    """x where |x| > λ, else 0."""
+
+    def __init__(self, lambd=0.5):
+        super().__init__()
+        self.lambd = lambd
+
+    def forward(self, input):
+        return F.hardshrink(input, self.lambd)
+
+    def extra_repr(self):
+        return f"{self.lambd}"
+
+
+class Softshrink(Hardshrink):
+    """x - λ·sign(x) where |x| > λ, else 0."""
+
+    def forward(self, input):
+        return F.softshrink(input, self.lambd)
+
+
+class Tanhshrink(Module):
+    """x - tanh(x)."""
+
+    def forward(self, input):
+        return F.tanhshrink(input)
+
+
+class Threshold(Module):
+    """x where x > threshold, else ``value``."""
+
+    def __init__(self, threshold, value, inplace=False):
+        super().__init__()
+        self.threshold, self.value, self.inplace = threshold, value, inplace
+
+    def forward(self, input):
+        return F.threshold(input, self.threshold, self.value, self.inplace)
+
+    def extra_repr(self):
+        return f"threshold={self.threshold}, value={self.value}" + (", inplace=True" if self.inplace else "")
 
 
 class PReLU(Module):

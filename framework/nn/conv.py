@@ -1,4 +1,4 @@
-"""Conv1d and Conv2d (im2col + the matmul kernel), MaxPool2d, AvgPool2d, AdaptiveAvgPool2d and Upsample."""
+"""Conv1d/2d/3d and ConvTranspose2d/3d (im2col + the matmul kernel), max/average pooling and unpooling, Upsample."""
 
 from __future__ import annotations
 
@@ -124,6 +124,26 @@ class Conv1d(_ConvNd):
     extra_repr = Conv2d.extra_repr
 
 
+class Conv3d(_ConvNd):
+    """3-D cross-correlation over (N, C_in, D, H, W) -> (N, C_out, OD, OH, OW), as torch.nn.Conv3d.
+
+    weight (C_out, C_in/groups, kd, kh, kw) ~ kaiming_uniform(a=√5); bias (C_out,) ~ U(-1/√fan_in, 1/√fan_in)
+    with fan_in = C_in/groups·kd·kh·kw; OD = ⌊(D + 2·pd - dd·(kd-1) - 1)/sd⌋ + 1 (likewise H, W).
+
+    Example::
+
+        conv = conch.nn.Conv3d(2, 4, 3, padding=1)
+        y = conv(conch.randn(1, 2, 5, 6, 7))     # (1, 4, 5, 6, 7)
+    """
+
+    _N = 3
+
+    def _conv(self, x, padding):
+        return F.conv3d(x, self.weight, self.bias, self.stride, padding, self.dilation, self.groups)
+
+    extra_repr = Conv2d.extra_repr
+
+
 class MaxPool2d(Module):
     """Max over kernel_size windows (stride defaults to kernel_size; padding counts as -inf)."""
 
@@ -217,7 +237,7 @@ class ConvTranspose2d(_ConvNd):
                  bias=True, dilation=1, padding_mode="zeros", device=None, dtype=None):  # fmt: skip
         if padding_mode != "zeros" or isinstance(padding, str):
             raise ValueError(
-                f"ConvTranspose2d supports only padding_mode='zeros' and integer padding, got "
+                f"{type(self).__name__} supports only padding_mode='zeros' and integer padding, got "
                 f"padding_mode={padding_mode!r}, padding={padding!r}"
             )
         # the base builds weight (first, second/groups, *k): pass the channels swapped for (C_in, C_out/groups)
@@ -227,28 +247,94 @@ class ConvTranspose2d(_ConvNd):
         if bias:
             self.bias = Parameter(empty(out_channels, device=device, dtype=dtype))
             self.reset_parameters()
-        self.output_padding = F._ntuple(output_padding, 2, "output_padding")
+        self.output_padding = F._ntuple(output_padding, self._N, "output_padding")
+
+    _fn = staticmethod(F.conv_transpose2d)
 
     def forward(self, input, output_size=None):
-        op = self.output_padding
+        op, n = self.output_padding, self._N
         if output_size is not None:
-            want = tuple(int(v) for v in tuple(output_size)[-2:])
+            want = tuple(int(v) for v in tuple(output_size)[-n:])
             base = tuple(
                 (i - 1) * s - 2 * p + d * (k - 1) + 1
-                for i, s, p, d, k in zip(input.shape[-2:], self.stride, self.padding, self.dilation, self.kernel_size)
+                for i, s, p, d, k in zip(input.shape[-n:], self.stride, self.padding, self.dilation, self.kernel_size)
             )
             op = tuple(w - b for w, b in zip(want, base))
             if any(o < 0 or o >= max(s, d) for o, s, d in zip(op, self.stride, self.dilation)):
                 raise ValueError(f"requested an output size of {want}, but valid sizes range from {base} (inclusive)")
-        return F.conv_transpose2d(input, self.weight, self.bias, self.stride, self.padding, op, self.groups,
-                                  self.dilation)  # fmt: skip
+        return self._fn(input, self.weight, self.bias, self.stride, self.padding, op, self.groups,
+                        self.dilation)  # fmt: skip
 
     def extra_repr(self):
         s = Conv2d.extra_repr(self)
-        if self.output_padding != (0, 0):
+        if self.output_padding != (0,) * self._N:
             head, sep, tail = s.partition(", dilation=") if ", dilation=" in s else (s, "", "")
             s = head + f", output_padding={self.output_padding}" + sep + tail
         return s
+
+
+class ConvTranspose3d(ConvTranspose2d):
+    """The adjoint of Conv3d, as torch.nn.ConvTranspose3d: weight (C_in, C_out/groups, kd, kh, kw), bias (C_out,),
+    init as ConvTranspose2d; OD = (D-1)·sd - 2·pd + dd·(kd-1) + output_padding + 1 (likewise H, W).
+
+    Example::
+
+        up = conch.nn.ConvTranspose3d(4, 2, 2, stride=2)
+        y = up(conch.randn(1, 4, 3, 3, 3))       # (1, 2, 6, 6, 6)
+    """
+
+    _N = 3
+    _fn = staticmethod(F.conv_transpose3d)
+
+
+class MaxPool3d(MaxPool2d):
+    """Max over kernel_size windows of (N, C, D, H, W) (stride defaults to kernel_size; padding counts as -inf)."""
+
+    def forward(self, input):
+        return F.max_pool3d(
+            input, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode, self.return_indices
+        )
+
+
+class AvgPool3d(AvgPool2d):
+    """Mean over kernel_size windows of (N, C, D, H, W), with AvgPool2d's divisor rules."""
+
+    def forward(self, input):
+        return F.avg_pool3d(input, self.kernel_size, self.stride, self.padding, self.ceil_mode,
+                            self.count_include_pad, self.divisor_override)  # fmt: skip
+
+
+class MaxUnpool2d(Module):
+    """Partial inverse of MaxPool2d: ``forward(input, indices, output_size=None)`` puts each value back at its
+    max index in an otherwise zero (N, C, (H-1)·sh - 2ph + kh, (W-1)·sw - 2pw + kw) output."""
+
+    _N = 2
+
+    def __init__(self, kernel_size, stride=None, padding=0):
+        super().__init__()
+        n = self._N
+        self.kernel_size = F._ntuple(kernel_size, n, "kernel_size")
+        self.stride = F._ntuple(stride if stride is not None else kernel_size, n, "stride")
+        self.padding = F._ntuple(padding, n, "padding")
+
+    def forward(self, input, indices, output_size=None):
+        fn = {1: F.max_unpool1d, 2: F.max_unpool2d, 3: F.max_unpool3d}[self._N]
+        return fn(input, indices, self.kernel_size, self.stride, self.padding, output_size)
+
+    def extra_repr(self):
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+
+
+class MaxUnpool1d(MaxUnpool2d):
+    """Partial inverse of MaxPool1d: (N, C, L) -> (N, C, (L-1)·s - 2p + k) (or ``output_size``)."""
+
+    _N = 1
+
+
+class MaxUnpool3d(MaxUnpool2d):
+    """Partial inverse of MaxPool3d: (N, C, D, H, W) -> (N, C, (D-1)·sd - 2pd + kd, ...) (or ``output_size``)."""
+
+    _N = 3
 
 
 class MaxPool1d(MaxPool2d):

@@ -25,7 +25,7 @@ from .. import ops
 from .._backend import xp_of
 from ..amp.autocast_mode import cast_for
 from ..autograd.grad_mode import no_grad
-from ..creation import philox_seed_offset
+from ..creation import philox_seed_offset, rand
 from ..fused import activations as fused_act
 from ..fused import attention as fattn
 from ..fused import cross_entropy as fused_ce
@@ -165,6 +165,76 @@ def hardtanh(input, min_val=-1.0, max_val=1.0, inplace=False):
     (PyTorch's hardtanh_backward), unlike clamp's, which passes at the bounds."""
     _check_tensor(input, "hardtanh")
     return _inplace(input, ops.Clamp.apply(input, lo=min_val, hi=max_val, open_=True), inplace, "hardtanh_")
+
+
+_SELU_ALPHA = 1.6732632423543772848170429916717
+_SELU_SCALE = 1.0507009873554804934193349852946
+
+
+def selu(input, inplace=False):
+    """scale·(max(0, x) + min(0, α(eˣ - 1))) with PyTorch's α ≈ 1.6733 and scale ≈ 1.0507: scale·elu(x, α).
+    d/dx = scale for x > 0, scale·α·eˣ for x <= 0 (so scale·α at 0, as PyTorch)."""
+    return _inplace(input, elu(input, _SELU_ALPHA) * _SELU_SCALE, inplace, "selu_")
+
+
+def celu(input, alpha=1.0, inplace=False):
+    """max(0, x) + min(0, α(e^(x/α) - 1)) = α·elu(x/α, 1). d/dx = 1 for x > 0, e^(x/α) for x <= 0 (1 at 0)."""
+    if alpha == 0:
+        raise ValueError("ZeroDivisionError: alpha cannot be 0 for CELU")
+    return _inplace(input, elu(input * (1.0 / alpha), 1.0) * float(alpha), inplace, "celu_")
+
+
+def _mask(cond, like):
+    """The bool array ``cond`` as a no-grad 0/1 tensor of ``like``'s dtype."""
+    return Tensor._make(cond.astype(like.dtype))
+
+
+def hardshrink(input, lambd=0.5):
+    """x where |x| > λ, else 0. d/dx = 1 where |x| > λ, 0 elsewhere (0 at ±λ, as PyTorch)."""
+    _check_tensor(input, "hardshrink")
+    x = input._data
+    return input * _mask((x > lambd) | (x < -lambd), input)
+
+
+def softshrink(input, lambd=0.5):
+    """x - λ where x > λ, x + λ where x < -λ, else 0. d/dx = 1 where |x| > λ, else 0."""
+    _check_tensor(input, "softshrink")
+    if lambd < 0:
+        raise RuntimeError(f"lambda must be greater or equal to 0, but found to be {lambd}.")
+    x = input._data
+    hi, lo = x > lambd, x < -lambd
+    return input * _mask(hi | lo, input) - Tensor._make((hi.astype(input.dtype) - lo.astype(input.dtype)) * lambd)
+
+
+def tanhshrink(input):
+    """x - tanh(x); d/dx = tanh²(x)."""
+    return input - tanh(input)
+
+
+def threshold(input, threshold, value, inplace=False):
+    """x where x > threshold, else ``value``. d/dx = 1 where x > threshold, else 0."""
+    _check_tensor(input, "threshold")
+    keep = input._data > threshold
+    out = input * _mask(keep, input) + Tensor._make((~keep).astype(input.dtype) * value)
+    return _inplace(input, out, inplace, "threshold_")
+
+
+def rrelu(input, lower=1.0 / 8, upper=1.0 / 3, training=False, inplace=False):
+    """Randomised leaky ReLU: x for x >= 0, a·x otherwise. Training: a ~ U(lower, upper) per element, drawn from
+    conch's generator (so ``conch.manual_seed`` repeats it); eval: the fixed slope a = (lower + upper)/2.
+    d/dx = 1 for x > 0 and a for x <= 0 (the drawn a at 0, as PyTorch's noise)."""
+    _check_tensor(input, "rrelu")
+    if not training:
+        return leaky_relu(input, (lower + upper) / 2.0, inplace)
+    u = rand(*input.shape, dtype=input.dtype, device=input.device)._data
+    neg = input._data <= 0
+    noise = xp_of(neg).where(neg, lower + (upper - lower) * u, 1).astype(input.dtype)
+    return _inplace(input, input * Tensor._make(noise), inplace, "rrelu_")
+
+
+def softmin(input, dim=None, dtype=None):
+    """softmax(-x) along ``dim``: exp(-x) / Σ exp(-x)."""
+    return softmax(-input, dim, dtype)
 
 
 def _softmax_dim(ndim):
@@ -325,20 +395,86 @@ def pad(input, pad, mode="constant", value=0.0):
 
 
 def _conv_padding(padding, k, d, s):
-    """(top, bottom, left, right) for an int, a pair, "valid" or "same" (extra pixel at the end, as PyTorch)."""
+    """(before, after) widths of each spatial dim, flattened, for an int, a tuple, "valid" or "same" (the extra
+    pixel at the end, as PyTorch); for 2-D that is (top, bottom, left, right)."""
+    nd = len(k)
     if isinstance(padding, str):
         if padding == "valid":
-            return (0, 0, 0, 0)
+            return (0,) * (2 * nd)
         if padding == "same":
-            if s != (1, 1):
+            if any(si != 1 for si in s):
                 raise ValueError("padding='same' is not supported for strided convolutions")
-            tot = [d[i] * (k[i] - 1) for i in range(2)]
-            return (tot[0] // 2, tot[0] - tot[0] // 2, tot[1] // 2, tot[1] - tot[1] // 2)
+            tot = [d[i] * (k[i] - 1) for i in range(nd)]
+            return tuple(w for t in tot for w in (t // 2, t - t // 2))
         raise ValueError(f"Invalid padding string {padding!r}, should be one of {{'valid', 'same'}}")
-    ph, pw = _pair(padding, "padding")
-    if ph < 0 or pw < 0:
+    p = _ntuple(padding, nd, "padding")
+    if min(p) < 0:
         raise ValueError(f"negative padding is not supported, got {padding}")
-    return (ph, ph, pw, pw)
+    return tuple(w for pi in p for w in (pi, pi))
+
+
+_SPATIAL = {2: "(C, H, W)", 3: "(C, D, H, W)"}
+_KERNEL = {2: "kh, kw", 3: "kd, kh, kw"}
+
+
+def _convnd(name, nd, input, weight, bias, stride, padding, dilation, groups):
+    """conv2d and conv3d: the checks, then im2col and one batched matmul (see conv2d)."""
+    _check_tensor(input, name)
+    _check_tensor(weight, name, "weight")
+    input, weight, bias = cast_for("conv2d", input, weight, bias)
+    for t in (weight, bias):  # no silent promotion (PyTorch refuses a float32 input with float64 weights)
+        if t is not None and t.dtype != input.dtype:
+            raise RuntimeError(f"expected scalar type {D.scalar_name(input.dtype)} but found {D.scalar_name(t.dtype)}")
+    unbatched = input.ndim == nd + 1
+    if unbatched:
+        input = input.unsqueeze(0)
+    if input.ndim != nd + 2:
+        raise RuntimeError(
+            f"{name}: expected {nd + 1}-D {_SPATIAL[nd]} or {nd + 2}-D (N, {_SPATIAL[nd][1:]} input, got "
+            f"{input.ndim}-D input of size {list(input.shape)}"
+        )
+    if weight.ndim != nd + 2:
+        raise RuntimeError(
+            f"{name}: weight must be {nd + 2}-D (C_out, C_in/groups, {_KERNEL[nd]}), got shape {list(weight.shape)}"
+        )
+    n, c, *size = input.shape
+    cout, cg, *ks = weight.shape
+    if groups < 1 or cout % groups:
+        raise RuntimeError(f"{name}: out_channels ({cout}) must be divisible by groups ({groups})")
+    if c != cg * groups:
+        raise RuntimeError(
+            f"Given groups={groups}, weight of size {list(weight.shape)}, expected input{list(input.shape)} to have "
+            f"{cg * groups} channels, but got {c} channels instead"
+        )
+    if bias is not None and bias.shape != (cout,):
+        raise RuntimeError(f"{name}: bias must have shape ({cout},), got {tuple(bias.shape)}")
+    s, d = _ntuple(stride, nd, "stride"), _ntuple(dilation, nd, "dilation")
+    if min(s) < 1 or min(d) < 1:
+        raise ValueError(f"{name}: stride and dilation must be positive, got stride={s}, dilation={d}")
+    pads = _conv_padding(padding, ks, d, s)
+    padded = [size[i] + pads[2 * i] + pads[2 * i + 1] for i in range(nd)]
+    out = tuple((padded[i] - d[i] * (ks[i] - 1) - 1) // s[i] + 1 for i in range(nd))
+    if min(out) <= 0:
+        x = "x".join
+        raise RuntimeError(
+            f"{name}: calculated output size ({x(map(str, out))}) is too small: input {list(input.shape)} (padded "
+            f"{x(map(str, padded))}) is smaller than the dilated kernel "
+            f"{x(str(d[i] * (ks[i] - 1) + 1) for i in range(nd))}"
+        )
+    cols = ops.Im2col.apply(input, geom=(tuple(ks), s, d, pads, out))  # (N, C·∏k, ∏O)
+    # the weight is expanded over the batch as a view: the batched matmul path is much faster than the
+    # 2-D @ 3-D broadcast one, and the engine sums the weight gradient over the expanded dim
+    k, npos = cg * math.prod(ks), math.prod(out)
+    if groups == 1:
+        y = weight.reshape(cout, k).expand(n, cout, k) @ cols  # (N, C_out, ∏O): already NC*
+    else:
+        w = weight.reshape(groups, cout // groups, k).expand(n, groups, cout // groups, k)
+        y = w @ cols.reshape(n, groups, k, npos)
+    if bias is not None:
+        b = bias.to(dtype=y.dtype)  # autocast may have run the matmul in half precision
+        y = y + (b.reshape(cout, 1) if groups == 1 else b.reshape(groups, cout // groups, 1))
+    y = y.reshape((n, cout) + out)
+    return y.squeeze(0) if unbatched else y
 
 
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
@@ -349,59 +485,17 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     copied into patches (N, C·kh·kw, OH·OW)) followed by one batched matmul W (C_out, C·kh·kw) @ patches
     on the matmul kernel, whose result is already contiguous NCHW.
     """
-    _check_tensor(input, "conv2d")
-    _check_tensor(weight, "conv2d", "weight")
-    input, weight, bias = cast_for("conv2d", input, weight, bias)
-    for t in (weight, bias):  # no silent promotion (PyTorch refuses a float32 input with float64 weights)
-        if t is not None and t.dtype != input.dtype:
-            raise RuntimeError(f"expected scalar type {D.scalar_name(input.dtype)} but found {D.scalar_name(t.dtype)}")
-    unbatched = input.ndim == 3
-    if unbatched:
-        input = input.unsqueeze(0)
-    if input.ndim != 4:
-        raise RuntimeError(
-            f"conv2d: expected 3-D (C, H, W) or 4-D (N, C, H, W) input, got {input.ndim}-D input of size "
-            f"{list(input.shape)}"
-        )
-    if weight.ndim != 4:
-        raise RuntimeError(f"conv2d: weight must be 4-D (C_out, C_in/groups, kh, kw), got shape {list(weight.shape)}")
-    n, c, h, w = input.shape
-    cout, cg, kh, kw = weight.shape
-    if groups < 1 or cout % groups:
-        raise RuntimeError(f"conv2d: out_channels ({cout}) must be divisible by groups ({groups})")
-    if c != cg * groups:
-        raise RuntimeError(
-            f"Given groups={groups}, weight of size {list(weight.shape)}, expected input{list(input.shape)} to have "
-            f"{cg * groups} channels, but got {c} channels instead"
-        )
-    if bias is not None and bias.shape != (cout,):
-        raise RuntimeError(f"conv2d: bias must have shape ({cout},), got {tuple(bias.shape)}")
-    s, d = _pair(stride, "stride"), _pair(dilation, "dilation")
-    if min(s) < 1 or min(d) < 1:
-        raise ValueError(f"conv2d: stride and dilation must be positive, got stride={s}, dilation={d}")
-    pads = _conv_padding(padding, (kh, kw), d, s)
-    oh = (h + pads[0] + pads[1] - d[0] * (kh - 1) - 1) // s[0] + 1
-    ow = (w + pads[2] + pads[3] - d[1] * (kw - 1) - 1) // s[1] + 1
-    if oh <= 0 or ow <= 0:
-        raise RuntimeError(
-            f"conv2d: calculated output size ({oh}x{ow}) is too small: input {list(input.shape)} (padded "
-            f"{h + pads[0] + pads[1]}x{w + pads[2] + pads[3]}) is smaller than the dilated kernel "
-            f"{d[0] * (kh - 1) + 1}x{d[1] * (kw - 1) + 1}"
-        )
-    cols = ops.Im2col.apply(input, geom=((kh, kw), s, d, pads, (oh, ow)))  # (N, C·kh·kw, OH·OW)
-    # the weight is expanded over the batch as a view: the batched matmul path is much faster than the
-    # 2-D @ 3-D broadcast one, and the engine sums the weight gradient over the expanded dim
-    k = cg * kh * kw
-    if groups == 1:
-        y = weight.reshape(cout, k).expand(n, cout, k) @ cols  # (N, C_out, OH·OW): already NCHW
-    else:
-        w = weight.reshape(groups, cout // groups, k).expand(n, groups, cout // groups, k)
-        y = w @ cols.reshape(n, groups, k, oh * ow)
-    if bias is not None:
-        b = bias.to(dtype=y.dtype)  # autocast may have run the matmul in half precision
-        y = y + (b.reshape(cout, 1) if groups == 1 else b.reshape(groups, cout // groups, 1))
-    y = y.reshape(n, cout, oh, ow)
-    return y.squeeze(0) if unbatched else y
+    return _convnd("conv2d", 2, input, weight, bias, stride, padding, dilation, groups)
+
+
+def conv3d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    """3-D cross-correlation, as ``torch.nn.functional.conv3d``.
+
+    input (N, C_in, D, H, W) or (C_in, D, H, W), weight (C_out, C_in/groups, kd, kh, kw), bias (C_out,) ->
+    (N, C_out, OD, OH, OW) with OD = ⌊(D + pad_d - dd·(kd-1) - 1)/sd⌋ + 1 (likewise H, W). As conv2d: im2col
+    into (N, C·kd·kh·kw, OD·OH·OW), then one batched matmul.
+    """
+    return _convnd("conv3d", 3, input, weight, bias, stride, padding, dilation, groups)
 
 
 # ---------------------------------------------------------------- pooling
@@ -416,25 +510,39 @@ def _pool_out(size, k, s, p, d, ceil_mode):
     return out
 
 
-def _pool_args(name, input, kernel_size, stride, padding, dilation):
-    unbatched = input.ndim == 3
-    if input.ndim not in (3, 4):
+def _pool_args(name, input, kernel_size, stride, padding, dilation, nd=2):
+    unbatched = input.ndim == nd + 1
+    if input.ndim not in (nd + 1, nd + 2):
         raise RuntimeError(
-            f"{name}: expected 3-D (C, H, W) or 4-D (N, C, H, W) input, got {input.ndim}-D input of size "
-            f"{list(input.shape)}"
+            f"{name}: expected {nd + 1}-D {_SPATIAL[nd]} or {nd + 2}-D (N, {_SPATIAL[nd][1:]} input, got "
+            f"{input.ndim}-D input of size {list(input.shape)}"
         )
-    k = _pair(kernel_size, "kernel_size")
-    s = k if stride is None or (not isinstance(stride, int) and len(stride) == 0) else _pair(stride, "stride")
-    p, d = _pair(padding, "padding"), _pair(dilation, "dilation")
+    k = _ntuple(kernel_size, nd, "kernel_size")
+    no_stride = stride is None or (not isinstance(stride, int) and len(stride) == 0)
+    s = k if no_stride else _ntuple(stride, nd, "stride")
+    p, d = _ntuple(padding, nd, "padding"), _ntuple(dilation, nd, "dilation")
     if min(k) < 1 or min(s) < 1 or min(d) < 1:
         raise ValueError(f"{name}: kernel_size, stride and dilation must be positive, got {k}, {s}, {d}")
-    for i in range(2):
+    for i in range(nd):
         if p[i] > (d[i] * (k[i] - 1) + 1) // 2:
             raise RuntimeError(
                 f"{name}: pad should be at most half of effective kernel size, but got pad={p[i]}, "
                 f"kernel_size={k[i]} and dilation={d[i]}"
             )
     return unbatched, k, s, p, d
+
+
+def _pool_geom(name, input, x, k, s, p, d, ceil_mode):
+    """Output sizes and the (before, after) paddings (the after side grown for ceil_mode windows) of a pooling."""
+    size = x.shape[2:]
+    out = tuple(_pool_out(size[i], k[i], s[i], p[i], d[i], ceil_mode) for i in range(len(k)))
+    if min(out) <= 0:
+        raise RuntimeError(
+            f"{name}: output size is too small ({'x'.join(map(str, out))}) for input of size {list(input.shape)}"
+        )
+    need = [(out[i] - 1) * s[i] + d[i] * (k[i] - 1) + 1 for i in range(len(k))]
+    pads = tuple(w for i in range(len(k)) for w in (p[i], max(need[i] - size[i] - p[i], 0)))
+    return out, pads
 
 
 def _max_pool_arrays(x, k, s, p, d, out_hw):
@@ -487,40 +595,83 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
     return out
 
 
+def _avg_pool(name, nd, input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override):
+    """avg_pool2d and avg_pool3d: window sums from im2col over (N·C, 1, *S), then PyTorch's divisors."""
+    _check_tensor(input, name)
+    unbatched, k, s, p, _ = _pool_args(name, input, kernel_size, stride, padding, 1, nd)
+    x = input.unsqueeze(0) if unbatched else input
+    n, c, *size = x.shape
+    out, pads = _pool_geom(name, input, x, k, s, p, (1,) * nd, ceil_mode)
+    cols = ops.Im2col.apply(x.reshape((n * c, 1) + tuple(size)), geom=(k, s, (1,) * nd, pads, out))
+    total = cols.sum(1).reshape((n, c) + out)
+    if divisor_override:
+        res = total / float(divisor_override)
+    else:
+
+        def sizes(o, st, kk, pp, sz):
+            start = np.arange(o) * st - pp
+            end = np.minimum(start + kk, sz + pp)
+            full = end - start
+            inside = np.minimum(end, sz) - np.maximum(start, 0)
+            return full if count_include_pad else inside
+
+        div = sizes(out[0], s[0], k[0], p[0], size[0])
+        for i in range(1, nd):
+            div = np.multiply.outer(div, sizes(out[i], s[i], k[i], p[i], size[i]))
+        if (div == math.prod(k)).all():
+            res = total / float(math.prod(k))
+        else:
+            res = total / _const_like(xp_of(x._data).asarray(div), total)
+    return res.squeeze(0) if unbatched else res
+
+
 def avg_pool2d(
     input, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True, divisor_override=None
 ):
     """Mean over kh×kw windows: (N, C, H, W) -> (N, C, OH, OW), with PyTorch's divisor rules
     (``count_include_pad``, ``ceil_mode`` windows clipped at the padded border, ``divisor_override``)."""
-    _check_tensor(input, "avg_pool2d")
-    unbatched, k, s, p, _ = _pool_args("avg_pool2d", input, kernel_size, stride, padding, 1)
+    return _avg_pool("avg_pool2d", 2, input, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                     divisor_override)  # fmt: skip
+
+
+def avg_pool3d(
+    input, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True, divisor_override=None
+):
+    """Mean over kd×kh×kw windows: (N, C, D, H, W) -> (N, C, OD, OH, OW), with avg_pool2d's divisor rules.
+    The gradient spreads dy/divisor over each window (im2col's adjoint)."""
+    return _avg_pool("avg_pool3d", 3, input, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                     divisor_override)  # fmt: skip
+
+
+def max_pool3d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
+    """Max over kd×kh×kw windows: (N, C, D, H, W) -> (N, C, OD, OH, OW); padding counts as -inf.
+
+    im2col over (N·C, 1, D, H, W) with -inf padding, then a gather of each window's first maximum, so the
+    gradient goes to that one element (as PyTorch). ``return_indices=True`` also returns the flat index (into
+    D·H·W) of each maximum, which max_unpool3d takes.
+    """
+    _check_tensor(input, "max_pool3d")
+    unbatched, k, s, p, d = _pool_args("max_pool3d", input, kernel_size, stride, padding, dilation, 3)
     x = input.unsqueeze(0) if unbatched else input
-    n, c, h, w = x.shape
-    oh, ow = _pool_out(h, k[0], s[0], p[0], 1, ceil_mode), _pool_out(w, k[1], s[1], p[1], 1, ceil_mode)
-    if oh <= 0 or ow <= 0:
-        raise RuntimeError(f"avg_pool2d: output size is too small ({oh}x{ow}) for input of size {list(input.shape)}")
-    pb = max((oh - 1) * s[0] + k[0] - h - p[0], 0)
-    pr = max((ow - 1) * s[1] + k[1] - w - p[1], 0)
-    cols = ops.Im2col.apply(x.reshape(n * c, 1, h, w), geom=(k, s, (1, 1), (p[0], pb, p[1], pr), (oh, ow)))
-    total = cols.sum(1).reshape(n, c, oh, ow)
-    if divisor_override:
-        out = total / float(divisor_override)
-    else:
-        xp = xp_of(x._data)
-
-        def sizes(o, st, kk, pp, size):
-            start = np.arange(o) * st - pp
-            end = np.minimum(start + kk, size + pp)
-            full = end - start
-            inside = np.minimum(end, size) - np.maximum(start, 0)
-            return full if count_include_pad else inside
-
-        div = np.outer(sizes(oh, s[0], k[0], p[0], h), sizes(ow, s[1], k[1], p[1], w))
-        if (div == k[0] * k[1]).all():
-            out = total / float(k[0] * k[1])
-        else:
-            out = total / _const_like(xp.asarray(div), total)
-    return out.squeeze(0) if unbatched else out
+    n, c, *size = x.shape
+    out, pads = _pool_geom("max_pool3d", input, x, k, s, p, d, ceil_mode)
+    lo = -np.inf if x.dtype.kind == "f" or x.dtype == D.bfloat16 else np.iinfo(x.dtype).min
+    cols = ops.Im2col.apply(x.reshape((n * c, 1) + tuple(size)), geom=(k, s, d, pads, out), value=lo)
+    xp = xp_of(x._data)
+    am = cols._data.argmax(axis=1)[:, None, :]  # (N·C, 1, ∏O): the first maximum of each window
+    y = cols.gather(1, Tensor._make(am.astype(np.int64))).reshape((n, c) + out)
+    if unbatched:
+        y = y.squeeze(0)
+    if not return_indices:
+        return y
+    flat = xp.zeros(am.shape, dtype=np.int64)
+    o_idx = xp.arange(math.prod(out)).reshape(1, 1, -1)
+    for i in range(3):  # the position of the max along dim i: o_i·s_i + k_i·d_i - p_i
+        inner_k, inner_o = math.prod(k[i + 1 :]), math.prod(out[i + 1 :])
+        pos = (o_idx // inner_o) % out[i] * s[i] + (am // inner_k) % k[i] * d[i] - p[i]
+        flat = flat * size[i] + pos
+    idx = Tensor._make(flat.reshape((n, c) + out))
+    return y, (idx.squeeze(0) if unbatched else idx)
 
 
 def adaptive_avg_pool2d(input, output_size):
@@ -1240,6 +1391,48 @@ def interpolate(input, size=None, scale_factor=None, mode="nearest", align_corne
     return x
 
 
+def _conv_transposend(name, nd, input, weight, bias, stride, padding, output_padding, groups, dilation):
+    """conv_transpose2d and conv_transpose3d (see conv_transpose2d)."""
+    _check_tensor(input, name)
+    input, weight, bias = cast_for("conv2d", input, weight, bias)
+    unbatched = input.ndim == nd + 1
+    if unbatched:
+        input = input.unsqueeze(0)
+    if input.ndim != nd + 2 or weight.ndim != nd + 2:
+        raise RuntimeError(
+            f"{name}: expected a {nd + 1}-D or {nd + 2}-D input and a {nd + 2}-D weight (C_in, C_out/groups, "
+            f"{_KERNEL[nd]}), got input {list(input.shape)} and weight {list(weight.shape)}"
+        )
+    n, c, *size = input.shape
+    cin, cg, *ks = weight.shape
+    if groups < 1 or cin % groups:
+        raise RuntimeError(f"{name}: weight's C_in ({cin}) must be divisible by groups ({groups})")
+    if c != cin:
+        raise RuntimeError(
+            f"Given transposed=1, weight of size {list(weight.shape)}, expected input{list(input.shape)} to have "
+            f"{cin} channels, but got {c} channels instead"
+        )
+    s, d = _ntuple(stride, nd, "stride"), _ntuple(dilation, nd, "dilation")
+    p, op = _ntuple(padding, nd, "padding"), _ntuple(output_padding, nd, "output_padding")
+    if any(o >= max(si, di) or o < 0 for o, si, di in zip(op, s, d)):
+        raise ValueError(f"output padding {op} must be smaller than either stride {s} or dilation {d}")
+    geo = zip(size, s, p, d, ks, op)
+    out_sz = tuple((i - 1) * si - 2 * pi + di * (k - 1) + o + 1 for i, si, pi, di, k, o in geo)
+    if min(out_sz) <= 0:
+        raise RuntimeError(f"{name}: output size {out_sz} is too small for input {list(input.shape)}")
+    cout, kk, npos = cg * groups, math.prod(ks), math.prod(size)
+    k = cg * kk
+    wt = weight.reshape(groups, cin // groups, k).transpose(-1, -2).expand(n, groups, k, cin // groups)
+    cols = (wt @ input.reshape(n, groups, cin // groups, npos)).reshape(n, cout * kk, npos)
+    # the convolution whose im2col reads this output's (padded) positions at the input's positions
+    need = tuple(di * (kk_ - 1) + si * (i - 1) + 1 for di, kk_, si, i in zip(d, ks, s, size))
+    pads = tuple(w for i in range(nd) for w in (p[i], max(need[i] - out_sz[i] - p[i], 0)))
+    y = ops.Col2im.apply(cols, geom=(tuple(ks), s, d, pads, tuple(size)), in_shape=(n, cout) + out_sz)
+    if bias is not None:
+        y = y + bias.to(dtype=y.dtype).reshape((1, cout) + (1,) * nd)
+    return y.squeeze(0) if unbatched else y
+
+
 def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1):
     """The adjoint of conv2d (a "deconvolution"): input (N, C_in, H, W), weight (C_in, C_out/groups, kh, kw) ->
     (N, C_out, OH, OW) with OH = (H-1)·sh - 2·ph + dh·(kh-1) + output_padding_h + 1.
@@ -1247,43 +1440,17 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
     Each input pixel's weighted kernel is added onto the output: the products Wᵀ x of all pixels are one
     batched matmul, and col2im (the adjoint of conv2d's im2col) sums them into place.
     """
-    _check_tensor(input, "conv_transpose2d")
-    input, weight, bias = cast_for("conv2d", input, weight, bias)
-    unbatched = input.ndim == 3
-    if unbatched:
-        input = input.unsqueeze(0)
-    if input.ndim != 4 or weight.ndim != 4:
-        raise RuntimeError(
-            f"conv_transpose2d: expected a 3-D or 4-D input and a 4-D weight (C_in, C_out/groups, kh, kw), got "
-            f"input {list(input.shape)} and weight {list(weight.shape)}"
-        )
-    n, c, h, w = input.shape
-    cin, cg, kh, kw = weight.shape
-    if groups < 1 or cin % groups:
-        raise RuntimeError(f"conv_transpose2d: weight's C_in ({cin}) must be divisible by groups ({groups})")
-    if c != cin:
-        raise RuntimeError(
-            f"Given transposed=1, weight of size {list(weight.shape)}, expected input{list(input.shape)} to have "
-            f"{cin} channels, but got {c} channels instead"
-        )
-    s, d = _pair(stride, "stride"), _pair(dilation, "dilation")
-    p, op = _pair(padding, "padding"), _pair(output_padding, "output_padding")
-    if any(o >= max(si, di) or o < 0 for o, si, di in zip(op, s, d)):
-        raise ValueError(f"output padding {op} must be smaller than either stride {s} or dilation {d}")
-    geo = zip((h, w), s, p, d, (kh, kw), op)
-    out_hw = tuple((i - 1) * si - 2 * pi + di * (k - 1) + o + 1 for i, si, pi, di, k, o in geo)
-    if min(out_hw) <= 0:
-        raise RuntimeError(f"conv_transpose2d: output size {out_hw} is too small for input {list(input.shape)}")
-    cout, k = cg * groups, cg * kh * kw
-    wt = weight.reshape(groups, cin // groups, k).transpose(-1, -2).expand(n, groups, k, cin // groups)
-    cols = (wt @ input.reshape(n, groups, cin // groups, h * w)).reshape(n, cout * kh * kw, h * w)
-    # the conv2d whose im2col reads this output's (padded) pixels at the input's H x W positions
-    need = tuple(di * (kk - 1) + si * (i - 1) + 1 for di, kk, si, i in zip(d, (kh, kw), s, (h, w)))
-    pads = (p[0], max(need[0] - out_hw[0] - p[0], 0), p[1], max(need[1] - out_hw[1] - p[1], 0))
-    y = ops.Col2im.apply(cols, geom=((kh, kw), s, d, pads, (h, w)), in_shape=(n, cout) + out_hw)
-    if bias is not None:
-        y = y + bias.to(dtype=y.dtype).reshape(1, cout, 1, 1)
-    return y.squeeze(0) if unbatched else y
+    return _conv_transposend("conv_transpose2d", 2, input, weight, bias, stride, padding, output_padding, groups,
+                             dilation)  # fmt: skip
+
+
+def conv_transpose3d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1):
+    """The adjoint of conv3d: input (N, C_in, D, H, W), weight (C_in, C_out/groups, kd, kh, kw) ->
+    (N, C_out, OD, OH, OW) with OD = (D-1)·sd - 2·pd + dd·(kd-1) + output_padding_d + 1 (likewise H, W);
+    one batched matmul Wᵀx, then col2im, as conv_transpose2d.
+    """
+    return _conv_transposend("conv_transpose3d", 3, input, weight, bias, stride, padding, output_padding, groups,
+                             dilation)  # fmt: skip
 
 
 # ---------------------------------------------------------------- 1-D pooling and channel dropout
@@ -1318,6 +1485,68 @@ def adaptive_avg_pool1d(input, output_size):
     """Mean over PyTorch's adaptive windows of L: (N, C, L) -> (N, C, output_size)."""
     x = _as_2d(input, "adaptive_avg_pool1d")
     return adaptive_avg_pool2d(x, (1, _single(output_size, "output_size"))).squeeze(-2)
+
+
+def _max_unpool(name, nd, input, indices, kernel_size, stride, padding, output_size):
+    """Scatter ``input`` into zeros at the flat positions ``indices`` (from max_pool with return_indices)."""
+    _check_tensor(input, name)
+    k = _ntuple(kernel_size, nd, "kernel_size")
+    s = k if stride is None else _ntuple(stride, nd, "stride")
+    p = _ntuple(padding, nd, "padding")
+    if tuple(indices.shape) != tuple(input.shape):
+        raise RuntimeError(
+            f"{name}: Expected shape of indices to be same as that of the input tensor ({tuple(input.shape)}) "
+            f"but got indices tensor with shape: {tuple(indices.shape)}"
+        )
+    if input.ndim not in (nd + 1, nd + 2):
+        raise RuntimeError(f"{name}: expected {nd + 1}-D or {nd + 2}-D input, got size {list(input.shape)}")
+    unbatched = input.ndim == nd + 1
+    x, idx = (input.unsqueeze(0), indices.unsqueeze(0)) if unbatched else (input, indices)
+    n, c, *size = x.shape
+    default = tuple((size[i] - 1) * s[i] - 2 * p[i] + k[i] for i in range(nd))
+    if output_size is None:
+        out = default
+    else:
+        out = tuple(int(v) for v in tuple(output_size))
+        if len(out) == nd + 2:
+            out = out[2:]
+        if len(out) != nd:
+            raise ValueError(f"{name}: output_size must have {nd} or {nd + 2} elements, got {output_size}")
+        for i in range(nd):
+            if not default[i] - s[i] < out[i] < default[i] + s[i]:
+                raise ValueError(
+                    f"{name}: invalid output_size {output_size} (dim {i} must be between {default[i] - s[i] + 1} "
+                    f"and {default[i] + s[i] - 1})"
+                )
+    m = math.prod(out)
+    flat = idx.reshape(n, c, -1)
+    lo, hi = (int(flat.min()), int(flat.max())) if flat.numel() else (0, 0)
+    if lo < 0 or hi >= m:
+        raise RuntimeError(
+            f"{name}: Found an invalid max index: {hi if hi >= m else lo} (output volumes are of size "
+            f"{'x'.join(map(str, out))})"
+        )
+    base = Tensor._make(xp_of(x._data).zeros((n, c, m), dtype=x.dtype))
+    # y[n, c, idx[j]] = x[n, c, j];  dx[n, c, j] = dy[n, c, idx[j]] (the scatter's gather)
+    y = base.scatter(2, flat, x.reshape(n, c, -1)).reshape((n, c) + out)
+    return y.squeeze(0) if unbatched else y
+
+
+def max_unpool1d(input, indices, kernel_size, stride=None, padding=0, output_size=None):
+    """Partial inverse of max_pool1d: (N, C, L) -> (N, C, (L-1)·s - 2p + k) (or ``output_size``), zeros except
+    each value put back at its max index."""
+    return _max_unpool("max_unpool1d", 1, input, indices, kernel_size, stride, padding, output_size)
+
+
+def max_unpool2d(input, indices, kernel_size, stride=None, padding=0, output_size=None):
+    """Partial inverse of max_pool2d: (N, C, H, W) -> (N, C, (H-1)·sh - 2ph + kh, ...) (or ``output_size``);
+    ``indices`` index the output's H·W plane, as max_pool2d(return_indices=True) gives them."""
+    return _max_unpool("max_unpool2d", 2, input, indices, kernel_size, stride, padding, output_size)
+
+
+def max_unpool3d(input, indices, kernel_size, stride=None, padding=0, output_size=None):
+    """Partial inverse of max_pool3d: (N, C, D, H, W) -> (N, C, (D-1)·sd - 2pd + kd, ...) (or ``output_size``)."""
+    return _max_unpool("max_unpool3d", 3, input, indices, kernel_size, stride, padding, output_size)
 
 
 def _channel_dropout(input, p, training, inplace, name, batched_ndim):

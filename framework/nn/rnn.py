@@ -1,8 +1,9 @@
-"""Recurrent layers: LSTM and GRU with PyTorch's parameter names, gate order, layouts and initialisation.
+"""Recurrent layers: RNN, LSTM and GRU with PyTorch's parameter names, gate order, layouts and initialisation.
 
 Per layer and direction, the input projection of every time step is one matmul (T·N, H_in) @ W_ihᵀ; only
 the hidden projection runs step by step. The maths (σ = sigmoid, ∘ = elementwise)::
 
+    RNN:  h' = act(W_ih x + b_ih + W_hh h + b_hh),  act = tanh or relu
     LSTM: i, f, g, o = σ, σ, tanh, σ of (W_ih x + b_ih + W_hh h + b_hh) split in 4
           c' = f ∘ c + i ∘ g,   h' = o ∘ tanh(c')
     GRU:  r, z = σ of the first two thirds of (W_ih x + b_ih + W_hh h + b_hh)
@@ -166,6 +167,37 @@ class _RNNBase(Module):
                 raise RuntimeError(f"Expected hidden size {want}, got {tuple(h.shape)}")
             parts.append(h if sorted_indices is None else h.index_select(1, sorted_indices))
         return parts
+
+
+class RNN(_RNNBase):
+    """Elman RNN, as torch.nn.RNN: ``h' = act(W_ih x + b_ih + W_hh h + b_hh)``, ``forward(input, h_0=None) ->
+    (output, h_n)``.
+
+    ``nonlinearity`` "tanh" (default) or "relu"; layouts as :class:`LSTM`: weight_ih_l{k} (H, H_in),
+    weight_hh_l{k} (H, H), bias_ih_l{k}, bias_hh_l{k} (H,), every parameter ~ U(-1/√H, 1/√H).
+    Constructor as PyTorch's: ``RNN(input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
+    batch_first=False, dropout=0.0, bidirectional=False)`` (positional arguments in that order).
+    """
+
+    _GATES = 1
+
+    def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, device=None, dtype=None):  # fmt: skip
+        if nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
+        self.nonlinearity = nonlinearity
+        self.mode = "RNN_TANH" if nonlinearity == "tanh" else "RNN_RELU"
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+                         device=device, dtype=dtype)  # fmt: skip
+
+    def _step(self, xw, h, w_hh, b_hh):
+        pre = xw + F.linear(h, w_hh, b_hh)
+        # d tanh(a)/da = 1 - tanh²(a); d relu(a)/da = [a > 0] (autograd)
+        return pre.tanh() if self.nonlinearity == "tanh" else F.relu(pre)
+
+    def forward(self, input, hx=None):
+        out, (h_n,) = self._forward(input, (hx,))
+        return out, h_n
 
 
 class LSTM(_RNNBase):

@@ -4,6 +4,9 @@ max pooling.
 
 from __future__ import annotations
 
+import itertools
+import math
+
 from .._backend import xp_of
 from ..autograd.function import Op
 from .indexing import ScatterFlat
@@ -55,24 +58,32 @@ def _as_strided(xp, a, shape, strides):
 
 
 class Im2col(Op):
-    """(N, C, H, W) -> patches (N, C·kh·kw, OH·OW), read through one strided view of the padded input.
+    """(N, C, *S) -> patches (N, C·∏k, ∏O), read through one strided view of the padded input, for any number
+    of spatial dims (conv1d..conv3d, unfold, pooling).
 
-    Entry (n, (c, i, j), (oh, ow)) holds x_pad[n, c, oh·sh + i·dh, ow·sw + j·dw]. The long output-pixel
-    axis is innermost, so the copy out of the strided view runs over long rows, and ``W @ cols`` lands
-    directly in NCHW order. The adjoint is col2im (a scatter-add of the patches back into the image).
+    ``geom = (k, s, d, pads, out)``: per spatial dim the kernel size, stride, dilation and output size, and
+    ``pads`` the (before, after) widths of each dim in order (for 2-D: top, bottom, left, right). Entry
+    (n, (c, i, j), (oh, ow)) holds x_pad[n, c, oh·sh + i·dh, ow·sw + j·dw] (in 2-D; likewise in 3-D). The long
+    output-position axis is innermost, so the copy out of the strided view runs over long rows, and ``W @ cols``
+    lands directly in NC* order. The adjoint is col2im (a scatter-add of the patches back into the image).
+    ``value`` fills the padding (-inf for max pooling).
     """
 
     @staticmethod
     def forward(ctx, x, geom, value=0.0):
         ctx.geom, ctx.in_shape = geom, x.shape
         xp = xp_of(x)
-        (kh, kw), (sh, sw), (dh, dw), (pt, pb, pl, pr), (oh, ow) = geom
-        if pt or pb or pl or pr:
-            x = xp.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)), mode="constant", constant_values=value)
+        k, st, dl, pads, out = geom
+        nd = len(k)
+        if any(pads):
+            widths = ((0, 0), (0, 0)) + tuple((pads[2 * i], pads[2 * i + 1]) for i in range(nd))
+            x = xp.pad(x, widths, mode="constant", constant_values=value)
         n, c = x.shape[:2]
-        s_n, s_c, s_h, s_w = x.strides
-        win = _as_strided(xp, x, (n, c, kh, kw, oh, ow), (s_n, s_c, s_h * dh, s_w * dw, s_h * sh, s_w * sw))
-        return win.reshape(n, c * kh * kw, oh * ow)
+        sp = x.strides[2:]
+        shape = (n, c) + tuple(k) + tuple(out)
+        strides = x.strides[:2] + tuple(sp[i] * dl[i] for i in range(nd)) + tuple(sp[i] * st[i] for i in range(nd))
+        win = _as_strided(xp, x, shape, strides)
+        return win.reshape(n, c * math.prod(k), math.prod(out))
 
     @staticmethod
     def backward(ctx, g):
@@ -80,22 +91,23 @@ class Im2col(Op):
 
 
 class Col2im(Op):
-    """Adjoint of im2col: sum every patch entry back onto the pixel it was read from."""
+    """Adjoint of im2col: sum every patch entry back onto the pixel it was read from (any number of spatial dims)."""
 
     @staticmethod
     def forward(ctx, g, geom, in_shape):
         ctx.geom = geom
         xp = xp_of(g)
-        (kh, kw), (sh, sw), (dh, dw), (pt, pb, pl, pr), (oh, ow) = geom
-        n, c, h, w = in_shape
-        out = xp.zeros((n, c, h + pt + pb, w + pl + pr), dtype=g.dtype)
-        g6 = g.reshape(n, c, kh, kw, oh, ow)
-        for i in range(kh):
-            for j in range(kw):
-                rows = slice(i * dh, i * dh + sh * (oh - 1) + 1, sh)
-                cols = slice(j * dw, j * dw + sw * (ow - 1) + 1, sw)
-                out[:, :, rows, cols] += g6[:, :, i, j]
-        return out[:, :, pt : pt + h, pl : pl + w]
+        k, st, dl, pads, out_sz = geom
+        nd = len(k)
+        n, c = in_shape[:2]
+        sizes = in_shape[2:]
+        out = xp.zeros((n, c) + tuple(sizes[i] + pads[2 * i] + pads[2 * i + 1] for i in range(nd)), dtype=g.dtype)
+        gk = g.reshape((n, c) + tuple(k) + tuple(out_sz))
+        for pos in itertools.product(*(range(kk) for kk in k)):
+            sl = tuple(slice(pos[i] * dl[i], pos[i] * dl[i] + st[i] * (out_sz[i] - 1) + 1, st[i]) for i in range(nd))
+            out[(slice(None), slice(None)) + sl] += gk[(slice(None), slice(None)) + pos]
+        crop = tuple(slice(pads[2 * i], pads[2 * i] + sizes[i]) for i in range(nd))
+        return out[(slice(None), slice(None)) + crop]
 
     @staticmethod
     def backward(ctx, g):

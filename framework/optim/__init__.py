@@ -1,4 +1,4 @@
-"""conch.optim: optimizers (SGD, Adam, AdamW, RMSprop, Adagrad, RAdam, NAdam, Adamax) and learning-rate schedulers.
+"""conch.optim: optimizers (SGD, Adam(W), RMSprop, Adagrad, Adadelta, RAdam, NAdam, Adamax) and LR schedulers.
 
 Example::
 
@@ -12,6 +12,7 @@ Example::
 """
 
 from . import lr_scheduler
+from .adadelta import Adadelta
 from .adagrad import Adagrad
 from .adam import Adam, AdamW
 from .adam_variants import Adamax, NAdam, RAdam
@@ -26,6 +27,7 @@ __all__ = [
     "AdamW",
     "RMSprop",
     "Adagrad",
+    "Adadelta",
     "RAdam",
     "NAdam",
     "Adamax",
