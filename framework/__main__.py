@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ._cli import CommandError, debug_wanted, positive_int, quiet_broken_pipe, report, unrecognized
+
 
 def _info(args):
     import platform
@@ -57,17 +59,19 @@ def _demo(args):
         with conch.no_grad():
             for p in params:
                 p -= 0.01 * p.grad
-        if step % (args.steps // 10) == 0:
+        if step % max(1, args.steps // 10) == 0:
             print(f"step {step:5d}  loss {loss.item():.5f}")
     print(f"final loss: {float(np.asarray(loss.item())):.5f}")
 
 
-def main(argv=None):
+def _parser():
     parser = argparse.ArgumentParser(prog="conch", description="conch: deep learning on NVIDIA GPUs (and NumPy)")
-    sub = parser.add_subparsers(dest="cmd", required=True)
+    parser.add_argument("--traceback", action="store_true", help="show the full Python traceback of an error "
+                        "(also: CONCH_DEBUG=1)")  # fmt: skip
+    sub = parser.add_subparsers(dest="cmd", required=True, metavar="{info,demo,train,bench}")
     sub.add_parser("info", help="versions, devices, which kernel path is active").set_defaults(fn=_info)
     d = sub.add_parser("demo", help="fit a small MLP with autograd on synthetic data")
-    d.add_argument("--steps", type=int, default=500)
+    d.add_argument("--steps", type=positive_int, default=500)
     d.set_defaults(fn=_demo)
     from . import train
 
@@ -78,8 +82,41 @@ def main(argv=None):
         bench = None
     if bench is not None and hasattr(bench, "add_parser"):
         bench.add_parser(sub)
-    args = parser.parse_args(argv)
-    return args.fn(args) or 0
+    for p in sub.choices.values():  # accepted after the subcommand too, where users put it
+        p.add_argument("--traceback", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    return parser, sub
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser, sub = _parser()
+    # parse_known_args, then the subcommand's own error: argparse's parse_args would report an unknown option
+    # after `train` with the top-level usage, which does not list train's options
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        unrecognized(sub.choices.get(args.cmd, parser), extras)
+    if debug_wanted(argv):
+        return args.fn(args) or 0
+    try:
+        status = args.fn(args) or 0
+        sys.stdout.flush()  # here, not at exit: a reader that left (`| head`) is then caught below
+        return status
+    except CommandError as e:
+        if e.status == 130:
+            print(f"conch: {e}", file=sys.stderr)
+        else:
+            report(str(e))
+        return e.status
+    except KeyboardInterrupt:
+        print("\nconch: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return quiet_broken_pipe()
+    except Exception as e:  # not an expected condition: one line, and how to see the whole story
+        report(f"{type(e).__name__}: {e}")
+        print("(this may be a bug in conch; rerun with --traceback or CONCH_DEBUG=1 for the full trace)",
+              file=sys.stderr)  # fmt: skip
+        return 1
 
 
 if __name__ == "__main__":

@@ -223,6 +223,9 @@ def save(obj, path):
                     f.write(_bytes(arr))
             f.flush()
             os.fsync(f.fileno())
+        # mkstemp creates the file 0600; give it the mode open() would (0666 less the umask), so a checkpoint is
+        # as readable to the user's group as any other file they write
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -268,6 +271,20 @@ def _remove_stale_temps(folder):
                 os.unlink(e.path)
         except OSError:  # gone already (another saver cleaned it), or not ours to remove
             continue
+
+
+def _umask() -> int:
+    """The process's umask: from /proc on Linux, where reading it does not briefly change it for other threads."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0)  # elsewhere reading means setting: set it straight back
+    os.umask(mask)
+    return mask
 
 
 def _fsync_dir(folder):

@@ -475,3 +475,16 @@ def test_long_file_name(tmp_path):
     path = tmp_path / ("x" * 200 + ".safetensors")  # the temporary file's longer name must still be legal
     conch.save({"v": conch.ones(1)}, path)
     assert conch.load(path)["v"].tolist() == [1.0] and os.listdir(tmp_path) == [path.name]
+
+
+def test_saved_file_gets_the_umask_default_mode_not_0600(tmp_path):
+    # mkstemp's 0600 must not leak: a checkpoint is created as open() would create it
+    old = os.umask(0o022)
+    try:
+        conch.save({"w": conch.zeros(2)}, tmp_path / "a.safetensors")
+        os.umask(0o027)
+        conch.save({"w": conch.zeros(2)}, tmp_path / "b.safetensors")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.safetensors").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "b.safetensors").stat().st_mode & 0o777 == 0o640
