@@ -5,7 +5,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -168,7 +167,8 @@ def test_ddp_gradients_equal_full_batch_and_sampler_covers_the_dataset(tmp_path)
 
 @needs_mpi
 def test_a_rank_that_raises_ends_the_job(tmp_path):
-    t0 = time.perf_counter()
+    # a hang (rank 0 waiting in the barrier forever) ends at the subprocess timeout as TimeoutExpired: the test
+    # then fails without asserting a time; a healthy abort takes about 3 s
     r = _launch(
         tmp_path,
         """
@@ -182,7 +182,6 @@ def test_a_rank_that_raises_ends_the_job(tmp_path):
     )
     assert r.returncode != 0
     assert "ValueError: boom on rank 1" in r.stderr, r.stderr
-    assert time.perf_counter() - t0 < 30
 
 
 @needs_mpi
