@@ -21,37 +21,27 @@ class CommandError(Exception):
         self.status = status
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer of at least 1 (0 and negatives used to fall back to defaults or crash)."""
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
-    return v
+def _number(cast, what, ok, rule):
+    """An argparse type: ``cast(text)`` that must satisfy ``ok``, else one line naming ``what`` or ``rule``."""
+
+    def parse(text: str):
+        try:
+            v = cast(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not ok(v):
+            raise argparse.ArgumentTypeError(f"must be {rule}, got {text}")
+        return v
+
+    parse.__name__ = what  # argparse names the type in its own messages
+    return parse
 
 
-def nonnegative_int(text: str) -> int:
-    """argparse type: an integer of at least 0."""
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {v}")
-    return v
-
-
-def positive_float(text: str) -> float:
-    """argparse type: a finite number above 0 (learning rates)."""
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not v > 0 or v == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number above 0, got {text}")
-    return v
+#: argparse types: counts of at least 1 (0 and negatives used to fall back to defaults or crash), counts of at
+#: least 0, and finite numbers above 0 (learning rates)
+positive_int = _number(int, "a positive integer", lambda v: v >= 1, "at least 1")
+nonnegative_int = _number(int, "an integer >= 0", lambda v: v >= 0, "0 or more")
+positive_float = _number(float, "a number", lambda v: 0 < v < float("inf"), "a finite number above 0")
 
 
 def existing_file(text: str) -> str:
