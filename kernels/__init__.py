@@ -13,6 +13,7 @@ import importlib
 
 _SUBMODULES = (
     "matmul", "activations", "softmax", "cross_entropy", "norms", "dropout", "attention", "autotune", "optim",
+    "linear_cross_entropy",
 )  # fmt: skip
 
 

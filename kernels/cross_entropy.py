@@ -238,11 +238,12 @@ def _ce_fwd_triton(x2, t, ignore_index, eps):
     return loss, row_max, log_sum
 
 
-def _ce_bwd_triton(res, scale, per_row):
+def _ce_bwd_triton(res, scale, per_row, out=None):
     xp = xp_of(res.logits)
     x2 = res.logits
     n_rows, n_cols = x2.shape
-    dx = xp.empty((n_rows, n_cols), dtype=x2.dtype)
+    # each program reads its block of logits before writing the same block: out may be the logits themselves
+    dx = xp.empty((n_rows, n_cols), dtype=x2.dtype) if out is None else out
     if n_rows:
         block, warps = _block(n_cols)
         kernel_for(_ce_bwd_kernel, x2)[(n_rows, triton.cdiv(n_cols, block))](
@@ -300,7 +301,7 @@ def _ce_fwd_reference(x2, t, ignore_index, eps):
     return loss.astype(ldt, copy=False), m[:, 0].astype(ldt), ls.astype(ldt)
 
 
-def _ce_bwd_reference(res, scale, per_row):
+def _ce_bwd_reference(res, scale, per_row, out=None):
     xp = xp_of(res.logits)
     ct = _compute_dtype(res.logits.dtype)
     xf = res.logits.astype(ct, copy=False)
@@ -312,7 +313,8 @@ def _ce_bwd_reference(res, scale, per_row):
     # dlogits = (softmax(x) - (1 - eps) * onehot(t) - eps / V) * scale_i, ignored rows 0; built in one
     # fresh (N, V) array: the one-hot term touches N elements, not N·V
     m, log_sum = res.row_max.astype(ct)[:, None], res.log_sum.astype(ct)[:, None]
-    g = xf - m
+    # with out (the logits, in the compute dtype) the gradient overwrites them: no second (N, V) array
+    g = xp.subtract(xf, m, out=out) if out is not None and out.dtype == ct else xf - m
     g -= log_sum
     xp.exp(g, out=g)
     if eps:
@@ -321,6 +323,9 @@ def _ce_bwd_reference(res, scale, per_row):
     g *= scale.astype(ct).reshape(-1, 1) if per_row else scale.astype(ct).reshape(1, 1)
     if ignored.any():
         g[ignored] = 0.0
+    if out is not None and g is not out:
+        out[...] = g
+        return out
     return g.astype(res.logits.dtype, copy=False)
 
 
@@ -374,11 +379,13 @@ def cross_entropy_forward(
     return out, res
 
 
-def cross_entropy_backward(residuals, dloss):
+def cross_entropy_backward(residuals, dloss, out=None):
     """Gradient of :func:`cross_entropy_forward` with respect to the logits (same shape and dtype).
 
     dlogits_ij = (softmax(x_i)_j - (1 - eps) * [j == t_i] - eps / V) * scale_i,  0 for ignored rows,
     scale_i = dloss (sum), dloss / n_valid (mean), dloss[i] (none; ``dloss`` shaped like the loss).
+    ``out``: a C-contiguous (N, V) array of the logits' dtype to write the gradient into; it may be the
+    residuals' logits themselves (turned into their gradient in place, as the fused linear cross-entropy does).
     """
     res = residuals
     xp = xp_of(res.logits)
@@ -402,8 +409,15 @@ def cross_entropy_backward(residuals, dloss):
         if res.reduction == "mean":
             with np.errstate(invalid="ignore", divide="ignore"):
                 scale = scale / res.n_valid  # stays on the device: no host sync; n_valid = 0 gives inf, rows all 0
+    if out is not None and (
+        tuple(out.shape) != tuple(res.logits.shape) or out.dtype != res.logits.dtype or not out.flags.c_contiguous
+    ):
+        raise ValueError(
+            f"cross_entropy_backward: out must be a C-contiguous {tuple(res.logits.shape)} array of "
+            f"{res.logits.dtype}, got shape {tuple(out.shape)}, dtype {out.dtype}"
+        )
     if use_triton(res.logits) and np.dtype(res.logits.dtype) in _TRITON_DTYPES:
-        dx = _ce_bwd_triton(res, scale, per_row)
+        dx = _ce_bwd_triton(res, scale, per_row, out)
     else:
-        dx = _ce_bwd_reference(res, scale, per_row)
+        dx = _ce_bwd_reference(res, scale, per_row, out)
     return dx.reshape(res.logits_shape)

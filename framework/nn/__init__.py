@@ -74,6 +74,7 @@ from .loss import (
     HuberLoss,
     KLDivLoss,
     L1Loss,
+    LinearCrossEntropyLoss,
     MSELoss,
     NLLLoss,
     SmoothL1Loss,
@@ -186,4 +187,5 @@ __all__ = [
     "HuberLoss",
     "SmoothL1Loss",
     "KLDivLoss",
+    "LinearCrossEntropyLoss",
 ]

@@ -30,6 +30,7 @@ from ..fused import activations as fused_act
 from ..fused import attention as fattn
 from ..fused import cross_entropy as fused_ce
 from ..fused import dropout as fdrop
+from ..fused import linear_cross_entropy as fused_lce
 from ..fused import matmul as fmm
 from ..fused import norms as fused_norms
 from ..fused import softmax as fused_softmax
@@ -1115,6 +1116,63 @@ def _cross_entropy_probs(input, target, weight, reduction, label_smoothing):
     if reduction == "sum":
         return loss.sum()
     return loss.sum() / float(max(input.numel() // c, 1))
+
+
+def linear_cross_entropy(
+    input, weight, target, bias=None, ignore_index=-100, label_smoothing=0.0, reduction="mean", chunk_size=None
+):
+    """``cross_entropy(linear(input, weight, bias), target, ...)`` without ever building the logits.
+
+    input (..., D), weight (V, D) as ``nn.Linear``'s, bias (V,) or None, target (...) integer class indices
+    shaped like input's leading dims. Per row z_i = x_i Wᵀ + b and, with ε = ``label_smoothing``,
+    loss_i = (1-ε)(lse(z_i) - z_i[t_i]) + ε/V Σ_j (lse(z_i) - z_ij), 0 where t_i = ``ignore_index``;
+    ``reduction`` "mean" (over the targets not ignored; none left: NaN), "sum" or "none" (target's shape).
+
+    The rows go in chunks (``chunk_size`` rows; default from a memory budget: one chunk's float32 logits
+    about the size of ``input``), so only one chunk's logits exist at a time, and their gradient is formed in
+    place; the gradients of input, weight and bias accumulate in float32. The loss is float32 (float64 for
+    float64 inputs), as cross_entropy's. Under autocast the projection runs in the autocast dtype, as linear.
+
+    Example::
+
+        h = model.body(idx)                                   # (B, T, D) hidden states
+        loss = F.linear_cross_entropy(h, model.lm_head.weight, targets)   # never (B, T, V) logits
+    """
+    _check_reduction(reduction)
+    _check_tensor(input, "linear_cross_entropy")
+    _check_tensor(weight, "linear_cross_entropy", "weight")
+    _check_tensor(target, "linear_cross_entropy", "target")
+    if bias is not None:
+        _check_tensor(bias, "linear_cross_entropy", "bias")
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"label_smoothing must be between 0.0 and 1.0, got {label_smoothing}")
+    bad_bias = bias is not None and bias.shape != weight.shape[:1]
+    if weight.ndim != 2 or input.ndim == 0 or input.shape[-1] != weight.shape[-1] or bad_bias:
+        raise RuntimeError(
+            f"linear_cross_entropy: input {tuple(input.shape)} (..., D), weight {tuple(weight.shape)} (V, D) and bias "
+            f"{None if bias is None else tuple(bias.shape)} (V,) do not agree"
+        )
+    if target.dtype.kind not in "iu":
+        raise RuntimeError(
+            f"linear_cross_entropy: expected integer class targets (int64), got {target.dtype} "
+            f"(shape {tuple(target.shape)})"
+        )
+    if target.shape != input.shape[:-1]:
+        raise ValueError(
+            f"linear_cross_entropy: expected target of shape {tuple(input.shape[:-1])} for input of shape "
+            f"{tuple(input.shape)}, got {tuple(target.shape)}"
+        )
+    for other in (weight, target) + ((bias,) if bias is not None else ()):
+        if other.device != input.device:
+            raise RuntimeError(f"linear_cross_entropy: input is on {input.device} but an argument is on {other.device}")
+    if weight.shape[0] == 0:
+        raise RuntimeError(f"linear_cross_entropy: weight needs at least one class, got shape {tuple(weight.shape)}")
+    if chunk_size is not None and (not isinstance(chunk_size, numbers.Integral) or chunk_size < 1):
+        raise ValueError(f"linear_cross_entropy: chunk_size must be a positive int, got {chunk_size!r}")
+    x2, t1 = input.reshape(-1, input.shape[-1]), target.reshape(-1)
+    _, safe = _check_targets(t1, weight.shape[0], ignore_index, "linear_cross_entropy")
+    loss = fused_lce.linear_cross_entropy(x2, weight, safe, bias, ignore_index, label_smoothing, reduction, chunk_size)
+    return loss.reshape(target.shape) if reduction == "none" else loss
 
 
 def _check_same_shape(input, target, name):

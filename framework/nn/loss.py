@@ -1,5 +1,5 @@
 """Loss modules: CrossEntropyLoss, NLLLoss, MSELoss, L1Loss, BCEWithLogitsLoss, BCELoss, HuberLoss, SmoothL1Loss,
-KLDivLoss. Each wraps the function of the same meaning in conch.nn.functional."""
+KLDivLoss, LinearCrossEntropyLoss. Each wraps the function of the same meaning in conch.nn.functional."""
 
 from __future__ import annotations
 
@@ -48,6 +48,35 @@ class CrossEntropyLoss(_WeightedLoss):
             reduction=self.reduction,
             label_smoothing=self.label_smoothing,
         )
+
+
+class LinearCrossEntropyLoss(_Loss):
+    """Cross-entropy of ``linear(x, weight, bias)`` against class indices, without the logits (no PyTorch twin).
+
+    Called as ``loss_fn(x, weight, target, bias=None)`` with x (..., D), weight (V, D) (an ``nn.Linear``'s or a
+    tied embedding's), target (...) integers; see :func:`conch.nn.functional.linear_cross_entropy` for the
+    formula and the chunking (``chunk_size`` rows at a time; None: from a memory budget).
+
+    Example::
+
+        loss_fn = conch.nn.LinearCrossEntropyLoss(ignore_index=-1, label_smoothing=0.1)
+        loss = loss_fn(hidden, model.lm_head.weight, targets, model.lm_head.bias)
+    """
+
+    def __init__(self, ignore_index=-100, label_smoothing=0.0, reduction="mean", chunk_size=None):
+        super().__init__(reduction=reduction)
+        if self.reduction == "batchmean":
+            raise ValueError("batchmean is not a valid value for reduction; expected 'mean', 'sum' or 'none'")
+        self.ignore_index, self.label_smoothing, self.chunk_size = ignore_index, label_smoothing, chunk_size
+
+    def forward(self, input, weight, target, bias=None):
+        return F.linear_cross_entropy(
+            input, weight, target, bias, ignore_index=self.ignore_index, label_smoothing=self.label_smoothing,
+            reduction=self.reduction, chunk_size=self.chunk_size,
+        )  # fmt: skip
+
+    def extra_repr(self):
+        return f"ignore_index={self.ignore_index}, label_smoothing={self.label_smoothing}, reduction={self.reduction}"
 
 
 class NLLLoss(_WeightedLoss):
