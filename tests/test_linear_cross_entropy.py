@@ -1,0 +1,268 @@
+"""F.linear_cross_entropy and nn.LinearCrossEntropyLoss: float64 NumPy, gradcheck, the unfused composition, PyTorch,
+autocast, errors and the chunked path's peak memory."""
+
+import gc
+import tracemalloc
+
+import numpy as np
+import pytest
+
+import conch
+import conch.nn.functional as F
+from conch import nn
+
+REDUCTIONS = ["mean", "sum", "none"]
+
+
+def np_reference(x, w, b, t, ignore_index=-100, label_smoothing=0.0, reduction="mean"):
+    """Loss of the unfused composition in float64: log-softmax of x wᵀ + b, then the smoothed NLL."""
+    x = np.asarray(x, np.float64).reshape(-1, w.shape[1])
+    z = x @ np.asarray(w, np.float64).T
+    if b is not None:
+        z = z + np.asarray(b, np.float64)
+    logp = z - z.max(1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(1, keepdims=True))
+    t = np.asarray(t).reshape(-1)
+    keep = t != ignore_index
+    nll = -logp[np.arange(len(t)), np.where(keep, t, 0)]
+    per = ((1 - label_smoothing) * nll - label_smoothing * logp.mean(1)) * keep
+    if reduction == "none":
+        return per
+    return per.sum() if reduction == "sum" else per.sum() / keep.sum()
+
+
+def _inputs(rng, lead, d, v, dtype=conch.float64, bias=True, device="cpu", n_ignored=2):
+    x = conch.tensor(rng.standard_normal(lead + (d,)), dtype=dtype, device=device, requires_grad=True)
+    w = conch.tensor(rng.standard_normal((v, d)) / np.sqrt(d), dtype=dtype, device=device, requires_grad=True)
+    b = conch.tensor(rng.standard_normal(v), dtype=dtype, device=device, requires_grad=True) if bias else None
+    t = rng.integers(0, v, lead)
+    t.reshape(-1)[rng.permutation(t.size)[:n_ignored]] = -100
+    return x, w, b, conch.tensor(t, device=device)
+
+
+def _np(t):
+    return None if t is None else t.detach().cpu().numpy().astype(np.float64)
+
+
+def _grads(loss, params, g=None):
+    return conch.autograd.grad(loss, [p for p in params if p is not None], g)
+
+
+# ---- values and gradients against float64 NumPy --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("eps", [0.0, 0.15])
+def test_loss_matches_float64_numpy(device, reduction, bias, eps):
+    rng = np.random.default_rng(1)
+    x, w, b, t = _inputs(rng, (3, 7), 5, 11, bias=bias, device=device)
+    loss = F.linear_cross_entropy(x, w, t, b, label_smoothing=eps, reduction=reduction, chunk_size=4)
+    want = np_reference(_np(x), _np(w), _np(b), t.cpu().numpy(), label_smoothing=eps, reduction=reduction)
+    assert loss.dtype == conch.float64 and loss.shape == ((3, 7) if reduction == "none" else ())
+    np.testing.assert_allclose(_np(loss).reshape(np.shape(want)), want, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_gradients_match_finite_differences(reduction):
+    rng = np.random.default_rng(2)
+    x, w, b, t = _inputs(rng, (2, 3), 4, 7)
+    upstream = conch.tensor(rng.standard_normal((2, 3)))  # random upstream gradients for 'none'
+
+    def f(x, w, b):
+        loss = F.linear_cross_entropy(x, w, t, b, label_smoothing=0.1, reduction=reduction, chunk_size=4)
+        return (loss * upstream).sum() if reduction == "none" else loss
+
+    assert conch.autograd.gradcheck(f, (x, w, b))
+    assert conch.autograd.gradgradcheck(f, (x, w, b))  # create_graph: the composite formula
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_gradients_match_the_float64_composition_with_random_upstream(device, reduction):
+    # against the unfused conch composition (itself gradchecked elsewhere), at a size with many chunks
+    rng = np.random.default_rng(3)
+    x, w, b, t = _inputs(rng, (5, 9), 6, 13, device=device, n_ignored=5)
+    fused = F.linear_cross_entropy(x, w, t, b, ignore_index=-100, label_smoothing=0.05, reduction=reduction,
+                                   chunk_size=7)  # fmt: skip
+    plain = F.cross_entropy(F.linear(x, w, b).reshape(45, 13), t.reshape(45), label_smoothing=0.05,
+                            reduction=reduction)  # fmt: skip
+    g = conch.tensor(rng.standard_normal(fused.shape), device=device)
+    for a, e in zip(_grads(fused, [x, w, b], g), _grads(plain, [x, w, b], g.reshape(plain.shape))):
+        np.testing.assert_allclose(_np(a), _np(e), rtol=1e-10, atol=1e-13)
+
+
+def test_all_targets_ignored(device):
+    rng = np.random.default_rng(4)
+    x, w, b, t = _inputs(rng, (4,), 3, 5, device=device)
+    t = conch.full((4,), -1, dtype=conch.int64, device=device)
+    loss = F.linear_cross_entropy(x, w, t, b, ignore_index=-1)
+    assert np.isnan(loss.item())  # PyTorch: mean over no target is NaN
+    loss.backward()
+    assert not x.grad.cpu().numpy().any() and not w.grad.cpu().numpy().any() and not b.grad.cpu().numpy().any()
+    assert F.linear_cross_entropy(x, w, t, b, ignore_index=-1, reduction="sum").item() == 0.0
+
+
+# ---- dtypes and autocast ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_low_precision_matches_the_unfused_composition(device, dtype):
+    rng = np.random.default_rng(5)
+    dt = getattr(conch, dtype)
+    x, w, b, t = _inputs(rng, (6, 5), 16, 40, dtype=dt, device=device)
+    fused = F.linear_cross_entropy(x, w, t, b, chunk_size=8)
+    plain = F.cross_entropy(F.linear(x, w, b).reshape(30, 40), t.reshape(30))
+    assert fused.dtype == plain.dtype == conch.float32
+    tol = {"float32": 1e-5, "float16": 2e-3, "bfloat16": 2e-2}[dtype]
+    np.testing.assert_allclose(fused.item(), plain.item(), rtol=tol)
+    for a, e in zip(_grads(fused, [x, w, b]), _grads(plain, [x, w, b])):
+        assert a.dtype == dt
+        np.testing.assert_allclose(_np(a), _np(e), rtol=4 * tol, atol=4 * tol * np.abs(_np(e)).max())
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_autocast_projects_in_the_autocast_dtype(device, dtype):
+    rng = np.random.default_rng(6)
+    x, w, b, t = _inputs(rng, (12,), 8, 30, dtype=conch.float32, device=device)
+    dt = getattr(conch, dtype)
+    with conch.autocast(device.split(":")[0], dtype=dt):
+        fused = F.linear_cross_entropy(x, w, t, b, chunk_size=5)
+        plain = F.cross_entropy(F.linear(x, w, b), t)
+    assert fused.dtype == conch.float32
+    # the same casts as the unfused composition: x, w, b rounded to the autocast dtype, the loss in float32
+    np.testing.assert_allclose(fused.item(), plain.item(), rtol=1e-3)
+    for a, e in zip(_grads(fused, [x, w, b]), _grads(plain, [x, w, b])):
+        assert a.dtype == conch.float32  # through the cast back to the float32 leaves
+        np.testing.assert_allclose(_np(a), _np(e), rtol=2e-2, atol=2e-2 * np.abs(_np(e)).max())
+    exact = np_reference(_np(x), _np(w), _np(b), t.cpu().numpy())
+    assert abs(fused.item() - exact) > 0 and abs(fused.item() - exact) < 3e-2 * abs(exact)
+
+
+# ---- the module -------------------------------------------------------------------------------------------------
+
+
+def test_module_equals_the_function(device):
+    rng = np.random.default_rng(7)
+    x, w, b, t = _inputs(rng, (2, 4), 3, 6, device=device)
+    loss_fn = nn.LinearCrossEntropyLoss(ignore_index=-100, label_smoothing=0.1, reduction="sum")
+    got = loss_fn(x, w, t, bias=b)
+    want = F.linear_cross_entropy(x, w, t, b, label_smoothing=0.1, reduction="sum")
+    assert got.item() == want.item()
+    assert "label_smoothing=0.1" in repr(loss_fn) and "reduction=sum" in repr(loss_fn)
+    lin = nn.Linear(3, 6).to(device).double()
+    got = nn.LinearCrossEntropyLoss()(x, lin.weight, t, lin.bias)
+    np.testing.assert_allclose(got.item(), F.cross_entropy(lin(x).reshape(8, 6), t.reshape(8)).item(), rtol=1e-12)
+    with pytest.raises(ValueError, match="reduction"):
+        nn.LinearCrossEntropyLoss(reduction="batchmean")
+
+
+# ---- errors -------------------------------------------------------------------------------------------------------
+
+
+def test_errors_name_shapes_and_dtypes():
+    x, w, t = conch.randn(4, 3), conch.randn(5, 3), conch.tensor([0, 1, 2, 3])
+    with pytest.raises(RuntimeError, match=r"input \(4, 2\).*weight \(5, 3\)"):
+        F.linear_cross_entropy(x[:, :2], w, t)
+    with pytest.raises(RuntimeError, match=r"bias \(4,\)"):
+        F.linear_cross_entropy(x, w, t, conch.randn(4))
+    with pytest.raises(ValueError, match=r"expected target of shape \(4,\).*got \(3,\)"):
+        F.linear_cross_entropy(x, w, t[:3])
+    with pytest.raises(RuntimeError, match="integer class targets.*float32"):
+        F.linear_cross_entropy(x, w, t.float())
+    with pytest.raises(RuntimeError, match="one dtype.*float32.*float64"):
+        F.linear_cross_entropy(x, w.double(), t)
+    with pytest.raises(IndexError, match="Target 5 is out of bounds"):
+        F.linear_cross_entropy(x, w, conch.tensor([0, 5, 1, 1]))
+    with pytest.raises(ValueError, match="reduction"):
+        F.linear_cross_entropy(x, w, t, reduction="avg")
+    with pytest.raises(ValueError, match="label_smoothing"):
+        F.linear_cross_entropy(x, w, t, label_smoothing=1.5)
+    with pytest.raises(ValueError, match="chunk_size"):
+        F.linear_cross_entropy(x, w, t, chunk_size=0)
+    with pytest.raises(TypeError, match="argument 'weight'"):
+        F.linear_cross_entropy(x, w.numpy(), t)
+
+
+def test_inplace_write_after_forward_is_caught():
+    x = conch.randn(4, 3, requires_grad=True)
+    h = x * 2.0
+    w = conch.randn(5, 3, requires_grad=True)
+    loss = F.linear_cross_entropy(h, w, conch.tensor([0, 1, 2, 3]), reduction="none")
+    h.add_(1.0)  # the backward of 'none' reads h again
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.sum().backward()
+
+
+def test_no_gradient_work_without_grad(monkeypatch):
+    from conch.kernels import linear_cross_entropy as klce
+
+    def refuse(*a, **k):
+        raise AssertionError("a gradient was computed although nothing requires grad")
+
+    monkeypatch.setattr(klce.mm, "matmul_backward", refuse)
+    x, w, t = conch.randn(6, 3), conch.randn(5, 3), conch.tensor([0, 1, 2, 3, 4, 0])
+    F.linear_cross_entropy(x, w, t)
+    with conch.no_grad():
+        F.linear_cross_entropy(x.requires_grad_(), w, t)
+
+
+# ---- memory: the chunked path never holds the logits (tracemalloc counts NumPy's allocations; deterministic) ----
+
+
+def test_peak_memory_is_well_below_the_logits():
+    rng = np.random.default_rng(8)
+    n, d, v = 2048, 32, 2048
+    x = conch.tensor(rng.standard_normal((n, d)), dtype=conch.float32, requires_grad=True)
+    w = conch.tensor(rng.standard_normal((v, d)) * 0.1, dtype=conch.float32, requires_grad=True)
+    t = conch.tensor(rng.integers(0, v, n))
+    logits_bytes = n * v * 4  # 16 MiB
+
+    def peak(fn):
+        x.grad = w.grad = None
+        gc.collect()
+        tracemalloc.start()
+        try:
+            fn().backward()
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    F.linear_cross_entropy(x[:4], w, t[:4]).backward()  # first call: module imports, not counted
+    fused = peak(lambda: F.linear_cross_entropy(x, w, t, chunk_size=128))
+    g_fused = (_np(x.grad), _np(w.grad))
+    plain = peak(lambda: F.cross_entropy(F.linear(x, w), t))
+    assert plain > logits_bytes  # the unfused path holds the logits (and more): the measurement sees them
+    assert fused < logits_bytes / 5, (fused, logits_bytes)
+    np.testing.assert_allclose(g_fused[0], _np(x.grad), rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(g_fused[1], _np(w.grad), rtol=1e-4, atol=1e-7)
+    # the default budget (here MIN_CHUNK_BYTES: 512 rows, a quarter of the logits): a few chunk-sized temporaries
+    from conch.kernels.linear_cross_entropy import chunk_rows
+
+    chunk_bytes = chunk_rows(n, d, v) * v * 4
+    assert chunk_bytes <= logits_bytes / 4
+    default = peak(lambda: F.linear_cross_entropy(x, w, t))
+    assert default < 3 * chunk_bytes, (default, chunk_bytes)
+
+
+# ---- PyTorch parity ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_matches_pytorch(reduction, dtype):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(9)
+    x, w, b, t = _inputs(rng, (3, 5), 8, 17, dtype=getattr(conch, dtype), n_ignored=3)
+    kw = dict(ignore_index=-100, label_smoothing=0.2, reduction=reduction)
+    loss = F.linear_cross_entropy(x, w, t, b, chunk_size=4, **kw)
+    tx, tw, tb = (torch.tensor(_np(a), dtype=getattr(torch, dtype), requires_grad=True) for a in (x, w, b))
+    tl = torch.nn.functional.cross_entropy(
+        torch.nn.functional.linear(tx, tw, tb).reshape(15, 17), torch.tensor(t.numpy()).reshape(15), **kw
+    )
+    g = rng.standard_normal(loss.shape)
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == "float32" else dict(rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(_np(loss), tl.detach().numpy().reshape(loss.shape), **tol)
+    ours = _grads(loss, [x, w, b], conch.tensor(g, dtype=loss.dtype))
+    theirs = torch.autograd.grad(tl, [tx, tw, tb], torch.tensor(g, dtype=tl.dtype).reshape(tl.shape))
+    for a, e in zip(ours, theirs):
+        np.testing.assert_allclose(_np(a), e.numpy(), **tol)
