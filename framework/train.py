@@ -497,7 +497,7 @@ def _train_gpt(args, dev, out):
         for step in bar:
             xb, yb = batch(train_data)
             with prec.autocast():
-                _, loss = model(xb, yb)
+                _, loss = model(xb, yb, return_logits=False)
             opt.zero_grad()
             prec.step(loss, opt)
             tok_s = (step + 1 - start) * B * T / (time.perf_counter() - t0)
@@ -523,7 +523,7 @@ def _train_gpt(args, dev, out):
     model.eval()
     with conch.no_grad():
         xb, yb = batch(val_data)
-        _, vloss = model(xb, yb)
+        _, vloss = model(xb, yb, return_logits=False)
     out.say(f"validation loss: {vloss.item():.4f} (uniform guess: {math.log(len(chars)):.4f})")
     first = conch.tensor([[stoi.get("\n", 0)]], device=dev)
     sample = model.generate(first, max_new_tokens=200, temperature=0.8, top_k=20)

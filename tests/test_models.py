@@ -93,3 +93,22 @@ def test_gpt_learns_a_repeating_sequence():
     out = model.generate(x[:, :3], 4, temperature=0.01)
     assert out.shape == (1, 7)
     np.testing.assert_array_equal(out.numpy()[0, 3:], [3, 4, 0, 1])
+
+
+def test_gpt_fused_loss_equals_the_unfused_one_with_and_without_logits():
+    # the loss comes from F.linear_cross_entropy (no logits in its graph): same value and gradients as
+    # cross_entropy of the returned logits, and return_logits=False changes nothing but the logits
+    conch.manual_seed(0)
+    model = GPT(_cfg(vocab_size=23))
+    idx, tgt = conch.randint(0, 23, (3, 12)), conch.randint(0, 23, (3, 12))
+    tgt[0, :4] = -100
+    logits, loss = model(idx, tgt)
+    unfused = conch.nn.functional.cross_entropy(logits.reshape(36, 23), tgt.reshape(36))
+    np.testing.assert_allclose(loss.item(), unfused.item(), rtol=1e-6)
+    params = list(model.parameters())
+    g_fused = conch.autograd.grad(loss, params, retain_graph=True)  # the two losses share the trunk
+    g_plain = conch.autograd.grad(unfused, params)
+    for a, b in zip(g_fused, g_plain):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-6)
+    none, loss2 = model(idx, tgt, return_logits=False)
+    assert none is None and loss2.item() == loss.item()

@@ -84,7 +84,11 @@ class Block(nn.Module):
 class GPT(nn.Module):
     """Token embedding + learned positions, n_layer blocks, final LayerNorm, LM head tied to the embedding.
 
-    forward(idx (B, T) int64, targets (B, T) or None) -> (logits (B, T, vocab), loss or None).
+    forward(idx (B, T) int64, targets (B, T) or None, return_logits=True) -> (logits (B, T, vocab), loss or None).
+    With targets the loss is :func:`conch.nn.functional.linear_cross_entropy` of the final hidden states and the
+    LM head's weight: its graph never holds the (B, T, vocab) logits or their gradient. The logits are still
+    returned (their own graph, which ``loss.backward()`` does not visit); ``return_logits=False`` skips them
+    (None), which is what a training loop that only needs the loss wants.
 
     Example::
 
@@ -120,7 +124,7 @@ class GPT(nn.Module):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def forward(self, idx, targets=None):
+    def forward(self, idx, targets=None, return_logits=True):
         B, T = idx.shape
         if T > self.config.block_size:
             raise ValueError(f"sequence length {T} exceeds block_size {self.config.block_size}")
@@ -131,11 +135,11 @@ class GPT(nn.Module):
                 x = checkpoint(block, x)
             else:
                 x = block(x)
-        logits = self.lm_head(self.ln_f(x))  # (B, T, vocab)
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.reshape(B * T, -1), targets.reshape(B * T))
-        return logits, loss
+        h = self.ln_f(x)  # (B, T, C)
+        if targets is None:
+            return self.lm_head(h), None
+        loss = F.linear_cross_entropy(h, self.lm_head.weight, targets, self.lm_head.bias)
+        return (self.lm_head(h) if return_logits else None), loss
 
     @conch.no_grad()
     def generate(self, idx, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None):
