@@ -30,6 +30,7 @@ from pathlib import Path
 from conch.kernels._act_names import ACTIVATIONS  # the one list of activation names (no Triton import)
 
 FAMILIES = ("matmul", "activations", "softmax", "cross_entropy", "norms", "dropout", "attention")
+FAMILIES += ("linear_cross_entropy",)  # benchmarks/bench_linear_cross_entropy.py brings its own cpu_cases
 #: bench_*.py files that are end-to-end scripts, not kernel families.
 _NOT_FAMILIES = ("e2e", "overhead", "checkpoint", "amp")
 

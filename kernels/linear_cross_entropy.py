@@ -33,7 +33,7 @@ import numpy as np
 
 from . import cross_entropy as ce
 from . import matmul as mm
-from ._launch import xp_of
+from ._launch import use_triton, xp_of
 
 #: Smallest budget for one chunk's float32 logits, in bytes: below it the per-chunk launches and Python
 #: calls, not the arithmetic, would set the time.
@@ -116,6 +116,31 @@ def _acc_dtype(dtype):
     return np.float64 if np.dtype(dtype) == np.float64 else np.float32
 
 
+def _blas_gemm(dw):
+    """SciPy's BLAS gemm for ``dw``'s dtype when ``dw`` is a NumPy array and the reference path runs, else None.
+
+    Adding each chunk's dzᵀ x_c to dW through a fresh (V, D) product costs a second dW-sized array (the peak)
+    and an extra pass over it per chunk (as much time as the product itself at 128-row chunks): gemm with
+    beta = 1 writes the sum into dW directly. SciPy comes with scikit-learn, a dependency; without it, the
+    plain sum.
+    """
+    if type(dw) is not np.ndarray or use_triton(dw):
+        return None
+    try:
+        from scipy.linalg.blas import get_blas_funcs
+    except ImportError:  # pragma: no cover - scipy is installed with scikit-learn
+        return None
+    return get_blas_funcs("gemm", (dw,))
+
+
+def _accumulate(gemm, dw, xc, dz):
+    """dw += dzᵀ @ xc, computed as dwᵀ = 1 · xcᵀ @ dz + 1 · dwᵀ in place (dwᵀ is Fortran-ordered: no copies)."""
+    xf, dzf = xc.astype(dw.dtype, copy=False), dz.astype(dw.dtype, copy=False)
+    out = gemm(1.0, xf.T, dzf.T, beta=1.0, c=dw.T, trans_b=1, overwrite_c=1)
+    if not np.shares_memory(out, dw):  # BLAS worked on a copy (unusual strides): put the sum back
+        dw[...] = out.T
+
+
 def _chunks(res, needs, scale_rows=None, want_losses=False):
     """One pass over the row chunks of ``res``'s arrays.
 
@@ -150,10 +175,13 @@ def _chunks(res, needs, scale_rows=None, want_losses=False):
         if not any_grad:
             continue
         dz = ce.cross_entropy_backward(cres, one if scale_rows is None else scale_rows[s:e], out=logits)
-        dxc, dwt, _ = mm.matmul_backward(mres, dz, (needs[0], needs[1], False))
+        gemm = _blas_gemm(dw) if needs[1] else None  # the CPU reference path: dW += dzᵀ x_c in place
+        dxc, dwt, _ = mm.matmul_backward(mres, dz, (needs[0], needs[1] and gemm is None, False))
         if needs[0]:
             dx[s:e] = dxc
-        if needs[1]:
+        if gemm is not None:
+            _accumulate(gemm, dw, x2[s:e], dz)
+        elif needs[1]:
             dw += dwt.T  # dwt is (V, D) memory seen as (D, V): .T is contiguous
         if needs[2]:
             db += dz.sum(axis=0, dtype=acc)

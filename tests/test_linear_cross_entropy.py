@@ -266,3 +266,30 @@ def test_matches_pytorch(reduction, dtype):
     theirs = torch.autograd.grad(tl, [tx, tw, tb], torch.tensor(g, dtype=tl.dtype).reshape(tl.shape))
     for a, e in zip(ours, theirs):
         np.testing.assert_allclose(_np(a), e.numpy(), **tol)
+
+
+# ---- the benchmark script and its `conch bench` family (tiny sizes: checks the plumbing, times nothing) --------
+
+
+def test_benchmark_writes_ratio_rows_and_its_cases_check(tmp_path, monkeypatch, capsys):
+    import json
+    from pathlib import Path
+
+    bench_dir = Path(__file__).resolve().parent.parent / "benchmarks"
+    monkeypatch.syspath_prepend(str(bench_dir))
+    import bench_linear_cross_entropy as blce
+    import harness
+
+    out = tmp_path / "lce.json"
+    assert blce.main(["--device", "cpu", "--tokens", "64", "--dim", "8", "--vocab", "300", "--rounds", "1",
+                      "--chunk-size", "16", "--json", str(out)]) == 0  # fmt: skip
+    rows = json.loads(out.read_text())["results"]
+    assert [r["metric"] for r in rows] == ["peak MiB", "ms/step"]
+    assert all(r["ok"] and r["baseline_name"] == "conch unfused" and r["ratio"] > 0 for r in rows)
+    monkeypatch.setenv("CONCH_KERNELS", "reference")
+    for case in blce.cpu_cases(sizes=[96]) + blce.cases("small", sizes=[2**40], xp=np):
+        harness.validate_case(case)
+        assert case["shape"][-1] in (96, 2**40)
+    full = harness.materialise(blce.cpu_cases(sizes=[96])[0])
+    assert full["check"]() < 1e-5
+    capsys.readouterr()

@@ -201,3 +201,14 @@ def test_out_of_range_target_raises(reference, rng):
     else:
         with pytest.raises(ValueError, match="target value 5 is out of range for V=5"):
             lce.linear_cross_entropy_forward(x, w, t)
+
+
+def test_weight_gradient_without_blas_accumulation(reference, monkeypatch, rng):
+    # the generic path (no SciPy gemm: CuPy, or SciPy missing) adds each chunk's product: same result
+    x, w, b, t = make(rng, 23, 6, 17, np.float64)
+    with_gemm = run(x, w, b, t, 1.0, chunk_size=5)
+    monkeypatch.setattr(lce, "_blas_gemm", lambda dw: None)
+    without = run(x, w, b, t, 1.0, chunk_size=5)
+    for a, e in zip(with_gemm, without):
+        np.testing.assert_allclose(a, e, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(without[2], np_lce(x, w, b, t, 1.0)[2], rtol=1e-10, atol=1e-14)
