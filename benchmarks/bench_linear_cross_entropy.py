@@ -183,15 +183,12 @@ def main(argv=None) -> int:
 
     import conch
 
-    devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
-    if "cuda" in devices and not conch.cuda.is_available():
-        if args.device == "cuda":
-            print("no usable GPU (conch.cuda.is_available() is False): nothing to measure on cuda")
-            return 0
-        devices.remove("cuda")
-    env = harness.Env.detect(force_cpu="cuda" not in devices)
-    t0 = time.perf_counter()
-    rows = []
+    wanted = {"all": ("cpu", "cuda")}.get(args.device, (args.device,))
+    devices = [d for d in wanted if d == "cpu" or conch.cuda.is_available()]
+    if not devices:
+        print("no usable GPU (conch.cuda.is_available() is False): nothing to measure on cuda")
+        return 0
+    env, t0, rows = harness.Env.detect(force_cpu=devices == ["cpu"]), time.perf_counter(), []
     for dev in devices:
         rows += measure(dev, args.tokens, args.dim, args.vocab, args.dtype, args.rounds, args.chunk_size)
         if args.json:  # after each device: a run stopped by an outer timeout keeps what it measured
