@@ -91,6 +91,19 @@ def test_gradients_match_the_float64_composition_with_random_upstream(device, re
         np.testing.assert_allclose(_np(a), _np(e), rtol=1e-10, atol=1e-13)
 
 
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_backward_twice_with_retain_graph(device, reduction):
+    # the gradients computed in the forward are handed to the first backward (scaled in place, no copy):
+    # a second backward must recompute them, not reuse or rescale the first one's
+    rng = np.random.default_rng(10)
+    x, w, b, t = _inputs(rng, (9,), 4, 6, device=device)
+    loss = F.linear_cross_entropy(x, w, t, b, reduction=reduction, chunk_size=4)
+    first = [_np(g) for g in conch.autograd.grad(loss * 3.0, [x, w, b], retain_graph=True)]
+    second = [_np(g) for g in conch.autograd.grad(loss * 0.5, [x, w, b])]
+    for a, c in zip(first, second):
+        np.testing.assert_allclose(c * 6.0, a, rtol=1e-12, atol=1e-15)
+
+
 def test_all_targets_ignored(device):
     rng = np.random.default_rng(4)
     x, w, b, t = _inputs(rng, (4,), 3, 5, device=device)
