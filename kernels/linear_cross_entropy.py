@@ -122,36 +122,28 @@ def _acc_dtype(dtype):
     return np.float64 if np.dtype(dtype) == np.float64 else np.float32
 
 
-def _blas_gemm(x):
-    """SciPy's BLAS gemm for the accumulator dtype when ``x`` is a NumPy array on the reference path, else None.
+#: Below this many rows a chunk's dx = dz @ W is formed as (Wᵀ dzᵀ)ᵀ on the CPU (see :func:`_cpu_backward`).
+FEW_ROWS = 384
+#: Rows of dW updated per product on the CPU: the temporary is (V_BLOCK, D), not a second (V, D) array.
+V_BLOCK = 4096
 
-    The CPU reference path forms both backward products itself, in the layouts OpenBLAS runs fastest, straight
-    into their destinations (measured on 2 cores, D = 768, V = 32000, 196-row chunks):
 
-    * dx_c = dz @ W as (Wᵀ dzᵀ)ᵀ: the plain (C, V) @ (V, D) product, K = V long and C small, ran 7-8x slower;
-    * dW += dzᵀ x_c as gemm with beta = 1 into dWᵀ (Fortran-ordered, so no copy): a fresh (V, D) product per
-      chunk added afterwards doubled the peak (a second dW) and cost one more pass over dW per chunk.
+def _cpu_backward(dz, xc, wc, dx_c, dw):
+    """dx_c[...] = dz @ wc and dw += dzᵀ @ xc on NumPy arrays (wc: weight in dw's dtype), straight into both.
 
-    SciPy comes with scikit-learn, a dependency; without it the matmul kernel's backward and a plain sum run.
+    Measured with OpenBLAS on 2 cores (D = 768, V = 32000): a (C, V) @ (V, D) product with few rows and the long
+    V inside ran 4x slower at C = 196 than the same product as (Wᵀ dzᵀ)ᵀ, and faster than it at C = 786; so
+    the layout depends on C (:data:`FEW_ROWS`). dW's share is added block by block over the vocabulary
+    (:data:`V_BLOCK` rows), so no second (V, D) array exists at the peak (a chunk's whole dzᵀ x_c would be
+    one: 98 MB in the issue's case).
     """
-    if type(x) is not np.ndarray or use_triton(x):
-        return None
-    try:
-        from scipy.linalg.blas import get_blas_funcs
-    except ImportError:  # pragma: no cover - scipy is installed with scikit-learn
-        return None
-    return get_blas_funcs("gemm", (np.zeros(0, _acc_dtype(x.dtype)),))
-
-
-def _cpu_backward(gemm, dz, xc, wc, dx_c, dw):
-    """dx_c[...] = dz @ wc and dw += dzᵀ @ xc on NumPy arrays (see :func:`_blas_gemm`); wc: weight as dw's dtype."""
     dzf = dz.astype(wc.dtype, copy=False)
     if dx_c is not None:
-        dx_c[...] = np.matmul(wc.T, dzf.T).T
+        dx_c[...] = dzf @ wc if dzf.shape[0] >= FEW_ROWS else np.matmul(wc.T, dzf.T).T
     if dw is not None:
-        out = gemm(1.0, xc.astype(dw.dtype, copy=False).T, dzf.T, beta=1.0, c=dw.T, trans_b=1, overwrite_c=1)
-        if not np.shares_memory(out, dw):  # BLAS worked on a copy (unusual strides): put the sum back
-            dw[...] = out.T
+        xf = xc.astype(dw.dtype, copy=False)
+        for s in range(0, dw.shape[0], V_BLOCK):
+            dw[s : s + V_BLOCK] += dzf[:, s : s + V_BLOCK].T @ xf
 
 
 def _chunks(res, needs, scale_rows=None, want_losses=False):
@@ -175,8 +167,8 @@ def _chunks(res, needs, scale_rows=None, want_losses=False):
     one = xp.ones((), dtype=acc)
     red = "none" if (want_losses or scale_rows is not None) else "sum"
     wt = w.T  # a strided view: the matmul kernels read weight in place
-    gemm = _blas_gemm(x2) if any_grad else None
-    wc = w.astype(acc, copy=False) if gemm is not None else None  # half weights: one float32 copy per pass
+    cpu = any_grad and type(x2) is np.ndarray and not use_triton(x2)  # the reference path on NumPy arrays
+    wc = w.astype(acc, copy=False) if cpu else None  # half weights: one float32 copy per pass
     for s in range(0, n, res.chunk):
         e = min(n, s + res.chunk)
         logits, mres = mm.matmul_forward(x2[s:e], wt, bias, None, allow_tf32=res.allow_tf32)
@@ -190,8 +182,8 @@ def _chunks(res, needs, scale_rows=None, want_losses=False):
         if not any_grad:
             continue
         dz = ce.cross_entropy_backward(cres, one if scale_rows is None else scale_rows[s:e], out=logits)
-        if gemm is not None:
-            _cpu_backward(gemm, dz, x2[s:e], wc, dx[s:e] if needs[0] else None, dw)
+        if cpu:
+            _cpu_backward(dz, x2[s:e], wc, dx[s:e] if needs[0] else None, dw)
         else:
             dxc, dwt, _ = mm.matmul_backward(mres, dz, (needs[0], needs[1], False))
             if needs[0]:

@@ -104,6 +104,19 @@ def test_backward_twice_with_retain_graph(device, reduction):
         np.testing.assert_allclose(c * 6.0, a, rtol=1e-12, atol=1e-15)
 
 
+def test_non_contiguous_inputs(device):
+    rng = np.random.default_rng(11)
+    xt = conch.tensor(rng.standard_normal((5, 13)), device=device, requires_grad=True)
+    wt = conch.tensor(rng.standard_normal((10, 5)), device=device, requires_grad=True)
+    x, w = xt.t(), wt.t()[:, ::2]  # (13, 5) transposed and (5, 5) strided views: D = 5, V = 5
+    t = conch.tensor(rng.integers(0, 5, 13), device=device)
+    loss = F.linear_cross_entropy(x, w.t(), t, chunk_size=4)
+    plain = F.cross_entropy(F.linear(x, w.t()), t)
+    np.testing.assert_allclose(loss.item(), plain.item(), rtol=1e-12)
+    for a, e in zip(_grads(loss, [xt, wt]), _grads(plain, [xt, wt])):
+        np.testing.assert_allclose(_np(a), _np(e), rtol=1e-10, atol=1e-14)
+
+
 def test_all_targets_ignored(device):
     rng = np.random.default_rng(4)
     x, w, b, t = _inputs(rng, (4,), 3, 5, device=device)
