@@ -1289,8 +1289,8 @@ def prelu(input, weight):
 
 
 def hardsigmoid(input, inplace=False):
-    """relu6(x + 3) / 6; no gradient at x = ±3 (PyTorch's hardsigmoid_backward is open there, hardswish's not)."""
-    return _inplace(input, ops.Clamp.apply(input + 3.0, lo=0.0, hi=6.0, open_=True) / 6.0, inplace, "hardsigmoid_")
+    """relu6(x + 3) / 6; the gradient 1/6 only where -3 < x < 3 (as PyTorch's hardsigmoid_backward: none for NaN)."""
+    return _inplace(input, ops.Clamp.apply(input + 3.0, lo=0.0, hi=6.0) / 6.0, inplace, "hardsigmoid_")
 
 
 def hardswish(input, inplace=False):
