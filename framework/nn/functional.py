@@ -24,8 +24,7 @@ from .. import _dtype as D
 from .. import ops
 from .._backend import xp_of
 from ..amp.autocast_mode import cast_for
-from ..autograd.function import Op
-from ..autograd.grad_mode import is_grad_enabled, no_grad
+from ..autograd.grad_mode import no_grad
 from ..creation import philox_seed_offset, rand
 from ..fused import activations as fused_act
 from ..fused import attention as fattn
@@ -36,6 +35,7 @@ from ..fused import norms as fused_norms
 from ..fused import softmax as fused_softmax
 from ..fused._common import _mean_over
 from ..kernels import _deferred
+from ..ops import pooling
 from ..ops.nn import _as_strided
 from ..tensor import Tensor, cat, stack, where
 
@@ -586,115 +586,6 @@ _TILE_DTYPES = frozenset(np.dtype(t) for t in (np.float16, np.float32, np.float6
                                                 np.int64, np.uint8))  # fmt: skip
 
 
-def _max_tiles_arrays(x, k, out_hw):
-    """Max over non-overlapping kh×kw tiles of a NumPy (N, C, H, W) array (a maximum over the kh·kw strided
-    views), or None when x holds a NaN (NaN's argmax rule is left to the im2col path)."""
-    if x.dtype.kind == "f" and np.isnan(x.max()):
-        return None
-    views = _tile_views(x, k, out_hw)
-    best = views[0].copy()  # ascontiguousarray would alias x when a view happens to be contiguous
-    for v in views[1:]:
-        np.maximum(best, v, out=best)
-    return best
-
-
-def _first_hits(x, best, k):
-    """Per tile view t, where view t holds its tile's *first* maximum (row-major window order, np.argmax's tie
-    rule as the im2col path): yields (t, bool mask of shape (N, C, OH, OW))."""
-    taken = None
-    for t, v in enumerate(_tile_views(x, k, best.shape[-2:])):
-        hit = v == best
-        if taken is None:
-            taken = hit
-        else:
-            hit &= ~taken
-            taken |= hit
-        yield t, hit
-
-
-def _tile_indices(x, best, k):
-    """PyTorch's max_pool2d indices (flat into H·W) of each tile's first maximum."""
-    (kh, kw), (oh, ow), w = k, best.shape[-2:], x.shape[-1]
-    pos = np.zeros(best.shape, dtype=np.int64)
-    for t, hit in _first_hits(x, best, k):
-        np.copyto(pos, t, where=hit)
-    rows = np.arange(oh, dtype=np.int64).reshape(oh, 1) * kh + pos // kw
-    return rows * w + (np.arange(ow, dtype=np.int64) * kw + pos % kw)
-
-
-def _tile_views(a, k, out_hw):
-    """The kh·kw strided views ``a[..., ki::kh, kj::kw]`` (each (..., OH, OW)) of the tiled part of ``a``."""
-    (kh, kw), (oh, ow) = k, out_hw
-    at = a[..., : oh * kh, : ow * kw]
-    return [at[..., t // kw :: kh, t % kw :: kw] for t in range(kh * kw)]
-
-
-def _untile(gx, k, hw):
-    """(N, C, OH, OW, kh, kw) Tensor -> (N, C, H, W): tiles back in place, zeros over the uncovered border."""
-    n, c, oh, ow, kh, kw = gx.shape
-    gx = gx.permute(0, 1, 2, 4, 3, 5).reshape(n, c, oh * kh, ow * kw)
-    h, w = hw
-    return gx if (oh * kh, ow * kw) == (h, w) else pad(gx, (0, w - ow * kw, 0, h - oh * kh))
-
-
-class _MaxPoolTiles(Op):
-    """Max over non-overlapping tiles (forward from :func:`_max_tiles_arrays`); the gradient goes to each tile's
-    first maximum, found again in the backward from the saved input and output (no index array is kept).
-    Recorded backwards (create_graph) use Tensor ops, so second derivatives work; plain ones write the kh·kw
-    strided views of dx directly."""
-
-    saves = (0, "out")
-
-    @staticmethod
-    def forward(ctx, x, out, k):
-        ctx.k = k
-        return out
-
-    @staticmethod
-    def backward(ctx, g):
-        x, best = (t._data for t in ctx.saved_tensors)
-        n, c, oh, ow = g.shape
-        (kh, kw), hw = ctx.k, x.shape[-2:]
-        if not is_grad_enabled():
-            gd = g._data
-            gx = np.zeros((n, c) + tuple(hw), dtype=gd.dtype)
-            views = _tile_views(gx, ctx.k, (oh, ow))
-            for t, hit in _first_hits(x, best, ctx.k):
-                np.multiply(gd, hit, out=views[t])
-            return g._wrap_const(gx)
-        hot = np.stack([hit for _, hit in _first_hits(x, best, ctx.k)], axis=-1)  # (N, C, OH, OW, kh·kw)
-        gx = g.unsqueeze(-1) * g._wrap_const(hot.astype(g._data.dtype))
-        return _untile(gx.reshape(n, c, oh, ow, kh, kw), ctx.k, hw)
-
-
-class _AvgPoolTiles(Op):
-    """Mean over non-overlapping kh×kw tiles of a NumPy (N, C, H, W) array, divided by ``div`` (prod(k) or
-    divisor_override): the sum of the kh·kw strided views; the gradient spreads dy / div over each tile."""
-
-    @staticmethod
-    def forward(ctx, x, k, out_hw, div):
-        ctx.k, ctx.hw, ctx.div = k, x.shape[-2:], div
-        views = _tile_views(x, k, out_hw)
-        total = views[0].astype(np.float32 if x.dtype == np.float16 else x.dtype)  # a fresh accumulator
-        for v in views[1:]:
-            total += v
-        total /= div
-        return total.astype(x.dtype, copy=False)
-
-    @staticmethod
-    def backward(ctx, g):
-        n, c, oh, ow = g.shape
-        (kh, kw), div = ctx.k, ctx.div
-        if not is_grad_enabled():
-            gd = g._data / g._data.dtype.type(div)
-            gx = np.zeros((n, c) + tuple(ctx.hw), dtype=gd.dtype)
-            for view in _tile_views(gx, ctx.k, (oh, ow)):
-                view[...] = gd
-            return g._wrap_const(gx)
-        gx = (g / float(div)).reshape(n, c, oh, 1, ow, 1).expand(n, c, oh, kh, ow, kw)
-        return _untile(gx.permute(0, 1, 2, 4, 3, 5), ctx.k, ctx.hw)
-
-
 def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
     """Max over kh×kw windows: (N, C, H, W) -> (N, C, OH, OW); padding counts as -inf.
 
@@ -713,10 +604,10 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
     arr = x._data
     tiles = None
     if type(arr) is np.ndarray and arr.dtype in _TILE_DTYPES and _tiles((h, w), k, s, p, d, ceil_mode):
-        tiles = _max_tiles_arrays(arr, k, (oh, ow))
+        tiles = pooling.max_tiles(arr, k, (oh, ow))
     if tiles is not None:
-        out = _MaxPoolTiles.apply(x, out=tiles, k=k)
-        res = (None, _tile_indices(arr, tiles, k) if return_indices else None)
+        out = pooling.MaxPoolTiles.apply(x, out=tiles, k=k)
+        res = (None, pooling.tile_indices(arr, tiles, k) if return_indices else None)
     else:
         res = _max_pool_arrays(arr, k, s, p, d, (oh, ow))
         out = ops.MaxPool2d.apply(x, res=res)
@@ -738,7 +629,7 @@ def _avg_pool(name, nd, input, kernel_size, stride, padding, ceil_mode, count_in
     if _tiles(size, k, s, p, (1,) * nd, ceil_mode):  # whole tiles: no im2col, every divisor the same
         div = float(divisor_override or math.prod(k))
         if nd == 2 and type(x._data) is np.ndarray and x.dtype in _TILE_DTYPES and x.dtype.kind == "f":
-            res = _AvgPoolTiles.apply(x, k=k, out_hw=out, div=div)
+            res = pooling.AvgPoolTiles.apply(x, k=k, out_hw=out, div=div)
         else:  # a reshape and a sum over the window axes
             xs = x[(slice(None), slice(None)) + tuple(slice(0, o * kk) for o, kk in zip(out, k, strict=True))]
             res = xs.reshape((n, c) + tuple(v for o, kk in zip(out, k, strict=True) for v in (o, kk)))

@@ -1,0 +1,131 @@
+"""Pooling over non-overlapping tiles (kernel == stride, no padding or dilation): strided views, no im2col.
+
+For such windows ``max_pool2d``/``avg_pool2d`` are a maximum or a sum over the kh·kw strided views
+``x[..., ki::kh, kj::kw]`` (each (N, C, OH, OW)), and the gradient writes those views of dx::
+
+    out = max_tiles(x, (2, 2), (oh, ow))                # None when x holds a NaN (im2col path then)
+    y = MaxPoolTiles.apply(xt, out=out, k=(2, 2))       # conch.nn.functional.max_pool2d does this
+
+The im2col path (``ops.nn.MaxPool2d``, ``ops.nn.Im2col``) handles every other geometry.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..autograd.function import Op
+from ..autograd.grad_mode import is_grad_enabled
+from .indexing import ScatterFlat
+
+
+def max_tiles(x, k, out_hw):
+    """Max over non-overlapping kh×kw tiles of a NumPy (N, C, H, W) array (a maximum over the kh·kw strided
+    views), or None when x holds a NaN (NaN's argmax rule is left to the im2col path)."""
+    if x.dtype.kind == "f" and np.isnan(x.max()):
+        return None
+    views = _tile_views(x, k, out_hw)
+    best = views[0].copy()  # ascontiguousarray would alias x when a view happens to be contiguous
+    for v in views[1:]:
+        np.maximum(best, v, out=best)
+    return best
+
+
+def _first_hits(x, best, k):
+    """Per tile view t, where view t holds its tile's *first* maximum (row-major window order, np.argmax's tie
+    rule as the im2col path): yields (t, bool mask of shape (N, C, OH, OW))."""
+    taken = None
+    for t, v in enumerate(_tile_views(x, k, best.shape[-2:])):
+        hit = v == best
+        if taken is None:
+            taken = hit
+        else:
+            hit &= ~taken
+            taken |= hit
+        yield t, hit
+
+
+def tile_indices(x, best, k):
+    """PyTorch's max_pool2d indices (flat into H·W) of each tile's first maximum."""
+    (kh, kw), (oh, ow), w = k, best.shape[-2:], x.shape[-1]
+    pos = np.zeros(best.shape, dtype=np.int64)
+    for t, hit in _first_hits(x, best, k):
+        np.copyto(pos, t, where=hit)
+    rows = np.arange(oh, dtype=np.int64).reshape(oh, 1) * kh + pos // kw
+    return rows * w + (np.arange(ow, dtype=np.int64) * kw + pos % kw)
+
+
+def _tile_views(a, k, out_hw):
+    """The kh·kw strided views ``a[..., ki::kh, kj::kw]`` (each (..., OH, OW)) of the tiled part of ``a``."""
+    (kh, kw), (oh, ow) = k, out_hw
+    at = a[..., : oh * kh, : ow * kw]
+    return [at[..., t // kw :: kh, t % kw :: kw] for t in range(kh * kw)]
+
+
+def _untile(gx, k, hw):
+    """(N, C, OH, OW, kh, kw) Tensor -> (N, C, H, W): tiles back in place, zeros over the uncovered border."""
+    n, c, oh, ow, kh, kw = gx.shape
+    gx = gx.permute(0, 1, 2, 4, 3, 5).reshape(n, c, oh * kh, ow * kw)
+    h, w = hw
+    if (oh * kh, ow * kw) == (h, w):
+        return gx
+    # the tiled corner's flat positions in (N, C, H, W): a scatter is the adjoint of cropping to the tiles
+    idx = np.arange(n * c * h * w).reshape(n, c, h, w)[:, :, : oh * kh, : ow * kw].ravel()
+    return ScatterFlat.apply(gx.reshape(-1), idx=idx, size=n * c * h * w).reshape(n, c, h, w)
+
+
+class MaxPoolTiles(Op):
+    """Max over non-overlapping tiles (forward from :func:`max_tiles`); the gradient goes to each tile's
+    first maximum, found again in the backward from the saved input and output (no index array is kept).
+    Recorded backwards (create_graph) use Tensor ops, so second derivatives work; plain ones write the kh·kw
+    strided views of dx directly."""
+
+    saves = (0, "out")
+
+    @staticmethod
+    def forward(ctx, x, out, k):
+        ctx.k = k
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        x, best = (t._data for t in ctx.saved_tensors)
+        n, c, oh, ow = g.shape
+        (kh, kw), hw = ctx.k, x.shape[-2:]
+        if not is_grad_enabled():
+            gd = g._data
+            gx = np.zeros((n, c) + tuple(hw), dtype=gd.dtype)
+            views = _tile_views(gx, ctx.k, (oh, ow))
+            for t, hit in _first_hits(x, best, ctx.k):
+                np.multiply(gd, hit, out=views[t])
+            return g._wrap_const(gx)
+        hot = np.stack([hit for _, hit in _first_hits(x, best, ctx.k)], axis=-1)  # (N, C, OH, OW, kh·kw)
+        gx = g.unsqueeze(-1) * g._wrap_const(hot.astype(g._data.dtype))
+        return _untile(gx.reshape(n, c, oh, ow, kh, kw), ctx.k, hw)
+
+
+class AvgPoolTiles(Op):
+    """Mean over non-overlapping kh×kw tiles of a NumPy (N, C, H, W) array, divided by ``div`` (prod(k) or
+    divisor_override): the sum of the kh·kw strided views; the gradient spreads dy / div over each tile."""
+
+    @staticmethod
+    def forward(ctx, x, k, out_hw, div):
+        ctx.k, ctx.hw, ctx.div = k, x.shape[-2:], div
+        views = _tile_views(x, k, out_hw)
+        total = views[0].astype(np.float32 if x.dtype == np.float16 else x.dtype)  # a fresh accumulator
+        for v in views[1:]:
+            total += v
+        total /= div
+        return total.astype(x.dtype, copy=False)
+
+    @staticmethod
+    def backward(ctx, g):
+        n, c, oh, ow = g.shape
+        (kh, kw), div = ctx.k, ctx.div
+        if not is_grad_enabled():
+            gd = g._data / g._data.dtype.type(div)
+            gx = np.zeros((n, c) + tuple(ctx.hw), dtype=gd.dtype)
+            for view in _tile_views(gx, ctx.k, (oh, ow)):
+                view[...] = gd
+            return g._wrap_const(gx)
+        gx = (g / float(div)).reshape(n, c, oh, 1, ow, 1).expand(n, c, oh, kh, ow, kw)
+        return _untile(gx.permute(0, 1, 2, 4, 3, 5), ctx.k, ctx.hw)
