@@ -19,6 +19,7 @@ import numbers
 import numpy as np
 
 from conch.kernels._act_names import ACTIVATIONS
+from conch.kernels._causal import causal_keep
 
 from .. import _dtype as D
 from .. import ops
@@ -807,7 +808,8 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
 
 
 def _causal_keep(xp, lq, lk):
-    return xp.tril(xp.ones((lq, lk), dtype=bool))
+    """The (lq, lk) causal keep-mask (j <= i) in ``xp``'s default device, cached (conch.kernels._causal)."""
+    return causal_keep(lq, lk, xp.empty(0, dtype=bool))
 
 
 def _attention(q, k, v, add_mask, keep_mask, dropout_p, scale):
