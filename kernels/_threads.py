@@ -35,6 +35,8 @@ BLAS_SMALL = 1 << 23
 
 _lock = threading.Lock()
 _state: dict = {"n": None, "interop": None, "pool": None, "pool_n": 0, "blas": None, "blas_now": None}
+#: How many parallel_for calls went to the pool (more than one thread): tests check a path really was split.
+SPLITS = [0]
 _local = threading.local()  # .busy: True inside a pool chunk (a nested parallel_for runs serially)
 
 
@@ -164,7 +166,7 @@ def threads_for(work: int) -> int:
     n = get_num_threads()
     if n <= 1 or getattr(_local, "busy", False):
         return 1
-    return min(n, work // (MIN_PARALLEL // 2))
+    return min(n, work // max(MIN_PARALLEL // 2, 1))
 
 
 def parallel_for(n: int, body, *, work: int | None = None, align: int = 16) -> None:
@@ -183,6 +185,7 @@ def parallel_for(n: int, body, *, work: int | None = None, align: int = 16) -> N
     if align > 1:
         step = -(-step // align) * align
     task = _Task(body, [(s, min(s + step, n)) for s in range(0, n, step)])
+    SPLITS[0] += 1
     q = _pool(get_num_threads() - 1)
     for _ in range(t - 1):
         q.put(task)

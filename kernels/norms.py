@@ -320,6 +320,15 @@ def _pooled_rows(x2, passes):
     return True
 
 
+def _lead(a, b):
+    """(start, skip) for a chunk [a, b) of rows (``a`` a multiple of 16, parallel_for's alignment): a chunk of
+    fewer than 4 rows is computed with the 4 rows before it, whose results are skipped. BLAS's matrix-vector
+    kernels take rows in groups of 4 and round a (1, D) @ (D,) product (a dot kernel) or a remainder group
+    differently; with every chunk a multiple of 4 rows long but the last, and the last at least 5, each row
+    falls in the same kind of group as in one whole-array call (bit-identical results on any thread count)."""
+    return (a - 4, 4) if b - a < 4 and a >= 4 else (a, 0)
+
+
 def _norm_fwd_ref(x, weight, bias, eps, is_rms):
     D = x.shape[-1]
     x2 = x.reshape(-1, D)
@@ -330,9 +339,11 @@ def _norm_fwd_ref(x, weight, bias, eps, is_rms):
         rstd = np.empty(M, dtype=acc)
 
         def body(a, b):
-            y[a:b], m, rstd[a:b] = _norm_fwd_rows(x2[a:b], weight, bias, eps, is_rms, x.dtype)
+            lo, k = _lead(a, b)
+            yr, m, r = _norm_fwd_rows(x2[lo:b], weight, bias, eps, is_rms, x.dtype)
+            y[a:b], rstd[a:b] = yr[k:], r[k:]
             if mean is not None:
-                mean[a:b] = m
+                mean[a:b] = m[k:]
 
         parallel_for(M, body, work=x2.size * 10)
     else:
@@ -381,10 +392,12 @@ def _norm_bwd_ref(res, dy, is_rms):
         p = np.empty((M, D), dtype=acc) if w is not None else None
 
         def body(a, b):
-            mean = None if res.mean is None else res.mean[a:b]
-            dx[a:b], pr = _norm_bwd_rows(x2[a:b], dyf[a:b], mean, res.rstd[a:b], w, is_rms)
+            lo, k = _lead(a, b)
+            mean = None if res.mean is None else res.mean[lo:b]
+            dxr, pr = _norm_bwd_rows(x2[lo:b], dyf[lo:b], mean, res.rstd[lo:b], w, is_rms)
+            dx[a:b] = dxr[k:]
             if p is not None:
-                p[a:b] = pr
+                p[a:b] = pr[k:]
 
         parallel_for(M, body, work=x2.size * 12)
     else:
