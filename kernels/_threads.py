@@ -15,6 +15,9 @@ row, so results never depend on the thread count::
 
 The pool and BLAS never oversubscribe the cores: pool workers run only elementwise NumPy code (never a
 product), and a product runs on the calling thread while the workers sleep, with at most ``n`` BLAS threads.
+On a busy machine both use fewer threads, leaving out the cores other processes keep busy (/proc/stat, read
+every LOAD_EVERY seconds; ``CONCH_ADAPT_THREADS=0`` turns this off): a thread waiting for a core another
+process holds would hold up every pass it takes part in.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import os
 import queue
 import threading
+import time
 
 #: Below this much work (elements times elementwise passes per element) a pass runs on the calling thread:
 #: handing a chunk to a worker costs ~20-40 us, about 2**21 float32 element-passes (measured for gelu, ~26
@@ -49,10 +53,7 @@ def _default_threads() -> int:
             n = 0
         if n >= 1:
             return n
-    try:
-        return max(len(os.sched_getaffinity(0)), 1)
-    except (AttributeError, OSError):  # not Linux
-        return max(os.cpu_count() or 1, 1)
+    return _cores()
 
 
 def get_num_threads() -> int:
@@ -61,6 +62,67 @@ def get_num_threads() -> int:
     if n is None:
         n = _state["n"] = _default_threads()
     return n
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# A busy machine: threads that other processes' work would hold up are not used.
+# ----------------------------------------------------------------------------------------------------------------
+
+#: Seconds between two readings of the machine's load (/proc/stat: ~20 us each).
+LOAD_EVERY = 0.25
+_load: dict = {"t": -1.0, "busy": None, "own": None, "total": None, "others": 0.0, "adapt": None}
+
+
+def _adapting() -> bool:
+    a = _load["adapt"]
+    if a is None:
+        a = _load["adapt"] = os.environ.get("CONCH_ADAPT_THREADS", "1").strip() not in ("0", "off", "false")
+    return a
+
+
+def _cpu_ticks():
+    """(busy, total) clock ticks of all CPUs since boot, and this process's own CPU ticks (all its threads)."""
+    with open("/proc/stat", "rb") as f:
+        v = [int(x) for x in f.readline().split()[1:9]]
+    t = os.times()
+    return v[0] + v[1] + v[2] + v[5] + v[6] + v[7], sum(v), (t.user + t.system) * os.sysconf("SC_CLK_TCK")
+
+
+def others_busy() -> float:
+    """Cores other processes kept busy over the last ~LOAD_EVERY seconds (0.0 where /proc/stat is unreadable)."""
+    now = time.monotonic()
+    if now - _load["t"] < LOAD_EVERY:
+        return _load["others"]
+    _load["t"] = now
+    try:
+        busy, total, own = _cpu_ticks()
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    if _load["total"] is not None and total > _load["total"]:
+        frac = ((busy - _load["busy"]) - (own - _load["own"])) / (total - _load["total"])
+        _load["others"] = max(frac, 0.0) * (os.cpu_count() or 1)
+    _load["busy"], _load["total"], _load["own"] = busy, total, own
+    return _load["others"]
+
+
+def effective_threads() -> int:
+    """get_num_threads(), less the cores other processes are using (at least 1), unless CONCH_ADAPT_THREADS=0.
+
+    On a busy machine a second thread (ours or BLAS's) waits for a core another process holds, and the whole
+    pass waits for it: OpenBLAS's spinning threads made a training job ~30x slower. conch then runs on fewer
+    threads, which changes no result (the pool's chunking is exact).
+    """
+    n = get_num_threads()
+    if n <= 1 or not _adapting():
+        return n
+    return max(1, min(n, _cores() - int(others_busy() + 0.5)))
+
+
+def _cores() -> int:
+    try:
+        return max(len(os.sched_getaffinity(0)), 1)
+    except (AttributeError, OSError):
+        return max(os.cpu_count() or 1, 1)
 
 
 def _check_positive(name, n):
@@ -82,7 +144,7 @@ def set_num_threads(n: int) -> None:
         _state["n"] = n
     _state["blas_now"] = None  # re-apply the BLAS limit at the next product
     if _state["blas"] is not None:
-        _set_blas(n)
+        _set_blas(effective_threads())
 
 
 def get_num_interop_threads() -> int:
@@ -163,7 +225,7 @@ def threads_for(work: int) -> int:
     """How many threads a pass of ``work`` element-passes gets: 1 below :data:`MIN_PARALLEL`, else up to the setting."""
     if work < MIN_PARALLEL:
         return 1
-    n = get_num_threads()
+    n = effective_threads()
     if n <= 1 or getattr(_local, "busy", False):
         return 1
     return min(n, work // max(MIN_PARALLEL // 2, 1))
@@ -253,14 +315,14 @@ def blas_for(macs: int) -> None:
 
     One C call (~0.5 us) when the limit changes, nothing otherwise.
     """
-    want = 1 if macs < BLAS_SMALL else get_num_threads()
+    want = 1 if macs < BLAS_SMALL else effective_threads()
     if _state["blas_now"] != want:
         _set_blas(want)
 
 
 def blas_product(macs: int, fn, *args):
     """``fn(*args)`` (a BLAS product of ``macs`` multiply-adds) with :func:`blas_for`'s thread count, the BLAS
-    limit set back to get_num_threads() afterwards, so products elsewhere (NumPy's ``@`` in an op) keep it::
+    limit set back to effective_threads() afterwards, so products elsewhere (NumPy's ``@`` in an op) keep it::
 
         z = blas_product(m * k * n, np.matmul, a, b)
     """
@@ -268,5 +330,6 @@ def blas_product(macs: int, fn, *args):
     try:
         return fn(*args)
     finally:
-        if _state["blas_now"] != get_num_threads():
-            _set_blas(get_num_threads())
+        n = effective_threads()
+        if _state["blas_now"] != n:
+            _set_blas(n)

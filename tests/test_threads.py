@@ -1,7 +1,9 @@
 """CPU threads: set/get_num_threads and OMP_NUM_THREADS, the pool's chunking, BLAS limits, and every pooled path
 giving the same bits on 1, 2 and 3 threads (odd sizes, thresholds lowered so small arrays are split)."""
 
+import os
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -13,7 +15,10 @@ ODD = [(101,), (1023,), (3, 337), (5, 7, 61)]  # each more than one block of spl
 
 
 @pytest.fixture
-def restore_threads():
+def restore_threads(monkeypatch):
+    """Restore the thread setting afterwards; the load adaptation is off (the machine's load must not decide
+    how many threads a test's pass gets)."""
+    monkeypatch.setitem(_threads._load, "adapt", False)
     before = conch.get_num_threads()
     yield
     conch.set_num_threads(before)
@@ -99,6 +104,39 @@ def test_interop_threads_are_recorded(monkeypatch):
     assert conch.get_num_interop_threads() == 2
     with pytest.raises(RuntimeError, match="set_num_interop_threads"):
         conch.set_num_interop_threads(0)
+
+
+def test_busy_machine_leaves_out_the_cores_others_use(monkeypatch, restore_threads):
+    monkeypatch.setattr(_threads, "_cores", lambda: 4)
+    conch.set_num_threads(4)
+    for others, want in ((0.0, 4), (0.4, 4), (1.2, 3), (2.6, 1), (7.0, 1)):
+        monkeypatch.setattr(_threads, "others_busy", lambda o=others: o)
+        monkeypatch.setitem(_threads._load, "adapt", True)
+        assert _threads.effective_threads() == want
+        monkeypatch.setitem(_threads._load, "adapt", False)
+        assert _threads.effective_threads() == 4  # CONCH_ADAPT_THREADS=0: the setting alone
+    conch.set_num_threads(2)
+    monkeypatch.setitem(_threads._load, "adapt", True)
+    monkeypatch.setattr(_threads, "others_busy", lambda: 0.0)
+    assert _threads.effective_threads() == 2  # never more than the setting
+
+
+def test_others_busy_reads_the_machine(monkeypatch):
+    if not os.path.exists("/proc/stat"):
+        pytest.skip("no /proc/stat (not Linux): others_busy() is 0.0 there")
+    monkeypatch.setattr(_threads, "LOAD_EVERY", 0.0)
+    monkeypatch.setitem(_threads._load, "total", None)
+    _threads.others_busy()
+    time.sleep(0.05)
+    v = _threads.others_busy()
+    assert 0.0 <= v <= os.cpu_count()
+
+
+def test_adapt_setting_comes_from_the_environment(monkeypatch):
+    for value, want in (("0", False), ("off", False), ("1", True), ("", True)):
+        monkeypatch.setenv("CONCH_ADAPT_THREADS", value)
+        monkeypatch.setitem(_threads._load, "adapt", None)
+        assert _threads._adapting() is want
 
 
 # ---------------------------------------------------------------- the pool
