@@ -8,8 +8,9 @@ Sections (``--only`` picks some, comma-separated; all by default):
   784-1024-1024-10 one, batch 256), each beside its PyTorch twin (same layers, same shapes, same optimizer), at
   1 and 2 threads (``conch.set_num_threads``, ``torch.set_num_threads``).
 - ``micro``: max/avg pooling 2x2 on (64, 16, 28, 28) forward+backward, exact GELU forward and backward on 2**20
-  floats, dropout (p = 0.1) on 2**20 floats: conch against PyTorch and against plain NumPy (a reshape-max,
-  ``0.5 x (1 + scipy erf(x/√2))``, ``x * (rng.random(shape) >= p) / (1 - p)``).
+  floats, dropout (p = 0.1) on 2**20 floats (forward with a new seed per call, and forward+backward, where the
+  backward finds the forward's mask in conch's cache): conch against PyTorch and against plain NumPy (a
+  reshape-max, ``0.5 x (1 + scipy erf(x/√2))``, ``x * (rng.random(shape) >= p) / (1 - p)``).
 - ``busy``: wall time of the default ``conch train`` job (a subprocess) on an idle machine and with two busy-loop
   processes running throughout (spawned before, stopped after): the ratio busy/idle (target: at most 3).
 - ``sweep``: the pool's crossover: gelu forward at 2**14..2**20 elements with the pool forced off and forced on
@@ -29,6 +30,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import multiprocessing as mp
@@ -290,6 +292,13 @@ def _micro_cases():
         return dy1 * (cdf + x1 * np.exp(-0.5 * x1 * x1) * np.float32(0.3989422804014327))
 
     drng = np.random.default_rng(1)
+    seeds = itertools.count(1)  # conch's mask cache must not serve a timed forward
+    xd, dyt1 = torch.tensor(x1, requires_grad=True), torch.tensor(dy1)
+
+    def np_dropout_fwd_bwd():
+        keep = drng.random(x1.shape) >= 0.1
+        return x1 * keep / np.float32(0.9), dy1 * keep / np.float32(0.9)
+
     return {
         "max_pool2d 2x2 (64,16,28,28) fwd+bwd": {
             "conch": pool(F.max_pool2d, xc4, gc4), "torch": pool(torch.nn.functional.max_pool2d, xt4, gt4),
@@ -302,10 +311,14 @@ def _micro_cases():
         "gelu exact bwd 2**20": {
             "conch": lambda: A.dz_from_saved(x1, dy1, "gelu", 0.0, np.float32),
             "torch": lambda: torch.ops.aten.gelu_backward(torch.tensor(dy1), xt1), "numpy": np_gelu_bwd},
-        "dropout p=0.1 fwd 2**20": {
-            "conch": lambda: dk.dropout_forward(x1, 0.1, seed=1),
+        "dropout p=0.1 fwd 2**20, a new seed per call": {
+            "conch": lambda: dk.dropout_forward(x1, 0.1, seed=next(seeds)),
             "torch": lambda: torch.nn.functional.dropout(xt1, 0.1),
             "numpy": lambda: x1 * (drng.random(x1.shape) >= 0.1) / np.float32(0.9)},
+        "dropout p=0.1 fwd+bwd 2**20": {
+            "conch": lambda: dk.dropout_backward(dk.dropout_forward(x1, 0.1, seed=next(seeds))[1], dy1),
+            "torch": lambda: torch.nn.functional.dropout(xd, 0.1).backward(dyt1),
+            "numpy": np_dropout_fwd_bwd},
     }  # fmt: skip
 
 

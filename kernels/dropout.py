@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import threading
+from collections import OrderedDict
 from typing import NamedTuple
 
 import numpy as np
@@ -200,6 +203,7 @@ class _Body:
 _TO_UNIFORM = np.float32(4.6566127342e-10)
 
 
+@functools.lru_cache(maxsize=64)
 def _keep_threshold(p):
     """The least r in [0, 2**31] with float32(r) * 4.6566127342e-10 >= p in float32 (2**31: none): u >= p
     exactly when the bit-inverted int32 word is >= it (float32 rounding is monotone)."""
@@ -249,43 +253,63 @@ def philox_uniform(n, seed, offset, xp=np):
     return r.astype(xp.float32) * xp.float32(4.6566127342e-10)
 
 
+#: Recent keep-masks, bit-packed, by (seed, offset, numel, threshold): a dropout's backward (and attention's,
+#: which draws the same mask twice) finds its forward's mask here instead of running Philox again. A mask is
+#: a function of its key, so a hit is always the right mask; at most _MASK_BYTES are kept, oldest out first.
+_MASKS: OrderedDict = OrderedDict()
+_MASK_BYTES = 64 << 20
+_mask_lock = threading.Lock()
+_mask_bytes = [0]
+
+
+def _keep_np(n, seed, offset, p):
+    """The flat keep-mask (bool, n) of the NumPy path, from the cache or from Philox (then remembered)."""
+    t = _keep_threshold(float(p))
+    key = (int(seed), int(offset), int(n), t)
+    with _mask_lock:
+        bits = _MASKS.get(key)
+        if bits is not None:
+            _MASKS.move_to_end(key)
+    if bits is not None:
+        return np.unpackbits(bits, count=n).view(bool)
+    keep = np.empty(n, dtype=bool)
+
+    def put(a, b, words):
+        keep[a:b] = _keep_from_words(words, t)
+
+    _blocks(n, int(offset), _Body(seed, put))
+    bits = np.packbits(keep)
+    if bits.nbytes <= _MASK_BYTES // 4:
+        with _mask_lock:
+            if key not in _MASKS:
+                _MASKS[key] = bits
+                _mask_bytes[0] += bits.nbytes
+            while _mask_bytes[0] > _MASK_BYTES:
+                _mask_bytes[0] -= _MASKS.popitem(last=False)[1].nbytes
+    return keep
+
+
 def dropout_mask(shape, p, seed, offset=0, xp=np):
     """The boolean keep-mask of :func:`dropout_forward` for an input of ``shape``: ``u_i >= p``."""
     shape = tuple(int(s) for s in (shape if isinstance(shape, (tuple, list)) else (shape,)))
     n = int(np.prod(shape, dtype=np.int64))
     _check(p, seed, offset, n, "dropout_mask")
     if xp is np:
-        keep = np.empty(n, dtype=bool)
-        t = _keep_threshold(p)
-
-        def put(a, b, words):
-            keep[a:b] = _keep_from_words(words, t)
-
-        _blocks(n, int(offset), _Body(seed, put))
-        return keep.reshape(shape)
+        return _keep_np(n, seed, offset, p).reshape(shape)
     return (philox_uniform(n, seed, offset, xp) >= xp.float32(p)).reshape(shape)
 
 
 def _dropout_ref(x, p, seed, offset):
     xp = xp_of(x)
     acc = np.float64 if x.dtype == np.float64 else np.float32
+    keep = dropout_mask(x.shape, p, seed, offset, xp)
     if xp is not np:
-        keep = dropout_mask(x.shape, p, seed, offset, xp)
         y = xp.where(keep, x.astype(acc) * acc(_scale(p)), acc(0))
         return y.astype(x.dtype)
-    # NumPy: y = where(keep, x * scale, 0) block by block, the mask never materialised whole
-    xf = np.ascontiguousarray(x).reshape(-1)
-    y = np.empty(xf.shape, dtype=x.dtype)
-    t, scale = _keep_threshold(p), acc(_scale(p))
-
-    def put(a, b, words):
-        v = xf[a:b].astype(acc)
-        v *= scale
-        np.copyto(v, acc(0), where=~_keep_from_words(words, t))  # 0, not x * 0: a dropped inf/NaN gives 0
-        y[a:b] = v
-
-    _blocks(xf.size, int(offset), _Body(seed, put))
-    return y.reshape(x.shape)
+    y = x.astype(acc)  # a fresh array (x is never written)
+    y *= acc(_scale(p))
+    np.copyto(y, acc(0), where=~keep)  # 0, not x * 0: a dropped inf/NaN gives 0, as the kernel's where
+    return y.astype(x.dtype, copy=False)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -223,3 +223,31 @@ def test_causal_attention_uses_the_mask_as_before():
     for _ in range(2):  # the second call reads the cached mask
         out = F.scaled_dot_product_attention(t64(q), t64(k), t64(v), is_causal=True)
         np.testing.assert_allclose(out.detach().numpy(), want, rtol=1e-12)
+
+
+def test_dropout_backward_reuses_the_forwards_mask(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setenv("CONCH_KERNELS", "reference")
+    x = np.random.default_rng(9).standard_normal((13, 29)).astype(np.float32)
+    y, res = dk.dropout_forward(x, 0.25, seed=777, offset=5)
+    calls = []
+    real = dk._blocks
+    monkeypatch.setattr(dk, "_blocks", lambda *a: (calls.append(a), real(*a)))
+    dx = dk.dropout_backward(res, x)
+    assert calls == []  # the mask came from the cache
+    np.testing.assert_array_equal(dx, y)  # dy = x: the same mask and scale
+    keep = generic_uniform(x.size, 777, 5).reshape(x.shape) >= np.float32(0.25)
+    np.testing.assert_array_equal(dk.dropout_mask(x.shape, 0.25, 777, 5), keep)
+    dk.dropout_mask(x.shape, 0.25, 778, 5)  # another seed: computed afresh
+    assert len(calls) == 1
+
+
+def test_dropout_mask_cache_is_bounded(monkeypatch):
+    monkeypatch.setattr(dk, "_MASK_BYTES", 4096)
+    dk._MASKS.clear()
+    dk._mask_bytes[0] = 0
+    for seed in range(40):
+        dk.dropout_mask((999,), 0.5, seed)  # 125 bytes packed each
+    assert dk._mask_bytes[0] <= 4096
+    assert dk._mask_bytes[0] == sum(b.nbytes for b in dk._MASKS.values())
+    np.testing.assert_array_equal(dk.dropout_mask((999,), 0.5, 39), generic_uniform(999, 39, 0) >= np.float32(0.5))
