@@ -142,9 +142,9 @@ def set_num_threads(n: int) -> None:
     _check_positive("set_num_threads", n)
     with _lock:
         _state["n"] = n
-    _state["blas_now"] = None  # re-apply the BLAS limit at the next product
-    if _state["blas"] is not None:
-        _set_blas(effective_threads())
+    # BLAS follows at once (threadpoolctl finds the library on the first call, ~10-50 ms): products that do not
+    # go through blas_product (NumPy's @ inside an op) must see the new limit too
+    _set_blas(effective_threads())
 
 
 def get_num_interop_threads() -> int:

@@ -361,3 +361,13 @@ def test_threads_do_not_change_a_training_step(split_small):
         return (loss.detach().numpy(), *(p.detach().numpy() for p in model.parameters()))
 
     assert_same_bits(on_threads(run, counts=(1, 2)))
+
+
+def test_set_num_threads_limits_blas_before_any_product(monkeypatch, restore_threads):
+    if not _threads._blas_libs():
+        pytest.skip("threadpoolctl finds no BLAS library in this NumPy build")
+    monkeypatch.setitem(_threads._state, "blas", None)  # as in a fresh process: the library not looked up yet
+    conch.set_num_threads(1)
+    assert _blas_threads() == {1}
+    np.ones((300, 300), np.float32) @ np.ones((300, 300), np.float32)  # a plain NumPy product keeps the limit
+    assert _blas_threads() == {1}
