@@ -97,10 +97,83 @@ def test_tile_pooling_random_upstream_gradients_float32():
 
 def test_tile_path_only_for_tiling_windows():
     x = t64(np.random.default_rng(4).standard_normal((1, 1, 8, 8)))
-    assert type(F.max_pool2d(x, 2, stride=1).grad_fn).__name__ == "MaxPool2d"  # overlapping
-    assert type(F.max_pool2d(x, 2, padding=1).grad_fn).__name__ == "MaxPool2d"  # padded
-    assert type(F.max_pool2d(x, 3, ceil_mode=True).grad_fn).__name__ == "MaxPool2d"  # a partial window
+    assert type(F.max_pool2d(x, 2, stride=1).grad_fn).__name__ == "MaxPoolWindows"  # overlapping
+    assert type(F.max_pool2d(x, 2, padding=1).grad_fn).__name__ == "MaxPoolWindows"  # padded
+    assert type(F.max_pool2d(x, 3, ceil_mode=True).grad_fn).__name__ == "MaxPoolWindows"  # a partial window
     assert type(F.max_pool2d(x, 2, ceil_mode=True).grad_fn).__name__ == "MaxPoolTiles"  # exact: no partial one
+    assert type(F.avg_pool2d(x, 2, stride=1).grad_fn).__name__ != "AvgPoolTiles"  # avg: im2col when overlapping
+
+
+# (kernel, stride, padding, dilation, ceil_mode): overlapping, padded, dilated and ceil_mode windows
+WINDOWS = [(3, 2, 1, 1, False), (3, 1, 0, 1, False), (2, 1, 1, 1, False), (3, 2, 1, 2, False), (3, 2, 0, 1, True),
+           ((2, 3), (1, 2), (1, 0), (1, 2), True)]  # fmt: skip
+
+
+def ref_windows(x, k, s, p, d, ceil_mode):
+    """max_pool2d by explicit windows in float64 (-inf padding): values and first-max flat indices into H·W."""
+    k, s, p, d = (v if isinstance(v, tuple) else (v, v) for v in (k, s, p, d))
+    n, c, h, w = x.shape
+    out_hw = []
+    for i, size in enumerate((h, w)):
+        num = size + 2 * p[i] - d[i] * (k[i] - 1) - 1
+        o = (-(-num // s[i]) if ceil_mode else num // s[i]) + 1
+        if ceil_mode and (o - 1) * s[i] >= size + p[i]:
+            o -= 1
+        out_hw.append(o)
+    out = np.full((n, c, *out_hw), -np.inf)
+    idx = np.zeros((n, c, *out_hw), dtype=np.int64)
+    for i in range(out_hw[0]):
+        for j in range(out_hw[1]):
+            for a in range(k[0]):
+                for b in range(k[1]):
+                    r, q = i * s[0] - p[0] + a * d[0], j * s[1] - p[1] + b * d[1]
+                    if 0 <= r < h and 0 <= q < w:
+                        v = x[:, :, r, q]
+                        better = v > out[:, :, i, j]
+                        out[:, :, i, j] = np.where(better, v, out[:, :, i, j])
+                        idx[:, :, i, j] = np.where(better, r * w + q, idx[:, :, i, j])
+    return out, idx
+
+
+@pytest.mark.parametrize("k,s,p,d,ceil_mode", WINDOWS)
+def test_max_pool_windows_match_explicit_windows(k, s, p, d, ceil_mode):
+    rng = np.random.default_rng(10)
+    x = rng.integers(-3, 4, (2, 3, 9, 11)).astype(np.float64)  # ties
+    xt = t64(x)
+    y, idx = F.max_pool2d(xt, k, s, p, d, ceil_mode, return_indices=True)
+    assert type(y.grad_fn).__name__ == "MaxPoolWindows"
+    ref, first = ref_windows(x, k, s, p, d, ceil_mode)
+    np.testing.assert_array_equal(y.detach().numpy(), ref)
+    np.testing.assert_array_equal(idx.numpy(), first)
+    g = rng.standard_normal(ref.shape)
+    (y * conch.tensor(g)).sum().backward()
+    want = np.zeros((6, 99))
+    np.add.at(want, (np.repeat(np.arange(6), first[0, 0].size), first.reshape(6, -1).ravel()), g.reshape(6, -1).ravel())
+    np.testing.assert_allclose(xt.grad.numpy(), want.reshape(x.shape), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("k,s,p,d,ceil_mode", WINDOWS[:4])
+def test_max_pool_windows_gradcheck_and_second_derivatives(k, s, p, d, ceil_mode):
+    x = t64(np.random.default_rng(11).standard_normal((1, 2, 7, 6)))
+    fn = lambda t: F.max_pool2d(t, k, s, p, d, ceil_mode)  # noqa: E731
+    assert gradcheck(fn, (x,))
+    assert gradgradcheck(lambda t: fn(t) ** 2, (x,))
+
+
+@pytest.mark.parametrize("k,s,p,d,ceil_mode", WINDOWS)
+def test_max_pool_windows_match_torch(k, s, p, d, ceil_mode):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(12)
+    x = rng.integers(-4, 5, (2, 3, 10, 9)).astype(np.float32)
+    xc, xt = conch.tensor(x, requires_grad=True), torch.tensor(x, requires_grad=True)
+    yc, ic = F.max_pool2d(xc, k, s, p, d, ceil_mode, return_indices=True)
+    yt, it = torch.nn.functional.max_pool2d(xt, k, s, p, d, ceil_mode, return_indices=True)
+    np.testing.assert_array_equal(yc.detach().numpy(), yt.detach().numpy())
+    np.testing.assert_array_equal(ic.numpy(), it.numpy())
+    g = rng.standard_normal(tuple(yt.shape)).astype(np.float32)
+    (yc * conch.tensor(g)).sum().backward()
+    (yt * torch.tensor(g)).sum().backward()
+    np.testing.assert_allclose(xc.grad.numpy(), xt.grad.numpy(), rtol=1e-6, atol=1e-6)
 
 
 def test_max_pool_tiles_leave_nan_to_im2col_rule():

@@ -572,6 +572,32 @@ def _max_pool_arrays(x, k, s, p, d, out_hw):
     return out, indices, flat.ravel(), (n, c, hp, wp), (p[0], p[1], h, w)
 
 
+def _max_pool_views(x, k, s, p, d, ceil_mode, out_hw, return_indices):
+    """max_pool2d of a NumPy (N, C, H, W) Tensor over strided views (conch.ops.pooling), no im2col: (out,
+    indices or None), or (None, None) when x holds a NaN. Tiling windows take the tile ops (no padding, no
+    overlap: the backward writes each view once); any other geometry takes MaxPoolWindows."""
+    arr = x._data
+    if _tiles(arr.shape[2:], k, s, p, d, ceil_mode):
+        best = pooling.max_tiles(arr, k, out_hw)
+        if best is None:
+            return None, None
+        return pooling.MaxPoolTiles.apply(x, out=best, k=k), (
+            pooling.tile_indices(arr, best, k) if return_indices else None)  # fmt: skip
+    geom = (k, s, d, _window_pads(arr.shape[2:], k, s, p, d, out_hw))
+    best = pooling.max_windows(arr, geom, out_hw)
+    if best is None:
+        return None, None
+    return pooling.MaxPoolWindows.apply(x, out=best, geom=geom), (
+        pooling.window_indices(arr, best, geom) if return_indices else None)  # fmt: skip
+
+
+def _window_pads(size, k, s, p, d, out):
+    """(top, bottom, left, right) padding of a 2-D pooling: p before, and after whatever the last (ceil_mode)
+    window needs beyond the input, as _max_pool_arrays pads."""
+    need = [(out[i] - 1) * s[i] + d[i] * (k[i] - 1) + 1 for i in range(2)]
+    return (p[0], max(need[0] - size[0] - p[0], 0), p[1], max(need[1] - size[1] - p[1], 0))
+
+
 def _tiles(size, k, s, p, d, ceil_mode):
     """True when the pooling windows tile the input without overlap: kernel == stride, no padding or dilation
     (ceil_mode only when it adds no partial window). Such pooling is a reshape and a reduction, no im2col."""
@@ -602,20 +628,16 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
             f"max_pool2d: output size is too small ({oh}x{ow}) for input of size {list(input.shape)} "
             f"and kernel_size={k}"
         )
-    arr = x._data
-    tiles = None
-    if type(arr) is np.ndarray and arr.dtype in _TILE_DTYPES and _tiles((h, w), k, s, p, d, ceil_mode):
-        tiles = pooling.max_tiles(arr, k, (oh, ow))
-    if tiles is not None:
-        out = pooling.MaxPoolTiles.apply(x, out=tiles, k=k)
-        res = (None, pooling.tile_indices(arr, tiles, k) if return_indices else None)
-    else:
+    arr, out = x._data, None
+    if type(arr) is np.ndarray and arr.dtype in _TILE_DTYPES:
+        out, indices = _max_pool_views(x, k, s, p, d, ceil_mode, (oh, ow), return_indices)
+    if out is None:  # CuPy, bfloat16, or a NaN in x (im2col's argmax rule for NaN)
         res = _max_pool_arrays(arr, k, s, p, d, (oh, ow))
-        out = ops.MaxPool2d.apply(x, res=res)
+        out, indices = ops.MaxPool2d.apply(x, res=res), res[1]
     if unbatched:
         out = out.squeeze(0)
     if return_indices:
-        idx = Tensor._make(res[1].astype(np.int64))
+        idx = Tensor._make(indices.astype(np.int64))
         return out, (idx.squeeze(0) if unbatched else idx)
     return out
 

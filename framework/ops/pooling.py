@@ -18,23 +18,106 @@ from ..autograd.grad_mode import is_grad_enabled
 from .indexing import ScatterFlat
 
 
-def max_tiles(x, k, out_hw):
-    """Max over non-overlapping kh×kw tiles of a NumPy (N, C, H, W) array (a maximum over the kh·kw strided
-    views), or None when x holds a NaN (NaN's argmax rule is left to the im2col path)."""
-    if x.dtype.kind == "f" and np.isnan(x.max()):
-        return None
-    views = _tile_views(x, k, out_hw)
+def _max_of(views):
     best = views[0].copy()  # ascontiguousarray would alias x when a view happens to be contiguous
     for v in views[1:]:
         np.maximum(best, v, out=best)
     return best
 
 
-def _first_hits(x, best, k):
-    """Per tile view t, where view t holds its tile's *first* maximum (row-major window order, np.argmax's tie
-    rule as the im2col path): yields (t, bool mask of shape (N, C, OH, OW))."""
+def _has_nan(x):
+    return x.dtype.kind == "f" and bool(np.isnan(x.max()))
+
+
+def max_tiles(x, k, out_hw):
+    """Max over non-overlapping kh×kw tiles of a NumPy (N, C, H, W) array (a maximum over the kh·kw strided
+    views), or None when x holds a NaN (NaN's argmax rule is left to the im2col path)."""
+    return None if _has_nan(x) else _max_of(_tile_views(x, k, out_hw))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Any window geometry (overlapping, padded, dilated): the same strided views of the (-inf padded) input
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _padded(x, pads):
+    """x padded with its dtype's lowest value: pads = (top, bottom, left, right); x itself when all are 0."""
+    if not any(pads):
+        return x
+    lo = -np.inf if x.dtype.kind == "f" else np.iinfo(x.dtype).min
+    return np.pad(x, ((0, 0), (0, 0), pads[:2], pads[2:]), mode="constant", constant_values=lo)
+
+
+def _window_views(a, geom, out_hw):
+    """The kh·kw strided views (..., OH, OW) of ``a``: view (ki, kj) holds element (ki, kj) of every window."""
+    (kh, kw), (sh, sw), (dh, dw), _ = geom
+    oh, ow = out_hw
+    return [a[..., i * dh : i * dh + (oh - 1) * sh + 1 : sh, j * dw : j * dw + (ow - 1) * sw + 1 : sw]
+            for i in range(kh) for j in range(kw)]  # fmt: skip
+
+
+def max_windows(x, geom, out_hw):
+    """Max pooling of a NumPy (N, C, H, W) array for ``geom = (k, stride, dilation, pads)`` (pads: top, bottom,
+    left, right, with -inf padding) as a maximum over kh·kw strided views; None when x holds a NaN."""
+    return None if _has_nan(x) else _max_of(_window_views(_padded(x, geom[3]), geom, out_hw))
+
+
+def _window_first_max(x, best, geom):
+    """(row, col) in the padded input of each window's first maximum, int64 arrays of best's shape."""
+    (kh, kw), (sh, sw), (dh, dw), _ = geom
+    oh, ow = best.shape[-2:]
+    pos = np.zeros(best.shape, dtype=np.int64)
+    for t, hit in _first_hits(_window_views(_padded(x, geom[3]), geom, (oh, ow)), best):
+        np.copyto(pos, t, where=hit)
+    rows = np.arange(oh, dtype=np.int64).reshape(oh, 1) * sh + pos // kw * dh
+    return rows, np.arange(ow, dtype=np.int64) * sw + pos % kw * dw
+
+
+def window_indices(x, best, geom):
+    """PyTorch's max_pool2d indices (flat into H·W) of each window's first maximum."""
+    rows, cols = _window_first_max(x, best, geom)
+    pads = geom[3]
+    return (rows - pads[0]) * x.shape[-1] + (cols - pads[2])
+
+
+class MaxPoolWindows(Op):
+    """Max pooling over any window geometry (forward from :func:`max_windows`, no im2col); the gradient goes to
+    each window's first maximum, found again from the saved input and output. A plain backward adds
+    ``dy * hit`` into the kh·kw strided views of a padded dx (in window order); a recorded one (create_graph)
+    scatters dy to the first maxima with ScatterFlat, as the im2col path's MaxPool2d."""
+
+    saves = (0, "out")
+
+    @staticmethod
+    def forward(ctx, x, out, geom):
+        ctx.geom = geom
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        x, best = (t._data for t in ctx.saved_tensors)
+        geom = ctx.geom
+        top, bottom, left, right = geom[3]
+        n, c, h, w = x.shape
+        hp, wp = h + top + bottom, w + left + right
+        if not is_grad_enabled():
+            gd = g._data
+            gpad = np.zeros((n, c, hp, wp), dtype=gd.dtype)
+            views = _window_views(gpad, geom, best.shape[-2:])
+            for t, hit in _first_hits(_window_views(_padded(x, geom[3]), geom, best.shape[-2:]), best):
+                views[t] += gd * hit
+            return g._wrap_const(gpad[:, :, top : top + h, left : left + w])
+        rows, cols = _window_first_max(x, best, geom)
+        flat = rows * wp + cols + np.arange(n * c, dtype=np.int64).reshape(n, c, 1, 1) * (hp * wp)
+        gpad = ScatterFlat.apply(g.reshape(-1), idx=flat.ravel(), size=n * c * hp * wp).reshape(n, c, hp, wp)
+        return gpad[:, :, top : top + h, left : left + w]
+
+
+def _first_hits(views, best):
+    """Per window view t, where view t holds its window's *first* maximum (row-major window order, np.argmax's
+    tie rule as the im2col path): yields (t, bool mask of best's shape)."""
     taken = None
-    for t, v in enumerate(_tile_views(x, k, best.shape[-2:])):
+    for t, v in enumerate(views):
         hit = v == best
         if taken is None:
             taken = hit
@@ -48,7 +131,7 @@ def tile_indices(x, best, k):
     """PyTorch's max_pool2d indices (flat into H·W) of each tile's first maximum."""
     (kh, kw), (oh, ow), w = k, best.shape[-2:], x.shape[-1]
     pos = np.zeros(best.shape, dtype=np.int64)
-    for t, hit in _first_hits(x, best, k):
+    for t, hit in _first_hits(_tile_views(x, k, (oh, ow)), best):
         np.copyto(pos, t, where=hit)
     rows = np.arange(oh, dtype=np.int64).reshape(oh, 1) * kh + pos // kw
     return rows * w + (np.arange(ow, dtype=np.int64) * kw + pos % kw)
@@ -95,10 +178,10 @@ class MaxPoolTiles(Op):
             gd = g._data
             gx = np.zeros((n, c) + tuple(hw), dtype=gd.dtype)
             views = _tile_views(gx, ctx.k, (oh, ow))
-            for t, hit in _first_hits(x, best, ctx.k):
+            for t, hit in _first_hits(_tile_views(x, ctx.k, (oh, ow)), best):
                 np.multiply(gd, hit, out=views[t])
             return g._wrap_const(gx)
-        hot = np.stack([hit for _, hit in _first_hits(x, best, ctx.k)], axis=-1)  # (N, C, OH, OW, kh·kw)
+        hot = np.stack([hit for _, hit in _first_hits(_tile_views(x, ctx.k, (oh, ow)), best)], axis=-1)
         gx = g.unsqueeze(-1) * g._wrap_const(hot.astype(g._data.dtype))
         return _untile(gx.reshape(n, c, oh, ow, kh, kw), ctx.k, hw)
 
