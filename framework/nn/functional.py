@@ -581,7 +581,7 @@ def _max_pool_views(x, k, s, p, d, ceil_mode, out_hw, return_indices):
         best = pooling.max_tiles(arr, k, out_hw)
         if best is None:
             return None, None
-        return pooling.MaxPoolTiles.apply(x, out=best, k=k), (
+        return pooling.MaxPoolTiles.apply(x, out=best, geom=k), (
             pooling.tile_indices(arr, best, k) if return_indices else None)  # fmt: skip
     geom = (k, s, d, _window_pads(arr.shape[2:], k, s, p, d, out_hw))
     best = pooling.max_windows(arr, geom, out_hw)

@@ -1,12 +1,16 @@
-"""Pooling over non-overlapping tiles (kernel == stride, no padding or dilation): strided views, no im2col.
+"""Pooling over strided views, no im2col: non-overlapping tiles (max and avg) and any max-pooling geometry.
 
-For such windows ``max_pool2d``/``avg_pool2d`` are a maximum or a sum over the kh·kw strided views
-``x[..., ki::kh, kj::kw]`` (each (N, C, OH, OW)), and the gradient writes those views of dx::
+For windows that tile the input (kernel == stride, no padding or dilation) ``max_pool2d``/``avg_pool2d`` are a
+maximum or a sum over the kh·kw strided views ``x[..., ki::kh, kj::kw]`` (each (N, C, OH, OW)), and the gradient
+writes those views of dx. Other max-pooling geometries (overlap, padding, dilation, ceil_mode) use the same idea
+on the -inf padded input, view (ki, kj) starting at (ki·dh, kj·dw) with the stride's step::
 
-    out = max_tiles(x, (2, 2), (oh, ow))                # None when x holds a NaN (im2col path then)
-    y = MaxPoolTiles.apply(xt, out=out, k=(2, 2))       # conch.nn.functional.max_pool2d does this
+    out = max_tiles(x, (2, 2), (oh, ow))                 # None when x holds a NaN (im2col path then)
+    y = MaxPoolTiles.apply(xt, out=out, geom=(2, 2))     # conch.nn.functional.max_pool2d does this
+    out = max_windows(x, (k, stride, dilation, (top, bottom, left, right)), (oh, ow))
 
-The im2col path (``ops.nn.MaxPool2d``, ``ops.nn.Im2col``) handles every other geometry.
+The im2col path (``ops.nn.MaxPool2d``, ``ops.nn.Im2col``) handles NaN inputs, CuPy arrays, bfloat16 and avg
+pooling with overlapping windows.
 """
 
 from __future__ import annotations
@@ -80,11 +84,9 @@ def window_indices(x, best, geom):
     return (rows - pads[0]) * x.shape[-1] + (cols - pads[2])
 
 
-class MaxPoolWindows(Op):
-    """Max pooling over any window geometry (forward from :func:`max_windows`, no im2col); the gradient goes to
-    each window's first maximum, found again from the saved input and output. A plain backward adds
-    ``dy * hit`` into the kh·kw strided views of a padded dx (in window order); a recorded one (create_graph)
-    scatters dy to the first maxima with ScatterFlat, as the im2col path's MaxPool2d."""
+class _SavedMax(Op):
+    """A max pooling whose output was computed before ``apply`` (``out``); x and the output are saved, and the
+    backward finds each window's first maximum again from them (no index array is kept)."""
 
     saves = (0, "out")
 
@@ -92,6 +94,13 @@ class MaxPoolWindows(Op):
     def forward(ctx, x, out, geom):
         ctx.geom = geom
         return out
+
+
+class MaxPoolWindows(_SavedMax):
+    """Max pooling over any window geometry (forward from :func:`max_windows`, no im2col; ``geom`` as there);
+    the gradient goes to each window's first maximum. A plain backward adds ``dy * hit`` into the kh·kw strided
+    views of a padded dx (in window order); a recorded one (create_graph) scatters dy to the first maxima with
+    ScatterFlat, as the im2col path's MaxPool2d."""
 
     @staticmethod
     def backward(ctx, g):
@@ -156,34 +165,26 @@ def _untile(gx, k, hw):
     return ScatterFlat.apply(gx.reshape(-1), idx=idx, size=n * c * h * w).reshape(n, c, h, w)
 
 
-class MaxPoolTiles(Op):
-    """Max over non-overlapping tiles (forward from :func:`max_tiles`); the gradient goes to each tile's
-    first maximum, found again in the backward from the saved input and output (no index array is kept).
-    Recorded backwards (create_graph) use Tensor ops, so second derivatives work; plain ones write the kh·kw
-    strided views of dx directly."""
-
-    saves = (0, "out")
-
-    @staticmethod
-    def forward(ctx, x, out, k):
-        ctx.k = k
-        return out
+class MaxPoolTiles(_SavedMax):
+    """Max over non-overlapping tiles (forward from :func:`max_tiles`; ``geom`` is the kernel size (kh, kw));
+    the gradient goes to each tile's first maximum. Recorded backwards (create_graph) use Tensor ops, so second
+    derivatives work; plain ones write the kh·kw strided views of dx directly (each element once)."""
 
     @staticmethod
     def backward(ctx, g):
         x, best = (t._data for t in ctx.saved_tensors)
         n, c, oh, ow = g.shape
-        (kh, kw), hw = ctx.k, x.shape[-2:]
+        (kh, kw), hw = ctx.geom, x.shape[-2:]
         if not is_grad_enabled():
             gd = g._data
             gx = np.zeros((n, c) + tuple(hw), dtype=gd.dtype)
-            views = _tile_views(gx, ctx.k, (oh, ow))
-            for t, hit in _first_hits(_tile_views(x, ctx.k, (oh, ow)), best):
+            views = _tile_views(gx, ctx.geom, (oh, ow))
+            for t, hit in _first_hits(_tile_views(x, ctx.geom, (oh, ow)), best):
                 np.multiply(gd, hit, out=views[t])
             return g._wrap_const(gx)
-        hot = np.stack([hit for _, hit in _first_hits(_tile_views(x, ctx.k, (oh, ow)), best)], axis=-1)
+        hot = np.stack([hit for _, hit in _first_hits(_tile_views(x, ctx.geom, (oh, ow)), best)], axis=-1)
         gx = g.unsqueeze(-1) * g._wrap_const(hot.astype(g._data.dtype))
-        return _untile(gx.reshape(n, c, oh, ow, kh, kw), ctx.k, hw)
+        return _untile(gx.reshape(n, c, oh, ow, kh, kw), ctx.geom, hw)
 
 
 class AvgPoolTiles(Op):
