@@ -240,6 +240,11 @@ _BLOCK = 65536
 _PASSES = {"leaky_relu": 3, "elu": 5, "gelu": 26, "gelu_tanh": 9, "silu": 8, "tanh": 1, "sigmoid": 6}
 
 
+def act_passes(name):
+    """Elementwise passes per element of activation ``name``'s forward or derivative (the pool's threshold)."""
+    return _PASSES.get(name, 4)
+
+
 def _blockwise(fn, z, name, param):
     """``fn(z, name, param)`` for an elementwise ``fn``, on contiguous blocks of _BLOCK elements over the pool.
 
@@ -249,8 +254,7 @@ def _blockwise(fn, z, name, param):
     (:mod:`conch.kernels._threads`); the result is the same bit for bit on any number of threads. NumPy only
     (a GPU wants one launch per pass).
     """
-    work = z.size * _PASSES.get(name, 4)
-    return elementwise(fn, z, name, param, block=_BLOCK, work=work)
+    return elementwise(fn, z, name, param, block=_BLOCK, work=z.size * act_passes(name))
 
 
 def _big_numpy(z, name):

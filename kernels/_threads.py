@@ -257,13 +257,25 @@ def parallel_for(n: int, body, *, work: int | None = None, align: int = 16) -> N
         raise task.error
 
 
+def for_blocks(n: int, block: int, fn, *, work: int | None = None) -> None:
+    """``fn(a, b)`` over consecutive ranges [a, b) of at most ``block`` elements covering ``range(n)``, the ranges
+    split between the pool's threads (each thread runs its chunk block by block, so a multi-pass ``fn`` keeps
+    its temporaries in the cache). ``work`` as in :func:`parallel_for`."""
+
+    def body(lo, hi):
+        for a in range(lo, hi, block):
+            fn(a, min(a + block, hi))
+
+    parallel_for(n, body, work=work)
+
+
 def elementwise(fn, x, *args, out_dtype=None, block: int | None = None, work: int | None = None):
     """``fn(x, *args)`` for an elementwise ``fn`` of a NumPy array, over contiguous chunks on the pool.
 
-    Returns a fresh C-contiguous array of x's shape (dtype ``out_dtype`` or that of ``fn``'s result, x's by
-    default). ``block`` splits each thread's chunk further into blocks of that many elements, so a multi-pass
-    ``fn`` keeps its temporaries in the cache; ``work`` (default x.size) weighs the pass for the size threshold
-    (elements times passes per element). Bit for bit ``fn(x, *args)`` whatever the thread count.
+    Returns a fresh C-contiguous array of x's shape (dtype ``out_dtype``, x's by default). ``block`` splits each
+    thread's chunk further into blocks of that many elements (:func:`for_blocks`); ``work`` (default x.size)
+    weighs the pass for the size threshold (elements times passes per element). Bit for bit ``fn(x, *args)``
+    whatever the thread count.
     """
     import numpy as np
 
@@ -271,13 +283,10 @@ def elementwise(fn, x, *args, out_dtype=None, block: int | None = None, work: in
     out = np.empty(xc.shape, dtype=out_dtype or xc.dtype)
     xf, of = xc.reshape(-1), out.reshape(-1)
 
-    def body(a, b):
-        step = block or (b - a)
-        for s in range(a, b, step):
-            e = min(s + step, b)
-            of[s:e] = fn(xf[s:e], *args)
+    def put(a, b):
+        of[a:b] = fn(xf[a:b], *args)
 
-    parallel_for(xf.size, body, work=work)
+    for_blocks(xf.size, block or max(xf.size, 1), put, work=work)
     return out
 
 

@@ -9,7 +9,7 @@ import triton
 import triton.language as tl
 
 from ._launch import kernel_for, targ, use_triton, xp_of
-from ._threads import parallel_for
+from ._threads import for_blocks
 
 # ----------------------------------------------------------------------------------------------
 # Triton kernels
@@ -284,13 +284,8 @@ def _chunked(update, arrays, s, passes):
         update(*arrays, s)
         return
     flat = [None if a is None else a.reshape(-1) for a in arrays]  # views: the arrays are C-contiguous
-
-    def body(lo, hi):
-        for a in range(lo, hi, _REF_BLOCK):
-            b = min(a + _REF_BLOCK, hi)
-            update(*[None if f is None else f[a:b] for f in flat], s)
-
-    parallel_for(p.size, body, work=p.size * passes)
+    for_blocks(p.size, _REF_BLOCK, lambda a, b: update(*[None if f is None else f[a:b] for f in flat], s),
+               work=p.size * passes)  # fmt: skip
 
 
 def _adam_ref_one(p, g, m, v, vm, s):
