@@ -7,10 +7,11 @@ Sections (``--only`` picks some, comma-separated; all by default):
   tokens, batch 16) and MLPs (the default ``conch train`` MLP 64-256-256-10 with exact GELU, batch 64, and a
   784-1024-1024-10 one, batch 256), each beside its PyTorch twin (same layers, same shapes, same optimizer), at
   1 and 2 threads (``conch.set_num_threads``, ``torch.set_num_threads``).
-- ``micro``: max/avg pooling 2x2 on (64, 16, 28, 28) forward+backward, exact GELU forward and backward on 2**20
-  floats, dropout (p = 0.1) on 2**20 floats (forward with a new seed per call, and forward+backward, where the
-  backward finds the forward's mask in conch's cache): conch against PyTorch and against plain NumPy (a
-  reshape-max, ``0.5 x (1 + scipy erf(x/√2))``, ``x * (rng.random(shape) >= p) / (1 - p)``).
+- ``micro``: max/avg pooling 2x2 on (64, 16, 28, 28) forward+backward (and max pooling 3x3/stride 2/padding 1,
+  against conch's own im2col path), exact GELU forward and backward on 2**20 floats, dropout (p = 0.1) on 2**20
+  floats (forward with a new seed per call, and forward+backward, where the backward finds the forward's mask in
+  conch's cache): conch against PyTorch and against plain NumPy (a reshape-max, ``0.5 x (1 + scipy
+  erf(x/√2))``, ``x * (rng.random(shape) >= p) / (1 - p)``).
 - ``busy``: wall time of the default ``conch train`` job (a subprocess) on an idle machine and with two busy-loop
   processes running throughout (spawned before, stopped after): the ratio busy/idle (target: at most 3).
 - ``sweep``: the pool's crossover: gelu forward at 2**14..2**20 elements with the pool forced off and forced on
@@ -264,6 +265,13 @@ def _micro_cases():
     xc4, xt4 = conch.tensor(x4, requires_grad=True), torch.tensor(x4, requires_grad=True)
     gc4, gt4 = conch.tensor(g4), torch.tensor(g4)
     xc1, xt1 = conch.tensor(x1), torch.tensor(x1)
+    g7 = rng.standard_normal((64, 16, 14, 14)).astype(np.float32)  # 3x3/2/1 on 28x28 also gives 14x14
+    gc7, gt7 = conch.tensor(g7), torch.tensor(g7)
+
+    def im2col_maxpool():  # conch's own im2col path (what 3x3/2/1 took before), forward and backward
+        res = F._max_pool_arrays(x4, (3, 3), (2, 2), (1, 1), (1, 1), (14, 14))
+        xc4.grad = None
+        conch.ops.MaxPool2d.apply(xc4, res=res).backward(gc7)
 
     def pool(fn, x, g):
         def run():
@@ -303,6 +311,10 @@ def _micro_cases():
         "max_pool2d 2x2 (64,16,28,28) fwd+bwd": {
             "conch": pool(F.max_pool2d, xc4, gc4), "torch": pool(torch.nn.functional.max_pool2d, xt4, gt4),
             "numpy": np_maxpool},
+        "max_pool2d 3x3/2/1 (64,16,28,28) fwd+bwd": {  # overlapping windows; the im2col path as the baseline
+            "conch": pool(lambda x, _k: F.max_pool2d(x, 3, 2, 1), xc4, gc7),
+            "torch": pool(lambda x, _k: torch.nn.functional.max_pool2d(x, 3, 2, 1), xt4, gt7),
+            "im2col": im2col_maxpool},
         "avg_pool2d 2x2 (64,16,28,28) fwd+bwd": {
             "conch": pool(F.avg_pool2d, xc4, gc4), "torch": pool(torch.nn.functional.avg_pool2d, xt4, gt4),
             "numpy": np_avgpool},
@@ -327,7 +339,7 @@ def bench_micro(args):
     for name, fns in _micro_cases().items():
         for t in args.threads:
             res = interleaved(fns, args.rounds, args.steps, setup=lambda _n, t=t: _set_threads(t))
-            for base in ("torch", "numpy"):
+            for base in (b for b in fns if b != "conch"):
                 rows.append(_ratio_row(name, t, res, base))
                 print(_fmt(rows[-1]), flush=True)
     return rows
