@@ -146,8 +146,7 @@ def _launch(args) -> int:
         cmd = launcher.command(args.nproc, "conch", ["train", *_command_line(args)], module=True)
     except RuntimeError as e:
         raise CommandError(str(e)) from e
-    env = {**os.environ, _RANK_ENV: "1", "CONCH_DEBUG": "1"}  # ranks: full tracebacks, and mpi4py's abort
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // args.nproc)))
+    env = launcher.environment(args.nproc, {**os.environ, _RANK_ENV: "1", "CONCH_DEBUG": "1"})  # full tracebacks
     sys.stdout.flush()
     return subprocess.call(cmd, env=env)
 

@@ -84,8 +84,8 @@ def ddp_gradients_equal_full_batch(rank, w):
 
 @check
 def ddp_k_steps_equal_single_process(rank, w):
-    for overlap in (True, False):
-        model, ref = replica_pair(rank, bucket_cap_mb=0.0003)
+    for overlap, as_view in ((True, False), (False, False), (True, True)):
+        model, ref = replica_pair(rank, bucket_cap_mb=0.0003, gradient_as_bucket_view=as_view)
         model.overlap = overlap
         opt = conch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
         ref_opt = conch.optim.SGD(ref.parameters(), lr=0.1, momentum=0.9)

@@ -139,7 +139,7 @@ class MPIBackend:
         if check:  # DDP's buckets skip it: every rank built the same layout, checked once at construction
             self.agree("all_reduce", f"{_describe(a)}, op {op.name}")
         mop, buf = self.mpi_op(op, a.dtype), _reduce_buffer(a)
-        divide = self.size if op.name == "AVG" else None
+        divide = self.size if op.name == "AVG" and self.size > 1 else None
         IN_PLACE = self.MPI.IN_PLACE
         return self._run(
             lambda: self.comm.Allreduce(IN_PLACE, buf, op=mop),
@@ -174,7 +174,7 @@ class MPIBackend:
         self.agree("reduce_scatter_tensor", f"{_describe(a)}, op {op.name}")
         mop, send = self.mpi_op(op, a.dtype), _reduce_buffer(a)
         recv = np.empty(output.shape, send.dtype)
-        divide = self.size if op.name == "AVG" else None
+        divide = self.size if op.name == "AVG" and self.size > 1 else None
         return self._run(
             lambda: self.comm.Reduce_scatter_block(send, recv, op=mop),
             lambda: self.comm.Ireduce_scatter_block(send, recv, op=mop),
@@ -186,7 +186,7 @@ class MPIBackend:
         self.agree("reduce", f"{_describe(a)}, op {op.name}, dst {dst}")
         mop, buf = self.mpi_op(op, a.dtype), _reduce_buffer(a)
         root = self.rank == dst
-        divide = self.size if op.name == "AVG" and root else None
+        divide = self.size if op.name == "AVG" and root and self.size > 1 else None
         send = self.MPI.IN_PLACE if root else buf
         recv = buf if root else None
         # only the destination's tensor changes (PyTorch leaves the others' contents unspecified; ours are kept)

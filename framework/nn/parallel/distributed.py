@@ -95,6 +95,7 @@ class DistributedDataParallel(Module):
             for t in [*module.parameters(), *module.buffers()]:
                 dist.broadcast(t, pg.ranks[0], group=process_group)
         self._pg = pg
+        self._solo = pg.mpi.size == 1
         self._buckets, self._where = self._make_buckets(self._params)
         self._armed = self._started = self._queued = False
         self._ready = [False] * len(self._params)
@@ -162,7 +163,7 @@ class DistributedDataParallel(Module):
         self._used[:] = 0
         self._next_bucket = 0
         for b in self._buckets:
-            b.flat, b.work, b.pending = None, None, len(b.params)
+            b.work, b.pending = None, len(b.params)
         roots = [t for t in _tensors(out) if t.requires_grad and t.grad_fn is not None]
         if self.find_unused_parameters:
             reached = {id(leaf) for leaf in engine.walk_graph(roots, with_leaves=True)[2]}
@@ -190,10 +191,13 @@ class DistributedDataParallel(Module):
                 "shared with a module outside DDP?)"
             )
         self._ready[i] = True
+        if self._solo:  # one rank: the local gradients are the average already; only the bookkeeping runs
+            self._used[i] = self._params[i].grad is not None
+            return
         b_idx, k = self._where[i]
         b = self._buckets[b_idx]
         p = self._params[i]
-        if b.flat is None:
+        if b.flat is None:  # kept across passes: a fresh buffer each step would cost its page faults each step
             b.flat = xp_of(p._data).empty(b.numel, b.dtype)
         seg = b.flat[b.offsets[k] : b.offsets[k] + p.numel()]
         if p.grad is not None:
@@ -244,6 +248,8 @@ class DistributedDataParallel(Module):
             used = Tensor._make(self._used.copy())
             dist.all_reduce(used, dist.ReduceOp.MAX, group=self.process_group)
             used = used._data
+        if self._solo:
+            return
         for b in self._buckets[: self._next_bucket]:
             b.work.wait()
             for k, i in enumerate(b.params):
@@ -251,8 +257,16 @@ class DistributedDataParallel(Module):
                 if (used[i] if used is not None else self._used[i]) == 0 and p.grad is None:
                     continue  # unused on every rank: grad stays None, as in PyTorch
                 seg = b.flat[b.offsets[k] : b.offsets[k] + p.numel()].reshape(p.shape)
-                p.grad = Tensor._make(seg)  # a view of the averaged bucket (a fresh buffer each pass)
-            b.flat = b.work = None
+                g = p.grad
+                if self.gradient_as_bucket_view:  # .grad is the bucket's memory (overwritten by the next pass)
+                    if g is None or g._data is not seg:
+                        p.grad = Tensor._make(seg)
+                elif g is not None and _own_writable(g._data, seg):
+                    g._data[...] = seg  # PyTorch copies the average back into .grad, in place
+                    g._version[0] += 1
+                else:
+                    p.grad = Tensor._make(seg.copy())
+            b.work = None
 
     @contextlib.contextmanager
     def no_sync(self):
@@ -263,6 +277,12 @@ class DistributedDataParallel(Module):
             yield
         finally:
             self.require_backward_grad_sync = old
+
+
+def _own_writable(a, seg):
+    """Whether the average can be written into gradient array ``a`` in place: writable, contiguous, and not a
+    view of a bucket (a .grad left from ``gradient_as_bucket_view``) nor of anything else."""
+    return a.flags.writeable and a.flags.c_contiguous and a.base is None and a.shape == seg.shape
 
 
 def _hook(me, i):
