@@ -6,7 +6,8 @@ carries in a ring all-reduce, comparable across rank counts; 0 at one rank, wher
 MPI backend on the CPU, NCCL on CUDA tensors.
 
 DDP: one training step (zero_grad, forward, cross-entropy, backward, AdamW step) of the MLP of
-bench_e2e_mlp.py and the GPT of bench_e2e_gpt.py, every rank on a local batch of ``--batch / N``:
+bench_e2e_mlp.py (global batch 256, 64 on CUDA) and the GPT of bench_e2e_gpt.py (its config's batch: small, 8
+sequences, on the CPU; large, 16, on CUDA), every rank on a local batch of global / N (``--batch`` sets both):
 
 * ``plain`` in the 1-rank job: the model without DDP on that local batch, the baseline (one process doing
   half the work when N = 2);
@@ -167,7 +168,7 @@ def worker(args):
     for name in args.models:
         variants = {"ddp_on": (True, True), "ddp_off": (True, False)} if w > 1 else {"plain": (False, True),
                                                                                       "ddp": (True, True)}  # fmt: skip
-        steps = {k: _model_and_step(name, args.device, args.local_batch, *v) for k, v in variants.items()}
+        steps = {k: _model_and_step(name, args.device, args.local_batch[name], *v) for k, v in variants.items()}
         times = {k: [] for k in steps}
         for _ in range(args.inner):  # interleaved, so load drift hits every variant alike
             for k, step in steps.items():
@@ -199,7 +200,7 @@ def _job(n, args, extra):
         os.remove(path)
 
 
-def rows_from(results, nproc, device, batch):
+def rows_from(results, nproc, device, batches):
     """The result rows from the jobs' JSON (``results[n]``: one dict per round for n ranks)."""
     rows = []
     backend = "nccl" if device == "cuda" else "mpi"
@@ -217,7 +218,7 @@ def rows_from(results, nproc, device, batch):
         one = [r["steps"][name] for r in results[1]]
         plain = statistics.median(s["plain"] for s in one)
         ddp1 = statistics.median(s["ddp"] for s in one)
-        local = batch // nproc
+        local = batches[name] // nproc
         rows.append(harness.ratio_row(f"ddp {name} 1 rank, batch {local}", "ms/step", ddp1, plain, False,
                                       baseline_name="no DDP", device=device, ok=True,
                                       overhead=ddp1 / plain - 1))  # fmt: skip
@@ -243,7 +244,7 @@ def main(argv=None) -> int:
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--nproc", type=int, default=2, help="ranks of the multi-rank job (on CUDA: at most the GPUs)")
     p.add_argument("--models", default="mlp,gpt", help="comma-separated: mlp, gpt")
-    p.add_argument("--batch", type=int, default=None, help="global batch (default 256 MLP on the CPU...)")
+    p.add_argument("--batch", type=int, default=None, help="global batch of every model (default: per model)")
     p.add_argument("--sizes", default=None, help="all-reduce sizes in bytes, comma-separated")
     p.add_argument("--repeats", type=int, default=10, help="all-reduces timed per size")
     p.add_argument("--seconds", type=float, default=0.5, help="timed seconds per variant and inner round")
@@ -253,7 +254,7 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="one round, MLP only, three sizes: a short smoke stage")
     p.add_argument("--json", default=None)
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
-    p.add_argument("--local-batch", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--local-batch", default=None, help=argparse.SUPPRESS)  # "mlp:128,gpt:4"
     args = p.parse_args(argv)
     args.models = [m for m in args.models.split(",") if m]
     if args.quick:
@@ -261,6 +262,7 @@ def main(argv=None) -> int:
     sizes = args.sizes or ",".join(map(str, GPU_SIZES if args.device == "cuda" else CPU_SIZES))
     args.sizes = [int(s) for s in sizes.split(",")][: 3 if args.quick else None]
     if args.worker:
+        args.local_batch = {m: int(b) for m, b in (kv.split(":") for kv in args.local_batch.split(","))}
         worker(args)
         return 0
 
@@ -274,11 +276,14 @@ def main(argv=None) -> int:
     if not conch.distributed.is_available():
         print("bench_distributed: mpi4py is missing (pip install 'conch[distributed]'); skipped", file=sys.stderr)
         return 0
-    batch = args.batch or (64 if args.device == "cuda" else 256)
-    batch -= batch % max(args.nproc, 1)
+    import bench_e2e_gpt
+
+    gpu = args.device == "cuda"
+    batches = {"mlp": 64 if gpu else 256, "gpt": bench_e2e_gpt.CONFIGS["large" if gpu else "small"]["batch"]}
+    batches = {m: max(args.nproc, (args.batch or b) - (args.batch or b) % args.nproc) for m, b in batches.items()}
     extra = ["--device", args.device, "--models", ",".join(args.models), "--sizes", ",".join(map(str, args.sizes)),
              "--repeats", str(args.repeats), "--seconds", str(args.seconds), "--inner", str(args.inner),
-             "--local-batch", str(batch // args.nproc)]  # fmt: skip
+             "--local-batch", ",".join(f"{m}:{b // args.nproc}" for m, b in batches.items())]  # fmt: skip
     counts = sorted({1, args.nproc})
     results = {n: [] for n in counts}
     env = harness.Env.detect()
@@ -287,14 +292,14 @@ def main(argv=None) -> int:
         for _ in range(args.rounds):
             for n in counts:
                 results[n].append(_job(n, args, extra))
-        rows = rows_from(results, args.nproc, args.device, batch)
+        rows = rows_from(results, args.nproc, args.device, batches)
     except (RuntimeError, subprocess.TimeoutExpired) as e:
         rows.append({"case": "distributed", "device": args.device, "ok": False, "check": "ERROR",
                      "error": str(e)[:300]})  # fmt: skip
         print(f"FAILED: {e}", file=sys.stderr)
     if args.json:
         harness.write_json(args.json, harness.make_payload("distributed", "e2e", rows, env, nproc=args.nproc,
-                                                           batch=batch))  # fmt: skip
+                                                           batches=batches))  # fmt: skip
     print(harness.format_table(rows, harness.E2E_COLUMNS))
     for r in rows:
         if r.get("target"):

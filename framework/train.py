@@ -100,6 +100,9 @@ class _Dist:
         if self.on and dev.type == "cuda":
             import conch.distributed as dist
 
+            if not dist.is_nccl_available():
+                raise CommandError("--nproc on a GPU needs NCCL (CuPy's cupy.cuda.nccl), which is not available "
+                                   "here; use --device cpu (ranks then reduce over MPI)")  # fmt: skip
             return conch.device(f"cuda:{dist.get_local_rank() % conch.cuda.device_count()}")
         return dev
 

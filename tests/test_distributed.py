@@ -272,7 +272,7 @@ def _accuracy(text):
 
 @needs_mpi
 def test_train_nproc_2_reaches_the_accuracy_of_one_process(tmp_path):
-    common = ["train", "--epochs", "10", "--quiet", "--no-plot", "--batch-size", "64"]
+    common = ["train", "--epochs", "10", "--quiet", "--no-plot", "--batch-size", "64", "--device", "cpu"]
     two = _conch([*common, "--nproc", "2", "--out", str(tmp_path / "two")], tmp_path)
     assert two.returncode == 0, two.stdout + two.stderr
     one = _conch([*common, "--out", str(tmp_path / "one")], tmp_path)
@@ -303,8 +303,8 @@ def test_train_nproc_a_crashing_rank_ends_the_job_with_its_traceback(tmp_path):
     """)
     )
     env = {**os.environ, "PYTHONPATH": str(tmp_path) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    r = _conch(["train", "--nproc", "2", "--epochs", "2", "--quiet", "--no-plot", "--out", str(tmp_path)], tmp_path,
-               env=env, timeout=120)  # fmt: skip
+    r = _conch(["train", "--nproc", "2", "--epochs", "2", "--quiet", "--no-plot", "--device", "cpu", "--out",
+                str(tmp_path)], tmp_path, env=env, timeout=120)  # fmt: skip
     assert r.returncode != 0
     assert "ZeroDivisionError: boom on rank 1" in r.stderr and "Traceback" in r.stderr, r.stderr
 

@@ -282,7 +282,8 @@ class DistributedDataParallel(Module):
 def _own_writable(a, seg):
     """Whether the average can be written into gradient array ``a`` in place: writable, contiguous, and not a
     view of a bucket (a .grad left from ``gradient_as_bucket_view``) nor of anything else."""
-    return a.flags.writeable and a.flags.c_contiguous and a.base is None and a.shape == seg.shape
+    writeable = getattr(a.flags, "writeable", True)  # CuPy's flags have no such field: device memory is
+    return writeable and a.flags.c_contiguous and a.base is None and a.shape == seg.shape
 
 
 def _hook(me, i):
