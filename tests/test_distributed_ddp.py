@@ -139,6 +139,7 @@ def test_bench_distributed_runs_and_writes_rows(tmp_path, capsys, monkeypatch):
     monkeypatch.syspath_prepend(str(HERE.parent / "benchmarks"))
     import bench_distributed
     import harness
+
     out = tmp_path / "d.json"
     argv = ["--models", "mlp", "--sizes", "4096,65536", "--repeats", "2", "--seconds", "0.02", "--inner", "1",
             "--rounds", "1", "--batch", "16", "--json", str(out)]  # fmt: skip
