@@ -371,6 +371,15 @@ def collectives_reduce_gather_scatter_all_to_all_p2p_groups(rank, w):
                 raise AssertionError("no error")
             except ValueError as e:
                 assert "must NOT be specified" in str(e)
+    # mismatched shapes or dtypes across ranks raise on every rank, naming each rank's (no hang)
+    mine = conch.zeros(2, dtype=conch.float32 if rank else conch.float64)
+    for call in (lambda: dist.reduce(conch.zeros(2 + rank), dst=0),
+                 lambda: dist.scatter(mine, [mine] * w if rank == 1 else None, src=1)):  # fmt: skip
+        try:
+            call()
+            raise AssertionError("no error")
+        except RuntimeError as e:
+            assert "rank 0:" in str(e) and "rank 1:" in str(e), e
     # an all-to-all size mismatch raises on every rank (no hang)
     try:
         dist.all_to_all([conch.zeros(1 + rank) for _ in range(w)], [conch.zeros(1) for _ in range(w)])
