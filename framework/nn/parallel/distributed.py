@@ -208,6 +208,8 @@ class DistributedDataParallel(Module):
         b.pending -= 1
         if b.pending == 0 and self.overlap:
             self._launch_ready()
+        elif self._next_bucket:
+            self._poke()
 
     def _launch_ready(self):
         """Start the all-reduce of every complete bucket from ``_next_bucket`` on, in order (MPI and NCCL match
@@ -220,8 +222,12 @@ class DistributedDataParallel(Module):
                 t, dist.ReduceOp.AVG, True, check=False
             )
             self._next_bucket += 1
-        # MPICH progresses non-blocking collectives only inside MPI calls: poke the oldest one in flight
-        for b in buckets[: self._next_bucket]:
+        self._poke()
+
+    def _poke(self):
+        """MPICH advances a non-blocking collective only inside MPI calls: test the oldest one in flight (at
+        every gradient hook, so the transfer moves along between the layers' backward)."""
+        for b in self._buckets[: self._next_bucket]:
             if b.work is not None and not b.work.is_completed():
                 break
 
