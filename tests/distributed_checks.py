@@ -349,6 +349,16 @@ def collectives_reduce_gather_scatter_all_to_all_p2p_groups(rank, w):
             raise AssertionError("no error")
         except RuntimeError as e:
             assert "20 bytes" in str(e) and "12 bytes" in str(e), e
+    # pickled objects
+    objs = [{"lr": 0.1 * (rank + 1)}, "x" * rank]
+    dist.broadcast_object_list(objs, src=1)
+    assert objs == [{"lr": 0.2}, "x"]
+    slots = [None] * w
+    dist.all_gather_object(slots, (rank, [rank] * rank))
+    assert slots == [(r, [r] * r) for r in range(w)]
+    got = [None] * w if rank == 0 else None
+    dist.gather_object(f"r{rank}", got, dst=0)
+    assert rank != 0 or got == ["r0", "r1"]
     # subgroups: the world again, and rank 1 alone
     everyone, solo = dist.new_group(), dist.new_group([1])
     t = conch.tensor([float(rank)])

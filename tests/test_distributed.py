@@ -226,6 +226,15 @@ def test_launcher_without_mpiexec_says_so(monkeypatch):
     assert cmd[:3] == ["/x/mpiexec", "-n", "2"] and cmd[-4:] == ["-m", "pkg.train", "--lr", "1"]
 
 
+def test_launcher_gives_each_rank_its_share_of_the_cores(monkeypatch):
+    from conch.distributed import run
+
+    monkeypatch.setattr(run.os, "cpu_count", lambda: 8)
+    assert run.environment(2, {})["OMP_NUM_THREADS"] == "4"
+    assert run.environment(16, {})["OMP_NUM_THREADS"] == "1"
+    assert run.environment(2, {"OMP_NUM_THREADS": "3"})["OMP_NUM_THREADS"] == "3"  # the user's choice stays
+
+
 @pytest.mark.parametrize("n,replicas,drop_last", [(10, 3, False), (10, 3, True), (2, 4, False), (7, 7, True)])
 def test_distributed_sampler_partitions_as_pytorch(n, replicas, drop_last):
     shares = [list(DistributedSampler(range(n), replicas, r, shuffle=False, drop_last=drop_last))

@@ -570,6 +570,48 @@ def irecv(tensor, src=None, group=None, tag=0, group_src=None):
     return None if pg is None else be.irecv(tensor, peer, tag)
 
 
+def _object_comm(pg):
+    """The MPI communicator that carries pickled objects (None in a world of one without mpi4py)."""
+    return getattr(pg.mpi, "comm", None) if pg.mpi.size > 1 else None
+
+
+def broadcast_object_list(object_list, src=None, group=None, device=None, group_src=None):
+    """Replace ``object_list``'s items on every rank by rank ``src``'s (picklable objects; the lists must have
+    the same length on every rank)."""
+    pg = _pg(group)
+    if pg is None:
+        return
+    root = _peer(pg, 0 if src is None and group_src is None else src, group_src, "broadcast_object_list", "src")
+    comm = _object_comm(pg)
+    if comm is not None:
+        object_list[:] = comm.bcast(list(object_list) if pg.mpi.rank == root else None, root=root)
+
+
+def all_gather_object(object_list, obj, group=None):
+    """Fill ``object_list`` (one slot per rank) with every rank's ``obj`` (picklable)."""
+    pg = _pg(group)
+    if pg is None:
+        return
+    if len(object_list) != pg.mpi.size:
+        raise ValueError(f"all_gather_object: object_list has {len(object_list)} slots for {pg.mpi.size} ranks")
+    comm = _object_comm(pg)
+    object_list[:] = comm.allgather(obj) if comm is not None else [obj]
+
+
+def gather_object(obj, object_gather_list=None, dst=None, group=None, group_dst=None):
+    """Rank ``dst`` receives every rank's ``obj`` in ``object_gather_list``; the other ranks pass None."""
+    pg = _pg(group)
+    if pg is None:
+        return
+    root = _peer(pg, 0 if dst is None and group_dst is None else dst, group_dst, "gather_object", "dst")
+    if pg.mpi.rank == root and (object_gather_list is None or len(object_gather_list) != pg.mpi.size):
+        raise ValueError(f"gather_object: the destination needs object_gather_list with {pg.mpi.size} slots")
+    comm = _object_comm(pg)
+    got = comm.gather(obj, root=root) if comm is not None else [obj]
+    if pg.mpi.rank == root:
+        object_gather_list[:] = got
+
+
 def _any_rank(flag: bool) -> bool:
     """True on every rank when ``flag`` is True on any rank of the world (one small MPI all-reduce; False
     without a process group or in a world of one). GradScaler agrees on skipping a step with it."""
