@@ -153,3 +153,11 @@ def test_bench_distributed_runs_and_writes_rows(tmp_path, capsys, monkeypatch):
     assert on["ratio"] == pytest.approx(on["baseline"] / on["conch"]) and on["target"] == "<= 1.3x"
     # without a GPU the CUDA variant says so and exits 0 (device_check.sh runs it only with one)
     assert bench_distributed.main(["--device", "cuda", "--quick"]) == 0
+
+
+def test_import_conch_loads_no_mpi_and_reaches_zero_by_attribute():
+    code = ("import sys, conch; assert 'mpi4py' not in sys.modules; "
+            "assert conch.distributed.optim.ZeroRedundancyOptimizer.__name__ == 'ZeroRedundancyOptimizer'; "
+            "assert 'mpi4py' not in sys.modules; print('OK')")  # fmt: skip
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.stdout.strip() == "OK", r.stderr

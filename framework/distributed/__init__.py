@@ -61,3 +61,12 @@ __all__ = [
     "get_group_rank", "reduce", "gather", "scatter", "all_to_all", "all_to_all_single", "isend", "irecv",
     "broadcast_object_list", "all_gather_object", "gather_object",
 ]  # fmt: skip
+
+
+def __getattr__(name):
+    # conch.distributed.optim (ZeroRedundancyOptimizer) on first use, as torch.distributed.optim is reachable
+    if name == "optim":
+        import importlib
+
+        return importlib.import_module(".optim", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
