@@ -184,7 +184,7 @@ def zero1_adamw_equals_adamw_and_resumes_on_other_world_sizes(rank, w):
     assert max(opt._sizes) - min(opt._sizes) <= max(p.numel() for p in ref.parameters())
     loss_fn = nn.MSELoss()
 
-    def train(m, o, steps, first, dist_model):
+    def train(m, o, steps, first, dist_model, sched=None):
         for step in range(first, first + steps):
             x, y = data(seed=100 + step)
             if dist_model:
@@ -192,9 +192,13 @@ def zero1_adamw_equals_adamw_and_resumes_on_other_world_sizes(rank, w):
             o.zero_grad()
             loss_fn(m(x), y).backward()
             o.step()
+            if sched is not None:
+                sched.step()
 
-    train(model, opt, 3, 0, True)
-    train(ref, ref_opt, 3, 0, False)
+    # a scheduler changes the global param_groups' lr: each rank's shard must step with it
+    train(model, opt, 3, 0, True, conch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5))
+    train(ref, ref_opt, 3, 0, False, conch.optim.lr_scheduler.StepLR(ref_opt, step_size=1, gamma=0.5))
+    assert opt.param_groups[0]["lr"] == ref_opt.param_groups[0]["lr"] == hp["lr"] / 8
     for p, q in zip(model.module.parameters(), ref.parameters()):
         assert_allclose(p.detach().numpy(), q.detach().numpy(), rtol=1e-12, atol=1e-14)
     # each rank holds the state of its shard only

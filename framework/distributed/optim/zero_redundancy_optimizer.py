@@ -111,6 +111,7 @@ class ZeroRedundancyOptimizer(Optimizer):
                     c10d.broadcast(flat, group=self._group, group_src=r)
                     if r != self._rank:
                         _unflatten(flat._data, ps)
+        self._opt_called = True  # a scheduler stepped after this one does not warn about the order
         return loss
 
     # ------------------------------------------------------------------ state dicts
