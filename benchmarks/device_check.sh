@@ -202,9 +202,9 @@ fi
 # at the same sizes, exact fp32 at 4096^3, the linear backward in bf16. Then softmax and cross-entropy at
 # 4096 rows, layer/rms norm at 8192 rows, activations and dropout on 64M elements. The fused linear cross-entropy
 # (8192 x 768 x 32000, forward + backward) comes last in that stage: it runs on whatever time the others leave.
-stage kernels_mm 85 "$LOG" "$PY" -m conch.bench matmul "${KSIZE_MM[@]}" --repeats "$REPEATS" --budget 0.2 \
+stage kernels_mm 80 "$LOG" "$PY" -m conch.bench matmul "${KSIZE_MM[@]}" --repeats "$REPEATS" --budget 0.2 \
     --json "$RES/kernels_matmul.json"
-stage kernels 45 "$LOG" "$PY" -m conch.bench activations,softmax,cross_entropy,norms,dropout,linear_cross_entropy \
+stage kernels 40 "$LOG" "$PY" -m conch.bench activations,softmax,cross_entropy,norms,dropout,linear_cross_entropy \
     "${KSIZE[@]}" --repeats "$REPEATS" --budget 0.1 --json "$RES/kernels_other.json"
 
 # ---- end-to-end and training benchmarks (every one writes harness.ratio_row rows) --------------------------
@@ -214,6 +214,11 @@ stage amp 25 "$LOG" "$PY" benchmarks/bench_amp.py "${AMP_ARGS[@]}" --json "$RES/
 stage checkpoint 20 "$LOG" "$PY" benchmarks/bench_checkpoint.py "${CKPT_ARGS[@]}" --json "$RES/checkpoint.json"
 stage overhead 10 "$LOG" "$PY" benchmarks/bench_overhead.py --ops 500 --repeats 7 --rounds 2 \
     --json "$RES/overhead.json"
+# distributed (issue 15): NCCL all-reduce bandwidth and DDP's overhead at one rank per GPU (a multi-rank job when
+# the machine has several GPUs); a real GPU only (the simulated one has no NCCL); 10 s taken from the kernel stages
+if [ "$GPU" = "1" ] && [ "$SIM" = "0" ]; then
+    stage ddp 10 "$LOG" "$PY" benchmarks/bench_distributed.py --device cuda --quick --json "$RES/distributed.json"
+fi
 # flash attention (bf16, causal, T 1024 and 4096) last: it runs on whatever time the stages above left
 stage kernels_at 20 "$LOG" "$PY" -m conch.bench attention --dtype bf16 "${KSIZE_AT[@]}" --repeats "$REPEATS" \
     --budget 0.1 --json "$RES/kernels_attention.json"

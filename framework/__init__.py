@@ -13,6 +13,14 @@ from __future__ import annotations
 
 import importlib
 
+# CPU threads (the elementwise pool and BLAS, PyTorch's names): conch.kernels._threads imports only the stdlib
+from conch.kernels._threads import (
+    get_num_interop_threads,
+    get_num_threads,
+    set_num_interop_threads,
+    set_num_threads,
+)
+
 from . import accelerator, autograd, backends, cuda
 from ._backend import device, xp_of
 from ._dtype import (

@@ -366,6 +366,15 @@ class Tensor(GraphTensor):
         self._hooks.append(fn)
         return _RemovableHandle(self._hooks, fn)
 
+    def register_post_accumulate_grad_hook(self, hook):
+        """Call ``hook(self)`` after each backward pass has accumulated all of its gradient into this leaf's
+        ``.grad`` (PyTorch's name and semantics; DDP launches a bucket's all-reduce from it)."""
+        if self.grad_fn is not None:
+            raise RuntimeError("post accumulate grad hooks cannot be registered on non-leaf tensors")
+        if not self.requires_grad:
+            raise RuntimeError("cannot register a hook on a tensor that doesn't require gradient")
+        return engine.register_post_accumulate_grad_hook(self, hook)
+
     def retain_grad(self):
         """Keep ``.grad`` for this non-leaf tensor after backward."""
         if self.grad_fn is None:

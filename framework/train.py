@@ -6,6 +6,7 @@ import json
 import math
 import os
 import signal
+import subprocess
 import sys
 import time
 
@@ -66,16 +67,103 @@ def add_parser(sub) -> None:
     p.add_argument("--block-size", type=positive_int, default=None, help="context length (gpt; default 64)")
     p.add_argument("-q", "--quiet", action="store_true",
                    help="for scripts: no progress bar, no per-epoch/step lines; only the results")  # fmt: skip
+    p.add_argument("--nproc", type=positive_int, default=1, metavar="N",
+                   help="data-parallel training on N processes (MPI ranks; DDP): --batch-size is the global "
+                   "batch, split across them; rank 0 prints and writes the checkpoint")  # fmt: skip
     p.set_defaults(fn=run)
+    _PARSER[0] = p
+
+
+# --nproc: the command relaunches itself under the MPI launcher with this variable set; each rank then trains
+_RANK_ENV = "CONCH_TRAIN_RANK_OF_JOB"
+_PARSER = [None]  # the train parser, to rebuild the command line for the ranks
+
+
+class _Dist:
+    """The data-parallel context of one run: rank 0 of 1 without --nproc, else the MPI process group's."""
+
+    def __init__(self, nproc: int):
+        self.on = nproc > 1 and os.environ.get(_RANK_ENV) == "1"
+        self.rank, self.world = 0, 1
+        if self.on:
+            import conch.distributed as dist
+
+            dist.init_process_group()
+            self.rank, self.world = dist.get_rank(), dist.get_world_size()
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def device(self, dev):
+        """One GPU per rank on a node (``cuda:local_rank``); CPU ranks share the CPU."""
+        if self.on and dev.type == "cuda":
+            import conch.distributed as dist
+
+            if not dist.is_nccl_available():
+                raise CommandError("--nproc on a GPU needs NCCL (CuPy's cupy.cuda.nccl), which is not available "
+                                   "here; use --device cpu (ranks then reduce over MPI)")  # fmt: skip
+            return conch.device(f"cuda:{dist.get_local_rank() % conch.cuda.device_count()}")
+        return dev
+
+    def wrap(self, model):
+        if not self.on:
+            return model
+        from .nn.parallel import DistributedDataParallel
+
+        return DistributedDataParallel(model)
+
+    def local_batch(self, bs: int) -> int:
+        if bs % self.world:
+            raise CommandError(f"--batch-size {bs} is the global batch and must divide by --nproc {self.world}")
+        return bs // self.world
+
+    def close(self):
+        if self.on:
+            import conch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def _command_line(args) -> list:
+    """The train flags that ``args`` holds (those that differ from the defaults), for the ranks' command."""
+    argv = []
+    for a in _PARSER[0]._actions:
+        if not a.option_strings or a.dest in ("help", "traceback"):
+            continue
+        v = getattr(args, a.dest, a.default)
+        if v == a.default or v is None:
+            continue
+        flag = a.option_strings[-1] if a.option_strings[-1].startswith("--") else a.option_strings[0]
+        argv += [flag] if v is True else [flag, str(v)]
+    return argv
+
+
+def _launch(args) -> int:
+    """Run this same ``conch train`` on ``--nproc`` MPI ranks and wait: rank 0's output is the run's, a rank
+    that fails prints its traceback and aborts the job (``python -m mpi4py``), whose exit status is then
+    non-zero."""
+    from .distributed import run as launcher
+
+    try:
+        cmd = launcher.command(args.nproc, "conch", ["train", *_command_line(args)], module=True)
+    except RuntimeError as e:
+        raise CommandError(str(e)) from e
+    env = launcher.environment(args.nproc, {**os.environ, _RANK_ENV: "1", "CONCH_DEBUG": "1"})  # full tracebacks
+    sys.stdout.flush()
+    return subprocess.call(cmd, env=env)
 
 
 class _Out:
     """Progress lines through tqdm.write, so that a line never lands on the live bar; quiet drops the chatter."""
 
-    def __init__(self, quiet: bool):
-        self.quiet = quiet
+    def __init__(self, quiet: bool, silent: bool = False):
+        self.quiet = quiet or silent
+        self.silent = silent  # a rank other than 0 of a --nproc run: prints nothing
 
     def say(self, msg: str) -> None:  # always shown: results and what resume did
+        if self.silent:
+            return
         from tqdm import tqdm
 
         tqdm.write(msg, file=sys.stdout)
@@ -119,6 +207,31 @@ class _Interrupt:
 def _interrupted(where: str, ckpt: str) -> CommandError:
     return CommandError(f"interrupted {where}; checkpoint saved to {ckpt}\nrun the same command with --resume "
                         "to continue", status=130)  # fmt: skip
+
+
+def _on_rank0(save, ddp):
+    """``save_checkpoint`` on rank 0 only (every rank holds the same weights after each step)."""
+    if not ddp.on:
+        return save
+
+    def save_on_rank0(*args, **kwargs):
+        if ddp.main:
+            save(*args, **kwargs)
+
+    return save_on_rank0
+
+
+class _NoInterrupt:
+    """--nproc: Ctrl-C reaches every rank at a different step, so it ends the job (mpiexec forwards it) rather
+    than saving a checkpoint; the last one written (each epoch, or every --save-every steps) resumes."""
+
+    hit = False
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
 
 
 def _read_checkpoint(path: str) -> dict:
@@ -254,11 +367,12 @@ def _plot(path, history, title):
     plt.close(fig)
 
 
-def _train_digits(args, dev, out):
+def _train_digits(args, dev, out, ddp=None):
     from .data import DataLoader, TensorDataset, load_digits
     from .models import CNN, MLP
     from .training_state import load_checkpoint, save_checkpoint
 
+    ddp = ddp or _Dist(1)
     _prepare_out(args.out)
     ckpt = os.path.join(args.out, f"{args.model}.ckpt")
     state = _resume_state(args, ckpt, out)
@@ -272,7 +386,13 @@ def _train_digits(args, dev, out):
     n_val = len(x) // 10  # the last tenth of the (already shuffled) training split validates
     train_set, val_set = TensorDataset(x[:-n_val], y[:-n_val]), TensorDataset(x[-n_val:], y[-n_val:])
     test_set = TensorDataset(*(t.to(dev) for t in test_set.tensors))
-    train_loader = DataLoader(train_set, batch_size=bs, shuffle=True, seed=args.seed)
+    if ddp.on:  # each rank a 1/N share of every epoch, bs/N a batch: the same global batches' count
+        from .data.distributed import DistributedSampler
+
+        sampler = DistributedSampler(train_set, shuffle=True, seed=args.seed)
+        train_loader = DataLoader(train_set, batch_size=ddp.local_batch(bs), sampler=sampler)
+    else:
+        sampler, train_loader = None, DataLoader(train_set, batch_size=bs, shuffle=True, seed=args.seed)
     val_loader = DataLoader(val_set, batch_size=512)
     test_loader = DataLoader(test_set, batch_size=512)
     model = (
@@ -286,6 +406,7 @@ def _train_digits(args, dev, out):
     lr = args.lr or 2e-3
     wd = 1e-4 if args.weight_decay is None else args.weight_decay
     opt = conch.optim.AdamW(model.parameters(), lr=lr, weight_decay=wd)
+    net, save_checkpoint = model, _on_rank0(save_checkpoint, ddp)  # checkpoints hold the bare model's weights
     sched = conch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * len(train_loader))
     prec = _Precision(cfg["amp"], dev)
 
@@ -305,6 +426,7 @@ def _train_digits(args, dev, out):
         best = max(history["val_acc"], default=-1.0)
         where = f"epoch {start_epoch}" + (f", {int(partial['batches'])} batches into the next" if partial else "")
         out.say(f"resumed from {ckpt} at {where} of {epochs}")
+    model = ddp.wrap(net)  # after loading: DDP broadcasts rank 0's weights
 
     out.log(f"training {args.model} on digits: {len(train_set)} train / {len(val_set)} val / {len(test_set)} test, "
             f"{sum(p.numel() for p in model.parameters())} parameters, device {dev}"
@@ -313,8 +435,10 @@ def _train_digits(args, dev, out):
     if start_epoch >= epochs:
         out.say(f"{ckpt} has finished its {epochs} epochs: nothing to train (evaluating it)")
     t0 = time.perf_counter()
-    with _Interrupt() as stop:
+    with _Interrupt() if not ddp.on else _NoInterrupt() as stop:
         for epoch in range(start_epoch, epochs):
+            if sampler is not None:
+                sampler.set_epoch(epoch)
             model.train()
             seen, loss_sum, batches = 0, 0.0, 0
             if partial:
@@ -340,7 +464,7 @@ def _train_digits(args, dev, out):
             if stop.hit:  # between two steps: the loader's position, the model and the optimizer agree
                 save_checkpoint(
                     ckpt,
-                    model=model,
+                    model=net,
                     optimizer=opt,
                     scheduler=sched,
                     scaler=prec.scaler,
@@ -368,7 +492,7 @@ def _train_digits(args, dev, out):
                 best, bad_epochs = val_acc, 0
             else:
                 bad_epochs += 1
-            save_checkpoint(ckpt, model=model, optimizer=opt, scheduler=sched, scaler=prec.scaler, step=epoch + 1,
+            save_checkpoint(ckpt, model=net, optimizer=opt, scheduler=sched, scaler=prec.scaler, step=epoch + 1,
                             loader=train_loader, extra={"history": history, "epochs": epochs, "settings": settings,
                                                         "bad_epochs": bad_epochs})  # fmt: skip
             if args.early_stopping and bad_epochs >= args.early_stopping:
@@ -381,7 +505,7 @@ def _train_digits(args, dev, out):
                 raise _interrupted(f"after epoch {epoch + 1} of {epochs}", ckpt)
     if start_epoch < epochs:
         out.say(f"trained in {time.perf_counter() - t0:.1f} s; checkpoint: {ckpt}")
-    if not args.no_plot and history["epoch"]:
+    if not args.no_plot and history["epoch"] and ddp.main:
         png = os.path.join(args.out, f"{args.model}_curves.png")
         try:
             _plot(png, history, f"conch {args.model} on digits")
@@ -428,10 +552,12 @@ def _default_text() -> str:
     return os.__file__  # the standard library's own source: present wherever Python is
 
 
-def _train_gpt(args, dev, out):
+def _train_gpt(args, dev, out, ddp=None):
     from .models import GPT, GPTConfig
     from .training_state import load_checkpoint, save_checkpoint
 
+    ddp = ddp or _Dist(1)
+    save_checkpoint = _on_rank0(save_checkpoint, ddp)
     _prepare_out(args.out)
     ckpt = os.path.join(args.out, "gpt.ckpt")
     state = _resume_state(args, ckpt, out)
@@ -475,25 +601,30 @@ def _train_gpt(args, dev, out):
         rng.bit_generator.state = json.loads((st.get("extra") or {})["batch_rng"])
         out.say(f"resumed from {ckpt} at step {start} of {steps}")
     settings = {**cfg, "text": os.path.abspath(path)}
+    net, model = model, ddp.wrap(model)
+    local = slice(ddp.rank, None, ddp.world) if ddp.on else slice(None)
+    if ddp.on:
+        ddp.local_batch(B)
 
     def save(step):
-        save_checkpoint(ckpt, model=model, optimizer=opt, scaler=prec.scaler, step=step,
+        save_checkpoint(ckpt, model=net, optimizer=opt, scaler=prec.scaler, step=step,
                         extra={"settings": settings, "batch_rng": json.dumps(rng.bit_generator.state)})  # fmt: skip
 
-    def batch(src):
-        ix = rng.integers(0, len(src) - T - 1, size=B)
+    def batch(src, share=local):
+        # every rank draws the same global batch (one generator state to checkpoint) and keeps its share
+        ix = rng.integers(0, len(src) - T - 1, size=B)[share]
         x = np.stack([src[i : i + T] for i in ix])
         y = np.stack([src[i + 1 : i + T + 1] for i in ix])
         return conch.tensor(x, device=dev), conch.tensor(y, device=dev)
 
-    out.log(f"training a char-level GPT ({model.num_params()} parameters, vocab {len(chars)}) on {path}, "
+    out.log(f"training a char-level GPT ({net.num_params()} parameters, vocab {len(chars)}) on {path}, "
             f"device {dev}")  # fmt: skip
     if start >= steps:
         out.say(f"{ckpt} has finished its {steps} steps: nothing to train (pass a larger --steps to continue)")
     every = args.save_every or max(1, steps // 5)
     bar = out.bar(range(start, steps), initial=start, total=steps)
     t0 = time.perf_counter()
-    with _Interrupt() as stop:
+    with _Interrupt() if not ddp.on else _NoInterrupt() as stop:
         for step in bar:
             xb, yb = batch(train_data)
             with prec.autocast():
@@ -522,22 +653,29 @@ def _train_gpt(args, dev, out):
         out.say(f"trained {steps - start} steps in {time.perf_counter() - t0:.1f} s; checkpoint: {ckpt}")
     model.eval()
     with conch.no_grad():
-        xb, yb = batch(val_data)
-        _, vloss = model(xb, yb, return_logits=False)
+        xb, yb = batch(val_data, slice(None))
+        _, vloss = net(xb, yb, return_logits=False)
     out.say(f"validation loss: {vloss.item():.4f} (uniform guess: {math.log(len(chars)):.4f})")
     first = conch.tensor([[stoi.get("\n", 0)]], device=dev)
-    sample = model.generate(first, max_new_tokens=200, temperature=0.8, top_k=20)
+    sample = net.generate(first, max_new_tokens=200, temperature=0.8, top_k=20)
     out.say("sample:\n" + "".join(chars[i] for i in sample[0].tolist()))
     return vloss.item()
 
 
 def run(args):
-    dev = _device(args.device)
-    out = _Out(args.quiet)
-    if args.model == "gpt":
-        _train_gpt(args, dev, out)
-    else:
-        _train_digits(args, dev, out)
+    nproc = getattr(args, "nproc", 1)
+    if nproc > 1 and os.environ.get(_RANK_ENV) != "1":
+        return _launch(args)
+    ddp = _Dist(nproc)
+    try:
+        dev = ddp.device(_device(args.device))
+        out = _Out(args.quiet, silent=not ddp.main)
+        if args.model == "gpt":
+            _train_gpt(args, dev, out, ddp)
+        else:
+            _train_digits(args, dev, out, ddp)
+    finally:
+        ddp.close()
     return 0
 
 

@@ -22,6 +22,7 @@ import triton.language as tl
 from ._act_names import ACT_CODES, ACTIVATIONS, act_code, act_name  # noqa: F401  (re-exported)
 from ._erf import erf as _erf
 from ._launch import xp_of
+from ._threads import elementwise
 
 #: Activations whose derivative is a function of the output y alone: their backward saves y, not z.
 FROM_OUTPUT = frozenset({"relu", "tanh", "sigmoid"})
@@ -235,23 +236,29 @@ def _gelu_tanh_inner(z, z2, xp):
 #: NumPy arrays longer than this run the multi-pass activations block by block (see :func:`_blockwise`).
 _BLOCK = 65536
 
+#: Elementwise passes per element of each activation's forward and derivative (for the pool's size threshold).
+_PASSES = {"leaky_relu": 3, "elu": 5, "gelu": 26, "gelu_tanh": 9, "silu": 8, "tanh": 1, "sigmoid": 6}
 
-def _blockwise(fn, z, *args):
-    """``fn(z, *args)`` for an elementwise ``fn``, computed on contiguous blocks of _BLOCK elements.
+
+def act_passes(name):
+    """Elementwise passes per element of activation ``name``'s forward or derivative (the pool's threshold)."""
+    return _PASSES.get(name, 4)
+
+
+def _blockwise(fn, z, name, param):
+    """``fn(z, name, param)`` for an elementwise ``fn``, on contiguous blocks of _BLOCK elements over the pool.
 
     Each block's ~10-25 passes then stay in the L2 cache and reuse the same few small temporaries, where
     whole-array temporaries of a large activation (megabytes each) go to fresh, page-faulting memory: about
-    twice as fast on the CPU for gelu at 2**19 elements. NumPy only (a GPU wants one launch per pass).
+    twice as fast on the CPU for gelu at 2**19 elements. Blocks are split between the pool's threads
+    (:mod:`conch.kernels._threads`); the result is the same bit for bit on any number of threads. NumPy only
+    (a GPU wants one launch per pass).
     """
-    out = np.empty(z.shape, dtype=z.dtype)
-    zf, of = z.reshape(-1), out.reshape(-1)
-    for s in range(0, zf.size, _BLOCK):
-        of[s : s + _BLOCK] = fn(zf[s : s + _BLOCK], *args)
-    return out
+    return elementwise(fn, z, name, param, block=_BLOCK, work=z.size * act_passes(name))
 
 
 def _big_numpy(z, name):
-    return name not in ("none", "relu") and z.size > 2 * _BLOCK and isinstance(z, np.ndarray)
+    return name not in ("none", "relu") and z.size > _BLOCK and isinstance(z, np.ndarray)
 
 
 def act_ref(z, name, param=0.01):

@@ -18,6 +18,7 @@ import numpy as np
 import triton
 import triton.language as tl
 
+from . import _act as _act_module
 from ._act import (
     FROM_OUTPUT,
     act_code,
@@ -26,10 +27,12 @@ from ._act import (
     act_grad_out_ref,
     act_grad_ref,
     act_name,
+    act_passes,
     act_ref,
     apply_act,
 )
 from ._launch import kernel_for, targ, use_triton, xp_of
+from ._threads import for_blocks
 
 # --------------------------------------------------------------------------------------------------------------
 # Triton kernels: flat over n contiguous elements, BLOCK per program.
@@ -145,16 +148,53 @@ def _compute_dtype(dtype):
     return np.float64 if np.dtype(dtype) == np.float64 else np.float32
 
 
+def _one_pass(*arrays):
+    """True for NumPy arrays larger than one block: the reference pair then runs block by block on the CPU pool,
+    every step of an element (dtype casts, f or f', dy * f') done while its block is in the cache."""
+    return all(type(a) is np.ndarray for a in arrays) and arrays[0].size > _act_block()
+
+
+def _act_block():
+    return _act_module._BLOCK  # read per call: tests shrink it
+
+
+def _flat(a):
+    return np.ascontiguousarray(a).reshape(-1)
+
+
 def _reference_forward(x, name, param):
     ct = _compute_dtype(x.dtype)
-    return act_ref(x.astype(ct, copy=False), name, param).astype(x.dtype, copy=False)
+    if name == "relu" or not _one_pass(x):
+        return act_ref(x.astype(ct, copy=False), name, param).astype(x.dtype, copy=False)
+    xf, y = _flat(x), np.empty(x.shape, dtype=x.dtype)
+    yf = y.reshape(-1)
+
+    def block(a, b):
+        yf[a:b] = act_ref(xf[a:b].astype(ct, copy=False), name, param)
+
+    for_blocks(xf.size, _act_block(), block, work=xf.size * act_passes(name))
+    return y
+
+
+def _grad_of(s, name, param):
+    return act_grad_out_ref(s, name) if name in FROM_OUTPUT else act_grad_ref(s, name, param)
 
 
 def _reference_backward(saved, dy, name, param, dtype):
     ct = _compute_dtype(dtype)
-    s = saved.astype(ct, copy=False)
-    g = act_grad_out_ref(s, name) if name in FROM_OUTPUT else act_grad_ref(s, name, param)
-    return (dy.astype(ct, copy=False) * g).astype(dtype, copy=False)  # dx = dy * f'
+    if not _one_pass(saved, dy):
+        g = _grad_of(saved.astype(ct, copy=False), name, param)
+        return (dy.astype(ct, copy=False) * g).astype(dtype, copy=False)  # dx = dy * f'
+    sf, df, dx = _flat(saved), _flat(dy), np.empty(saved.shape, dtype=dtype)
+    dxf = dx.reshape(-1)
+
+    def block(a, b):  # the same operations as above on one block: the same bits
+        g = _grad_of(sf[a:b].astype(ct, copy=False), name, param)
+        g *= df[a:b].astype(ct, copy=False)
+        dxf[a:b] = g
+
+    for_blocks(sf.size, _act_block(), block, work=sf.size * (act_passes(name) + 2))
+    return dx
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ import triton.language as tl
 from triton.language import rand as tl_rand  # bare global name: kernel_for's interpreted twin swaps it
 
 from . import autotune
+from ._causal import causal_keep
 from ._launch import kernel_for, targ, use_triton, xp_of
 from .dropout import dropout_mask
 
@@ -420,7 +421,7 @@ def _reference_forward(q, k, v, causal, scale, drop=None):
     s *= scale
     if causal:
         L, S = s.shape[-2:]
-        s = xp.where(xp.tril(xp.ones((L, S), dtype=bool)), s, -xp.inf)
+        s = xp.where(causal_keep(L, S, s), s, -xp.inf)
     m = s.max(axis=-1, keepdims=True)
     s -= m
     p = xp.exp(s, out=s)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import threading
+from collections import OrderedDict
 from typing import NamedTuple
 
 import numpy as np
@@ -10,6 +13,7 @@ import triton.language as tl
 from triton.language import rand as tl_rand  # bare global name: kernel_for's interpreted twin swaps it
 
 from ._launch import kernel_for, targ, use_triton, xp_of
+from ._threads import parallel_for
 
 # ----------------------------------------------------------------------------------------------
 # Triton kernel: one kernel for forward (X = x) and backward (X = dy), since both compute
@@ -113,6 +117,116 @@ def philox4x32(c0, c1, c2, c3, k0, k1, xp=np, rounds=10):
     return c0, c1, c2, c3
 
 
+# ----------------------------------------------------------------------------------------------
+# Fast NumPy path: the same words as philox4x32, with uint32 state and uint64 products read as two
+# uint32 halves (views, no shift or mask passes), the all-zero counter words c2 = c3 = 0 and the constant
+# high counter word folded into scalars for the first rounds, and the last round reduced to the one
+# output word tl.rand reads. Counters are independent, so blocks (cache-sized) and threads split them
+# without changing a bit.
+# ----------------------------------------------------------------------------------------------
+
+_U32, _U64 = np.dtype(np.uint32), np.dtype(np.uint64)
+_PHILOX_BLOCK = 16384  # counters per block: a block's ~6 uint32/uint64 temporaries stay in the L2 cache
+
+
+def _mulhilo(a, m):
+    """(hi, lo) 32-bit words of ``m * a`` for a uint32 array (views into one uint64 product) or a Python int."""
+    if isinstance(a, int):
+        p = a * m
+        return p >> 32, p & _M32
+    prod = np.multiply(a, np.uint64(m), dtype=_U64)
+    halves = prod.view(_U32)  # little-endian: even words are the low halves
+    if np.little_endian:
+        return halves[1::2], halves[0::2]
+    return halves[0::2], halves[1::2]  # pragma: no cover - big-endian hosts
+
+
+def _xor3(h, c, k):
+    """h ^ c ^ k for uint32 arrays or Python ints (one pass when either of h, c is a scalar)."""
+    if isinstance(h, int) and isinstance(c, int):
+        return h ^ c ^ k
+    if isinstance(c, int):
+        return np.bitwise_xor(h, np.uint32(c ^ k))
+    if isinstance(h, int):
+        return np.bitwise_xor(c, np.uint32(h ^ k))
+    out = np.bitwise_xor(h, c)
+    out ^= np.uint32(k)
+    return out
+
+
+def _philox_word0(lo, hi, seed):
+    """The first output word of Philox-4x32-10 for counters (lo, hi, 0, 0), key (lo32(seed), hi32(seed)):
+    ``lo`` a uint32 array, ``hi`` one Python int for the whole block. As :func:`philox4x32`'s first word."""
+    k0, k1 = int(seed) & _M32, int(seed) >> 32
+    c0, c1, c2, c3 = lo, hi, 0, 0
+    for r in range(10):
+        hb, lb = _mulhilo(c2, _PHILOX_ROUND_B)
+        if r == 9:
+            return _xor3(hb, c1, k0)
+        ha, la = _mulhilo(c0, _PHILOX_ROUND_A)
+        c0, c1, c2, c3 = _xor3(hb, c1, k0), lb, _xor3(ha, c3, k1), la
+        k0, k1 = (k0 + _PHILOX_KEY_A) & _M32, (k1 + _PHILOX_KEY_B) & _M32
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _blocks(n, offset, body):
+    """body(start, stop, words) over cache-sized blocks of counters offset + [start, stop) (split on the CPU
+    pool; ~120 uint32 passes per counter): ``words`` the uint32 first output words."""
+
+    def run(lo_i, hi_i):
+        for a in range(lo_i, hi_i, _PHILOX_BLOCK):
+            b = min(a + _PHILOX_BLOCK, hi_i)
+            first, last = offset + a, offset + b - 1
+            if first >> 32 == last >> 32:  # one high counter word: a scalar through the rounds
+                lo = np.arange(first & _M32, (first & _M32) + (b - a), dtype=_U32)
+                words = _philox_word0(lo, first >> 32, body.seed)
+            else:  # a block straddling 2**32: the generic uint64 form
+                ctr = np.arange(first, first + (b - a), dtype=_U64)
+                zero = np.zeros(b - a, dtype=_U64)
+                words = philox4x32(ctr & _U64.type(_M32), ctr >> _U64.type(32), zero, zero,
+                                   body.seed & _M32, body.seed >> 32)[0].astype(_U32)  # fmt: skip
+            body(a, b, words)
+
+    parallel_for(n, run, work=n * 120, align=_PHILOX_BLOCK)
+
+
+class _Body:
+    """A block callback with the seed it draws from (``_blocks`` reads ``.seed``)."""
+
+    def __init__(self, seed, fn):
+        self.seed, self.fn = int(seed), fn
+
+    def __call__(self, a, b, words):
+        self.fn(a, b, words)
+
+
+_TO_UNIFORM = np.float32(4.6566127342e-10)
+
+
+@functools.lru_cache(maxsize=64)
+def _keep_threshold(p):
+    """The least r in [0, 2**31] with float32(r) * 4.6566127342e-10 >= p in float32 (2**31: none): u >= p
+    exactly when the bit-inverted int32 word is >= it (float32 rounding is monotone)."""
+    pf = np.float32(p)
+    lo, hi = 0, 2**31
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if np.float32(mid) * _TO_UNIFORM >= pf:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+def _keep_from_words(words, t):
+    """keep_i = (u_i >= p) from the uint32 words: with r the word as int32 and r' = ~r for r < 0, r' >= t, that is
+    t <= word <= 2**32 - 1 - t, which one wrapping subtraction and one comparison decide."""
+    if t >= 2**31:
+        return np.zeros(words.shape, dtype=bool)
+    d = words - np.uint32(t)  # wraps modulo 2**32
+    return d <= np.uint32(_M32 - 2 * t)
+
+
 def philox_uniform(n, seed, offset, xp=np):
     """``tl.rand(seed, offset + arange(n))`` on the host or device: float32 uniforms in [0, 1).
 
@@ -120,6 +234,16 @@ def philox_uniform(n, seed, offset, xp=np):
     (lo32(seed), hi32(seed)); 10 rounds; the first output word is read as int32, negative
     values are bit-inverted, and the result is multiplied by 4.6566127342e-10 in float32.
     """
+    if xp is np:
+        out = np.empty(n, dtype=np.float32)
+
+        def put(a, b, words):
+            r = words.view(np.int32)
+            r = r ^ (r >> 31)  # ~r for negative r (arithmetic shift: all ones), r otherwise
+            np.multiply(r, _TO_UNIFORM, out=out[a:b], dtype=np.float32)
+
+        _blocks(n, int(offset), _Body(seed, put))
+        return out
     u64 = xp.uint64
     ctr = xp.arange(n, dtype=u64) + u64(offset)
     zero = xp.zeros(n, dtype=u64)
@@ -129,20 +253,63 @@ def philox_uniform(n, seed, offset, xp=np):
     return r.astype(xp.float32) * xp.float32(4.6566127342e-10)
 
 
+#: Recent keep-masks, bit-packed, by (seed, offset, numel, threshold): a dropout's backward (and attention's,
+#: which draws the same mask twice) finds its forward's mask here instead of running Philox again. A mask is
+#: a function of its key, so a hit is always the right mask; at most _MASK_BYTES are kept, oldest out first.
+_MASKS: OrderedDict = OrderedDict()
+_MASK_BYTES = 64 << 20
+_mask_lock = threading.Lock()
+_mask_bytes = [0]
+
+
+def _keep_np(n, seed, offset, p):
+    """The flat keep-mask (bool, n) of the NumPy path, from the cache or from Philox (then remembered)."""
+    t = _keep_threshold(float(p))
+    key = (int(seed), int(offset), int(n), t)
+    with _mask_lock:
+        bits = _MASKS.get(key)
+        if bits is not None:
+            _MASKS.move_to_end(key)
+    if bits is not None:
+        return np.unpackbits(bits, count=n).view(bool)
+    keep = np.empty(n, dtype=bool)
+
+    def put(a, b, words):
+        keep[a:b] = _keep_from_words(words, t)
+
+    _blocks(n, int(offset), _Body(seed, put))
+    bits = np.packbits(keep)
+    if bits.nbytes <= _MASK_BYTES // 4:
+        with _mask_lock:
+            if key not in _MASKS:
+                _MASKS[key] = bits
+                _mask_bytes[0] += bits.nbytes
+            while _mask_bytes[0] > _MASK_BYTES:
+                _mask_bytes[0] -= _MASKS.popitem(last=False)[1].nbytes
+    return keep
+
+
 def dropout_mask(shape, p, seed, offset=0, xp=np):
     """The boolean keep-mask of :func:`dropout_forward` for an input of ``shape``: ``u_i >= p``."""
     shape = tuple(int(s) for s in (shape if isinstance(shape, (tuple, list)) else (shape,)))
     n = int(np.prod(shape, dtype=np.int64))
     _check(p, seed, offset, n, "dropout_mask")
+    if xp is np:
+        return _keep_np(n, seed, offset, p).reshape(shape)
     return (philox_uniform(n, seed, offset, xp) >= xp.float32(p)).reshape(shape)
 
 
 def _dropout_ref(x, p, seed, offset):
     xp = xp_of(x)
-    keep = dropout_mask(x.shape, p, seed, offset, xp)
     acc = np.float64 if x.dtype == np.float64 else np.float32
-    y = xp.where(keep, x.astype(acc) * acc(_scale(p)), acc(0))
-    return y.astype(x.dtype)
+    keep = dropout_mask(x.shape, p, seed, offset, xp)
+    if xp is not np:
+        y = xp.where(keep, x.astype(acc) * acc(_scale(p)), acc(0))
+        return y.astype(x.dtype)
+    y = x.astype(acc)  # a fresh array (x is never written)
+    y *= acc(_scale(p))
+    np.copyto(y, acc(0), where=~keep)  # 0, not x * 0: a dropped inf/NaN gives 0, as the kernel's where
+    return y.astype(x.dtype, copy=False)
 
 
 # ----------------------------------------------------------------------------------------------

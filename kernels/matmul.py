@@ -38,6 +38,7 @@ from . import autotune
 from ._act import FROM_OUTPUT, act_code, act_grad, act_grad_out, act_grad_out_ref, act_grad_ref, act_name, act_ref
 from ._act import apply_act as apply_act
 from ._launch import kernel_for, targ, use_triton, xp_of
+from ._threads import blas_product
 from .activations import dz_from_saved
 
 
@@ -497,6 +498,14 @@ def _ct(dtype):
     return np.float64 if np.dtype(dtype) == np.float64 else np.float32
 
 
+def _mm(xp, x, y):
+    """``x @ y`` on the reference path; NumPy products get one BLAS thread when small (_threads.blas_product)."""
+    if xp is not np or y.ndim < 2:
+        return xp.matmul(x, y)
+    macs = max(x.size * y.shape[-1], y.size * (x.shape[-2] if x.ndim > 1 else 1))  # M·K·N times the batch
+    return blas_product(macs, np.matmul, x, y)
+
+
 def _fold_rows(a, b):
     """True when ``a @ b`` is one 2-D product over a's rows: b is a plain matrix (a linear layer's weightᵀ) and
     a has a batch, so (..., M, K) @ (K, N) is (rows, K) @ (K, N). One BLAS call instead of one per batch
@@ -509,9 +518,9 @@ def _reference_forward(a, b, bias, name, param, out_shape):
     ct = _ct(a.dtype)
     a_c, b_c = a.astype(ct, copy=False), b.astype(ct, copy=False)
     if _fold_rows(a, b):
-        z = xp.matmul(a_c.reshape(-1, a.shape[-1]), b_c)
+        z = _mm(xp, a_c.reshape(-1, a.shape[-1]), b_c)
     else:
-        z = xp.matmul(a_c, b_c)
+        z = _mm(xp, a_c, b_c)
     if bias is not None:
         z += bias.astype(ct, copy=False).reshape(-1)  # z is a fresh product: add in place
     out = act_ref(z, name, param).astype(a.dtype, copy=False)
@@ -544,23 +553,23 @@ def _reference_backward(res, dout, needs):
         K = a.shape[-1]
         dz2 = dz.reshape(-1, N)
         if needs[0]:
-            da = xp.matmul(dz2, b.astype(ct, copy=False).T).reshape(a.shape).astype(a.dtype, copy=False)
+            da = _mm(xp, dz2, b.astype(ct, copy=False).T).reshape(a.shape).astype(a.dtype, copy=False)
         if needs[1]:
             a2 = a.astype(ct, copy=False).reshape(-1, K)
             # dBᵀ = dZᵀ A keeps dB in b's own (transposed) layout; see _col_major
-            db2 = xp.matmul(dz2.T, a2).T if _col_major(b) else xp.matmul(a2.T, dz2)
+            db2 = _mm(xp, dz2.T, a2).T if _col_major(b) else _mm(xp, a2.T, dz2)
             db = db2.astype(b.dtype, copy=False)
     else:
         a2, b2 = _as2d(a, b)
         dz2 = dz.reshape(batch + (M, N))
         if needs[0]:
-            da2 = xp.matmul(dz2, xp.swapaxes(b2.astype(ct, copy=False), -1, -2))  # dA = dZ @ B^T
+            da2 = _mm(xp, dz2, xp.swapaxes(b2.astype(ct, copy=False), -1, -2))  # dA = dZ @ B^T
             da = _sum_to(da2, a2.shape).reshape(a.shape).astype(a.dtype, copy=False)
         if needs[1]:
             if _col_major(b):  # dB^T = dZ^T @ A keeps dB in b's own (transposed) layout; see _col_major
-                db2 = xp.swapaxes(xp.matmul(xp.swapaxes(dz2, -1, -2), a2.astype(ct, copy=False)), -1, -2)
+                db2 = xp.swapaxes(_mm(xp, xp.swapaxes(dz2, -1, -2), a2.astype(ct, copy=False)), -1, -2)
             else:
-                db2 = xp.matmul(xp.swapaxes(a2.astype(ct, copy=False), -1, -2), dz2)  # dB = A^T @ dZ
+                db2 = _mm(xp, xp.swapaxes(a2.astype(ct, copy=False), -1, -2), dz2)  # dB = A^T @ dZ
             db = _sum_to(db2, b2.shape).reshape(b.shape).astype(b.dtype, copy=False)
     if needs[2] and bias_shape is not None:
         dbias = dz.reshape(-1, N).sum(axis=0).reshape(bias_shape).astype(res.bias_dtype)  # sum over rows

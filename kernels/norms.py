@@ -10,6 +10,7 @@ import triton.language as tl
 from triton.language import sum as tl_sum
 
 from ._launch import interpreting, kernel_for, targ, use_triton, xp_of
+from ._threads import blas_for, parallel_for, threads_for
 
 # Triton's own @jit helpers (tl.sum, tl.zeros, tl.rand, ...) are bound to bare global names here and
 # tl.zeros is avoided (tl.full is a builtin): kernel_for's interpreted twin swaps bare-name @jit
@@ -275,11 +276,12 @@ def _acc_dtype(x):
     return np.float64 if x.dtype == np.float64 else np.float32
 
 
-def _norm_fwd_ref(x, weight, bias, eps, is_rms):
-    xp = xp_of(x)
-    D = x.shape[-1]
-    x2 = x.reshape(-1, D)
-    acc = _acc_dtype(x)
+def _norm_fwd_rows(x2, weight, bias, eps, is_rms, out_dtype):
+    """y, mean, rstd of the rows of a (rows, D) array: y in ``out_dtype``, mean (None for RMSNorm) and rstd in
+    the accumulation dtype."""
+    xp = xp_of(x2)
+    D = x2.shape[-1]
+    acc = _acc_dtype(x2)
     xf = x2.astype(acc, copy=False)
     # row means as matrix-vector products and row dot products: no (rows, D) temporaries, ~4x faster on the CPU
     if is_rms:
@@ -306,28 +308,66 @@ def _norm_fwd_ref(x, weight, bias, eps, is_rms):
         y *= weight.astype(acc, copy=False)
     if bias is not None:
         y += bias.astype(acc, copy=False)
+    return y.astype(out_dtype, copy=False), mean, rstd
+
+
+def _pooled_rows(x2, passes):
+    """True when a (rows, D) NumPy pass is large enough for the CPU pool (and then BLAS gets one thread, so the
+    pool's row-dot products never oversubscribe the cores)."""
+    if not isinstance(x2, np.ndarray) or x2.shape[0] < 2 or threads_for(x2.size * passes) <= 1:
+        return False
+    blas_for(0)
+    return True
+
+
+def _lead(a, b):
+    """(start, skip) for a chunk [a, b) of rows (``a`` a multiple of 16, parallel_for's alignment): a chunk of
+    fewer than 4 rows is computed with the 4 rows before it, whose results are skipped. BLAS's matrix-vector
+    kernels take rows in groups of 4 and round a (1, D) @ (D,) product (a dot kernel) or a remainder group
+    differently; with every chunk a multiple of 4 rows long but the last, and the last at least 5, each row
+    falls in the same kind of group as in one whole-array call (bit-identical results on any thread count)."""
+    return (a - 4, 4) if b - a < 4 and a >= 4 else (a, 0)
+
+
+def _norm_fwd_ref(x, weight, bias, eps, is_rms):
+    D = x.shape[-1]
+    x2 = x.reshape(-1, D)
+    if _pooled_rows(x2, 10):  # split between rows, never within one: the same bits on any number of threads
+        M, acc = x2.shape[0], _acc_dtype(x2)
+        y = np.empty((M, D), dtype=x.dtype)
+        mean = None if is_rms else np.empty(M, dtype=acc)
+        rstd = np.empty(M, dtype=acc)
+
+        def body(a, b):
+            lo, k = _lead(a, b)
+            yr, m, r = _norm_fwd_rows(x2[lo:b], weight, bias, eps, is_rms, x.dtype)
+            y[a:b], rstd[a:b] = yr[k:], r[k:]
+            if mean is not None:
+                mean[a:b] = m[k:]
+
+        parallel_for(M, body, work=x2.size * 10)
+    else:
+        y, mean, rstd = _norm_fwd_rows(x2, weight, bias, eps, is_rms, x.dtype)
     res = NormResiduals(x2, weight, None if bias is None else bias.dtype, mean, rstd)
-    return y.astype(x.dtype, copy=False).reshape(x.shape), res
+    return y.reshape(x.shape), res
 
 
-def _norm_bwd_ref(res, dy, is_rms):
-    x2 = res.x
+def _norm_bwd_rows(x2, dyf, mean, rstd, w, is_rms):
+    """(dx in x's dtype, p = dy * xhat) for the rows of x2, dyf (accumulation dtype), mean and rstd."""
     xp = xp_of(x2)
-    M, D = x2.shape
+    D = x2.shape[1]
     acc = _acc_dtype(x2)
-    dyf = dy.reshape(M, D).astype(acc, copy=False)
     xf = x2.astype(acc, copy=False)
-    rstd = res.rstd[:, None]
+    rstd = rstd[:, None]
     if is_rms:
         xhat = xf * rstd
     else:
-        xhat = xf - res.mean[:, None]
+        xhat = xf - mean[:, None]
         xhat *= rstd
     # LayerNorm: dx = rstd * (wdy - mean_D(wdy) - xhat * mean_D(wdy * xhat)),  wdy = dy * w
     # RMSNorm:   dx = rstd * (wdy - xhat * mean_D(wdy * xhat))
     # with p = dy * xhat: mean_D(wdy * xhat) = (p @ w) / D and mean_D(wdy) = (dy @ w) / D (row dots, no temporaries)
     p = dyf * xhat
-    w = None if res.weight is None else res.weight.astype(acc, copy=False)
     if w is None:
         wdy, c1 = dyf, p.mean(axis=1, keepdims=True)
     else:
@@ -338,10 +378,34 @@ def _norm_bwd_ref(res, dy, is_rms):
     if not is_rms:
         dx -= dyf.mean(axis=1, keepdims=True) if w is None else (dyf @ w)[:, None] / D
     dx *= rstd
+    return dx.astype(x2.dtype, copy=False), p
+
+
+def _norm_bwd_ref(res, dy, is_rms):
+    x2 = res.x
+    M, D = x2.shape
+    acc = _acc_dtype(x2)
+    dyf = dy.reshape(M, D).astype(acc, copy=False)
+    w = None if res.weight is None else res.weight.astype(acc, copy=False)
+    if _pooled_rows(x2, 12):  # dx split between rows; the column sums below stay whole (their order is fixed)
+        dx = np.empty((M, D), dtype=x2.dtype)
+        p = np.empty((M, D), dtype=acc) if w is not None else None
+
+        def body(a, b):
+            lo, k = _lead(a, b)
+            mean = None if res.mean is None else res.mean[lo:b]
+            dxr, pr = _norm_bwd_rows(x2[lo:b], dyf[lo:b], mean, res.rstd[lo:b], w, is_rms)
+            dx[a:b] = dxr[k:]
+            if p is not None:
+                p[a:b] = pr[k:]
+
+        parallel_for(M, body, work=x2.size * 12)
+    else:
+        dx, p = _norm_bwd_rows(x2, dyf, res.mean, res.rstd, w, is_rms)
     # dweight = sum_rows(dy * xhat), dbias = sum_rows(dy)
     dw = p.sum(axis=0).astype(res.weight.dtype) if res.weight is not None else None
     db = dyf.sum(axis=0).astype(res.bias_dtype) if res.has_bias else None
-    return dx.astype(x2.dtype, copy=False), dw, db
+    return dx, dw, db
 
 
 # ----------------------------------------------------------------------------------------------

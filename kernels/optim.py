@@ -9,6 +9,7 @@ import triton
 import triton.language as tl
 
 from ._launch import kernel_for, targ, use_triton, xp_of
+from ._threads import for_blocks
 
 # ----------------------------------------------------------------------------------------------
 # Triton kernels
@@ -268,6 +269,25 @@ def _sqrt(xp, a):
     return xp.sqrt(a)
 
 
+#: Elements per block of a large tensor's update: its ~15 float64 temporaries then stay in the L2 cache.
+_REF_BLOCK = 32768
+
+
+def _chunked(update, arrays, s, passes):
+    """``update(*arrays, s)`` on one tensor's C-contiguous arrays, over contiguous flat chunks on the CPU pool.
+
+    The update is elementwise, so any split gives the same bits as one call (:mod:`conch.kernels._threads`);
+    small tensors run in one call on this thread. NumPy only: CuPy arrays get one whole-array call.
+    """
+    p = arrays[0]
+    if not isinstance(p, np.ndarray) or p.size <= _REF_BLOCK:
+        update(*arrays, s)
+        return
+    flat = [None if a is None else a.reshape(-1) for a in arrays]  # views: the arrays are C-contiguous
+    for_blocks(p.size, _REF_BLOCK, lambda a, b: update(*[None if f is None else f[a:b] for f in flat], s),
+               work=p.size * passes)  # fmt: skip
+
+
 def _adam_ref_one(p, g, m, v, vm, s):
     acc = np.float64 if p.dtype == np.float64 else _f32
     pf, gf = p.astype(acc), g.astype(acc)
@@ -386,7 +406,7 @@ def adam_step(
         return
     vms = lists[4] if amsgrad else [None] * len(params)
     for p, g, m, v, vm in zip(params, grads, exp_avgs, exp_avg_sqs, vms, strict=True):
-        _adam_ref_one(p, g, m, v, vm, s)
+        _chunked(_adam_ref_one, (p, g, m, v, vm), s, passes=30)
 
 
 def _launch_adam(lists, s):
@@ -444,4 +464,4 @@ def sgd_step(
         return
     bufs = lists[2] if momentum != 0 else [None] * len(params)
     for p, g, b in zip(params, grads, bufs, strict=True):
-        _sgd_ref_one(p, g, b, s)
+        _chunked(_sgd_ref_one, (p, g, b), s, passes=12)

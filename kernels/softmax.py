@@ -10,6 +10,7 @@ import triton.language as tl
 
 from ._launch import kernel_for, targ, use_triton, xp_of
 from ._reduce import row_max, row_sum
+from ._threads import parallel_for, threads_for
 
 try:  # NumPy's bfloat16 (CuPy accepts the same dtype)
     import ml_dtypes
@@ -228,7 +229,7 @@ def _compute_dtype(dtype):
     return np.float64 if np.dtype(dtype) == np.float64 else np.float32
 
 
-def _softmax_fwd_reference(x, log):
+def _softmax_fwd_rows(x, log):
     xp = xp_of(x)
     xf = x.astype(_compute_dtype(x.dtype), copy=False)
     if xf.size == 0:
@@ -245,7 +246,7 @@ def _softmax_fwd_reference(x, log):
     return z.astype(x.dtype, copy=False)
 
 
-def _softmax_bwd_reference(y, dy, log):
+def _softmax_bwd_rows(y, dy, log):
     ct = _compute_dtype(y.dtype)
     yf, dyf = y.astype(ct, copy=False), dy.astype(ct, copy=False)
     xp = xp_of(y)
@@ -258,6 +259,32 @@ def _softmax_bwd_reference(y, dy, log):
         xp.subtract(dyf, dx.sum(axis=-1, keepdims=True), out=dx)
         dx *= yf
     return dx.astype(y.dtype, copy=False)
+
+
+_PASSES = 6  # elementwise passes per element of the forward and backward (the pool's size threshold)
+
+
+def _by_rows(fn, first, *rest, log):
+    """``fn(first, *rest, log)`` over the rows of the last dim, split between rows on the CPU pool for a large
+    NumPy array (never within a row, so the result is the same bit for bit on any number of threads)."""
+    if not isinstance(first, np.ndarray) or first.ndim < 2 or threads_for(first.size * _PASSES) <= 1:
+        return fn(first, *rest, log)
+    arrays = [_rows(a) for a in (first, *rest)]
+    out = np.empty(arrays[0].shape, dtype=first.dtype)
+
+    def body(a, b):
+        out[a:b] = fn(*(r[a:b] for r in arrays), log)
+
+    parallel_for(out.shape[0], body, work=first.size * _PASSES)
+    return out.reshape(first.shape)
+
+
+def _softmax_fwd_reference(x, log):
+    return _by_rows(_softmax_fwd_rows, x, log=log)
+
+
+def _softmax_bwd_reference(y, dy, log):
+    return _by_rows(_softmax_bwd_rows, y, dy, log=log)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -226,6 +226,15 @@ def test_launcher_without_mpiexec_says_so(monkeypatch):
     assert cmd[:3] == ["/x/mpiexec", "-n", "2"] and cmd[-4:] == ["-m", "pkg.train", "--lr", "1"]
 
 
+def test_launcher_gives_each_rank_its_share_of_the_cores(monkeypatch):
+    from conch.distributed import run
+
+    monkeypatch.setattr(run.os, "cpu_count", lambda: 8)
+    assert run.environment(2, {})["OMP_NUM_THREADS"] == "4"
+    assert run.environment(16, {})["OMP_NUM_THREADS"] == "1"
+    assert run.environment(2, {"OMP_NUM_THREADS": "3"})["OMP_NUM_THREADS"] == "3"  # the user's choice stays
+
+
 @pytest.mark.parametrize("n,replicas,drop_last", [(10, 3, False), (10, 3, True), (2, 4, False), (7, 7, True)])
 def test_distributed_sampler_partitions_as_pytorch(n, replicas, drop_last):
     shares = [list(DistributedSampler(range(n), replicas, r, shuffle=False, drop_last=drop_last))
@@ -254,3 +263,68 @@ def test_queue_callback_runs_after_every_gradient_is_accumulated():
     assert seen == [[5.0, 5.0, 5.0]]
     with pytest.raises(RuntimeError, match="during the backward pass"):
         engine.queue_callback(lambda: None)
+
+
+# ---------------------------------------------------------------- conch train --nproc
+
+
+def _conch(args, tmp_path, env=None, timeout=240):
+    cmd = [sys.executable, "-m", "conch", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=tmp_path, env=env)
+
+
+def _accuracy(text):
+    lines = [ln for ln in text.splitlines() if ln.startswith("test accuracy:")]
+    assert len(lines) == 1, text  # rank 0 alone prints
+    return float(lines[0].split(":")[1])
+
+
+@needs_mpi
+def test_train_nproc_2_reaches_the_accuracy_of_one_process(tmp_path):
+    common = ["train", "--epochs", "10", "--quiet", "--no-plot", "--batch-size", "64", "--device", "cpu"]
+    two = _conch([*common, "--nproc", "2", "--out", str(tmp_path / "two")], tmp_path)
+    assert two.returncode == 0, two.stdout + two.stderr
+    one = _conch([*common, "--out", str(tmp_path / "one")], tmp_path)
+    assert one.returncode == 0, one.stdout + one.stderr
+    acc2, acc1 = _accuracy(two.stdout), _accuracy(one.stdout)
+    assert acc2 > 0.9 and abs(acc2 - acc1) <= 0.03, (acc1, acc2)
+    # the checkpoint (written by rank 0, the bare model's keys) resumes in a single process
+    assert (tmp_path / "two" / "mlp.ckpt").exists()
+    again = _conch([*common, "--resume", "--out", str(tmp_path / "two")], tmp_path)
+    assert again.returncode == 0 and "resumed from" in again.stdout, again.stdout + again.stderr
+    assert _accuracy(again.stdout) == acc2  # evaluates the saved weights: rank 0's, equal on every rank
+
+
+@needs_mpi
+def test_train_nproc_a_crashing_rank_ends_the_job_with_its_traceback(tmp_path):
+    # rank 1 raises before its first collective; rank 0 would wait in DDP's broadcast forever without the abort
+    # (a hang ends as TimeoutExpired at the subprocess timeout, failing the test without timing it)
+    (tmp_path / "sitecustomize.py").write_text(
+        textwrap.dedent("""
+        import os
+        if os.environ.get("PMI_RANK") == "1" and os.environ.get("CONCH_TRAIN_RANK_OF_JOB") == "1":
+            import conch.train as t
+
+            def boom(*args, **kwargs):
+                raise ZeroDivisionError("boom on rank 1")
+
+            t._train_digits = boom
+    """)
+    )
+    env = {**os.environ, "PYTHONPATH": str(tmp_path) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    r = _conch(["train", "--nproc", "2", "--epochs", "2", "--quiet", "--no-plot", "--device", "cpu", "--out",
+                str(tmp_path)], tmp_path, env=env, timeout=120)  # fmt: skip
+    assert r.returncode != 0
+    assert "ZeroDivisionError: boom on rank 1" in r.stderr and "Traceback" in r.stderr, r.stderr
+
+
+def test_train_nproc_rebuilds_the_command_line_for_the_ranks():
+    from conch import train
+    from conch.__main__ import _parser
+
+    parser, _ = _parser()
+    args = parser.parse_args(["train", "--nproc", "3", "--epochs", "4", "--amp", "bf16", "--checkpointing", "-q"])
+    line = train._command_line(args)
+    assert line == ["--epochs", "4", "--amp", "bf16", "--checkpointing", "--quiet", "--nproc", "3"]
+    again = parser.parse_args(["train", *line])
+    assert vars(again) == vars(args)

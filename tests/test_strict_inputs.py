@@ -88,10 +88,38 @@ def test_atan2_gradient_zero_at_origin(device):
 # ---------------------------------------------------------------- values at kinks
 
 
-def test_clamp_gradient_inclusive_at_bounds(device):
-    # PyTorch's clamp_backward passes the gradient where min <= x <= max
-    (g,) = grads(lambda x: x.clamp(0.0, 1.0), [-1.0, 0.0, 0.5, 1.0, 2.0], device=device)
-    np.testing.assert_array_equal(g, [0, 1, 1, 1, 0])
+def test_clamp_gradient_strict_at_bounds(device):
+    # PyTorch 2.14's clamp with number bounds passes the gradient only where min < x < max: none at a bound,
+    # none for NaN, none anywhere when min > max
+    data = [-1.0, 0.0, 0.5, 1.0, 2.0, float("nan")]
+    for lo, hi, want in [(0.0, 1.0, [0, 0, 1, 0, 0, 0]), (0.0, None, [0, 0, 1, 1, 1, 0]),
+                         (None, 1.0, [1, 1, 1, 0, 0, 0]), (1.0, 0.0, [0] * 6)]:  # fmt: skip
+        (g,) = grads(lambda x, lo=lo, hi=hi: x.clamp(lo, hi), data, device=device)
+        np.testing.assert_array_equal(g, want, err_msg=f"clamp({lo}, {hi})")
+
+
+def test_clamp_tensor_bounds_gradient_table(device):
+    # Tensor bounds (PyTorch 2.14): one bound behaves as maximum/minimum (ties share, NaN feeds both sides);
+    # with both, a tie with one bound of a proper range shares dy/2, lo == a == hi gives a all of it,
+    # crossed bounds (lo > hi) send it to hi, a NaN bound stops it from reaching either bound.
+    nan = float("nan")
+    cases = [  # x, lo, hi, (dx, dlo, dhi)
+        (0.0, 0.0, 1.0, (0.5, 0.5, 0.0)), (1.0, 0.0, 1.0, (0.5, 0.0, 0.5)), (0.5, 0.0, 1.0, (1.0, 0.0, 0.0)),
+        (-1.0, 0.0, 1.0, (0.0, 1.0, 0.0)), (2.0, 0.0, 1.0, (0.0, 0.0, 1.0)), (0.0, 0.0, 0.0, (1.0, 0.0, 0.0)),
+        (-1.0, 0.0, 0.0, (0.0, 1.0, 0.0)), (0.5, 1.0, 0.0, (0.0, 0.0, 1.0)), (nan, 1.0, 0.0, (1.0, 0.0, 1.0)),
+        (nan, 0.0, 1.0, (1.0, 0.0, 0.0)), (-1.0, 0.0, nan, (0.0, 0.0, 0.0)), (0.0, 0.0, nan, (1.0, 0.0, 0.0)),
+        (-1.0, nan, 0.0, (1.0, 0.0, 0.0)), (1.0, nan, 0.0, (0.0, 0.0, 0.0)),
+    ]  # fmt: skip
+    x, lo, hi = ([c[i] for c in cases] for i in range(3))
+    gx, glo, ghi = grads(lambda a, b, c: a.clamp(b, c), x, lo, hi, device=device)
+    want = np.array([c[3] for c in cases])
+    np.testing.assert_array_equal(np.stack([gx, glo, ghi], 1), want)
+    one = [(0.0, 0.0, (0.5, 0.5)), (-1.0, 0.0, (0.0, 1.0)), (1.0, 0.0, (1.0, 0.0)), (nan, 0.0, (1.0, 1.0)),
+           (1.0, nan, (1.0, 1.0))]  # fmt: skip
+    gx, glo = grads(lambda a, b: a.clamp(min=b), [c[0] for c in one], [c[1] for c in one], device=device)
+    np.testing.assert_array_equal(np.stack([gx, glo], 1), [c[2] for c in one])
+    gx, ghi = grads(lambda a, c: a.clamp(max=c), [-c[0] for c in one], [-c[1] for c in one], device=device)
+    np.testing.assert_array_equal(np.stack([gx, ghi], 1), [c[2] for c in one])
 
 
 def test_hardtanh_relu6_gradient_zero_at_bounds(device):
@@ -107,11 +135,12 @@ def test_hardtanh_relu6_gradient_zero_at_bounds(device):
 
 
 def test_hardsigmoid_hardswish_gradients_at_kinks(device):
-    # hardsigmoid_backward: 1/6 for -3 < x < 3 only; hardswish_backward: x/3 + 1/2 for -3 <= x <= 3
-    (g,) = grads(lambda x: F.hardsigmoid(x), [-3.0, 0.0, 3.0], device=device)
-    np.testing.assert_allclose(g, [0, 1 / 6, 0], rtol=1e-6)
-    (g,) = grads(lambda x: F.hardswish(x), [-3.0, 0.0, 3.0], device=device)
-    np.testing.assert_allclose(g, [-0.5, 0.5, 1.5], rtol=1e-6)
+    # PyTorch 2.14: hardsigmoid_backward is 1/6 for -3 < x < 3 only (none for NaN); hardswish_backward is
+    # 0 for x <= -3, x/3 + 1/2 for -3 < x < 3 and 1 for x >= 3
+    (g,) = grads(lambda x: F.hardsigmoid(x), [-3.0, 0.0, 3.0, float("nan")], device=device)
+    np.testing.assert_allclose(g, [0, 1 / 6, 0, 0], rtol=1e-6)
+    (g,) = grads(lambda x: F.hardswish(x), [-3.0, -1.5, 0.0, 3.0, 4.0], device=device)
+    np.testing.assert_allclose(g, [0.0, 0.0, 0.5, 1.0, 1.0], rtol=1e-6)
 
 
 def test_prelu_gradient_at_zero(device):

@@ -239,10 +239,15 @@ class GradScaler:
         # the host synchronisation: one read per device, cached for update(); pending device-side range checks
         # (kernels._deferred: cross-entropy targets, embedding indices) travel in the same copy and raise here
         if st["found"] is None:
-            st["found"] = any(
+            found = any(
                 float(f if isinstance(f, np.ndarray) else _deferred.fetch(f)[0]) != 0.0
                 for f in st["found_inf"].values()
             )
+            # under DDP every rank must skip (or take) the step together: the flag's MAX over the process
+            # group's ranks, one small host all-reduce riding on this step's one sync (none without a group)
+            from ..distributed.c10d import _any_rank
+
+            st["found"] = _any_rank(found)
         return st["found"]
 
     def step(self, optimizer, *args, **kwargs) -> bool:

@@ -10,6 +10,8 @@ reduces a gradient over broadcast axes and casts it to its input's dtype.
 
 from __future__ import annotations
 
+import weakref
+
 from .._backend import xp_of
 from . import function as _fn
 from .grad_mode import _enabled
@@ -115,6 +117,48 @@ def queue_callback(fn):
     _callbacks.append(fn)
 
 
+_post_hooks: dict = {}  # id(leaf) -> its post-accumulate-grad hooks (Tensor.register_post_accumulate_grad_hook)
+
+
+def register_post_accumulate_grad_hook(leaf, hook):
+    """Call ``hook(leaf)`` in each backward pass once ``leaf.grad`` holds every gradient of that pass (after the
+    last accumulation into it); returns a handle with ``remove()``. Kept here, not on the tensor, so that a
+    backward without such hooks pays one dict test per pass."""
+    hooks = _post_hooks.get(id(leaf))
+    if hooks is None:
+        hooks = _post_hooks[id(leaf)] = []
+        weakref.finalize(leaf, _post_hooks.pop, id(leaf), None)  # the id may be reused once leaf is gone
+    hooks.append(hook)
+    return _fn._RemovableHandle(hooks, hook)
+
+
+def _post_counter(seen, roots):
+    """``done(leaf, g)`` for the edge loop: counts down each hooked leaf's incoming edges from the nodes of this
+    pass and runs its post-accumulate hooks at the last one, when a gradient arrived on any of them."""
+    pending, got = {}, set()
+    for n in seen:
+        for e in n.next_edges:
+            if e is not None and type(e) is not tuple and id(e) in _post_hooks:
+                pending[id(e)] = pending.get(id(e), 0) + 1
+    for r in roots:
+        if r.grad_fn is None and id(r) in _post_hooks:
+            pending[id(r)] = pending.get(id(r), 0) + 1
+
+    def done(leaf, g):
+        k = id(leaf)
+        left = pending.get(k)
+        if left is None:
+            return
+        if g is not None:
+            got.add(k)
+        pending[k] = left - 1
+        if left == 1 and k in got:
+            for hook in list(_post_hooks.get(k, ())):
+                hook(leaf)
+
+    return done
+
+
 def run_backward(roots, root_grads, retain_graph=False, create_graph=False, inputs=None, allow_unused=False):
     """Backpropagate ``root_grads`` from ``roots``.
 
@@ -156,6 +200,7 @@ def _run_backward(roots, root_grads, retain_graph, create_graph, inputs, allow_u
 
     # Count, for every node, how many edges point at it from nodes reachable from the roots.
     seen, deps, _ = walk_graph(roots)
+    post = _post_counter(seen, roots) if _post_hooks and inputs is None else None
 
     # autograd.grad: run only nodes that lead to a requested input; a requested non-leaf's own node need
     # not run (its gradient is captured before it would), nor anything behind it that leads nowhere
@@ -190,6 +235,8 @@ def _run_backward(roots, root_grads, retain_graph, create_graph, inputs, allow_u
     for r, g in zip(roots, root_grads):
         if r.grad_fn is None:
             accumulate(r, g)
+            if post is not None:
+                post(r, g)
         else:
             buf = buffers.setdefault(r.grad_fn, [None] * r.grad_fn.n_outputs)
             buf[r._output_nr] = _add(buf[r._output_nr], g)
@@ -271,8 +318,11 @@ def _run_backward(roots, root_grads, retain_graph, create_graph, inputs, allow_u
                     deps[child] = d
                     if d == 0:
                         ready.append(child)
-                elif g is not None:
-                    accumulate(e, g)
+                else:
+                    if g is not None:
+                        accumulate(e, g)
+                    if post is not None:
+                        post(e, g)
     finally:
         _enabled[0] = prev
 

@@ -73,9 +73,10 @@ class NCCLBackend:
         tensor._version[0] += 1
         return Work() if async_op else None
 
-    def all_reduce(self, tensor, op, async_op):
+    def all_reduce(self, tensor, op, async_op, check=True):
         a, dt, stream = self._args(tensor, "all_reduce")
-        self.mpi.agree("all_reduce", f"{_describe(a)}, op {op.name}")
+        if check:
+            self.mpi.agree("all_reduce", f"{_describe(a)}, op {op.name}")
         self.comm.allReduce(a.data.ptr, a.data.ptr, a.size, dt, self._op(op, a.dtype), stream)
         return self._done(tensor, async_op)
 
@@ -99,6 +100,65 @@ class NCCLBackend:
         self.comm.reduceScatter(a.data.ptr, o.data.ptr, o.size, dt, self._op(op, a.dtype), stream)
         return self._done(output, async_op)
 
+    def reduce(self, tensor, dst, op, async_op):
+        a, dt, stream = self._args(tensor, "reduce")
+        self.mpi.agree("reduce", f"{_describe(a)}, op {op.name}, dst {dst}")
+        self.comm.reduce(a.data.ptr, a.data.ptr, a.size, dt, self._op(op, a.dtype), dst, stream)
+        return self._done(tensor, async_op)
+
+    def _grouped(self, pairs):
+        """NCCL has no gather/scatter/all-to-all: grouped sends and receives ``(kind, array, peer)``."""
+        stream = self.cp.cuda.get_current_stream().ptr
+        self.nccl.groupStart()
+        try:
+            for kind, a, peer in pairs:
+                flat = a.reshape(-1).view(np.uint8)
+                getattr(self.comm, kind)(flat.data.ptr, flat.size, _NCCL_DTYPES[np.dtype(np.uint8)], peer, stream)
+        finally:
+            self.nccl.groupEnd()
+
+    def gather_into(self, out_arr, tensor, dst, async_op, finish):
+        a, _, _ = self._args(tensor, "gather")
+        self.mpi.agree("gather", f"{_describe(a)}, dst {dst}")
+        if self.rank == dst:
+            out_arr[dst] = a
+            self._grouped([("recv", out_arr[r], r) for r in range(self.size) if r != dst])
+        else:
+            self._grouped([("send", a, dst)])
+        finish()
+        return Work() if async_op else None
+
+    def scatter_from(self, tensor, in_arr, src, async_op):
+        a, _, _ = self._args(tensor, "scatter")
+        self.mpi.agree("scatter", f"{_describe(a)}, src {src}")
+        if self.rank == src:
+            a[...] = in_arr[src]
+            self._grouped([("send", self.cp.ascontiguousarray(in_arr[r]), r) for r in range(self.size) if r != src])
+        else:
+            self._grouped([("recv", a, src)])
+        return self._done(tensor, async_op)
+
+    def all_to_all(self, send_arrs, recv_arrs, async_op, finish):
+        counts = np.array([x.nbytes for x in send_arrs], np.int64)
+        peer = np.empty_like(counts)
+        self.mpi.comm.Alltoall(counts, peer)
+        if not np.array_equal(peer, [x.nbytes for x in recv_arrs]):
+            raise RuntimeError(f"all_to_all: rank {self.rank} expects {[x.nbytes for x in recv_arrs]} bytes from "
+                               f"each rank but they send {peer.tolist()}")  # fmt: skip
+        recv_arrs[self.rank][...] = send_arrs[self.rank].view(recv_arrs[self.rank].dtype)
+        pairs = [("send", send_arrs[r], r) for r in range(self.size) if r != self.rank]
+        self._grouped(pairs + [("recv", recv_arrs[r], r) for r in range(self.size) if r != self.rank])
+        finish()
+        return Work() if async_op else None
+
+    def isend(self, tensor, dst, tag):
+        self.send(tensor, dst, tag)
+        return Work()
+
+    def irecv(self, tensor, src, tag):
+        self.recv(tensor, src, tag)
+        return Work()
+
     def barrier(self, async_op):
         self.cp.cuda.get_current_stream().synchronize()
         return self.mpi.barrier(async_op)
@@ -110,6 +170,8 @@ class NCCLBackend:
 
     def recv(self, tensor, src, tag):
         a, dt, stream = self._args(tensor, "recv")
+        if src is None:
+            raise RuntimeError("recv: the nccl backend needs the sender's rank (src=None is MPI-only)")
         shape, dtype = self.mpi.comm.recv(source=src, tag=tag)  # NCCL needs the peer: src=None is not supported
         if shape != tuple(a.shape) or np.dtype(dtype) != a.dtype:
             raise RuntimeError(f"recv: rank {src} sent shape {shape}, dtype {np.dtype(dtype)} into {_describe(a)}")

@@ -21,6 +21,15 @@ def find_mpiexec():
     return shutil.which("mpiexec") or shutil.which("mpirun")
 
 
+def environment(nproc, base=None):
+    """The ranks' environment: ``base`` (default ``os.environ``) with ``OMP_NUM_THREADS`` set, unless given, to
+    the cores divided among the ``nproc`` ranks of this node, as torchrun does (N ranks each running a
+    many-threaded BLAS on the same cores mostly wait for one another)."""
+    env = dict(os.environ if base is None else base)
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // max(1, nproc))))
+    return env
+
+
 def command(nproc, target, args, module=False, mpiexec=None):
     """The ``mpiexec`` command line that runs ``target`` (a script, or a module with ``module=True``) on
     ``nproc`` ranks; each rank starts in conch.distributed._rank, which exports RANK/LOCAL_RANK/... first."""
@@ -53,7 +62,7 @@ def main(argv=None):
     except RuntimeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    return subprocess.call(cmd)
+    return subprocess.call(cmd, env=environment(ns.nproc))
 
 
 if __name__ == "__main__":

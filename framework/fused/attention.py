@@ -14,6 +14,7 @@ from .._backend import xp_of
 from ..autograd.grad_mode import _enabled
 from ..backends import _tf32
 from ..creation import philox_seed_offset
+from ..kernels._causal import causal_drop
 from ..tensor import Tensor
 from ._common import FusedOp, _recompute_grads, _res, _t
 from .softmax import softmax
@@ -22,8 +23,7 @@ from .softmax import softmax
 def _composite_attention(q, k, v, causal, scale, drop=None):
     s = (q @ k.transpose(-2, -1)) * scale
     if causal:
-        xp = xp_of(s._data)
-        s = s.masked_fill(~xp.tril(xp.ones(s.shape[-2:], dtype=bool)), -math.inf)
+        s = s.masked_fill(causal_drop(*s.shape[-2:], s._data), -math.inf)
     p = softmax(s, -1)
     if drop is not None:  # the kernels' mask: the same counters over the (..., L, S) probabilities
         keep = K.dropout.dropout_mask(p.shape, drop[0], drop[1], drop[2], xp=xp_of(p._data))

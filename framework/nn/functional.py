@@ -19,6 +19,7 @@ import numbers
 import numpy as np
 
 from conch.kernels._act_names import ACTIVATIONS
+from conch.kernels._causal import causal_keep
 
 from .. import _dtype as D
 from .. import ops
@@ -36,6 +37,7 @@ from ..fused import norms as fused_norms
 from ..fused import softmax as fused_softmax
 from ..fused._common import _mean_over
 from ..kernels import _deferred
+from ..ops import pooling
 from ..ops.nn import _as_strided
 from ..tensor import Tensor, cat, stack, where
 
@@ -571,6 +573,47 @@ def _max_pool_arrays(x, k, s, p, d, out_hw):
     return out, indices, flat.ravel(), (n, c, hp, wp), (p[0], p[1], h, w)
 
 
+def _max_pool_views(x, k, s, p, d, ceil_mode, out_hw, return_indices):
+    """max_pool2d of a NumPy (N, C, H, W) Tensor over strided views (conch.ops.pooling), no im2col: (out,
+    indices or None), or (None, None) when x holds a NaN. Tiling windows take the tile ops (no padding, no
+    overlap: the backward writes each view once); any other geometry takes MaxPoolWindows."""
+    arr = x._data
+    if _tiles(arr.shape[2:], k, s, p, d, ceil_mode):
+        best = pooling.max_tiles(arr, k, out_hw)
+        if best is None:
+            return None, None
+        return pooling.MaxPoolTiles.apply(x, out=best, geom=k), (
+            pooling.tile_indices(arr, best, k) if return_indices else None)  # fmt: skip
+    geom = (k, s, d, _window_pads(arr.shape[2:], k, s, p, d, out_hw))
+    best = pooling.max_windows(arr, geom, out_hw)
+    if best is None:
+        return None, None
+    return pooling.MaxPoolWindows.apply(x, out=best, geom=geom), (
+        pooling.window_indices(arr, best, geom) if return_indices else None)  # fmt: skip
+
+
+def _window_pads(size, k, s, p, d, out):
+    """(top, bottom, left, right) padding of a 2-D pooling: p before, and after whatever the last (ceil_mode)
+    window needs beyond the input, as _max_pool_arrays pads."""
+    need = [(out[i] - 1) * s[i] + d[i] * (k[i] - 1) + 1 for i in range(2)]
+    return (p[0], max(need[0] - size[0] - p[0], 0), p[1], max(need[1] - size[1] - p[1], 0))
+
+
+def _tiles(size, k, s, p, d, ceil_mode):
+    """True when the pooling windows tile the input without overlap: kernel == stride, no padding or dilation
+    (ceil_mode only when it adds no partial window). Such pooling is a reshape and a reduction, no im2col."""
+    return (
+        tuple(s) == tuple(k)
+        and not any(p)
+        and all(v == 1 for v in d)
+        and (not ceil_mode or all(n % kk == 0 for n, kk in zip(size, k, strict=True)))
+    )
+
+
+_TILE_DTYPES = frozenset(np.dtype(t) for t in (np.float16, np.float32, np.float64, np.int8, np.int16, np.int32,
+                                                np.int64, np.uint8))  # fmt: skip
+
+
 def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
     """Max over kh×kw windows: (N, C, H, W) -> (N, C, OH, OW); padding counts as -inf.
 
@@ -586,12 +629,16 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
             f"max_pool2d: output size is too small ({oh}x{ow}) for input of size {list(input.shape)} "
             f"and kernel_size={k}"
         )
-    res = _max_pool_arrays(x._data, k, s, p, d, (oh, ow))
-    out = ops.MaxPool2d.apply(x, res=res)
+    arr, out = x._data, None
+    if type(arr) is np.ndarray and arr.dtype in _TILE_DTYPES:
+        out, indices = _max_pool_views(x, k, s, p, d, ceil_mode, (oh, ow), return_indices)
+    if out is None:  # CuPy, bfloat16, or a NaN in x (im2col's argmax rule for NaN)
+        res = _max_pool_arrays(arr, k, s, p, d, (oh, ow))
+        out, indices = ops.MaxPool2d.apply(x, res=res), res[1]
     if unbatched:
         out = out.squeeze(0)
     if return_indices:
-        idx = Tensor._make(res[1].astype(np.int64))
+        idx = Tensor._make(indices.astype(np.int64))
         return out, (idx.squeeze(0) if unbatched else idx)
     return out
 
@@ -603,6 +650,15 @@ def _avg_pool(name, nd, input, kernel_size, stride, padding, ceil_mode, count_in
     x = input.unsqueeze(0) if unbatched else input
     n, c, *size = x.shape
     out, pads = _pool_geom(name, input, x, k, s, p, (1,) * nd, ceil_mode)
+    if _tiles(size, k, s, p, (1,) * nd, ceil_mode):  # whole tiles: no im2col, every divisor the same
+        div = float(divisor_override or math.prod(k))
+        if nd == 2 and type(x._data) is np.ndarray and x.dtype in _TILE_DTYPES and x.dtype.kind == "f":
+            res = pooling.AvgPoolTiles.apply(x, k=k, out_hw=out, div=div)
+        else:  # a reshape and a sum over the window axes
+            xs = x[(slice(None), slice(None)) + tuple(slice(0, o * kk) for o, kk in zip(out, k, strict=True))]
+            res = xs.reshape((n, c) + tuple(v for o, kk in zip(out, k, strict=True) for v in (o, kk)))
+            res = res.sum(tuple(range(3, 3 + 2 * nd, 2))) / div
+        return res.squeeze(0) if unbatched else res
     cols = ops.Im2col.apply(x.reshape((n * c, 1) + tuple(size)), geom=(k, s, (1,) * nd, pads, out))
     total = cols.sum(1).reshape((n, c) + out)
     if divisor_override:
@@ -775,7 +831,8 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
 
 
 def _causal_keep(xp, lq, lk):
-    return xp.tril(xp.ones((lq, lk), dtype=bool))
+    """The (lq, lk) causal keep-mask (j <= i) in ``xp``'s default device, cached (conch.kernels._causal)."""
+    return causal_keep(lq, lk, xp.empty(0, dtype=bool))
 
 
 def _attention(q, k, v, add_mask, keep_mask, dropout_p, scale):
@@ -1347,8 +1404,8 @@ def prelu(input, weight):
 
 
 def hardsigmoid(input, inplace=False):
-    """relu6(x + 3) / 6; no gradient at x = ±3 (PyTorch's hardsigmoid_backward is open there, hardswish's not)."""
-    return _inplace(input, ops.Clamp.apply(input + 3.0, lo=0.0, hi=6.0, open_=True) / 6.0, inplace, "hardsigmoid_")
+    """relu6(x + 3) / 6; the gradient 1/6 only where -3 < x < 3 (as PyTorch's hardsigmoid_backward: none for NaN)."""
+    return _inplace(input, ops.Clamp.apply(input + 3.0, lo=0.0, hi=6.0) / 6.0, inplace, "hardsigmoid_")
 
 
 def hardswish(input, inplace=False):

@@ -354,23 +354,37 @@ class Relu(Op):
 
 
 class Clamp(Op):
-    """min(max(a, lo), hi). The gradient passes where lo <= a <= hi (clamp: inclusive, as PyTorch's
-    clamp_backward), or where lo < a < hi with ``open_`` (hardtanh/relu6: PyTorch's hardtanh_backward zeroes
-    the gradient at both bounds)."""
+    """min(max(a, lo), hi) with Python-number bounds (either may be None).
+
+    Gradient as PyTorch 2.14: clamp passes it strictly inside the bounds, lo < a < hi (none at a bound,
+    none for NaN); with ``open_`` (hardtanh/relu6/hardsigmoid: hardtanh_backward) it is zeroed only where
+    a <= lo or a >= hi, so a NaN input passes it.
+    """
 
     @staticmethod
     def forward(ctx, a, lo, hi, open_=False):
         xp = xp_of(a)
         out = a
-        if lo is not None:
-            out = xp.maximum(out, xp.asarray(lo, dtype=a.dtype))
-        if hi is not None:
-            out = xp.minimum(out, xp.asarray(hi, dtype=a.dtype))
-        ctx.mask = out == a
+        lo_ = None if lo is None else xp.asarray(lo, dtype=a.dtype)
+        hi_ = None if hi is None else xp.asarray(hi, dtype=a.dtype)
+        if lo_ is not None:
+            out = xp.maximum(out, lo_)
+        if hi_ is not None:
+            out = xp.minimum(out, hi_)
         if open_:
-            ctx.mask = ctx.mask & (a != xp.asarray(lo, dtype=a.dtype)) & (a != xp.asarray(hi, dtype=a.dtype))
-        if lo is not None and hi is not None and lo > hi:
-            ctx.mask = xp.zeros(a.shape, dtype=bool)
+            blocked = xp.zeros(a.shape, dtype=bool)
+            if lo_ is not None:
+                blocked = blocked | (a <= lo_)
+            if hi_ is not None:
+                blocked = blocked | (a >= hi_)
+            ctx.mask = ~blocked
+        else:
+            mask = xp.ones(a.shape, dtype=bool)
+            if lo_ is not None:
+                mask = mask & (a > lo_)
+            if hi_ is not None:
+                mask = mask & (a < hi_)
+            ctx.mask = mask
         return out
 
     @staticmethod
@@ -381,8 +395,13 @@ class Clamp(Op):
 class ClampTensor(Op):
     """clamp with tensor bounds: out = min(max(a, lo), hi), broadcasting; ``has`` is "lo", "hi" or "lohi".
 
-    Gradients as PyTorch: a where lo <= a <= hi (ties go to a), lo where a < lo (and lo < hi),
-    hi where a > hi (or hi < lo, when hi wins everywhere).
+    Gradients as PyTorch 2.14. One bound: as maximum/minimum (ties share dy/2 each, a NaN on either side
+    gives both dy). Both bounds, with w = 1/2 where a meets exactly one bound of a proper range (lo < hi),
+    else 1:
+      da  = dy · w · [a is NaN, or not crossed (lo > hi) and (lo <= a or lo NaN) and (a <= hi or hi NaN)]
+      dlo = dy · ([lo <= hi and a < lo] + 1/2 [lo < hi and a == lo])
+      dhi = dy · ([lo > hi] + [lo <= hi and a > hi] + 1/2 [lo < hi and a == hi])
+    so a NaN bound passes nothing to either bound, and crossed bounds send everything to hi.
     """
 
     @staticmethod
@@ -390,22 +409,34 @@ class ClampTensor(Op):
         xp = xp_of(a)
         lo = bounds[0] if has[0:2] == "lo" else None
         hi = bounds[-1] if has.endswith("hi") else None
-        out, ctx.masks = a, []
+        out = a
         if lo is not None:
             out = xp.maximum(out, lo)
         if hi is not None:
             out = xp.minimum(out, hi)
         if lo is not None and hi is not None:
-            ctx.masks = [(a >= lo) & (a <= hi), (a < lo) & (lo < hi), (a > hi) | (hi < lo)]
-        elif lo is not None:
-            ctx.masks = [a >= lo, a < lo]
+            proper, ordered, crossed = lo < hi, lo <= hi, lo > hi
+            at_lo, at_hi = proper & (a == lo), proper & (a == hi)
+            half = 0.5 * (at_lo ^ at_hi)
+            inside = ~crossed & ((a >= lo) | xp.isnan(lo)) & ((a <= hi) | xp.isnan(hi))
+            ctx.weights = [
+                (xp.isnan(a) | inside) * (1.0 - half),
+                (ordered & (a < lo)) + 0.5 * at_lo,
+                crossed + (ordered & (a > hi)) + 0.5 * at_hi,
+            ]
         else:
-            ctx.masks = [a <= hi, a > hi]
+            b = lo if lo is not None else hi
+            beyond = (a < b) if lo is not None else (a > b)  # where the bound wins
+            tie = 0.5 * (a == b)
+            nan = xp.isnan(a) | xp.isnan(b)
+            ctx.weights = [xp.where(nan, 1.0, ~beyond - tie), xp.where(nan, 1.0, beyond + tie)]
         return out
 
     @staticmethod
     def backward(ctx, g):
-        return tuple(g.masked_fill(~m, 0) if need else None for m, need in zip(ctx.masks, ctx.needs_input_grad))
+        return tuple(
+            g * g._wrap_const(w.astype(g.dtype)) if need else None for w, need in zip(ctx.weights, ctx.needs_input_grad)
+        )
 
 
 class Maximum(Op):

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import weakref
+
+import numpy as np
 
 from ... import distributed as dist
 from ..._backend import xp_of
@@ -11,16 +14,51 @@ from ...autograd.grad_mode import is_grad_enabled, no_grad
 from ...tensor import Tensor
 from ..module import Module
 
+#: PyTorch's ``dist._DEFAULT_FIRST_BUCKET_BYTES``: the first bucket (the last layers, whose gradients come
+#: first) is small so that communication starts early in the backward pass
+FIRST_BUCKET_BYTES = 1024 * 1024
+
+_UNFINISHED = (
+    "Expected to have finished reduction in the prior iteration before starting a new one. This error indicates "
+    "that your module has parameters that were not used in producing loss. You can enable unused parameter "
+    "detection by passing the keyword argument `find_unused_parameters=True` to "
+    "`conch.nn.parallel.DistributedDataParallel`, and by making sure all `forward` function outputs participate "
+    "in calculating loss. If you already have done the above, then the distributed data parallel module wasn't "
+    "able to locate the output tensors in the return value of your module's `forward` function."
+)
+
+
+class _Bucket:
+    """Parameters whose gradients travel in one all-reduce: their indices, offsets in the flat buffer, and
+    this pass's state (the buffer, how many gradients are still to come, the work handle)."""
+
+    __slots__ = ("index", "params", "offsets", "numel", "dtype", "flat", "pending", "work")
+
+    def __init__(self, index, params, offsets, numel, dtype):
+        self.index, self.params, self.offsets, self.numel, self.dtype = index, params, offsets, numel, dtype
+        self.flat = self.work = None
+        self.pending = len(params)
+
 
 class DistributedDataParallel(Module):
     """Wrap ``module`` for data-parallel training (PyTorch's ``torch.nn.parallel.DistributedDataParallel``).
 
     At construction rank 0's parameters and buffers are broadcast to every rank, so all replicas start equal.
-    Each ``backward`` then leaves in every parameter's ``.grad`` the average over ranks of the local gradients,
-    so that ``optimizer.step()`` keeps the replicas equal. Gradients travel in buckets of about
-    ``bucket_cap_mb`` MiB (parameters in reverse order, the order backward produces them), all launched as
-    non-blocking all-reduces and then awaited. Inside ``with model.no_sync():`` gradients only accumulate
-    locally; the first backward outside it averages the accumulated sum.
+    Each ``backward`` then leaves in every parameter's ``.grad`` the average over the R ranks of the local
+    gradients, ``grad = (1/R) * sum_r grad_r``, so that ``optimizer.step()`` keeps the replicas equal.
+
+    Buckets and overlap: parameters are grouped in reverse order (the order backward produces their gradients)
+    into buckets of about ``bucket_cap_mb`` MiB (25 by default; the first one about 1 MiB), one flat buffer
+    each. When the last gradient of a bucket has been accumulated (``Tensor.register_post_accumulate_grad_hook``),
+    its all-reduce starts, non-blocking, while backward goes on computing the earlier layers' gradients;
+    buckets start in index order on every rank. A callback the engine runs when backward finishes waits for
+    them and writes the averages into ``.grad``, so the optimizer never sees a partial result.
+
+    ``no_sync()``: backward passes inside only accumulate locally; the first one outside averages the sum.
+    ``find_unused_parameters=True``: parameters the forward's outputs do not reach are found by walking the
+    graph after forward and count as zero gradients in the average; one unused on every rank keeps
+    ``grad=None``. Without it, a parameter that gets no gradient leaves its bucket unreduced, and the next
+    forward raises PyTorch's "Expected to have finished reduction in the prior iteration" RuntimeError.
 
     Example::
 
@@ -37,67 +75,204 @@ class DistributedDataParallel(Module):
         super().__init__()
         if not dist.is_initialized():
             raise ValueError(dist.c10d._NOT_INIT)
+        pg = dist.c10d._pg(process_group)
+        if pg is None:
+            raise ValueError("DistributedDataParallel: this rank is not a member of process_group")
         self.module = module
         self.process_group = process_group
         self.broadcast_buffers = broadcast_buffers
+        self.find_unused_parameters = bool(find_unused_parameters)
+        self.gradient_as_bucket_view = bool(gradient_as_bucket_view)
         self.require_backward_grad_sync = True
+        #: conch's switch for benchmarks: False starts every bucket's all-reduce only after backward
+        self.overlap = True
         self.bucket_bytes_cap = int((25 if bucket_cap_mb is None else bucket_cap_mb) * 1024 * 1024)
-        params = [p for p in module.parameters() if p.requires_grad]
+        names = {id(p): n for n, p in module.named_parameters()}
+        self._params = [p for p in module.parameters() if p.requires_grad]
+        self._names = [names.get(id(p), "?") for p in self._params]
+        pg.mpi.agree("DistributedDataParallel", ";".join(f"{tuple(p.shape)}:{p.dtype}" for p in self._params))
         with no_grad():  # every replica starts from rank 0's weights
             for t in [*module.parameters(), *module.buffers()]:
-                dist.broadcast(t, 0, group=process_group)
-        self._buckets = self._make_buckets(params)
-        self._armed = self._queued = False
-        self._grad_hooks = [p.register_hook(self._grad_hook) for p in params]
+                dist.broadcast(t, pg.ranks[0], group=process_group)
+        self._pg = pg
+        self._solo = pg.mpi.size == 1
+        self._buckets, self._where = self._make_buckets(self._params)
+        self._armed = self._started = self._queued = False
+        self._ready = [False] * len(self._params)
+        self._used = np.zeros(len(self._params), np.uint8)  # got a gradient this pass (for find_unused_parameters)
+        self._unused_expected = []  # from the graph walk after forward
+        self._next_bucket = 0
+        self._unfinished = None  # indices of parameters that got no gradient in the last pass
+        me = weakref.ref(self)  # the hooks live on the parameters: they must not keep this wrapper alive
+        self._hook_handles = [p.register_post_accumulate_grad_hook(_hook(me, i)) for i, p in enumerate(self._params)]
 
     def _make_buckets(self, params):
-        """Reverse parameter order, split when a bucket would pass the cap or change dtype or device (one
-        flat buffer each); the layout is the same on every rank, since every rank builds the same model."""
-        buckets, cur, size = [], [], 0
-        for p in reversed(params):
+        """Reverse parameter order, split when a bucket would pass its cap (1 MiB for the first, then
+        ``bucket_bytes_cap``) or change dtype or device; the layout is the same on every rank, since every rank
+        builds the same model (checked at construction)."""
+        groups, cur, size = [], [], 0
+        for i in reversed(range(len(params))):
+            p = params[i]
             nbytes = p.numel() * p._data.itemsize
-            if cur and (size + nbytes > self.bucket_bytes_cap or p.dtype != cur[0].dtype or p.device != cur[0].device):
-                buckets.append(cur)
+            cap = min(FIRST_BUCKET_BYTES, self.bucket_bytes_cap) if not groups else self.bucket_bytes_cap
+            first = params[cur[0]] if cur else None
+            if cur and (size + nbytes > cap or p.dtype != first.dtype or p.device != first.device):
+                groups.append(cur)
                 cur, size = [], 0
-            cur.append(p)
+            cur.append(i)
             size += nbytes
         if cur:
-            buckets.append(cur)
-        return buckets
+            groups.append(cur)
+        buckets, where = [], [None] * len(params)
+        for b, idx in enumerate(groups):
+            offsets, off = [], 0
+            for i in idx:
+                where[i] = (b, len(offsets))
+                offsets.append(off)
+                off += params[i].numel()
+            buckets.append(_Bucket(b, idx, offsets, off, params[idx[0]].dtype))
+        return buckets, where
 
+    # ------------------------------------------------------------------ forward
     def forward(self, *args, **kwargs):
-        if self.broadcast_buffers and is_grad_enabled() and dist.get_world_size(self.process_group) > 1:
+        if self._unfinished is not None:
+            missing, self._unfinished = self._unfinished, None
+            rank = dist.get_rank(self.process_group)
+            raise RuntimeError(
+                f"{_UNFINISHED}\nParameter indices which did not receive grad for rank {rank}: "
+                + " ".join(map(str, missing))
+                + "\nParameters which did not receive grad for rank "
+                + f"{rank}: "
+                + ", ".join(self._names[i] for i in missing)
+            )
+        if self.broadcast_buffers and is_grad_enabled() and self._pg.mpi.size > 1:
             with no_grad():  # PyTorch's default: rank 0's buffers (BatchNorm statistics) at each training forward
                 for b in self.module.buffers():
-                    dist.broadcast(b, 0, group=self.process_group)
+                    dist.broadcast(b, self._pg.ranks[0], group=self.process_group)
+        out = self.module(*args, **kwargs)
+        self._prepare(out)
+        return out
+
+    def _prepare(self, out):
+        """Reset this pass's state; with find_unused_parameters, find the parameters ``out`` does not reach."""
         self._armed = is_grad_enabled() and self.require_backward_grad_sync
-        return self.module(*args, **kwargs)
+        self._started = False
+        if not self._armed:
+            return
+        self._ready = [False] * len(self._params)
+        self._used[:] = 0
+        self._next_bucket = 0
+        for b in self._buckets:
+            b.work, b.pending = None, len(b.params)
+        roots = [t for t in _tensors(out) if t.requires_grad and t.grad_fn is not None]
+        if self.find_unused_parameters:
+            reached = {id(leaf) for leaf in engine.walk_graph(roots, with_leaves=True)[2]}
+            self._unused_expected = [i for i, p in enumerate(self._params) if id(p) not in reached]
+        me = weakref.ref(self)
+        for t in roots:  # the pass's start, even when no parameter's hook fires (all unused on this rank)
+            t.register_hook(lambda g, me=me: _start(me))
 
-    def _grad_hook(self, g):
-        # a leaf hook sees a gradient before it reaches .grad; the reduction waits for the end of the pass
-        if self._armed and not self._queued:
+    # ------------------------------------------------------------------ backward
+    def _start_pass(self):
+        if self._started:
+            return
+        self._started = True
+        if not self._queued:
             self._queued = True
-            engine.queue_callback(self._reduce_gradients)
-        return None
+            engine.queue_callback(self._finalize)
+        for i in self._unused_expected if self.find_unused_parameters else ():
+            self._mark_ready(i)
 
-    def _reduce_gradients(self):
-        self._queued = self._armed = False
-        pending = []
-        for bucket in self._buckets:
-            first = bucket[0]._data
-            xp = xp_of(first)
-            # a parameter this rank did not use contributes zeros (every rank must send the same bucket)
-            flat = xp.concatenate([(p.grad._data if p.grad is not None else xp.zeros(p.shape, p.dtype)).reshape(-1)
-                                   for p in bucket])  # fmt: skip
-            ft = Tensor._make(flat)
-            pending.append((bucket, ft, dist.all_reduce(ft, dist.ReduceOp.AVG, self.process_group, async_op=True)))
-        for bucket, ft, work in pending:
-            work.wait()
-            off = 0
-            for p in bucket:
-                n = p.numel()
-                p.grad = Tensor._make(ft._data[off : off + n].reshape(p.shape))  # views of the averaged bucket
-                off += n
+    def _mark_ready(self, i):
+        if self._ready[i]:
+            raise RuntimeError(
+                f"Expected to mark a variable ready only once. Parameter {i} ({self._names[i]}) got a gradient "
+                "twice in one backward pass under DistributedDataParallel (a reentrant backward, or a parameter "
+                "shared with a module outside DDP?)"
+            )
+        self._ready[i] = True
+        if self._solo:  # one rank: the local gradients are the average already; only the bookkeeping runs
+            self._used[i] = self._params[i].grad is not None
+            return
+        b_idx, k = self._where[i]
+        b = self._buckets[b_idx]
+        p = self._params[i]
+        if b.flat is None:  # kept across passes: a fresh buffer each step would cost its page faults each step
+            b.flat = xp_of(p._data).empty(b.numel, b.dtype)
+        seg = b.flat[b.offsets[k] : b.offsets[k] + p.numel()]
+        if p.grad is not None:
+            seg[...] = p.grad._data.reshape(-1)
+            self._used[i] = 1
+        else:  # unused here: zeros in the average (find_unused_parameters)
+            seg.fill(0)
+        b.pending -= 1
+        if b.pending == 0 and self.overlap:
+            self._launch_ready()
+        elif self._next_bucket:
+            self._poke()
+
+    def _launch_ready(self):
+        """Start the all-reduce of every complete bucket from ``_next_bucket`` on, in order (MPI and NCCL match
+        collectives by issue order, so every rank must start them in the same one)."""
+        buckets = self._buckets
+        while self._next_bucket < len(buckets) and buckets[self._next_bucket].pending == 0:
+            b = buckets[self._next_bucket]
+            t = Tensor._make(b.flat)
+            b.work = self._pg.for_tensor(t, "DistributedDataParallel").all_reduce(
+                t, dist.ReduceOp.AVG, True, check=False
+            )
+            self._next_bucket += 1
+        self._poke()
+
+    def _poke(self):
+        """MPICH advances a non-blocking collective only inside MPI calls: test the oldest one in flight (at
+        every gradient hook, so the transfer moves along between the layers' backward)."""
+        for b in self._buckets[: self._next_bucket]:
+            if b.work is not None and not b.work.is_completed():
+                break
+
+    def _finalize(self):
+        """Run by the engine when backward has finished: every .grad is final. Reduce what is left, wait, and
+        write the averages into .grad."""
+        self._queued = False
+        if not self._armed:
+            return
+        self._armed = False
+        missing = []
+        for i, p in enumerate(self._params):
+            if not self._ready[i]:
+                # a gradient accumulated without the hook (a leaf inside a checkpointed closure) still counts
+                if p.grad is not None or self.find_unused_parameters:
+                    self._mark_ready(i)
+                else:
+                    missing.append(i)
+        self._launch_ready()
+        if missing:  # PyTorch's behaviour: the incomplete buckets stay unreduced and the next forward raises
+            self._unfinished = missing
+        used = None
+        if self.find_unused_parameters and self._pg.mpi.size > 1:
+            used = Tensor._make(self._used.copy())
+            dist.all_reduce(used, dist.ReduceOp.MAX, group=self.process_group)
+            used = used._data
+        if self._solo:
+            return
+        for b in self._buckets[: self._next_bucket]:
+            b.work.wait()
+            for k, i in enumerate(b.params):
+                p = self._params[i]
+                if (used[i] if used is not None else self._used[i]) == 0 and p.grad is None:
+                    continue  # unused on every rank: grad stays None, as in PyTorch
+                seg = b.flat[b.offsets[k] : b.offsets[k] + p.numel()].reshape(p.shape)
+                g = p.grad
+                if self.gradient_as_bucket_view:  # .grad is the bucket's memory (overwritten by the next pass)
+                    if g is None or g._data is not seg:
+                        p.grad = Tensor._make(seg)
+                elif g is not None and _own_writable(g._data, seg):
+                    g._data[...] = seg  # PyTorch copies the average back into .grad, in place
+                    g._version[0] += 1
+                else:
+                    p.grad = Tensor._make(seg.copy())
+            b.work = None
 
     @contextlib.contextmanager
     def no_sync(self):
@@ -108,3 +283,38 @@ class DistributedDataParallel(Module):
             yield
         finally:
             self.require_backward_grad_sync = old
+
+
+def _own_writable(a, seg):
+    """Whether the average can be written into gradient array ``a`` in place: writable, contiguous, and not a
+    view of a bucket (a .grad left from ``gradient_as_bucket_view``) nor of anything else."""
+    writeable = getattr(a.flags, "writeable", True)  # CuPy's flags have no such field: device memory is
+    return writeable and a.flags.c_contiguous and a.base is None and a.shape == seg.shape
+
+
+def _hook(me, i):
+    def hook(param):
+        ddp = me()
+        if ddp is not None and ddp._armed:
+            ddp._start_pass()
+            ddp._mark_ready(i)
+
+    return hook
+
+
+def _start(me):
+    ddp = me()
+    if ddp is not None and ddp._armed:
+        ddp._start_pass()
+
+
+def _tensors(obj):
+    """The tensors in a forward's output (a tensor, or lists, tuples and dicts of them)."""
+    if isinstance(obj, Tensor):
+        yield obj
+    elif isinstance(obj, (list, tuple)):
+        for o in obj:
+            yield from _tensors(o)
+    elif isinstance(obj, dict):
+        for o in obj.values():
+            yield from _tensors(o)

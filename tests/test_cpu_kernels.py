@@ -1,0 +1,326 @@
+"""The cheap CPU kernels: tile pooling (no im2col), the fast NumPy Philox of dropout, the cached causal masks.
+
+Each is checked against an independent reference (float64 NumPy windows, the generic uint64 Philox, a fresh
+tril), by gradcheck in float64, and in separate tests against PyTorch where it imports.
+"""
+
+import numpy as np
+import pytest
+
+import conch
+import conch.nn.functional as F
+from conch.autograd import gradcheck, gradgradcheck
+from conch.kernels import _causal
+from conch.kernels import dropout as dk
+
+
+def t64(a, grad=True):
+    return conch.tensor(np.asarray(a, dtype=np.float64), requires_grad=grad)
+
+
+def ref_tiles(x, k, reduce):
+    """Pooling over whole kh×kw tiles by explicit windows (float64): (N, C, OH, OW) and the first-argmax positions."""
+    n, c, h, w = x.shape
+    kh, kw = k
+    oh, ow = h // kh, w // kw
+    out = np.empty((n, c, oh, ow))
+    first = np.empty((n, c, oh, ow), dtype=np.int64)
+    for i in range(oh):
+        for j in range(ow):
+            win = x[:, :, i * kh : (i + 1) * kh, j * kw : (j + 1) * kw].reshape(n, c, -1).astype(np.float64)
+            out[:, :, i, j] = reduce(win, axis=-1)
+            a = win.argmax(axis=-1)
+            first[:, :, i, j] = (i * kh + a // kw) * w + (j * kw + a % kw)
+    return out, first
+
+
+SHAPES = [((2, 3, 8, 8), (2, 2)), ((1, 2, 9, 7), (2, 2)), ((2, 1, 12, 10), (3, 3)), ((1, 2, 6, 9), (2, 3)),
+          ((3, 5, 5), (2, 2))]  # fmt: skip
+
+
+def _batched(x):
+    return x if x.ndim == 4 else x[None]
+
+
+@pytest.mark.parametrize("shape,k", SHAPES)
+def test_max_pool_tiles_match_windows_and_route_gradient_to_first_max(shape, k):
+    rng = np.random.default_rng(0)
+    x = rng.integers(-3, 4, shape).astype(np.float64)  # small integers: many ties within a window
+    xt = t64(x)
+    y, idx = F.max_pool2d(xt, k, return_indices=True)
+    assert x.ndim == 3 or type(y.grad_fn).__name__ == "MaxPoolTiles"  # the tile path, not im2col
+    ref, first = ref_tiles(_batched(x), k, np.max)
+    ref, first = (ref, first) if x.ndim == 4 else (ref[0], first[0])
+    np.testing.assert_array_equal(y.detach().numpy(), ref)
+    np.testing.assert_array_equal(idx.numpy(), first)
+    g = rng.standard_normal(ref.shape)
+    (y * conch.tensor(g)).sum().backward()
+    want = np.zeros(x.size)
+    lead = int(np.prod(x.shape[:-2]))
+    hw = x.shape[-2] * x.shape[-1]
+    np.add.at(want, (first.reshape(lead, -1) + np.arange(lead)[:, None] * hw).ravel(), g.ravel())
+    np.testing.assert_array_equal(xt.grad.numpy(), want.reshape(x.shape))
+
+
+@pytest.mark.parametrize("shape,k", SHAPES)
+def test_avg_pool_tiles_match_windows(shape, k):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal(shape)
+    xt = t64(x)
+    y = F.avg_pool2d(xt, k)
+    assert x.ndim == 3 or type(y.grad_fn).__name__ == "AvgPoolTiles"
+    ref, _ = ref_tiles(_batched(x), k, np.mean)
+    np.testing.assert_allclose(y.detach().numpy(), ref if x.ndim == 4 else ref[0], rtol=1e-14)
+    y2 = F.avg_pool2d(xt, k, divisor_override=3)
+    np.testing.assert_allclose(y2.detach().numpy() * 3, (ref if x.ndim == 4 else ref[0]) * k[0] * k[1], rtol=1e-13)
+
+
+@pytest.mark.parametrize("fn", [F.max_pool2d, F.avg_pool2d])
+@pytest.mark.parametrize("shape,k", [((1, 2, 5, 7), (2, 2)), ((2, 1, 6, 6), (3, 2))])
+def test_tile_pooling_gradcheck_and_second_derivatives(fn, shape, k):
+    x = t64(np.random.default_rng(2).standard_normal(shape))
+    assert gradcheck(lambda t: fn(t, k), (x,))
+    assert gradgradcheck(lambda t: fn(t, k) ** 2, (x,))
+
+
+def test_tile_pooling_random_upstream_gradients_float32():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((4, 3, 11, 13)).astype(np.float32)
+    g = rng.standard_normal((4, 3, 5, 6)).astype(np.float32)
+    xt = conch.tensor(x, requires_grad=True)
+    (F.avg_pool2d(xt, 2) * conch.tensor(g)).sum().backward()
+    want = np.zeros_like(x, dtype=np.float64)
+    want[:, :, :10, :12] = np.repeat(np.repeat(g.astype(np.float64) / 4, 2, axis=2), 2, axis=3)
+    np.testing.assert_allclose(xt.grad.numpy(), want, rtol=1e-6)
+    assert xt.grad.dtype == conch.float32
+
+
+def test_tile_path_only_for_tiling_windows():
+    x = t64(np.random.default_rng(4).standard_normal((1, 1, 8, 8)))
+    assert type(F.max_pool2d(x, 2, stride=1).grad_fn).__name__ == "MaxPoolWindows"  # overlapping
+    assert type(F.max_pool2d(x, 2, padding=1).grad_fn).__name__ == "MaxPoolWindows"  # padded
+    assert type(F.max_pool2d(x, 3, ceil_mode=True).grad_fn).__name__ == "MaxPoolWindows"  # a partial window
+    assert type(F.max_pool2d(x, 2, ceil_mode=True).grad_fn).__name__ == "MaxPoolTiles"  # exact: no partial one
+    assert type(F.avg_pool2d(x, 2, stride=1).grad_fn).__name__ != "AvgPoolTiles"  # avg: im2col when overlapping
+
+
+# (kernel, stride, padding, dilation, ceil_mode): overlapping, padded, dilated and ceil_mode windows
+WINDOWS = [(3, 2, 1, 1, False), (3, 1, 0, 1, False), (2, 1, 1, 1, False), (3, 2, 1, 2, False), (3, 2, 0, 1, True),
+           ((2, 3), (1, 2), (1, 0), (1, 2), True)]  # fmt: skip
+
+
+def ref_windows(x, k, s, p, d, ceil_mode):
+    """max_pool2d by explicit windows in float64 (-inf padding): values and first-max flat indices into H·W."""
+    k, s, p, d = (v if isinstance(v, tuple) else (v, v) for v in (k, s, p, d))
+    n, c, h, w = x.shape
+    out_hw = []
+    for i, size in enumerate((h, w)):
+        num = size + 2 * p[i] - d[i] * (k[i] - 1) - 1
+        o = (-(-num // s[i]) if ceil_mode else num // s[i]) + 1
+        if ceil_mode and (o - 1) * s[i] >= size + p[i]:
+            o -= 1
+        out_hw.append(o)
+    out = np.full((n, c, *out_hw), -np.inf)
+    idx = np.zeros((n, c, *out_hw), dtype=np.int64)
+    for i in range(out_hw[0]):
+        for j in range(out_hw[1]):
+            for a in range(k[0]):
+                for b in range(k[1]):
+                    r, q = i * s[0] - p[0] + a * d[0], j * s[1] - p[1] + b * d[1]
+                    if 0 <= r < h and 0 <= q < w:
+                        v = x[:, :, r, q]
+                        better = v > out[:, :, i, j]
+                        out[:, :, i, j] = np.where(better, v, out[:, :, i, j])
+                        idx[:, :, i, j] = np.where(better, r * w + q, idx[:, :, i, j])
+    return out, idx
+
+
+@pytest.mark.parametrize("k,s,p,d,ceil_mode", WINDOWS)
+def test_max_pool_windows_match_explicit_windows(k, s, p, d, ceil_mode):
+    rng = np.random.default_rng(10)
+    x = rng.integers(-3, 4, (2, 3, 9, 11)).astype(np.float64)  # ties
+    xt = t64(x)
+    y, idx = F.max_pool2d(xt, k, s, p, d, ceil_mode, return_indices=True)
+    assert type(y.grad_fn).__name__ == "MaxPoolWindows"
+    ref, first = ref_windows(x, k, s, p, d, ceil_mode)
+    np.testing.assert_array_equal(y.detach().numpy(), ref)
+    np.testing.assert_array_equal(idx.numpy(), first)
+    g = rng.standard_normal(ref.shape)
+    (y * conch.tensor(g)).sum().backward()
+    want = np.zeros((6, 99))
+    np.add.at(want, (np.repeat(np.arange(6), first[0, 0].size), first.reshape(6, -1).ravel()), g.reshape(6, -1).ravel())
+    np.testing.assert_allclose(xt.grad.numpy(), want.reshape(x.shape), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("k,s,p,d,ceil_mode", WINDOWS[:4])
+def test_max_pool_windows_gradcheck_and_second_derivatives(k, s, p, d, ceil_mode):
+    x = t64(np.random.default_rng(11).standard_normal((1, 2, 7, 6)))
+    fn = lambda t: F.max_pool2d(t, k, s, p, d, ceil_mode)  # noqa: E731
+    assert gradcheck(fn, (x,))
+    assert gradgradcheck(lambda t: fn(t) ** 2, (x,))
+
+
+@pytest.mark.parametrize("k,s,p,d,ceil_mode", WINDOWS)
+def test_max_pool_windows_match_torch(k, s, p, d, ceil_mode):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(12)
+    x = rng.integers(-4, 5, (2, 3, 10, 9)).astype(np.float32)
+    xc, xt = conch.tensor(x, requires_grad=True), torch.tensor(x, requires_grad=True)
+    yc, ic = F.max_pool2d(xc, k, s, p, d, ceil_mode, return_indices=True)
+    yt, it = torch.nn.functional.max_pool2d(xt, k, s, p, d, ceil_mode, return_indices=True)
+    np.testing.assert_array_equal(yc.detach().numpy(), yt.detach().numpy())
+    np.testing.assert_array_equal(ic.numpy(), it.numpy())
+    g = rng.standard_normal(tuple(yt.shape)).astype(np.float32)
+    (yc * conch.tensor(g)).sum().backward()
+    (yt * torch.tensor(g)).sum().backward()
+    np.testing.assert_allclose(xc.grad.numpy(), xt.grad.numpy(), rtol=1e-6, atol=1e-6)
+
+
+def test_max_pool_tiles_leave_nan_to_im2col_rule():
+    x = np.arange(16.0).reshape(1, 1, 4, 4)
+    x[0, 0, 1, 1] = np.nan
+    y = F.max_pool2d(t64(x), 2)
+    assert type(y.grad_fn).__name__ == "MaxPool2d"
+    assert np.isnan(y.detach().numpy()[0, 0, 0, 0]) and y.detach().numpy()[0, 0, 1, 1] == 15
+
+
+def test_max_pool_tiles_do_not_modify_the_input():
+    x = np.array([[[[1.0, 5.0], [3.0, 2.0]]]])  # a 1x1 output: its view of x is contiguous
+    xs = x.copy()
+    F.max_pool2d(t64(x, grad=False), 2)
+    np.testing.assert_array_equal(x, xs)
+
+
+@pytest.mark.parametrize("shape,k", SHAPES[:4])
+@pytest.mark.parametrize("kind", ["max", "avg"])
+def test_tile_pooling_matches_torch(shape, k, kind):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(5)
+    x = rng.integers(-4, 5, shape).astype(np.float32)
+    x += rng.standard_normal(shape).astype(np.float32) * (kind == "avg")
+    g_shape = shape[:2] + (shape[2] // k[0], shape[3] // k[1])
+    g = rng.standard_normal(g_shape).astype(np.float32)
+    xc, xt = conch.tensor(x, requires_grad=True), torch.tensor(x, requires_grad=True)
+    fc, ft = (F.max_pool2d, torch.nn.functional.max_pool2d) if kind == "max" else (
+        F.avg_pool2d, torch.nn.functional.avg_pool2d)  # fmt: skip
+    yc, yt = fc(xc, k), ft(xt, k)
+    (yc * conch.tensor(g)).sum().backward()
+    (yt * torch.tensor(g)).sum().backward()
+    np.testing.assert_allclose(yc.detach().numpy(), yt.detach().numpy(), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(xc.grad.numpy(), xt.grad.numpy(), rtol=1e-6, atol=1e-7)
+
+
+def test_max_pool_tiles_indices_match_torch():
+    torch = pytest.importorskip("torch")
+    x = np.random.default_rng(6).integers(0, 3, (2, 3, 7, 9)).astype(np.float32)  # ties everywhere
+    _, ic = F.max_pool2d(conch.tensor(x), (2, 3), return_indices=True)
+    _, it = torch.nn.functional.max_pool2d(torch.tensor(x), (2, 3), return_indices=True)
+    np.testing.assert_array_equal(ic.numpy(), it.numpy())
+
+
+# ---------------------------------------------------------------- dropout's fast Philox
+
+
+def generic_uniform(n, seed, offset):
+    """tl.rand's uniforms from the generic uint64 Philox (dk.philox4x32, checked against Random123's answers)."""
+    ctr = np.arange(n, dtype=np.uint64) + np.uint64(offset)
+    zero = np.zeros(n, dtype=np.uint64)
+    m32 = np.uint64(0xFFFFFFFF)
+    r = dk.philox4x32(ctr & m32, ctr >> np.uint64(32), zero, zero, seed & 0xFFFFFFFF, seed >> 32)[0]
+    r = r.astype(np.uint32).view(np.int32)
+    r = np.where(r < 0, ~r, r)
+    return r.astype(np.float32) * np.float32(4.6566127342e-10)
+
+
+@pytest.mark.parametrize("seed,offset", [(0, 0), (1234, 7), (2**40 + 7, 2**32 - 100), (2**64 - 1, 1),
+                                         (99, 2**31 - 50), (5, 3 * 2**32 - 40000)])  # fmt: skip
+def test_fast_philox_equals_generic(seed, offset, monkeypatch):
+    monkeypatch.setattr(dk, "_PHILOX_BLOCK", 4096)  # several blocks, one straddling 2**32 for some offsets
+    n = 50000
+    u = generic_uniform(n, seed, offset)
+    np.testing.assert_array_equal(dk.philox_uniform(n, seed, offset), u)
+    for p in (0.0, 1e-10, 0.1, 0.5, 0.9999999, 1.0):
+        np.testing.assert_array_equal(dk.dropout_mask((n,), p, seed, offset), u >= np.float32(p))
+
+
+@pytest.mark.parametrize("p", [0.0, 0.3, 0.5, 0.75, 1.0, float(np.nextafter(np.float32(0.5), 1))])
+def test_keep_threshold_is_exact(p):
+    t = dk._keep_threshold(p)
+    f = lambda r: np.float32(r) * np.float32(4.6566127342e-10) >= np.float32(p)  # noqa: E731
+    assert t == 2**31 or f(t)
+    assert t == 0 or not f(t - 1)
+
+
+def test_reference_dropout_values_and_dropped_non_finite(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setenv("CONCH_KERNELS", "reference")
+    x = np.random.default_rng(7).standard_normal(3001).astype(np.float32)
+    x[:50] = np.inf
+    x[50:100] = np.nan
+    y, _ = dk.dropout_forward(x, 0.4, seed=3, offset=10)
+    keep = generic_uniform(x.size, 3, 10) >= np.float32(0.4)
+    want = np.where(keep, x.astype(np.float64) * np.float64(np.float32(1 / 0.6)), 0.0)
+    np.testing.assert_allclose(y, want.astype(np.float32), rtol=1e-7)
+    assert not np.signbit(y[~keep]).any()  # a dropped element is +0, whatever x held (as the kernel's where)
+
+
+# ---------------------------------------------------------------- causal masks
+
+
+def test_causal_masks_are_cached_read_only_and_correct():
+    like = np.empty(0)
+    keep = _causal.causal_keep(5, 7, like)
+    assert keep is _causal.causal_keep(5, 7, like)
+    np.testing.assert_array_equal(keep, np.tril(np.ones((5, 7), bool)))
+    np.testing.assert_array_equal(_causal.causal_drop(5, 7, like), ~keep)
+    assert not keep.flags.writeable
+    with pytest.raises(ValueError):
+        keep[0, 0] = False
+    assert _causal.causal_keep(7, 5, like).shape == (7, 5)
+
+
+def test_causal_mask_cache_is_bounded():
+    like = np.empty(0)
+    for t in range(1, 3 * _causal._MAX_ENTRIES):
+        _causal.causal_keep(t, t, like)
+    assert len(_causal._CACHE) <= _causal._MAX_ENTRIES
+
+
+def test_causal_attention_uses_the_mask_as_before():
+    rng = np.random.default_rng(8)
+    q, k, v = (rng.standard_normal((2, 3, 6, 4)) for _ in range(3))
+    s = q @ k.swapaxes(-1, -2) / 2.0
+    s = np.where(np.tril(np.ones((6, 6), bool)), s, -np.inf)
+    p = np.exp(s - s.max(-1, keepdims=True))
+    want = (p / p.sum(-1, keepdims=True)) @ v
+    for _ in range(2):  # the second call reads the cached mask
+        out = F.scaled_dot_product_attention(t64(q), t64(k), t64(v), is_causal=True)
+        np.testing.assert_allclose(out.detach().numpy(), want, rtol=1e-12)
+
+
+def test_dropout_backward_reuses_the_forwards_mask(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setenv("CONCH_KERNELS", "reference")
+    x = np.random.default_rng(9).standard_normal((13, 29)).astype(np.float32)
+    y, res = dk.dropout_forward(x, 0.25, seed=777, offset=5)
+    calls = []
+    real = dk._blocks
+    monkeypatch.setattr(dk, "_blocks", lambda *a: (calls.append(a), real(*a)))
+    dx = dk.dropout_backward(res, x)
+    assert calls == []  # the mask came from the cache
+    np.testing.assert_array_equal(dx, y)  # dy = x: the same mask and scale
+    keep = generic_uniform(x.size, 777, 5).reshape(x.shape) >= np.float32(0.25)
+    np.testing.assert_array_equal(dk.dropout_mask(x.shape, 0.25, 777, 5), keep)
+    dk.dropout_mask(x.shape, 0.25, 778, 5)  # another seed: computed afresh
+    assert len(calls) == 1
+
+
+def test_dropout_mask_cache_is_bounded(monkeypatch):
+    monkeypatch.setattr(dk, "_MASK_BYTES", 4096)
+    dk._MASKS.clear()
+    dk._mask_bytes[0] = 0
+    for seed in range(40):
+        dk.dropout_mask((999,), 0.5, seed)  # 125 bytes packed each
+    assert dk._mask_bytes[0] <= 4096
+    assert dk._mask_bytes[0] == sum(b.nbytes for b in dk._MASKS.values())
+    np.testing.assert_array_equal(dk.dropout_mask((999,), 0.5, 39), generic_uniform(999, 39, 0) >= np.float32(0.5))
