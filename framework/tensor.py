@@ -25,6 +25,48 @@ from .autograd import function as _function
 from .autograd.function import GraphTensor, _RemovableHandle
 from .autograd.grad_mode import _enabled, no_grad
 from .kernels import _cupy, _deferred
+from .ops.dims import norm_dim, norm_dims
+
+_new = object.__new__
+_ND = np.ndarray
+_SCALAR_FAST = (D.float32, D.float64)  # dtypes a Python number never promotes
+_FLOATS = D.FLOATING
+
+
+def _arith(op, scalar_op, swap=False, negate=False, floating=False):
+    """A binary arithmetic dunder for ``op`` (Add, Sub, Mul, Div); ``swap``: the reflected form (other op self).
+
+    Fast path, the common case: the other operand a Tensor, both NumPy arrays of the very same dtype (a float
+    dtype for ``floating``, true division): no promotion, no device check, and no broadcast check either (the
+    op's NumPy call raises ValueError for shapes that do not broadcast, and the general path then gives
+    PyTorch's error). A Python int/float with a float32/float64 tensor goes to ``scalar_op`` (``s`` an attribute,
+    ``-s`` for ``negate``). Anything else: ``_operands`` (promotion, arrays, devices), then ``op``.
+    """
+
+    fwd = op.forward  # Add/Sub/Mul/Div keep nothing on ctx in forward: callable without a node
+
+    def method(self, other):
+        if isinstance(other, Tensor):
+            a, b = self._data, other._data
+            if a.dtype is b.dtype and type(a) is _ND and type(b) is _ND and (not floating or a.dtype in _FLOATS):
+                try:
+                    if _enabled[0] and (self.requires_grad or other.requires_grad or self._base is not None
+                                        or other._base is not None):  # fmt: skip
+                        return op.apply(other, self) if swap else op.apply(self, other)
+                    # nothing to record (a view may need its history refreshed first: apply does that)
+                    return _make(fwd(None, b, a) if swap else fwd(None, a, b))
+                except ValueError:
+                    if a.shape == b.shape:
+                        raise
+                    # shapes that do not broadcast: the general path below raises PyTorch's error for them
+        elif (
+            scalar_op is not None and (type(other) is float or type(other) is int) and self._data.dtype in _SCALAR_FAST
+        ):
+            return scalar_op.apply(self, s=-other if negate else other)
+        x, y = _operands(other, self, floating) if swap else _operands(self, other, floating)
+        return op.apply(x, y)
+
+    return method
 
 
 class Size(tuple):
@@ -65,6 +107,11 @@ def _shape_arg(shape, what="view", arg="size"):
     """``*shape`` or one sequence of them as a tuple of ints; a float or string is a TypeError, as PyTorch."""
     if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
         shape = tuple(shape[0])
+    for s in shape:
+        if type(s) is not int:
+            break
+    else:  # Python ints only, the common case: nothing to convert
+        return shape
     out = []
     for pos, s in enumerate(shape):
         try:
@@ -77,23 +124,7 @@ def _shape_arg(shape, what="view", arg="size"):
     return tuple(out)
 
 
-def _norm_dim(dim, ndim):
-    if not isinstance(dim, (int, np.integer)):  # sum(dim=1.5) is an error in PyTorch, not dim 1
-        raise TypeError(f"argument 'dim' must be int or tuple of ints, but got {type(dim).__name__}")
-    n = max(ndim, 1)
-    if not -n <= dim < n:
-        raise IndexError(f"Dimension out of range (expected to be in range of [{-n}, {n - 1}], but got {dim})")
-    return dim % n
-
-
-def _norm_dims(dim, ndim):
-    """None -> None, int -> int, sequence -> sorted tuple; negative dims wrap; errors name the range."""
-    if dim is None:
-        return None
-    if isinstance(dim, (list, tuple)):
-        dims = tuple(sorted({_norm_dim(d, ndim) for d in dim}))
-        return dims if ndim else None
-    return _norm_dim(dim, ndim) if ndim else None
+_norm_dim, _norm_dims = norm_dim, norm_dims  # the names the rest of the framework imports
 
 
 class Tensor(GraphTensor):
@@ -127,7 +158,14 @@ class Tensor(GraphTensor):
     def _make(data, requires_grad=False, grad_fn=None, version=None):
         """A Tensor around array ``data`` (no copy); always a plain Tensor, also when called on a Parameter,
         so that autograd can make an op's outputs with any input's ``_make``."""
-        return Tensor._make_as(Tensor, data, requires_grad, grad_fn, version)
+        # _make_as's body, inlined: every op's output is made here, and a call layer is ~10% of a small op
+        if type(data) is not np.ndarray and isinstance(data, np.generic):
+            data = np.asarray(data)  # NumPy reductions hand back scalars; keep 0-d arrays
+        t = _new(Tensor)
+        t._data, t.requires_grad, t.grad_fn, t.grad = data, requires_grad, grad_fn, None
+        t._version = [0] if version is None else version
+        t._output_nr, t._hooks, t._base = 0, None, None
+        return t
 
     @staticmethod
     def _make_as(cls, data, requires_grad=False, grad_fn=None, version=None):
@@ -456,53 +494,16 @@ class Tensor(GraphTensor):
         return ops.Clone.apply(self)
 
     # ------------------------------------------------------------ arithmetic
-    # A Python number with a float32/float64 tensor needs no promotion and no 0-d tensor: the
-    # *Scalar ops take it as an attribute (about 2 us less per op than wrapping it).
-    def __add__(self, other):
-        if (type(other) is float or type(other) is int) and self._data.dtype in _SCALAR_FAST:
-            return ops.AddScalar.apply(self, s=other)
-        a, b = _operands(self, other)
-        return ops.Add.apply(a, b)
-
-    def __radd__(self, other):
-        if (type(other) is float or type(other) is int) and self._data.dtype in _SCALAR_FAST:
-            return ops.AddScalar.apply(self, s=other)
-        a, b = _operands(other, self)
-        return ops.Add.apply(a, b)
-
-    def __sub__(self, other):
-        if (type(other) is float or type(other) is int) and self._data.dtype in _SCALAR_FAST:
-            return ops.AddScalar.apply(self, s=-other)  # a + (-s) rounds exactly as a - s
-        a, b = _operands(self, other)
-        return ops.Sub.apply(a, b)
-
-    def __rsub__(self, other):
-        if (type(other) is float or type(other) is int) and self._data.dtype in _SCALAR_FAST:
-            return ops.RSubScalar.apply(self, s=other)
-        a, b = _operands(other, self)
-        return ops.Sub.apply(a, b)
-
-    def __mul__(self, other):
-        if (type(other) is float or type(other) is int) and self._data.dtype in _SCALAR_FAST:
-            return ops.MulScalar.apply(self, s=other)
-        a, b = _operands(self, other)
-        return ops.Mul.apply(a, b)
-
-    def __rmul__(self, other):
-        if (type(other) is float or type(other) is int) and self._data.dtype in _SCALAR_FAST:
-            return ops.MulScalar.apply(self, s=other)
-        a, b = _operands(other, self)
-        return ops.Mul.apply(a, b)
-
-    def __truediv__(self, other):
-        if (type(other) is float or type(other) is int) and self._data.dtype in _SCALAR_FAST:
-            return ops.DivScalar.apply(self, s=other)
-        a, b = _operands(self, other, floating=True)
-        return ops.Div.apply(a, b)
-
-    def __rtruediv__(self, other):
-        a, b = _operands(other, self, floating=True)
-        return ops.Div.apply(a, b)
+    # The fast path (_arith): two NumPy tensors of one dtype go straight to the op; a Python number with a
+    # float32/float64 tensor needs no promotion and no 0-d tensor: the *Scalar ops take it as an attribute.
+    __add__ = _arith(ops.Add, ops.AddScalar)
+    __radd__ = _arith(ops.Add, ops.AddScalar, swap=True)
+    __sub__ = _arith(ops.Sub, ops.AddScalar, negate=True)  # a + (-s) rounds exactly as a - s
+    __rsub__ = _arith(ops.Sub, ops.RSubScalar, swap=True)
+    __mul__ = _arith(ops.Mul, ops.MulScalar)
+    __rmul__ = _arith(ops.Mul, ops.MulScalar, swap=True)
+    __truediv__ = _arith(ops.Div, ops.DivScalar, floating=True)
+    __rtruediv__ = _arith(ops.Div, None, swap=True, floating=True)
 
     def __neg__(self):
         return ops.Neg.apply(self)
@@ -998,10 +999,15 @@ class Tensor(GraphTensor):
     # ------------------------------------------------------------ shapes
     def reshape(self, *shape):
         shape = _infer_shape(_shape_arg(shape), self)
-        if shape == self.shape:
+        a = self._data
+        if shape == a.shape:
             return self
-        out = ops.Reshape.apply(self, shape=shape)
-        if out._data.base is not None and _shares_memory(out._data, self._data):  # not when reshape had to copy
+        if _enabled[0] and (self.requires_grad or self._base is not None):
+            out = ops.Reshape.apply(self, shape=shape)
+        else:  # nothing to record: no node
+            out = _make(a.reshape(shape))
+        b = out._data.base  # a view's base is the array owning the memory (or a itself); a copy's is its own
+        if b is not None and (b is a or b is a.base or _shares_memory(out._data, a)):  # not when reshape copied
             _mark_view(out, self, lambda b, shape=shape: b.reshape(shape))
         return out
 
@@ -1080,10 +1086,14 @@ class Tensor(GraphTensor):
                 f"permute(sparse_coo): number of dimensions in the tensor input does not match the length of the "
                 f"desired ordering of dimensions i.e. input.dim() = {self.ndim} is not equal to len(dims) = {len(dims)}"
             )
-        perm = tuple(_norm_dim(d, self.ndim) for d in dims)
+        perm = tuple([norm_dim(d, self.ndim) for d in dims])
         if len(set(perm)) != len(perm):
             raise RuntimeError(f"permute(): duplicate dims are not allowed, got {dims}")
-        return _mark_view(ops.Permute.apply(self, perm=perm), self, lambda b, perm=perm: b.permute(*perm))
+        if _enabled[0] and (self.requires_grad or self._base is not None):
+            out = ops.Permute.apply(self, perm=perm)
+        else:  # nothing to record: no node
+            out = _make(self._data.transpose(perm))
+        return _mark_view(out, self, lambda b, perm=perm: b.permute(*perm))
 
     def unsqueeze(self, dim):
         d = _norm_dim(dim, self.ndim + 1)
@@ -1142,34 +1152,42 @@ class Tensor(GraphTensor):
         return tuple(p.squeeze(d) for p in split(self, 1, d))
 
     # ------------------------------------------------------------ reductions
-    # dim=() reduces over every dim in sum/mean/var (as PyTorch), not over none
+    # dim=() (and []) reduces over every dim in sum/mean/var/amax (as PyTorch), not over none: ops.dims.norm_dims
     def sum(self, dim=None, keepdim=False, dtype=None):
-        x = _fp32("sum", self) if dtype is None else self.to(dtype=dtype)
-        return ops.Sum.apply(x, dim=_norm_dims(dim if dim != () else None, self.ndim), keepdim=keepdim)
+        if dtype is not None:
+            x = self.to(dtype=dtype)
+        else:
+            x = cast_for("sum", self)[0] if _autocast[0] else self
+        d = None if dim is None else norm_dims(dim, self._data.ndim, "sum")
+        return ops.Sum.apply(x, dim=d, keepdim=keepdim)
 
     def mean(self, dim=None, keepdim=False, dtype=None):
-        x = _fp32("mean", self) if dtype is None else self.to(dtype=dtype)
-        if not x.is_floating_point():
+        if dtype is not None:
+            x = self.to(dtype=dtype)
+        else:
+            x = cast_for("mean", self)[0] if _autocast[0] else self
+        if x._data.dtype not in _FLOATS:
             raise RuntimeError(
                 f"mean(): could not infer output dtype. Input dtype must be floating point, but got {x.dtype}"
             )
-        return ops.Mean.apply(x, dim=_norm_dims(dim if dim != () else None, self.ndim), keepdim=keepdim)
+        d = None if dim is None else norm_dims(dim, self._data.ndim, "mean")
+        return ops.Mean.apply(x, dim=d, keepdim=keepdim)
 
     def var(self, dim=None, unbiased=True, keepdim=False, correction=None):
         c = (1 if unbiased else 0) if correction is None else correction
-        d = _norm_dims(dim if dim != () else None, self.ndim)
+        d = norm_dims(dim, self.ndim, "var")
         return ops.Var.apply(_fp32("var", self), dim=d, correction=c, keepdim=keepdim)
 
     def std(self, dim=None, unbiased=True, keepdim=False, correction=None):
         return ops.StdFromVar.apply(_fp32("std", self).var(dim, unbiased, keepdim, correction))
 
     def amax(self, dim=None, keepdim=False):
-        d = _norm_dims(dim if dim != () else None, self.ndim)
+        d = norm_dims(dim, self.ndim, "amax")
         _check_reduce(self, "amax", d)
         return ops.AMax.apply(self, dim=d, keepdim=keepdim)
 
     def amin(self, dim=None, keepdim=False):
-        d = _norm_dims(dim if dim != () else None, self.ndim)
+        d = norm_dims(dim, self.ndim, "amin")
         _check_reduce(self, "amin", d)
         return ops.AMax.apply(self, dim=d, keepdim=keepdim, largest=False)
 
@@ -1231,7 +1249,7 @@ class Tensor(GraphTensor):
             return self.abs().amax(dim, keepdim)
         if p == 0:
             return (self != 0).to(dtype=self.dtype).sum(dim, keepdim)
-        d = _norm_dims(dim if dim != () else None, self.ndim)
+        d = norm_dims(dim, self.ndim, "norm")
         return ops.PNorm.apply(self, p=float(p), dim=d, keepdim=bool(keepdim) and d is not None)
 
     def logsumexp(self, dim, keepdim=False):
@@ -1330,8 +1348,7 @@ class Tensor(GraphTensor):
 
 # ---------------------------------------------------------------- helpers
 
-
-_SCALAR_FAST = (D.float32, D.float64)
+_make = Tensor._make
 
 
 def _fp32(op, t):
@@ -1407,15 +1424,24 @@ def _view_strides(old_shape, old_strides, new_shape):
 
 
 def _infer_shape(shape, t):
+    """``shape`` (a tuple of ints) for ``t``'s elements, its one ``-1`` filled in; a size that does not fit is
+    PyTorch's RuntimeError. Plain integer arithmetic: no NumPy call on this path of every reshape/view."""
     n = t._data.size
-    if shape.count(-1) > 1:
-        raise RuntimeError("only one dimension can be inferred")
-    if -1 in shape:
-        known = int(np.prod([s for s in shape if s != -1], dtype=np.int64))
+    known, infer = 1, -1
+    for i, s in enumerate(shape):
+        if s == -1:
+            if infer >= 0:
+                raise RuntimeError("only one dimension can be inferred")
+            infer = i
+        elif s < 0:
+            raise RuntimeError(f"invalid shape dimension {s}")
+        else:
+            known *= s
+    if infer >= 0:
         if known == 0 or n % known:
             raise RuntimeError(f"shape '{list(shape)}' is invalid for input of size {n}")
-        shape = tuple(n // known if s == -1 else s for s in shape)
-    if int(np.prod(shape, dtype=np.int64)) != n:
+        return shape[:infer] + (n // known,) + shape[infer + 1 :]
+    if known != n:
         raise RuntimeError(f"shape '{list(shape)}' is invalid for input of size {n} (tensor shape {t.shape})")
     return shape
 

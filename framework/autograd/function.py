@@ -250,42 +250,63 @@ class Op(Node):
     @classmethod
     def apply(cls, *tensors, **attrs):
         # the hot path of every op: kept to plain loops and attribute reads (see benchmarks/bench_overhead.py)
-        ctx = object.__new__(cls)
-        make = tensors[0]._make  # Tensor._make: this layer does not import the Tensor class above it
-        record = False
+        ctx = _new(cls)
+        t0 = tensors[0]
+        make = t0._make  # Tensor._make: this layer does not import the Tensor class above it
         if _enabled[0]:
+            record = False
             for t in tensors:
                 if t._base is not None and t._vver != t._version[0]:
                     t._refresh_view()  # a view whose base changed in place: its grad_fn is re-derived first
                 if t.requires_grad:
                     record = True
-        if not record:
+            if record:
+                return _record(cls, ctx, make, tensors, attrs)
+        # one or two inputs (nearly every call) pass their arrays without building a list
+        n = len(tensors)
+        if n == 1:
+            out = cls.forward(ctx, t0._data, **attrs)
+        elif n == 2:
+            out = cls.forward(ctx, t0._data, tensors[1]._data, **attrs)
+        else:
             out = cls.forward(ctx, *[t._data for t in tensors], **attrs)
-            if type(out) is tuple:
-                return tuple(make(o) for o in out)
-            return make(out)
-        needs, edges, meta = [], [], []
-        for t in tensors:
-            rg = t.requires_grad
-            needs.append(rg)
-            edges.append((t if t.grad_fn is None else (t.grad_fn, t._output_nr)) if rg else None)
-            d = t._data
-            meta.append((d.shape, d.dtype))
-        ctx.needs_input_grad = tuple(needs)
-        out = cls.forward(ctx, *[t._data for t in tensors], **attrs)
-        ctx.next_edges, ctx.in_meta = edges, meta
-        if type(out) is not tuple:
-            res = make(out, True, ctx)
-            if cls.saves:
-                ctx._saved = tuple(
-                    SavedTensor(res, True) if s == "out" else SavedTensor(tensors[s], False) for s in cls.saves
-                )
-            return res
-        res = tuple(make(o, True, ctx) for o in out)
-        for i, r in enumerate(res):
-            r._output_nr = i
-        ctx.n_outputs = len(res)
-        ctx.out_meta = [(r.shape, r.dtype, r.device) for r in res]
-        if cls.saves:
-            ctx._saved = tuple(SavedTensor(tensors[s], False) for s in cls.saves)
+        if type(out) is tuple:
+            return tuple(make(o) for o in out)
+        return make(out)
+
+
+_new = object.__new__
+
+
+def _record(cls, ctx, make, tensors, attrs):
+    """``Op.apply`` when a node is recorded: edges, input metadata, the forward, outputs, saved tensors."""
+    needs, edges, meta, arrays = [], [], [], []
+    for t in tensors:
+        d = t._data
+        arrays.append(d)
+        meta.append((d.shape, d.dtype))
+        if t.requires_grad:
+            needs.append(True)
+            fn = t.grad_fn
+            edges.append(t if fn is None else (fn, t._output_nr))
+        else:
+            needs.append(False)
+            edges.append(None)
+    ctx.needs_input_grad = tuple(needs)
+    out = cls.forward(ctx, *arrays, **attrs)
+    ctx.next_edges, ctx.in_meta = edges, meta
+    saves = cls.saves
+    if type(out) is not tuple:
+        res = make(out, True, ctx)
+        if saves:
+            ctx._saved = tuple([SavedTensor(res, True) if s == "out" else SavedTensor(tensors[s], False)
+                                for s in saves])  # fmt: skip
         return res
+    res = tuple(make(o, True, ctx) for o in out)
+    for i, r in enumerate(res):
+        r._output_nr = i
+    ctx.n_outputs = len(res)
+    ctx.out_meta = [(r.shape, r.dtype, r.device) for r in res]
+    if saves:
+        ctx._saved = tuple([SavedTensor(tensors[s], False) for s in saves])
+    return res

@@ -11,7 +11,8 @@ from conch.kernels._act_names import ACTIVATIONS
 
 from .. import _dtype as D
 from .. import ops
-from .._backend import is_cupy_array, xp_of
+from .._backend import is_cupy_array, reference_path, xp_of
+from ..amp.autocast_mode import _state as _autocast
 from ..amp.autocast_mode import cast_for
 from ..autograd.grad_mode import _enabled
 from ..backends import _tf32
@@ -29,8 +30,11 @@ class MatMulAct(FusedOp):
     saves = (0, 1, 2)
 
     @staticmethod
-    def forward(ctx, a, b, bias, act, negative_slope, alpha=1.0):
+    def forward(ctx, a, b, bias, act, negative_slope, alpha=1.0, plain=False):
         ctx.act, ctx.slope, ctx.alpha, ctx.has_bias = act, negative_slope, alpha, bias.size > 0
+        if plain:  # matmul()'s fast path: 2-D NumPy float32/float64 on the reference path, no bias, no activation
+            ctx.res = None
+            return a @ b
         out, ctx.res = K.matmul.matmul_forward(
             a, b, bias if ctx.has_bias else None, act, negative_slope=negative_slope, alpha=alpha,
             allow_tf32=_tf32[0],
@@ -59,6 +63,10 @@ class MatMulAct(FusedOp):
 
             return _recompute_grads(ctx, composite, (g,))
         n = ctx.needs_input_grad
+        if ctx.res is None and not ctx._freed:  # the plain 2-D product: its inputs are saved tensors
+            gd = g._data
+            a, b = ctx.saved_tensor(0)._data, ctx.saved_tensor(1)._data
+            return _t(gd @ b.T if n[0] else None), _t(a.T @ gd if n[1] else None), None
         da, db, dbias = K.matmul.matmul_backward(_res(ctx), g._data, (n[0], n[1], n[2] and ctx.has_bias))
         if n[2] and not ctx.has_bias:  # a real bias of N = 0 elements looks like "no bias": its gradient is empty
             dbias = xp_of(g._data).zeros((0,), dtype=g.dtype)
@@ -67,6 +75,14 @@ class MatMulAct(FusedOp):
 
 def matmul(a, b):
     """NumPy matmul semantics (1-D, 2-D, batched with broadcast batch dims), with gradient."""
+    if isinstance(a, Tensor) and isinstance(b, Tensor):
+        ad, bd = a._data, b._data
+        # the fast path, the common case on the CPU: two 2-D NumPy float32/float64 matrices of one dtype whose
+        # inner dims agree, no autocast, the reference path (one environment lookup): one product, no residuals
+        if (ad.dtype is bd.dtype and ad.dtype in _PLAIN and type(ad) is np.ndarray and type(bd) is np.ndarray
+                and ad.ndim == 2 and bd.ndim == 2 and ad.shape[1] == bd.shape[0] and not _autocast[0]
+                and reference_path(ad)):  # fmt: skip
+            return MatMulAct.apply(a, b, _PLAIN[ad.dtype], act=None, negative_slope=0.01, plain=True)
     if not isinstance(a, Tensor) or not isinstance(b, Tensor):
         # a NumPy/CuPy array converts (as for the other binary ops); a list is no matrix: PyTorch refuses
         # x @ [1., 2.], and so does this
@@ -95,6 +111,10 @@ def matmul(a, b):
     if not a.is_floating_point():  # integer/bool matmul: no gradient, no kernel
         return Tensor._make(a._data @ b._data)
     return MatMulAct.apply(a, b, _no_bias(a), act=None, negative_slope=0.01)
+
+
+# the fast path's "no bias" inputs, one per dtype: empty and never written, so sharing them is safe
+_PLAIN = {D.float32: Tensor._make(np.empty((0,), np.float32)), D.float64: Tensor._make(np.empty((0,), np.float64))}
 
 
 def _same_dtype(da, db):

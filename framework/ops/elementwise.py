@@ -342,15 +342,23 @@ class Sigmoid(Op):
 
 
 class Relu(Op):
+    """max(a, 0); d/da = 1 where the output is positive (a > 0), else 0. The output is saved, not a mask, as
+    PyTorch's threshold_backward reads it: a forward that records nothing computes nothing for backward."""
+
+    saves = ("out",)
+
     @staticmethod
     def forward(ctx, a):
-        ctx.mask = a > 0
         # maximum, not a * mask: keeps NaN (as PyTorch) and gives +0.0, never -0.0, for negative inputs
         return xp_of(a).maximum(a, a.dtype.type(0))
 
     @staticmethod
     def backward(ctx, g):
-        return g.masked_fill(~ctx.mask, 0)
+        y = ctx.saved_tensor(0)._data
+        if not _enabled[0]:  # backward not recorded: one array pass (NaN in g stays out where y <= 0)
+            gd = g._data
+            return g._wrap_const(xp_of(gd).where(y > 0, gd, gd.dtype.type(0)))
+        return g.masked_fill(~(y > 0), 0)
 
 
 class Clamp(Op):

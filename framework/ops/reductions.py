@@ -17,16 +17,35 @@ def _acc_dtype(dtype):
     return np.float32 if dtype.itemsize < 4 and dtype.kind == "f" or dtype.name == "bfloat16" else None
 
 
+_SUM_ACC: dict = {}  # dtype -> the dtype a sum accumulates in (None: its own), decided once per dtype
+
+
+def _sum_acc(dtype):
+    acc = _SUM_ACC.get(dtype, False)
+    if acc is False:
+        acc = _acc_dtype(dtype)
+        acc = _SUM_ACC[dtype] = np.dtype(np.int64) if dtype.kind in "biu" else None if acc is None else np.dtype(acc)
+    return acc
+
+
+_add_reduce = np.add.reduce
+
+
+def _sum(a, dim, keepdim, acc):
+    # NumPy arrays: the ufunc's reduce directly, without ndarray.sum's Python layer (numpy/_core/_methods.py)
+    if type(a) is np.ndarray:
+        return _add_reduce(a, dim, acc, None, keepdim)
+    return a.sum(axis=dim, keepdims=keepdim, dtype=acc)
+
+
 class Sum(Op):
     @staticmethod
     def forward(ctx, a, dim, keepdim):
         ctx.dim, ctx.keepdim, ctx.shape = dim, keepdim, a.shape
-        if a.dtype.kind in "biu":
-            return a.sum(axis=dim, keepdims=keepdim, dtype=np.int64)
-        acc = _acc_dtype(a.dtype)
-        if acc is not None:
-            return a.sum(axis=dim, keepdims=keepdim, dtype=acc).astype(a.dtype)
-        return a.sum(axis=dim, keepdims=keepdim)
+        acc = _sum_acc(a.dtype)
+        if acc is None or acc.kind == "i":  # integers and bools sum to int64, as PyTorch
+            return _sum(a, dim, keepdim, acc)
+        return _sum(a, dim, keepdim, acc).astype(a.dtype)
 
     @staticmethod
     def backward(ctx, g):
@@ -39,11 +58,13 @@ class Mean(Op):
     @staticmethod
     def forward(ctx, a, dim, keepdim):
         ctx.dim, ctx.keepdim, ctx.shape = dim, keepdim, a.shape
-        ctx.n = _count(a.shape, dim)
-        acc = _acc_dtype(a.dtype)
-        if acc is not None:
-            return a.mean(axis=dim, keepdims=keepdim, dtype=acc).astype(a.dtype)
-        return a.mean(axis=dim, keepdims=keepdim)
+        ctx.n = n = _count(a.shape, dim)
+        acc = _sum_acc(a.dtype)
+        # NumPy's mean is this sum divided by the count in the accumulation dtype (the same rounding), without
+        # its Python layer
+        s = _sum(a, dim, keepdim, acc)
+        out = s / n if n else s * float("nan")  # an empty mean is NaN, as PyTorch (no 0/0 warning)
+        return out.astype(a.dtype, copy=False) if acc is not None else out
 
     @staticmethod
     def backward(ctx, g):
@@ -156,10 +177,11 @@ def _keep_shape(shape, dim):
 
 
 def _count(shape, dim):
-    if dim is None:
-        return int(np.prod(shape, dtype=np.int64))
-    dims = (dim,) if isinstance(dim, int) else dim
-    return int(np.prod([shape[d] for d in dims], dtype=np.int64))
+    """How many elements a reduction over ``dim`` (None: all) of an array of ``shape`` combines."""
+    n = 1
+    for d in range(len(shape)) if dim is None else (dim,) if isinstance(dim, int) else dim:
+        n *= shape[d]
+    return n
 
 
 class Prod(Op):
