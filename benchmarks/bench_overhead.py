@@ -279,14 +279,23 @@ def _op_timer(lib, name, pss, calls):
 
 
 def _set_threads(torch, n):
-    """One intra-op thread for PyTorch and ``n`` for the BLAS pools NumPy loaded (threadpoolctl, when present)."""
-    if torch is not None:
-        torch.set_num_threads(n)
+    """``n`` intra-op threads for PyTorch and for the BLAS pools NumPy loaded (threadpoolctl, when present);
+    returns a function that restores the previous settings (an importer, the tests, keeps its own)."""
+    prev = torch.get_num_threads()
+    torch.set_num_threads(n)
     try:
         import threadpoolctl
     except ImportError:
-        return
-    threadpoolctl.threadpool_limits(n)
+        limits = None
+    else:
+        limits = threadpoolctl.threadpool_limits(n)
+
+    def restore():
+        torch.set_num_threads(prev)
+        if limits is not None:
+            limits.restore_original_limits()
+
+    return restore
 
 
 def bench_ops(calls, rounds, threads, cases=OP_CASES):
@@ -296,15 +305,18 @@ def bench_ops(calls, rounds, threads, cases=OP_CASES):
 
     import conch
 
-    _set_threads(torch, threads)
-    timers = {(c, p): {"conch": _op_timer(conch, c, p, calls), "torch": _op_timer(torch, c, p, calls)}
-              for c in cases for p in OP_PASSES}  # fmt: skip
-    res = {k: {"conch": [], "torch": []} for k in timers}
-    for r in range(rounds):
-        order = ("conch", "torch") if r % 2 == 0 else ("torch", "conch")
-        for k, t in timers.items():
-            for who in order:
-                res[k][who].append(t[who]())
+    restore = _set_threads(torch, threads)
+    try:
+        timers = {(c, p): {"conch": _op_timer(conch, c, p, calls), "torch": _op_timer(torch, c, p, calls)}
+                  for c in cases for p in OP_PASSES}  # fmt: skip
+        res = {k: {"conch": [], "torch": []} for k in timers}
+        for r in range(rounds):
+            order = ("conch", "torch") if r % 2 == 0 else ("torch", "conch")
+            for k, t in timers.items():
+                for who in order:
+                    res[k][who].append(t[who]())
+    finally:
+        restore()
     return res
 
 

@@ -336,7 +336,7 @@ class Tensor(GraphTensor):
     def __repr__(self):
         if _enabled[0]:
             _function.fresh(self)  # a view whose base changed in place shows its current grad_fn
-        body = np.array2string(np.asarray(self.detach().cpu()._data, dtype=np.float64) if self.dtype == D.bfloat16
+        body = np.array2string(np.asarray(self.detach().cpu()._data, dtype=np.float64) if D.is_bfloat16(self.dtype)
                                else self.detach().cpu()._data, separator=", ", prefix="tensor(")  # fmt: skip
         extra = []
         if self.device.type != "cpu":
@@ -1518,7 +1518,9 @@ def _has_none_or_str(data):
 
 def _check_numeric(dt, data):
     """Strings, bytes and Python objects make no tensor (NumPy would hold them as a str32/object array)."""
-    if dt.kind in "USO":  # (bfloat16 is kind "V")
+    if dt.kind == "V":  # bfloat16 made by the caller's ml_dtypes: conch's dtype tables list it from now on
+        D.note_dtype(dt)
+    elif dt.kind in "USO":
         raise TypeError(f"can't convert np.ndarray of type {dt}: only numeric and bool arrays make tensors")
 
 
