@@ -26,8 +26,28 @@ from .autograd.function import GraphTensor, _RemovableHandle
 from .autograd.grad_mode import _enabled, no_grad
 from .kernels import _cupy, _deferred
 from .ops.dims import norm_dim, norm_dims
+from .ops.reductions import count as _count
+from .ops.reductions import mean_array as _mean_array
+from .ops.reductions import sum_array as _sum_array
 
 _new = object.__new__
+_UNSET = type("_Unset", (), {"__repr__": lambda self: "False", "__slots__": ()})()  # keepdim not given
+
+
+def _numpy_names(name, dim, keepdim, axis, keepdims):
+    """``(dim, keepdim)`` from PyTorch's NumPy-style aliases ``axis=``/``keepdims=`` (what tensor_api.numpy_kwargs
+    does for the other methods): giving both spellings of one argument is a TypeError."""
+    if axis is not None:
+        if dim is not None:
+            raise TypeError(f"{name}() got multiple values for argument 'dim'")
+        dim = axis
+    if keepdims is not None:
+        if keepdim is not _UNSET:
+            raise TypeError(f"{name}() got multiple values for argument 'keepdim'")
+        keepdim = keepdims
+    return dim, (False if keepdim is _UNSET else keepdim)
+
+
 _ND = np.ndarray
 _SCALAR_FAST = (D.float32, D.float64)  # dtypes a Python number never promotes
 _FLOATS = D.FLOATING
@@ -1067,12 +1087,13 @@ class Tensor(GraphTensor):
         return self.reshape(self.shape[:d] + tuple(sizes) + self.shape[d + 1 :])
 
     def transpose(self, dim0, dim1):
-        d0, d1 = _norm_dim(dim0, self.ndim), _norm_dim(dim1, self.ndim)
+        nd = self._data.ndim
+        d0, d1 = norm_dim(dim0, nd), norm_dim(dim1, nd)
         if d0 == d1:
             return self
-        perm = list(range(self.ndim))
-        perm[d0], perm[d1] = perm[d1], perm[d0]
-        return self.permute(*perm)
+        perm = list(range(nd))
+        perm[d0], perm[d1] = d1, d0
+        return self._permute(tuple(perm))
 
     swapaxes = transpose
 
@@ -1089,11 +1110,15 @@ class Tensor(GraphTensor):
         perm = tuple([norm_dim(d, self.ndim) for d in dims])
         if len(set(perm)) != len(perm):
             raise RuntimeError(f"permute(): duplicate dims are not allowed, got {dims}")
+        return self._permute(perm)
+
+    def _permute(self, perm):
+        """The view with dims in the order ``perm`` (a checked tuple of distinct non-negative dims)."""
         if _enabled[0] and (self.requires_grad or self._base is not None):
             out = ops.Permute.apply(self, perm=perm)
         else:  # nothing to record: no node
             out = _make(self._data.transpose(perm))
-        return _mark_view(out, self, lambda b, perm=perm: b.permute(*perm))
+        return _mark_view(out, self, lambda b, perm=perm: b._permute(perm))
 
     def unsqueeze(self, dim):
         d = _norm_dim(dim, self.ndim + 1)
@@ -1153,15 +1178,25 @@ class Tensor(GraphTensor):
 
     # ------------------------------------------------------------ reductions
     # dim=() (and []) reduces over every dim in sum/mean/var/amax (as PyTorch), not over none: ops.dims.norm_dims
-    def sum(self, dim=None, keepdim=False, dtype=None):
+    def sum(self, dim=None, keepdim=_UNSET, dtype=None, *, axis=None, keepdims=None):
+        if axis is not None or keepdims is not None:
+            dim, keepdim = _numpy_names("sum", dim, keepdim, axis, keepdims)
+        elif keepdim is _UNSET:
+            keepdim = False
         if dtype is not None:
             x = self.to(dtype=dtype)
         else:
             x = cast_for("sum", self)[0] if _autocast[0] else self
         d = None if dim is None else norm_dims(dim, self._data.ndim, "sum")
-        return ops.Sum.apply(x, dim=d, keepdim=keepdim)
+        if _enabled[0] and (x.requires_grad or x._base is not None):
+            return ops.Sum.apply(x, dim=d, keepdim=keepdim)
+        return _make(_sum_array(x._data, d, keepdim))  # nothing to record: no node
 
-    def mean(self, dim=None, keepdim=False, dtype=None):
+    def mean(self, dim=None, keepdim=_UNSET, dtype=None, *, axis=None, keepdims=None):
+        if axis is not None or keepdims is not None:
+            dim, keepdim = _numpy_names("mean", dim, keepdim, axis, keepdims)
+        elif keepdim is _UNSET:
+            keepdim = False
         if dtype is not None:
             x = self.to(dtype=dtype)
         else:
@@ -1171,7 +1206,12 @@ class Tensor(GraphTensor):
                 f"mean(): could not infer output dtype. Input dtype must be floating point, but got {x.dtype}"
             )
         d = None if dim is None else norm_dims(dim, self._data.ndim, "mean")
-        return ops.Mean.apply(x, dim=d, keepdim=keepdim)
+        if _enabled[0] and (x.requires_grad or x._base is not None):
+            return ops.Mean.apply(x, dim=d, keepdim=keepdim)
+        a = x._data
+        return _make(_mean_array(a, d, keepdim, _count(a.shape, d)))  # nothing to record: no node
+
+    sum._numpy_names = mean._numpy_names = True  # they take axis=/keepdims= themselves (no tensor_api wrapper)
 
     def var(self, dim=None, unbiased=True, keepdim=False, correction=None):
         c = (1 if unbiased else 0) if correction is None else correction

@@ -870,8 +870,8 @@ def numpy_kwargs(fn):
 
 def _takes_dim(fn):
     code = getattr(fn, "__code__", None)
-    if code is None or getattr(fn, "__wrapped__", None) is not None:
-        return False
+    if code is None or getattr(fn, "__wrapped__", None) is not None or getattr(fn, "_numpy_names", False):
+        return False  # (_numpy_names: the method takes axis=/keepdims= itself, as Tensor.sum/mean)
     names = code.co_varnames[: code.co_argcount + code.co_kwonlyargcount]
     return "dim" in names or "keepdim" in names
 

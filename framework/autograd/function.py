@@ -33,13 +33,11 @@ class SavedTensor:
     __slots__ = ("data", "version", "counter", "grad_fn", "output_nr", "leaf", "requires_grad", "is_output", "make")
 
     def __init__(self, t, is_output: bool):
-        self.data, self.make = t._data, t._make
-        self.counter = c = t._version
-        self.version = c[0]
-        self.requires_grad = rg = t.requires_grad
-        self.is_output = is_output
-        self.output_nr = t._output_nr
+        c = t._version
+        rg = t.requires_grad
         fn = t.grad_fn
+        self.data, self.make, self.counter, self.version = t._data, t._make, c, c[0]
+        self.requires_grad, self.is_output, self.output_nr = rg, is_output, t._output_nr
         self.leaf = t if (fn is None and rg) else None
         self.grad_fn = None if is_output else fn
 
@@ -280,21 +278,40 @@ _new = object.__new__
 
 def _record(cls, ctx, make, tensors, attrs):
     """``Op.apply`` when a node is recorded: edges, input metadata, the forward, outputs, saved tensors."""
-    needs, edges, meta, arrays = [], [], [], []
-    for t in tensors:
+    if len(tensors) == 1:  # one input (and it requires grad, or apply would not record): no loop, no lists
+        t = tensors[0]
         d = t._data
-        arrays.append(d)
-        meta.append((d.shape, d.dtype))
-        if t.requires_grad:
-            needs.append(True)
-            fn = t.grad_fn
-            edges.append(t if fn is None else (fn, t._output_nr))
-        else:
-            needs.append(False)
-            edges.append(None)
-    ctx.needs_input_grad = tuple(needs)
-    out = cls.forward(ctx, *arrays, **attrs)
-    ctx.next_edges, ctx.in_meta = edges, meta
+        fn = t.grad_fn
+        ctx.needs_input_grad = (True,)
+        out = cls.forward(ctx, d, **attrs)
+        ctx.next_edges, ctx.in_meta = (t if fn is None else (fn, t._output_nr),), ((d.shape, d.dtype),)
+    elif len(tensors) == 2:  # two inputs, the other common case: no loop, no lists either
+        t, u = tensors
+        d, e = t._data, u._data
+        rt, ru = t.requires_grad, u.requires_grad
+        ctx.needs_input_grad = (rt, ru)
+        out = cls.forward(ctx, d, e, **attrs)
+        ctx.next_edges = (
+            ((t if t.grad_fn is None else (t.grad_fn, t._output_nr)) if rt else None),
+            ((u if u.grad_fn is None else (u.grad_fn, u._output_nr)) if ru else None),
+        )
+        ctx.in_meta = ((d.shape, d.dtype), (e.shape, e.dtype))
+    else:
+        needs, edges, meta, arrays = [], [], [], []
+        for t in tensors:
+            d = t._data
+            arrays.append(d)
+            meta.append((d.shape, d.dtype))
+            if t.requires_grad:
+                needs.append(True)
+                fn = t.grad_fn
+                edges.append(t if fn is None else (fn, t._output_nr))
+            else:
+                needs.append(False)
+                edges.append(None)
+        ctx.needs_input_grad = tuple(needs)
+        out = cls.forward(ctx, *arrays, **attrs)
+        ctx.next_edges, ctx.in_meta = edges, meta
     saves = cls.saves
     if type(out) is not tuple:
         res = make(out, True, ctx)

@@ -70,7 +70,9 @@ def activation(x: Tensor, name: str, negative_slope: float = 0.01, alpha: float 
     if simple is not None and x._data.dtype in _SIMPLE_DTYPES and reference_path(x._data):
         # float32/float64 on the NumPy reference path: the plain op computes the same maths with about
         # 3 us less Python per call (no kernel residuals or dispatch layers), which is per-op overhead
-        return simple.apply(x)
+        if _enabled[0] and (x.requires_grad or x._base is not None):
+            return simple.apply(x)
+        return Tensor._make(simple.forward(None, x._data))  # nothing to record: the op's forward alone
     if not x.is_floating_point():
         raise TypeError(f"{name} expects a floating-point tensor, got {x.dtype}")
     if name not in ACTIVATIONS:

@@ -106,7 +106,9 @@ def matmul(a, b):
     if isinstance(a, Tensor) and isinstance(b, Tensor):
         ad, bd = a._data, b._data
         if ad.ndim == 2 and _plain_ok(ad, bd):
-            return MatMulAct.apply(a, b, _PLAIN[ad.dtype], act=None, negative_slope=0.01, plain=True)
+            if _enabled[0] and (a.requires_grad or b.requires_grad or a._base is not None or b._base is not None):
+                return ops.MatMul.apply(a, b)  # no bias, no activation: the plain op (array backward)
+            return Tensor._make(ad @ bd)  # nothing to record (a view may need its history refreshed: apply)
     if not isinstance(a, Tensor) or not isinstance(b, Tensor):
         # a NumPy/CuPy array converts (as for the other binary ops); a list is no matrix: PyTorch refuses
         # x @ [1., 2.], and so does this

@@ -341,6 +341,9 @@ class Sigmoid(Op):
         return g * out * (1 - out)
 
 
+_ZEROS: dict = {}  # dtype -> its scalar 0, made once (a scalar per call costs a tenth of a small relu)
+
+
 class Relu(Op):
     """max(a, 0); d/da = 1 where the output is positive (a > 0), else 0. The output is saved, not a mask, as
     PyTorch's threshold_backward reads it: a forward that records nothing computes nothing for backward."""
@@ -350,7 +353,11 @@ class Relu(Op):
     @staticmethod
     def forward(ctx, a):
         # maximum, not a * mask: keeps NaN (as PyTorch) and gives +0.0, never -0.0, for negative inputs
-        return xp_of(a).maximum(a, a.dtype.type(0))
+        dt = a.dtype
+        zero = _ZEROS.get(dt)
+        if zero is None:
+            zero = _ZEROS[dt] = dt.type(0)
+        return xp_of(a).maximum(a, zero)
 
     @staticmethod
     def backward(ctx, g):

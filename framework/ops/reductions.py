@@ -38,14 +38,30 @@ def _sum(a, dim, keepdim, acc):
     return a.sum(axis=dim, keepdims=keepdim, dtype=acc)
 
 
+def sum_array(a, dim, keepdim):
+    """Σ of array ``a`` over ``dim`` (None: all; an int or a sorted tuple): integers and bools to int64, half
+    precision accumulated in float32 and rounded once, as PyTorch. Sum's forward, and Tensor.sum's when nothing
+    is recorded."""
+    acc = _sum_acc(a.dtype)
+    if acc is None or acc.kind == "i":  # integers and bools sum to int64, as PyTorch
+        return _sum(a, dim, keepdim, acc)
+    return _sum(a, dim, keepdim, acc).astype(a.dtype)
+
+
+def mean_array(a, dim, keepdim, n):
+    """The mean of float array ``a`` over ``dim``, ``n`` elements each: NumPy's mean (the sum over the count in
+    the accumulation dtype, the same rounding) without its Python layer; an empty mean is NaN (no warning)."""
+    acc = _sum_acc(a.dtype)
+    s = _sum(a, dim, keepdim, acc)
+    out = s / n if n else s * float("nan")
+    return out.astype(a.dtype, copy=False) if acc is not None else out
+
+
 class Sum(Op):
     @staticmethod
     def forward(ctx, a, dim, keepdim):
         ctx.dim, ctx.keepdim, ctx.shape = dim, keepdim, a.shape
-        acc = _sum_acc(a.dtype)
-        if acc is None or acc.kind == "i":  # integers and bools sum to int64, as PyTorch
-            return _sum(a, dim, keepdim, acc)
-        return _sum(a, dim, keepdim, acc).astype(a.dtype)
+        return sum_array(a, dim, keepdim)
 
     @staticmethod
     def backward(ctx, g):
@@ -58,13 +74,8 @@ class Mean(Op):
     @staticmethod
     def forward(ctx, a, dim, keepdim):
         ctx.dim, ctx.keepdim, ctx.shape = dim, keepdim, a.shape
-        ctx.n = n = _count(a.shape, dim)
-        acc = _sum_acc(a.dtype)
-        # NumPy's mean is this sum divided by the count in the accumulation dtype (the same rounding), without
-        # its Python layer
-        s = _sum(a, dim, keepdim, acc)
-        out = s / n if n else s * float("nan")  # an empty mean is NaN, as PyTorch (no 0/0 warning)
-        return out.astype(a.dtype, copy=False) if acc is not None else out
+        ctx.n = n = count(a.shape, dim)
+        return mean_array(a, dim, keepdim, n)
 
     @staticmethod
     def backward(ctx, g):
@@ -81,7 +92,7 @@ class Var(Op):
     @staticmethod
     def forward(ctx, a, dim, correction, keepdim):
         ctx.dim, ctx.keepdim, ctx.shape, ctx.correction = dim, keepdim, a.shape, correction
-        ctx.n = _count(a.shape, dim)
+        ctx.n = count(a.shape, dim)
         acc = _acc_dtype(a.dtype)
         x = a.astype(acc) if acc is not None else a
         return x.var(axis=dim, ddof=correction, keepdims=keepdim).astype(a.dtype, copy=False)
@@ -176,7 +187,7 @@ def _keep_shape(shape, dim):
     return tuple(1 if i in dims else s for i, s in enumerate(shape))
 
 
-def _count(shape, dim):
+def count(shape, dim):
     """How many elements a reduction over ``dim`` (None: all) of an array of ``shape`` combines."""
     n = 1
     for d in range(len(shape)) if dim is None else (dim,) if isinstance(dim, int) else dim:
