@@ -9,6 +9,7 @@ creation, the rest of PyTorch's Tensor API) are attached in one place, :mod:`con
 
 from __future__ import annotations
 
+import math
 import numbers
 import operator
 import weakref
@@ -1038,7 +1039,9 @@ class Tensor(GraphTensor):
         if len(shape) == 1 and not isinstance(shape[0], (int, tuple, list, np.integer)):
             return self._view_dtype(D.as_dtype(shape[0]))
         shape = _infer_shape(_shape_arg(shape), self)
-        if shape != self.shape and _view_strides(self.shape, self.stride(), shape) is None:
+        a = self._data
+        # a C-contiguous tensor views as any shape of its size: the stride test only for the others
+        if shape != a.shape and not a.flags.c_contiguous and _view_strides(self.shape, self.stride(), shape) is None:
             raise RuntimeError(
                 "view size is not compatible with input tensor's size and stride (at least one dimension spans "
                 "across two contiguous subspaces). Use .reshape(...) instead."
@@ -1079,7 +1082,7 @@ class Tensor(GraphTensor):
         s, e = _norm_dim(start_dim, self.ndim), _norm_dim(end_dim, self.ndim)
         if s > e:
             raise RuntimeError("flatten() has invalid args: start_dim cannot come after end_dim")
-        shape = self.shape[:s] + (int(np.prod(self.shape[s : e + 1], dtype=np.int64)),) + self.shape[e + 1 :]
+        shape = self.shape[:s] + (math.prod(self.shape[s : e + 1]),) + self.shape[e + 1 :]
         return self.reshape(shape)
 
     def unflatten(self, dim, sizes):
@@ -1442,7 +1445,7 @@ def _view_strides(old_shape, old_strides, new_shape):
     chunk must be covered exactly by a run of new dims, which then get that chunk's strides."""
     if not old_shape:
         return (1,) * len(new_shape)
-    numel = int(np.prod(old_shape, dtype=np.int64))
+    numel = math.prod(old_shape)
     if numel == 0:  # an empty tensor views as anything of the same (zero) size
         return tuple(old_strides) if tuple(old_shape) == tuple(new_shape) else (0,) * len(new_shape)
     new_strides = [0] * len(new_shape)

@@ -9,6 +9,7 @@ import numpy as np
 
 from .._backend import xp_of
 from ..autograd.function import Op
+from ..autograd.grad_mode import _enabled
 from .shape import Cat
 
 
@@ -65,9 +66,25 @@ class Sum(Op):
 
     @staticmethod
     def backward(ctx, g):
+        if not _enabled[0]:  # not recorded: the gradient spread over the input's shape, one array pass
+            return g._wrap_const(_spread(ctx, g._data, None))
         if not ctx.keepdim and ctx.dim is not None:
             g = g.reshape(_keep_shape(ctx.shape, ctx.dim))
         return g.expand(*ctx.shape)
+
+
+def _spread(ctx, gd, n):
+    """A reduction's upstream gradient ``gd`` (divided by ``n`` unless None) written over the input's shape: a
+    new contiguous array (no stride-0 view for a ``.grad`` to inherit), as cheap as a view on small tensors."""
+    if not ctx.keepdim and ctx.dim is not None:
+        gd = gd.reshape(_keep_shape(ctx.shape, ctx.dim))
+    xp = xp_of(gd)
+    out = xp.empty(ctx.shape, gd.dtype)
+    if n is None:
+        out[...] = gd
+    else:
+        xp.divide(gd, n, out=out)  # the same rounding as g / n, then broadcast
+    return out
 
 
 class Mean(Op):
@@ -79,6 +96,8 @@ class Mean(Op):
 
     @staticmethod
     def backward(ctx, g):
+        if not _enabled[0]:
+            return g._wrap_const(_spread(ctx, g._data, ctx.n))
         if not ctx.keepdim and ctx.dim is not None:
             g = g.reshape(_keep_shape(ctx.shape, ctx.dim))
         return (g / ctx.n).expand(*ctx.shape)
