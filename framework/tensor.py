@@ -1382,7 +1382,7 @@ class Tensor(GraphTensor):
         """``g`` (a Tensor, number or array) as a gradient for this tensor: a Tensor of its shape."""
         if not isinstance(g, Tensor):
             g = _as_tensor(g, self)
-        if g.shape != self.shape:
+        if g._data.shape != self._data.shape:
             raise RuntimeError(
                 f"Mismatch in shape: grad_output has a shape of {g.shape} and output has a shape of {self.shape}"
             )

@@ -85,6 +85,7 @@ class Node:
     """Base of every graph node; the ``ctx`` argument of ``forward``/``backward`` is the node itself."""
 
     _saved = ()
+    res = None  # a fused op's kernel residuals (set by its forward)
     _guards = ()  # a fused op's (array, counter, version) triples: check_guards
     _freed = False
     _pre_hooks = None
@@ -98,7 +99,7 @@ class Node:
     def saved_tensors(self):
         if self._freed:
             raise RuntimeError(_FREED_MSG)
-        return tuple(None if s is None else s.unpack(self) for s in self._saved)
+        return tuple([None if s is None else s.unpack(self) for s in self._saved])
 
     def saved_tensor(self, i):
         """``saved_tensors[i]`` alone (a backward that needs one of several saved tensors skips the rest)."""
@@ -115,7 +116,7 @@ class Node:
 
     def _release(self):
         # kernel-backed ops keep their kernels' residual arrays in ``res``: free those too
-        if self._saved or getattr(self, "res", None) is not None:
+        if self._saved or self.res is not None:
             self._saved = ()
             self.res = None
             self._guards = ()  # they hold the aliased arrays: release those with the residuals
