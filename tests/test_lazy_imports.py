@@ -49,6 +49,19 @@ def test_cpu_forward_backward_loads_no_heavy_module():
     assert _loaded(_STEP) == []
 
 
+def test_kernel_reference_paths_load_no_ml_dtypes():
+    # layer norm, GELU, softmax, cross-entropy and AdamW on the CPU reference path import their kernel modules
+    # (and with them Triton, for now), but list bfloat16 by name: ml_dtypes stays out
+    code = (
+        "import conch\nimport conch.nn as nn, conch.nn.functional as F\n"
+        "m = nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.LayerNorm(16), nn.Linear(16, 4))\n"
+        "y = F.gelu(m(conch.randn(5, 8))).log_softmax(-1)\n"
+        "F.cross_entropy(y, conch.tensor([0, 1, 2, 3, 0])).backward()\n"
+        "conch.optim.AdamW(m.parameters()).step()\n"
+    )
+    assert "ml_dtypes" not in _loaded(code)
+
+
 def test_the_probe_can_fail():
     # the check above would see ml_dtypes once bfloat16 is used: so a clean result means something
     assert _loaded("import conch; conch.ones(2, dtype=conch.bfloat16)") == ["ml_dtypes"]
