@@ -62,6 +62,34 @@ def test_kernel_reference_paths_load_no_ml_dtypes():
     assert "ml_dtypes" not in _loaded(code)
 
 
+def test_kernel_modules_import_in_compiled_mode_under_the_interpreter():
+    # TRITON_INTERPRET set before the first kernel use (the framework imports kernel modules lazily): the module
+    # still holds compiled-mode functions, whose interpreted twins run NumPy launches, and both paths keep working
+    code = (
+        "import os\nos.environ['TRITON_INTERPRET'] = '1'\n"
+        "import numpy as np, conch, triton\n"
+        "from triton.runtime.jit import JITFunction\n"
+        "from conch.kernels import _launch\n"
+        "assert type(conch.kernels.matmul._matmul_kernel) is JITFunction\n"
+        "assert os.environ['TRITON_INTERPRET'] == '1'\n"
+        "before = sum(_launch.LAUNCHES.values())\n"
+        "a, b = conch.randn(1, 3, 4, requires_grad=True), conch.randn(4, 2)\n"
+        "(a @ b).sum().backward()\n"
+        "assert sum(_launch.LAUNCHES.values()) > before  # the Triton path, interpreted\n"
+        "del os.environ['TRITON_INTERPRET']\n"
+        "np.testing.assert_allclose(a.grad.numpy(), np.ones((1, 3, 2)) @ b.numpy().T, rtol=1e-5)\n"
+    )
+    _loaded(code)  # asserts the subprocess succeeded
+
+
+def test_dtype_sets_match_by_name():
+    from conch.kernels._launch import DtypeSet
+
+    s = DtypeSet(("float32", "bfloat16"))
+    assert np.dtype(np.float32) in s and D.bfloat16 in s
+    assert np.dtype(np.float64) not in s and np.dtype(np.int32) not in s and "float32" in s
+
+
 def test_the_probe_can_fail():
     # the check above would see ml_dtypes once bfloat16 is used: so a clean result means something
     assert _loaded("import conch; conch.ones(2, dtype=conch.bfloat16)") == ["ml_dtypes"]
