@@ -145,7 +145,7 @@ def _shape_arg(shape, what="view", arg="size"):
     return tuple(out)
 
 
-_norm_dim, _norm_dims = norm_dim, norm_dims  # the names the rest of the framework imports
+_norm_dim = norm_dim  # the name the rest of the framework imports (tensor_api, fused/softmax)
 
 
 class Tensor(GraphTensor):
@@ -1279,10 +1279,12 @@ class Tensor(GraphTensor):
         return _const(getattr(a, name)(axis=d, keepdims=keepdim).astype(np.int64, copy=False))
 
     def all(self, dim=None, keepdim=False):
-        return _const(xp_of(self._data).asarray(self._data.all(axis=_norm_dims(dim, self.ndim), keepdims=keepdim)))
+        d = norm_dims(dim, self.ndim, "all", empty_is_all=False)  # all(dim=()) reduces nothing, as PyTorch
+        return _const(xp_of(self._data).asarray(self._data.all(axis=d, keepdims=keepdim)))
 
     def any(self, dim=None, keepdim=False):
-        return _const(xp_of(self._data).asarray(self._data.any(axis=_norm_dims(dim, self.ndim), keepdims=keepdim)))
+        d = norm_dims(dim, self.ndim, "any", empty_is_all=False)
+        return _const(xp_of(self._data).asarray(self._data.any(axis=d, keepdims=keepdim)))
 
     def norm(self, p=2, dim=None, keepdim=False):
         self = _fp32("norm", _floating(self))

@@ -119,6 +119,24 @@ def test_empty_dim_list_reduces_everything(name, empty, device):
     np.testing.assert_allclose(got.cpu().numpy(), ref(x.cpu().numpy()), rtol=1e-12)
 
 
+@pytest.mark.parametrize("empty", [(), []])
+def test_all_any_with_an_empty_dim_list_reduce_nothing(empty, device):
+    b = np.array([[True, False], [True, True]])
+    for name in ("all", "any"):
+        got = getattr(conch.tensor(b, device=device), name)(dim=empty)
+        np.testing.assert_array_equal(got.cpu().numpy(), b)  # PyTorch leaves them as they are
+    assert norm_dims((), 2, empty_is_all=False) == () and norm_dims([], 2) is None
+
+
+def test_all_any_empty_dims_match_pytorch():
+    torch = pytest.importorskip("torch")
+    b = np.array([[True, False], [True, True]])
+    for name in ("all", "any"):
+        for d in ((), [], (1,), (0, -1)):
+            want = getattr(torch.tensor(b), name)(dim=d).numpy()
+            np.testing.assert_array_equal(getattr(conch.tensor(b), name)(dim=d).numpy(), want)
+
+
 def test_sum_mean_over_numpy_dims_gradcheck_odd_shapes(device):
     rng = np.random.default_rng(1)
     x = conch.tensor(rng.standard_normal((3, 5, 7)), dtype=conch.float64, device=device, requires_grad=True)

@@ -39,15 +39,17 @@ def norm_dim(dim, ndim: int, name: str = "dim") -> int:
     return dim + n if dim < 0 else dim
 
 
-def norm_dims(dim, ndim: int, name: str = "dim"):
-    """A reduction's ``dim``: None (and an empty list or tuple: every dim, as PyTorch) -> None, one dim -> an
-    int, a list/tuple -> a sorted tuple of distinct dims. A 0-d tensor's dims (0 or -1) also give None, since
-    its one element is the whole reduction. A repeated dim is PyTorch's RuntimeError."""
+def norm_dims(dim, ndim: int, name: str = "dim", empty_is_all: bool = True):
+    """A reduction's ``dim``: None -> None (every dim), one dim -> an int, a list/tuple -> a sorted tuple of
+    distinct dims. An empty list or tuple means every dim (None) for sum/mean/var/amax... as in PyTorch, and no
+    dim at all (``()``) with ``empty_is_all=False`` (all/any, which PyTorch leaves unreduced then). A 0-d
+    tensor's dims (0 or -1) also give None, since its one element is the whole reduction. A repeated dim is
+    PyTorch's RuntimeError."""
     if dim is None:
         return None
     if isinstance(dim, (tuple, list)):
         if not dim:
-            return None
+            return None if empty_is_all else ()
         dims = [norm_dim(d, ndim, name) for d in dim]
         if len(dims) > 1:
             seen = set()
