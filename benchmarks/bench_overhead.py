@@ -19,6 +19,19 @@ Usage::
     python benchmarks/bench_overhead.py                  # table on stdout
     python benchmarks/bench_overhead.py --json out.json  # also write the numbers
     python benchmarks/bench_overhead.py --chain add-mul  # the core alone (no activation kernel adapter)
+    python benchmarks/bench_overhead.py --mode ops       # per op and the 10-op chain, against PyTorch only
+
+Per op (``--mode ops``, part of the default ``--mode all`` when torch imports): each of ``add``, ``mul``,
+``add_scalar``, ``relu``, ``tanh``, ``sum``, ``sum_dim``, ``mean``, ``matmul``, ``reshape``, ``transpose`` on
+(16, 16) float32, and a 10-op chain (add, mul, relu, matmul, add 1.0, tanh, reshape, mul, sum(dim), sum), each
+in three passes: ``forward`` (graph recorded: the input requires grad), ``no_grad`` and ``fwd+bwd`` (the op then
+``backward`` with a fixed upstream gradient, the leaf's ``.grad`` reset to None first, as ``zero_grad`` does).
+Every (case, pass) times ``--calls`` calls in a loop on both clocks, CPU (``time.process_time``: every thread of
+the process) and wall (``time.perf_counter``); conch and PyTorch alternate, the first of the two switching each
+round, for ``--op-rounds`` rounds, and each keeps the median. One thread (``--threads``): PyTorch's intra-op
+pool and the BLAS pools (threadpoolctl where it imports, else the ``*_NUM_THREADS`` variables set before NumPy
+loads). A row's ``ratio`` is PyTorch time / conch time (above 1: conch faster); the issue's target, conch
+within 1.2x of PyTorch, is ``ratio >= 0.833`` (the row's ``within_1_2x``).
 """
 
 from __future__ import annotations
@@ -29,7 +42,22 @@ import statistics
 import sys
 import time
 
-import numpy as np
+
+def _threads_from_argv(argv):
+    """The ``--threads`` value, read before NumPy loads so that the BLAS pools start at that size."""
+    for i, a in enumerate(argv):
+        if a == "--threads" and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith("--threads="):
+            return a.split("=", 1)[1]
+    return "1"
+
+
+if __name__ == "__main__":  # only as a script: an importer (the tests) keeps its own thread settings
+    for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_var, _threads_from_argv(sys.argv[1:]))
+
+import numpy as np  # noqa: E402
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 if _HERE not in sys.path:
@@ -177,6 +205,153 @@ def bench_numpy(n, repeats):
     return {"forward": t, "forward_no_grad": t, "backward": _time_backward(prep, bwd, repeats) / n}
 
 
+# ---------------------------------------------------------------- per op, against PyTorch
+
+
+def _op_cases(lib):
+    """``name -> fn(x, other) -> tensor`` for one library (conch or torch): the same calls, spelled alike."""
+    return {
+        "add": lambda x, o: x + o["y"],
+        "mul": lambda x, o: x * o["y"],
+        "add_scalar": lambda x, o: x + 1.0,
+        "relu": lambda x, o: x.relu(),
+        "tanh": lambda x, o: x.tanh(),
+        "sum": lambda x, o: x.sum(),
+        "sum_dim": lambda x, o: x.sum(dim=1),
+        "mean": lambda x, o: x.mean(),
+        "matmul": lambda x, o: x @ o["w"],
+        "reshape": lambda x, o: x.reshape(8, 32),
+        "transpose": lambda x, o: x.transpose(0, 1),
+        "chain10": _chain10,
+    }
+
+
+def _chain10(x, o):
+    """Ten ops of a small model's kind: add, mul, relu, matmul, add a number, tanh, reshape, mul, sum(dim), sum."""
+    h = ((x + o["y"]) * o["d"]).relu() @ o["w"]
+    h = (h + 1.0).tanh().reshape(8, 32)
+    return (h * o["h"]).sum(dim=1).sum()
+
+
+OP_CASES = tuple(_op_cases(None))
+OP_PASSES = ("forward", "no_grad", "fwd+bwd")
+
+
+def _op_timer(lib, name, pss, calls):
+    """A function that runs ``calls`` calls of case ``name`` in pass ``pss`` and returns (cpu s, wall s) per call."""
+    rng = np.random.default_rng(0)
+    arrs = {k: rng.standard_normal(s).astype(np.float32) for k, s in
+            (("x", SHAPE), ("y", SHAPE), ("d", SHAPE), ("w", SHAPE), ("h", (8, 32)))}  # fmt: skip
+    x = lib.tensor(arrs.pop("x"), requires_grad=True)
+    other = {k: lib.tensor(v) for k, v in arrs.items()}
+    fn = _op_cases(lib)[name]
+    out = fn(x, other)
+    g = lib.tensor(np.ones(tuple(out.shape), np.float32))
+    no_grad = lib.no_grad
+
+    if pss == "forward":
+
+        def body():
+            for _ in range(calls):
+                fn(x, other)
+
+    elif pss == "no_grad":
+
+        def body():
+            with no_grad():
+                for _ in range(calls):
+                    fn(x, other)
+
+    else:
+
+        def body():
+            for _ in range(calls):
+                x.grad = None
+                fn(x, other).backward(g)
+
+    def run():
+        body()  # warm: caches, allocator, branch history
+        c0, w0 = time.process_time(), time.perf_counter()
+        body()
+        return (time.process_time() - c0) / calls, (time.perf_counter() - w0) / calls
+
+    return run
+
+
+def _set_threads(torch, n):
+    """``n`` intra-op threads for PyTorch and for the BLAS pools NumPy loaded (threadpoolctl, when present);
+    returns a function that restores the previous settings (an importer, the tests, keeps its own)."""
+    prev = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        import threadpoolctl
+    except ImportError:
+        limits = None
+    else:
+        limits = threadpoolctl.threadpool_limits(n)
+
+    def restore():
+        torch.set_num_threads(prev)
+        if limits is not None:
+            limits.restore_original_limits()
+
+    return restore
+
+
+def bench_ops(calls, rounds, threads, cases=OP_CASES):
+    """``{(case, pass): {"conch": [(cpu, wall)...], "torch": [...]}}``: interleaved rounds, conch and PyTorch
+    taking turns at going first (so a burst of load from elsewhere hits both sides alike)."""
+    import torch
+
+    import conch
+
+    restore = _set_threads(torch, threads)
+    try:
+        timers = {(c, p): {"conch": _op_timer(conch, c, p, calls), "torch": _op_timer(torch, c, p, calls)}
+                  for c in cases for p in OP_PASSES}  # fmt: skip
+        res = {k: {"conch": [], "torch": []} for k in timers}
+        for r in range(rounds):
+            order = ("conch", "torch") if r % 2 == 0 else ("torch", "conch")
+            for k, t in timers.items():
+                for who in order:
+                    res[k][who].append(t[who]())
+    finally:
+        restore()
+    return res
+
+
+def op_rows(res, calls, rounds, threads):
+    """One ``harness.ratio_row`` per (case, pass, clock): medians of the rounds, in microseconds per call."""
+    import torch
+
+    rows = []
+    for (case, pss), r in res.items():
+        for ci, clock in ((0, "cpu"), (1, "wall")):
+            a = statistics.median(x[ci] for x in r["conch"]) * 1e6
+            b = statistics.median(x[ci] for x in r["torch"]) * 1e6
+            rows.append(harness.ratio_row(
+                f"{case} {pss} {clock}", "us/call", a, b, False, baseline_name=f"torch {torch.__version__}",
+                device="cpu", ok=bool(np.isfinite(a) and np.isfinite(b)), op=case, pass_=pss, clock=clock,
+                calls=calls, rounds=rounds, threads=threads, shape=list(SHAPE),
+                within_1_2x=bool(a <= 1.2 * b)))  # fmt: skip
+    return rows
+
+
+def format_ops(rows):
+    """The per-op table: one line per case, conch/PyTorch time (x, target <= 1.2) per pass and clock."""
+    cols = [(p, c) for p in OP_PASSES for c in ("cpu", "wall")]
+    by = {(r["op"], r["pass_"], r["clock"]): r for r in rows}
+    head = "| op | " + " | ".join(f"{p} {c} us (x torch)" for p, c in cols) + " |"
+    lines = [head, "|" + "---|" * (len(cols) + 1)]
+    for case in dict.fromkeys(r["op"] for r in rows):
+        cells = []
+        for p, c in cols:
+            r = by.get((case, p, c))
+            cells.append("" if r is None else f"{r['conch']:.2f} ({r['conch'] / r['baseline']:.2f}x)")
+        lines.append(f"| {case} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--ops", type=int, default=1000, help="length of the op chain (default 1000)")
@@ -190,8 +365,43 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=3, help="alternating rounds; the best is kept (default 3)")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE")
     p.add_argument("--baseline", choices=("auto", "torch", "numpy"), default="auto")
+    p.add_argument("--mode", choices=("all", "chain", "ops"), default="all",
+                   help="chain: the long chain; ops: per op and the 10-op chain against PyTorch; all: both "
+                        "(ops only when torch imports)")  # fmt: skip
+    p.add_argument("--calls", type=int, default=300, help="calls per timing in --mode ops (default 300)")
+    p.add_argument("--op-rounds", type=int, default=7, help="interleaved rounds in --mode ops; medians (default 7)")
+    p.add_argument("--threads", type=int, default=1, help="intra-op and BLAS threads (default 1)")
     args = p.parse_args(argv)
+    env = harness.Env.detect(force_cpu=True)  # per-op overhead is host work: never touch a GPU here
+    rows, payload_params = [], {}
+    if args.mode in ("all", "chain"):
+        chain_rows, payload_params = _chain_main(args, env)
+        rows += chain_rows
+    if args.mode in ("all", "ops"):
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            if args.mode == "ops":
+                raise
+            print("per-op section skipped: torch does not import (it is the baseline)")
+        else:
+            res = bench_ops(args.calls, args.op_rounds, args.threads)
+            orows = op_rows(res, args.calls, args.op_rounds, args.threads)
+            print(
+                f"\nper op on {SHAPE} float32, {args.threads} thread(s), median of {args.op_rounds} interleaved "
+                f"rounds of {args.calls} calls; conch us/call (conch time / PyTorch time; target <= 1.2x)"
+            )
+            print(f"{env.device}, Python {env.info['python']}, {env.info['date']}, commit {env.info['commit']}")
+            print(format_ops(orows))
+            rows += orows
+            payload_params.update(calls=args.calls, op_rounds=args.op_rounds, threads=args.threads)
+    if args.json:
+        harness.write_json(args.json, harness.make_payload("overhead", "e2e", rows, env, params=payload_params))
+    return 0
 
+
+def _chain_main(args, env):
+    """The long chain against PyTorch (or NumPy): its rows and parameters, its table printed."""
     _KINDS[0] = CHAINS[args.chain]
     base = args.baseline
     if base in ("auto", "torch"):
@@ -214,7 +424,6 @@ def main(argv=None):
             for k, v in r.items():
                 res[name][k] = min(v, res[name].get(k, float("inf")))
 
-    env = harness.Env.detect(force_cpu=True)  # per-op overhead is host work: never touch a GPU here
     base_name = f"{base} {base_version}" + (" (hand-written backward)" if base == "numpy" else "")
     params = {"ops": args.ops, "chain": args.chain, "shape": list(SHAPE), "repeats": args.repeats,
               "rounds": args.rounds}  # fmt: skip
@@ -234,10 +443,7 @@ def main(argv=None):
     )
     print(f"{env.device}, Python {env.info['python']}, {env.info['date']}, commit {env.info['commit']}")
     print(harness.format_table(rows, harness.E2E_COLUMNS))
-    if args.json:
-        harness.write_json(args.json, harness.make_payload("overhead", "e2e", rows, env,
-                                                           params=dict(params, baseline=base_name)))  # fmt: skip
-    return 0
+    return rows, dict(params, baseline=base_name)
 
 
 if __name__ == "__main__":

@@ -21,10 +21,9 @@ from conch.kernels._threads import (
     set_num_threads,
 )
 
-from . import accelerator, autograd, backends, cuda
+from . import _dtype, accelerator, autograd, backends, cuda
 from ._backend import device, xp_of
 from ._dtype import (
-    bfloat16,
     bool_,
     double,
     float16,
@@ -131,6 +130,8 @@ def __getattr__(name):
         return importlib.import_module(_LAZY[name])
     if name in ("autocast", "GradScaler"):  # torch.autocast spelling; amp loads on first use
         return getattr(importlib.import_module("conch.amp"), name)
+    if name == "bfloat16":  # conch.bfloat16: ml_dtypes (0.5-0.8 s) loads on first use (conch._dtype)
+        return _dtype.bfloat16
     raise AttributeError(f"module 'conch' has no attribute {name!r}")
 
 

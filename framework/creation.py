@@ -169,6 +169,7 @@ def from_numpy(a: np.ndarray) -> Tensor:
     """A CPU tensor sharing memory with NumPy array ``a``."""
     if not isinstance(a, np.ndarray):
         raise TypeError(f"expected np.ndarray (got {type(a).__name__})")
+    D.note_dtype(a.dtype)  # a bfloat16 array: conch's dtype tables list bfloat16 from now on (lazy ml_dtypes)
     return Tensor._make(a)
 
 

@@ -58,11 +58,26 @@ __all__ = ["save", "load", "SerializationError"]
 _MAX_HEADER = 100 * 1024 * 1024  # the safetensors library's own limit
 
 _TO_ST = {
-    D.float64: "F64", D.float32: "F32", D.float16: "F16", D.bfloat16: "BF16",
+    D.float64: "F64", D.float32: "F32", D.float16: "F16",
     D.int64: "I64", D.int32: "I32", D.int16: "I16", D.int8: "I8", D.uint8: "U8", D.bool_: "BOOL",
     np.dtype(np.uint16): "U16", np.dtype(np.uint32): "U32", np.dtype(np.uint64): "U64",
 }  # fmt: skip
-_FROM_ST = {v: k for k, v in _TO_ST.items()}
+
+
+class _FromST(dict):
+    """safetensors name -> dtype; "BF16" imports ml_dtypes at its first lookup (conch._dtype loads it lazily)."""
+
+    def __contains__(self, key):
+        return key == "BF16" or dict.__contains__(self, key)
+
+    def __getitem__(self, key):
+        if key == "BF16":
+            return D.bfloat16
+        return dict.__getitem__(self, key)
+
+
+_FROM_ST = _FromST({v: k for k, v in _TO_ST.items()})
+D.on_bfloat16(lambda bf: _TO_ST.__setitem__(bf, "BF16"))  # an array can be bfloat16 only once it is loaded
 
 # Checksums. CRC-32 because it is the cheapest check hashlib/zlib offer (4.6 GB/s on one core of the test
 # machine: 22 ms per 100 MB, against 61 ms for sha256 and 123 ms for blake2b) and it is built for this job:

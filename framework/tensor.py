@@ -9,6 +9,7 @@ creation, the rest of PyTorch's Tensor API) are attached in one place, :mod:`con
 
 from __future__ import annotations
 
+import math
 import numbers
 import operator
 import weakref
@@ -25,6 +26,68 @@ from .autograd import function as _function
 from .autograd.function import GraphTensor, _RemovableHandle
 from .autograd.grad_mode import _enabled, no_grad
 from .kernels import _cupy, _deferred
+from .ops.dims import norm_dim, norm_dims
+from .ops.reductions import count as _count
+from .ops.reductions import mean_array as _mean_array
+from .ops.reductions import sum_array as _sum_array
+
+_new = object.__new__
+_UNSET = type("_Unset", (), {"__repr__": lambda self: "False", "__slots__": ()})()  # keepdim not given
+
+
+def _numpy_names(name, dim, keepdim, axis, keepdims):
+    """``(dim, keepdim)`` from PyTorch's NumPy-style aliases ``axis=``/``keepdims=`` (what tensor_api.numpy_kwargs
+    does for the other methods): giving both spellings of one argument is a TypeError."""
+    if axis is not None:
+        if dim is not None:
+            raise TypeError(f"{name}() got multiple values for argument 'dim'")
+        dim = axis
+    if keepdims is not None:
+        if keepdim is not _UNSET:
+            raise TypeError(f"{name}() got multiple values for argument 'keepdim'")
+        keepdim = keepdims
+    return dim, (False if keepdim is _UNSET else keepdim)
+
+
+_ND = np.ndarray
+_SCALAR_FAST = (D.float32, D.float64)  # dtypes a Python number never promotes
+_FLOATS = D.FLOATING
+
+
+def _arith(op, scalar_op, swap=False, negate=False, floating=False):
+    """A binary arithmetic dunder for ``op`` (Add, Sub, Mul, Div); ``swap``: the reflected form (other op self).
+
+    Fast path, the common case: the other operand a Tensor, both NumPy arrays of the very same dtype (a float
+    dtype for ``floating``, true division): no promotion, no device check, and no broadcast check either (the
+    op's NumPy call raises ValueError for shapes that do not broadcast, and the general path then gives
+    PyTorch's error). A Python int/float with a float32/float64 tensor goes to ``scalar_op`` (``s`` an attribute,
+    ``-s`` for ``negate``). Anything else: ``_operands`` (promotion, arrays, devices), then ``op``.
+    """
+
+    fwd = op.forward  # Add/Sub/Mul/Div keep nothing on ctx in forward: callable without a node
+
+    def method(self, other):
+        if isinstance(other, Tensor):
+            a, b = self._data, other._data
+            if a.dtype is b.dtype and type(a) is _ND and type(b) is _ND and (not floating or a.dtype in _FLOATS):
+                try:
+                    if _enabled[0] and (self.requires_grad or other.requires_grad or self._base is not None
+                                        or other._base is not None):  # fmt: skip
+                        return op.apply(other, self) if swap else op.apply(self, other)
+                    # nothing to record (a view may need its history refreshed first: apply does that)
+                    return _make(fwd(None, b, a) if swap else fwd(None, a, b))
+                except ValueError:
+                    if a.shape == b.shape:
+                        raise
+                    # shapes that do not broadcast: the general path below raises PyTorch's error for them
+        elif (
+            scalar_op is not None and (type(other) is float or type(other) is int) and self._data.dtype in _SCALAR_FAST
+        ):
+            return scalar_op.apply(self, s=-other if negate else other)
+        x, y = _operands(other, self, floating) if swap else _operands(self, other, floating)
+        return op.apply(x, y)
+
+    return method
 
 
 class Size(tuple):
@@ -65,6 +128,11 @@ def _shape_arg(shape, what="view", arg="size"):
     """``*shape`` or one sequence of them as a tuple of ints; a float or string is a TypeError, as PyTorch."""
     if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
         shape = tuple(shape[0])
+    for s in shape:
+        if type(s) is not int:
+            break
+    else:  # Python ints only, the common case: nothing to convert
+        return shape
     out = []
     for pos, s in enumerate(shape):
         try:
@@ -77,23 +145,7 @@ def _shape_arg(shape, what="view", arg="size"):
     return tuple(out)
 
 
-def _norm_dim(dim, ndim):
-    if not isinstance(dim, (int, np.integer)):  # sum(dim=1.5) is an error in PyTorch, not dim 1
-        raise TypeError(f"argument 'dim' must be int or tuple of ints, but got {type(dim).__name__}")
-    n = max(ndim, 1)
-    if not -n <= dim < n:
-        raise IndexError(f"Dimension out of range (expected to be in range of [{-n}, {n - 1}], but got {dim})")
-    return dim % n
-
-
-def _norm_dims(dim, ndim):
-    """None -> None, int -> int, sequence -> sorted tuple; negative dims wrap; errors name the range."""
-    if dim is None:
-        return None
-    if isinstance(dim, (list, tuple)):
-        dims = tuple(sorted({_norm_dim(d, ndim) for d in dim}))
-        return dims if ndim else None
-    return _norm_dim(dim, ndim) if ndim else None
+_norm_dim = norm_dim  # the name the rest of the framework imports (tensor_api, fused/softmax)
 
 
 class Tensor(GraphTensor):
@@ -127,7 +179,14 @@ class Tensor(GraphTensor):
     def _make(data, requires_grad=False, grad_fn=None, version=None):
         """A Tensor around array ``data`` (no copy); always a plain Tensor, also when called on a Parameter,
         so that autograd can make an op's outputs with any input's ``_make``."""
-        return Tensor._make_as(Tensor, data, requires_grad, grad_fn, version)
+        # _make_as's body, inlined: every op's output is made here, and a call layer is ~10% of a small op
+        if type(data) is not np.ndarray and isinstance(data, np.generic):
+            data = np.asarray(data)  # NumPy reductions hand back scalars; keep 0-d arrays
+        t = _new(Tensor)
+        t._data, t.requires_grad, t.grad_fn, t.grad = data, requires_grad, grad_fn, None
+        t._version = [0] if version is None else version
+        t._output_nr, t._hooks, t._base = 0, None, None
+        return t
 
     @staticmethod
     def _make_as(cls, data, requires_grad=False, grad_fn=None, version=None):
@@ -298,7 +357,7 @@ class Tensor(GraphTensor):
     def __repr__(self):
         if _enabled[0]:
             _function.fresh(self)  # a view whose base changed in place shows its current grad_fn
-        body = np.array2string(np.asarray(self.detach().cpu()._data, dtype=np.float64) if self.dtype == D.bfloat16
+        body = np.array2string(np.asarray(self.detach().cpu()._data, dtype=np.float64) if D.is_bfloat16(self.dtype)
                                else self.detach().cpu()._data, separator=", ", prefix="tensor(")  # fmt: skip
         extra = []
         if self.device.type != "cpu":
@@ -465,53 +524,16 @@ class Tensor(GraphTensor):
         return ops.Clone.apply(self)
 
     # ------------------------------------------------------------ arithmetic
-    # A Python number with a float32/float64 tensor needs no promotion and no 0-d tensor: the
-    # *Scalar ops take it as an attribute (about 2 us less per op than wrapping it).
-    def __add__(self, other):
-        if (type(other) is float or type(other) is int) and self._data.dtype in _SCALAR_FAST:
-            return ops.AddScalar.apply(self, s=other)
-        a, b = _operands(self, other)
-        return ops.Add.apply(a, b)
-
-    def __radd__(self, other):
-        if (type(other) is float or type(other) is int) and self._data.dtype in _SCALAR_FAST:
-            return ops.AddScalar.apply(self, s=other)
-        a, b = _operands(other, self)
-        return ops.Add.apply(a, b)
-
-    def __sub__(self, other):
-        if (type(other) is float or type(other) is int) and self._data.dtype in _SCALAR_FAST:
-            return ops.AddScalar.apply(self, s=-other)  # a + (-s) rounds exactly as a - s
-        a, b = _operands(self, other)
-        return ops.Sub.apply(a, b)
-
-    def __rsub__(self, other):
-        if (type(other) is float or type(other) is int) and self._data.dtype in _SCALAR_FAST:
-            return ops.RSubScalar.apply(self, s=other)
-        a, b = _operands(other, self)
-        return ops.Sub.apply(a, b)
-
-    def __mul__(self, other):
-        if (type(other) is float or type(other) is int) and self._data.dtype in _SCALAR_FAST:
-            return ops.MulScalar.apply(self, s=other)
-        a, b = _operands(self, other)
-        return ops.Mul.apply(a, b)
-
-    def __rmul__(self, other):
-        if (type(other) is float or type(other) is int) and self._data.dtype in _SCALAR_FAST:
-            return ops.MulScalar.apply(self, s=other)
-        a, b = _operands(other, self)
-        return ops.Mul.apply(a, b)
-
-    def __truediv__(self, other):
-        if (type(other) is float or type(other) is int) and self._data.dtype in _SCALAR_FAST:
-            return ops.DivScalar.apply(self, s=other)
-        a, b = _operands(self, other, floating=True)
-        return ops.Div.apply(a, b)
-
-    def __rtruediv__(self, other):
-        a, b = _operands(other, self, floating=True)
-        return ops.Div.apply(a, b)
+    # The fast path (_arith): two NumPy tensors of one dtype go straight to the op; a Python number with a
+    # float32/float64 tensor needs no promotion and no 0-d tensor: the *Scalar ops take it as an attribute.
+    __add__ = _arith(ops.Add, ops.AddScalar)
+    __radd__ = _arith(ops.Add, ops.AddScalar, swap=True)
+    __sub__ = _arith(ops.Sub, ops.AddScalar, negate=True)  # a + (-s) rounds exactly as a - s
+    __rsub__ = _arith(ops.Sub, ops.RSubScalar, swap=True)
+    __mul__ = _arith(ops.Mul, ops.MulScalar)
+    __rmul__ = _arith(ops.Mul, ops.MulScalar, swap=True)
+    __truediv__ = _arith(ops.Div, ops.DivScalar, floating=True)
+    __rtruediv__ = _arith(ops.Div, None, swap=True, floating=True)
 
     def __neg__(self):
         return ops.Neg.apply(self)
@@ -1007,10 +1029,15 @@ class Tensor(GraphTensor):
     # ------------------------------------------------------------ shapes
     def reshape(self, *shape):
         shape = _infer_shape(_shape_arg(shape), self)
-        if shape == self.shape:
+        a = self._data
+        if shape == a.shape:
             return self
-        out = ops.Reshape.apply(self, shape=shape)
-        if out._data.base is not None and _shares_memory(out._data, self._data):  # not when reshape had to copy
+        if _enabled[0] and (self.requires_grad or self._base is not None):
+            out = ops.Reshape.apply(self, shape=shape)
+        else:  # nothing to record: no node
+            out = _make(a.reshape(shape))
+        b = out._data.base  # a view's base is the array owning the memory (or a itself); a copy's is its own
+        if b is not None and (b is a or b is a.base or _shares_memory(out._data, a)):  # not when reshape copied
             _mark_view(out, self, lambda b, shape=shape: b.reshape(shape))
         return out
 
@@ -1021,7 +1048,9 @@ class Tensor(GraphTensor):
         if len(shape) == 1 and not isinstance(shape[0], (int, tuple, list, np.integer)):
             return self._view_dtype(D.as_dtype(shape[0]))
         shape = _infer_shape(_shape_arg(shape), self)
-        if shape != self.shape and _view_strides(self.shape, self.stride(), shape) is None:
+        a = self._data
+        # a C-contiguous tensor views as any shape of its size: the stride test only for the others
+        if shape != a.shape and not a.flags.c_contiguous and _view_strides(self.shape, self.stride(), shape) is None:
             raise RuntimeError(
                 "view size is not compatible with input tensor's size and stride (at least one dimension spans "
                 "across two contiguous subspaces). Use .reshape(...) instead."
@@ -1062,7 +1091,7 @@ class Tensor(GraphTensor):
         s, e = _norm_dim(start_dim, self.ndim), _norm_dim(end_dim, self.ndim)
         if s > e:
             raise RuntimeError("flatten() has invalid args: start_dim cannot come after end_dim")
-        shape = self.shape[:s] + (int(np.prod(self.shape[s : e + 1], dtype=np.int64)),) + self.shape[e + 1 :]
+        shape = self.shape[:s] + (math.prod(self.shape[s : e + 1]),) + self.shape[e + 1 :]
         return self.reshape(shape)
 
     def unflatten(self, dim, sizes):
@@ -1070,12 +1099,13 @@ class Tensor(GraphTensor):
         return self.reshape(self.shape[:d] + tuple(sizes) + self.shape[d + 1 :])
 
     def transpose(self, dim0, dim1):
-        d0, d1 = _norm_dim(dim0, self.ndim), _norm_dim(dim1, self.ndim)
+        nd = self._data.ndim
+        d0, d1 = norm_dim(dim0, nd), norm_dim(dim1, nd)
         if d0 == d1:
             return self
-        perm = list(range(self.ndim))
-        perm[d0], perm[d1] = perm[d1], perm[d0]
-        return self.permute(*perm)
+        perm = list(range(nd))
+        perm[d0], perm[d1] = d1, d0
+        return self._permute(tuple(perm))
 
     swapaxes = transpose
 
@@ -1089,10 +1119,18 @@ class Tensor(GraphTensor):
                 f"permute(sparse_coo): number of dimensions in the tensor input does not match the length of the "
                 f"desired ordering of dimensions i.e. input.dim() = {self.ndim} is not equal to len(dims) = {len(dims)}"
             )
-        perm = tuple(_norm_dim(d, self.ndim) for d in dims)
+        perm = tuple([norm_dim(d, self.ndim) for d in dims])
         if len(set(perm)) != len(perm):
             raise RuntimeError(f"permute(): duplicate dims are not allowed, got {dims}")
-        return _mark_view(ops.Permute.apply(self, perm=perm), self, lambda b, perm=perm: b.permute(*perm))
+        return self._permute(perm)
+
+    def _permute(self, perm):
+        """The view with dims in the order ``perm`` (a checked tuple of distinct non-negative dims)."""
+        if _enabled[0] and (self.requires_grad or self._base is not None):
+            out = ops.Permute.apply(self, perm=perm)
+        else:  # nothing to record: no node
+            out = _make(self._data.transpose(perm))
+        return _mark_view(out, self, lambda b, perm=perm: b._permute(perm))
 
     def unsqueeze(self, dim):
         d = _norm_dim(dim, self.ndim + 1)
@@ -1151,34 +1189,57 @@ class Tensor(GraphTensor):
         return tuple(p.squeeze(d) for p in split(self, 1, d))
 
     # ------------------------------------------------------------ reductions
-    # dim=() reduces over every dim in sum/mean/var (as PyTorch), not over none
-    def sum(self, dim=None, keepdim=False, dtype=None):
-        x = _fp32("sum", self) if dtype is None else self.to(dtype=dtype)
-        return ops.Sum.apply(x, dim=_norm_dims(dim if dim != () else None, self.ndim), keepdim=keepdim)
+    # dim=() (and []) reduces over every dim in sum/mean/var/amax (as PyTorch), not over none: ops.dims.norm_dims
+    def sum(self, dim=None, keepdim=_UNSET, dtype=None, *, axis=None, keepdims=None):
+        if axis is not None or keepdims is not None:
+            dim, keepdim = _numpy_names("sum", dim, keepdim, axis, keepdims)
+        elif keepdim is _UNSET:
+            keepdim = False
+        if dtype is not None:
+            x = self.to(dtype=dtype)
+        else:
+            x = cast_for("sum", self)[0] if _autocast[0] else self
+        d = None if dim is None else norm_dims(dim, self._data.ndim, "sum")
+        if _enabled[0] and (x.requires_grad or x._base is not None):
+            return ops.Sum.apply(x, dim=d, keepdim=keepdim)
+        return _make(_sum_array(x._data, d, keepdim))  # nothing to record: no node
 
-    def mean(self, dim=None, keepdim=False, dtype=None):
-        x = _fp32("mean", self) if dtype is None else self.to(dtype=dtype)
-        if not x.is_floating_point():
+    def mean(self, dim=None, keepdim=_UNSET, dtype=None, *, axis=None, keepdims=None):
+        if axis is not None or keepdims is not None:
+            dim, keepdim = _numpy_names("mean", dim, keepdim, axis, keepdims)
+        elif keepdim is _UNSET:
+            keepdim = False
+        if dtype is not None:
+            x = self.to(dtype=dtype)
+        else:
+            x = cast_for("mean", self)[0] if _autocast[0] else self
+        if x._data.dtype not in _FLOATS:
             raise RuntimeError(
                 f"mean(): could not infer output dtype. Input dtype must be floating point, but got {x.dtype}"
             )
-        return ops.Mean.apply(x, dim=_norm_dims(dim if dim != () else None, self.ndim), keepdim=keepdim)
+        d = None if dim is None else norm_dims(dim, self._data.ndim, "mean")
+        if _enabled[0] and (x.requires_grad or x._base is not None):
+            return ops.Mean.apply(x, dim=d, keepdim=keepdim)
+        a = x._data
+        return _make(_mean_array(a, d, keepdim, _count(a.shape, d)))  # nothing to record: no node
+
+    sum._numpy_names = mean._numpy_names = True  # they take axis=/keepdims= themselves (no tensor_api wrapper)
 
     def var(self, dim=None, unbiased=True, keepdim=False, correction=None):
         c = (1 if unbiased else 0) if correction is None else correction
-        d = _norm_dims(dim if dim != () else None, self.ndim)
+        d = norm_dims(dim, self.ndim, "var")
         return ops.Var.apply(_fp32("var", self), dim=d, correction=c, keepdim=keepdim)
 
     def std(self, dim=None, unbiased=True, keepdim=False, correction=None):
         return ops.StdFromVar.apply(_fp32("std", self).var(dim, unbiased, keepdim, correction))
 
     def amax(self, dim=None, keepdim=False):
-        d = _norm_dims(dim if dim != () else None, self.ndim)
+        d = norm_dims(dim, self.ndim, "amax")
         _check_reduce(self, "amax", d)
         return ops.AMax.apply(self, dim=d, keepdim=keepdim)
 
     def amin(self, dim=None, keepdim=False):
-        d = _norm_dims(dim if dim != () else None, self.ndim)
+        d = norm_dims(dim, self.ndim, "amin")
         _check_reduce(self, "amin", d)
         return ops.AMax.apply(self, dim=d, keepdim=keepdim, largest=False)
 
@@ -1227,10 +1288,12 @@ class Tensor(GraphTensor):
         return _const(getattr(a, name)(axis=d, keepdims=keepdim).astype(np.int64, copy=False))
 
     def all(self, dim=None, keepdim=False):
-        return _const(xp_of(self._data).asarray(self._data.all(axis=_norm_dims(dim, self.ndim), keepdims=keepdim)))
+        d = norm_dims(dim, self.ndim, "all", empty_is_all=False)  # all(dim=()) reduces nothing, as PyTorch
+        return _const(xp_of(self._data).asarray(self._data.all(axis=d, keepdims=keepdim)))
 
     def any(self, dim=None, keepdim=False):
-        return _const(xp_of(self._data).asarray(self._data.any(axis=_norm_dims(dim, self.ndim), keepdims=keepdim)))
+        d = norm_dims(dim, self.ndim, "any", empty_is_all=False)
+        return _const(xp_of(self._data).asarray(self._data.any(axis=d, keepdims=keepdim)))
 
     def norm(self, p=2, dim=None, keepdim=False):
         self = _fp32("norm", _floating(self))
@@ -1240,7 +1303,7 @@ class Tensor(GraphTensor):
             return self.abs().amax(dim, keepdim)
         if p == 0:
             return (self != 0).to(dtype=self.dtype).sum(dim, keepdim)
-        d = _norm_dims(dim if dim != () else None, self.ndim)
+        d = norm_dims(dim, self.ndim, "norm")
         return ops.PNorm.apply(self, p=float(p), dim=d, keepdim=bool(keepdim) and d is not None)
 
     def logsumexp(self, dim, keepdim=False):
@@ -1330,7 +1393,7 @@ class Tensor(GraphTensor):
         """``g`` (a Tensor, number or array) as a gradient for this tensor: a Tensor of its shape."""
         if not isinstance(g, Tensor):
             g = _as_tensor(g, self)
-        if g.shape != self.shape:
+        if g._data.shape != self._data.shape:
             raise RuntimeError(
                 f"Mismatch in shape: grad_output has a shape of {g.shape} and output has a shape of {self.shape}"
             )
@@ -1339,8 +1402,7 @@ class Tensor(GraphTensor):
 
 # ---------------------------------------------------------------- helpers
 
-
-_SCALAR_FAST = (D.float32, D.float64)
+_make = Tensor._make
 
 
 def _fp32(op, t):
@@ -1394,7 +1456,7 @@ def _view_strides(old_shape, old_strides, new_shape):
     chunk must be covered exactly by a run of new dims, which then get that chunk's strides."""
     if not old_shape:
         return (1,) * len(new_shape)
-    numel = int(np.prod(old_shape, dtype=np.int64))
+    numel = math.prod(old_shape)
     if numel == 0:  # an empty tensor views as anything of the same (zero) size
         return tuple(old_strides) if tuple(old_shape) == tuple(new_shape) else (0,) * len(new_shape)
     new_strides = [0] * len(new_shape)
@@ -1416,15 +1478,24 @@ def _view_strides(old_shape, old_strides, new_shape):
 
 
 def _infer_shape(shape, t):
+    """``shape`` (a tuple of ints) for ``t``'s elements, its one ``-1`` filled in; a size that does not fit is
+    PyTorch's RuntimeError. Plain integer arithmetic: no NumPy call on this path of every reshape/view."""
     n = t._data.size
-    if shape.count(-1) > 1:
-        raise RuntimeError("only one dimension can be inferred")
-    if -1 in shape:
-        known = int(np.prod([s for s in shape if s != -1], dtype=np.int64))
+    known, infer = 1, -1
+    for i, s in enumerate(shape):
+        if s == -1:
+            if infer >= 0:
+                raise RuntimeError("only one dimension can be inferred")
+            infer = i
+        elif s < 0:
+            raise RuntimeError(f"invalid shape dimension {s}")
+        else:
+            known *= s
+    if infer >= 0:
         if known == 0 or n % known:
             raise RuntimeError(f"shape '{list(shape)}' is invalid for input of size {n}")
-        shape = tuple(n // known if s == -1 else s for s in shape)
-    if int(np.prod(shape, dtype=np.int64)) != n:
+        return shape[:infer] + (n // known,) + shape[infer + 1 :]
+    if known != n:
         raise RuntimeError(f"shape '{list(shape)}' is invalid for input of size {n} (tensor shape {t.shape})")
     return shape
 
@@ -1501,7 +1572,9 @@ def _has_none_or_str(data):
 
 def _check_numeric(dt, data):
     """Strings, bytes and Python objects make no tensor (NumPy would hold them as a str32/object array)."""
-    if dt.kind in "USO":  # (bfloat16 is kind "V")
+    if dt.kind == "V":  # bfloat16 made by the caller's ml_dtypes: conch's dtype tables list it from now on
+        D.note_dtype(dt)
+    elif dt.kind in "USO":
         raise TypeError(f"can't convert np.ndarray of type {dt}: only numeric and bool arrays make tensors")
 
 

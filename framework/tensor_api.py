@@ -322,7 +322,7 @@ class TensorMethods:
 
     # ---- scans: running extremes with their indices, log-cumulative-sum-exp
     def _cum_extreme(self, dim, largest):
-        d = _dim(int(dim), self.ndim)
+        d = _dim(dim, self.ndim)
         x = self if self.ndim else self.reshape(1)
         if x.numel() == 0:
             empty = xp_of(self._data).zeros(self.shape, dtype=np.int64)
@@ -344,7 +344,7 @@ class TensorMethods:
     def logcumsumexp(self, dim):
         """log Σ_{j<=i} exp(x_j) along ``dim``, stable for any spread of values."""
         x = cast_for("logcumsumexp", _floating(self))[0]
-        d = _dim(int(dim), self.ndim)
+        d = _dim(dim, self.ndim)
         if not self.ndim:
             return ops.LogCumSumExp.apply(x.reshape(1), dim=0).reshape(())
         return ops.LogCumSumExp.apply(x, dim=d)
@@ -442,7 +442,7 @@ class TensorMethods:
 
     # ---- index_add / index_fill / masked_scatter (and the in-place forms below)
     def _index_vector(self, dim, index, what):
-        d = _dim(int(dim), self.ndim) if self.ndim else 0
+        d = _dim(dim, self.ndim) if self.ndim else 0
         idx = _index_array(index, self, what)
         if idx.ndim > 1:
             raise IndexError(f"{what}(): Index is supposed to be a vector, got shape {tuple(idx.shape)}")
@@ -515,14 +515,14 @@ class TensorMethods:
         x = cast_for("prod", self)[0] if dtype is None else self.to(dtype=dtype)
         if x.dtype.kind in "biu":
             x = x.to(dtype=D.int64)
-        d = None if dim is None else _dim(int(dim), x.ndim)
+        d = None if dim is None else _dim(dim, x.ndim)
         return Prod.apply(x, dim=d, keepdim=bool(keepdim) and d is not None)
 
     def cumprod(self, dim, dtype=None):
         x = self if dtype is None else self.to(dtype=dtype)
         if x.dtype.kind in "biu":
             x = x.to(dtype=D.int64)
-        d = _dim(int(dim), x.ndim)
+        d = _dim(dim, x.ndim)
         if x.ndim == 0:  # NumPy's cumprod flattens a 0-d array to shape (1,); PyTorch keeps ()
             return Cumprod.apply(x.reshape(1), dim=0).reshape(())
         return Cumprod.apply(x, dim=d)
@@ -544,7 +544,7 @@ class TensorMethods:
         return var, self.mean(dim if dim != () else None, keepdim=keepdim)
 
     def _kth(self, k, dim, keepdim, what):
-        d = _dim(int(dim), self.ndim)
+        d = _dim(dim, self.ndim)
         n = self.shape[d] if self.ndim else 1
         if not 1 <= k <= n:
             raise IndexError(f"{what}(): k ({k}) must be in [1, {n}] for dimension {d} of size {n}")
@@ -570,7 +570,7 @@ class TensorMethods:
                 return _const(xp_of(self._data).full((), np.nan, dtype=self.dtype))
             flat = self.reshape(-1)
             return flat._kth((flat.shape[0] - 1) // 2 + 1, 0, False, "median").values
-        d = _dim(int(dim), self.ndim)
+        d = _dim(dim, self.ndim)
         if self.ndim and self.shape[d] == 0:
             raise IndexError(f"median(): Expected reduction dim {d} to have non-zero size.")
         return self._kth((self.shape[d] - 1) // 2 + 1 if self.ndim else 1, d, keepdim, "median")
@@ -580,7 +580,7 @@ class TensorMethods:
 
     # ---- sorting
     def sort(self, dim=-1, descending=False, stable=False):
-        d = _dim(int(dim), self.ndim) if self.ndim else 0
+        d = _dim(dim, self.ndim) if self.ndim else 0
         if not self.ndim:
             return ValuesIndices((self.clone(), _const(xp_of(self._data).zeros((), dtype=np.int64))))
         idx = _argsort(self._data, d, descending)
@@ -593,7 +593,7 @@ class TensorMethods:
         return self.sort(0).values
 
     def topk(self, k, dim=-1, largest=True, sorted=True):
-        d = _dim(int(dim), self.ndim) if self.ndim else 0
+        d = _dim(dim, self.ndim) if self.ndim else 0
         n = self.shape[d] if self.ndim else 1
         if not 0 <= k <= n:
             raise RuntimeError(f"topk(): selected index k ({k}) out of range for dimension {d} of size {n}")
@@ -609,7 +609,7 @@ class TensorMethods:
 
     # ---- gather / scatter / index
     def _gather_index(self, dim, index, what):
-        d = _dim(int(dim), self.ndim)
+        d = _dim(dim, self.ndim)
         idx = _index_array(index, self, what)
         if idx.ndim != self.ndim:
             raise RuntimeError(
@@ -633,7 +633,7 @@ class TensorMethods:
     def take_along_dim(self, indices, dim=None):
         if dim is None:
             return self.reshape(-1).gather(0, indices.reshape(-1))
-        d = _dim(int(dim), self.ndim)
+        d = _dim(dim, self.ndim)
         idx = _index_array(indices, self, "take_along_dim")
         shape = list(np.broadcast_shapes(tuple(s for i, s in enumerate(self.shape) if i != d),
                                          tuple(s for i, s in enumerate(idx.shape) if i != d)))  # fmt: skip
@@ -671,7 +671,7 @@ class TensorMethods:
         return self + _scatter_add_into(s, idx, d, self.shape)
 
     def index_select(self, dim, index):
-        d = _dim(int(dim), self.ndim)
+        d = _dim(dim, self.ndim)
         idx = _index_array(index, self, "index_select")
         if idx.ndim > 1:
             raise IndexError(f"index_select(): Index is supposed to be a vector, got shape {tuple(idx.shape)}")
@@ -705,7 +705,7 @@ class TensorMethods:
         return self.nonzero()
 
     def narrow(self, dim, start, length):
-        d = _dim(int(dim), self.ndim)
+        d = _dim(dim, self.ndim)
         n = self.shape[d]
         start = int(start) + (n if int(start) < 0 else 0)
         if not (0 <= start <= n and 0 <= length and start + length <= n):
@@ -713,7 +713,7 @@ class TensorMethods:
         return self[(slice(None),) * d + (slice(start, start + int(length)),)]
 
     def select(self, dim, index):
-        d = _dim(int(dim), self.ndim)
+        d = _dim(dim, self.ndim)
         n = self.shape[d]
         if not -n <= int(index) < n:
             raise IndexError(f"select(): index {index} out of range for tensor of size {self.shape} at dimension {d}")
@@ -795,7 +795,7 @@ class TensorMethods:
     def repeat_interleave(self, repeats, dim=None, output_size=None):
         """Each element (or slice along ``dim``) repeated ``repeats`` times (an int, or one count per element);
         ``dim=None`` flattens first. Differentiable (an index_select)."""
-        x, d = (self.reshape(-1), 0) if dim is None else (self, _dim(int(dim), self.ndim))
+        x, d = (self.reshape(-1), 0) if dim is None else (self, _dim(dim, self.ndim))
         n = x.shape[d]
         reps = repeats._data if isinstance(repeats, Tensor) else repeats
         reps = np.asarray(to_host(reps), dtype=np.int64)
@@ -870,8 +870,8 @@ def numpy_kwargs(fn):
 
 def _takes_dim(fn):
     code = getattr(fn, "__code__", None)
-    if code is None or getattr(fn, "__wrapped__", None) is not None:
-        return False
+    if code is None or getattr(fn, "__wrapped__", None) is not None or getattr(fn, "_numpy_names", False):
+        return False  # (_numpy_names: the method takes axis=/keepdims= itself, as Tensor.sum/mean)
     names = code.co_varnames[: code.co_argcount + code.co_kwonlyargcount]
     return "dim" in names or "keepdim" in names
 

@@ -10,6 +10,8 @@ arrays (Triton on the GPU). Submodules load on first use so ``import conch`` sta
 """
 
 import importlib
+import os
+import sys
 
 _SUBMODULES = (
     "matmul", "activations", "softmax", "cross_entropy", "norms", "dropout", "attention", "autotune", "optim",
@@ -19,8 +21,27 @@ _SUBMODULES = (
 
 def __getattr__(name):
     if name in _SUBMODULES:
-        return importlib.import_module(f"{__name__}.{name}")
+        return _import_compiled(f"{__name__}.{name}")
     raise AttributeError(f"module 'conch.kernels' has no attribute {name!r}")
+
+
+def _import_compiled(modname):
+    """Import a kernel module with ``TRITON_INTERPRET`` unset, whatever the caller's environment.
+
+    ``@triton.jit`` picks compiled or interpreted mode at decoration time, from that variable; conch decides per
+    launch instead (``_launch.kernel_for`` builds interpreted twins of compiled-mode functions). A module first
+    imported while the variable is set (the framework imports kernel modules lazily, so possibly inside a test
+    that set it) would hold interpreted functions, and launches would fail for the rest of the process.
+    """
+    mod = sys.modules.get(modname)
+    if mod is not None:
+        return mod
+    saved = os.environ.pop("TRITON_INTERPRET", None)
+    try:
+        return importlib.import_module(modname)
+    finally:
+        if saved is not None:
+            os.environ["TRITON_INTERPRET"] = saved
 
 
 __all__ = list(_SUBMODULES)

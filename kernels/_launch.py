@@ -25,6 +25,16 @@ def _env(key: str, default: str | None = None) -> str | None:
     return default if v is None else v.decode()
 
 
+class DtypeSet(frozenset):
+    """dtypes named, not held: ``x.dtype in DtypeSet(("float32", "bfloat16"))`` tests the dtype's name, so listing
+    bfloat16 imports nothing (ml_dtypes loads with the first bfloat16 array: no array holds it before)."""
+
+    __slots__ = ()
+
+    def __contains__(self, dtype):
+        return frozenset.__contains__(self, getattr(dtype, "name", dtype))
+
+
 def xp_of(a):
     """The array namespace of ``a``: ``numpy`` for NumPy arrays, ``cupy`` for CuPy arrays."""
     if is_cupy_array(a):

@@ -82,9 +82,7 @@ class ActivationResiduals(NamedTuple):
 
 
 def _check_float(x, what):
-    import ml_dtypes
-
-    if x.dtype not in _FLOATS and x.dtype != np.dtype(ml_dtypes.bfloat16):
+    if x.dtype not in _FLOATS and x.dtype.name != "bfloat16":  # by name: importing ml_dtypes costs 0.5 s
         raise TypeError(f"{what} must be float16, bfloat16, float32 or float64, got dtype {x.dtype}")
 
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
-import ml_dtypes
 import numpy as np
 import triton
 import triton.language as tl
@@ -36,7 +35,7 @@ from triton.language import rand as tl_rand  # bare global name: kernel_for's in
 
 from . import autotune
 from ._causal import causal_keep
-from ._launch import kernel_for, targ, use_triton, xp_of
+from ._launch import DtypeSet, kernel_for, targ, use_triton, xp_of
 from .dropout import dropout_mask
 
 _LOG2E = 1.4426950408889634
@@ -61,9 +60,8 @@ class AttentionResiduals(NamedTuple):
     p: object  # reference path: (..., L, S) probabilities in the compute dtype; None on the Triton path
 
 
-_BF16 = np.dtype(ml_dtypes.bfloat16)
-_TRITON_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), _BF16)
-_ALL_DTYPES = _TRITON_DTYPES + (np.dtype(np.float64),)
+_TRITON_DTYPES = DtypeSet(("float16", "float32", "bfloat16"))  # by name: no ml_dtypes import
+_ALL_DTYPES = DtypeSet((*_TRITON_DTYPES, "float64"))
 #: Largest head dim the Triton path takes (q, k, v tiles stay in registers); larger ones use the reference path.
 MAX_HEAD_DIM = 256
 
@@ -302,7 +300,7 @@ def _st(x):
 
 
 def _upcast(x):
-    return isinstance(x, np.ndarray) and x.dtype == _BF16
+    return isinstance(x, np.ndarray) and x.dtype.name == "bfloat16"
 
 
 def _block_d(d):

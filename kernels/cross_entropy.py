@@ -9,20 +9,13 @@ import triton
 import triton.language as tl
 
 from . import _deferred
-from ._launch import kernel_for, targ, use_triton, xp_of
+from ._launch import DtypeSet, kernel_for, targ, use_triton, xp_of
 from ._reduce import row_max, row_sum
 
-try:
-    import ml_dtypes
-
-    _BF16 = np.dtype(ml_dtypes.bfloat16)
-except ImportError:  # pragma: no cover - ml_dtypes is a dependency
-    _BF16 = None
-
 #: Storage dtypes the Triton kernels take (math is always fp32 inside).
-_TRITON_DTYPES = tuple(d for d in (np.dtype(np.float32), np.dtype(np.float16), _BF16) if d is not None)
+_TRITON_DTYPES = DtypeSet(("float32", "float16", "bfloat16"))  # by name: no ml_dtypes import
 #: Every logits dtype accepted; float64 always takes the reference path (keeps float64 for gradchecks).
-_FLOAT_DTYPES = _TRITON_DTYPES + (np.dtype(np.float64),)
+_FLOAT_DTYPES = DtypeSet((*_TRITON_DTYPES, "float64"))
 _REDUCTIONS = ("mean", "sum", "none")
 
 #: Chunk of the vocabulary one program handles per step, on the GPU (forward loops over chunks,

@@ -27,7 +27,6 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
-import ml_dtypes
 import numpy as np
 import triton
 import triton.language as tl
@@ -37,7 +36,7 @@ from triton.language import sum as tl_sum
 from . import autotune
 from ._act import FROM_OUTPUT, act_code, act_grad, act_grad_out, act_grad_out_ref, act_grad_ref, act_name, act_ref
 from ._act import apply_act as apply_act
-from ._launch import kernel_for, targ, use_triton, xp_of
+from ._launch import DtypeSet, kernel_for, targ, use_triton, xp_of
 from ._threads import blas_product
 from .activations import dz_from_saved
 
@@ -207,9 +206,8 @@ def _matmul_kernel(
 # Launchers
 # --------------------------------------------------------------------------------------------------------------
 
-_BF16 = np.dtype(ml_dtypes.bfloat16)
-_TRITON_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), _BF16)
-_ALL_DTYPES = _TRITON_DTYPES + (np.dtype(np.float64),)
+_TRITON_DTYPES = DtypeSet(("float16", "float32", "bfloat16"))  # by name: no ml_dtypes import
+_ALL_DTYPES = DtypeSet((*_TRITON_DTYPES, "float64"))
 
 #: The one config under the interpreter (small tiles keep CPU tests fast).
 INTERPRET_CONFIG = {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 8, "num_warps": 4, "num_stages": 1}
@@ -326,7 +324,7 @@ def _strides(x):
 
 
 def _upcast(x):
-    return isinstance(x, np.ndarray) and x.dtype == _BF16
+    return isinstance(x, np.ndarray) and x.dtype.name == "bfloat16"
 
 
 def _launch(

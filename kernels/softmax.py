@@ -8,16 +8,9 @@ import numpy as np
 import triton
 import triton.language as tl
 
-from ._launch import kernel_for, targ, use_triton, xp_of
+from ._launch import DtypeSet, kernel_for, targ, use_triton, xp_of
 from ._reduce import row_max, row_sum
 from ._threads import parallel_for, threads_for
-
-try:  # NumPy's bfloat16 (CuPy accepts the same dtype)
-    import ml_dtypes
-
-    _BF16 = np.dtype(ml_dtypes.bfloat16)
-except ImportError:  # pragma: no cover - ml_dtypes is a dependency
-    _BF16 = None
 
 
 class SoftmaxResiduals(NamedTuple):
@@ -27,9 +20,9 @@ class SoftmaxResiduals(NamedTuple):
 
 
 #: Storage dtypes the Triton kernels take (math is always fp32 inside).
-_TRITON_DTYPES = tuple(d for d in (np.dtype(np.float32), np.dtype(np.float16), _BF16) if d is not None)
+_TRITON_DTYPES = DtypeSet(("float32", "float16", "bfloat16"))  # by name: no ml_dtypes import
 #: Every dtype softmax accepts; float64 always takes the reference path (keeps float64 for gradchecks).
-_FLOAT_DTYPES = _TRITON_DTYPES + (np.dtype(np.float64),)
+_FLOAT_DTYPES = DtypeSet((*_TRITON_DTYPES, "float64"))
 
 #: Largest row (in bytes of the storage dtype) that one program keeps in registers in one block:
 #: 16384 fp32 / 32768 fp16-bf16 elements. Longer rows take the online looped kernels.

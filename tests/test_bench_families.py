@@ -271,13 +271,40 @@ def test_overhead_writes_ratio_rows(tmp_path, capsys):
 
     out = tmp_path / "o.json"
     assert bench_overhead.main(["--ops", "30", "--repeats", "2", "--rounds", "1", "--baseline", "numpy",
-                                "--json", str(out)]) == 0  # fmt: skip
+                                "--mode", "chain", "--json", str(out)]) == 0  # fmt: skip
     rows = _e2e_rows(out)
     assert [r["case"].rsplit(" ", 1)[1] for r in rows] == ["forward", "forward_no_grad", "backward",
                                                             "forward+backward"]  # fmt: skip
     assert all(r["metric"] == "us/op" and r["better"] == "lower" and r["baseline_name"].startswith("numpy")
                for r in rows)  # fmt: skip
     capsys.readouterr()
+
+
+def test_overhead_per_op_rows_against_torch(tmp_path, capsys):
+    pytest.importorskip("torch")  # the per-op section's baseline is PyTorch only
+    import bench_overhead
+
+    out = tmp_path / "ops.json"
+    assert bench_overhead.main(["--mode", "ops", "--calls", "3", "--op-rounds", "1", "--json", str(out)]) == 0
+    rows = _e2e_rows(out)
+    # every case, in each of the three passes, on both clocks
+    assert {(r["op"], r["pass_"], r["clock"]) for r in rows} == {
+        (c, p, k) for c in bench_overhead.OP_CASES for p in bench_overhead.OP_PASSES for k in ("cpu", "wall")
+    }
+    assert all(r["metric"] == "us/call" and r["baseline_name"].startswith("torch") for r in rows)
+    assert "| chain10 |" in capsys.readouterr().out
+
+
+def test_import_benchmark_rows(tmp_path, capsys):
+    import bench_import
+
+    out = tmp_path / "imp.json"
+    assert bench_import.main(["--runs", "1", "--top", "3", "--baseline", "numpy", "--json", str(out)]) == 0
+    rows = _e2e_rows(out)
+    assert [r["metric"] for r in rows] == ["s", "s"] and all(r["conch"] > 0 for r in rows)
+    doc = json.loads(out.read_text())
+    assert doc["params"]["heavy_modules"] == []  # import conch loads no CuPy, Triton, ml_dtypes or torch
+    assert "slowest 3 modules" in capsys.readouterr().out
 
 
 def test_checkpoint_writes_ratio_rows(tmp_path, capsys):

@@ -235,11 +235,12 @@ def test_float32_matmul_precision_switch_reaches_the_kernel(monkeypatch):
 
     monkeypatch.setattr(conch.kernels.matmul, "matmul_forward", spy)
     assert conch.get_float32_matmul_precision() == "high"
+    # batched operands: 2-D NumPy products take matmul's fast path, which never reaches the kernel (nor TF32)
     try:
-        conch.randn(2, 3) @ conch.randn(3, 2)
+        conch.randn(1, 2, 3) @ conch.randn(3, 2)
         conch.set_float32_matmul_precision("highest")
         assert conch.get_float32_matmul_precision() == "highest"
-        conch.randn(2, 3) @ conch.randn(3, 2)
+        conch.randn(1, 2, 3) @ conch.randn(3, 2)
     finally:
         conch.set_float32_matmul_precision("high")
     assert seen == [True, False]

@@ -31,8 +31,10 @@ from .policy import FP32, LOW, policy_of
 _state = [False, D.float16, None]
 _stack: list = []
 
-_CASTABLE = frozenset({D.float16, D.bfloat16, D.float32})  # float64 is never cast, as in PyTorch
-_LOW_DTYPES = (D.float16, D.bfloat16)
+# float64 is never cast, as in PyTorch. D.HALF holds bfloat16 once ml_dtypes is loaded (no array is bfloat16
+# before), so these membership tests need no import of it
+_CASTABLE = D.with_bfloat16({D.float16, D.float32})
+_LOW_DTYPES = D.HALF
 
 
 def _default_dtype(device_type):

@@ -14,6 +14,7 @@ import weakref
 
 from .._backend import xp_of
 from . import function as _fn
+from .function import GraphTensor
 from .grad_mode import _enabled
 
 
@@ -247,7 +248,8 @@ def _run_backward(roots, root_grads, retain_graph, create_graph, inputs, allow_u
     try:
         while ready:
             node = ready.pop()
-            grads = buffers.pop(node, None) or [None] * node.n_outputs
+            n_out = node.n_outputs
+            grads = buffers.pop(node, None) or [None] * n_out
             if node._pre_hooks:
                 for nr, hooks in node._pre_hooks.items():
                     for hook in hooks:
@@ -263,12 +265,12 @@ def _run_backward(roots, root_grads, retain_graph, create_graph, inputs, allow_u
             n_in = len(edges)
             if useful is not None and not useful[node]:
                 has_grad = False
-            elif node.n_outputs == 1:
+            elif n_out == 1:
                 has_grad = grads[0] is not None
             else:
                 has_grad = any(g is not None for g in grads)
             if has_grad:
-                if node.n_outputs > 1:
+                if n_out > 1:
                     for nr, g in enumerate(grads):
                         if g is None and node.out_meta[nr] is not None:  # missing output gradient: zeros
                             shape, dtype, dev = node.out_meta[nr]
@@ -291,7 +293,7 @@ def _run_backward(roots, root_grads, retain_graph, create_graph, inputs, allow_u
                 if e is None:
                     continue
                 if g is not None:
-                    if not isinstance(g, _fn.GraphTensor):
+                    if not isinstance(g, GraphTensor):
                         raise TypeError(
                             f"{node.name()}.backward returned {type(g).__name__}, expected a Tensor or None"
                         )

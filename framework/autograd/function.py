@@ -33,13 +33,11 @@ class SavedTensor:
     __slots__ = ("data", "version", "counter", "grad_fn", "output_nr", "leaf", "requires_grad", "is_output", "make")
 
     def __init__(self, t, is_output: bool):
-        self.data, self.make = t._data, t._make
-        self.counter = c = t._version
-        self.version = c[0]
-        self.requires_grad = rg = t.requires_grad
-        self.is_output = is_output
-        self.output_nr = t._output_nr
+        c = t._version
+        rg = t.requires_grad
         fn = t.grad_fn
+        self.data, self.make, self.counter, self.version = t._data, t._make, c, c[0]
+        self.requires_grad, self.is_output, self.output_nr = rg, is_output, t._output_nr
         self.leaf = t if (fn is None and rg) else None
         self.grad_fn = None if is_output else fn
 
@@ -87,6 +85,7 @@ class Node:
     """Base of every graph node; the ``ctx`` argument of ``forward``/``backward`` is the node itself."""
 
     _saved = ()
+    res = None  # a fused op's kernel residuals (set by its forward)
     _guards = ()  # a fused op's (array, counter, version) triples: check_guards
     _freed = False
     _pre_hooks = None
@@ -100,7 +99,7 @@ class Node:
     def saved_tensors(self):
         if self._freed:
             raise RuntimeError(_FREED_MSG)
-        return tuple(None if s is None else s.unpack(self) for s in self._saved)
+        return tuple([None if s is None else s.unpack(self) for s in self._saved])
 
     def saved_tensor(self, i):
         """``saved_tensors[i]`` alone (a backward that needs one of several saved tensors skips the rest)."""
@@ -117,7 +116,7 @@ class Node:
 
     def _release(self):
         # kernel-backed ops keep their kernels' residual arrays in ``res``: free those too
-        if self._saved or getattr(self, "res", None) is not None:
+        if self._saved or self.res is not None:
             self._saved = ()
             self.res = None
             self._guards = ()  # they hold the aliased arrays: release those with the residuals
@@ -250,42 +249,82 @@ class Op(Node):
     @classmethod
     def apply(cls, *tensors, **attrs):
         # the hot path of every op: kept to plain loops and attribute reads (see benchmarks/bench_overhead.py)
-        ctx = object.__new__(cls)
-        make = tensors[0]._make  # Tensor._make: this layer does not import the Tensor class above it
-        record = False
+        ctx = _new(cls)
+        t0 = tensors[0]
+        make = t0._make  # Tensor._make: this layer does not import the Tensor class above it
         if _enabled[0]:
+            record = False
             for t in tensors:
                 if t._base is not None and t._vver != t._version[0]:
                     t._refresh_view()  # a view whose base changed in place: its grad_fn is re-derived first
                 if t.requires_grad:
                     record = True
-        if not record:
+            if record:
+                return _record(cls, ctx, make, tensors, attrs)
+        # one or two inputs (nearly every call) pass their arrays without building a list
+        n = len(tensors)
+        if n == 1:
+            out = cls.forward(ctx, t0._data, **attrs)
+        elif n == 2:
+            out = cls.forward(ctx, t0._data, tensors[1]._data, **attrs)
+        else:
             out = cls.forward(ctx, *[t._data for t in tensors], **attrs)
-            if type(out) is tuple:
-                return tuple(make(o) for o in out)
-            return make(out)
-        needs, edges, meta = [], [], []
+        if type(out) is tuple:
+            return tuple(make(o) for o in out)
+        return make(out)
+
+
+_new = object.__new__
+
+
+def _record(cls, ctx, make, tensors, attrs):
+    """``Op.apply`` when a node is recorded: edges, input metadata, the forward, outputs, saved tensors."""
+    if len(tensors) == 1:  # one input (and it requires grad, or apply would not record): no loop, no lists
+        t = tensors[0]
+        d = t._data
+        fn = t.grad_fn
+        ctx.needs_input_grad = (True,)
+        out = cls.forward(ctx, d, **attrs)
+        ctx.next_edges, ctx.in_meta = (t if fn is None else (fn, t._output_nr),), ((d.shape, d.dtype),)
+    elif len(tensors) == 2:  # two inputs, the other common case: no loop, no lists either
+        t, u = tensors
+        d, e = t._data, u._data
+        rt, ru = t.requires_grad, u.requires_grad
+        ctx.needs_input_grad = (rt, ru)
+        out = cls.forward(ctx, d, e, **attrs)
+        ctx.next_edges = (
+            ((t if t.grad_fn is None else (t.grad_fn, t._output_nr)) if rt else None),
+            ((u if u.grad_fn is None else (u.grad_fn, u._output_nr)) if ru else None),
+        )
+        ctx.in_meta = ((d.shape, d.dtype), (e.shape, e.dtype))
+    else:
+        needs, edges, meta, arrays = [], [], [], []
         for t in tensors:
-            rg = t.requires_grad
-            needs.append(rg)
-            edges.append((t if t.grad_fn is None else (t.grad_fn, t._output_nr)) if rg else None)
             d = t._data
+            arrays.append(d)
             meta.append((d.shape, d.dtype))
+            if t.requires_grad:
+                needs.append(True)
+                fn = t.grad_fn
+                edges.append(t if fn is None else (fn, t._output_nr))
+            else:
+                needs.append(False)
+                edges.append(None)
         ctx.needs_input_grad = tuple(needs)
-        out = cls.forward(ctx, *[t._data for t in tensors], **attrs)
+        out = cls.forward(ctx, *arrays, **attrs)
         ctx.next_edges, ctx.in_meta = edges, meta
-        if type(out) is not tuple:
-            res = make(out, True, ctx)
-            if cls.saves:
-                ctx._saved = tuple(
-                    SavedTensor(res, True) if s == "out" else SavedTensor(tensors[s], False) for s in cls.saves
-                )
-            return res
-        res = tuple(make(o, True, ctx) for o in out)
-        for i, r in enumerate(res):
-            r._output_nr = i
-        ctx.n_outputs = len(res)
-        ctx.out_meta = [(r.shape, r.dtype, r.device) for r in res]
-        if cls.saves:
-            ctx._saved = tuple(SavedTensor(tensors[s], False) for s in cls.saves)
+    saves = cls.saves
+    if type(out) is not tuple:
+        res = make(out, True, ctx)
+        if saves:
+            ctx._saved = tuple([SavedTensor(res, True) if s == "out" else SavedTensor(tensors[s], False)
+                                for s in saves])  # fmt: skip
         return res
+    res = tuple(make(o, True, ctx) for o in out)
+    for i, r in enumerate(res):
+        r._output_nr = i
+    ctx.n_outputs = len(res)
+    ctx.out_meta = [(r.shape, r.dtype, r.device) for r in res]
+    if saves:
+        ctx._saved = tuple([SavedTensor(tensors[s], False) for s in saves])
+    return res

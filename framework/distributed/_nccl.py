@@ -15,8 +15,9 @@ from ._mpi import Work, _describe
 _NCCL_DTYPES = {
     np.dtype(np.int8): 0, np.dtype(np.uint8): 1, np.dtype(np.bool_): 1, np.dtype(np.int32): 2,
     np.dtype(np.uint32): 3, np.dtype(np.int64): 4, np.dtype(np.uint64): 5, np.dtype(np.float16): 6,
-    np.dtype(np.float32): 7, np.dtype(np.float64): 8, np.dtype(D.bfloat16): 9,
+    np.dtype(np.float32): 7, np.dtype(np.float64): 8,
 }  # fmt: skip
+D.on_bfloat16(lambda bf: _NCCL_DTYPES.__setitem__(bf, 9))  # ml_dtypes loads lazily (conch._dtype)
 _NCCL_OPS = {"SUM": 0, "PRODUCT": 1, "MAX": 2, "MIN": 3, "AVG": 4}
 
 

@@ -8,10 +8,10 @@ import math
 
 from conch import kernels as K
 from conch.kernels._act_names import ACTIVATIONS
-from conch.kernels._launch import use_triton
 
 from .. import _dtype as D
 from .. import ops
+from .._backend import reference_path
 from ..autograd.grad_mode import _enabled
 from ..ops import Erf
 from ..tensor import Tensor
@@ -67,10 +67,12 @@ def activation(x: Tensor, name: str, negative_slope: float = 0.01, alpha: float 
     if not isinstance(x, Tensor):  # F.relu([1., 2.]) names the argument, as PyTorch, not a missing ``_data``
         raise TypeError(f"{name}(): argument 'input' (position 1) must be Tensor, not {type(x).__name__}")
     simple = _SIMPLE.get(name)
-    if simple is not None and x._data.dtype in _SIMPLE_DTYPES and not use_triton(x._data):
+    if simple is not None and x._data.dtype in _SIMPLE_DTYPES and reference_path(x._data):
         # float32/float64 on the NumPy reference path: the plain op computes the same maths with about
         # 3 us less Python per call (no kernel residuals or dispatch layers), which is per-op overhead
-        return simple.apply(x)
+        if _enabled[0] and (x.requires_grad or x._base is not None):
+            return simple.apply(x)
+        return Tensor._make(simple.forward(None, x._data))  # nothing to record: the op's forward alone
     if not x.is_floating_point():
         raise TypeError(f"{name} expects a floating-point tensor, got {x.dtype}")
     if name not in ACTIVATIONS:

@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from conch import kernels as K
@@ -11,8 +13,10 @@ from conch.kernels._act_names import ACTIVATIONS
 
 from .. import _dtype as D
 from .. import ops
-from .._backend import is_cupy_array, xp_of
+from .._backend import is_cupy_array, reference_path, xp_of
+from ..amp.autocast_mode import _state as _autocast
 from ..amp.autocast_mode import cast_for
+from ..autograd.function import check_guards
 from ..autograd.grad_mode import _enabled
 from ..backends import _tf32
 from ..tensor import Tensor, _as_tensor, _check_devices
@@ -29,8 +33,20 @@ class MatMulAct(FusedOp):
     saves = (0, 1, 2)
 
     @staticmethod
-    def forward(ctx, a, b, bias, act, negative_slope, alpha=1.0):
+    def forward(ctx, a, b, bias, act, negative_slope, alpha=1.0, plain=False):
         ctx.act, ctx.slope, ctx.alpha, ctx.has_bias = act, negative_slope, alpha, bias.size > 0
+        if plain:  # the fast path of matmul() and linear(): see _plain_ok
+            ctx.res = None
+            if a.ndim == 2:
+                out = a @ b
+            else:  # (..., K) @ (K, N): one 2-D product over every row, as the kernel's reference path folds them
+                out = (_rows(a) @ b).reshape(a.shape[:-1] + b.shape[1:])
+            if ctx.has_bias:
+                out += bias  # a fresh product: add in place
+            if act is not None:  # (Sequential fuses Linear + ReLU/Tanh/Sigmoid) backward reads the output y,
+                # which linear() guards against in-place writes; the same maths as the plain ops
+                ctx.y = out = _PLAIN_ACTS[act].forward(None, out)
+            return out
         out, ctx.res = K.matmul.matmul_forward(
             a, b, bias if ctx.has_bias else None, act, negative_slope=negative_slope, alpha=alpha,
             allow_tf32=_tf32[0],
@@ -59,6 +75,26 @@ class MatMulAct(FusedOp):
 
             return _recompute_grads(ctx, composite, (g,))
         n = ctx.needs_input_grad
+        if ctx.res is None and not ctx._freed:  # the plain product (+ bias): its inputs are saved tensors
+            a, b = ctx.saved_tensor(0)._data, ctx.saved_tensor(1)._data
+            gd = g._data
+            act = ctx.act
+            if act is not None:  # dz = g·act'(z), from the output (PyTorch's relu/tanh/sigmoid save it too)
+                check_guards(ctx)
+                y = ctx.y
+                if act == "relu":
+                    gd = np.where(y > 0, gd, gd.dtype.type(0))
+                elif act == "tanh":
+                    gd = gd * (1 - y * y)
+                else:
+                    gd = gd * y * (1 - y)
+            a2 = _rows(a)
+            g2 = gd.reshape(a2.shape[0], b.shape[1])  # (not -1: N may be 0)
+            da = (g2 @ b.T).reshape(a.shape) if n[0] else None
+            db = None
+            if n[1]:  # in b's own layout: linear's b is weight.T, and weight's gradient must come back contiguous
+                db = (g2.T @ a2).T if b.flags.f_contiguous and not b.flags.c_contiguous else a2.T @ g2
+            return _t(da), _t(db), _t(g2.sum(0) if n[2] else None)  # (an empty bias of N = 0: its empty grad)
         da, db, dbias = K.matmul.matmul_backward(_res(ctx), g._data, (n[0], n[1], n[2] and ctx.has_bias))
         if n[2] and not ctx.has_bias:  # a real bias of N = 0 elements looks like "no bias": its gradient is empty
             dbias = xp_of(g._data).zeros((0,), dtype=g.dtype)
@@ -67,6 +103,12 @@ class MatMulAct(FusedOp):
 
 def matmul(a, b):
     """NumPy matmul semantics (1-D, 2-D, batched with broadcast batch dims), with gradient."""
+    if isinstance(a, Tensor) and isinstance(b, Tensor):
+        ad, bd = a._data, b._data
+        if ad.ndim == 2 and _plain_ok(ad, bd):
+            if _enabled[0] and (a.requires_grad or b.requires_grad or a._base is not None or b._base is not None):
+                return ops.MatMul.apply(a, b)  # no bias, no activation: the plain op (array backward)
+            return Tensor._make(ad @ bd)  # nothing to record (a view may need its history refreshed: apply)
     if not isinstance(a, Tensor) or not isinstance(b, Tensor):
         # a NumPy/CuPy array converts (as for the other binary ops); a list is no matrix: PyTorch refuses
         # x @ [1., 2.], and so does this
@@ -97,6 +139,30 @@ def matmul(a, b):
     return MatMulAct.apply(a, b, _no_bias(a), act=None, negative_slope=0.01)
 
 
+def _rows(a):
+    """(..., K) as (rows, K) (not reshape(-1, K): K may be 0)."""
+    return a if a.ndim == 2 else a.reshape(math.prod(a.shape[:-1]), a.shape[-1])
+
+
+def _plain_ok(a, b, bias=None):
+    """The fast path of matmul/linear, the common case on the CPU: ``a`` (..., K) and ``b`` (K, N) NumPy
+    float32/float64 arrays of one dtype (``bias`` (N,) of it, or None), no autocast, and the kernels on their
+    reference path (one environment lookup): one NumPy product, no kernel residuals to keep or guard."""
+    dt = a.dtype
+    return (
+        dt is b.dtype and dt in _PLAIN and type(a) is np.ndarray and type(b) is np.ndarray and a.ndim >= 1
+        and b.ndim == 2 and a.shape[-1] == b.shape[0] and not _autocast[0] and reference_path(a)
+        and (bias is None or (type(bias) is np.ndarray and bias.dtype is dt and bias.shape == b.shape[1:]))
+    )  # fmt: skip
+
+
+# the activations the fast path applies after the product: each plain op's forward (it keeps nothing on ctx)
+_PLAIN_ACTS = {"relu": ops.Relu, "tanh": ops.Tanh, "sigmoid": ops.Sigmoid}
+
+# the fast path's "no bias" inputs, one per dtype: empty and never written, so sharing them is safe
+_PLAIN = {D.float32: Tensor._make(np.empty((0,), np.float32)), D.float64: Tensor._make(np.empty((0,), np.float64))}
+
+
 def _same_dtype(da, db):
     """matmul never promotes (float32 @ float64 is an error in PyTorch, not a float64 product)."""
     if da != db:
@@ -121,6 +187,17 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, activation: st
         raise RuntimeError(f"linear: bias shape {bias.shape} does not match out_features {weight.shape[0]}")
     if activation == "none":
         activation = None
+    if (
+        (activation is None or activation in _PLAIN_ACTS)
+        and x.ndim >= 2
+        and _plain_ok(x._data, weight._data.T, None if bias is None else bias._data)
+    ):
+        b = _PLAIN[x._data.dtype] if bias is None else bias
+        out = MatMulAct.apply(x, weight.T, b, act=activation, negative_slope=negative_slope, alpha=alpha, plain=True)
+        node = out.grad_fn
+        if node is not None and activation is not None:  # backward reads the output: guard it as FusedOp does
+            node._guards = ((out._data, out._version, out._version[0]),)
+        return out
     if activation is not None and activation not in ACTIVATIONS:
         raise ValueError(f"unknown activation {activation!r}; expected None or one of {', '.join(ACTIVATIONS)}")
     if bias is None:

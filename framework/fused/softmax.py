@@ -43,9 +43,9 @@ def _softmax(x, dim, dtype, log):
         x = x.to(dtype=dtype)
     if not x.is_floating_point():
         raise TypeError(f"softmax expects a floating-point tensor, got {x.dtype}")
+    d = _norm_dim(dim, x.ndim)  # first: a 0-d tensor takes dim 0 or -1 only, as PyTorch
     if x.ndim == 0:
         return x * 0 if log else x * 0 + 1
-    d = _norm_dim(dim, x.ndim)
     if d == x.ndim - 1:
         return SoftmaxLast.apply(x, log=log)
     # the kernel reduces the last dim: move ``dim`` there and back (two copies, still one kernel)

@@ -93,10 +93,12 @@ from .reductions import (
     Sum,
     Var,
     _acc_dtype,
-    _count,
     _cum_extreme_index,
     _keep_shape,
     _scan,
+    count,
+    mean_array,
+    sum_array,
 )
 from .shape import (
     Alias,

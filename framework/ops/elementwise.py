@@ -341,16 +341,31 @@ class Sigmoid(Op):
         return g * out * (1 - out)
 
 
+_ZEROS: dict = {}  # dtype -> its scalar 0, made once (a scalar per call costs a tenth of a small relu)
+
+
 class Relu(Op):
+    """max(a, 0); d/da = 1 where the output is positive (a > 0), else 0. The output is saved, not a mask, as
+    PyTorch's threshold_backward reads it: a forward that records nothing computes nothing for backward."""
+
+    saves = ("out",)
+
     @staticmethod
     def forward(ctx, a):
-        ctx.mask = a > 0
         # maximum, not a * mask: keeps NaN (as PyTorch) and gives +0.0, never -0.0, for negative inputs
-        return xp_of(a).maximum(a, a.dtype.type(0))
+        dt = a.dtype
+        zero = _ZEROS.get(dt)
+        if zero is None:
+            zero = _ZEROS[dt] = dt.type(0)
+        return xp_of(a).maximum(a, zero)
 
     @staticmethod
     def backward(ctx, g):
-        return g.masked_fill(~ctx.mask, 0)
+        y = ctx.saved_tensor(0)._data
+        if not _enabled[0]:  # backward not recorded: one array pass (NaN in g stays out where y <= 0)
+            gd = g._data
+            return g._wrap_const(xp_of(gd).where(y > 0, gd, gd.dtype.type(0)))
+        return g.masked_fill(~(y > 0), 0)
 
 
 class Clamp(Op):

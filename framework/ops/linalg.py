@@ -11,6 +11,7 @@ import numpy as np
 
 from .._backend import xp_of
 from ..autograd.function import Op
+from ..autograd.grad_mode import _enabled
 
 
 class MatMul(Op):
@@ -26,6 +27,9 @@ class MatMul(Op):
     def backward(ctx, g):
         a, b = ctx.saved_tensors
         n = ctx.needs_input_grad
+        if not _enabled[0] and a.ndim == 2 and b.ndim == 2:  # not recorded, 2-D: two array products
+            gd, ad, bd = g._data, a._data, b._data
+            return (g._wrap_const(gd @ bd.T) if n[0] else None), (g._wrap_const(ad.T @ gd) if n[1] else None)
         a2 = a.unsqueeze(0) if a.ndim == 1 else a
         b2 = b.unsqueeze(-1) if b.ndim == 1 else b
         if a.ndim == 1:

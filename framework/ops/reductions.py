@@ -9,6 +9,7 @@ import numpy as np
 
 from .._backend import xp_of
 from ..autograd.function import Op
+from ..autograd.grad_mode import _enabled
 from .shape import Cat
 
 
@@ -17,36 +18,86 @@ def _acc_dtype(dtype):
     return np.float32 if dtype.itemsize < 4 and dtype.kind == "f" or dtype.name == "bfloat16" else None
 
 
+_SUM_ACC: dict = {}  # dtype -> the dtype a sum accumulates in (None: its own), decided once per dtype
+
+
+def _sum_acc(dtype):
+    acc = _SUM_ACC.get(dtype, False)
+    if acc is False:
+        acc = _acc_dtype(dtype)
+        acc = _SUM_ACC[dtype] = np.dtype(np.int64) if dtype.kind in "biu" else None if acc is None else np.dtype(acc)
+    return acc
+
+
+_add_reduce = np.add.reduce
+
+
+def _sum(a, dim, keepdim, acc):
+    # NumPy arrays: the ufunc's reduce directly, without ndarray.sum's Python layer (numpy/_core/_methods.py)
+    if type(a) is np.ndarray:
+        return _add_reduce(a, dim, acc, None, keepdim)
+    return a.sum(axis=dim, keepdims=keepdim, dtype=acc)
+
+
+def sum_array(a, dim, keepdim):
+    """Σ of array ``a`` over ``dim`` (None: all; an int or a sorted tuple): integers and bools to int64, half
+    precision accumulated in float32 and rounded once, as PyTorch. Sum's forward, and Tensor.sum's when nothing
+    is recorded."""
+    acc = _sum_acc(a.dtype)
+    if acc is None or acc.kind == "i":  # integers and bools sum to int64, as PyTorch
+        return _sum(a, dim, keepdim, acc)
+    return _sum(a, dim, keepdim, acc).astype(a.dtype)
+
+
+def mean_array(a, dim, keepdim, n):
+    """The mean of float array ``a`` over ``dim``, ``n`` elements each: NumPy's mean (the sum over the count in
+    the accumulation dtype, the same rounding) without its Python layer; an empty mean is NaN (no warning)."""
+    acc = _sum_acc(a.dtype)
+    s = _sum(a, dim, keepdim, acc)
+    out = s / n if n else s * float("nan")
+    return out.astype(a.dtype, copy=False) if acc is not None else out
+
+
 class Sum(Op):
     @staticmethod
     def forward(ctx, a, dim, keepdim):
         ctx.dim, ctx.keepdim, ctx.shape = dim, keepdim, a.shape
-        if a.dtype.kind in "biu":
-            return a.sum(axis=dim, keepdims=keepdim, dtype=np.int64)
-        acc = _acc_dtype(a.dtype)
-        if acc is not None:
-            return a.sum(axis=dim, keepdims=keepdim, dtype=acc).astype(a.dtype)
-        return a.sum(axis=dim, keepdims=keepdim)
+        return sum_array(a, dim, keepdim)
 
     @staticmethod
     def backward(ctx, g):
+        if not _enabled[0]:  # not recorded: the gradient spread over the input's shape, one array pass
+            return g._wrap_const(_spread(ctx, g._data, None))
         if not ctx.keepdim and ctx.dim is not None:
             g = g.reshape(_keep_shape(ctx.shape, ctx.dim))
         return g.expand(*ctx.shape)
+
+
+def _spread(ctx, gd, n):
+    """A reduction's upstream gradient ``gd`` (divided by ``n`` unless None) written over the input's shape: a
+    new contiguous array (no stride-0 view for a ``.grad`` to inherit), as cheap as a view on small tensors."""
+    if not ctx.keepdim and ctx.dim is not None:
+        gd = gd.reshape(_keep_shape(ctx.shape, ctx.dim))
+    xp = xp_of(gd)
+    out = xp.empty(ctx.shape, gd.dtype)
+    if n is None:
+        out[...] = gd
+    else:
+        xp.divide(gd, n, out=out)  # the same rounding as g / n, then broadcast
+    return out
 
 
 class Mean(Op):
     @staticmethod
     def forward(ctx, a, dim, keepdim):
         ctx.dim, ctx.keepdim, ctx.shape = dim, keepdim, a.shape
-        ctx.n = _count(a.shape, dim)
-        acc = _acc_dtype(a.dtype)
-        if acc is not None:
-            return a.mean(axis=dim, keepdims=keepdim, dtype=acc).astype(a.dtype)
-        return a.mean(axis=dim, keepdims=keepdim)
+        ctx.n = n = count(a.shape, dim)
+        return mean_array(a, dim, keepdim, n)
 
     @staticmethod
     def backward(ctx, g):
+        if not _enabled[0]:
+            return g._wrap_const(_spread(ctx, g._data, ctx.n))
         if not ctx.keepdim and ctx.dim is not None:
             g = g.reshape(_keep_shape(ctx.shape, ctx.dim))
         return (g / ctx.n).expand(*ctx.shape)
@@ -60,7 +111,7 @@ class Var(Op):
     @staticmethod
     def forward(ctx, a, dim, correction, keepdim):
         ctx.dim, ctx.keepdim, ctx.shape, ctx.correction = dim, keepdim, a.shape, correction
-        ctx.n = _count(a.shape, dim)
+        ctx.n = count(a.shape, dim)
         acc = _acc_dtype(a.dtype)
         x = a.astype(acc) if acc is not None else a
         return x.var(axis=dim, ddof=correction, keepdims=keepdim).astype(a.dtype, copy=False)
@@ -155,11 +206,12 @@ def _keep_shape(shape, dim):
     return tuple(1 if i in dims else s for i, s in enumerate(shape))
 
 
-def _count(shape, dim):
-    if dim is None:
-        return int(np.prod(shape, dtype=np.int64))
-    dims = (dim,) if isinstance(dim, int) else dim
-    return int(np.prod([shape[d] for d in dims], dtype=np.int64))
+def count(shape, dim):
+    """How many elements a reduction over ``dim`` (None: all) of an array of ``shape`` combines."""
+    n = 1
+    for d in range(len(shape)) if dim is None else (dim,) if isinstance(dim, int) else dim:
+        n *= shape[d]
+    return n
 
 
 class Prod(Op):

@@ -9,6 +9,7 @@ import numpy as np
 
 from .._backend import device_of, to_device, xp_of
 from ..autograd.function import Op
+from ..autograd.grad_mode import _enabled
 from .indexing import GetItem
 
 
@@ -20,6 +21,8 @@ class Reshape(Op):
 
     @staticmethod
     def backward(ctx, g):
+        if not _enabled[0]:  # not recorded: the array reshaped, no view bookkeeping
+            return g._wrap_const(g._data.reshape(ctx.shape))
         return g.reshape(ctx.shape)
 
 
@@ -41,12 +44,16 @@ class Expand(Op):
 class Permute(Op):
     @staticmethod
     def forward(ctx, a, perm):
-        ctx.inv = tuple(np.argsort(perm))
+        ctx.perm = perm
         return a.transpose(perm)
 
     @staticmethod
     def backward(ctx, g):
-        return g.permute(*ctx.inv)
+        perm = ctx.perm
+        inv = tuple(sorted(range(len(perm)), key=perm.__getitem__))  # the inverse: argsort, no NumPy call
+        if not _enabled[0]:  # not recorded: the array transposed back
+            return g._wrap_const(g._data.transpose(inv))
+        return g.permute(*inv)
 
 
 class Flip(Op):

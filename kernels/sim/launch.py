@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import os
 
-import ml_dtypes
-
 from .._launch import _DeviceArray, _HostArray, interpreted
 from ._core import ndarray
-
-_BF16 = ml_dtypes.bfloat16
 
 try:  # written separately: compiles the specialization for sm_90 and raises on resource excess
     from . import compile as _compile
@@ -42,7 +38,7 @@ class Launcher:
             if kwargs.get("UPCAST") is False:
                 # the interpreter's tl.dot multiplies raw bf16 bits: kernels upcast their tiles under this flag,
                 # which launchers set only for NumPy arrays (the GPU compiles the kernel without it)
-                kwargs["UPCAST"] = any(isinstance(a, _HostArray) and a.dtype == _BF16 for a in args)
+                kwargs["UPCAST"] = any(isinstance(a, _HostArray) and a.dtype.name == "bfloat16" for a in args)
             return interpreted(self.jitfn)[grid](*args, **kwargs)
 
         return run
