@@ -1104,11 +1104,29 @@ def set_printoptions(precision=None, threshold=None, edgeitems=None, linewidth=N
     np.set_printoptions(**opts)
 
 
+def _einsum_diagonal(t, sub, k):
+    """Operand ``t`` with subscripts ``sub`` after taking the diagonal of every label repeated in it: the pair of
+    dims becomes one last dim (``diagonal``'s placement), labelled once. ``k`` is the operand's position."""
+    while len(set(sub)) != len(sub):
+        c = next(c for c in sub if sub.count(c) > 1)
+        i = sub.index(c)
+        j = sub.index(c, i + 1)
+        if t.shape[i] != t.shape[j]:
+            raise RuntimeError(
+                f"einsum(): subscript {c} is repeated for operand {k} but the sizes don't match, "
+                f"{t.shape[i]} != {t.shape[j]} (operand shape {tuple(t.shape)})"
+            )
+        t = t.diagonal(0, i, j)
+        sub = sub[:i] + sub[i + 1 : j] + sub[j + 1 :] + c
+    return t, sub
+
+
 def einsum(equation: str, *operands):
     """Einstein summation, as ``torch.einsum``: ``einsum("bij,bjk->bik", a, b)`` is a batched matmul.
 
-    Gradients flow to every operand (each is another einsum); a label repeated inside one operand
-    (a diagonal, ``"ii->i"``) works forward but has no gradient.
+    Gradients flow to every operand (each is another einsum). A label repeated inside one operand is a
+    diagonal (``einsum("ii->i", a)`` is ``a.diagonal()``, ``einsum("ii", a)`` the trace): it is taken first as a
+    ``diagonal`` view, whose gradient writes back onto the diagonal.
     """
     if len(operands) == 1 and isinstance(operands[0], (list, tuple)):
         operands = tuple(operands[0])
@@ -1118,6 +1136,7 @@ def einsum(equation: str, *operands):
         _check_devices(operands[0], t)
     operands = cast_for("einsum", *operands)
     ins, out = ops.linalg._parse(equation, [t.shape for t in operands])
+    operands, ins = zip(*(_einsum_diagonal(t, sub, k) for k, (t, sub) in enumerate(zip(operands, ins))))
     dt = operands[0].dtype
     for t in operands[1:]:
         if t.dtype != dt:

@@ -339,12 +339,18 @@ def one_hot(tensor, num_classes=-1):
 
 
 def _pad_source(mode, n, left, right):
-    """Source position of every output position along a dim of size n padded by (left, right)."""
+    """Source position of every output position along a dim of size n padded by (left, right).
+
+    A negative width crops: the positions are those of the padded-by-the-positive-widths dim with the cropped
+    ends left out, which is PyTorch's rule for reflect and replicate (the mirror/edge stays the input's own);
+    circular crops first and then wraps the cropped dim (PyTorch), so its source is computed on the crop.
+    """
+    if mode == "circular":
+        lo, m = max(-left, 0), n - max(-left, 0) - max(-right, 0)
+        return lo + np.arange(-max(left, 0), m + max(right, 0)) % m
     i = np.arange(-left, n + right)
     if mode == "replicate":
         return np.clip(i, 0, n - 1)
-    if mode == "circular":
-        return i % n
     period = 2 * (n - 1)  # reflect: mirror about the edges without repeating them
     i = np.abs(i) % period if period else np.zeros_like(i)
     return np.where(i > n - 1, period - i, i)
@@ -353,41 +359,60 @@ def _pad_source(mode, n, left, right):
 PAD_MODES = ("constant", "reflect", "replicate", "circular")
 
 
+def _check_pad(mode, input, d, lo, hi):
+    """PyTorch's errors for widths (lo, hi) of dim ``d``: a reflection must stay inside the dim, a circular wrap
+    must not go round the (cropped) dim more than once, and no output may be empty (constant: none negative)."""
+    n, shape = input.shape[d], list(input.shape)
+    if mode == "constant":
+        if n + min(lo, 0) + min(hi, 0) < 0:
+            raise RuntimeError(f"pad: widths {(lo, hi)} crop dim {d} of size {n} below zero (input {shape})")
+        return
+    if mode == "reflect" and (lo >= n or hi >= n):
+        raise RuntimeError(
+            f"Argument #4: Padding size should be less than the corresponding input dimension, but got: padding "
+            f"{(lo, hi)} at dimension {d} of input {shape}"
+        )
+    m = n + min(lo, 0) + min(hi, 0)  # the cropped size, which circular wraps around
+    if mode == "circular" and (m <= 0 or lo > m or hi > m):
+        raise RuntimeError(f"Padding value causes wrapping around more than once: padding {(lo, hi)} of dim {d} "
+                           f"(size {n}, {max(m, 0)} after cropping) of input {shape}")  # fmt: skip
+    if n + lo + hi <= 0:
+        raise RuntimeError(f"input (size {n} at dim {d}) is too small. Calculated output size: {n + lo + hi} "
+                           f"(padding {(lo, hi)}, input {shape})")  # fmt: skip
+
+
 def pad(input, pad, mode="constant", value=0.0):
     """Pad the last ``len(pad)//2`` dims: ``pad = (left, right, top, bottom, ...)`` starting from the last dim.
 
-    ``mode``: "constant" (``value``; negative widths crop), "reflect" (mirror without repeating the edge,
-    widths < the dim's size), "replicate" (repeat the edge) or "circular" (wrap around, widths <= size).
-    Example: ``F.pad(x, (1, 1), mode="reflect")`` on [1, 2, 3] gives [2, 1, 2, 3, 2].
+    ``mode``: "constant" (``value``), "reflect" (mirror without repeating the edge, widths < the dim's size),
+    "replicate" (repeat the edge) or "circular" (wrap around, widths <= size). A negative width crops, in every
+    mode, as PyTorch: reflect and replicate mirror/repeat the uncropped input's edge, circular wraps the crop.
+    Example: ``F.pad(x, (1, 1), mode="reflect")`` on [1, 2, 3] gives [2, 1, 2, 3, 2];
+    ``F.pad(x, (-1, 2), mode="replicate")`` gives [2, 3, 3, 3].
     """
     if mode not in PAD_MODES:
         raise ValueError(f"pad: mode must be one of {', '.join(PAD_MODES)}, got {mode!r}")
-    if len(pad) % 2 or len(pad) // 2 > input.ndim:
-        raise ValueError(f"pad: padding length must be even and at most 2*input.ndim ({input.ndim}), got {len(pad)}")
+    if len(pad) % 2:
+        raise RuntimeError(f"Padding length must be divisible by 2, got {len(pad)} (input {list(input.shape)})")
+    if len(pad) // 2 > input.ndim:
+        raise RuntimeError(
+            f"Padding length should be less than or equal to two times the input dimension but got padding length "
+            f"{len(pad)} and input of dimension {input.ndim}"
+        )
     pairs = [(input.ndim - 1 - i, int(pad[2 * i]), int(pad[2 * i + 1])) for i in range(len(pad) // 2)]
+    for d, lo, hi in pairs:
+        _check_pad(mode, input, d, lo, hi)
     if mode == "constant":
         crop, widths = [slice(None)] * input.ndim, [(0, 0)] * input.ndim
         for d, lo, hi in pairs:
-            if input.shape[d] + lo + hi < 0:
-                raise ValueError(f"pad: widths {(lo, hi)} crop dim {d} of size {input.shape[d]} below zero")
             crop[d] = slice(max(-lo, 0), input.shape[d] - max(-hi, 0))  # negative widths crop first
             widths[d] = (max(lo, 0), max(hi, 0))
         if any(lo < 0 or hi < 0 for _, lo, hi in pairs):
             input = input[tuple(crop)]
         return ops.Pad.apply(input, widths=tuple(widths), value=value)
     for d, lo, hi in pairs:
-        n = input.shape[d]
-        if lo < 0 or hi < 0:
-            raise ValueError(f"pad: negative widths {(lo, hi)} are only supported with mode='constant'")
-        if not lo and not hi:
-            continue
-        if n == 0 or (mode == "reflect" and max(lo, hi) >= n) or (mode == "circular" and max(lo, hi) > n):
-            limit = "less than" if mode == "reflect" else "at most"
-            raise ValueError(
-                f"pad: {mode} padding {(lo, hi)} of dim {d} must be {limit} that dim's size ({n}); input shape "
-                f"{tuple(input.shape)}"
-            )
-        input = ops.PadTake.apply(input, idx=_pad_source(mode, n, lo, hi), axis=d, left=lo)
+        if lo or hi:
+            input = ops.PadTake.apply(input, idx=_pad_source(mode, input.shape[d], lo, hi), axis=d)
     return input
 
 
