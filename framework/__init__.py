@@ -49,6 +49,7 @@ from .creation import (
     get_rng_state,
     initial_seed,
     linspace,
+    logspace,
     manual_seed,
     normal,
     ones,
@@ -153,6 +154,7 @@ for _n in (
     "bitwise_not", "bitwise_and", "bitwise_or", "bitwise_xor", "bitwise_left_shift", "bitwise_right_shift", "div",
     "divide", "true_divide", "floor_divide", "mul", "multiply", "cummax", "cummin", "logcumsumexp", "index_add",
     "index_fill", "masked_scatter", "reciprocal", "negative",
+    "scatter_reduce",
 ):  # fmt: skip
     if _n not in globals():
         globals()[_n] = _method(_n)

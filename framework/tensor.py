@@ -1314,8 +1314,10 @@ class Tensor(GraphTensor):
     def flip(self, dims):
         """A copy reversed along ``dims`` (as PyTorch: not a view, so writes to it leave self alone)."""
         dims = (dims,) if isinstance(dims, int) else tuple(dims)
-        dims = tuple(sorted({_norm_dim(d, self.ndim) for d in dims})) if self.ndim else ()
-        return ops.Flip.apply(self, dims=dims)
+        norm = [_norm_dim(d, self.ndim) for d in dims] if self.ndim else []
+        if len(set(norm)) != len(norm):
+            raise RuntimeError(f"dim {max(norm, key=norm.count)} appears multiple times in the list of dims {dims}")
+        return ops.Flip.apply(self, dims=tuple(sorted(norm)))
 
     def _as_grad(self, g):
         """``g`` (a Tensor, number or array) as a gradient for this tensor: a Tensor of its shape."""

@@ -38,6 +38,7 @@ from .ops import (
     Roll,
     Rounding,
     Scatter,
+    ScatterReduce,
     ValuesIndices,
     _argsort,
     _gather,
@@ -53,8 +54,8 @@ def _index_array(index, t, what):
         raise TypeError(f"{what}(): argument 'index' must be Tensor, not {type(index).__name__}")
     arr = index._data if isinstance(index, Tensor) else index
     xp = xp_of(t._data)
-    if arr.dtype.kind not in "iu":
-        raise RuntimeError(f"{what}(): Expected dtype int64 for index, got {arr.dtype}")
+    if arr.dtype not in (np.int32, np.int64):  # PyTorch takes int32 and int64 indices only, not bool/uint8/int16
+        raise RuntimeError(f"{what}(): Expected dtype int32/int64 for index, got {arr.dtype}")
     if type(arr) is not type(t._data):
         arr = xp.asarray(to_host(arr))
     return arr.astype(np.int64, copy=False)
@@ -73,6 +74,9 @@ def _check_range(idx, n, dim, what, error=RuntimeError):
             lambda bad: error(f"{what}(): index {bad} is out of bounds for dimension {dim} with size {n}"),
         )
     return idx % n if n else idx  # on a GPU the check is read later: meanwhile keep every index in range
+
+
+_SCATTER_REDUCE = {"add": "sum", "multiply": "prod"}  # scatter(reduce=...)'s names for scatter_reduce's
 
 
 class TensorMethods:
@@ -441,13 +445,17 @@ class TensorMethods:
         return self.masked_fill_(mask.reshape(self.shape), fill_value)
 
     # ---- index_add / index_fill / masked_scatter (and the in-place forms below)
-    def _index_vector(self, dim, index, what):
+    def _index_vector(self, dim, index, what, wrap=False):
+        """(dim, index as a flat int64 array in range); ``wrap``: negative indices count from the end (index_fill)."""
         d = _dim(int(dim), self.ndim) if self.ndim else 0
         idx = _index_array(index, self, what)
         if idx.ndim > 1:
             raise IndexError(f"{what}(): Index is supposed to be a vector, got shape {tuple(idx.shape)}")
         n = self.shape[d] if self.ndim else 1
-        return d, _check_range(idx.reshape(-1), n, d, what, IndexError)
+        idx = idx.reshape(-1)
+        if wrap:
+            idx = xp_of(idx).where(idx < 0, idx + n, idx)
+        return d, _check_range(idx, n, d, what)
 
     def index_add(self, dim, index, source, *, alpha=1):
         """self with ``alpha · source[..., i, ...]`` added at ``self[..., index[i], ...]`` (repeats accumulate)."""
@@ -470,7 +478,9 @@ class TensorMethods:
 
     def index_fill(self, dim, index, value):
         """self with ``value`` at every ``self[..., index[i], ...]``."""
-        d, idx = self._index_vector(dim, index, "index_fill")
+        if isinstance(index, Tensor) and index.dtype != np.int64:
+            raise IndexError(f"index_fill_(): Expected dtype int64 for index, got {index.dtype}")
+        d, idx = self._index_vector(dim, index, "index_fill", wrap=True)
         mask = xp_of(self._data).zeros(self.shape[d] if self.ndim else 1, dtype=bool)
         mask[idx] = True
         view = [1] * self.ndim
@@ -500,15 +510,14 @@ class TensorMethods:
         return Scatter.apply(x.reshape(-1), vals, idx=pos, dim=0).reshape(shape)
 
     def scatter_(self, dim, index, src=None, value=None, *, reduce=None):
-        if reduce is not None:
-            if reduce != "add":
-                raise RuntimeError(f"scatter_(): reduce argument must be 'add' here, got {reduce!r}")
-            source = value if src is None else src
-            if not isinstance(source, Tensor):
-                d, idx = self._gather_index(dim, index, "scatter_")
-                source = self._scatter_src(source, idx, "scatter_")
-            return self.scatter_add_(dim, index, source)
-        return self._inplace_fn(lambda t: t.scatter(dim, index, src, value), "scatter_", src)
+        """In-place :meth:`scatter`; ``reduce="add"``/``"multiply"`` combine with self's values instead."""
+        return self._inplace_fn(lambda t: t.scatter(dim, index, src, value, reduce=reduce), "scatter_", src)
+
+    def scatter_reduce_(self, dim, index, src, reduce, *, include_self=True):
+        """In-place :meth:`scatter_reduce`."""
+        return self._inplace_fn(
+            lambda t: t.scatter_reduce(dim, index, src, reduce, include_self=include_self), "scatter_reduce_", src
+        )
 
     # ---- reductions
     def prod(self, dim=None, keepdim=False, dtype=None):
@@ -653,16 +662,43 @@ class TensorMethods:
                 f"{what}(): src {tuple(src.shape)} must have index's ndim and be at least index's size "
                 f"{tuple(idx.shape)} in every dimension"
             )
-        src = src[tuple(slice(0, s) for s in idx.shape)]
-        return src if src.dtype == self.dtype else src.to(dtype=self.dtype)
+        if src.dtype != self.dtype:
+            raise RuntimeError(
+                f"{what}(): Expected self.dtype to be equal to src.dtype (self {self.dtype}, src {src.dtype})"
+            )
+        return src[tuple(slice(0, s) for s in idx.shape)]
 
-    def scatter(self, dim, index, src=None, value=None):
-        """Out of place: self with ``src[i][j]`` written at ``[i][index[i][j]]`` (dim=1); ``value`` for a scalar."""
+    def scatter(self, dim, index, src=None, value=None, *, reduce=None):
+        """Out of place: self with ``src[i][j]`` written at ``[i][index[i][j]]`` (dim=1); ``value`` for a scalar.
+
+        ``reduce="add"`` adds into self's values, ``"multiply"`` multiplies (repeated indices accumulate): that is
+        ``scatter_reduce`` with "sum"/"prod" and ``include_self=True``.
+        """
         if (src is None) == (value is None):
             raise TypeError("scatter(): pass exactly one of src (a tensor or number) and value")
+        if reduce is not None and reduce not in _SCATTER_REDUCE:
+            raise RuntimeError(f"reduce argument must be either add or multiply, got {reduce!r}")
         d, idx = self._gather_index(dim, index, "scatter")
         s = self._scatter_src(value if src is None else src, idx, "scatter")
+        if reduce is not None:
+            return ScatterReduce.apply(self, s, idx=idx, dim=d, reduce=_SCATTER_REDUCE[reduce], include_self=True)
         return Scatter.apply(self, s, idx=idx, dim=d)
+
+    def scatter_reduce(self, dim, index, src, reduce, *, include_self=True):
+        """self with every ``src[i][j]`` reduced into ``[i][index[i][j]]`` (dim=1; likewise for other dims).
+
+        ``reduce``: "sum", "prod", "mean", "amax" or "amin". With ``include_self=False`` a targeted position
+        reduces only the src values sent to it (self's value is left out); untargeted positions keep self's.
+        Example: ``conch.zeros(3).scatter_reduce(0, conch.tensor([0, 0, 2]), conch.tensor([1., 5., 2.]), "amax")``
+        is [5, 0, 2]. Gradients as PyTorch (amax/amin share among ties, prod handles zeros).
+        """
+        if reduce not in ("sum", "prod", "mean", "amax", "amin"):
+            raise RuntimeError(f"reduce argument must be either sum, prod, mean, amax or amin, got {reduce}")
+        if not isinstance(src, Tensor):
+            raise TypeError(f"scatter_reduce(): argument 'src' must be Tensor, not {type(src).__name__}")
+        d, idx = self._gather_index(dim, index, "scatter_reduce")
+        s = self._scatter_src(src, idx, "scatter_reduce")
+        return ScatterReduce.apply(self, s, idx=idx, dim=d, reduce=reduce, include_self=bool(include_self))
 
     def scatter_add(self, dim, index, src):
         """self + zeros with ``src`` added at ``index`` along ``dim`` (repeated indices accumulate)."""
@@ -675,7 +711,7 @@ class TensorMethods:
         idx = _index_array(index, self, "index_select")
         if idx.ndim > 1:
             raise IndexError(f"index_select(): Index is supposed to be a vector, got shape {tuple(idx.shape)}")
-        idx = _check_range(idx.reshape(-1), self.shape[d], d, "index_select", IndexError)
+        idx = _check_range(idx.reshape(-1), self.shape[d], d, "index_select")
         return self[(slice(None),) * d + (idx,)]
 
     def masked_select(self, mask):

@@ -162,3 +162,215 @@ def test_einsum_diagonal_matches_torch(eq, shapes):
     t.backward(torch.tensor(g))
     for a, b in zip(cs, ts):
         np.testing.assert_allclose(a.grad.numpy(), b.grad.numpy(), rtol=1e-12)
+
+
+# ---------------------------------------------------------------- invalid arguments raise as PyTorch
+
+
+@pytest.mark.parametrize("fn", ["linspace", "logspace"])
+def test_linspace_logspace_refuse_bad_steps(fn):
+    f = getattr(conch, fn)
+    with pytest.raises(RuntimeError, match="number of steps must be non-negative"):
+        f(0, 1, -1)
+    for bad in (2.5, True, "3"):
+        with pytest.raises(TypeError, match="argument 'steps' must be int"):
+            f(0, 1, bad)
+    assert f(0, 1, 0).shape == (0,) and f(0, 1, np.int64(3)).shape == (3,)
+
+
+def test_logspace_values():
+    np.testing.assert_allclose(npv(conch.logspace(0, 2, 3, dtype=conch.float64)), [1.0, 10.0, 100.0], rtol=1e-15)
+    np.testing.assert_allclose(npv(conch.logspace(-1, 3, 5, base=2.0, dtype=conch.float64)), 2.0 ** np.arange(-1, 4))
+
+
+def test_flip_refuses_repeated_and_out_of_range_dims():
+    x = conch.zeros(2, 3)
+    with pytest.raises(RuntimeError, match=r"dim 0 appears multiple times in the list of dims"):
+        x.flip((0, 0))
+    with pytest.raises(RuntimeError, match="dim 1 appears multiple times"):
+        x.flip((1, -1))
+    with pytest.raises(IndexError, match=r"Dimension out of range \(expected to be in range of \[-2, 1\], but got 2\)"):
+        x.flip(2)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.bool_, np.uint8, np.int16])
+@pytest.mark.parametrize("what", ["gather", "scatter", "scatter_add", "index_select", "index_add"])
+def test_index_of_the_wrong_dtype_is_refused(what, dtype):
+    x = conch.zeros(2, 3)
+    idx2 = conch.tensor(np.zeros((1, 2), dtype=dtype))
+    idx1 = conch.tensor(np.zeros(2, dtype=dtype))
+    calls = {
+        "gather": lambda: x.gather(1, idx2),
+        "scatter": lambda: x.scatter(1, idx2, 1.0),
+        "scatter_add": lambda: x.scatter_add(1, idx2, conch.ones(1, 2)),
+        "index_select": lambda: x.index_select(1, idx1),
+        "index_add": lambda: x.index_add(1, idx1, conch.ones(2, 2)),
+    }
+    with pytest.raises(RuntimeError, match=f"{what}\\(\\): Expected dtype int32/int64 for index, got"):
+        calls[what]()
+
+
+def test_index_fill_takes_int64_only_and_wraps_negative_indices():
+    x = conch.zeros(2, 3)
+    with pytest.raises(IndexError, match="index_fill_\\(\\): Expected dtype int64 for index"):
+        x.index_fill(1, conch.tensor([0], dtype=conch.int32), 1.0)
+    np.testing.assert_array_equal(npv(x.index_fill(1, conch.tensor([-1]), 1.0)), [[0, 0, 1], [0, 0, 1]])
+
+
+def test_gather_scatter_index_ndim_range_and_src_dtype_errors():
+    x = conch.zeros(2, 3)
+    for f in (lambda i: x.gather(1, i), lambda i: x.scatter(1, i, 1.0), lambda i: x.scatter_add(1, i, conch.ones(2)),
+              lambda i: x.scatter_reduce(1, i, conch.ones(2), "sum")):  # fmt: skip
+        with pytest.raises(RuntimeError, match=r"Index tensor must have the same number of dimensions .* \(2,\)"):
+            f(conch.tensor([0, 1]))
+    with pytest.raises(RuntimeError, match="index 5 is out of bounds for dimension 1 with size 3"):
+        x.scatter(1, conch.tensor([[0, 5]]), 1.0)
+    with pytest.raises(RuntimeError, match="index -1 is out of bounds for dimension 1 with size 3"):
+        x.index_select(1, conch.tensor([0, -1]))
+    with pytest.raises(RuntimeError, match="Expected self.dtype to be equal to src.dtype"):
+        x.scatter(1, conch.tensor([[0, 1]]), conch.ones(1, 2, dtype=conch.float64))
+    with pytest.raises(RuntimeError, match="Expected self.dtype to be equal to src.dtype"):
+        x.scatter_add(1, conch.tensor([[0, 1]]), conch.ones(1, 2, dtype=conch.float64))
+
+
+def test_invalid_calls_raise_the_same_type_as_torch():
+    torch = pytest.importorskip("torch")
+    cases = [
+        ("linspace", lambda m: m.linspace(0, 1, -1)),
+        ("linspace", lambda m: m.linspace(0, 1, 2.5)),
+        ("logspace", lambda m: m.logspace(0, 1, -2)),
+        ("flip", lambda m: m.zeros(2, 3).flip((0, 0))),
+        ("flip", lambda m: m.zeros(2, 3).flip(3)),
+        ("gather", lambda m: m.zeros(2, 3).gather(1, m.zeros(1, 2, dtype=m.int16))),
+        ("gather", lambda m: m.zeros(2, 3).gather(1, m.tensor([[0, 3]]))),
+        ("scatter", lambda m: m.zeros(2, 3).scatter(1, m.tensor([0]), 1.0)),
+        ("scatter", lambda m: m.zeros(2, 3).scatter(1, m.tensor([[0]]), m.ones(1, 1, dtype=m.float64))),
+        ("index_select", lambda m: m.zeros(2, 3).index_select(1, m.tensor([0.0]))),
+        ("index_select", lambda m: m.zeros(2, 3).index_select(1, m.tensor([[0]]))),
+        ("index_fill", lambda m: m.zeros(2, 3).index_fill(1, m.tensor([0], dtype=m.int32), 1.0)),
+    ]
+    for _name, call in cases:  # the name says which call failed in the traceback
+        with pytest.raises(Exception) as want:
+            call(torch)
+        with pytest.raises(want.type):
+            call(conch)
+
+
+# ---------------------------------------------------------------- scatter_reduce and scatter(reduce=)
+
+REDUCES = ["sum", "prod", "mean", "amax", "amin"]
+
+
+def _scatter_reduce_reference(x, dim, idx, src, reduce, include_self):
+    """A loop over every index element, in float64 (or the integers' own type): the definition itself."""
+    groups = {}
+    for pos in np.ndindex(*idx.shape):
+        target = pos[:dim] + (int(idx[pos]),) + pos[dim + 1 :]
+        groups.setdefault(target, [x[target]] if include_self else []).append(src[pos])
+    out = x.copy()
+    fns = {"sum": np.sum, "prod": np.prod, "amax": np.max, "amin": np.min}
+    for target, vals in groups.items():
+        if reduce == "mean":
+            out[target] = np.sum(vals) // len(vals) if x.dtype.kind in "iu" else np.mean(vals)
+        else:
+            out[target] = fns[reduce](vals)
+    return out
+
+
+@pytest.mark.parametrize("reduce", REDUCES)
+@pytest.mark.parametrize("include_self", [True, False])
+@pytest.mark.parametrize("dim", [0, 1, -1])
+def test_scatter_reduce_matches_the_definition_and_gradchecks(reduce, include_self, dim):
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((3, 5, 2))
+    idx = rng.integers(0, x.shape[dim], (2, 4, 2))  # smaller than src: src's leading part is used
+    src = rng.standard_normal((3, 4, 2))
+    want = _scatter_reduce_reference(x, dim % 3, idx, src[:2, :4, :2], reduce, include_self)
+    got = t64(x).scatter_reduce(dim, conch.tensor(idx), t64(src), reduce, include_self=include_self)
+    np.testing.assert_allclose(npv(got), want, rtol=1e-12, atol=1e-14)
+    xs, ss = t64(x, grad=True), t64(src, grad=True)
+    fn = lambda a, b: a.scatter_reduce(dim, conch.tensor(idx), b, reduce, include_self=include_self)  # noqa: E731
+    _vjp_check(fn, (xs, ss), rng)
+
+
+@pytest.mark.parametrize("reduce", REDUCES)
+def test_scatter_reduce_integers(reduce):
+    rng = np.random.default_rng(5)
+    x, src, idx = rng.integers(-9, 10, (4, 3)), rng.integers(-9, 10, (6, 3)), rng.integers(0, 4, (6, 3))
+    for inc in (True, False):
+        got = conch.tensor(x).scatter_reduce(0, conch.tensor(idx), conch.tensor(src), reduce, include_self=inc)
+        assert got.dtype == conch.int64
+        np.testing.assert_array_equal(npv(got), _scatter_reduce_reference(x, 0, idx, src, reduce, inc))
+
+
+def test_scatter_reduce_amax_shares_the_gradient_among_ties():
+    x = t64([1.0, 0.0, 3.0], grad=True)
+    src = t64([3.0, 3.0, 2.0, 0.5], grad=True)
+    out = x.scatter_reduce(0, conch.tensor([2, 2, 0, 1]), src, "amax")  # [2, 0.5, 3]: three 3s tie at position 2
+    np.testing.assert_array_equal(npv(out), [2.0, 0.5, 3.0])
+    out.backward(t64([10.0, 20.0, 30.0]))
+    np.testing.assert_allclose(x.grad.numpy(), [0.0, 0.0, 10.0])  # self's 1 and 0 lost; its 3 ties
+    np.testing.assert_allclose(src.grad.numpy(), [10.0, 10.0, 10.0, 20.0])
+
+
+def test_scatter_reduce_prod_gradient_with_zeros():
+    # position 0: self 2 * src (0, 3): one zero, so d/d(the zero) = 2*3 and the others get 0
+    # position 1: self 0 * src (4,): d/dself = 4, d/dsrc = 0; position 2: two zeros, every gradient 0
+    x = t64([2.0, 0.0, 5.0], grad=True)
+    src = t64([0.0, 3.0, 4.0, 0.0, 0.0], grad=True)
+    out = x.scatter_reduce(0, conch.tensor([0, 0, 1, 2, 2]), src, "prod")
+    np.testing.assert_array_equal(npv(out), [0.0, 0.0, 0.0])
+    out.backward(t64([1.0, 1.0, 1.0]))
+    np.testing.assert_allclose(x.grad.numpy(), [0.0, 4.0, 0.0])
+    np.testing.assert_allclose(src.grad.numpy(), [6.0, 0.0, 0.0, 0.0, 0.0])
+
+
+def test_scatter_with_reduce_add_and_multiply_and_in_place():
+    rng = np.random.default_rng(6)
+    x, idx, src = rng.standard_normal((2, 4)), rng.integers(0, 4, (2, 3)), rng.standard_normal((2, 3))
+    for reduce, name in (("add", "sum"), ("multiply", "prod")):
+        want = _scatter_reduce_reference(x, 1, idx, src, name, True)
+        np.testing.assert_allclose(npv(t64(x).scatter(1, conch.tensor(idx), t64(src), reduce=reduce)), want)
+        y = t64(x)
+        y.scatter_(1, conch.tensor(idx), 2.0, reduce=reduce)
+        np.testing.assert_allclose(npv(y), _scatter_reduce_reference(x, 1, idx, np.full((2, 3), 2.0), name, True))
+    y = t64(x)
+    assert y.scatter_reduce_(1, conch.tensor(idx), t64(src), "amin", include_self=False) is y
+    np.testing.assert_allclose(npv(y), _scatter_reduce_reference(x, 1, idx, src, "amin", False))
+    np.testing.assert_allclose(npv(conch.scatter_reduce(t64(x), 1, conch.tensor(idx), t64(src), "mean")),
+                               _scatter_reduce_reference(x, 1, idx, src, "mean", True))  # fmt: skip
+    with pytest.raises(RuntimeError, match="reduce argument must be either sum, prod, mean, amax or amin"):
+        t64(x).scatter_reduce(1, conch.tensor(idx), t64(src), "max")
+    with pytest.raises(RuntimeError, match="reduce argument must be either add or multiply"):
+        t64(x).scatter(1, conch.tensor(idx), t64(src), reduce="sum")
+
+
+@pytest.mark.parametrize("reduce", REDUCES)
+def test_scatter_reduce_matches_torch_with_ties_and_zeros(reduce):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(7)
+    for include_self in (True, False):
+        x = rng.integers(-2, 3, (3, 4)).astype(np.float64)  # small integers: many ties and zeros
+        src = rng.integers(-2, 3, (3, 6)).astype(np.float64)
+        idx = rng.integers(0, 4, (3, 6))
+        g = rng.standard_normal((3, 4))
+        cx, cs = t64(x, grad=True), t64(src, grad=True)
+        tx, ts = torch.tensor(x, requires_grad=True), torch.tensor(src, requires_grad=True)
+        c = cx.scatter_reduce(1, conch.tensor(idx), cs, reduce, include_self=include_self)
+        t = tx.scatter_reduce(1, torch.tensor(idx), ts, reduce, include_self=include_self)
+        np.testing.assert_allclose(npv(c), t.detach().numpy(), rtol=1e-12)
+        c.backward(t64(g))
+        t.backward(torch.tensor(g))
+        np.testing.assert_allclose(cx.grad.numpy(), tx.grad.numpy(), rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(cs.grad.numpy(), ts.grad.numpy(), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("reduce", REDUCES)
+def test_scatter_reduce_on_the_test_device(reduce, device):
+    rng = np.random.default_rng(8)
+    x, src, idx = rng.standard_normal((3, 4)), rng.standard_normal((3, 7)), rng.integers(0, 4, (3, 7))
+    cx = conch.tensor(x, device=device, requires_grad=True)
+    out = cx.scatter_reduce(1, conch.tensor(idx, device=device), conch.tensor(src, device=device), reduce)
+    np.testing.assert_allclose(out.detach().cpu().numpy(), _scatter_reduce_reference(x, 1, idx, src, reduce, True))
+    out.sum().backward()
+    assert cx.grad.shape == (3, 4) and cx.grad.device == cx.device

@@ -72,6 +72,7 @@ from .indexing import (
     MaskedFill,
     Scatter,
     ScatterFlat,
+    ScatterReduce,
     TakeAlongDim,
     Where,
     _along,
