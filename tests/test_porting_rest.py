@@ -374,3 +374,129 @@ def test_scatter_reduce_on_the_test_device(reduce, device):
     np.testing.assert_allclose(out.detach().cpu().numpy(), _scatter_reduce_reference(x, 1, idx, src, reduce, True))
     out.sum().backward()
     assert cx.grad.shape == (3, 4) and cx.grad.device == cx.device
+
+
+# ---------------------------------------------------------------- interpolate: nearest-exact, trilinear, bicubic
+
+
+def _keys(x, a=-0.75):
+    """Keys' cubic convolution kernel at distance x (the textbook piecewise form)."""
+    x = abs(x)
+    if x <= 1:
+        return (a + 2) * x**3 - (a + 3) * x**2 + 1
+    return a * x**3 - 5 * a * x**2 + 8 * a * x - 4 * a if x < 2 else 0.0
+
+
+def _src_pos(j, n_in, n_out, scale, align_corners, clamp):
+    if align_corners:
+        return j * (n_in - 1) / (n_out - 1) if n_out > 1 else 0.0
+    p = (j + 0.5) * scale - 0.5
+    return max(p, 0.0) if clamp else p
+
+
+def _interp_reference(x, out_size, scales, mode, align_corners):
+    """Output element by output element, straight from the definitions (not separable: full 2^d / 4x4 sums)."""
+    spatial = x.shape[2:]
+    out = np.zeros(x.shape[:2] + tuple(out_size))
+    for o in np.ndindex(*out_size):
+        if mode == "nearest-exact":
+            src = tuple(min(int(np.floor((j + 0.5) * s)), n - 1) for j, s, n in zip(o, scales, spatial))
+            out[(...,) + o] = x[(...,) + src]
+            continue
+        pos = [_src_pos(j, n, m, s, align_corners, mode != "bicubic") for j, n, m, s in
+               zip(o, spatial, out_size, scales)]  # fmt: skip
+        acc = 0.0
+        if mode == "bicubic":
+            (py, px), (h, w) = pos, spatial
+            fy, fx = int(np.floor(py)), int(np.floor(px))
+            for dy in range(-1, 3):
+                for dx in range(-1, 3):
+                    wgt = _keys(py - (fy + dy)) * _keys(px - (fx + dx))
+                    acc = acc + wgt * x[..., min(max(fy + dy, 0), h - 1), min(max(fx + dx, 0), w - 1)]
+        else:  # linear family: the 2^d corners around pos, weights the products of (1 - distance)
+            base = [min(int(np.floor(p)), n - 1) for p, n in zip(pos, spatial)]
+            for corner in np.ndindex(*(2,) * len(pos)):
+                idx = tuple(min(b + c, n - 1) for b, c, n in zip(base, corner, spatial))
+                wgt = np.prod([(p - b) if c else 1 - (p - b) for p, b, c in zip(pos, base, corner)])
+                acc = acc + wgt * x[(...,) + idx]
+        out[(...,) + o] = acc
+    return out
+
+
+INTERP_CASES = [
+    ("nearest-exact", (2, 3, 5)),
+    ("nearest-exact", (1, 2, 4, 5)),
+    ("nearest-exact", (1, 1, 3, 2, 4)),
+    ("trilinear", (1, 2, 3, 4, 2)),
+    ("bicubic", (2, 1, 4, 5)),
+]
+
+
+@pytest.mark.parametrize(
+    "mode,shape,align_corners",
+    [(m, s, None) for m, s in INTERP_CASES if m.startswith("nearest")]
+    + [(m, s, ac) for m, s in INTERP_CASES if not m.startswith("nearest") for ac in (False, True)],
+)
+@pytest.mark.parametrize("how", ["size", "scale", "recompute"])
+def test_interpolate_modes_match_the_definitions(mode, shape, how, align_corners):
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal(shape)
+    n = len(shape) - 2
+    spatial = shape[2:]
+    if how == "size":
+        kw, out = {"size": (7, 3, 5)[:n]}, (7, 3, 5)[:n]
+        scales = [i / o for i, o in zip(spatial, out)]
+    else:
+        sf = (1.7, 0.6, 2.5)[:n]
+        out = tuple(int(np.floor(i * f)) for i, f in zip(spatial, sf))
+        kw = {"scale_factor": sf, "recompute_scale_factor": how == "recompute"}
+        scales = [i / o for i, o in zip(spatial, out)] if how == "recompute" else [1 / f for f in sf]
+    ac = align_corners
+    got = F.interpolate(t64(x), mode=mode, align_corners=ac, **kw)
+    np.testing.assert_allclose(npv(got), _interp_reference(x, out, scales, mode, bool(ac)), rtol=1e-12, atol=1e-12)
+    _vjp_check(lambda t: F.interpolate(t, mode=mode, align_corners=ac, **kw), (t64(x, grad=True),), rng)
+
+
+def test_interpolate_bicubic_closed_forms():
+    rng = np.random.default_rng(10)
+    # halfway between samples (odd outputs of size 2n-1 with align_corners) the A=-0.75 weights are
+    # (-3, 19, 19, -3)/32; the samples themselves (even outputs) are kept
+    row = rng.standard_normal(6)
+    up = npv(F.interpolate(t64(row[None, None, None, :]), size=(1, 11), mode="bicubic", align_corners=True))[0, 0, 0]
+    np.testing.assert_allclose(up[::2], row, rtol=1e-13)
+    mid = (-3 * row[0:-3] + 19 * row[1:-2] + 19 * row[2:-1] - 3 * row[3:]) / 32
+    np.testing.assert_allclose(up[3:-3:2], mid, rtol=1e-12)
+    # the weights sum to one, so a constant image stays constant, border clamping included
+    flat = npv(F.interpolate(t64(np.full((1, 1, 3, 4), 2.5)), scale_factor=1.7, mode="bicubic"))
+    np.testing.assert_allclose(flat, 2.5, rtol=1e-13)
+
+
+def test_interpolate_argument_errors():
+    x = conch.zeros(1, 1, 4, 4)
+    with pytest.raises(NotImplementedError, match="Got 4D input, but trilinear mode needs 5D input"):
+        F.interpolate(x, size=3, mode="trilinear")
+    with pytest.raises(NotImplementedError, match="bicubic"):
+        F.interpolate(conch.zeros(1, 1, 2, 2, 2), size=3, mode="bicubic")
+    with pytest.raises(ValueError, match="align_corners option can only be set with the interpolating modes"):
+        F.interpolate(x, size=3, mode="nearest-exact", align_corners=True)
+    with pytest.raises(ValueError, match="recompute_scale_factor is not meaningful with an explicit size"):
+        F.interpolate(x, size=3, recompute_scale_factor=True)
+
+
+@pytest.mark.parametrize("mode,shape", INTERP_CASES)
+def test_interpolate_modes_match_torch(mode, shape):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal(shape)
+    n = len(shape) - 2
+    for kw in [{"size": (7, 3, 9)[:n]}, {"scale_factor": 2.0}, {"scale_factor": (1.7, 0.6, 2.5)[:n]},
+               {"scale_factor": 0.5, "recompute_scale_factor": True}]:  # fmt: skip
+        for ac in [None] if mode.startswith("nearest") else [False, True]:
+            tx, cx = torch.tensor(x, requires_grad=True), t64(x, grad=True)
+            t = torch.nn.functional.interpolate(tx, mode=mode, align_corners=ac, **kw)
+            c = F.interpolate(cx, mode=mode, align_corners=ac, **kw)
+            np.testing.assert_allclose(npv(c), t.detach().numpy(), rtol=1e-10, atol=1e-12)
+            g = rng.standard_normal(tuple(t.shape))
+            t.backward(torch.tensor(g))
+            c.backward(t64(g))
+            np.testing.assert_allclose(cx.grad.numpy(), tx.grad.numpy(), rtol=1e-10, atol=1e-12)

@@ -1362,11 +1362,17 @@ def pairwise_distance(x1, x2, p=2.0, eps=1e-6, keepdim=False):
 # ---------------------------------------------------------------- interpolate
 
 
-def _resize_scales(input, size, scale_factor, n_sp):
+def _resize_scales(input, size, scale_factor, n_sp, recompute_scale_factor=None):
+    """(output sizes, scales): the scale maps an output position to the input's, 1/scale_factor when a
+    scale_factor is given (and not ``recompute_scale_factor``), else in/out, as PyTorch computes it."""
     if (size is None) == (scale_factor is None):
-        raise ValueError("interpolate: either size or scale_factor should be defined, not both and not neither")
+        if size is None:
+            raise ValueError("interpolate: either size or scale_factor should be defined, not both and not neither")
+        raise ValueError("interpolate: only one of size or scale_factor should be defined, not both and not neither")
     sp = input.shape[2:]
     if size is not None:
+        if recompute_scale_factor:
+            raise ValueError("recompute_scale_factor is not meaningful with an explicit size.")
         out = (int(size),) * n_sp if isinstance(size, numbers.Integral) else tuple(int(s) for s in size)
         if len(out) != n_sp:
             raise ValueError(f"interpolate: size {size} needs {n_sp} entries for input of shape {tuple(input.shape)}")
@@ -1374,44 +1380,101 @@ def _resize_scales(input, size, scale_factor, n_sp):
     sf = (float(scale_factor),) * n_sp if isinstance(scale_factor, numbers.Number) else tuple(map(float, scale_factor))
     if len(sf) != n_sp:
         raise ValueError(f"interpolate: scale_factor {scale_factor} must have {n_sp} entries")
-    return tuple(int(math.floor(i * f)) for i, f in zip(sp, sf)), tuple(1.0 / f for f in sf)
+    out = tuple(int(math.floor(i * f)) for i, f in zip(sp, sf))
+    if recompute_scale_factor:  # the scale is recomputed from the (floored) output size
+        return out, tuple(i / o if o else 0.0 for i, o in zip(sp, out))
+    return out, tuple(1.0 / f for f in sf)
 
 
-def interpolate(input, size=None, scale_factor=None, mode="nearest", align_corners=None):
-    """Resize the spatial dims of (N, C, *spatial): ``mode`` "nearest" (any number of spatial dims; source index
-    ⌊dst·scale⌋) or "bilinear" (4-D input; ``align_corners`` as PyTorch). ``scale`` is 1/scale_factor when
-    ``scale_factor`` is given, else in/out, as PyTorch computes it."""
-    if mode not in ("nearest", "bilinear", "linear"):
-        raise ValueError(f"interpolate: mode must be 'nearest', 'linear' or 'bilinear', got {mode!r}")
-    if input.ndim < 3:
-        raise ValueError(f"interpolate: expected an input of shape (N, C, *spatial), got {tuple(input.shape)}")
+#: The interpolating modes and the number of spatial dims each takes (PyTorch's).
+_LINEAR_MODES = {"linear": 1, "bilinear": 2, "bicubic": 2, "trilinear": 3}
+INTERPOLATE_MODES = ("nearest", "nearest-exact", *_LINEAR_MODES)
+_CUBIC_A = -0.75  # PyTorch's (and OpenCV's) cubic convolution coefficient
+
+
+def _cubic_weights(t):
+    """The 4 cubic-convolution weights (Keys, A = -0.75) of the samples at offsets -1, 0, 1, 2 from ⌊pos⌋, for
+    t = pos - ⌊pos⌋: w(x) = (A+2)|x|³ - (A+3)|x|² + 1 for |x| <= 1, A|x|³ - 5A|x|² + 8A|x| - 4A for 1 < |x| < 2."""
+    A = _CUBIC_A
+
+    def near(x):
+        return ((A + 2) * x - (A + 3)) * x * x + 1
+
+    def far(x):
+        return ((A * x - 5 * A) * x + 8 * A) * x - 4 * A
+
+    return far(t + 1), near(t), near(1 - t), far(2 - t)
+
+
+def _source_positions(mode, n_in, n_out, sc, align_corners):
+    """Every output position's (fractional) source position along one dim, in float64."""
+    dst = np.arange(n_out, dtype=np.float64)
+    if align_corners:
+        return dst * ((n_in - 1) / (n_out - 1)) if n_out > 1 else np.zeros(n_out)
+    pos = (dst + 0.5) * sc - 0.5
+    return pos if mode == "bicubic" else np.maximum(pos, 0.0)  # cubic keeps negative positions (PyTorch)
+
+
+def interpolate(input, size=None, scale_factor=None, mode="nearest", align_corners=None, recompute_scale_factor=None,
+                antialias=False):  # fmt: skip
+    """Resize the spatial dims of (N, C, *spatial) to ``size`` or ``floor(in · scale_factor)``, as PyTorch.
+
+    With ``scale`` = 1/scale_factor when ``scale_factor`` is given (in/out for ``size`` or
+    ``recompute_scale_factor=True``), output position j reads input position
+      - "nearest": ⌊j·scale⌋;  "nearest-exact": ⌊(j + ½)·scale⌋ (both clamped to the last; any spatial dims);
+      - "linear" (3-D input), "bilinear" (4-D), "trilinear" (5-D): the linear blend of the two samples around
+        p = (j + ½)·scale - ½ (clamped at 0), or p = j·(in-1)/(out-1) with ``align_corners=True``;
+      - "bicubic" (4-D): Keys' cubic convolution (A = -0.75) of the four samples ⌊p⌋-1 .. ⌊p⌋+2, indices clamped
+        to the border, p unclamped.
+    Each dim is resized in turn (the modes are separable); gradients flow through the gathers and blends.
+    Example: ``F.interpolate(x, scale_factor=2, mode="bicubic", align_corners=False)`` on (N, C, H, W).
+    """
+    if mode not in INTERPOLATE_MODES:
+        raise NotImplementedError(
+            f"Input Error: Only 3D, 4D and 5D input Tensors supported (got {input.ndim}D) for the modes: "
+            f"{' | '.join(INTERPOLATE_MODES)} (got {mode})"
+        )
+    if input.ndim < 3 or input.ndim > 5:
+        raise NotImplementedError(f"Input Error: Only 3D, 4D and 5D input Tensors supported (got {input.ndim}D) "
+                                  f"for the modes: {' | '.join(INTERPOLATE_MODES)} (got {mode}); input shape "
+                                  f"{tuple(input.shape)}")  # fmt: skip
     n_sp = input.ndim - 2
-    if mode == "bilinear" and n_sp != 2 or mode == "linear" and n_sp != 1:
-        raise ValueError(f"interpolate: mode {mode!r} needs {2 if mode == 'bilinear' else 1} spatial dims, "
-                         f"got input of shape {tuple(input.shape)}")  # fmt: skip
-    if mode == "nearest" and align_corners is not None:
-        raise ValueError("align_corners option can only be set with the interpolating modes: linear | bilinear")
-    out_size, scales = _resize_scales(input, size, scale_factor, n_sp)
+    if mode in _LINEAR_MODES and _LINEAR_MODES[mode] != n_sp:
+        raise NotImplementedError(f"Got {input.ndim}D input, but {mode} mode needs {_LINEAR_MODES[mode] + 2}D input "
+                                  f"(input shape {tuple(input.shape)})")  # fmt: skip
+    if mode not in _LINEAR_MODES and align_corners is not None:
+        raise ValueError(
+            "align_corners option can only be set with the interpolating modes: linear | bilinear | bicubic | trilinear"
+        )
+    if antialias:
+        raise NotImplementedError("interpolate: antialias=True is not supported by conch")
+    out_size, scales = _resize_scales(input, size, scale_factor, n_sp, recompute_scale_factor)
     if any(o <= 0 for o in out_size):
         raise ValueError(f"interpolate: output size {out_size} must be positive (input {tuple(input.shape)})")
     xp = xp_of(input._data)
     x = input
+
+    def take(d, idx):
+        return x.index_select(d, Tensor._make(xp.asarray(idx)))
+
     for i, (n_in, n_out, sc) in enumerate(zip(input.shape[2:], out_size, scales)):
         d = 2 + i
-        dst = np.arange(n_out, dtype=np.float64)
-        if mode == "nearest":
-            src = np.minimum(np.floor(dst * sc).astype(np.int64), n_in - 1)
-            x = x.index_select(d, Tensor._make(xp.asarray(src)))
+        if mode in ("nearest", "nearest-exact"):
+            dst = np.arange(n_out, dtype=np.float64) + (0.5 if mode == "nearest-exact" else 0.0)
+            x = take(d, np.minimum(np.floor(dst * sc).astype(np.int64), n_in - 1))
             continue
-        if align_corners:
-            pos = dst * ((n_in - 1) / (n_out - 1)) if n_out > 1 else np.zeros(n_out)
-        else:
-            pos = np.maximum((dst + 0.5) * sc - 0.5, 0.0)
-        i0 = np.minimum(np.floor(pos).astype(np.int64), n_in - 1)
-        i1 = np.minimum(i0 + 1, n_in - 1)
-        lam = (pos - i0).reshape((-1,) + (1,) * (input.ndim - d - 1))
-        w = Tensor._make(xp.asarray(lam, dtype=x.dtype))
-        a, b = x.index_select(d, Tensor._make(xp.asarray(i0))), x.index_select(d, Tensor._make(xp.asarray(i1)))
+        pos = _source_positions(mode, n_in, n_out, sc, align_corners)
+        i0 = np.floor(pos).astype(np.int64)
+        t = pos - i0
+        bcast = (-1,) + (1,) * (input.ndim - d - 1)
+        if mode == "bicubic":
+            ws = [Tensor._make(xp.asarray(w.reshape(bcast), dtype=x.dtype)) for w in _cubic_weights(t)]
+            parts = [take(d, np.clip(i0 + k - 1, 0, n_in - 1)) * w for k, w in enumerate(ws)]
+            x = parts[0] + parts[1] + parts[2] + parts[3]
+            continue
+        i0 = np.minimum(i0, n_in - 1)
+        w = Tensor._make(xp.asarray((pos - i0).reshape(bcast), dtype=x.dtype))
+        a, b = take(d, i0), take(d, np.minimum(i0 + 1, n_in - 1))
         x = a + (b - a) * w
     return x
 
