@@ -1579,6 +1579,10 @@ def _mask_array(mask, t):
 
 def _index_arrays(idx, t):
     """Replace Tensors and lists in an index by arrays on the tensor's device."""
+    if type(idx) is list and any(
+        isinstance(e, (Tensor, list, tuple, slice)) or e is None or e is Ellipsis for e in idx
+    ):
+        idx = tuple(idx)  # PyTorch still reads such a list as the tuple of indices (deprecated, as NumPy did)
     items = idx if isinstance(idx, tuple) else (idx,)
     out = []
     xp = xp_of(t._data)
@@ -1595,8 +1599,10 @@ def _index_arrays(idx, t):
                 out.append(xp.asarray(i._data))
                 continue
             out.append(i._data)
-        elif isinstance(i, list):
+        elif type(i) is bool:  # True/False: a new dim of size 1/0, as a 0-d boolean mask (PyTorch, NumPy)
             out.append(xp.asarray(i))
+        elif isinstance(i, (list, tuple)):  # a sequence inside the index is an index array (PyTorch, NumPy)
+            out.append(xp.asarray(_index_arrays(tuple(i), t) if any(isinstance(e, Tensor) for e in i) else i))
         elif isinstance(i, np.ndarray) and xp is not np:
             out.append(xp.asarray(i))
         else:
