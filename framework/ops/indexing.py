@@ -237,13 +237,17 @@ def _flat_positions(idx, dim, shape):
 def _reduce_at(out, pos, vals, reduce):
     """out[pos[k]] = reduce(out[pos[k]], vals[k]) for every k, repeated positions combining (a flat ``out``).
 
-    NumPy has the unbuffered ``ufunc.at``; elsewhere the writes go in rounds, the r-th occurrence of every position
-    in round r, so no round writes one position twice (a few rounds: as many as the most repeated position).
+    NumPy has the unbuffered ``ufunc.at``; a GPU sum is one atomic scatter-add; the other GPU reductions go in
+    rounds, the r-th occurrence of every position in round r, so no round writes one position twice (as many
+    rounds as the most repeated position has occurrences; reading that count is one host sync).
     """
     ufunc = {"sum": np.add, "mean": np.add, "prod": np.multiply, "amax": np.maximum, "amin": np.minimum}[reduce]
     xp = xp_of(out)
     if xp is np:
         ufunc.at(out, pos, vals)
+        return
+    if ufunc is np.add:
+        scatter_add(out, pos, vals)
         return
     order = xp.argsort(pos)
     sp, sv = pos[order], vals[order]
