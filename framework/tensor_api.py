@@ -910,7 +910,7 @@ class TensorMethods:
 
     def positive(self):
         if self.dtype == np.bool_:
-            raise TypeError("The `+` operator, on a bool tensor is not supported.")
+            raise NotImplementedError("The `+` operator, on a bool tensor is not supported.")
         return self
 
     def swapdims(self, dim0, dim1):
@@ -1352,7 +1352,9 @@ class TensorMethods:
         if fweights is not None or aweights is not None:
             raise NotImplementedError("cov(fweights=, aweights=) is not supported by conch")
         if self.ndim > 2:
-            raise ValueError(f"cov(): expected input to have two or fewer dimensions but got an input with {self.ndim}")
+            raise RuntimeError(
+                f"cov(): expected input to have two or fewer dimensions but got an input with {self.ndim} dimensions"
+            )
         x = (self if self.ndim == 2 else self.reshape(1, -1))._as_float()
         n = x.shape[1]
         xc = x - x.mean(1, keepdim=True)
@@ -1451,7 +1453,7 @@ class TensorMethods:
     def _integer_only(self, other, what, fn):
         for t in (self, other):
             if t.dtype.kind not in "iu":
-                raise RuntimeError(f"\"{what}_cpu\" not implemented for '{D.scalar_name(t.dtype)}'")
+                raise NotImplementedError(f"\"{what}_cpu\" not implemented for '{D.scalar_name(t.dtype)}'")
         a, b = _operands(self, other)
         return _const(fn(a._data, b._data))
 

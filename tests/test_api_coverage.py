@@ -329,7 +329,7 @@ def test_queries_and_conversions():
     assert conch.tensor([1.0]).nextafter(conch.tensor([2.0])).item() == np.nextafter(np.float32(1), np.float32(2))
     np.testing.assert_array_equal(conch.gcd(conch.tensor(I1), conch.tensor(I2)).numpy(), np.gcd(I1, I2))
     np.testing.assert_array_equal(conch.tensor(I1).lcm(conch.tensor(I2)).numpy(), np.lcm(I1, I2))
-    with pytest.raises(RuntimeError, match="not implemented for 'Float'"):
+    with pytest.raises(NotImplementedError, match="not implemented for 'Float'"):
         conch.gcd(conch.ones(2), conch.ones(2))
 
 
@@ -395,6 +395,10 @@ def test_argument_errors_name_the_shapes():
         conch.ones(3).quantile(1.5)
     with pytest.raises(RuntimeError, match="size \\[2, 1\\] is not expandable to size \\[3, 4\\]"):
         conch.ones(3, 4).sum_to_size(2, 1)
+    with pytest.raises(RuntimeError, match=r"cov\(\): expected input to have two or fewer dimensions"):
+        conch.cov(conch.ones(2, 2, 2))
+    with pytest.raises(NotImplementedError, match="on a bool tensor is not supported"):
+        conch.positive(conch.tensor([True]))
 
 
 # ---------------------------------------------------------------- the lists that keep the coverage honest
