@@ -1577,12 +1577,18 @@ def _mask_array(mask, t):
     return m
 
 
+#: What a list inside an index usually holds; anything else gets a closer look (tensors, nested lists).
+_PLAIN_LIST_ITEMS = frozenset((int, bool))
+_AS_ARRAY = frozenset((bool, list, tuple))
+
+
 def _index_arrays(idx, t):
     """Replace Tensors and lists in an index by arrays on the tensor's device."""
-    if type(idx) is list and any(
-        isinstance(e, (Tensor, list, tuple, slice)) or e is None or e is Ellipsis for e in idx
-    ):
-        idx = tuple(idx)  # PyTorch still reads such a list as the tuple of indices (deprecated, as NumPy did)
+    if type(idx) is list:
+        if set(map(type, idx)) <= _PLAIN_LIST_ITEMS:  # the common x[[0, 2]] (set/map: no per-item Python frame)
+            return xp_of(t._data).asarray(idx)
+        if any(isinstance(e, (Tensor, list, tuple, slice, type(None), type(...))) for e in idx):
+            idx = tuple(idx)  # PyTorch still reads such a list as the tuple of indices (deprecated, as NumPy did)
     items = idx if isinstance(idx, tuple) else (idx,)
     out = []
     xp = xp_of(t._data)
@@ -1599,10 +1605,11 @@ def _index_arrays(idx, t):
                 out.append(xp.asarray(i._data))
                 continue
             out.append(i._data)
-        elif type(i) is bool:  # True/False: a new dim of size 1/0, as a 0-d boolean mask (PyTorch, NumPy)
-            out.append(xp.asarray(i))
-        elif isinstance(i, (list, tuple)):  # a sequence inside the index is an index array (PyTorch, NumPy)
-            out.append(xp.asarray(_index_arrays(tuple(i), t) if any(isinstance(e, Tensor) for e in i) else i))
+        elif type(i) in _AS_ARRAY:
+            # True/False: a new dim of size 1/0 (a 0-d boolean mask); a list or tuple inside the index: an index
+            # array (PyTorch, NumPy), whose tensors become arrays first
+            plain = type(i) is bool or set(map(type, i)) <= _PLAIN_LIST_ITEMS
+            out.append(xp.asarray(i if plain or not any(isinstance(e, Tensor) for e in i) else _index_arrays(i, t)))
         elif isinstance(i, np.ndarray) and xp is not np:
             out.append(xp.asarray(i))
         else:
