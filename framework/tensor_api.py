@@ -422,6 +422,22 @@ class TensorMethods:
         """Fill with exp(N(mean, std²))."""
         return self._fill_random("log_normal_", lambda: (self._rand("randn", generator) * std + mean).exp())
 
+    def cauchy_(self, median=0.0, sigma=1.0, *, generator=None):
+        """Fill with Cauchy(median, sigma): median + sigma·tan(π(u - ½)) for u ~ U[0, 1)."""
+        if sigma <= 0:
+            raise RuntimeError(f"cauchy_ expects sigma > 0.0, but found sigma={sigma}")
+        return self._fill_random(
+            "cauchy_", lambda: ((self._rand("rand", generator) - 0.5) * np.pi).tan() * sigma + median
+        )
+
+    def geometric_(self, p, *, generator=None):
+        """Fill with Geometric(p) on {1, 2, ...} (trials up to the first success): ⌈log(1 - u) / log(1 - p)⌉,
+        at least 1, for u ~ U[0, 1); integer tensors too."""
+        if not 0 < p < 1:
+            raise RuntimeError(f"geometric_ expects p to be in (0, 1), but got p={p}")
+        draw = lambda: ((-self._rand("rand", generator)).log1p() / float(np.log1p(-p))).ceil().clamp_min(1)  # noqa: E731
+        return self._fill_random("geometric_", draw, False)
+
     def bernoulli_(self, p=0.5, *, generator=None):
         """Fill with 1 (probability ``p``, a number or a tensor broadcasting to self) or 0, in self's dtype."""
         pa = p._data if isinstance(p, Tensor) else p

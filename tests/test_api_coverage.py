@@ -333,6 +333,22 @@ def test_queries_and_conversions():
         conch.gcd(conch.ones(2), conch.ones(2))
 
 
+def test_cauchy_and_geometric_fill_with_their_distributions():
+    conch.manual_seed(0)
+    c = conch.empty(100_000, dtype=conch.float64).cauchy_(1.0, 2.0).numpy()
+    q1, q2, q3 = np.percentile(c, [25, 50, 75])  # Cauchy(m, s): quartiles m - s, m, m + s
+    assert abs(q2 - 1.0) < 0.05 and abs(q1 + 1.0) < 0.08 and abs(q3 - 3.0) < 0.08
+    g = conch.empty(100_000, dtype=conch.int64).geometric_(0.25)
+    assert g.dtype == conch.int64 and g.numpy().min() == 1
+    # P(X = k) = (1 - p)^(k - 1) p, mean 1/p
+    assert abs(g.numpy().mean() - 4.0) < 0.05 and abs((g.numpy() == 1).mean() - 0.25) < 0.01
+    assert abs((g.numpy() == 2).mean() - 0.1875) < 0.01
+    with pytest.raises(RuntimeError, match="geometric_ expects p to be in \\(0, 1\\)"):
+        conch.empty(3).geometric_(1.5)
+    with pytest.raises(RuntimeError, match="cauchy_ expects sigma > 0.0"):
+        conch.empty(3).cauchy_(0.0, -1.0)
+
+
 def test_promotion_helpers_and_index_builders():
     assert conch.result_type(conch.ones(2, dtype=conch.int32), 2.5) == conch.float32
     assert conch.promote_types(conch.int64, conch.float16) == conch.float16
@@ -405,40 +421,40 @@ def test_argument_errors_name_the_shapes():
 
 #: Tensor attributes conch promises (PyTorch's names): each must exist on conch.Tensor.
 PROMISED_TENSOR = """
-abs absolute add addbmm addcdiv addcmul addmm addmv addr all allclose amax amin aminmax any argmax argmin
-argsort argwhere backward baddbmm bernoulli bernoulli_ bfloat16 bincount bmm bool broadcast_to byte ceil char chunk
+abs absolute add addbmm addcdiv addcmul addmm addmv addr all allclose amax amin aminmax any argmax argmin argsort
+argwhere backward baddbmm bernoulli bernoulli_ bfloat16 bincount bmm bool broadcast_to byte cauchy_ ceil char chunk
 clamp clamp_ clip clone contiguous copy_ corrcoef cos count_nonzero cov cpu cross cuda cummax cummin cumprod cumsum
-cumsum_ data deg2rad detach detach_ device diag diag_embed diagflat diagonal diagonal_scatter diff dim dist div div_
-dot double dsplit dtype element_size eq eq_ equal erf erfc exp expand expand_as exponential_ fill_ fill_diagonal_
-flatten flip fliplr flipud float float_power floor fmax fmin fmod frac frexp gather gcd ge get_device grad grad_fn
-greater greater_equal gt H half hardshrink heaviside histc hsplit index_add index_add_ index_copy index_copy_
-index_fill index_put index_put_ index_select inner int is_complex is_contiguous is_cpu is_cuda is_floating_point
-is_leaf is_nonzero is_same_size is_signed isclose isfinite isinf isnan item itemsize kron kthvalue lcm ldexp le lerp
-less less_equal log log_softmax logaddexp logaddexp2 logcumsumexp logical_and logical_not logit long lt masked_fill
-masked_fill_ masked_scatter masked_select matmul max maximum mean median mH min minimum mm movedim mT mul mul_
-multinomial mv nan_to_num nanmean nanquantile nansum narrow narrow_copy nbytes ndim ndimension ne neg new_empty
-new_full new_ones new_tensor new_zeros nextafter nonzero norm normal_ not_equal numel numpy permute pin_memory pow
-prod quantile rad2deg random_ ravel reciprocal register_hook relu renorm repeat repeat_interleave requires_grad
-requires_grad_ reshape reshape_as retain_grad roll rot90 round rsqrt scatter scatter_ scatter_add scatter_add_
-scatter_reduce scatter_reduce_ select select_scatter sgn shape short sigmoid sign signbit sin sinc size slice_scatter
-softmax sort split split_with_sizes sqrt square squeeze std sub sum sum_to_size swapaxes swapdims t t_ take
-take_along_dim tan tanh tensor_split tile to tolist topk trace transpose tril tril_ triu triu_ true_divide trunc type
-type_as unbind unflatten unfold uniform_ unique unique_consecutive unsqueeze var vdot view view_as vsplit where xlogy
-zero_
+cumsum_ data geometric_ deg2rad detach detach_ device diag diag_embed diagflat diagonal diagonal_scatter diff dim
+dist div div_ dot double dsplit dtype element_size eq eq_ equal erf erfc exp expand expand_as exponential_ fill_
+fill_diagonal_ flatten flip fliplr flipud float float_power floor fmax fmin fmod frac frexp gather gcd ge
+get_device grad grad_fn greater greater_equal gt H half hardshrink heaviside histc hsplit index_add index_add_
+index_copy index_copy_ index_fill index_put index_put_ index_select inner int is_complex is_contiguous is_cpu
+is_cuda is_floating_point is_leaf is_nonzero is_same_size is_signed isclose isfinite isinf isnan item itemsize kron
+kthvalue lcm ldexp le lerp less less_equal log log_softmax logaddexp logaddexp2 logcumsumexp logical_and
+logical_not logit long lt masked_fill masked_fill_ masked_scatter masked_select matmul max maximum mean median mH
+min minimum mm movedim mT mul mul_ multinomial mv nan_to_num nanmean nanquantile nansum narrow narrow_copy nbytes
+ndim ndimension ne neg new_empty new_full new_ones new_tensor new_zeros nextafter nonzero norm normal_ not_equal
+numel numpy permute pin_memory pow prod quantile rad2deg random_ ravel reciprocal register_hook relu renorm repeat
+repeat_interleave requires_grad requires_grad_ reshape reshape_as retain_grad roll rot90 round rsqrt scatter
+scatter_ scatter_add scatter_add_ scatter_reduce scatter_reduce_ select select_scatter sgn shape short sigmoid sign
+signbit sin sinc size slice_scatter softmax sort split split_with_sizes sqrt square squeeze std sub sum sum_to_size
+swapaxes swapdims t t_ take take_along_dim tan tanh tensor_split tile to tolist topk trace transpose tril tril_
+triu triu_ true_divide trunc type type_as unbind unflatten unfold uniform_ unique unique_consecutive unsqueeze var
+vdot view view_as vsplit where xlogy zero_
 """.split()
 
 #: torch.* functions conch promises: each must exist in the conch namespace.
 PROMISED_TORCH = """
 abs add addbmm addmm addmv addr allclose arange atleast_1d atleast_2d atleast_3d baddbmm bernoulli block_diag bmm
 broadcast_shapes broadcast_tensors broadcast_to bucketize can_cast cartesian_prod cat cdist chunk clamp clone
-column_stack corrcoef cosine_similarity cov cross cumsum deg2rad diag diag_embed diagflat diagonal_scatter dist div dot
-dsplit dstack einsum empty eq erfc exp eye flatten flip fliplr flipud float_power fmax fmin full gather gcd ge gt
-heaviside histc hsplit hstack index_copy index_put index_select inner is_floating_point is_nonzero is_tensor isclose
-isin kron lcm ldexp le linspace logaddexp2 logit logspace lt manual_seed matmul maximum meshgrid minimum mm mv nanmean
-nanquantile nansum ne no_grad ones prelu promote_types quantile rad2deg rand randint randn randperm ravel result_type
-rot90 rsub scatter scatter_add scatter_reduce searchsorted select_scatter sgn signbit sinc slice_scatter softmax split
-stack sum swapaxes swapdims take tensor tensor_split tensordot trace tril_indices triu_indices unflatten
-unique_consecutive vdot vsplit vstack where xlogy zeros
+column_stack corrcoef cosine_similarity cov cross cumsum deg2rad diag diag_embed diagflat diagonal_scatter dist div
+dot dsplit dstack einsum empty eq erfc exp eye flatten flip fliplr flipud float_power fmax fmin full gather gcd ge
+gt heaviside histc hsplit hstack index_copy index_put index_select inner is_floating_point is_nonzero is_tensor
+isclose isin kron lcm ldexp le linspace logaddexp2 logit logspace lt manual_seed matmul maximum meshgrid minimum mm
+mv nanmean nanquantile nansum ne no_grad ones prelu promote_types quantile rad2deg rand randint randn randperm
+ravel result_type rot90 rsub scatter scatter_add scatter_reduce searchsorted select_scatter sgn signbit sinc
+slice_scatter softmax split stack sum swapaxes swapdims take tensor tensor_split tensordot trace tril_indices
+triu_indices unflatten unique_consecutive vdot vsplit vstack where xlogy zeros
 """.split()
 
 
