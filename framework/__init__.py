@@ -191,7 +191,7 @@ for _n in (
     "arctan_", "arctanh_", "asin_", "asinh_", "atan_", "atanh_", "ceil_", "clamp_max_", "clamp_min_", "cos_", "cosh_",
     "deg2rad_", "erf_", "erfc_", "exp2_", "expm1_", "fix_", "floor_", "frac_", "gcd_", "lcm_", "ldexp_", "log10_",
     "log1p_", "log2_", "log_", "logit_", "nan_to_num_", "neg_", "negative_", "rad2deg_", "reciprocal_", "round_",
-    "rsqrt_", "sin_", "sinc_", "sinh_", "square_", "tan_", "trunc_", "xlogy_",
+    "rsqrt_", "sin_", "sinc_", "sinh_", "square_", "tan_", "trunc_", "xlogy_", "mode", "nanmedian",
 ):  # fmt: skip
     if _n not in globals():
         globals()[_n] = _method(_n)

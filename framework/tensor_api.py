@@ -634,6 +634,55 @@ class TensorMethods:
     def kthvalue(self, k, dim=-1, keepdim=False):
         return self._kth(int(k), dim, keepdim, "kthvalue")
 
+    def _picked(self, x, idx, d, keepdim):
+        """(values at ``idx`` along ``d``, with their gradient, and idx) as ``ValuesIndices``, squeezed unless
+        ``keepdim``."""
+        vals = _gather(x, idx, d)
+        if not keepdim or not self.ndim:
+            vals, idx = vals.squeeze(d), idx.squeeze(d)
+        return ValuesIndices((vals, _const(idx)))
+
+    def nanmedian(self, dim=None, keepdim=False):
+        """median over the non-NaN values: the ⌊(c-1)/2⌋-th smallest of the c non-NaN ones (NaN when c = 0)."""
+        if dim is None:
+            return self.reshape(-1).nanmedian(0).values if self.numel() else self.median()
+        d = _dim(int(dim), self.ndim) if self.ndim else 0
+        x = self if self.ndim else self.reshape(1)
+        if x.shape[d] == 0:
+            raise IndexError(f"nanmedian(): Expected reduction dim {d} to have non-zero size.")
+        xp = xp_of(x._data)
+        order = _argsort(x._data, d, False)  # NaN sorts last
+        count = (~xp.isnan(x._data)).sum(axis=d, keepdims=True) if self.is_floating_point() else x.shape[d]
+        k = xp.maximum((xp.asarray(count) - 1) // 2, 0)
+        k = xp.broadcast_to(k, x.shape[:d] + (1,) + x.shape[d + 1 :])
+        return self._picked(x, xp.take_along_axis(order, k.astype(np.int64), axis=d), d, keepdim)
+
+    def mode(self, dim=-1, keepdim=False):
+        """The most frequent value along ``dim`` (the smallest among equally frequent ones) and the index of its
+        last occurrence, as PyTorch's CPU kernel; the gradient goes to that element."""
+        d = _dim(int(dim), self.ndim) if self.ndim else 0
+        x = self if self.ndim else self.reshape(1)
+        xp = xp_of(x._data)
+        a = xp.moveaxis(x._data, d, -1)
+        n = a.shape[-1]
+        order = _argsort(a, -1, False)
+        s = xp.take_along_axis(a, order, axis=-1)
+        new_run = xp.concatenate([xp.ones(s.shape[:-1] + (1,), dtype=bool), s[..., 1:] != s[..., :-1]], axis=-1)
+        run_id = xp.cumsum(new_run, axis=-1) - 1
+        # run r starts at the r-th True of new_run and ends at the r-th True of run_end: sorting the positions
+        # (n where False) lists them in order, and run_id picks each position's (no ufunc.accumulate, for CuPy)
+        run_end = xp.concatenate([new_run[..., 1:], xp.ones(s.shape[:-1] + (1,), dtype=bool)], axis=-1)
+        pos = xp.arange(n)
+        first = xp.take_along_axis(xp.sort(xp.where(new_run, pos, n), axis=-1), run_id, axis=-1)
+        last = xp.take_along_axis(xp.sort(xp.where(run_end, pos, n), axis=-1), run_id, axis=-1)
+        length = last - first + 1
+        best = xp.argmax(length, axis=-1)[..., None]  # first = smallest value among the longest runs
+        best_run = xp.take_along_axis(run_id, best, axis=-1)
+        # the mode's last occurrence in the input: the largest original index in that run
+        in_run = run_id == best_run
+        idx = xp.max(xp.where(in_run, order, -1), axis=-1, keepdims=True)
+        return self._picked(x, xp.moveaxis(idx, -1, d), d, keepdim)
+
     # ---- sorting
     def sort(self, dim=-1, descending=False, stable=False):
         d = _dim(int(dim), self.ndim) if self.ndim else 0

@@ -333,6 +333,66 @@ def test_queries_and_conversions():
         conch.gcd(conch.ones(2), conch.ones(2))
 
 
+def _mode_reference(a):
+    """Per row: the most frequent value (the smallest among ties) and its last index."""
+    vals, idx = [], []
+    for row in a.reshape(-1, a.shape[-1]):
+        u, c = np.unique(row, return_counts=True)
+        v = u[np.argmax(c)]
+        vals.append(v)
+        idx.append(np.flatnonzero(row == v)[-1])
+    return np.array(vals).reshape(a.shape[:-1]), np.array(idx).reshape(a.shape[:-1])
+
+
+def _nanmedian_reference(a):
+    """Per row: the lower median of the non-NaN values (NaN for none) and its first index."""
+    vals, idx = [], []
+    for row in a.reshape(-1, a.shape[-1]):
+        ok = np.sort(row[~np.isnan(row)])
+        v = ok[(len(ok) - 1) // 2] if len(ok) else np.nan
+        vals.append(v)
+        idx.append(np.flatnonzero(row == v)[0] if len(ok) else 0)
+    return np.array(vals).reshape(a.shape[:-1]), np.array(idx).reshape(a.shape[:-1])
+
+
+MODE_DATA = np.random.default_rng(3).integers(0, 4, (3, 5, 7)).astype(np.float64)
+NAN_DATA = np.where(RNG.standard_normal((3, 5, 6)) > 0.7, np.nan, RNG.standard_normal((3, 5, 6)))
+NAN_DATA[0, 0] = np.nan  # a row with no number at all
+
+
+@pytest.mark.parametrize("dim", [0, 1, -1])
+def test_mode_and_nanmedian_match_their_definitions(dim):
+    for name, data, ref in (("mode", MODE_DATA, _mode_reference), ("nanmedian", NAN_DATA, _nanmedian_reference)):
+        x = t64(data, True)
+        got = getattr(x, name)(dim)
+        want_v, want_i = ref(np.moveaxis(data, dim, -1))
+        np.testing.assert_array_equal(got.values.detach().numpy(), want_v)
+        np.testing.assert_array_equal(got.indices.numpy(), want_i)
+        kept = getattr(conch, name)(x, dim, keepdim=True)
+        assert kept.values.shape == tuple(1 if i == dim % 3 else n for i, n in enumerate(data.shape))
+        r = np.random.default_rng(4).standard_normal(want_v.shape)
+        (got.values * t64(r)).nansum().backward()  # the gradient goes to the picked element only
+        want_g = np.zeros(data.shape)
+        np.put_along_axis(want_g, np.expand_dims(got.indices.numpy(), dim), np.expand_dims(r, dim), axis=dim)
+        want_g[np.isnan(np.expand_dims(want_v, dim) * want_g)] = 0  # an all-NaN row: nansum dropped it
+        np.testing.assert_allclose(x.grad.numpy(), np.where(np.isnan(want_g), 0, want_g))
+    assert np.isnan(conch.tensor([np.nan, np.nan]).nanmedian().item())
+    assert conch.tensor([3.0, np.nan, 1.0, 2.0]).nanmedian().item() == 2.0
+
+
+@pytest.mark.parametrize("name", ["mode", "nanmedian"])
+def test_mode_and_nanmedian_match_torch(name):
+    torch = pytest.importorskip("torch")
+    data = MODE_DATA if name == "mode" else NAN_DATA
+    for dim in (0, 1, 2):
+        for keepdim in (False, True):
+            t = getattr(torch.tensor(data), name)(dim, keepdim)
+            c = getattr(t64(data), name)(dim, keepdim)
+            np.testing.assert_array_equal(c.values.numpy(), t.values.numpy())
+            some = ~np.isnan(t.values.numpy())  # an all-NaN slice's index is PyTorch's partial-sort leftover
+            np.testing.assert_array_equal(c.indices.numpy()[some], t.indices.numpy()[some])
+
+
 def test_cauchy_and_geometric_fill_with_their_distributions():
     conch.manual_seed(0)
     c = conch.empty(100_000, dtype=conch.float64).cauchy_(1.0, 2.0).numpy()
@@ -425,22 +485,22 @@ abs absolute add addbmm addcdiv addcmul addmm addmv addr all allclose amax amin 
 argwhere backward baddbmm bernoulli bernoulli_ bfloat16 bincount bmm bool broadcast_to byte cauchy_ ceil char chunk
 clamp clamp_ clip clone contiguous copy_ corrcoef cos count_nonzero cov cpu cross cuda cummax cummin cumprod cumsum
 cumsum_ data geometric_ deg2rad detach detach_ device diag diag_embed diagflat diagonal diagonal_scatter diff dim
-dist div div_ dot double dsplit dtype element_size eq eq_ equal erf erfc exp expand expand_as exponential_ fill_
-fill_diagonal_ flatten flip fliplr flipud float float_power floor fmax fmin fmod frac frexp gather gcd ge
-get_device grad grad_fn greater greater_equal gt H half hardshrink heaviside histc hsplit index_add index_add_
-index_copy index_copy_ index_fill index_put index_put_ index_select inner int is_complex is_contiguous is_cpu
-is_cuda is_floating_point is_leaf is_nonzero is_same_size is_signed isclose isfinite isinf isnan item itemsize kron
-kthvalue lcm ldexp le lerp less less_equal log log_softmax logaddexp logaddexp2 logcumsumexp logical_and
-logical_not logit long lt masked_fill masked_fill_ masked_scatter masked_select matmul max maximum mean median mH
-min minimum mm movedim mT mul mul_ multinomial mv nan_to_num nanmean nanquantile nansum narrow narrow_copy nbytes
-ndim ndimension ne neg new_empty new_full new_ones new_tensor new_zeros nextafter nonzero norm normal_ not_equal
-numel numpy permute pin_memory pow prod quantile rad2deg random_ ravel reciprocal register_hook relu renorm repeat
-repeat_interleave requires_grad requires_grad_ reshape reshape_as retain_grad roll rot90 round rsqrt scatter
-scatter_ scatter_add scatter_add_ scatter_reduce scatter_reduce_ select select_scatter sgn shape short sigmoid sign
-signbit sin sinc size slice_scatter softmax sort split split_with_sizes sqrt square squeeze std sub sum sum_to_size
-swapaxes swapdims t t_ take take_along_dim tan tanh tensor_split tile to tolist topk trace transpose tril tril_
-triu triu_ true_divide trunc type type_as unbind unflatten unfold uniform_ unique unique_consecutive unsqueeze var
-vdot view view_as vsplit where xlogy zero_
+dist div div_ dot double dsplit dtype mode nanmedian element_size eq eq_ equal erf erfc exp expand expand_as
+exponential_ fill_ fill_diagonal_ flatten flip fliplr flipud float float_power floor fmax fmin fmod frac frexp
+gather gcd ge get_device grad grad_fn greater greater_equal gt H half hardshrink heaviside histc hsplit index_add
+index_add_ index_copy index_copy_ index_fill index_put index_put_ index_select inner int is_complex is_contiguous
+is_cpu is_cuda is_floating_point is_leaf is_nonzero is_same_size is_signed isclose isfinite isinf isnan item
+itemsize kron kthvalue lcm ldexp le lerp less less_equal log log_softmax logaddexp logaddexp2 logcumsumexp
+logical_and logical_not logit long lt masked_fill masked_fill_ masked_scatter masked_select matmul max maximum mean
+median mH min minimum mm movedim mT mul mul_ multinomial mv nan_to_num nanmean nanquantile nansum narrow
+narrow_copy nbytes ndim ndimension ne neg new_empty new_full new_ones new_tensor new_zeros nextafter nonzero norm
+normal_ not_equal numel numpy permute pin_memory pow prod quantile rad2deg random_ ravel reciprocal register_hook
+relu renorm repeat repeat_interleave requires_grad requires_grad_ reshape reshape_as retain_grad roll rot90 round
+rsqrt scatter scatter_ scatter_add scatter_add_ scatter_reduce scatter_reduce_ select select_scatter sgn shape
+short sigmoid sign signbit sin sinc size slice_scatter softmax sort split split_with_sizes sqrt square squeeze std
+sub sum sum_to_size swapaxes swapdims t t_ take take_along_dim tan tanh tensor_split tile to tolist topk trace
+transpose tril tril_ triu triu_ true_divide trunc type type_as unbind unflatten unfold uniform_ unique
+unique_consecutive unsqueeze var vdot view view_as vsplit where xlogy zero_
 """.split()
 
 #: torch.* functions conch promises: each must exist in the conch namespace.
