@@ -192,6 +192,7 @@ for _n in (
     "deg2rad_", "erf_", "erfc_", "exp2_", "expm1_", "fix_", "floor_", "frac_", "gcd_", "lcm_", "ldexp_", "log10_",
     "log1p_", "log2_", "log_", "logit_", "nan_to_num_", "neg_", "negative_", "rad2deg_", "reciprocal_", "round_",
     "rsqrt_", "sin_", "sinc_", "sinh_", "square_", "tan_", "trunc_", "xlogy_", "mode", "nanmedian",
+    "erfinv", "lgamma", "digamma", "mvlgamma", "i0", "i0_", "igamma", "igammac",
 ):  # fmt: skip
     if _n not in globals():
         globals()[_n] = _method(_n)
@@ -217,6 +218,11 @@ def compile(model=None, *, fullgraph=False, dynamic=None, backend="inductor", mo
     if not callable(model):
         raise TypeError(f"compile expects a Module or a function, got {type(model).__name__}")
     return model
+
+
+def polygamma(n, input):
+    """``torch.polygamma(n, input)``: the n-th derivative of digamma (the order comes first here)."""
+    return input.polygamma(n)
 
 
 def prelu(input, weight):

@@ -45,6 +45,7 @@ from .ops import (
     _scatter_add_into,
 )
 from .ops.sorting import _Named
+from .ops.special import IncompleteGamma, Special
 from .tensor import (
     Size,
     Tensor,
@@ -1132,6 +1133,48 @@ class TensorMethods:
     def erfc(self):
         return 1 - self.erf()
 
+    # ---- special functions (through SciPy: conch.ops.special)
+    def erfinv(self):
+        """The inverse of erf on (-1, 1) (±inf at ±1, NaN outside)."""
+        return Special.apply(_floating(self), name="erfinv")
+
+    def lgamma(self):
+        """log|Γ(x)|."""
+        return Special.apply(_floating(self), name="gammaln")
+
+    def digamma(self):
+        """ψ(x) = d/dx log Γ(x)."""
+        return Special.apply(_floating(self), name="polygamma", n=0)
+
+    def polygamma(self, n):
+        """The n-th derivative of digamma (``t.polygamma(n)``; the function is ``conch.polygamma(n, t)``)."""
+        if int(n) < 0:
+            raise RuntimeError(f"polygamma(n, x) does not support negative n, got n={n}")
+        return Special.apply(_floating(self), name="polygamma", n=int(n))
+
+    def mvlgamma(self, p):
+        """The multivariate log-gamma of dimension p: Σ_{i<p} lgamma(x - i/2) + p(p-1)/4 · log π."""
+        if p < 1:
+            raise RuntimeError(f"p has to be greater than or equal to 1, got {p}")
+        x = _floating(self)
+        if bool((x <= (p - 1) / 2).any()):
+            raise RuntimeError(f"All elements must be greater than (p-1)/2 = {(p - 1) / 2}")
+        return sum(((x - i / 2).lgamma() for i in range(1, p)), x.lgamma()) + p * (p - 1) / 4 * float(np.log(np.pi))
+
+    def i0(self):
+        """The modified Bessel function of the first kind, order 0."""
+        return Special.apply(_floating(self), name="i0")
+
+    def igamma(self, other):
+        """The regularised lower incomplete gamma P(self, other) (gradient to ``other``, as PyTorch)."""
+        a, x = _operands(self, other)
+        return IncompleteGamma.apply(_floating(a), _floating(x), upper=False)
+
+    def igammac(self, other):
+        """The regularised upper incomplete gamma Q(self, other) = 1 - P(self, other)."""
+        a, x = _operands(self, other)
+        return IncompleteGamma.apply(_floating(a), _floating(x), upper=True)
+
     def deg2rad(self):
         return self._as_float() * (np.pi / 180)
 
@@ -1575,6 +1618,7 @@ for _n in (  # the attribute sweep of issue #14 (comparisons write 0/1 in self's
     "addmm", "baddbmm", "index_copy", "index_put", "cumsum", "cumprod", "tril", "triu", "eq", "ne", "lt", "le", "gt",
     "ge", "greater", "greater_equal", "less", "less_equal", "not_equal", "heaviside", "subtract", "multiply", "divide",
     "true_divide", "arccosh", "arcsinh", "arctan2", "arctanh", "renorm", "gcd", "lcm", "nextafter",
+    "erfinv", "lgamma", "digamma", "polygamma", "mvlgamma", "i0", "igamma", "igammac",
 ):  # fmt: skip
     if not hasattr(Tensor, _n + "_"):
         setattr(TensorMethods, _n + "_", _inplace_method(_n))
