@@ -500,3 +500,13 @@ def test_interpolate_modes_match_torch(mode, shape):
             t.backward(torch.tensor(g))
             c.backward(t64(g))
             np.testing.assert_allclose(cx.grad.numpy(), tx.grad.numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_upsample_module_takes_the_new_modes_and_recompute_scale_factor():
+    x = conch.tensor(np.random.default_rng(12).standard_normal((1, 2, 3, 4)))
+    up = conch.nn.Upsample(scale_factor=1.5, mode="bicubic", align_corners=False, recompute_scale_factor=True)
+    np.testing.assert_array_equal(
+        npv(up(x)),
+        npv(F.interpolate(x, scale_factor=1.5, mode="bicubic", align_corners=False, recompute_scale_factor=True)),
+    )
+    assert up(x).shape == (1, 2, 4, 6)
