@@ -193,6 +193,7 @@ for _n in (
     "log1p_", "log2_", "log_", "logit_", "nan_to_num_", "neg_", "negative_", "rad2deg_", "reciprocal_", "round_",
     "rsqrt_", "sin_", "sinc_", "sinh_", "square_", "tan_", "trunc_", "xlogy_", "mode", "nanmedian",
     "erfinv", "lgamma", "digamma", "mvlgamma", "i0", "i0_", "igamma", "igammac",
+    "index_reduce", "put", "histogram",
 ):  # fmt: skip
     if _n not in globals():
         globals()[_n] = _method(_n)

@@ -108,6 +108,10 @@ class _Frexp(_Named):
     _fields = ("mantissa", "exponent")
 
 
+class _Histogram(_Named):
+    _fields = ("hist", "bin_edges")
+
+
 _SCATTER_REDUCE = {"add": "sum", "multiply": "prod"}  # scatter(reduce=...)'s names for scatter_reduce's
 
 
@@ -1356,22 +1360,68 @@ class TensorMethods:
         dims = tuple(i for i, (s, n) in enumerate(zip(size, out.shape)) if s == 1 and n != 1)
         return out.sum(dims, keepdim=True) if dims else out
 
-    def index_copy(self, dim, index, source):
-        """self with ``source[..., i, ...]`` written at ``self[..., index[i], ...]``."""
-        d, idx = self._index_vector(dim, index, "index_copy")
+    def _index_source(self, dim, index, source, what):
+        """(self as ≥1-D, source likewise, dim, the index broadcast to source's shape) for index_copy/index_reduce:
+        source must have self's shape with ``dim`` of the index's length, and self's dtype."""
+        d, idx = self._index_vector(dim, index, what)
         x = self if self.ndim else self.reshape(1)
         src = source if source.ndim else source.reshape(1)
         want = x.shape[:d] + (idx.shape[0],) + x.shape[d + 1 :]
         if tuple(src.shape) != want:
-            raise RuntimeError(f"index_copy_(): source {tuple(source.shape)} must have shape {want} (self "
+            raise RuntimeError(f"{what}_(): source {tuple(source.shape)} must have shape {want} (self "
                                f"{tuple(self.shape)} with dimension {d} of the index's length)")  # fmt: skip
         if src.dtype != self.dtype:
-            raise RuntimeError(f"index_copy_(): self and source expected to have the same dtype, but got (self) "
+            raise RuntimeError(f"{what}_(): self and source expected to have the same dtype, but got (self) "
                                f"{D.scalar_name(self.dtype)} and (source) {D.scalar_name(src.dtype)}")  # fmt: skip
         view = [1] * x.ndim
         view[d] = idx.shape[0]
-        out = Scatter.apply(x, src, idx=xp_of(idx).broadcast_to(idx.reshape(view), want), dim=d)
+        return x, src, d, xp_of(idx).broadcast_to(idx.reshape(view), want)
+
+    def index_copy(self, dim, index, source):
+        """self with ``source[..., i, ...]`` written at ``self[..., index[i], ...]``."""
+        x, src, d, full = self._index_source(dim, index, source, "index_copy")
+        out = Scatter.apply(x, src, idx=full, dim=d)
         return out if self.ndim else out.reshape(())
+
+    def index_reduce(self, dim, index, source, reduce, *, include_self=True):
+        """self with ``source[..., i, ...]`` reduced into ``self[..., index[i], ...]`` by "prod", "mean", "amax" or
+        "amin" (``scatter_reduce`` along one dim with a vector index; the same gradients)."""
+        if reduce not in ("prod", "mean", "amax", "amin"):
+            raise RuntimeError(
+                f"index_reduce(): Expected reduce to be one of prod, mean, amax or amin but got {reduce}."
+            )
+        x, src, d, full = self._index_source(dim, index, source, "index_reduce")
+        out = ScatterReduce.apply(x, src, idx=full, dim=d, reduce=reduce, include_self=bool(include_self))
+        return out if self.ndim else out.reshape(())
+
+    def put(self, index, source, accumulate=False):
+        """self with ``source`` written (``accumulate``: added) at the flat positions ``index`` of self."""
+        if source.dtype != self.dtype:
+            raise RuntimeError(
+                f"put_(): self and source expected to have the same dtype, but got self.dtype = "
+                f"{D.scalar_name(self.dtype)} and source.dtype = {D.scalar_name(source.dtype)}"
+            )
+        idx = _index_array(index, self, "put").reshape(-1)
+        n = self.numel()
+        idx = _check_range(xp_of(idx).where(idx < 0, idx + n, idx), n, 0, "put", IndexError)
+        flat = self.reshape(-1).index_put((_const(idx),), source.reshape(-1), accumulate)
+        return flat.reshape(self.shape)
+
+    def histogram(self, bins=100, *, range=None, weight=None, density=False):
+        """(hist, bin_edges) as NumPy's histogram: ``bins`` a count or a tensor of edges, in self's dtype."""
+        xp = xp_of(self._data)
+        b = bins._data if isinstance(bins, Tensor) else int(bins)
+        w = None if weight is None else weight._data
+        hist, edges = xp.histogram(self._data, bins=b, range=range, weights=w, density=density)
+        return _Histogram((_const(hist.astype(self.dtype)), _const(edges.astype(self.dtype))))
+
+    def float_power_(self, exponent):
+        if self.dtype != D.float64:
+            raise RuntimeError(
+                f"the base given to float_power_ has dtype {D.scalar_name(self.dtype)} but the operation's result "
+                "requires dtype Double"
+            )
+        return self._inplace_fn(lambda t: t.float_power(exponent), "float_power_", exponent)
 
     def index_put(self, indices, values, accumulate=False):
         """self with ``values`` written (or, ``accumulate=True``, added, repeats summing) at ``self[indices]``."""
@@ -1618,7 +1668,7 @@ for _n in (  # the attribute sweep of issue #14 (comparisons write 0/1 in self's
     "addmm", "baddbmm", "index_copy", "index_put", "cumsum", "cumprod", "tril", "triu", "eq", "ne", "lt", "le", "gt",
     "ge", "greater", "greater_equal", "less", "less_equal", "not_equal", "heaviside", "subtract", "multiply", "divide",
     "true_divide", "arccosh", "arcsinh", "arctan2", "arctanh", "renorm", "gcd", "lcm", "nextafter",
-    "erfinv", "lgamma", "digamma", "polygamma", "mvlgamma", "i0", "igamma", "igammac",
+    "erfinv", "lgamma", "digamma", "polygamma", "mvlgamma", "i0", "igamma", "igammac", "index_reduce", "put",
 ):  # fmt: skip
     if not hasattr(Tensor, _n + "_"):
         setattr(TensorMethods, _n + "_", _inplace_method(_n))

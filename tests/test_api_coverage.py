@@ -8,6 +8,7 @@ Each new function is checked against a float64 NumPy reference (or a closed form
 import math
 import pathlib
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -431,6 +432,68 @@ def test_mode_and_nanmedian_match_torch(name):
             np.testing.assert_array_equal(c.indices.numpy()[some], t.indices.numpy()[some])
 
 
+def _index_reduce_reference(x, idx, src, reduce, include_self):
+    """Along dim 1, straight from the definition: every target column gathers its values, then reduces them."""
+    out = x.copy()
+    fns = {"prod": np.prod, "mean": np.mean, "amax": np.max, "amin": np.min}
+    for col in set(idx.tolist()):
+        vals = [src[:, k] for k in range(len(idx)) if idx[k] == col]
+        out[:, col] = fns[reduce](([x[:, col]] if include_self else []) + vals, axis=0)
+    return out
+
+
+INDEX_REDUCE_DATA = (RNG.standard_normal((3, 5)), RNG.standard_normal((3, 6)), np.array([0, 4, 0, 2, 4, 0]))
+
+
+@pytest.mark.parametrize("reduce", ["prod", "mean", "amax", "amin"])
+@pytest.mark.parametrize("include_self", [True, False])
+def test_index_reduce_matches_its_definition(reduce, include_self):
+    x, src, idx = INDEX_REDUCE_DATA
+
+    def fn(a, b):
+        return a.index_reduce(1, conch.tensor(idx), b, reduce, include_self=include_self)
+
+    np.testing.assert_allclose(npv(fn(t64(x), t64(src))), _index_reduce_reference(x, idx, src, reduce, include_self))
+    r = t64(np.random.default_rng(7).standard_normal((3, 5)))
+    assert gradcheck(lambda a, b: (fn(a, b) * r).sum(), (t64(x, True), t64(src, True)))
+
+
+@pytest.mark.parametrize("reduce", ["prod", "mean", "amax", "amin"])
+@pytest.mark.parametrize("include_self", [True, False])
+def test_index_reduce_matches_torch(reduce, include_self):
+    torch = pytest.importorskip("torch")
+    x, src, idx = INDEX_REDUCE_DATA
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "index_reduce() is in beta"
+        want = torch.tensor(x).index_reduce(1, torch.tensor(idx), torch.tensor(src), reduce, include_self=include_self)
+    got = t64(x).index_reduce(1, conch.tensor(idx), t64(src), reduce, include_self=include_self)
+    np.testing.assert_allclose(npv(got), want.numpy(), rtol=1e-12)
+
+
+def test_put_histogram_and_float_power_():
+    x = RNG.standard_normal((3, 4))
+    want = x.copy()
+    np.put(want, [0, -1, 5], [1.0, 2.0, 3.0])
+    np.testing.assert_array_equal(npv(t64(x).put(conch.tensor([0, -1, 5]), t64([1.0, 2.0, 3.0]))), want)
+    want = x.copy().reshape(-1)
+    np.add.at(want, [5, 5, 0], [1.0, 2.0, 3.0])  # accumulate: repeats add up
+    got = conch.put(t64(x), conch.tensor([5, 5, 0]), t64([1.0, 2.0, 3.0]), accumulate=True)
+    np.testing.assert_allclose(npv(got), want.reshape(3, 4))
+    with pytest.raises(RuntimeError, match="put_\\(\\): self and source expected to have the same dtype"):
+        t64(x).put(conch.tensor([0]), conch.ones(1))
+    hist, edges = conch.histogram(t64(x), 4, range=(-1.0, 1.0))
+    want_h, want_e = np.histogram(x, 4, (-1.0, 1.0))
+    np.testing.assert_array_equal(hist.numpy(), want_h)
+    np.testing.assert_allclose(edges.numpy(), want_e)
+    h2 = t64(x).histogram(t64([-2.0, 0.0, 3.0]), density=True).hist
+    np.testing.assert_allclose(h2.numpy(), np.histogram(x, [-2.0, 0.0, 3.0], density=True)[0])
+    y = t64(x)
+    assert y.float_power_(2) is y
+    np.testing.assert_allclose(y.numpy(), x**2)
+    with pytest.raises(RuntimeError, match="float_power_ has dtype Float but the operation's result requires dtype"):
+        conch.ones(2).float_power_(2)
+
+
 def test_cauchy_and_geometric_fill_with_their_distributions():
     conch.manual_seed(0)
     c = conch.empty(100_000, dtype=conch.float64).cauchy_(1.0, 2.0).numpy()
@@ -524,22 +587,22 @@ argwhere backward baddbmm bernoulli bernoulli_ bfloat16 bincount bmm bool broadc
 clamp clamp_ clip clone contiguous copy_ corrcoef cos count_nonzero cov cpu cross cuda cummax cummin cumprod cumsum
 cumsum_ data deg2rad detach detach_ device diag diag_embed diagflat diagonal diagonal_scatter diff digamma dim dist
 div div_ dot double dsplit dtype element_size eq eq_ equal erf erfc erfinv erfinv_ exp expand expand_as
-exponential_ fill_ fill_diagonal_ flatten flip fliplr flipud float float_power floor fmax fmin fmod frac frexp
-gather gcd ge geometric_ get_device grad grad_fn greater greater_equal gt H half hardshrink heaviside histc hsplit
-i0 igamma igammac index_add index_add_ index_copy index_copy_ index_fill index_put index_put_ index_select inner
-int is_complex is_contiguous is_cpu is_cuda is_floating_point is_leaf is_nonzero is_same_size is_signed isclose
-isfinite isinf isnan item itemsize kron kthvalue lcm ldexp le lerp less less_equal lgamma log log_softmax logaddexp
-logaddexp2 logcumsumexp logical_and logical_not logit long lt masked_fill masked_fill_ masked_scatter masked_select
-matmul max maximum mean median mH min minimum mm mode movedim mT mul mul_ multinomial mv mvlgamma nan_to_num
-nanmean nanmedian nanquantile nansum narrow narrow_copy nbytes ndim ndimension ne neg new_empty new_full new_ones
-new_tensor new_zeros nextafter nonzero norm normal_ not_equal numel numpy permute pin_memory polygamma pow prod
-quantile rad2deg random_ ravel reciprocal register_hook relu renorm repeat repeat_interleave requires_grad
-requires_grad_ reshape reshape_as retain_grad roll rot90 round rsqrt scatter scatter_ scatter_add scatter_add_
-scatter_reduce scatter_reduce_ select select_scatter sgn shape short sigmoid sign signbit sin sinc size
-slice_scatter softmax sort split split_with_sizes sqrt square squeeze std sub sum sum_to_size swapaxes swapdims t
-t_ take take_along_dim tan tanh tensor_split tile to tolist topk trace transpose tril tril_ triu triu_ true_divide
-trunc type type_as unbind unflatten unfold uniform_ unique unique_consecutive unsqueeze var vdot view view_as
-vsplit where xlogy zero_
+exponential_ fill_ fill_diagonal_ flatten flip fliplr flipud float float_power float_power_ floor fmax fmin fmod
+frac frexp gather gcd ge geometric_ get_device grad grad_fn greater greater_equal gt H half hardshrink heaviside
+histc histogram hsplit i0 igamma igammac index_add index_add_ index_copy index_copy_ index_fill index_put
+index_put_ index_reduce index_reduce_ index_select inner int is_complex is_contiguous is_cpu is_cuda
+is_floating_point is_leaf is_nonzero is_same_size is_signed isclose isfinite isinf isnan item itemsize kron
+kthvalue lcm ldexp le lerp less less_equal lgamma log log_softmax logaddexp logaddexp2 logcumsumexp logical_and
+logical_not logit long lt masked_fill masked_fill_ masked_scatter masked_select matmul max maximum mean median mH
+min minimum mm mode movedim mT mul mul_ multinomial mv mvlgamma nan_to_num nanmean nanmedian nanquantile nansum
+narrow narrow_copy nbytes ndim ndimension ne neg new_empty new_full new_ones new_tensor new_zeros nextafter nonzero
+norm normal_ not_equal numel numpy permute pin_memory polygamma pow prod put put_ quantile rad2deg random_ ravel
+reciprocal register_hook relu renorm repeat repeat_interleave requires_grad requires_grad_ reshape reshape_as
+retain_grad roll rot90 round rsqrt scatter scatter_ scatter_add scatter_add_ scatter_reduce scatter_reduce_ select
+select_scatter sgn shape short sigmoid sign signbit sin sinc size slice_scatter softmax sort split split_with_sizes
+sqrt square squeeze std sub sum sum_to_size swapaxes swapdims t t_ take take_along_dim tan tanh tensor_split tile
+to tolist topk trace transpose tril tril_ triu triu_ true_divide trunc type type_as unbind unflatten unfold
+uniform_ unique unique_consecutive unsqueeze var vdot view view_as vsplit where xlogy zero_
 """.split()
 
 #: torch.* functions conch promises: each must exist in the conch namespace.
@@ -548,13 +611,13 @@ abs add addbmm addmm addmv addr allclose arange atleast_1d atleast_2d atleast_3d
 broadcast_shapes broadcast_tensors broadcast_to bucketize can_cast cartesian_prod cat cdist chunk clamp clone
 column_stack corrcoef cosine_similarity cov cross cumsum deg2rad diag diag_embed diagflat diagonal_scatter digamma
 dist div dot dsplit dstack einsum empty eq erfc erfinv exp eye flatten flip fliplr flipud float_power fmax fmin
-full gather gcd ge gt heaviside histc hsplit hstack i0 igamma igammac index_copy index_put index_select inner
-is_floating_point is_nonzero is_tensor isclose isin kron lcm ldexp le lgamma linspace logaddexp2 logit logspace lt
-manual_seed matmul maximum meshgrid minimum mm mv mvlgamma nanmean nanquantile nansum ne no_grad ones polygamma
-prelu promote_types quantile rad2deg rand randint randn randperm ravel result_type rot90 rsub scatter scatter_add
-scatter_reduce searchsorted select_scatter sgn signbit sinc slice_scatter softmax split stack sum swapaxes swapdims
-take tensor tensor_split tensordot trace tril_indices triu_indices unflatten unique_consecutive vdot vsplit vstack
-where xlogy zeros
+full gather gcd ge gt heaviside histc histogram hsplit hstack i0 igamma igammac index_copy index_put index_reduce
+index_select inner is_floating_point is_nonzero is_tensor isclose isin kron lcm ldexp le lgamma linspace logaddexp2
+logit logspace lt manual_seed matmul maximum meshgrid minimum mm mv mvlgamma nanmean nanquantile nansum ne no_grad
+ones polygamma prelu promote_types put quantile rad2deg rand randint randn randperm ravel result_type rot90 rsub
+scatter scatter_add scatter_reduce searchsorted select_scatter sgn signbit sinc slice_scatter softmax split stack
+sum swapaxes swapdims take tensor tensor_split tensordot trace tril_indices triu_indices unflatten
+unique_consecutive vdot vsplit vstack where xlogy zeros
 """.split()
 
 
