@@ -1579,6 +1579,17 @@ def _mask_array(mask, t):
 
 #: What a list inside an index usually holds; anything else gets a closer look (tensors, nested lists).
 _PLAIN_LIST_ITEMS = frozenset((int, bool))
+
+
+class _EmptyIndex(dict):
+    """namespace -> an empty int64 index array (made once per namespace)."""
+
+    def __missing__(self, xp):
+        self[xp] = xp.zeros(0, dtype=np.int64)
+        return self[xp]
+
+
+_EMPTY_INDEX = _EmptyIndex()
 _AS_ARRAY = frozenset((bool, list, tuple))
 
 
@@ -1586,7 +1597,7 @@ def _index_arrays(idx, t):
     """Replace Tensors and lists in an index by arrays on the tensor's device."""
     if type(idx) is list:
         if set(map(type, idx)) <= _PLAIN_LIST_ITEMS:  # the common x[[0, 2]] (set/map: no per-item Python frame)
-            return xp_of(t._data).asarray(idx)
+            return xp_of(t._data).asarray(idx) if idx else _EMPTY_INDEX[xp_of(t._data)]
         if any(isinstance(e, (Tensor, list, tuple, slice, type(None), type(...))) for e in idx):
             idx = tuple(idx)  # PyTorch still reads such a list as the tuple of indices (deprecated, as NumPy did)
     items = idx if isinstance(idx, tuple) else (idx,)
@@ -1609,6 +1620,9 @@ def _index_arrays(idx, t):
             # True/False: a new dim of size 1/0 (a 0-d boolean mask); a list or tuple inside the index: an index
             # array (PyTorch, NumPy), whose tensors become arrays first
             plain = type(i) is bool or set(map(type, i)) <= _PLAIN_LIST_ITEMS
+            if type(i) is not bool and not i:  # x[:, []]: an empty integer index (NumPy would make it float)
+                out.append(_EMPTY_INDEX[xp])
+                continue
             out.append(xp.asarray(i if plain or not any(isinstance(e, Tensor) for e in i) else _index_arrays(i, t)))
         elif isinstance(i, np.ndarray) and xp is not np:
             out.append(xp.asarray(i))

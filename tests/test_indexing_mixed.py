@@ -210,3 +210,13 @@ def test_random_index_tuples_match_torch():
         w = conch.tensor(data)
         w[_for_conch(items, "cpu")] = 2 * w[_for_conch(items, "cpu")] + 1
         np.testing.assert_array_equal(w.numpy(), tw.numpy(), err_msg=str(items))
+
+
+def test_empty_list_index_selects_nothing(device):
+    x = conch.tensor(np.arange(12.0).reshape(3, 4), device=device, requires_grad=True)
+    assert x[[]].shape == (0, 4) and x[:, []].shape == (3, 0) and x[:, ()].shape == (3, 0)
+    x[:, []].sum().backward()
+    np.testing.assert_array_equal(x.grad.cpu().numpy(), np.zeros((3, 4)))
+    w = conch.zeros(3, 4, device=device)
+    w[[]] = 1.0
+    assert w.sum().item() == 0.0
