@@ -2182,23 +2182,3 @@ def broadcast_shapes(*shapes):
 def rsub(input, other, *, alpha=1):
     """other - alpha·input."""
     return other - (input * alpha if alpha != 1 else input)
-
-
-def set_num_threads(n):
-    """``torch.set_num_threads``: NumPy's BLAS (and any OpenMP) thread pools on the CPU use ``n`` threads from now
-    on, through threadpoolctl (a scikit-learn dependency). conch's own CPU ops run in those libraries."""
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n <= 0:
-        raise RuntimeError(f"set_num_threads expects a positive integer, got {n!r}")
-    import threadpoolctl
-
-    threadpoolctl.threadpool_limits(int(n))
-
-
-def get_num_threads():
-    """``torch.get_num_threads``: the threads of the CPU's BLAS pool (the largest pool; the CPU count when none)."""
-    import os
-
-    import threadpoolctl
-
-    pools = [p["num_threads"] for p in threadpoolctl.threadpool_info()]
-    return max(pools) if pools else os.cpu_count() or 1

@@ -494,19 +494,6 @@ def test_put_histogram_and_float_power_():
         conch.ones(2).float_power_(2)
 
 
-def test_set_num_threads_sets_the_blas_pool():
-    before = conch.get_num_threads()
-    try:
-        conch.set_num_threads(1)
-        assert conch.get_num_threads() == 1
-        np.testing.assert_allclose((t64(A) @ t64(B).T).numpy(), A @ B.T)  # still computes
-    finally:
-        conch.set_num_threads(before)
-    assert conch.get_num_threads() == before
-    with pytest.raises(RuntimeError, match="set_num_threads expects a positive integer"):
-        conch.set_num_threads(0)
-
-
 def test_cauchy_and_geometric_fill_with_their_distributions():
     conch.manual_seed(0)
     c = conch.empty(100_000, dtype=conch.float64).cauchy_(1.0, 2.0).numpy()
@@ -624,13 +611,13 @@ abs add addbmm addmm addmv addr allclose arange atleast_1d atleast_2d atleast_3d
 broadcast_shapes broadcast_tensors broadcast_to bucketize can_cast cartesian_prod cat cdist chunk clamp clone
 column_stack corrcoef cosine_similarity cov cross cumsum deg2rad diag diag_embed diagflat diagonal_scatter digamma
 dist div dot dsplit dstack einsum empty eq erfc erfinv exp eye flatten flip fliplr flipud float_power fmax fmin
-full gather gcd ge get_num_threads gt heaviside histc histogram hsplit hstack i0 igamma igammac index_copy
-index_put index_reduce index_select inner is_floating_point is_nonzero is_tensor isclose isin kron lcm ldexp le
-lgamma linspace logaddexp2 logit logspace lt manual_seed matmul maximum meshgrid minimum mm mv mvlgamma nanmean
-nanquantile nansum ne no_grad ones polygamma prelu promote_types put quantile rad2deg rand randint randn randperm
-ravel result_type rot90 rsub scatter scatter_add scatter_reduce searchsorted select_scatter set_num_threads sgn
-signbit sinc slice_scatter softmax split stack sum swapaxes swapdims take tensor tensor_split tensordot trace
-tril_indices triu_indices unflatten unique_consecutive vdot vsplit vstack where xlogy zeros
+full gather gcd ge gt heaviside histc histogram hsplit hstack i0 igamma igammac index_copy index_put index_reduce
+index_select inner is_floating_point is_nonzero is_tensor isclose isin kron lcm ldexp le lgamma linspace logaddexp2
+logit logspace lt manual_seed matmul maximum meshgrid minimum mm mv mvlgamma nanmean nanquantile nansum ne no_grad
+ones polygamma prelu promote_types put quantile rad2deg rand randint randn randperm ravel result_type rot90 rsub
+scatter scatter_add scatter_reduce searchsorted select_scatter sgn signbit sinc slice_scatter softmax split stack
+sum swapaxes swapdims take tensor tensor_split tensordot trace tril_indices triu_indices unflatten
+unique_consecutive vdot vsplit vstack where xlogy zeros
 """.split()
 
 
