@@ -56,6 +56,7 @@ from .creation import (
     get_rng_state,
     initial_seed,
     linspace,
+    logspace,
     manual_seed,
     normal,
     ones,
@@ -79,27 +80,48 @@ from .serialization import load as _load
 from .serialization import map_location_device as _map_location_device
 from .serialization import save as _save
 from .tensor import Size, Tensor, cat, concat, concatenate, cumsum, maximum, minimum, split, stack, where
-from .tensor_api import (
+from .tensor_api import (  # the attribute sweep of issue #14
     addmm,
     allclose,
+    atleast_1d,
+    atleast_2d,
+    atleast_3d,
     baddbmm,
     bernoulli,
     bincount,
+    block_diag,
     bmm,
+    broadcast_shapes,
     broadcast_tensors,
+    bucketize,
+    can_cast,
+    cartesian_prod,
     cdist,
+    column_stack,
     diag,
     dist,
+    dstack,
     einsum,
     equal,
     ger,
+    hstack,
     isclose,
+    isin,
     meshgrid,
     mm,
     multinomial,
     outer,
+    promote_types,
+    result_type,
+    row_stack,
+    rsub,
+    searchsorted,
     set_printoptions,
+    tensordot,
+    tril_indices,
+    triu_indices,
     unique,
+    vstack,
 )
 from .tensor_api import attach as _attach_tensor_methods
 from .tensor_api import numpy_kwargs as _numpy_kwargs
@@ -162,6 +184,25 @@ for _n in (
     "bitwise_not", "bitwise_and", "bitwise_or", "bitwise_xor", "bitwise_left_shift", "bitwise_right_shift", "div",
     "divide", "true_divide", "floor_divide", "mul", "multiply", "cummax", "cummin", "logcumsumexp", "index_add",
     "index_fill", "masked_scatter", "reciprocal", "negative",
+    "scatter_reduce",
+    # the attribute sweep of issue #14
+    "add", "sub", "subtract", "eq", "ne", "lt", "le", "gt", "ge", "greater", "greater_equal", "less", "less_equal",
+    "not_equal", "zero_", "fill_", "abs_", "relu_", "sigmoid_", "tanh_", "exp_", "sqrt_", "clamp_", "clip_",
+    "swapaxes", "swapdims", "broadcast_to", "is_floating_point", "is_complex", "is_nonzero", "is_same_size",
+    "is_signed", "ravel", "unflatten", "dot", "vdot", "inner", "mv", "addmv", "addr", "addbmm", "trace", "kron",
+    "cross", "xlogy", "logit", "erfc", "deg2rad", "rad2deg", "fmax", "fmin", "heaviside", "sinc", "signbit",
+    "float_power", "logaddexp2", "ldexp", "nansum", "nanmean", "fliplr", "flipud", "rot90", "take", "tensor_split",
+    "hsplit", "vsplit", "dsplit", "split_with_sizes", "diag_embed", "diagflat", "index_copy", "index_put", "index_put_",
+    "unique_consecutive", "positive", "sgn", "absolute", "histc", "narrow_copy", "get_device", "cov", "corrcoef",
+    "quantile", "nanquantile", "renorm", "select_scatter", "slice_scatter", "diagonal_scatter", "gcd", "lcm",
+    "hardshrink", "frexp", "nextafter", "conj", "resolve_conj", "resolve_neg", "isreal", "adjoint", "detach_",
+    "is_conj", "is_inference", "is_neg", "acos_", "acosh_", "addmv_", "arccos_", "arccosh_", "arcsin_", "arcsinh_",
+    "arctan_", "arctanh_", "asin_", "asinh_", "atan_", "atanh_", "ceil_", "clamp_max_", "clamp_min_", "cos_", "cosh_",
+    "deg2rad_", "erf_", "erfc_", "exp2_", "expm1_", "fix_", "floor_", "frac_", "gcd_", "lcm_", "ldexp_", "log10_",
+    "log1p_", "log2_", "log_", "logit_", "nan_to_num_", "neg_", "negative_", "rad2deg_", "reciprocal_", "round_",
+    "rsqrt_", "sin_", "sinc_", "sinh_", "square_", "tan_", "trunc_", "xlogy_", "mode", "nanmedian",
+    "erfinv", "lgamma", "digamma", "mvlgamma", "i0", "i0_", "igamma", "igammac",
+    "index_reduce", "put", "histogram",
 ):  # fmt: skip
     if _n not in globals():
         globals()[_n] = _method(_n)
@@ -187,6 +228,25 @@ def compile(model=None, *, fullgraph=False, dynamic=None, backend="inductor", mo
     if not callable(model):
         raise TypeError(f"compile expects a Module or a function, got {type(model).__name__}")
     return model
+
+
+def polygamma(n, input):
+    """``torch.polygamma(n, input)``: the n-th derivative of digamma (the order comes first here)."""
+    return input.polygamma(n)
+
+
+def prelu(input, weight):
+    """``torch.prelu``: :func:`conch.nn.functional.prelu`."""
+    from .nn import functional
+
+    return functional.prelu(input, weight)
+
+
+def cosine_similarity(x1, x2, dim=1, eps=1e-8):
+    """``torch.cosine_similarity``: :func:`conch.nn.functional.cosine_similarity`."""
+    from .nn import functional
+
+    return functional.cosine_similarity(x1, x2, dim, eps)
 
 
 def is_tensor(x):

@@ -254,8 +254,26 @@ def arange(start, end=None, step=1, dtype=None, device=None, requires_grad=False
     return _finish(asarray_on(arr, D.as_dtype(dtype), dev), requires_grad)
 
 
+def _steps(steps, what):
+    """``steps`` as PyTorch takes it: an integer (not a bool, not a float), at least 0."""
+    if isinstance(steps, Tensor) and steps.ndim == 0 and steps.dtype.kind in "iu":
+        steps = int(steps.item())
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral):
+        raise TypeError(f"{what}(): argument 'steps' must be int, not {type(steps).__name__}")
+    if steps < 0:
+        raise RuntimeError(f"{what}(): number of steps must be non-negative, got {steps}")
+    return int(steps)
+
+
 def linspace(start, end, steps, dtype=None, device=None, requires_grad=False):
-    arr = np.linspace(start, end, int(steps))
+    """``steps`` evenly spaced values from ``start`` to ``end`` inclusive: start + k·(end-start)/(steps-1)."""
+    arr = np.linspace(start, end, _steps(steps, "linspace"))
+    return _finish(asarray_on(arr, _float_dtype(dtype), _device(device)), requires_grad)
+
+
+def logspace(start, end, steps, base=10.0, dtype=None, device=None, requires_grad=False):
+    """``base ** linspace(start, end, steps)``: ``logspace(0, 2, 3)`` is [1, 10, 100]."""
+    arr = np.power(float(base), np.linspace(start, end, _steps(steps, "logspace")))
     return _finish(asarray_on(arr, _float_dtype(dtype), _device(device)), requires_grad)
 
 

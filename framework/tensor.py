@@ -1386,8 +1386,10 @@ class Tensor(GraphTensor):
     def flip(self, dims):
         """A copy reversed along ``dims`` (as PyTorch: not a view, so writes to it leave self alone)."""
         dims = (dims,) if isinstance(dims, int) else tuple(dims)
-        dims = tuple(sorted({_norm_dim(d, self.ndim) for d in dims})) if self.ndim else ()
-        return ops.Flip.apply(self, dims=dims)
+        norm = [_norm_dim(d, self.ndim) for d in dims] if self.ndim else []
+        if len(set(norm)) != len(norm):
+            raise RuntimeError(f"dim {max(norm, key=norm.count)} appears multiple times in the list of dims {dims}")
+        return ops.Flip.apply(self, dims=tuple(sorted(norm)))
 
     def _as_grad(self, g):
         """``g`` (a Tensor, number or array) as a gradient for this tensor: a Tensor of its shape."""
@@ -1657,8 +1659,29 @@ def _mask_array(mask, t):
     return m
 
 
+#: What a list inside an index usually holds; anything else gets a closer look (tensors, nested lists).
+_PLAIN_LIST_ITEMS = frozenset((int, bool))
+
+
+class _EmptyIndex(dict):
+    """namespace -> an empty int64 index array (made once per namespace)."""
+
+    def __missing__(self, xp):
+        self[xp] = xp.zeros(0, dtype=np.int64)
+        return self[xp]
+
+
+_EMPTY_INDEX = _EmptyIndex()
+_AS_ARRAY = frozenset((bool, list, tuple))
+
+
 def _index_arrays(idx, t):
     """Replace Tensors and lists in an index by arrays on the tensor's device."""
+    if type(idx) is list:
+        if set(map(type, idx)) <= _PLAIN_LIST_ITEMS:  # the common x[[0, 2]] (set/map: no per-item Python frame)
+            return xp_of(t._data).asarray(idx) if idx else _EMPTY_INDEX[xp_of(t._data)]
+        if any(isinstance(e, (Tensor, list, tuple, slice, type(None), type(...))) for e in idx):
+            idx = tuple(idx)  # PyTorch still reads such a list as the tuple of indices (deprecated, as NumPy did)
     items = idx if isinstance(idx, tuple) else (idx,)
     out = []
     xp = xp_of(t._data)
@@ -1675,8 +1698,14 @@ def _index_arrays(idx, t):
                 out.append(xp.asarray(i._data))
                 continue
             out.append(i._data)
-        elif isinstance(i, list):
-            out.append(xp.asarray(i))
+        elif type(i) in _AS_ARRAY:
+            # True/False: a new dim of size 1/0 (a 0-d boolean mask); a list or tuple inside the index: an index
+            # array (PyTorch, NumPy), whose tensors become arrays first
+            plain = type(i) is bool or set(map(type, i)) <= _PLAIN_LIST_ITEMS
+            if type(i) is not bool and not i:  # x[:, []]: an empty integer index (NumPy would make it float)
+                out.append(_EMPTY_INDEX[xp])
+                continue
+            out.append(xp.asarray(i if plain or not any(isinstance(e, Tensor) for e in i) else _index_arrays(i, t)))
         elif isinstance(i, np.ndarray) and xp is not np:
             out.append(xp.asarray(i))
         else:

@@ -38,12 +38,30 @@ from .ops import (
     Roll,
     Rounding,
     Scatter,
+    ScatterReduce,
     ValuesIndices,
     _argsort,
     _gather,
     _scatter_add_into,
 )
-from .tensor import Tensor, _check_devices, _const, _floating, _mark_view, _mask_array, _operands, cat
+from .ops.sorting import _Named
+from .ops.special import IncompleteGamma, Special
+from .tensor import (
+    Size,
+    Tensor,
+    _check_devices,
+    _const,
+    _floating,
+    _mark_view,
+    _mask_array,
+    _operands,
+    cat,
+    maximum,
+    minimum,
+    stack,
+    where,
+)
+from .tensor import _index_arrays as _index_arrays_of
 from .tensor import _norm_dim as _dim
 
 
@@ -53,8 +71,8 @@ def _index_array(index, t, what):
         raise TypeError(f"{what}(): argument 'index' must be Tensor, not {type(index).__name__}")
     arr = index._data if isinstance(index, Tensor) else index
     xp = xp_of(t._data)
-    if arr.dtype.kind not in "iu":
-        raise RuntimeError(f"{what}(): Expected dtype int64 for index, got {arr.dtype}")
+    if arr.dtype not in (np.int32, np.int64):  # PyTorch takes int32 and int64 indices only, not bool/uint8/int16
+        raise RuntimeError(f"{what}(): Expected dtype int32/int64 for index, got {arr.dtype}")
     if type(arr) is not type(t._data):
         arr = xp.asarray(to_host(arr))
     return arr.astype(np.int64, copy=False)
@@ -73,6 +91,28 @@ def _check_range(idx, n, dim, what, error=RuntimeError):
             lambda bad: error(f"{what}(): index {bad} is out of bounds for dimension {dim} with size {n}"),
         )
     return idx % n if n else idx  # on a GPU the check is read later: meanwhile keep every index in range
+
+
+def _to_dtype(dtype, name):
+    """``t.NAME()``: ``t.to(dtype=dtype)`` (PyTorch's byte(), char(), short())."""
+
+    def method(self):
+        return self.to(dtype=dtype)
+
+    method.__name__ = method.__qualname__ = name
+    method.__doc__ = f"``self.to({D.scalar_name(dtype).lower()})``."
+    return method
+
+
+class _Frexp(_Named):
+    _fields = ("mantissa", "exponent")
+
+
+class _Histogram(_Named):
+    _fields = ("hist", "bin_edges")
+
+
+_SCATTER_REDUCE = {"add": "sum", "multiply": "prod"}  # scatter(reduce=...)'s names for scatter_reduce's
 
 
 class TensorMethods:
@@ -387,6 +427,22 @@ class TensorMethods:
         """Fill with exp(N(mean, std²))."""
         return self._fill_random("log_normal_", lambda: (self._rand("randn", generator) * std + mean).exp())
 
+    def cauchy_(self, median=0.0, sigma=1.0, *, generator=None):
+        """Fill with Cauchy(median, sigma): median + sigma·tan(π(u - ½)) for u ~ U[0, 1)."""
+        if sigma <= 0:
+            raise RuntimeError(f"cauchy_ expects sigma > 0.0, but found sigma={sigma}")
+        return self._fill_random(
+            "cauchy_", lambda: ((self._rand("rand", generator) - 0.5) * np.pi).tan() * sigma + median
+        )
+
+    def geometric_(self, p, *, generator=None):
+        """Fill with Geometric(p) on {1, 2, ...} (trials up to the first success): ⌈log(1 - u) / log(1 - p)⌉,
+        at least 1, for u ~ U[0, 1); integer tensors too."""
+        if not 0 < p < 1:
+            raise RuntimeError(f"geometric_ expects p to be in (0, 1), but got p={p}")
+        draw = lambda: ((-self._rand("rand", generator)).log1p() / float(np.log1p(-p))).ceil().clamp_min(1)  # noqa: E731
+        return self._fill_random("geometric_", draw, False)
+
     def bernoulli_(self, p=0.5, *, generator=None):
         """Fill with 1 (probability ``p``, a number or a tensor broadcasting to self) or 0, in self's dtype."""
         pa = p._data if isinstance(p, Tensor) else p
@@ -441,13 +497,17 @@ class TensorMethods:
         return self.masked_fill_(mask.reshape(self.shape), fill_value)
 
     # ---- index_add / index_fill / masked_scatter (and the in-place forms below)
-    def _index_vector(self, dim, index, what):
+    def _index_vector(self, dim, index, what, wrap=False):
+        """(dim, index as a flat int64 array in range); ``wrap``: negative indices count from the end (index_fill)."""
         d = _dim(dim, self.ndim) if self.ndim else 0
         idx = _index_array(index, self, what)
         if idx.ndim > 1:
             raise IndexError(f"{what}(): Index is supposed to be a vector, got shape {tuple(idx.shape)}")
         n = self.shape[d] if self.ndim else 1
-        return d, _check_range(idx.reshape(-1), n, d, what, IndexError)
+        idx = idx.reshape(-1)
+        if wrap:
+            idx = xp_of(idx).where(idx < 0, idx + n, idx)
+        return d, _check_range(idx, n, d, what)
 
     def index_add(self, dim, index, source, *, alpha=1):
         """self with ``alpha · source[..., i, ...]`` added at ``self[..., index[i], ...]`` (repeats accumulate)."""
@@ -470,7 +530,9 @@ class TensorMethods:
 
     def index_fill(self, dim, index, value):
         """self with ``value`` at every ``self[..., index[i], ...]``."""
-        d, idx = self._index_vector(dim, index, "index_fill")
+        if isinstance(index, Tensor) and index.dtype != np.int64:
+            raise IndexError(f"index_fill_(): Expected dtype int64 for index, got {index.dtype}")
+        d, idx = self._index_vector(dim, index, "index_fill", wrap=True)
         mask = xp_of(self._data).zeros(self.shape[d] if self.ndim else 1, dtype=bool)
         mask[idx] = True
         view = [1] * self.ndim
@@ -500,15 +562,14 @@ class TensorMethods:
         return Scatter.apply(x.reshape(-1), vals, idx=pos, dim=0).reshape(shape)
 
     def scatter_(self, dim, index, src=None, value=None, *, reduce=None):
-        if reduce is not None:
-            if reduce != "add":
-                raise RuntimeError(f"scatter_(): reduce argument must be 'add' here, got {reduce!r}")
-            source = value if src is None else src
-            if not isinstance(source, Tensor):
-                d, idx = self._gather_index(dim, index, "scatter_")
-                source = self._scatter_src(source, idx, "scatter_")
-            return self.scatter_add_(dim, index, source)
-        return self._inplace_fn(lambda t: t.scatter(dim, index, src, value), "scatter_", src)
+        """In-place :meth:`scatter`; ``reduce="add"``/``"multiply"`` combine with self's values instead."""
+        return self._inplace_fn(lambda t: t.scatter(dim, index, src, value, reduce=reduce), "scatter_", src)
+
+    def scatter_reduce_(self, dim, index, src, reduce, *, include_self=True):
+        """In-place :meth:`scatter_reduce`."""
+        return self._inplace_fn(
+            lambda t: t.scatter_reduce(dim, index, src, reduce, include_self=include_self), "scatter_reduce_", src
+        )
 
     # ---- reductions
     def prod(self, dim=None, keepdim=False, dtype=None):
@@ -577,6 +638,55 @@ class TensorMethods:
 
     def kthvalue(self, k, dim=-1, keepdim=False):
         return self._kth(int(k), dim, keepdim, "kthvalue")
+
+    def _picked(self, x, idx, d, keepdim):
+        """(values at ``idx`` along ``d``, with their gradient, and idx) as ``ValuesIndices``, squeezed unless
+        ``keepdim``."""
+        vals = _gather(x, idx, d)
+        if not keepdim or not self.ndim:
+            vals, idx = vals.squeeze(d), idx.squeeze(d)
+        return ValuesIndices((vals, _const(idx)))
+
+    def nanmedian(self, dim=None, keepdim=False):
+        """median over the non-NaN values: the ⌊(c-1)/2⌋-th smallest of the c non-NaN ones (NaN when c = 0)."""
+        if dim is None:
+            return self.reshape(-1).nanmedian(0).values if self.numel() else self.median()
+        d = _dim(int(dim), self.ndim) if self.ndim else 0
+        x = self if self.ndim else self.reshape(1)
+        if x.shape[d] == 0:
+            raise IndexError(f"nanmedian(): Expected reduction dim {d} to have non-zero size.")
+        xp = xp_of(x._data)
+        order = _argsort(x._data, d, False)  # NaN sorts last
+        count = (~xp.isnan(x._data)).sum(axis=d, keepdims=True) if self.is_floating_point() else x.shape[d]
+        k = xp.maximum((xp.asarray(count) - 1) // 2, 0)
+        k = xp.broadcast_to(k, x.shape[:d] + (1,) + x.shape[d + 1 :])
+        return self._picked(x, xp.take_along_axis(order, k.astype(np.int64), axis=d), d, keepdim)
+
+    def mode(self, dim=-1, keepdim=False):
+        """The most frequent value along ``dim`` (the smallest among equally frequent ones) and the index of its
+        last occurrence, as PyTorch's CPU kernel; the gradient goes to that element."""
+        d = _dim(int(dim), self.ndim) if self.ndim else 0
+        x = self if self.ndim else self.reshape(1)
+        xp = xp_of(x._data)
+        a = xp.moveaxis(x._data, d, -1)
+        n = a.shape[-1]
+        order = _argsort(a, -1, False)
+        s = xp.take_along_axis(a, order, axis=-1)
+        new_run = xp.concatenate([xp.ones(s.shape[:-1] + (1,), dtype=bool), s[..., 1:] != s[..., :-1]], axis=-1)
+        run_id = xp.cumsum(new_run, axis=-1) - 1
+        # run r starts at the r-th True of new_run and ends at the r-th True of run_end: sorting the positions
+        # (n where False) lists them in order, and run_id picks each position's (no ufunc.accumulate, for CuPy)
+        run_end = xp.concatenate([new_run[..., 1:], xp.ones(s.shape[:-1] + (1,), dtype=bool)], axis=-1)
+        pos = xp.arange(n)
+        first = xp.take_along_axis(xp.sort(xp.where(new_run, pos, n), axis=-1), run_id, axis=-1)
+        last = xp.take_along_axis(xp.sort(xp.where(run_end, pos, n), axis=-1), run_id, axis=-1)
+        length = last - first + 1
+        best = xp.argmax(length, axis=-1)[..., None]  # first = smallest value among the longest runs
+        best_run = xp.take_along_axis(run_id, best, axis=-1)
+        # the mode's last occurrence in the input: the largest original index in that run
+        in_run = run_id == best_run
+        idx = xp.max(xp.where(in_run, order, -1), axis=-1, keepdims=True)
+        return self._picked(x, xp.moveaxis(idx, -1, d), d, keepdim)
 
     # ---- sorting
     def sort(self, dim=-1, descending=False, stable=False):
@@ -653,16 +763,43 @@ class TensorMethods:
                 f"{what}(): src {tuple(src.shape)} must have index's ndim and be at least index's size "
                 f"{tuple(idx.shape)} in every dimension"
             )
-        src = src[tuple(slice(0, s) for s in idx.shape)]
-        return src if src.dtype == self.dtype else src.to(dtype=self.dtype)
+        if src.dtype != self.dtype:
+            raise RuntimeError(
+                f"{what}(): Expected self.dtype to be equal to src.dtype (self {self.dtype}, src {src.dtype})"
+            )
+        return src[tuple(slice(0, s) for s in idx.shape)]
 
-    def scatter(self, dim, index, src=None, value=None):
-        """Out of place: self with ``src[i][j]`` written at ``[i][index[i][j]]`` (dim=1); ``value`` for a scalar."""
+    def scatter(self, dim, index, src=None, value=None, *, reduce=None):
+        """Out of place: self with ``src[i][j]`` written at ``[i][index[i][j]]`` (dim=1); ``value`` for a scalar.
+
+        ``reduce="add"`` adds into self's values, ``"multiply"`` multiplies (repeated indices accumulate): that is
+        ``scatter_reduce`` with "sum"/"prod" and ``include_self=True``.
+        """
         if (src is None) == (value is None):
             raise TypeError("scatter(): pass exactly one of src (a tensor or number) and value")
+        if reduce is not None and reduce not in _SCATTER_REDUCE:
+            raise RuntimeError(f"reduce argument must be either add or multiply, got {reduce!r}")
         d, idx = self._gather_index(dim, index, "scatter")
         s = self._scatter_src(value if src is None else src, idx, "scatter")
+        if reduce is not None:
+            return ScatterReduce.apply(self, s, idx=idx, dim=d, reduce=_SCATTER_REDUCE[reduce], include_self=True)
         return Scatter.apply(self, s, idx=idx, dim=d)
+
+    def scatter_reduce(self, dim, index, src, reduce, *, include_self=True):
+        """self with every ``src[i][j]`` reduced into ``[i][index[i][j]]`` (dim=1; likewise for other dims).
+
+        ``reduce``: "sum", "prod", "mean", "amax" or "amin". With ``include_self=False`` a targeted position
+        reduces only the src values sent to it (self's value is left out); untargeted positions keep self's.
+        Example: ``conch.zeros(3).scatter_reduce(0, conch.tensor([0, 0, 2]), conch.tensor([1., 5., 2.]), "amax")``
+        is [5, 0, 2]. Gradients as PyTorch (amax/amin share among ties, prod handles zeros).
+        """
+        if reduce not in ("sum", "prod", "mean", "amax", "amin"):
+            raise RuntimeError(f"reduce argument must be either sum, prod, mean, amax or amin, got {reduce}")
+        if not isinstance(src, Tensor):
+            raise TypeError(f"scatter_reduce(): argument 'src' must be Tensor, not {type(src).__name__}")
+        d, idx = self._gather_index(dim, index, "scatter_reduce")
+        s = self._scatter_src(src, idx, "scatter_reduce")
+        return ScatterReduce.apply(self, s, idx=idx, dim=d, reduce=reduce, include_self=bool(include_self))
 
     def scatter_add(self, dim, index, src):
         """self + zeros with ``src`` added at ``index`` along ``dim`` (repeated indices accumulate)."""
@@ -675,7 +812,7 @@ class TensorMethods:
         idx = _index_array(index, self, "index_select")
         if idx.ndim > 1:
             raise IndexError(f"index_select(): Index is supposed to be a vector, got shape {tuple(idx.shape)}")
-        idx = _check_range(idx.reshape(-1), self.shape[d], d, "index_select", IndexError)
+        idx = _check_range(idx.reshape(-1), self.shape[d], d, "index_select")
         return self[(slice(None),) * d + (idx,)]
 
     def masked_select(self, mask):
@@ -818,6 +955,685 @@ class TensorMethods:
             x = x.narrow(d, 1, m - 1) - x.narrow(d, 0, m - 1) if m else x
         return x
 
+    # ---- the attribute sweep of issue #14: PyTorch's aliases, queries and small composites
+    def greater(self, other):
+        return self.gt(other)
+
+    def greater_equal(self, other):
+        return self.ge(other)
+
+    def less(self, other):
+        return self.lt(other)
+
+    def less_equal(self, other):
+        return self.le(other)
+
+    def not_equal(self, other):
+        return self.ne(other)
+
+    def absolute(self):
+        return self.abs()
+
+    def sgn(self):
+        """sign(x): for real tensors PyTorch's sgn is sign."""
+        return self.sign()
+
+    def positive(self):
+        if self.dtype == np.bool_:
+            raise NotImplementedError("The `+` operator, on a bool tensor is not supported.")
+        return self
+
+    def swapdims(self, dim0, dim1):
+        return self.transpose(dim0, dim1)
+
+    def broadcast_to(self, size):
+        return self.expand(*size)
+
+    def ravel(self):
+        return self.reshape(-1)
+
+    def ndimension(self):
+        return self.ndim
+
+    @property
+    def itemsize(self):
+        return self.element_size()
+
+    @property
+    def nbytes(self):
+        return self.numel() * self.element_size()
+
+    @property
+    def is_cpu(self):
+        return self.device.type == "cpu"
+
+    # conch has no sparse, quantized or meta tensors: PyTorch's flags are False
+    is_sparse = is_quantized = is_meta = False
+
+    def is_complex(self):
+        return False
+
+    def is_conj(self):
+        return False
+
+    def is_neg(self):
+        return False
+
+    def is_inference(self):
+        return False
+
+    def is_signed(self):
+        return self.dtype.kind not in "bu"
+
+    def is_same_size(self, other):
+        return self.shape == other.shape
+
+    def is_nonzero(self):
+        n = self.numel()
+        if n != 1:
+            what = "no values" if n == 0 else "more than one value"
+            raise RuntimeError(f"Boolean value of Tensor with {what} is ambiguous (shape {tuple(self.shape)})")
+        return bool(self.item())
+
+    def get_device(self):
+        """-1 on the CPU, else the GPU's ordinal (PyTorch's)."""
+        return -1 if self.device.type == "cpu" else self.device.index
+
+    byte, char, short = (_to_dtype(dt, n) for dt, n in ((D.uint8, "byte"), (D.int8, "char"), (D.int16, "short")))
+
+    def dot(self, other):
+        """Σ self[i]·other[i] of two 1-D tensors of one dtype and length."""
+        if self.ndim != 1 or other.ndim != 1:
+            raise RuntimeError(f"1D tensors expected, but got {self.ndim}D and {other.ndim}D tensors")
+        if self.shape != other.shape:
+            raise RuntimeError(
+                f"inconsistent tensor size, expected tensor [{self.shape[0]}] and src [{other.shape[0]}] to have the "
+                "same number of elements, but got different sizes"
+            )
+        if self.dtype != other.dtype:
+            raise RuntimeError(
+                f"dot : expected both vectors to have same dtype, but found {D.scalar_name(self.dtype)} and "
+                f"{D.scalar_name(other.dtype)}"
+            )
+        return self.matmul(other)
+
+    def vdot(self, other):
+        return self.dot(other)  # a real tensor is its own conjugate
+
+    def inner(self, other):
+        """Σ over the last dims, shape self.shape[:-1] + other.shape[:-1]; a 0-d operand multiplies."""
+        if self.ndim == 0 or other.ndim == 0:
+            return self * other
+        if self.shape[-1] != other.shape[-1]:
+            raise RuntimeError(
+                f"inner() the last dimension must match on both input tensors but got shapes {tuple(self.shape)} "
+                f"and {tuple(other.shape)}"
+            )
+        k = self.shape[-1]
+        out = self.reshape(-1, k).matmul(other.reshape(-1, k).transpose(0, 1))
+        return out.reshape(self.shape[:-1] + other.shape[:-1])
+
+    def mv(self, vec):
+        if self.ndim != 2 or vec.ndim != 1:
+            raise RuntimeError(f"vector + matrix @ vector expected, got {self.ndim}, {vec.ndim}")
+        return self.matmul(vec)
+
+    def addmv(self, mat, vec, *, beta=1, alpha=1):
+        """beta·self + alpha·(mat @ vec)."""
+        return _scaled_sum(self, mat.mv(vec), beta, alpha)
+
+    def addr(self, vec1, vec2, *, beta=1, alpha=1):
+        """beta·self + alpha·outer(vec1, vec2)."""
+        return _scaled_sum(self, vec1.outer(vec2), beta, alpha)
+
+    def addbmm(self, batch1, batch2, *, beta=1, alpha=1):
+        """beta·self + alpha·Σ_b batch1[b] @ batch2[b]."""
+        return _scaled_sum(self, batch1.bmm(batch2).sum(0), beta, alpha)
+
+    def trace(self):
+        if self.ndim != 2:
+            raise RuntimeError(f"trace: expected a matrix, but got tensor with dim {self.ndim}")
+        return self.diagonal().sum()
+
+    def kron(self, other):
+        """Kronecker product: out[i·p + k, j·q + l] = self[i, j]·other[k, l] (any ndim; the shorter gets leading 1s)."""
+        nd = max(self.ndim, other.ndim)
+        sa = (1,) * (nd - self.ndim) + tuple(self.shape)
+        sb = (1,) * (nd - other.ndim) + tuple(other.shape)
+        a = self.reshape(tuple(s for n in sa for s in (n, 1)))  # self's dims interleaved with other's
+        b = other.reshape(tuple(s for n in sb for s in (1, n)))
+        return (a * b).reshape(tuple(p * q for p, q in zip(sa, sb)))
+
+    def cross(self, other, dim=None):
+        """The cross product along ``dim`` (of size 3; by default the first such dim, as PyTorch)."""
+        shape = np.broadcast_shapes(self.shape, other.shape)
+        if dim is None:
+            dim = next((i for i, n in enumerate(shape) if n == 3), None)
+            if dim is None:
+                raise RuntimeError(f"no dimension of size 3 in input shapes {tuple(self.shape)}, {tuple(other.shape)}")
+        d = _dim(int(dim), len(shape))
+        a, b = self.expand(*shape), other.expand(*shape)
+        if shape[d] != 3:
+            raise RuntimeError(
+                f"linalg.cross: inputs dimension {d} must have length 3. Got {self.shape[d]} and {other.shape[d]}"
+            )
+        a, b = a.unbind(d), b.unbind(d)
+        return stack([a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0]], d)
+
+    def _as_float(self):
+        return self if D.is_floating(self.dtype) else self.to(dtype=_floating(self.dtype))
+
+    def xlogy(self, other):
+        """self·log(other), and 0 where self is 0 (unless other is NaN)."""
+        x = self._as_float()
+        other = other if isinstance(other, Tensor) else x._wrap_const(xp_of(x._data).asarray(other, dtype=x.dtype))
+        return where((x == 0) & ~other.isnan(), 0.0, x * other.log())
+
+    def logit(self, eps=None):
+        """log(p / (1 - p)), p clamped to [eps, 1 - eps] when ``eps`` is given."""
+        p = self._as_float() if eps is None else self._as_float().clamp(eps, 1 - eps)
+        return p.log() - (-p).log1p()
+
+    def erfc(self):
+        return 1 - self.erf()
+
+    # ---- special functions (through SciPy: conch.ops.special)
+    def erfinv(self):
+        """The inverse of erf on (-1, 1) (±inf at ±1, NaN outside)."""
+        return Special.apply(_floating(self), name="erfinv")
+
+    def lgamma(self):
+        """log|Γ(x)|."""
+        return Special.apply(_floating(self), name="gammaln")
+
+    def digamma(self):
+        """ψ(x) = d/dx log Γ(x)."""
+        return Special.apply(_floating(self), name="polygamma", n=0)
+
+    def polygamma(self, n):
+        """The n-th derivative of digamma (``t.polygamma(n)``; the function is ``conch.polygamma(n, t)``)."""
+        if int(n) < 0:
+            raise RuntimeError(f"polygamma(n, x) does not support negative n, got n={n}")
+        return Special.apply(_floating(self), name="polygamma", n=int(n))
+
+    def mvlgamma(self, p):
+        """The multivariate log-gamma of dimension p: Σ_{i<p} lgamma(x - i/2) + p(p-1)/4 · log π."""
+        if p < 1:
+            raise RuntimeError(f"p has to be greater than or equal to 1, got {p}")
+        x = _floating(self)
+        if bool((x <= (p - 1) / 2).any()):
+            raise RuntimeError(f"All elements must be greater than (p-1)/2 = {(p - 1) / 2}")
+        return sum(((x - i / 2).lgamma() for i in range(1, p)), x.lgamma()) + p * (p - 1) / 4 * float(np.log(np.pi))
+
+    def i0(self):
+        """The modified Bessel function of the first kind, order 0."""
+        return Special.apply(_floating(self), name="i0")
+
+    def igamma(self, other):
+        """The regularised lower incomplete gamma P(self, other) (gradient to ``other``, as PyTorch)."""
+        a, x = _operands(self, other)
+        return IncompleteGamma.apply(_floating(a), _floating(x), upper=False)
+
+    def igammac(self, other):
+        """The regularised upper incomplete gamma Q(self, other) = 1 - P(self, other)."""
+        a, x = _operands(self, other)
+        return IncompleteGamma.apply(_floating(a), _floating(x), upper=True)
+
+    def deg2rad(self):
+        return self._as_float() * (np.pi / 180)
+
+    def rad2deg(self):
+        return self._as_float() * (180 / np.pi)
+
+    def fmax(self, other):
+        """max(self, other) ignoring NaN: NaN only where both are."""
+        return where(other.isnan(), self, where(self.isnan(), other, maximum(self, other)))
+
+    def fmin(self, other):
+        """min(self, other) ignoring NaN: NaN only where both are."""
+        return where(other.isnan(), self, where(self.isnan(), other, minimum(self, other)))
+
+    def heaviside(self, values):
+        """0 where self < 0, ``values`` where self == 0, 1 where self > 0."""
+        return where(self == 0, values, (self > 0).to(dtype=self.dtype))
+
+    def sinc(self):
+        """sin(πx)/(πx), and 1 at 0 (with gradient 0 there)."""
+        zero = self == 0
+        px = where(zero, 1.0, self._as_float() * np.pi)
+        return where(zero, 1.0, px.sin() / px)
+
+    def signbit(self):
+        return _const(xp_of(self._data).signbit(self._data))
+
+    def float_power(self, exponent):
+        """self ** exponent computed in float64."""
+        e = exponent.to(dtype=D.float64) if isinstance(exponent, Tensor) else exponent
+        return self.to(dtype=D.float64) ** e
+
+    def logaddexp2(self, other):
+        """log2(2^self + 2^other)."""
+        ln2 = float(np.log(2.0))
+        return (self * ln2).logaddexp(other * ln2) / ln2
+
+    def ldexp(self, other):
+        """self · 2^other."""
+        return self._as_float() * (other._as_float().exp2() if isinstance(other, Tensor) else 2.0 ** float(other))
+
+    def nansum(self, dim=None, keepdim=False, *, dtype=None):
+        """sum with NaN counted as 0."""
+        x = self if dtype is None else self.to(dtype=dtype)
+        x = where(x.isnan(), 0, x) if D.is_floating(x.dtype) else x
+        return x.sum() if dim is None else x.sum(dim, keepdim)
+
+    def nanmean(self, dim=None, keepdim=False, *, dtype=None):
+        """mean over the non-NaN elements."""
+        x = self if dtype is None else self.to(dtype=dtype)
+        n = (~x.isnan()).to(dtype=x.dtype)
+        return x.nansum() / n.sum() if dim is None else x.nansum(dim, keepdim) / n.sum(dim, keepdim)
+
+    def fliplr(self):
+        if self.ndim < 2:
+            raise RuntimeError(f"Input must be >= 2-d, got shape {tuple(self.shape)}")
+        return self.flip(1)
+
+    def flipud(self):
+        if self.ndim < 1:
+            raise RuntimeError("Input must be >= 1-d.")
+        return self.flip(0)
+
+    def rot90(self, k=1, dims=(0, 1)):
+        """Rotate by 90°·k in the plane ``dims``, from the first axis towards the second."""
+        if len(dims) != 2:
+            raise RuntimeError(f"expected total rotation dims == 2, but got dims = {len(dims)}")
+        if self.ndim < 2:
+            raise RuntimeError(f"expected total dims >= 2, but got total dims = {self.ndim}")
+        d0, d1 = _dim(int(dims[0]), self.ndim), _dim(int(dims[1]), self.ndim)
+        if d0 == d1:
+            raise RuntimeError(f"expected rotation dims to be different, but got dim0 = {d0} and dim1 = {d1}")
+        k %= 4
+        if k == 1:
+            return self.flip(d1).transpose(d0, d1)
+        if k == 2:
+            return self.flip((d0, d1))
+        if k == 3:
+            return self.flip(d0).transpose(d0, d1)
+        return self.clone()
+
+    def take(self, index):
+        """self.flatten()[index], in index's shape (negative indices count from the end)."""
+        idx = _index_array(index, self, "take")
+        n = self.numel()
+        idx = _check_range(xp_of(idx).where(idx < 0, idx + n, idx), n, 0, "take", IndexError)
+        return self.reshape(-1)[_const(idx)]
+
+    def tensor_split(self, indices_or_sections, dim=0):
+        """Views: ``n`` sections as equal as possible (the first n % size one longer), or the pieces between
+        the given indices."""
+        d = _dim(int(dim), self.ndim)
+        n = self.shape[d]
+        if isinstance(indices_or_sections, Tensor):
+            indices_or_sections = indices_or_sections.tolist()
+        if isinstance(indices_or_sections, (int, np.integer)):
+            k = int(indices_or_sections)
+            if k <= 0:
+                raise RuntimeError(f"number of sections must be larger than 0, got {k}")
+            q, r = divmod(n, k)
+            bounds = np.cumsum([0] + [q + 1] * r + [q] * (k - r)).tolist()
+        else:
+            bounds = [0, *(int(i) for i in indices_or_sections), n]
+        lead = (slice(None),) * d
+        return tuple(self[lead + (slice(min(a, n), max(min(b, n), min(a, n))),)] for a, b in zip(bounds, bounds[1:]))
+
+    def _split_even(self, sections, dim, what, min_dims):
+        if self.ndim < min_dims:
+            raise RuntimeError(f"torch.{what} requires a tensor with at least {min_dims} dimension, but got a tensor "
+                               f"with {self.ndim} dimensions!")  # fmt: skip
+        if isinstance(sections, (int, np.integer)) and self.shape[dim] % sections:
+            raise RuntimeError(
+                f"torch.{what} attempted to split along dimension {dim}, but the size of the dimension "
+                f"{self.shape[dim]} is not divisible by the split_size {sections}!"
+            )
+        return self.tensor_split(sections, dim)
+
+    def hsplit(self, sections):
+        return self._split_even(sections, 1 if self.ndim > 1 else 0, "hsplit", 1)
+
+    def vsplit(self, sections):
+        return self._split_even(sections, 0, "vsplit", 2)
+
+    def dsplit(self, sections):
+        return self._split_even(sections, 2, "dsplit", 3)
+
+    def split_with_sizes(self, split_sizes, dim=0):
+        d = _dim(int(dim), self.ndim)
+        if sum(split_sizes) != self.shape[d]:
+            raise RuntimeError(
+                f"split_with_sizes expects split_sizes to sum exactly to {self.shape[d]} (input tensor's size at "
+                f"dimension {d}), but got split_sizes={list(split_sizes)}"
+            )
+        return self.split(list(split_sizes), d)
+
+    def unfold(self, dimension, size, step):
+        """Windows of ``size`` every ``step`` along ``dimension``: that dim becomes the window count and a last dim
+        of ``size`` is added (``x.unfold(0, 2, 1)`` of [1, 2, 3] is [[1, 2], [2, 3]])."""
+        d = _dim(int(dimension), self.ndim) if self.ndim else 0
+        n = self.shape[d] if self.ndim else 1
+        if size > n:
+            raise RuntimeError(f"maximum size for tensor at dimension {d} is {n} but size is {size}")
+        if step <= 0:
+            raise RuntimeError(f"step is {step} but must be > 0")
+        x = self if self.ndim else self.reshape(1)
+        count = (n - size) // step + 1
+        idx = (np.arange(count)[:, None] * step + np.arange(size)[None, :]).reshape(-1)
+        win = x.index_select(d, _const(xp_of(x._data).asarray(idx)))
+        win = win.reshape(x.shape[:d] + (count, size) + x.shape[d + 1 :]).movedim(d + 1, -1)
+        return win.reshape(size) if not self.ndim else win
+
+    def diag_embed(self, offset=0, dim1=-2, dim2=-1):
+        """The last dim of self onto diagonal ``offset`` of new dims ``dim1``, ``dim2`` (zeros elsewhere)."""
+        n = self.shape[-1]
+        m = n + abs(int(offset))
+        sel = np.zeros((n, m, m))
+        i = np.arange(n)
+        sel[i, i + max(-offset, 0), i + max(offset, 0)] = 1.0
+        out = einsum("...i,irc->...rc", self, _const(xp_of(self._data).asarray(sel, dtype=self.dtype)))
+        nd = self.ndim + 1
+        d1, d2 = _dim(int(dim1), nd), _dim(int(dim2), nd)
+        if d1 == d2:
+            raise RuntimeError(f"diagonal dimensions cannot be identical {dim1}, {dim2}")
+        return out.movedim((-2, -1), (d1, d2))
+
+    def diagflat(self, offset=0):
+        return self.reshape(-1).diag(offset)
+
+    def narrow_copy(self, dim, start, length):
+        return self.narrow(dim, start, length).clone()
+
+    def sum_to_size(self, *size):
+        """Sum the broadcast dims away so that self has ``size`` (which must broadcast to self's shape)."""
+        size = tuple(size[0]) if len(size) == 1 and isinstance(size[0], (tuple, list)) else tuple(size)
+        lead = self.ndim - len(size)
+        if lead < 0 or any(s not in (1, n) for s, n in zip(size, self.shape[lead:])):
+            raise RuntimeError(f"size {list(size)} is not expandable to size {list(self.shape)}")
+        out = self.sum(tuple(range(lead))) if lead else self
+        dims = tuple(i for i, (s, n) in enumerate(zip(size, out.shape)) if s == 1 and n != 1)
+        return out.sum(dims, keepdim=True) if dims else out
+
+    def _index_source(self, dim, index, source, what):
+        """(self as ≥1-D, source likewise, dim, the index broadcast to source's shape) for index_copy/index_reduce:
+        source must have self's shape with ``dim`` of the index's length, and self's dtype."""
+        d, idx = self._index_vector(dim, index, what)
+        x = self if self.ndim else self.reshape(1)
+        src = source if source.ndim else source.reshape(1)
+        want = x.shape[:d] + (idx.shape[0],) + x.shape[d + 1 :]
+        if tuple(src.shape) != want:
+            raise RuntimeError(f"{what}_(): source {tuple(source.shape)} must have shape {want} (self "
+                               f"{tuple(self.shape)} with dimension {d} of the index's length)")  # fmt: skip
+        if src.dtype != self.dtype:
+            raise RuntimeError(f"{what}_(): self and source expected to have the same dtype, but got (self) "
+                               f"{D.scalar_name(self.dtype)} and (source) {D.scalar_name(src.dtype)}")  # fmt: skip
+        view = [1] * x.ndim
+        view[d] = idx.shape[0]
+        return x, src, d, xp_of(idx).broadcast_to(idx.reshape(view), want)
+
+    def index_copy(self, dim, index, source):
+        """self with ``source[..., i, ...]`` written at ``self[..., index[i], ...]``."""
+        x, src, d, full = self._index_source(dim, index, source, "index_copy")
+        out = Scatter.apply(x, src, idx=full, dim=d)
+        return out if self.ndim else out.reshape(())
+
+    def index_reduce(self, dim, index, source, reduce, *, include_self=True):
+        """self with ``source[..., i, ...]`` reduced into ``self[..., index[i], ...]`` by "prod", "mean", "amax" or
+        "amin" (``scatter_reduce`` along one dim with a vector index; the same gradients)."""
+        if reduce not in ("prod", "mean", "amax", "amin"):
+            raise RuntimeError(
+                f"index_reduce(): Expected reduce to be one of prod, mean, amax or amin but got {reduce}."
+            )
+        x, src, d, full = self._index_source(dim, index, source, "index_reduce")
+        out = ScatterReduce.apply(x, src, idx=full, dim=d, reduce=reduce, include_self=bool(include_self))
+        return out if self.ndim else out.reshape(())
+
+    def put(self, index, source, accumulate=False):
+        """self with ``source`` written (``accumulate``: added) at the flat positions ``index`` of self."""
+        if source.dtype != self.dtype:
+            raise RuntimeError(
+                f"put_(): self and source expected to have the same dtype, but got self.dtype = "
+                f"{D.scalar_name(self.dtype)} and source.dtype = {D.scalar_name(source.dtype)}"
+            )
+        idx = _index_array(index, self, "put").reshape(-1)
+        n = self.numel()
+        idx = _check_range(xp_of(idx).where(idx < 0, idx + n, idx), n, 0, "put", IndexError)
+        flat = self.reshape(-1).index_put((_const(idx),), source.reshape(-1), accumulate)
+        return flat.reshape(self.shape)
+
+    def histogram(self, bins=100, *, range=None, weight=None, density=False):
+        """(hist, bin_edges) as NumPy's histogram: ``bins`` a count or a tensor of edges, in self's dtype."""
+        xp = xp_of(self._data)
+        b = bins._data if isinstance(bins, Tensor) else int(bins)
+        w = None if weight is None else weight._data
+        hist, edges = xp.histogram(self._data, bins=b, range=range, weights=w, density=density)
+        return _Histogram((_const(hist.astype(self.dtype)), _const(edges.astype(self.dtype))))
+
+    def float_power_(self, exponent):
+        if self.dtype != D.float64:
+            raise RuntimeError(
+                f"the base given to float_power_ has dtype {D.scalar_name(self.dtype)} but the operation's result "
+                "requires dtype Double"
+            )
+        return self._inplace_fn(lambda t: t.float_power(exponent), "float_power_", exponent)
+
+    def index_put(self, indices, values, accumulate=False):
+        """self with ``values`` written (or, ``accumulate=True``, added, repeats summing) at ``self[indices]``."""
+        if not isinstance(indices, (tuple, list)):
+            raise TypeError(f"index_put(): argument 'indices' must be tuple of Tensors, not {type(indices).__name__}")
+        idx = tuple(indices)
+        values = values if isinstance(values, Tensor) else _const(xp_of(self._data).asarray(values, self.dtype))
+        if accumulate:
+            sel = self[idx]
+            v = values.to(dtype=self.dtype).expand(*sel.shape)
+            arrays = _index_arrays_of(idx, self)
+            return self + ops.IndexAdd.apply(v, shape=self.shape, idx=arrays)
+        out = self.clone()
+        out[idx] = values
+        return out
+
+    def unique_consecutive(self, return_inverse=False, return_counts=False, dim=None):
+        """Each run of equal consecutive (flattened) values once; optionally each element's run and run lengths."""
+        if dim is not None:
+            raise NotImplementedError("unique_consecutive(dim=...) is not supported by conch; flatten first")
+        xp = xp_of(self._data)
+        flat = self._data.reshape(-1)
+        starts = xp.concatenate([xp.ones(min(flat.shape[0], 1), dtype=bool), flat[1:] != flat[:-1]])
+        out = [_const(flat[starts])]
+        if return_inverse:
+            out.append(_const((xp.cumsum(starts) - 1).astype(np.int64).reshape(self.shape)))
+        if return_counts:
+            pos = xp.concatenate([xp.flatnonzero(starts), xp.asarray([flat.shape[0]])])
+            out.append(_const(xp.diff(pos).astype(np.int64)))
+        return out[0] if len(out) == 1 else tuple(out)
+
+    def histc(self, bins=100, min=0, max=0):
+        """Counts in ``bins`` equal bins over [min, max] (the data's range when min == max), out-of-range values
+        left out, in self's dtype."""
+        xp = xp_of(self._data)
+        data = self._data.astype(np.float64)
+        lo, hi = float(min), float(max)
+        if lo == hi and data.size:
+            lo, hi = float(data.min()), float(data.max())
+        if lo == hi:
+            lo, hi = lo - 1, hi + 1
+        if lo > hi:
+            raise RuntimeError(f"torch.histc: max must be larger than min, got min {lo} and max {hi}")
+        counts, _ = xp.histogram(data, bins=int(bins), range=(lo, hi))
+        return _const(counts.astype(self.dtype))
+
+    @property
+    def mH(self):  # noqa: N802  (PyTorch's name)
+        """The conjugate transpose of the last two dims: ``mT`` for a real tensor."""
+        return self.mT
+
+    @property
+    def H(self):  # noqa: N802
+        """The conjugate transpose of a matrix: ``t()`` for a real 2-D tensor."""
+        if self.ndim not in (0, 2):
+            raise RuntimeError(f"tensor.H is only supported on matrices (2-D tensors). Got {self.ndim}-D tensor.")
+        return self.t() if self.ndim else self
+
+    def adjoint(self):
+        return self.mT
+
+    def conj(self):
+        return self  # a real tensor is its own conjugate (PyTorch returns self too)
+
+    def resolve_conj(self):
+        return self
+
+    def resolve_neg(self):
+        return self
+
+    def isreal(self):
+        return _const(xp_of(self._data).ones(self.shape, dtype=bool))
+
+    def is_pinned(self):
+        return False
+
+    def bernoulli(self, p=None, *, generator=None):
+        """0/1 draws with probability ``p`` (a number) or self's values (p=None), in self's dtype."""
+        return bernoulli(self, p, generator)
+
+    def dist(self, other, p=2):
+        return dist(self, other, p)
+
+    def cov(self, *, correction=1, fweights=None, aweights=None):
+        """Covariance of the variables in the rows of a (variables, observations) matrix (a 1-D input is one)."""
+        if fweights is not None or aweights is not None:
+            raise NotImplementedError("cov(fweights=, aweights=) is not supported by conch")
+        if self.ndim > 2:
+            raise RuntimeError(
+                f"cov(): expected input to have two or fewer dimensions but got an input with {self.ndim} dimensions"
+            )
+        x = (self if self.ndim == 2 else self.reshape(1, -1))._as_float()
+        n = x.shape[1]
+        xc = x - x.mean(1, keepdim=True)
+        out = xc.matmul(xc.transpose(0, 1)) / max(n - correction, 0)
+        return out.reshape(()) if self.ndim < 2 else out
+
+    def corrcoef(self):
+        """Pearson correlation of the rows: cov / (σ_i σ_j), clipped to [-1, 1]."""
+        c = self.cov()
+        if c.ndim == 0:
+            return c / c
+        d = c.diagonal().sqrt()
+        return (c / d[:, None] / d[None, :]).clamp(-1, 1)
+
+    def quantile(self, q, dim=None, keepdim=False, *, interpolation="linear"):
+        """The q-quantiles along ``dim`` (all elements when None) from the sorted values, interpolated as NumPy's
+        methods of the same names: linear, lower, higher, midpoint, nearest. Gradients flow to the picked values."""
+        return self._quantile(q, dim, keepdim, interpolation, "quantile", ignore_nan=False)
+
+    def nanquantile(self, q, dim=None, keepdim=False, *, interpolation="linear"):
+        """quantile over the non-NaN values."""
+        return self._quantile(q, dim, keepdim, interpolation, "nanquantile", ignore_nan=True)
+
+    def _quantile(self, q, dim, keepdim, interpolation, what, ignore_nan):
+        if interpolation not in ("linear", "lower", "higher", "midpoint", "nearest"):
+            raise ValueError(f"{what}() interpolation must be one of linear, lower, higher, midpoint or nearest. "
+                             f"Got {interpolation}")  # fmt: skip
+        if not D.is_floating(self.dtype):
+            raise RuntimeError(f"{what}() input tensor must be either float or double dtype, got {self.dtype}")
+        scalar_q = not isinstance(q, Tensor)
+        qa = np.atleast_1d(np.asarray(q if scalar_q else to_host(q._data), dtype=np.float64))
+        if qa.ndim > 1 or ((qa < 0) | (qa > 1)).any():
+            raise RuntimeError(f"{what}() q values must be in the range [0, 1] and q at most 1-D, got {q}")
+        x = self.reshape(-1) if dim is None else self.movedim(_dim(int(dim), self.ndim), -1)
+        xs = x.sort(-1).values  # NaN sorts last
+        n = x.shape[-1]
+        xp = xp_of(self._data)
+        valid = (~x.isnan()).sum(-1, keepdim=True) if ignore_nan else None
+        count = valid._data.astype(np.float64) if ignore_nan else np.float64(n)
+        pos = xp.asarray(qa) * (count - 1)  # (..., nq) with nan-ignoring counts, else (nq,)
+        if interpolation == "lower":
+            pos = xp.floor(pos)
+        elif interpolation == "higher":
+            pos = xp.ceil(pos)
+        elif interpolation == "nearest":
+            pos = xp.round(pos)  # half to even, as PyTorch
+        last = xp.maximum(xp.asarray(count) - 1, 0)  # the last valid position (NaNs sort after it)
+        lo = xp.minimum(xp.maximum(xp.floor(pos), 0), last).astype(np.int64)
+        hi = xp.minimum(lo + 1, last).astype(np.int64)
+        frac = 0.5 if interpolation == "midpoint" else pos - xp.floor(pos)
+        if interpolation == "midpoint":
+            frac = xp.where(xp.floor(pos) == pos, 0.0, 0.5)
+        shape = xs.shape[:-1] + (qa.shape[0],)
+        lo_v = xs.gather(-1, _const(xp.broadcast_to(lo, shape).copy()))
+        hi_v = xs.gather(-1, _const(xp.broadcast_to(hi, shape).copy()))
+        w = _const(xp.broadcast_to(xp.asarray(frac, dtype=xs.dtype), shape).copy())
+        out = lo_v + (hi_v - lo_v) * w
+        if not ignore_nan:  # any NaN in a slice makes its quantiles NaN
+            out = where(x.isnan().any(-1, keepdim=True), float("nan"), out)
+        else:
+            out = where(valid == 0, float("nan"), out)
+        out = out.movedim(-1, 0)  # q's dim leads, as PyTorch
+        if keepdim:
+            out = out.unsqueeze(-1) if dim is not None else out.reshape(out.shape[:1] + (1,) * self.ndim)
+            if dim is not None:
+                out = out.movedim(-1, 1 + _dim(int(dim), self.ndim))
+        return out[0] if scalar_q or (isinstance(q, Tensor) and q.ndim == 0) else out
+
+    def renorm(self, p, dim, maxnorm):
+        """Each slice along ``dim`` with p-norm above ``maxnorm`` scaled down to norm maxnorm (1e-7 slack)."""
+        d = _dim(int(dim), self.ndim)
+        others = tuple(i for i in range(self.ndim) if i != d)
+        norms = (self.abs() ** p).sum(others, keepdim=True) ** (1.0 / p)
+        scale = where(norms > maxnorm, maxnorm / (norms + 1e-7), 1.0)
+        return self * scale.detach()  # PyTorch's renorm scale carries no gradient
+
+    def select_scatter(self, src, dim, index):
+        """self with ``src`` written at ``select(dim, index)``."""
+        out = self.clone()
+        out.select(dim, index).copy_(src)
+        return out
+
+    def slice_scatter(self, src, dim=0, start=None, end=None, step=1):
+        """self with ``src`` written at ``self[..., start:end:step, ...]`` (along ``dim``)."""
+        out = self.clone()
+        d = _dim(int(dim), self.ndim)
+        out[(slice(None),) * d + (slice(start, end, step),)] = src
+        return out
+
+    def diagonal_scatter(self, src, offset=0, dim1=0, dim2=1):
+        """self with ``src`` written on the diagonal ``diagonal(offset, dim1, dim2)``."""
+        out = self.clone()
+        out.diagonal(offset, dim1, dim2).copy_(src)
+        return out
+
+    def _integer_only(self, other, what, fn):
+        for t in (self, other):
+            if t.dtype.kind not in "iu":
+                raise NotImplementedError(f"\"{what}_cpu\" not implemented for '{D.scalar_name(t.dtype)}'")
+        a, b = _operands(self, other)
+        return _const(fn(a._data, b._data))
+
+    def gcd(self, other):
+        return self._integer_only(other, "gcd", xp_of(self._data).gcd)
+
+    def lcm(self, other):
+        return self._integer_only(other, "lcm", xp_of(self._data).lcm)
+
+    def hardshrink(self, lambd=0.5):
+        """x where |x| > lambd, else 0."""
+        return where(self.abs() > lambd, self, 0.0)
+
+    def frexp(self):
+        """(mantissa, exponent) with self = mantissa · 2^exponent and 0.5 <= |mantissa| < 1."""
+        m, e = xp_of(self._data).frexp(self._data)
+        return _Frexp((_const(m), _const(e.astype(np.int32))))
+
+    def nextafter(self, other):
+        a, b = _operands(self, other)
+        return _const(xp_of(a._data).nextafter(a._data, b._data))
+
 
 _TYPE_NAMES = {
     "float32": "FloatTensor", "float64": "DoubleTensor", "float16": "HalfTensor", "bfloat16": "BFloat16Tensor",
@@ -847,6 +1663,15 @@ for _n in (
     "floor_divide", "t", "clip",
 ):  # fmt: skip
     setattr(TensorMethods, _n + "_", _inplace_method(_n))
+for _n in (  # the attribute sweep of issue #14 (comparisons write 0/1 in self's dtype, as PyTorch)
+    "absolute", "sgn", "xlogy", "logit", "erfc", "deg2rad", "rad2deg", "sinc", "ldexp", "addmv", "addr", "addbmm",
+    "addmm", "baddbmm", "index_copy", "index_put", "cumsum", "cumprod", "tril", "triu", "eq", "ne", "lt", "le", "gt",
+    "ge", "greater", "greater_equal", "less", "less_equal", "not_equal", "heaviside", "subtract", "multiply", "divide",
+    "true_divide", "arccosh", "arcsinh", "arctan2", "arctanh", "renorm", "gcd", "lcm", "nextafter",
+    "erfinv", "lgamma", "digamma", "polygamma", "mvlgamma", "i0", "igamma", "igammac", "index_reduce", "put",
+):  # fmt: skip
+    if not hasattr(Tensor, _n + "_"):
+        setattr(TensorMethods, _n + "_", _inplace_method(_n))
 del _n
 
 _NUMPY_NAMES = (("axis", "dim"), ("keepdims", "keepdim"))
@@ -1104,11 +1929,29 @@ def set_printoptions(precision=None, threshold=None, edgeitems=None, linewidth=N
     np.set_printoptions(**opts)
 
 
+def _einsum_diagonal(t, sub, k):
+    """Operand ``t`` with subscripts ``sub`` after taking the diagonal of every label repeated in it: the pair of
+    dims becomes one last dim (``diagonal``'s placement), labelled once. ``k`` is the operand's position."""
+    while len(set(sub)) != len(sub):
+        c = next(c for c in sub if sub.count(c) > 1)
+        i = sub.index(c)
+        j = sub.index(c, i + 1)
+        if t.shape[i] != t.shape[j]:
+            raise RuntimeError(
+                f"einsum(): subscript {c} is repeated for operand {k} but the sizes don't match, "
+                f"{t.shape[i]} != {t.shape[j]} (operand shape {tuple(t.shape)})"
+            )
+        t = t.diagonal(0, i, j)
+        sub = sub[:i] + sub[i + 1 : j] + sub[j + 1 :] + c
+    return t, sub
+
+
 def einsum(equation: str, *operands):
     """Einstein summation, as ``torch.einsum``: ``einsum("bij,bjk->bik", a, b)`` is a batched matmul.
 
-    Gradients flow to every operand (each is another einsum); a label repeated inside one operand
-    (a diagonal, ``"ii->i"``) works forward but has no gradient.
+    Gradients flow to every operand (each is another einsum). A label repeated inside one operand is a
+    diagonal (``einsum("ii->i", a)`` is ``a.diagonal()``, ``einsum("ii", a)`` the trace): it is taken first as a
+    ``diagonal`` view, whose gradient writes back onto the diagonal.
     """
     if len(operands) == 1 and isinstance(operands[0], (list, tuple)):
         operands = tuple(operands[0])
@@ -1118,6 +1961,7 @@ def einsum(equation: str, *operands):
         _check_devices(operands[0], t)
     operands = cast_for("einsum", *operands)
     ins, out = ops.linalg._parse(equation, [t.shape for t in operands])
+    operands, ins = zip(*(_einsum_diagonal(t, sub, k) for k, (t, sub) in enumerate(zip(operands, ins))))
     dt = operands[0].dtype
     for t in operands[1:]:
         if t.dtype != dt:
@@ -1127,3 +1971,214 @@ def einsum(equation: str, *operands):
     except ValueError as e:
         shapes = ", ".join(str(tuple(t.shape)) for t in operands)
         raise RuntimeError(f"einsum(): {equation!r} does not fit operands of shapes {shapes}: {e}") from None
+
+
+# ---------------------------------------------------------------- functions of issue #14's attribute sweep
+
+
+def _tensors_arg(tensors):
+    return tuple(tensors[0]) if len(tensors) == 1 and isinstance(tensors[0], (list, tuple)) else tuple(tensors)
+
+
+def _atleast_shape(shape, nd):
+    """NumPy's atleast_Nd placement: leading 1s, except that atleast_3d puts a 1-D (n) at (1, n, 1) and a 2-D
+    (m, n) at (m, n, 1)."""
+    if len(shape) >= nd:
+        return shape
+    if nd == 3 and len(shape) in (1, 2):
+        return ((1,) if len(shape) == 1 else ()) + shape + (1,)
+    return (1,) * (nd - len(shape)) + shape
+
+
+def _atleast(nd, tensors):
+    out = [t.reshape(_atleast_shape(tuple(t.shape), nd)) for t in _tensors_arg(tensors)]
+    return out[0] if len(out) == 1 else tuple(out)
+
+
+def atleast_1d(*tensors):
+    """Each tensor with at least 1 dim (a 0-d one becomes shape (1,)); one tensor in, one out."""
+    return _atleast(1, tensors)
+
+
+def atleast_2d(*tensors):
+    """At least 2 dims: 0-d -> (1, 1), (n,) -> (1, n)."""
+    return _atleast(2, tensors)
+
+
+def atleast_3d(*tensors):
+    """At least 3 dims: 0-d -> (1, 1, 1), (n,) -> (1, n, 1), (m, n) -> (m, n, 1)."""
+    return _atleast(3, tensors)
+
+
+def _as_tuple(x):
+    return x if isinstance(x, tuple) else (x,)
+
+
+def hstack(tensors):
+    """Concatenate along dim 1 (dim 0 for 1-D tensors)."""
+    ts = _as_tuple(atleast_1d(*tensors))
+    return cat(ts, 0 if ts[0].ndim == 1 else 1)
+
+
+def vstack(tensors):
+    """Concatenate along dim 0 after atleast_2d: 1-D tensors become rows."""
+    return cat(_as_tuple(atleast_2d(*tensors)), 0)
+
+
+row_stack = vstack
+
+
+def dstack(tensors):
+    """Concatenate along dim 2 after atleast_3d."""
+    return cat(_as_tuple(atleast_3d(*tensors)), 2)
+
+
+def column_stack(tensors):
+    """0-d and 1-D tensors as columns (n, 1), then concatenate along dim 1."""
+    return cat([t.reshape(-1, 1) if t.ndim < 2 else t for t in tensors], 1)
+
+
+def isin(elements, test_elements, *, assume_unique=False, invert=False):
+    """A bool tensor: whether each element of ``elements`` is among ``test_elements`` (either may be a number)."""
+    ref = elements if isinstance(elements, Tensor) else test_elements
+    xp = xp_of(ref._data)
+
+    def arr(v):
+        return v._data if isinstance(v, Tensor) else xp.asarray(v)
+
+    return _const(xp.isin(arr(elements), arr(test_elements), assume_unique=assume_unique, invert=invert))
+
+
+def searchsorted(sorted_sequence, values, *, out_int32=False, right=False, side=None, sorter=None):
+    """For each value, the index where it would be inserted into ``sorted_sequence`` (its last dim) to keep it
+    sorted: the first such index (``right=False``/``side="left"``) or the last. A 1-D sequence serves every value;
+    an N-D one pairs its rows with ``values``' rows (same leading dims)."""
+    if side is not None:
+        if side not in ("left", "right"):
+            raise RuntimeError(f"side can only be 'left' or 'right' but got {side}")
+        if right and side == "left":
+            raise RuntimeError("side and right can't be set to opposites, got side of left while right was True")
+        right = side == "right"
+    seq = sorted_sequence
+    xp = xp_of(seq._data)
+    if sorter is not None:
+        seq = seq.gather(-1, sorter)
+    scalar = not isinstance(values, Tensor)
+    vals = xp.asarray(values) if scalar else values._data
+    s = seq._data
+    side_ = "right" if right else "left"
+    if s.ndim == 1:
+        out = xp.searchsorted(s, vals, side=side_)
+    else:
+        if vals.shape[:-1] != s.shape[:-1]:
+            raise RuntimeError(
+                f"torch.searchsorted(): boundaries tensor should be 1 dimension or the first N-1 dimensions of "
+                f"boundaries tensor and input value tensor must match, but we got boundaries tensor "
+                f"{list(s.shape)} and input value tensor {list(vals.shape)}"
+            )
+        rows_s, rows_v = s.reshape(-1, s.shape[-1]), vals.reshape(-1, vals.shape[-1])
+        out = xp.stack([xp.searchsorted(a, b, side=side_) for a, b in zip(rows_s, rows_v)]).reshape(vals.shape)
+    return _const(xp.asarray(out).astype(np.int32 if out_int32 else np.int64))
+
+
+def bucketize(input, boundaries, *, out_int32=False, right=False):
+    """The bucket of each value: i with boundaries[i-1] < x <= boundaries[i] (``right=True``: [i-1] <= x < [i])."""
+    if boundaries.ndim != 1:
+        raise RuntimeError(f"boundaries tensor must be 1 dimension, but got dim({boundaries.ndim})")
+    return searchsorted(boundaries, input, out_int32=out_int32, right=right)
+
+
+def _tri_indices(fn, row, col, offset, dtype, device):
+    r, c = fn(int(row), int(offset), int(col))
+    return creation.tensor(np.stack([r, c]).reshape(2, -1), dtype=dtype or D.int64, device=device)
+
+
+def tril_indices(row, col, offset=0, *, dtype=None, device=None, layout=None):
+    """(2, N): the row and column indices of the lower triangle (``offset`` diagonals above the main included)."""
+    return _tri_indices(np.tril_indices, row, col, offset, dtype, device)
+
+
+def triu_indices(row, col, offset=0, *, dtype=None, device=None, layout=None):
+    """(2, N): the row and column indices of the upper triangle from diagonal ``offset``."""
+    return _tri_indices(np.triu_indices, row, col, offset, dtype, device)
+
+
+def tensordot(a, b, dims=2):
+    """Σ over paired dims: ``dims`` an int (a's last n with b's first n) or two lists (a's dims, b's dims).
+    One matmul after moving the summed dims together; differentiable."""
+    if isinstance(dims, int):
+        if dims < 0:
+            raise RuntimeError(f"tensordot expects dims >= 0, but got dims={dims}")
+        da, db = list(range(a.ndim - dims, a.ndim)), list(range(dims))
+    else:
+        da, db = ([d] if isinstance(d, int) else list(d) for d in dims)
+    da, db = [_dim(int(d), a.ndim) for d in da], [_dim(int(d), b.ndim) for d in db]
+    for i, j in zip(da, db):
+        if a.shape[i] != b.shape[j]:
+            raise RuntimeError(
+                f"contracted dimensions need to match, but first has size {a.shape[i]} in dim {i} and second has "
+                f"size {b.shape[j]} in dim {j}"
+            )
+    fa, fb = [i for i in range(a.ndim) if i not in da], [j for j in range(b.ndim) if j not in db]
+    k = int(np.prod([a.shape[i] for i in da]))
+    am = a.permute(*fa, *da).reshape(-1, k)
+    bm = b.permute(*db, *fb).reshape(k, -1)
+    return am.matmul(bm).reshape(tuple(a.shape[i] for i in fa) + tuple(b.shape[j] for j in fb))
+
+
+def block_diag(*tensors):
+    """The tensors (0-d, 1-D as a row, or 2-D) as the blocks of a block-diagonal matrix, zeros elsewhere."""
+    ts = [t.reshape(1, 1) if t.ndim == 0 else t.reshape(1, -1) if t.ndim == 1 else t for t in tensors]
+    if any(t.ndim != 2 for t in ts):
+        raise RuntimeError(f"torch.block_diag: Input tensors must have 2 or fewer dimensions, got shapes "
+                           f"{[tuple(t.shape) for t in tensors]}")  # fmt: skip
+    dt = D.result_type(*((t.dtype, 1) for t in ts))
+    width = sum(t.shape[1] for t in ts)
+    rows, left = [], 0
+    for t in ts:
+        r, c = t.shape
+        xp = xp_of(t._data)
+        rows.append(
+            cat([_const(xp.zeros((r, left), dt)), t.to(dtype=dt), _const(xp.zeros((r, width - left - c), dt))], 1)
+        )
+        left += c
+    return cat(rows, 0)
+
+
+def cartesian_prod(*tensors):
+    """Every combination of the 1-D tensors' elements, as rows (N, k); one tensor comes back as it is."""
+    if len(tensors) == 1:
+        return tensors[0]
+    return stack([g.reshape(-1) for g in meshgrid(*tensors, indexing="ij")], 1)
+
+
+def result_type(tensor1, tensor2):
+    """The dtype PyTorch's promotion gives ``tensor1 op tensor2`` (tensors or Python numbers)."""
+    ops_ = [(t.dtype, t.ndim) if isinstance(t, Tensor) else t for t in (tensor1, tensor2)]
+    return D.result_type(*ops_)
+
+
+def promote_types(type1, type2):
+    """The smallest dtype both dtypes convert to without losing their category."""
+    return D.result_type((D.as_dtype(type1), 1), (D.as_dtype(type2), 1))
+
+
+def can_cast(from_, to):
+    """Whether PyTorch's casting rules allow ``from_`` -> ``to`` (no float to integer, nothing to bool but bool)."""
+    return bool(np.can_cast(D.as_dtype(from_), D.as_dtype(to), "same_kind"))
+
+
+def broadcast_shapes(*shapes):
+    """The shape the given shapes broadcast to (RuntimeError when they do not)."""
+    try:
+        return Size(np.broadcast_shapes(*(tuple(s) if isinstance(s, (tuple, list)) else (s,) for s in shapes)))
+    except ValueError:
+        raise RuntimeError(
+            f"shape mismatch: the shapes {[tuple(s) if isinstance(s, (tuple, list)) else s for s in shapes]} "
+            "cannot be broadcast to one shape"
+        ) from None
+
+
+def rsub(input, other, *, alpha=1):
+    """other - alpha·input."""
+    return other - (input * alpha if alpha != 1 else input)

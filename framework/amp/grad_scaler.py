@@ -114,6 +114,9 @@ class GradScaler:
     """Dynamic loss scaler (PyTorch's ``torch.amp.GradScaler``); ``step()`` returns whether the optimizer stepped.
 
     Args:
+        device: the device type the scaler serves (``"cuda"``, ``"cpu"``); first, as in ``torch.amp.GradScaler``
+            (``conch.cuda.amp.GradScaler`` keeps the deprecated order with ``init_scale`` first). ``None``
+            serves gradients on any device.
         init_scale: initial scale factor S.
         growth_factor: S is multiplied by this after ``growth_interval`` consecutive clean steps (> 1).
         backoff_factor: S is multiplied by this after a step with inf/NaN gradients (in (0, 1)).
@@ -122,13 +125,23 @@ class GradScaler:
             just calls ``optimizer.step()``), so one script serves float32 and float16 runs.
 
     Parameters must be float32 (master weights); gradients of float16 parameters are refused.
-    bfloat16 has float32's range and needs no scaler.
+    bfloat16 has float32's range and needs no scaler. Example: ``GradScaler("cuda", 1024.0)`` starts at S = 1024.
     """
 
-    def __init__(self, init_scale=2.0**16, growth_factor=2.0, backoff_factor=0.5, growth_interval=2000,
-                 enabled=True, device=None):  # fmt: skip
-        if isinstance(init_scale, str):  # torch.amp.GradScaler("cuda", ...): the device comes first there
-            init_scale, device = 2.0**16, init_scale
+    def __init__(self, device=None, init_scale=2.0**16, growth_factor=2.0, backoff_factor=0.5, growth_interval=2000,
+                 enabled=True):  # fmt: skip
+        if device is not None and not isinstance(device, str):
+            # a number first is the deprecated torch.cuda.amp order, a dtype is autocast's argument: both are
+            # silent mix-ups in PyTorch (the value lands in the wrong parameter), so say which call was meant
+            hint = (
+                "; for init_scale first use conch.cuda.amp.GradScaler(init_scale, ...) or init_scale=..."
+                if isinstance(device, numbers.Real)
+                else "; the dtype belongs to autocast (GradScaler only serves float16)"
+            )
+            raise TypeError(
+                f"GradScaler: device must be a str such as 'cuda' or 'cpu' (torch.amp order: GradScaler(device, "
+                f"init_scale, growth_factor, ...)), got {type(device).__name__} {device!r}{hint}"
+            )
         for name, v in (("init_scale", init_scale), ("growth_factor", growth_factor),
                         ("backoff_factor", backoff_factor)):  # fmt: skip
             if isinstance(v, bool) or not isinstance(v, numbers.Real) or not np.isfinite(v):

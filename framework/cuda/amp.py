@@ -34,4 +34,4 @@ class GradScaler(_gs.GradScaler):
             FutureWarning,
             stacklevel=2,
         )
-        super().__init__(init_scale, growth_factor, backoff_factor, growth_interval, enabled, device="cuda")
+        super().__init__("cuda", init_scale, growth_factor, backoff_factor, growth_interval, enabled)

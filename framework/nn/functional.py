@@ -342,12 +342,18 @@ def one_hot(tensor, num_classes=-1):
 
 
 def _pad_source(mode, n, left, right):
-    """Source position of every output position along a dim of size n padded by (left, right)."""
+    """Source position of every output position along a dim of size n padded by (left, right).
+
+    A negative width crops: the positions are those of the padded-by-the-positive-widths dim with the cropped
+    ends left out, which is PyTorch's rule for reflect and replicate (the mirror/edge stays the input's own);
+    circular crops first and then wraps the cropped dim (PyTorch), so its source is computed on the crop.
+    """
+    if mode == "circular":
+        lo, m = max(-left, 0), n - max(-left, 0) - max(-right, 0)
+        return lo + np.arange(-max(left, 0), m + max(right, 0)) % m
     i = np.arange(-left, n + right)
     if mode == "replicate":
         return np.clip(i, 0, n - 1)
-    if mode == "circular":
-        return i % n
     period = 2 * (n - 1)  # reflect: mirror about the edges without repeating them
     i = np.abs(i) % period if period else np.zeros_like(i)
     return np.where(i > n - 1, period - i, i)
@@ -356,41 +362,60 @@ def _pad_source(mode, n, left, right):
 PAD_MODES = ("constant", "reflect", "replicate", "circular")
 
 
+def _check_pad(mode, input, d, lo, hi):
+    """PyTorch's errors for widths (lo, hi) of dim ``d``: a reflection must stay inside the dim, a circular wrap
+    must not go round the (cropped) dim more than once, and no output may be empty (constant: none negative)."""
+    n, shape = input.shape[d], list(input.shape)
+    if mode == "constant":
+        if n + min(lo, 0) + min(hi, 0) < 0:
+            raise RuntimeError(f"pad: widths {(lo, hi)} crop dim {d} of size {n} below zero (input {shape})")
+        return
+    if mode == "reflect" and (lo >= n or hi >= n):
+        raise RuntimeError(
+            f"Argument #4: Padding size should be less than the corresponding input dimension, but got: padding "
+            f"{(lo, hi)} at dimension {d} of input {shape}"
+        )
+    m = n + min(lo, 0) + min(hi, 0)  # the cropped size, which circular wraps around
+    if mode == "circular" and (m <= 0 or lo > m or hi > m):
+        raise RuntimeError(f"Padding value causes wrapping around more than once: padding {(lo, hi)} of dim {d} "
+                           f"(size {n}, {max(m, 0)} after cropping) of input {shape}")  # fmt: skip
+    if n + lo + hi <= 0:
+        raise RuntimeError(f"input (size {n} at dim {d}) is too small. Calculated output size: {n + lo + hi} "
+                           f"(padding {(lo, hi)}, input {shape})")  # fmt: skip
+
+
 def pad(input, pad, mode="constant", value=0.0):
     """Pad the last ``len(pad)//2`` dims: ``pad = (left, right, top, bottom, ...)`` starting from the last dim.
 
-    ``mode``: "constant" (``value``; negative widths crop), "reflect" (mirror without repeating the edge,
-    widths < the dim's size), "replicate" (repeat the edge) or "circular" (wrap around, widths <= size).
-    Example: ``F.pad(x, (1, 1), mode="reflect")`` on [1, 2, 3] gives [2, 1, 2, 3, 2].
+    ``mode``: "constant" (``value``), "reflect" (mirror without repeating the edge, widths < the dim's size),
+    "replicate" (repeat the edge) or "circular" (wrap around, widths <= size). A negative width crops, in every
+    mode, as PyTorch: reflect and replicate mirror/repeat the uncropped input's edge, circular wraps the crop.
+    Example: ``F.pad(x, (1, 1), mode="reflect")`` on [1, 2, 3] gives [2, 1, 2, 3, 2];
+    ``F.pad(x, (-1, 2), mode="replicate")`` gives [2, 3, 3, 3].
     """
     if mode not in PAD_MODES:
         raise ValueError(f"pad: mode must be one of {', '.join(PAD_MODES)}, got {mode!r}")
-    if len(pad) % 2 or len(pad) // 2 > input.ndim:
-        raise ValueError(f"pad: padding length must be even and at most 2*input.ndim ({input.ndim}), got {len(pad)}")
+    if len(pad) % 2:
+        raise RuntimeError(f"Padding length must be divisible by 2, got {len(pad)} (input {list(input.shape)})")
+    if len(pad) // 2 > input.ndim:
+        raise RuntimeError(
+            f"Padding length should be less than or equal to two times the input dimension but got padding length "
+            f"{len(pad)} and input of dimension {input.ndim}"
+        )
     pairs = [(input.ndim - 1 - i, int(pad[2 * i]), int(pad[2 * i + 1])) for i in range(len(pad) // 2)]
+    for d, lo, hi in pairs:
+        _check_pad(mode, input, d, lo, hi)
     if mode == "constant":
         crop, widths = [slice(None)] * input.ndim, [(0, 0)] * input.ndim
         for d, lo, hi in pairs:
-            if input.shape[d] + lo + hi < 0:
-                raise ValueError(f"pad: widths {(lo, hi)} crop dim {d} of size {input.shape[d]} below zero")
             crop[d] = slice(max(-lo, 0), input.shape[d] - max(-hi, 0))  # negative widths crop first
             widths[d] = (max(lo, 0), max(hi, 0))
         if any(lo < 0 or hi < 0 for _, lo, hi in pairs):
             input = input[tuple(crop)]
         return ops.Pad.apply(input, widths=tuple(widths), value=value)
     for d, lo, hi in pairs:
-        n = input.shape[d]
-        if lo < 0 or hi < 0:
-            raise ValueError(f"pad: negative widths {(lo, hi)} are only supported with mode='constant'")
-        if not lo and not hi:
-            continue
-        if n == 0 or (mode == "reflect" and max(lo, hi) >= n) or (mode == "circular" and max(lo, hi) > n):
-            limit = "less than" if mode == "reflect" else "at most"
-            raise ValueError(
-                f"pad: {mode} padding {(lo, hi)} of dim {d} must be {limit} that dim's size ({n}); input shape "
-                f"{tuple(input.shape)}"
-            )
-        input = ops.PadTake.apply(input, idx=_pad_source(mode, n, lo, hi), axis=d, left=lo)
+        if lo or hi:
+            input = ops.PadTake.apply(input, idx=_pad_source(mode, input.shape[d], lo, hi), axis=d)
     return input
 
 
@@ -1452,11 +1477,17 @@ def pairwise_distance(x1, x2, p=2.0, eps=1e-6, keepdim=False):
 # ---------------------------------------------------------------- interpolate
 
 
-def _resize_scales(input, size, scale_factor, n_sp):
+def _resize_scales(input, size, scale_factor, n_sp, recompute_scale_factor=None):
+    """(output sizes, scales): the scale maps an output position to the input's, 1/scale_factor when a
+    scale_factor is given (and not ``recompute_scale_factor``), else in/out, as PyTorch computes it."""
     if (size is None) == (scale_factor is None):
-        raise ValueError("interpolate: either size or scale_factor should be defined, not both and not neither")
+        if size is None:
+            raise ValueError("interpolate: either size or scale_factor should be defined, not both and not neither")
+        raise ValueError("interpolate: only one of size or scale_factor should be defined, not both and not neither")
     sp = input.shape[2:]
     if size is not None:
+        if recompute_scale_factor:
+            raise ValueError("recompute_scale_factor is not meaningful with an explicit size.")
         out = (int(size),) * n_sp if isinstance(size, numbers.Integral) else tuple(int(s) for s in size)
         if len(out) != n_sp:
             raise ValueError(f"interpolate: size {size} needs {n_sp} entries for input of shape {tuple(input.shape)}")
@@ -1464,44 +1495,101 @@ def _resize_scales(input, size, scale_factor, n_sp):
     sf = (float(scale_factor),) * n_sp if isinstance(scale_factor, numbers.Number) else tuple(map(float, scale_factor))
     if len(sf) != n_sp:
         raise ValueError(f"interpolate: scale_factor {scale_factor} must have {n_sp} entries")
-    return tuple(int(math.floor(i * f)) for i, f in zip(sp, sf)), tuple(1.0 / f for f in sf)
+    out = tuple(int(math.floor(i * f)) for i, f in zip(sp, sf))
+    if recompute_scale_factor:  # the scale is recomputed from the (floored) output size
+        return out, tuple(i / o if o else 0.0 for i, o in zip(sp, out))
+    return out, tuple(1.0 / f for f in sf)
 
 
-def interpolate(input, size=None, scale_factor=None, mode="nearest", align_corners=None):
-    """Resize the spatial dims of (N, C, *spatial): ``mode`` "nearest" (any number of spatial dims; source index
-    ⌊dst·scale⌋) or "bilinear" (4-D input; ``align_corners`` as PyTorch). ``scale`` is 1/scale_factor when
-    ``scale_factor`` is given, else in/out, as PyTorch computes it."""
-    if mode not in ("nearest", "bilinear", "linear"):
-        raise ValueError(f"interpolate: mode must be 'nearest', 'linear' or 'bilinear', got {mode!r}")
-    if input.ndim < 3:
-        raise ValueError(f"interpolate: expected an input of shape (N, C, *spatial), got {tuple(input.shape)}")
+#: The interpolating modes and the number of spatial dims each takes (PyTorch's).
+_LINEAR_MODES = {"linear": 1, "bilinear": 2, "bicubic": 2, "trilinear": 3}
+INTERPOLATE_MODES = ("nearest", "nearest-exact", *_LINEAR_MODES)
+_CUBIC_A = -0.75  # PyTorch's (and OpenCV's) cubic convolution coefficient
+
+
+def _cubic_weights(t):
+    """The 4 cubic-convolution weights (Keys, A = -0.75) of the samples at offsets -1, 0, 1, 2 from ⌊pos⌋, for
+    t = pos - ⌊pos⌋: w(x) = (A+2)|x|³ - (A+3)|x|² + 1 for |x| <= 1, A|x|³ - 5A|x|² + 8A|x| - 4A for 1 < |x| < 2."""
+    A = _CUBIC_A
+
+    def near(x):
+        return ((A + 2) * x - (A + 3)) * x * x + 1
+
+    def far(x):
+        return ((A * x - 5 * A) * x + 8 * A) * x - 4 * A
+
+    return far(t + 1), near(t), near(1 - t), far(2 - t)
+
+
+def _source_positions(mode, n_in, n_out, sc, align_corners):
+    """Every output position's (fractional) source position along one dim, in float64."""
+    dst = np.arange(n_out, dtype=np.float64)
+    if align_corners:
+        return dst * ((n_in - 1) / (n_out - 1)) if n_out > 1 else np.zeros(n_out)
+    pos = (dst + 0.5) * sc - 0.5
+    return pos if mode == "bicubic" else np.maximum(pos, 0.0)  # cubic keeps negative positions (PyTorch)
+
+
+def interpolate(input, size=None, scale_factor=None, mode="nearest", align_corners=None, recompute_scale_factor=None,
+                antialias=False):  # fmt: skip
+    """Resize the spatial dims of (N, C, *spatial) to ``size`` or ``floor(in · scale_factor)``, as PyTorch.
+
+    With ``scale`` = 1/scale_factor when ``scale_factor`` is given (in/out for ``size`` or
+    ``recompute_scale_factor=True``), output position j reads input position
+      - "nearest": ⌊j·scale⌋;  "nearest-exact": ⌊(j + ½)·scale⌋ (both clamped to the last; any spatial dims);
+      - "linear" (3-D input), "bilinear" (4-D), "trilinear" (5-D): the linear blend of the two samples around
+        p = (j + ½)·scale - ½ (clamped at 0), or p = j·(in-1)/(out-1) with ``align_corners=True``;
+      - "bicubic" (4-D): Keys' cubic convolution (A = -0.75) of the four samples ⌊p⌋-1 .. ⌊p⌋+2, indices clamped
+        to the border, p unclamped.
+    Each dim is resized in turn (the modes are separable); gradients flow through the gathers and blends.
+    Example: ``F.interpolate(x, scale_factor=2, mode="bicubic", align_corners=False)`` on (N, C, H, W).
+    """
+    if mode not in INTERPOLATE_MODES:
+        raise NotImplementedError(
+            f"Input Error: Only 3D, 4D and 5D input Tensors supported (got {input.ndim}D) for the modes: "
+            f"{' | '.join(INTERPOLATE_MODES)} (got {mode})"
+        )
+    if input.ndim < 3 or input.ndim > 5:
+        raise NotImplementedError(f"Input Error: Only 3D, 4D and 5D input Tensors supported (got {input.ndim}D) "
+                                  f"for the modes: {' | '.join(INTERPOLATE_MODES)} (got {mode}); input shape "
+                                  f"{tuple(input.shape)}")  # fmt: skip
     n_sp = input.ndim - 2
-    if mode == "bilinear" and n_sp != 2 or mode == "linear" and n_sp != 1:
-        raise ValueError(f"interpolate: mode {mode!r} needs {2 if mode == 'bilinear' else 1} spatial dims, "
-                         f"got input of shape {tuple(input.shape)}")  # fmt: skip
-    if mode == "nearest" and align_corners is not None:
-        raise ValueError("align_corners option can only be set with the interpolating modes: linear | bilinear")
-    out_size, scales = _resize_scales(input, size, scale_factor, n_sp)
+    if mode in _LINEAR_MODES and _LINEAR_MODES[mode] != n_sp:
+        raise NotImplementedError(f"Got {input.ndim}D input, but {mode} mode needs {_LINEAR_MODES[mode] + 2}D input "
+                                  f"(input shape {tuple(input.shape)})")  # fmt: skip
+    if mode not in _LINEAR_MODES and align_corners is not None:
+        raise ValueError(
+            "align_corners option can only be set with the interpolating modes: linear | bilinear | bicubic | trilinear"
+        )
+    if antialias:
+        raise NotImplementedError("interpolate: antialias=True is not supported by conch")
+    out_size, scales = _resize_scales(input, size, scale_factor, n_sp, recompute_scale_factor)
     if any(o <= 0 for o in out_size):
         raise ValueError(f"interpolate: output size {out_size} must be positive (input {tuple(input.shape)})")
     xp = xp_of(input._data)
     x = input
+
+    def take(d, idx):
+        return x.index_select(d, Tensor._make(xp.asarray(idx)))
+
     for i, (n_in, n_out, sc) in enumerate(zip(input.shape[2:], out_size, scales)):
         d = 2 + i
-        dst = np.arange(n_out, dtype=np.float64)
-        if mode == "nearest":
-            src = np.minimum(np.floor(dst * sc).astype(np.int64), n_in - 1)
-            x = x.index_select(d, Tensor._make(xp.asarray(src)))
+        if mode in ("nearest", "nearest-exact"):
+            dst = np.arange(n_out, dtype=np.float64) + (0.5 if mode == "nearest-exact" else 0.0)
+            x = take(d, np.minimum(np.floor(dst * sc).astype(np.int64), n_in - 1))
             continue
-        if align_corners:
-            pos = dst * ((n_in - 1) / (n_out - 1)) if n_out > 1 else np.zeros(n_out)
-        else:
-            pos = np.maximum((dst + 0.5) * sc - 0.5, 0.0)
-        i0 = np.minimum(np.floor(pos).astype(np.int64), n_in - 1)
-        i1 = np.minimum(i0 + 1, n_in - 1)
-        lam = (pos - i0).reshape((-1,) + (1,) * (input.ndim - d - 1))
-        w = Tensor._make(xp.asarray(lam, dtype=x.dtype))
-        a, b = x.index_select(d, Tensor._make(xp.asarray(i0))), x.index_select(d, Tensor._make(xp.asarray(i1)))
+        pos = _source_positions(mode, n_in, n_out, sc, align_corners)
+        i0 = np.floor(pos).astype(np.int64)
+        t = pos - i0
+        bcast = (-1,) + (1,) * (input.ndim - d - 1)
+        if mode == "bicubic":
+            ws = [Tensor._make(xp.asarray(w.reshape(bcast), dtype=x.dtype)) for w in _cubic_weights(t)]
+            parts = [take(d, np.clip(i0 + k - 1, 0, n_in - 1)) * w for k, w in enumerate(ws)]
+            x = parts[0] + parts[1] + parts[2] + parts[3]
+            continue
+        i0 = np.minimum(i0, n_in - 1)
+        w = Tensor._make(xp.asarray((pos - i0).reshape(bcast), dtype=x.dtype))
+        a, b = take(d, i0), take(d, np.minimum(i0 + 1, n_in - 1))
         x = a + (b - a) * w
     return x
 

@@ -7,6 +7,7 @@
     linalg        matmul, einsum
     nn            softmax/log-softmax, im2col/col2im, max pooling
     sorting       (values, indices) results, argsort
+    special       erfinv, lgamma, digamma, polygamma, i0, incomplete gammas (through SciPy)
 
 An op's forward works on arrays and its backward on Tensors (so ``create_graph=True`` gives higher
 derivatives). The fused kernels' ops live beside their kernels' adapters in :mod:`conch.fused`.
@@ -72,6 +73,7 @@ from .indexing import (
     MaskedFill,
     Scatter,
     ScatterFlat,
+    ScatterReduce,
     TakeAlongDim,
     Where,
     _along,

@@ -221,3 +221,117 @@ class ScatterFlat(Op):
     @staticmethod
     def backward(ctx, g):
         return g[g._wrap_const(ctx.idx)]
+
+
+#: The value a position starts from when ``include_self=False``: the reduction's identity.
+_IDENTITY = {"sum": 0, "mean": 0, "prod": 1}
+
+
+def _flat_positions(idx, dim, shape):
+    """The flat position in an array of ``shape`` that every element of ``idx`` (scattered along ``dim``) targets."""
+    xp = xp_of(idx)
+    full = tuple(xp.broadcast_to(i, idx.shape) for i in _along(idx, dim))
+    return xp.ravel_multi_index(full, shape).reshape(-1)
+
+
+def _reduce_at(out, pos, vals, reduce):
+    """out[pos[k]] = reduce(out[pos[k]], vals[k]) for every k, repeated positions combining (a flat ``out``).
+
+    NumPy has the unbuffered ``ufunc.at``; a GPU sum is one atomic scatter-add; the other GPU reductions go in
+    rounds, the r-th occurrence of every position in round r, so no round writes one position twice (as many
+    rounds as the most repeated position has occurrences; reading that count is one host sync).
+    """
+    ufunc = {"sum": np.add, "mean": np.add, "prod": np.multiply, "amax": np.maximum, "amin": np.minimum}[reduce]
+    xp = xp_of(out)
+    if xp is np:
+        ufunc.at(out, pos, vals)
+        return
+    if ufunc is np.add:
+        scatter_add(out, pos, vals)
+        return
+    order = xp.argsort(pos)
+    sp, sv = pos[order], vals[order]
+    rank = xp.arange(sp.shape[0]) - xp.searchsorted(sp, sp, side="left")
+    for r in range(int(rank.max()) + 1 if sp.shape[0] else 0):
+        m = rank == r
+        p = sp[m]
+        out[p] = getattr(xp, ufunc.__name__)(out[p], sv[m])
+
+
+def _start_value(reduce, dtype):
+    """The identity of ``reduce`` in ``dtype``: where a position starts when ``include_self=False``."""
+    if reduce in _IDENTITY:
+        return _IDENTITY[reduce]
+    if dtype.kind in "iu":
+        return np.iinfo(dtype).min if reduce == "amax" else np.iinfo(dtype).max
+    if dtype.kind == "b":
+        return reduce == "amin"
+    return -np.inf if reduce == "amax" else np.inf  # float16/32/64 and bfloat16
+
+
+class ScatterReduce(Op):
+    """out = self with ``src[i][j]`` reduced into ``[i][index[i][j]]`` (dim=1) by sum, prod, mean, amax or amin.
+
+    ``include_self=False`` starts every targeted position from the reduction's identity instead of self's value;
+    untargeted positions keep self's. Mean divides by the number of values reduced (self counting once when
+    included); integer means round down. Gradients are PyTorch's: sum/mean route g (mean divided by the count),
+    prod divides the product by each factor (a single zero factor gets the product of the others), amax/amin
+    share g evenly among the values equal to the result.
+    """
+
+    saves = (0, 1, "out")
+
+    @staticmethod
+    def forward(ctx, a, src, idx, dim, reduce, include_self):
+        ctx.idx, ctx.dim, ctx.reduce, ctx.include_self = idx, dim, reduce, include_self
+        xp = xp_of(a)
+        pos = _flat_positions(idx, dim, a.shape)
+        vals = src.reshape(-1)
+        out = a.reshape(-1).copy()
+        touched = xp.zeros(out.shape, dtype=bool)
+        touched[pos] = True
+        ctx.touched = touched.reshape(a.shape)
+        if not include_self:
+            out[touched] = _start_value(reduce, a.dtype)
+        _reduce_at(out, pos, vals, reduce)
+        if reduce == "mean":
+            count = xp.zeros(out.shape, dtype=np.int64)
+            _reduce_at(count, pos, xp.ones(pos.shape, dtype=np.int64), "sum")
+            count = xp.maximum(count + int(include_self) * touched, 1)
+            ctx.count = count.reshape(a.shape)
+            out = out // count if a.dtype.kind in "iu" else (out / count).astype(a.dtype)
+        return out.reshape(a.shape)
+
+    @staticmethod
+    def backward(ctx, g):
+        a, src, out = ctx.saved_tensors
+        idx, dim, reduce = ctx.idx, ctx.dim, ctx.reduce
+        attrs = dict(idx=idx, dim=dim, reduce=reduce, include_self=ctx.include_self)
+        if reduce == "sum":
+            ga, gs = g, _gather(g, idx, dim)
+        elif reduce == "mean":
+            ga = g / g._wrap_const(ctx.count.astype(g.dtype))
+            gs = _gather(ga, idx, dim)
+        elif reduce == "prod":
+            # out / x is the product of the other factors unless x is 0: compute those products with the zeros
+            # replaced by 1, and for a src that is its position's only zero, the product with it replaced by 1
+            self_zero = a == 0
+            masked_self = a.masked_fill(self_zero, 1)
+            ga = g * ScatterReduce.apply(masked_self, src, **attrs) / masked_self
+            src_zero = src == 0
+            zeros_at = IndexAdd.apply(src_zero.to(dtype=g.dtype), shape=a.shape, idx=_along(idx, dim))
+            single = src_zero & (_gather(zeros_at, idx, dim) == 1)
+            with_one = ScatterReduce.apply(a, src.masked_fill(single, 1), **attrs)
+            gs = Where.apply(
+                _gather(g * with_one, idx, dim), _gather(g * out, idx, dim) / src.masked_fill(src_zero, 1),
+                cond=single._data,
+            )  # fmt: skip
+        else:  # amax / amin: g shared evenly among self (when equal) and the srcs equal to the result
+            self_is = (a == out).to(dtype=g.dtype)
+            src_is = (src == _gather(out, idx, dim)).to(dtype=g.dtype)
+            share = g / (self_is + IndexAdd.apply(src_is, shape=a.shape, idx=_along(idx, dim)))
+            ga, gs = self_is * share, src_is * _gather(share, idx, dim)
+        if not ctx.include_self:
+            ga = ga.masked_fill(ctx.touched, 0)
+        n = ctx.needs_input_grad
+        return (ga if n[0] else None), (gs if n[1] else None)

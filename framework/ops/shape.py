@@ -223,31 +223,50 @@ class Pad(Op):
 
 class PadTake(Op):
     """Padding along one axis by gathering: out[..., j, ...] = a[..., idx[j], ...], where idx maps every output
-    position to its source (reflect, replicate, circular); idx[left:left+n] is the identity. The backward is the
-    adjoint: the padded positions' gradients are added back onto their sources (PadScatter)."""
+    position to its source (reflect, replicate, circular; negative widths crop). The backward is the adjoint: every
+    output position's gradient is added back onto its source (PadScatter)."""
 
     @staticmethod
-    def forward(ctx, a, idx, axis, left):
-        ctx.idx, ctx.axis, ctx.left, ctx.n = idx, axis, left, a.shape[axis]
+    def forward(ctx, a, idx, axis):
+        ctx.idx, ctx.axis, ctx.n = idx, axis, a.shape[axis]
         return xp_of(a).take(a, xp_of(a).asarray(idx), axis=axis)
 
     @staticmethod
     def backward(ctx, g):
-        return PadScatter.apply(g, idx=ctx.idx, axis=ctx.axis, left=ctx.left, n=ctx.n)
+        return PadScatter.apply(g, idx=ctx.idx, axis=ctx.axis, n=ctx.n)
 
 
 class PadScatter(Op):
-    """The adjoint of PadTake: out = g's identity part, plus each padded position's g added at its source."""
+    """The adjoint of PadTake: zeros of size n along ``axis`` with each g position added at its source ``idx[j]``.
+
+    The longest run where idx steps by one (the input's own part, cropped or not) is one slice add; the padded
+    positions, few, are one slice add each.
+    """
 
     @staticmethod
-    def forward(ctx, g, idx, axis, left, n):
-        ctx.idx, ctx.axis, ctx.left = idx, axis, left
+    def forward(ctx, g, idx, axis, n):
+        ctx.idx, ctx.axis = idx, axis
+        xp = xp_of(g)
         lead = (slice(None),) * axis
-        out = g[lead + (slice(left, left + n),)].copy()
-        for j in (*range(left), *range(left + n, len(idx))):  # one slice add per padded position (pads are small)
+        out = xp.zeros(g.shape[:axis] + (n,) + g.shape[axis + 1 :], dtype=g.dtype)
+        j0, m = _identity_run(idx)
+        s0 = int(idx[j0]) if m else 0
+        out[lead + (slice(s0, s0 + m),)] += g[lead + (slice(j0, j0 + m),)]
+        for j in (*range(j0), *range(j0 + m, len(idx))):
             out[lead + (int(idx[j]),)] += g[lead + (j,)]
         return out
 
     @staticmethod
     def backward(ctx, g):
-        return PadTake.apply(g, idx=ctx.idx, axis=ctx.axis, left=ctx.left)
+        return PadTake.apply(g, idx=ctx.idx, axis=ctx.axis)
+
+
+def _identity_run(idx):
+    """(start, length) of the longest run of ``idx`` (a NumPy int vector) that steps by +1."""
+    if not len(idx):
+        return 0, 0
+    breaks = np.flatnonzero(np.diff(idx) != 1) + 1
+    starts = np.concatenate(([0], breaks))
+    lengths = np.diff(np.concatenate((starts, [len(idx)])))
+    k = int(np.argmax(lengths))
+    return int(starts[k]), int(lengths[k])
