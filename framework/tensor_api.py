@@ -651,7 +651,7 @@ class TensorMethods:
         """median over the non-NaN values: the ⌊(c-1)/2⌋-th smallest of the c non-NaN ones (NaN when c = 0)."""
         if dim is None:
             return self.reshape(-1).nanmedian(0).values if self.numel() else self.median()
-        d = _dim(int(dim), self.ndim) if self.ndim else 0
+        d = _dim(dim, self.ndim) if self.ndim else 0
         x = self if self.ndim else self.reshape(1)
         if x.shape[d] == 0:
             raise IndexError(f"nanmedian(): Expected reduction dim {d} to have non-zero size.")
@@ -665,7 +665,7 @@ class TensorMethods:
     def mode(self, dim=-1, keepdim=False):
         """The most frequent value along ``dim`` (the smallest among equally frequent ones) and the index of its
         last occurrence, as PyTorch's CPU kernel; the gradient goes to that element."""
-        d = _dim(int(dim), self.ndim) if self.ndim else 0
+        d = _dim(dim, self.ndim) if self.ndim else 0
         x = self if self.ndim else self.reshape(1)
         xp = xp_of(x._data)
         a = xp.moveaxis(x._data, d, -1)
@@ -1111,7 +1111,7 @@ class TensorMethods:
             dim = next((i for i, n in enumerate(shape) if n == 3), None)
             if dim is None:
                 raise RuntimeError(f"no dimension of size 3 in input shapes {tuple(self.shape)}, {tuple(other.shape)}")
-        d = _dim(int(dim), len(shape))
+        d = _dim(dim, len(shape))
         a, b = self.expand(*shape), other.expand(*shape)
         if shape[d] != 3:
             raise RuntimeError(
@@ -1248,7 +1248,7 @@ class TensorMethods:
             raise RuntimeError(f"expected total rotation dims == 2, but got dims = {len(dims)}")
         if self.ndim < 2:
             raise RuntimeError(f"expected total dims >= 2, but got total dims = {self.ndim}")
-        d0, d1 = _dim(int(dims[0]), self.ndim), _dim(int(dims[1]), self.ndim)
+        d0, d1 = _dim(dims[0], self.ndim), _dim(dims[1], self.ndim)
         if d0 == d1:
             raise RuntimeError(f"expected rotation dims to be different, but got dim0 = {d0} and dim1 = {d1}")
         k %= 4
@@ -1270,7 +1270,7 @@ class TensorMethods:
     def tensor_split(self, indices_or_sections, dim=0):
         """Views: ``n`` sections as equal as possible (the first n % size one longer), or the pieces between
         the given indices."""
-        d = _dim(int(dim), self.ndim)
+        d = _dim(dim, self.ndim)
         n = self.shape[d]
         if isinstance(indices_or_sections, Tensor):
             indices_or_sections = indices_or_sections.tolist()
@@ -1306,7 +1306,7 @@ class TensorMethods:
         return self._split_even(sections, 2, "dsplit", 3)
 
     def split_with_sizes(self, split_sizes, dim=0):
-        d = _dim(int(dim), self.ndim)
+        d = _dim(dim, self.ndim)
         if sum(split_sizes) != self.shape[d]:
             raise RuntimeError(
                 f"split_with_sizes expects split_sizes to sum exactly to {self.shape[d]} (input tensor's size at "
@@ -1317,7 +1317,7 @@ class TensorMethods:
     def unfold(self, dimension, size, step):
         """Windows of ``size`` every ``step`` along ``dimension``: that dim becomes the window count and a last dim
         of ``size`` is added (``x.unfold(0, 2, 1)`` of [1, 2, 3] is [[1, 2], [2, 3]])."""
-        d = _dim(int(dimension), self.ndim) if self.ndim else 0
+        d = _dim(dimension, self.ndim) if self.ndim else 0
         n = self.shape[d] if self.ndim else 1
         if size > n:
             raise RuntimeError(f"maximum size for tensor at dimension {d} is {n} but size is {size}")
@@ -1339,7 +1339,7 @@ class TensorMethods:
         sel[i, i + max(-offset, 0), i + max(offset, 0)] = 1.0
         out = einsum("...i,irc->...rc", self, _const(xp_of(self._data).asarray(sel, dtype=self.dtype)))
         nd = self.ndim + 1
-        d1, d2 = _dim(int(dim1), nd), _dim(int(dim2), nd)
+        d1, d2 = _dim(dim1, nd), _dim(dim2, nd)
         if d1 == d2:
             raise RuntimeError(f"diagonal dimensions cannot be identical {dim1}, {dim2}")
         return out.movedim((-2, -1), (d1, d2))
@@ -1546,7 +1546,7 @@ class TensorMethods:
         qa = np.atleast_1d(np.asarray(q if scalar_q else to_host(q._data), dtype=np.float64))
         if qa.ndim > 1 or ((qa < 0) | (qa > 1)).any():
             raise RuntimeError(f"{what}() q values must be in the range [0, 1] and q at most 1-D, got {q}")
-        x = self.reshape(-1) if dim is None else self.movedim(_dim(int(dim), self.ndim), -1)
+        x = self.reshape(-1) if dim is None else self.movedim(_dim(dim, self.ndim), -1)
         xs = x.sort(-1).values  # NaN sorts last
         n = x.shape[-1]
         xp = xp_of(self._data)
@@ -1578,12 +1578,12 @@ class TensorMethods:
         if keepdim:
             out = out.unsqueeze(-1) if dim is not None else out.reshape(out.shape[:1] + (1,) * self.ndim)
             if dim is not None:
-                out = out.movedim(-1, 1 + _dim(int(dim), self.ndim))
+                out = out.movedim(-1, 1 + _dim(dim, self.ndim))
         return out[0] if scalar_q or (isinstance(q, Tensor) and q.ndim == 0) else out
 
     def renorm(self, p, dim, maxnorm):
         """Each slice along ``dim`` with p-norm above ``maxnorm`` scaled down to norm maxnorm (1e-7 slack)."""
-        d = _dim(int(dim), self.ndim)
+        d = _dim(dim, self.ndim)
         others = tuple(i for i in range(self.ndim) if i != d)
         norms = (self.abs() ** p).sum(others, keepdim=True) ** (1.0 / p)
         scale = where(norms > maxnorm, maxnorm / (norms + 1e-7), 1.0)
@@ -1598,7 +1598,7 @@ class TensorMethods:
     def slice_scatter(self, src, dim=0, start=None, end=None, step=1):
         """self with ``src`` written at ``self[..., start:end:step, ...]`` (along ``dim``)."""
         out = self.clone()
-        d = _dim(int(dim), self.ndim)
+        d = _dim(dim, self.ndim)
         out[(slice(None),) * d + (slice(start, end, step),)] = src
         return out
 
@@ -2112,7 +2112,7 @@ def tensordot(a, b, dims=2):
         da, db = list(range(a.ndim - dims, a.ndim)), list(range(dims))
     else:
         da, db = ([d] if isinstance(d, int) else list(d) for d in dims)
-    da, db = [_dim(int(d), a.ndim) for d in da], [_dim(int(d), b.ndim) for d in db]
+    da, db = [_dim(d, a.ndim) for d in da], [_dim(d, b.ndim) for d in db]
     for i, j in zip(da, db):
         if a.shape[i] != b.shape[j]:
             raise RuntimeError(

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import queue
+import sys
 import threading
 import time
 
@@ -297,7 +298,10 @@ def elementwise(fn, x, *args, out_dtype=None, block: int | None = None, work: in
 
 def _blas_libs():
     libs = _state["blas"]
-    if libs is None:
+    # look again when modules were imported since (SciPy, for one, brings its own OpenBLAS, which a limit set
+    # on NumPy's alone would miss); only reached when the limit changes, so a steady loop pays one len()
+    if libs is None or _state.get("blas_key") != len(sys.modules):
+        _state["blas_key"] = len(sys.modules)
         try:
             from threadpoolctl import ThreadpoolController
 

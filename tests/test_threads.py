@@ -371,3 +371,15 @@ def test_set_num_threads_limits_blas_before_any_product(monkeypatch, restore_thr
     assert _blas_threads() == {1}
     np.ones((300, 300), np.float32) @ np.ones((300, 300), np.float32)  # a plain NumPy product keeps the limit
     assert _blas_threads() == {1}
+
+
+def test_blas_limit_reaches_a_library_loaded_later(restore_threads):
+    # SciPy links its own OpenBLAS: a limit applied before it loaded must still reach it at the next change
+    if not _threads._blas_libs():
+        pytest.skip("threadpoolctl finds no BLAS library in this NumPy build")
+    conch.set_num_threads(2)
+    _threads.blas_for(_threads.BLAS_SMALL)
+    import scipy.linalg  # noqa: F401  (loads scipy's BLAS if this build has its own)
+
+    conch.set_num_threads(1)
+    assert _blas_threads() == {1}
