@@ -226,6 +226,8 @@ def _set_threads(n):
 def bench_models(args):
     rows = []
     for name, (mk_conch, mk_torch) in MODELS.items():
+        if args.match not in name:
+            continue
         fns = {"conch": _step_fn("conch", *mk_conch()), "torch": _step_fn("torch", *mk_torch())}
         for t in args.threads:
             res = interleaved(fns, args.rounds, args.steps, setup=lambda _n, t=t: _set_threads(t))
@@ -337,6 +339,8 @@ def _micro_cases():
 def bench_micro(args):
     rows = []
     for name, fns in _micro_cases().items():
+        if args.match not in name:
+            continue
         for t in args.threads:
             res = interleaved(fns, args.rounds, args.steps, setup=lambda _n, t=t: _set_threads(t))
             for base in (b for b in fns if b != "conch"):
@@ -428,6 +432,7 @@ def main(argv=None):
     ap.add_argument("--threads", default="1,2", help="thread counts, comma-separated")
     ap.add_argument("--train-epochs", type=int, default=0, help="busy: epochs of the conch train job (0: default)")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--match", default="", help="models/micro: only the cases whose name contains this")
     args = ap.parse_args(argv)
     args.threads = [int(t) for t in args.threads.split(",")]
     parts = {"models": bench_models, "micro": bench_micro, "busy": bench_busy, "sweep": bench_sweep}

@@ -489,19 +489,10 @@ def _convnd(name, nd, input, weight, bias, stride, padding, dilation, groups):
             f"{x(map(str, padded))}) is smaller than the dilated kernel "
             f"{x(str(d[i] * (ks[i] - 1) + 1) for i in range(nd))}"
         )
-    cols = ops.Im2col.apply(input, geom=(tuple(ks), s, d, pads, out))  # (N, C·∏k, ∏O)
-    # the weight is expanded over the batch as a view: the batched matmul path is much faster than the
-    # 2-D @ 3-D broadcast one, and the engine sums the weight gradient over the expanded dim
-    k, npos = cg * math.prod(ks), math.prod(out)
-    if groups == 1:
-        y = weight.reshape(cout, k).expand(n, cout, k) @ cols  # (N, C_out, ∏O): already NC*
-    else:
-        w = weight.reshape(groups, cout // groups, k).expand(n, groups, cout // groups, k)
-        y = w @ cols.reshape(n, groups, k, npos)
-    if bias is not None:
-        b = bias.to(dtype=y.dtype)  # autocast may have run the matmul in half precision
-        y = y + (b.reshape(cout, 1) if groups == 1 else b.reshape(groups, cout // groups, 1))
-    y = y.reshape((n, cout) + out)
+    geom = (tuple(ks), s, d, pads, out)
+    if bias is not None and bias.dtype != input.dtype:  # autocast may have cast input and weight only
+        bias = bias.to(dtype=input.dtype)
+    y = ops.ConvNd.apply(input, weight, *(() if bias is None else (bias,)), geom=geom, groups=groups)
     return y.squeeze(0) if unbatched else y
 
 

@@ -82,7 +82,7 @@ from .indexing import (
     _scatter_add_into,
 )
 from .linalg import Einsum, MatMul, _op
-from .nn import Col2im, Im2col, LogSoftmax, MaxPool2d, Softmax
+from .nn import Col2im, ConvNd, Im2col, LogSoftmax, MaxPool2d, Softmax
 from .reductions import (
     AMax,
     Cumprod,

@@ -7,8 +7,12 @@ from __future__ import annotations
 import itertools
 import math
 
+import numpy as np
+
 from .._backend import xp_of
 from ..autograd.function import Op
+from ..autograd.grad_mode import is_grad_enabled
+from ..kernels._threads import blas_product
 from .indexing import ScatterFlat
 from .reductions import _acc_dtype
 
@@ -57,6 +61,41 @@ def _as_strided(xp, a, shape, strides):
     return xp.lib.stride_tricks.as_strided(a, shape=shape, strides=strides)
 
 
+def im2col(x, geom, value=0.0):
+    """The array behind :class:`Im2col`: (N, C, *S) -> (N, C·∏k, ∏O), one copy out of a strided window view."""
+    xp = xp_of(x)
+    k, st, dl, pads, out = geom
+    nd = len(k)
+    if any(pads):
+        widths = ((0, 0), (0, 0)) + tuple((pads[2 * i], pads[2 * i + 1]) for i in range(nd))
+        x = xp.pad(x, widths, mode="constant", constant_values=value)
+    n, c = x.shape[:2]
+    sp = x.strides[2:]
+    shape = (n, c) + tuple(k) + tuple(out)
+    strides = x.strides[:2] + tuple(sp[i] * dl[i] for i in range(nd)) + tuple(sp[i] * st[i] for i in range(nd))
+    win = _as_strided(xp, x, shape, strides)
+    return win.reshape(n, c * math.prod(k), math.prod(out))
+
+
+def col2im(g, geom, in_shape):
+    """The array behind :class:`Col2im`: (N, C·∏k, ∏O) patches summed back onto (N, C, *S), one strided slice
+    add per kernel offset (∏k adds, no scatter), then the padding cropped off."""
+    xp = xp_of(g)
+    k, st, dl, pads, out_sz = geom
+    nd = len(k)
+    n, c = in_shape[:2]
+    sizes = in_shape[2:]
+    out = xp.zeros((n, c) + tuple(sizes[i] + pads[2 * i] + pads[2 * i + 1] for i in range(nd)), dtype=g.dtype)
+    gk = g.reshape((n, c) + tuple(k) + tuple(out_sz))
+    for pos in itertools.product(*(range(kk) for kk in k)):
+        sl = tuple(slice(pos[i] * dl[i], pos[i] * dl[i] + st[i] * (out_sz[i] - 1) + 1, st[i]) for i in range(nd))
+        out[(slice(None), slice(None)) + sl] += gk[(slice(None), slice(None)) + pos]
+    if not any(pads):
+        return out
+    crop = tuple(slice(pads[2 * i], pads[2 * i] + sizes[i]) for i in range(nd))
+    return out[(slice(None), slice(None)) + crop]
+
+
 class Im2col(Op):
     """(N, C, *S) -> patches (N, C·∏k, ∏O), read through one strided view of the padded input, for any number
     of spatial dims (conv1d..conv3d, unfold, pooling).
@@ -72,18 +111,7 @@ class Im2col(Op):
     @staticmethod
     def forward(ctx, x, geom, value=0.0):
         ctx.geom, ctx.in_shape = geom, x.shape
-        xp = xp_of(x)
-        k, st, dl, pads, out = geom
-        nd = len(k)
-        if any(pads):
-            widths = ((0, 0), (0, 0)) + tuple((pads[2 * i], pads[2 * i + 1]) for i in range(nd))
-            x = xp.pad(x, widths, mode="constant", constant_values=value)
-        n, c = x.shape[:2]
-        sp = x.strides[2:]
-        shape = (n, c) + tuple(k) + tuple(out)
-        strides = x.strides[:2] + tuple(sp[i] * dl[i] for i in range(nd)) + tuple(sp[i] * st[i] for i in range(nd))
-        win = _as_strided(xp, x, shape, strides)
-        return win.reshape(n, c * math.prod(k), math.prod(out))
+        return im2col(x, geom, value)
 
     @staticmethod
     def backward(ctx, g):
@@ -96,18 +124,7 @@ class Col2im(Op):
     @staticmethod
     def forward(ctx, g, geom, in_shape):
         ctx.geom = geom
-        xp = xp_of(g)
-        k, st, dl, pads, out_sz = geom
-        nd = len(k)
-        n, c = in_shape[:2]
-        sizes = in_shape[2:]
-        out = xp.zeros((n, c) + tuple(sizes[i] + pads[2 * i] + pads[2 * i + 1] for i in range(nd)), dtype=g.dtype)
-        gk = g.reshape((n, c) + tuple(k) + tuple(out_sz))
-        for pos in itertools.product(*(range(kk) for kk in k)):
-            sl = tuple(slice(pos[i] * dl[i], pos[i] * dl[i] + st[i] * (out_sz[i] - 1) + 1, st[i]) for i in range(nd))
-            out[(slice(None), slice(None)) + sl] += gk[(slice(None), slice(None)) + pos]
-        crop = tuple(slice(pads[2 * i], pads[2 * i] + sizes[i]) for i in range(nd))
-        return out[(slice(None), slice(None)) + crop]
+        return col2im(g, geom, in_shape)
 
     @staticmethod
     def backward(ctx, g):
@@ -128,3 +145,88 @@ class MaxPool2d(Op):
         pt, pl, h, w = ctx.crop
         gpad = ScatterFlat.apply(g.reshape(-1), idx=ctx.flat, size=n * c * hp * wp).reshape(n, c, hp, wp)
         return gpad[:, :, pt : pt + h, pl : pl + w]
+
+
+def _product(a, b):
+    """``a @ b`` (batched) for the convolution: NumPy float32/float64 through BLAS with the thread count its size
+    warrants (small products stay on one thread); NumPy float16/bfloat16 in float32 with a float32 result (NumPy
+    has no fast half-precision product; the caller rounds once at the end); CuPy as it is."""
+    if type(a) is not np.ndarray:
+        return xp_of(a).matmul(a, b)
+    if a.dtype.itemsize < 4:
+        a, b = a.astype(np.float32), b.astype(np.float32)
+    macs = max(a.size * b.shape[-1], b.size * a.shape[-2])  # M·K·N times the batch
+    return blas_product(macs, np.matmul, a, b)
+
+
+class ConvNd(Op):
+    """N-d cross-correlation (conv1d/2d/3d) as im2col and one batched product each way, on raw arrays.
+
+    x (N, C, *S), w (C_out, C/G, *k), optional b (C_out,), ``geom`` as :class:`Im2col`, ``groups`` G ->
+    y (N, C_out, *O) with, per group g, Y[n, g] = W[g] (C_out/G, C/G·∏k) @ cols[n, g] (C/G·∏k, ∏O) and
+    y += b. Backward: dcols = W[g]ᵀ @ dY[n, g], summed back onto dx by col2im (∏k strided slice adds);
+    dW = Σ_n (cols[n] @ dY[n]ᵀ)ᵀ (the stacked products, summed over the batch); db = Σ_{n, *O} dY.
+    The products keep im2col's (N, K, ∏O) layout: copying it into one (K, N·∏O) matrix costs more than the
+    batched products lose (measured at the CNN's shapes). A recorded backward (create_graph) is written with
+    Tensor ops instead, so second derivatives work.
+
+    Example: ``ConvNd.apply(x, w, geom=((3, 3), (1, 1), (1, 1), (1, 1, 1, 1), (28, 28)), groups=1)``.
+    """
+
+    saves = (0, 1)
+
+    @staticmethod
+    def forward(ctx, x, w, b=None, *, geom, groups):
+        ctx.geom, ctx.groups, ctx.in_shape = geom, groups, x.shape
+        cols = im2col(x, geom)  # (N, C·∏k, ∏O)
+        n, kc, npos = cols.shape
+        cout = w.shape[0]
+        if groups == 1:
+            y = _product(w.reshape(cout, kc), cols)
+        else:
+            y = _product(w.reshape(groups, cout // groups, kc // groups), cols.reshape(n, groups, kc // groups, npos))
+        y = y.reshape(n, cout, npos)
+        if b is not None:
+            y += b.astype(y.dtype, copy=False).reshape(cout, 1)
+        y = y.astype(x.dtype, copy=False)
+        needs = getattr(ctx, "needs_input_grad", ())  # set only when the op is recorded
+        ctx.cols = cols if len(needs) > 1 and needs[1] else None  # for dW; not kept when w needs no grad
+        return y.reshape((n, cout) + tuple(geom[4]))
+
+    @staticmethod
+    def backward(ctx, g):
+        x, w = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        geom, groups = ctx.geom, ctx.groups
+        n, cout, nd = g.shape[0], g.shape[1], len(geom[0])
+        kg, npos = w.shape[1] * math.prod(geom[0]), math.prod(geom[4])
+        db = g.sum(dim=(0,) + tuple(range(2, 2 + nd))) if len(needs) > 2 and needs[2] else None
+        if is_grad_enabled():  # create_graph: the same formulas as differentiable Tensor ops
+            gm = g.reshape(n, groups, cout // groups, npos)
+            wm = w.reshape(groups, cout // groups, kg)
+            dx = dw = None
+            if needs[0]:
+                dcols = (wm.transpose(-1, -2) @ gm).reshape(n, groups * kg, npos)
+                dx = Col2im.apply(dcols, geom=geom, in_shape=ctx.in_shape)
+            if needs[1]:
+                cols = Im2col.apply(x, geom=geom).reshape(n, groups, kg, npos)
+                dw = (gm @ cols.transpose(-1, -2)).sum(0).reshape(w.shape)
+            return (dx, dw) if len(needs) == 2 else (dx, dw, db)
+        xp = xp_of(g._data)
+        gm = g._data.reshape(n, groups, cout // groups, npos)
+        wd = w._data
+        dx = dw = None
+        if needs[0]:
+            wt = wd.reshape(groups, cout // groups, kg).transpose(0, 2, 1)
+            dcols = _product(wt[0] if groups == 1 else wt, gm[:, 0] if groups == 1 else gm)
+            dx = g._wrap_const(
+                col2im(dcols.reshape(n, groups * kg, npos), geom, ctx.in_shape).astype(wd.dtype, copy=False)
+            )
+        if needs[1]:
+            cols = ctx.cols.reshape(n, groups, kg, npos)
+            # (cols @ dYᵀ) summed over the batch, then transposed: the faster operand order for BLAS here
+            dwt = _product(cols, gm.transpose(0, 1, 3, 2)).sum(0)  # (G, K/G, C_out/G)
+            dw = g._wrap_const(
+                xp.ascontiguousarray(dwt.transpose(0, 2, 1)).reshape(wd.shape).astype(wd.dtype, copy=False)
+            )
+        return (dx, dw) if len(needs) == 2 else (dx, dw, db)
