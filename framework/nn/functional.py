@@ -490,9 +490,24 @@ def _convnd(name, nd, input, weight, bias, stride, padding, dilation, groups):
             f"{x(str(d[i] * (ks[i] - 1) + 1) for i in range(nd))}"
         )
     geom = (tuple(ks), s, d, pads, out)
-    if bias is not None and bias.dtype != input.dtype:  # autocast may have cast input and weight only
-        bias = bias.to(dtype=input.dtype)
-    y = ops.ConvNd.apply(input, weight, *(() if bias is None else (bias,)), geom=geom, groups=groups)
+    if type(input._data) is np.ndarray:  # the CPU: one op, products straight on BLAS (ops.ConvNd)
+        if bias is not None and bias.dtype != input.dtype:  # autocast may have cast input and weight only
+            bias = bias.to(dtype=input.dtype)
+        y = ops.ConvNd.apply(input, weight, *(() if bias is None else (bias,)), geom=geom, groups=groups)
+        return y.squeeze(0) if unbatched else y
+    # CuPy: im2col, then the matmul kernel (Triton, TF32 and autocast rules) on the weight expanded over the
+    # batch as a view; the engine sums the weight gradient over the expanded dim
+    cols = ops.Im2col.apply(input, geom=geom)  # (N, C·∏k, ∏O)
+    k, npos = cg * math.prod(ks), math.prod(out)
+    if groups == 1:
+        y = weight.reshape(cout, k).expand(n, cout, k) @ cols  # (N, C_out, ∏O): already NC*
+    else:
+        w = weight.reshape(groups, cout // groups, k).expand(n, groups, cout // groups, k)
+        y = w @ cols.reshape(n, groups, k, npos)
+    if bias is not None:
+        b = bias.to(dtype=y.dtype)  # autocast may have run the matmul in half precision
+        y = y + (b.reshape(cout, 1) if groups == 1 else b.reshape(groups, cout // groups, 1))
+    y = y.reshape((n, cout) + out)
     return y.squeeze(0) if unbatched else y
 
 
@@ -501,8 +516,9 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
 
     input (N, C_in, H, W) or (C_in, H, W), weight (C_out, C_in/groups, kh, kw), bias (C_out,) ->
     (N, C_out, OH, OW) with OH = ⌊(H + pad_h - dh·(kh-1) - 1)/sh⌋ + 1. Runs as im2col (a strided view
-    copied into patches (N, C·kh·kw, OH·OW)) followed by one batched matmul W (C_out, C·kh·kw) @ patches
-    on the matmul kernel, whose result is already contiguous NCHW.
+    copied into patches (N, C·kh·kw, OH·OW)) followed by one batched product W (C_out, C·kh·kw) @ patches,
+    whose result is already contiguous NCHW: on NumPy arrays one op (``ops.ConvNd``, BLAS each way, dx by
+    col2im's slice adds), on CuPy arrays Tensor ops on the matmul kernel.
     """
     return _convnd("conv2d", 2, input, weight, bias, stride, padding, dilation, groups)
 
