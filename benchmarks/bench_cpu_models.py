@@ -7,11 +7,12 @@ Sections (``--only`` picks some, comma-separated; all by default):
   tokens, batch 16) and MLPs (the default ``conch train`` MLP 64-256-256-10 with exact GELU, batch 64, and a
   784-1024-1024-10 one, batch 256), each beside its PyTorch twin (same layers, same shapes, same optimizer), at
   1 and 2 threads (``conch.set_num_threads``, ``torch.set_num_threads``).
-- ``micro``: max/avg pooling 2x2 on (64, 16, 28, 28) forward+backward (and max pooling 3x3/stride 2/padding 1,
-  against conch's own im2col path), exact GELU forward and backward on 2**20 floats, dropout (p = 0.1) on 2**20
-  floats (forward with a new seed per call, and forward+backward, where the backward finds the forward's mask in
-  conch's cache): conch against PyTorch and against plain NumPy (a reshape-max, ``0.5 x (1 + scipy
-  erf(x/√2))``, ``x * (rng.random(shape) >= p) / (1 - p)``).
+- ``micro``: the 28x28 CNN's two convolutions forward+backward (against PyTorch and against conch's composite
+  im2col + matmul-op path that ops.ConvNd replaced), max/avg pooling 2x2 on (64, 16, 28, 28) forward+backward
+  (and max pooling 3x3/stride 2/padding 1, against conch's own im2col path), exact GELU forward and backward on
+  2**20 floats, dropout (p = 0.1) on 2**20 floats (forward with a new seed per call, and forward+backward, where
+  the backward finds the forward's mask in conch's cache): conch against PyTorch and against plain NumPy (a
+  reshape-max, ``0.5 x (1 + scipy erf(x/√2))``, ``x * (rng.random(shape) >= p) / (1 - p)``).
 - ``busy``: wall time of the default ``conch train`` job (a subprocess) on an idle machine and with two busy-loop
   processes running throughout (spawned before, stopped after): the ratio busy/idle (target: at most 3).
 - ``sweep``: the pool's crossover: gelu forward at 2**14..2**20 elements with the pool forced off and forced on
@@ -309,7 +310,36 @@ def _micro_cases():
         keep = drng.random(x1.shape) >= 0.1
         return x1 * keep / np.float32(0.9), dy1 * keep / np.float32(0.9)
 
+    def conv_case(c, side, cout, x_grad):
+        """The 28x28 CNN's conv layers, forward+backward: conch (ops.ConvNd), PyTorch, and conch's composite
+        path before it (Im2col, then the weight expanded over the batch @ patches through the matmul op)."""
+        xa = rng.standard_normal((64, c, side, side)).astype(np.float32)
+        wa = rng.standard_normal((cout, c, 3, 3)).astype(np.float32)
+        ga = rng.standard_normal((64, cout, side, side)).astype(np.float32)
+        xc, wc, bc = (conch.tensor(a, requires_grad=r) for a, r in ((xa, x_grad), (wa, True), (wa[:, 0, 0, 0], True)))
+        xt, wt, bt = (torch.tensor(a, requires_grad=r) for a, r in ((xa, x_grad), (wa, True), (wa[:, 0, 0, 0], True)))
+        gc, gt = conch.tensor(ga), torch.tensor(ga)
+        geom = ((3, 3), (1, 1), (1, 1), (1, 1, 1, 1), (side, side))
+
+        def run(x, w, b, g, fn):
+            def step():
+                x.grad = w.grad = b.grad = None
+                fn(x, w, b).backward(g)
+
+            return step
+
+        def composite(x, w, b):
+            cols = conch.ops.Im2col.apply(x, geom=geom)
+            y = w.reshape(cout, c * 9).expand(64, cout, c * 9) @ cols + b.reshape(cout, 1)
+            return y.reshape(64, cout, side, side)
+
+        return {"conch": run(xc, wc, bc, gc, lambda x, w, b: F.conv2d(x, w, b, padding=1)),
+                "torch": run(xt, wt, bt, gt, lambda x, w, b: torch.nn.functional.conv2d(x, w, b, padding=1)),
+                "im2col": run(xc, wc, bc, gc, composite)}  # fmt: skip
+
     return {
+        "conv2d 3x3/1/1 (64,1,28,28)->16 fwd+bwd (no dx)": conv_case(1, 28, 16, False),
+        "conv2d 3x3/1/1 (64,16,14,14)->32 fwd+bwd": conv_case(16, 14, 32, True),
         "max_pool2d 2x2 (64,16,28,28) fwd+bwd": {
             "conch": pool(F.max_pool2d, xc4, gc4), "torch": pool(torch.nn.functional.max_pool2d, xt4, gt4),
             "numpy": np_maxpool},

@@ -166,3 +166,18 @@ def test_conv_forward_backward_match_torch(case):
     np.testing.assert_allclose(_np(y), ty.detach().numpy(), rtol=1e-4, atol=1e-5)
     for c, t in ((cx, tx), (cw, tw), (cb, tb)):
         np.testing.assert_allclose(_np(c.grad), t.grad.numpy(), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_conv_half_precision_keeps_dtype(dtype):
+    """Half inputs: float32 products, one rounding; output and gradients in the input's dtype."""
+    rng = np.random.default_rng(8)
+    x, w, b, s, p, d, g = _args(CASES[1], rng, np.float32)
+    dt = getattr(conch, dtype)
+    cx, cw, cb = (conch.tensor(a, device=DEVICE).to(dt).requires_grad_() for a in (x, w, b))
+    y = F.conv2d(cx, cw, cb, s, p, d, g)
+    assert y.dtype == dt
+    xr, wr, br = (_np(t.float()) for t in (cx, cw, cb))  # the rounded inputs, so only the output rounding differs
+    np.testing.assert_allclose(_np(y.float()), _ref_conv(xr, wr, br, s, p, d, g), rtol=2e-2, atol=2e-2)
+    y.float().sum().backward()
+    assert cx.grad.dtype == dt and cw.grad.dtype == dt and cb.grad.dtype == dt
