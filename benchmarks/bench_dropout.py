@@ -9,12 +9,21 @@ Each case allocates its arrays in ``setup()``.
 Example::
 
     conch bench dropout --sizes 16777216
+
+As a script, the CPU reference path against plain NumPy (issue 16: the mask within 2x of ``rng.random`` and a
+compare, then the multiply) and PyTorch's CPU dropout when it imports, as medians of interleaved rounds::
+
+    python benchmarks/bench_dropout.py --cpu [--n 1048576] [--rounds 15] [--threads 1]
 """
 
 from __future__ import annotations
 
+import argparse
+import itertools
 import os
+import statistics
 import sys
+import time
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 if _HERE not in sys.path:
@@ -71,3 +80,78 @@ def cases(size="large", sizes=None, dtype=None, xp=None):
                 seed += 1
                 out.append(_case(xp, dk, dt, n, backward, seed))
     return out
+
+
+def compare_cases(n, p=P):
+    """name -> {impl: fn} for the CPU comparison: conch draws a fresh seed per call, so its mask cache never serves
+    a timed forward (the backward does read it, as in training)."""
+    import numpy as np
+
+    from conch.kernels import dropout as dk
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(n).astype(np.float32)
+    dy = rng.standard_normal(n).astype(np.float32)
+    xh = x.astype(np.float16)
+    seeds = itertools.count(1)
+    inv = np.float32(1 / (1 - p))
+
+    def np_fwd_bwd():
+        keep = rng.random(n) >= p
+        return x * keep * inv, dy * keep * inv
+
+    cases = {
+        "mask": {"conch": lambda: dk.dropout_mask(n, p, next(seeds)), "numpy f64": lambda: rng.random(n) >= p,
+                 "numpy f32": lambda: rng.random(n, dtype=np.float32) >= p},
+        "forward f32": {"conch": lambda: dk.dropout_forward(x, p, seed=next(seeds)),
+                        "numpy f64": lambda: x * (rng.random(n) >= p) * inv},
+        "forward f16": {"conch": lambda: dk.dropout_forward(xh, p, seed=next(seeds)),
+                        "numpy f64": lambda: (xh * (rng.random(n) >= p) * inv).astype(np.float16)},
+        "forward+backward f32": {
+            "conch": lambda: dk.dropout_backward(dk.dropout_forward(x, p, seed=next(seeds))[1], dy),
+            "numpy f64": np_fwd_bwd},
+    }  # fmt: skip
+    torch = harness.get_torch()
+    if torch is not None:
+        xt, xr, dyt = torch.from_numpy(x), torch.tensor(x, requires_grad=True), torch.from_numpy(dy)
+        cases["forward f32"]["torch"] = lambda: torch.nn.functional.dropout(xt, p)
+        cases["forward+backward f32"]["torch"] = lambda: torch.nn.functional.dropout(xr, p).backward(dyt)
+    return cases
+
+
+def cpu_main(argv=None):
+    """Medians of interleaved rounds (each round times every implementation once, in an order that flips every
+    round); ratios are conch's time over each baseline's, so below 1 means conch is faster."""
+    ap = argparse.ArgumentParser(description=cpu_main.__doc__)
+    ap.add_argument("--cpu", action="store_true", help="the CPU comparison (the only mode as a script)")
+    ap.add_argument("--n", type=int, default=1 << 20)
+    ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args(argv)
+    import conch
+
+    conch.set_num_threads(args.threads)
+    torch = harness.get_torch()
+    if torch is not None:
+        torch.set_num_threads(args.threads)
+    print(f"dropout p={P}, n={args.n}, {args.threads} thread(s), {args.rounds} interleaved rounds; "
+          f"{harness.cpu_model()}, commit {harness.git_commit()}")  # fmt: skip
+    print(f"{'case':<22} {'impl':<10} {'ms':>8} {'conch/impl':>10}")
+    for name, impls in compare_cases(args.n).items():
+        times = {k: [] for k in impls}
+        for fn in impls.values():  # warm-up: first-call costs (allocations, imports) out of the timings
+            fn()
+        for r in range(args.rounds):
+            for k in list(impls)[:: 1 if r % 2 == 0 else -1]:
+                t0 = time.perf_counter()
+                impls[k]()
+                times[k].append(time.perf_counter() - t0)
+        med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+        for k, ms in med.items():
+            ratio = "" if k == "conch" else f"{med['conch'] / ms:.2f}"
+            print(f"{name:<22} {k:<10} {ms:>8.3f} {ratio:>10}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cpu_main())

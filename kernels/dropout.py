@@ -415,7 +415,7 @@ def dropout_mask(shape, p, seed, offset=0, xp=np):
     """The boolean keep-mask of :func:`dropout_forward` for an input of ``shape``:
     ``dropout_words(n, seed, offset) >= ceil(p * 2**32)`` in C order.
 
-    >>> dropout_mask((2, 3), 0.0, seed=0).all()
+    >>> bool(dropout_mask((2, 3), 0.0, seed=0).all())
     True
     """
     shape, n = _mask_args(shape, p, seed, offset, "dropout_mask")
@@ -443,10 +443,13 @@ def _dropout_ref(x, p, seed, offset):
     if xp is not np:
         y = xp.where(keep, x.astype(acc) * acc(_scale(p)), acc(0))
         return y.astype(x.dtype)
-    y = x.astype(acc)  # a fresh array (x is never written)
-    y *= acc(_scale(p))
-    np.copyto(y, acc(0), where=~keep)  # 0, not x * 0: a dropped inf/NaN gives 0, as the kernel's where
-    return y.astype(x.dtype, copy=False)
+    y = np.multiply(x, acc(_scale(p)), dtype=acc).astype(x.dtype, copy=False)  # a fresh array: x is never written
+    # dropped elements: AND their bits with 0, so a dropped inf/NaN gives +0 as the kernel's where (x * 0 would give
+    # NaN); one multiply and one AND pass, where np.copyto(where=~keep) costs about three times as much
+    bits = y.view(np.dtype(f"u{y.itemsize}"))
+    ones = np.multiply(keep, bits.dtype.type(np.iinfo(bits.dtype).max), dtype=bits.dtype)
+    np.bitwise_and(bits, ones, out=bits)
+    return y
 
 
 # ----------------------------------------------------------------------------------------------
