@@ -14,6 +14,12 @@ As a script, the CPU reference path against plain NumPy (issue 16: the mask with
 compare, then the multiply) and PyTorch's CPU dropout when it imports, as medians of interleaved rounds::
 
     python benchmarks/bench_dropout.py --cpu [--n 1048576] [--rounds 15] [--threads 1]
+
+Without a GPU, ``--sass`` compiles the kernel for sm_90 (Triton's compiler and ptxas run on the CPU) beside the
+previous one (``tl.rand``: a Philox-4x32-10 per element) and prints their static SASS instruction counts per
+thread (straight-line code, eight elements per thread in both)::
+
+    python benchmarks/bench_dropout.py --sass
 """
 
 from __future__ import annotations
@@ -123,11 +129,14 @@ def cpu_main(argv=None):
     """Medians of interleaved rounds (each round times every implementation once, in an order that flips every
     round); ratios are conch's time over each baseline's, so below 1 means conch is faster."""
     ap = argparse.ArgumentParser(description=cpu_main.__doc__)
-    ap.add_argument("--cpu", action="store_true", help="the CPU comparison (the only mode as a script)")
+    ap.add_argument("--cpu", action="store_true", help="the CPU comparison (the default)")
+    ap.add_argument("--sass", action="store_true", help="static sm_90 instruction counts, old and new kernel")
     ap.add_argument("--n", type=int, default=1 << 20)
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
+    if args.sass:
+        return sass_counts()
     import conch
 
     conch.set_num_threads(args.threads)
@@ -150,6 +159,39 @@ def cpu_main(argv=None):
         for k, ms in med.items():
             ratio = "" if k == "conch" else f"{med['conch'] / ms:.2f}"
             print(f"{name:<22} {k:<10} {ms:>8.3f} {ratio:>10}")
+    return 0
+
+
+def sass_counts():
+    """Static SASS instruction counts (all, and IMAD: the multiplies) per thread of the dropout kernel and of the
+    previous tl.rand kernel, compiled for sm_90 with BLOCK = 1024 and 4 warps (eight elements per thread)."""
+    os.environ.pop("TRITON_INTERPRET", None)
+    import re
+
+    import numpy as np
+    import triton
+    import triton.language as tl
+    from triton.language import rand as tl_rand
+
+    from conch.kernels import dropout as dk
+    from conch.kernels.sim.compile import Ptr, _sim_driver
+
+    @triton.jit
+    def _tl_rand_dropout_kernel(X, Y, N, p, scale, seed, offset, BLOCK: tl.constexpr):
+        idx = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        ok = idx < N
+        x = tl.load(X + idx, mask=ok, other=0.0).to(tl.float32)
+        keep = tl_rand(seed, offset + idx) >= p
+        tl.store(Y + idx, tl.where(keep, x * scale, 0.0).to(Y.dtype.element_ty), mask=ok)
+
+    ptr, n = Ptr(np.float32), 1 << 24
+    line = re.compile(r"[0-9a-f-]{2}:[0-9a-f-]:[0-9a-f-]:[A-Z-]:[0-9]+\s")
+    for name, fn in (("tl.rand, Philox-4x32 per element", _tl_rand_dropout_kernel),
+                     ("Philox-4x64 per 8 elements", dk._dropout_kernel)):  # fmt: skip
+        with _sim_driver(90):
+            k = fn.warmup(ptr, ptr, n, 0.1, 1 / 0.9, 1234, 12345, grid=(n // 1024,), BLOCK=1024, num_warps=4)
+        ins = [ln for ln in k.asm["sass"].splitlines() if line.match(ln.strip())]
+        print(f"{name:<36} SASS {len(ins):4d}  IMAD {sum('IMAD' in ln for ln in ins):4d}  per thread (8 elements)")
     return 0
 
 

@@ -18,13 +18,13 @@ from ._threads import parallel_for
 
 # ----------------------------------------------------------------------------------------------
 # Triton kernel: one kernel for forward (X = x) and backward (X = dy), since both compute
-# out_i = keep_i * X_i * scale with keep_i = (w_i >= ceil(p * 2**32)), w_i the uint32 word offset + i of the
+# out_i = keep_i * X_i * scale with keep_i = (w_i >= ceil(float32(p) * 2**32)), w_i the uint32 word offset + i of the
 # Philox-4x64-10 stream keyed by seed (eight words per counter block, in NumPy's np.random.Philox order).
 # ----------------------------------------------------------------------------------------------
 
 
 @triton.jit
-def _dropout_kernel(X, Y, N, scale, seed, offset, thresh, BLOCK: tl.constexpr):
+def _dropout_kernel(X, Y, N, p, scale, seed, offset, BLOCK: tl.constexpr):
     # Stream position g = offset + i (i the flat index) reads 32-bit half g % 2 (low first) of word (g // 2) % 4 of
     # Philox-4x64-10 block g // 8 (counter (g // 8, 0, 0, 0), key (seed, 0)): NumPy's Philox output order, so the
     # reference path is one random_raw call. A program covers BLOCK positions from an 8-aligned start.
@@ -39,7 +39,10 @@ def _dropout_kernel(X, Y, N, scale, seed, offset, thresh, BLOCK: tl.constexpr):
     idx = start - offset + tl.arange(0, BLOCK)
     ok = (idx >= 0) & (idx < N)
     x = tl.load(X + idx, mask=ok, other=0.0).to(tl.float32)
-    keep = h.to(tl.int64) >= thresh  # thresh = ceil(p * 2**32): P(keep) = 1 - p to 2**-32; 2**32 keeps none
+    # keep when the word >= ceil(p * 2**32) (p in float32, so the product and its ceil are exact): P(keep) = 1 - p
+    # to within 2**-32; p = 1 gives 2**32, which no word reaches (hence the int64 comparison)
+    thresh = tl.math.ceil(p * 4294967296.0).to(tl.int64)
+    keep = h.to(tl.int64) >= thresh
     # forward: y = x * mask / (1 - p); backward: dx = dy * mask / (1 - p)  (scale = 0 when p = 1)
     y = tl.where(keep, x * scale, 0.0)
     tl.store(Y + idx, y.to(Y.dtype.element_ty), mask=ok)
@@ -93,7 +96,7 @@ def _dropout_triton(x, p, seed, offset):
         block = _BLOCK_INTERP if isinstance(x, np.ndarray) else _BLOCK_GPU
         grid = (triton.cdiv(int(offset) % _LANES + n, block),)  # programs start at 8-aligned stream positions
         kernel_for(_dropout_kernel, xc)[grid](
-            targ(xc), targ(y), n, _scale(p), int(seed), int(offset), _drop_threshold(p), BLOCK=block, num_warps=4
+            targ(xc), targ(y), n, float(p), _scale(p), int(seed), int(offset), BLOCK=block, num_warps=4
         )
     return y
 
@@ -337,9 +340,10 @@ def dropout_words(n, seed, offset=0, xp=np):
 
 
 def _drop_threshold(p):
-    """ceil(p * 2**32) (exact: p * 2**32 is a float64 scaled by a power of two): a word is kept when >= it, so
-    P(keep) = 1 - p to within 2**-32; p = 1 gives 2**32, which no word reaches."""
-    return math.ceil(float(p) * 2.0**32)
+    """ceil(float32(p) * 2**32), as the kernel computes it from its float32 p (the product is exact, a power-of-two
+    scaling): a word is kept when >= it, so P(keep) = 1 - p to within 2**-32 (and p's float32 rounding, < 2**-25
+    relative); p = 1 gives 2**32, which no word reaches."""
+    return math.ceil(float(np.float32(p)) * 2.0**32)
 
 
 #: Recent keep-masks, bit-packed, by (stream, seed, offset, numel, threshold): a dropout's backward (and
@@ -373,7 +377,7 @@ def _cached_mask(key, n, fill):
 
 
 def _keep_np(n, seed, offset, p):
-    """Dropout's flat keep-mask on the host: words >= ceil(p * 2**32), chunk by chunk over the CPU pool."""
+    """Dropout's flat keep-mask on the host: words >= _drop_threshold(p), chunk by chunk over the CPU pool."""
     t = _drop_threshold(p)
 
     def fill(keep):
@@ -413,7 +417,7 @@ def _mask_args(shape, p, seed, offset, name):
 
 def dropout_mask(shape, p, seed, offset=0, xp=np):
     """The boolean keep-mask of :func:`dropout_forward` for an input of ``shape``:
-    ``dropout_words(n, seed, offset) >= ceil(p * 2**32)`` in C order.
+    ``dropout_words(n, seed, offset) >= ceil(float32(p) * 2**32)`` in C order.
 
     >>> bool(dropout_mask((2, 3), 0.0, seed=0).all())
     True

@@ -255,13 +255,13 @@ def test_keep_threshold_is_exact(p):
 
 def generic_keep(n, p, seed, offset):
     """Dropout's mask from the generic uint64 Philox-4x64 (dk.philox4x64, checked against Random123's answers):
-    word g = half g % 2 of output (g // 2) % 4 of block g // 8, kept when >= ceil(p * 2**32)."""
+    word g = half g % 2 of output (g // 2) % 4 of block g // 8, kept when >= ceil(float32(p) * 2**32)."""
     g = np.arange(offset, offset + n, dtype=np.uint64)
     zero = np.zeros(n, dtype=np.uint64)
     out = np.stack(dk.philox4x64(g >> np.uint64(3), zero, zero, zero, seed), axis=1)
     w = out[np.arange(n), (g >> np.uint64(1)) & np.uint64(3)]
     half = (w >> (np.uint64(32) * (g & np.uint64(1)))) & np.uint64(0xFFFFFFFF)
-    return half >= np.uint64(math.ceil(p * 2**32)) if p < 1 else np.zeros(n, bool)
+    return half >= np.uint64(math.ceil(float(np.float32(p)) * 2**32)) if p < 1 else np.zeros(n, bool)
 
 
 @pytest.mark.parametrize("seed,offset", [(0, 0), (1234, 7), (2**64 - 1, 2**32 - 3), (5, 2**62 + 1)])

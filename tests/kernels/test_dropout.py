@@ -93,7 +93,7 @@ def stream_words(n, seed, offset):
 
 
 def keep_ref(n, p, seed, offset):
-    return stream_words(n, seed, offset).astype(np.int64) >= math.ceil(p * 2**32)
+    return stream_words(n, seed, offset).astype(np.int64) >= math.ceil(float(np.float32(p)) * 2**32)
 
 
 SEEDS = [(0, 0), (1234, 7), (2**40 + 7, 2**32 - 100), (2**64 - 1, 1), (99, 2**31 - 50), (3, 2**62 + 5)]
@@ -120,13 +120,13 @@ def test_triton_mask_bitwise_equals_reference(seed, offset, n, interpret):
     np.testing.assert_array_equal(mask[:m], keep_ref(m, 0.3, seed, offset))
 
 
-@pytest.mark.parametrize("p", [0.0, 2.0**-32, 0.1, 0.5, 1 - 2.0**-30, 1.0])
+@pytest.mark.parametrize("p", [0.0, 2.0**-32, 3e-10, 0.1, 0.5, 1 - 2.0**-24, 1 - 2.0**-30, 1.0])
 def test_keep_threshold_edges(p, interpret):
-    # keep = word >= ceil(p * 2**32): p = 0 keeps all, p = 1 none, tiny p are not rounded to 0 or 1
+    # keep = word >= ceil(float32(p) * 2**32): p = 0 keeps all, p = 1 none, tiny p are not rounded to 0 or 1
     n = 300
     x = np.ones(n, np.float32)
     y, _ = dk.dropout_forward(dev(x), p, seed=21, offset=3)
-    want = dk.dropout_words(n, 21, 3).astype(np.int64) >= math.ceil(p * 2**32)
+    want = dk.dropout_words(n, 21, 3).astype(np.int64) >= math.ceil(float(np.float32(p)) * 2**32)
     np.testing.assert_array_equal(host(y) != 0, want)
     np.testing.assert_array_equal(dk.dropout_mask((n,), p, 21, 3), want)
 
