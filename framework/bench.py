@@ -417,8 +417,9 @@ def cpu_cases(family, sizes=None, dtype="float32") -> list:
             def drop_expected(x=x, n=n):
                 return (x.astype(ct) * dr.dropout_mask(n, p, seed=7, offset=0) / (1 - p)).astype(dt)
 
+            seeds = iter(range(8, 1 << 62))  # a fresh seed per timed call: the mask cache must not serve it
             out.append(dict(base, name="dropout_fwd", shape=(n,), flops=0, bytes=2 * n * isz,
-                            run=lambda x=x: dr.dropout_forward(x, p, seed=7),
+                            run=lambda x=x, seeds=seeds: dr.dropout_forward(x, p, seed=next(seeds)),
                             baseline=drop_base, baseline_name="numpy uniform mask * x / (1-p)",
                             check=lambda x=x, f=drop_expected: _rel(
                                 dr.dropout_forward(x, p, seed=7)[0], f())))  # fmt: skip

@@ -36,7 +36,7 @@ from triton.language import rand as tl_rand  # bare global name: kernel_for's in
 from . import autotune
 from ._causal import causal_keep
 from ._launch import DtypeSet, kernel_for, targ, use_triton, xp_of
-from .dropout import dropout_mask
+from .dropout import rand_mask
 
 _LOG2E = 1.4426950408889634
 
@@ -408,7 +408,7 @@ def _ct(dtype):
 def _keep_ref(shape, drop, xp):
     """The keep mask of (..., L, S) probabilities: the kernels' linear index over (B·H, L, S) is C order here."""
     p, seed, offset = drop
-    return dropout_mask(shape, p, seed, offset, xp)
+    return rand_mask(shape, p, seed, offset, xp)
 
 
 def _reference_forward(q, k, v, causal, scale, drop=None):

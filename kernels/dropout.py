@@ -1,8 +1,9 @@
-"""Dropout with counter-based randomness (Philox-4x32-10, as tl.rand): the mask is regenerated, never stored."""
+"""Dropout with counter-based randomness (Philox-4x64-10, as np.random.Philox and tl.philox): masks are regenerated."""
 
 from __future__ import annotations
 
 import functools
+import math
 import threading
 from collections import OrderedDict
 from typing import NamedTuple
@@ -10,25 +11,38 @@ from typing import NamedTuple
 import numpy as np
 import triton
 import triton.language as tl
-from triton.language import rand as tl_rand  # bare global name: kernel_for's interpreted twin swaps it
+from triton.language import philox as tl_philox  # bare global name: kernel_for's interpreted twin swaps it
 
 from ._launch import kernel_for, targ, use_triton, xp_of
 from ._threads import parallel_for
 
 # ----------------------------------------------------------------------------------------------
 # Triton kernel: one kernel for forward (X = x) and backward (X = dy), since both compute
-# out_i = keep_i * X_i * scale with keep_i = (u_i >= p), u_i = tl.rand(seed, offset + i).
+# out_i = keep_i * X_i * scale with keep_i = (w_i >= ceil(float32(p) * 2**32)), w_i the uint32 word offset + i of the
+# Philox-4x64-10 stream keyed by seed (eight words per counter block, in NumPy's np.random.Philox order).
 # ----------------------------------------------------------------------------------------------
 
 
 @triton.jit
 def _dropout_kernel(X, Y, N, p, scale, seed, offset, BLOCK: tl.constexpr):
-    idx = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    ok = idx < N
+    # Stream position g = offset + i (i the flat index) reads 32-bit half g % 2 (low first) of word (g // 2) % 4 of
+    # Philox-4x64-10 block g // 8 (counter (g // 8, 0, 0, 0), key (seed, 0)): NumPy's Philox output order, so the
+    # reference path is one random_raw call. A program covers BLOCK positions from an 8-aligned start.
+    QUADS: tl.constexpr = BLOCK // 8
+    start = (offset // 8) * 8 + tl.program_id(0).to(tl.int64) * BLOCK
+    ctr = (start // 8 + tl.arange(0, QUADS)).to(tl.uint64)
+    zero = ctr * 0
+    w0, w1, w2, w3 = tl_philox(seed, ctr, zero, zero, zero)
+    # join puts its new axis last: (QUADS, 2, 2) with [q, j, k] = (w0, w2 | w1, w3)[k][j], flat order w0 w1 w2 w3
+    w = tl.reshape(tl.join(tl.join(w0, w2), tl.join(w1, w3)), (BLOCK // 2,))
+    h = tl.reshape(tl.join(w.to(tl.uint32), (w >> 32).to(tl.uint32)), (BLOCK,))
+    idx = start - offset + tl.arange(0, BLOCK)
+    ok = (idx >= 0) & (idx < N)
     x = tl.load(X + idx, mask=ok, other=0.0).to(tl.float32)
-    # int64 counters: Philox counter words c0 = low 32 bits, c1 = high 32 bits of (offset + i)
-    u = tl_rand(seed, offset + idx)
-    keep = u >= p
+    # keep when the word >= ceil(p * 2**32) (p in float32, so the product and its ceil are exact): P(keep) = 1 - p
+    # to within 2**-32; p = 1 gives 2**32, which no word reaches (hence the int64 comparison)
+    thresh = tl.math.ceil(p * 4294967296.0).to(tl.int64)
+    keep = h.to(tl.int64) >= thresh
     # forward: y = x * mask / (1 - p); backward: dx = dy * mask / (1 - p)  (scale = 0 when p = 1)
     y = tl.where(keep, x * scale, 0.0)
     tl.store(Y + idx, y.to(Y.dtype.element_ty), mask=ok)
@@ -80,14 +94,15 @@ def _dropout_triton(x, p, seed, offset):
     n = xc.size
     if n:
         block = _BLOCK_INTERP if isinstance(x, np.ndarray) else _BLOCK_GPU
-        kernel_for(_dropout_kernel, xc)[(triton.cdiv(n, block),)](
+        grid = (triton.cdiv(int(offset) % _LANES + n, block),)  # programs start at 8-aligned stream positions
+        kernel_for(_dropout_kernel, xc)[grid](
             targ(xc), targ(y), n, float(p), _scale(p), int(seed), int(offset), BLOCK=block, num_warps=4
         )
     return y
 
 
 # ----------------------------------------------------------------------------------------------
-# Reference path: Philox-4x32-10 in xp with uint64 arithmetic, bit-for-bit Triton's tl.rand
+# tl.rand's stream (attention's dropout): Philox-4x32-10 in xp with uint64 arithmetic, bit-for-bit Triton's tl.rand
 # (triton/language/random.py: randint4x -> philox -> philox_impl, then uint_to_uniform_float).
 # ----------------------------------------------------------------------------------------------
 
@@ -253,19 +268,95 @@ def philox_uniform(n, seed, offset, xp=np):
     return r.astype(xp.float32) * xp.float32(4.6566127342e-10)
 
 
-#: Recent keep-masks, bit-packed, by (seed, offset, numel, threshold): a dropout's backward (and attention's,
-#: which draws the same mask twice) finds its forward's mask here instead of running Philox again. A mask is
-#: a function of its key, so a hit is always the right mask; at most _MASK_BYTES are kept, oldest out first.
+# ----------------------------------------------------------------------------------------------
+# Dropout's stream: Philox-4x64-10 (Random123; NumPy's np.random.Philox; Triton's tl.philox on uint64
+# counters with a 64-bit seed), eight uint32 words per counter block, read by the stream position.
+# ----------------------------------------------------------------------------------------------
+
+_LANES = 8  # uint32 words per Philox-4x64 block: four 64-bit outputs, low half first
+_P64_ROUND_A, _P64_ROUND_B = 0xD2E7470EE14C6C93, 0xCA5A826395121157
+_P64_KEY_A, _P64_KEY_B = 0x9E3779B97F4A7C15, 0xBB67AE8584CAA73B
+_M64 = (1 << 64) - 1
+_RAW_BLOCK = 1 << 16  # words per NumPy chunk: a chunk's words and mask stay in the L2 cache
+
+
+def _mulhilo64(m, a, xp):
+    """(hi, lo) 64-bit words of ``m * a`` for a Python int ``m`` and a uint64 array ``a``, from 32-bit limbs
+    (xp has no 128-bit product): m·a = mh·ah·2**64 + (mh·al + ml·ah)·2**32 + ml·al, each partial product exact."""
+    u64 = xp.uint64
+    m32, s32 = u64(_M32), u64(32)
+    ml, mh = u64(m & _M32), u64(m >> 32)
+    al, ah = a & m32, a >> s32
+    ll, lh, hl, hh = ml * al, ml * ah, mh * al, mh * ah
+    mid = (ll >> s32) + (lh & m32) + (hl & m32)  # < 3·2**32: no overflow
+    hi = hh + (lh >> s32) + (hl >> s32) + (mid >> s32)
+    lo = (mid << s32) | (ll & m32)
+    return hi, lo
+
+
+def philox4x64(c0, c1, c2, c3, k0, k1=0, xp=np, rounds=10):
+    """Philox-4x64 (Salmon et al. 2011, Random123) on uint64 arrays, as Triton's ``philox_impl`` for uint64
+    counters: returns the four output words ``(c0, c1, c2, c3)``. ``np.random.Philox(key=k0 + (k1 << 64),
+    counter=c - 1).random_raw(4)`` gives the same words (NumPy increments the counter before each block)."""
+    u64 = xp.uint64
+    c0, c1, c2, c3 = (xp.asarray(c, dtype=u64) for c in (c0, c1, c2, c3))
+    k0, k1 = int(k0) & _M64, int(k1) & _M64
+    for _ in range(rounds):
+        hb, lb = _mulhilo64(_P64_ROUND_B, c2, xp)
+        ha, la = _mulhilo64(_P64_ROUND_A, c0, xp)
+        c0, c1, c2, c3 = hb ^ c1 ^ u64(k0), lb, ha ^ c3 ^ u64(k1), la
+        k0, k1 = (k0 + _P64_KEY_A) & _M64, (k1 + _P64_KEY_B) & _M64
+    return c0, c1, c2, c3
+
+
+def _raw_words(n, seed, pos):
+    """uint32 words pos .. pos + n - 1 of dropout's stream on the host: one C call to NumPy's Philox-4x64-10."""
+    first = pos // _LANES
+    blocks = (pos + n + _LANES - 1) // _LANES - first
+    gen = np.random.Philox(key=int(seed), counter=(first - 1) % (1 << 256))  # NumPy bumps the counter first
+    raw = gen.random_raw(blocks * 4).astype("<u8", copy=False)  # little-endian bytes: the low half comes first
+    skip = pos - first * _LANES
+    return raw.view("<u4")[skip : skip + n]
+
+
+def dropout_words(n, seed, offset=0, xp=np):
+    """The uint32 words ``offset .. offset + n - 1`` of dropout's stream: word ``g`` is half ``g % 2`` (low
+    first) of output ``(g // 2) % 4`` of Philox-4x64-10 with counter ``(g // 8, 0, 0, 0)`` and key ``(seed, 0)``.
+
+    >>> dropout_words(3, seed=1, offset=5).dtype
+    dtype('uint32')
+    """
+    if xp is np:
+        return _raw_words(int(n), seed, int(offset))
+    u64 = xp.uint64
+    first = int(offset) // _LANES
+    blocks = (int(offset) + int(n) + _LANES - 1) // _LANES - first
+    ctr = xp.arange(blocks, dtype=u64) + u64(first)
+    zero = xp.zeros(blocks, dtype=u64)
+    w = xp.stack(philox4x64(ctr, zero, zero, zero, seed, 0, xp), axis=1).reshape(-1)
+    halves = xp.stack([w & u64(_M32), w >> u64(32)], axis=1).reshape(-1).astype(xp.uint32)
+    skip = int(offset) - first * _LANES
+    return halves[skip : skip + int(n)]
+
+
+def _drop_threshold(p):
+    """ceil(float32(p) * 2**32), as the kernel computes it from its float32 p (the product is exact, a power-of-two
+    scaling): a word is kept when >= it, so P(keep) = 1 - p to within 2**-32 (and p's float32 rounding, < 2**-25
+    relative); p = 1 gives 2**32, which no word reaches."""
+    return math.ceil(float(np.float32(p)) * 2.0**32)
+
+
+#: Recent keep-masks, bit-packed, by (stream, seed, offset, numel, threshold): a dropout's backward (and
+#: attention's, which draws the same mask twice) finds its forward's mask here instead of drawing it again. A mask
+#: is a function of its key, so a hit is always the right mask; at most _MASK_BYTES are kept, oldest out first.
 _MASKS: OrderedDict = OrderedDict()
 _MASK_BYTES = 64 << 20
 _mask_lock = threading.Lock()
 _mask_bytes = [0]
 
 
-def _keep_np(n, seed, offset, p):
-    """The flat keep-mask (bool, n) of the NumPy path, from the cache or from Philox (then remembered)."""
-    t = _keep_threshold(float(p))
-    key = (int(seed), int(offset), int(n), t)
+def _cached_mask(key, n, fill):
+    """The flat keep-mask (bool, n) under ``key``, from the cache or from ``fill(keep)`` (then remembered)."""
     with _mask_lock:
         bits = _MASKS.get(key)
         if bits is not None:
@@ -273,11 +364,7 @@ def _keep_np(n, seed, offset, p):
     if bits is not None:
         return np.unpackbits(bits, count=n).view(bool)
     keep = np.empty(n, dtype=bool)
-
-    def put(a, b, words):
-        keep[a:b] = _keep_from_words(words, t)
-
-    _blocks(n, int(offset), _Body(seed, put))
+    fill(keep)
     bits = np.packbits(keep)
     if bits.nbytes <= _MASK_BYTES // 4:
         with _mask_lock:
@@ -289,13 +376,67 @@ def _keep_np(n, seed, offset, p):
     return keep
 
 
-def dropout_mask(shape, p, seed, offset=0, xp=np):
-    """The boolean keep-mask of :func:`dropout_forward` for an input of ``shape``: ``u_i >= p``."""
+def _keep_np(n, seed, offset, p):
+    """Dropout's flat keep-mask on the host: words >= _drop_threshold(p), chunk by chunk over the CPU pool."""
+    t = _drop_threshold(p)
+
+    def fill(keep):
+        if t >= 1 << 32:
+            keep[:] = False
+            return
+
+        def run(lo_i, hi_i):
+            for a in range(lo_i, hi_i, _RAW_BLOCK):
+                b = min(a + _RAW_BLOCK, hi_i)
+                np.greater_equal(_raw_words(b - a, seed, offset + a), np.uint32(t), out=keep[a:b])
+
+        parallel_for(n, run, work=n * 4, align=_LANES * 64)
+
+    return _cached_mask(("dropout", int(seed), int(offset), int(n), t), n, fill)
+
+
+def _rand_keep_np(n, seed, offset, p):
+    """The flat mask ``tl.rand(seed, offset + i) >= p`` on the host (fast Philox-4x32 path)."""
+    t = _keep_threshold(float(p))
+
+    def fill(keep):
+        def put(a, b, words):
+            keep[a:b] = _keep_from_words(words, t)
+
+        _blocks(n, int(offset), _Body(seed, put))
+
+    return _cached_mask(("rand", int(seed), int(offset), int(n), t), n, fill)
+
+
+def _mask_args(shape, p, seed, offset, name):
     shape = tuple(int(s) for s in (shape if isinstance(shape, (tuple, list)) else (shape,)))
     n = int(np.prod(shape, dtype=np.int64))
-    _check(p, seed, offset, n, "dropout_mask")
+    _check(p, seed, offset, n, name)
+    return shape, n
+
+
+def dropout_mask(shape, p, seed, offset=0, xp=np):
+    """The boolean keep-mask of :func:`dropout_forward` for an input of ``shape``:
+    ``dropout_words(n, seed, offset) >= ceil(float32(p) * 2**32)`` in C order.
+
+    >>> bool(dropout_mask((2, 3), 0.0, seed=0).all())
+    True
+    """
+    shape, n = _mask_args(shape, p, seed, offset, "dropout_mask")
     if xp is np:
         return _keep_np(n, seed, offset, p).reshape(shape)
+    t = _drop_threshold(p)
+    if t >= 1 << 32:
+        return xp.zeros(shape, dtype=bool)
+    return (dropout_words(n, seed, offset, xp) >= xp.uint32(t)).reshape(shape)
+
+
+def rand_mask(shape, p, seed, offset=0, xp=np):
+    """``tl.rand(seed, offset + i) >= p`` for the C-order flat index ``i`` of ``shape`` (Philox-4x32-10, one
+    counter per element): the mask attention's kernels draw over their (B·H, L, S) probabilities."""
+    shape, n = _mask_args(shape, p, seed, offset, "rand_mask")
+    if xp is np:
+        return _rand_keep_np(n, seed, offset, p).reshape(shape)
     return (philox_uniform(n, seed, offset, xp) >= xp.float32(p)).reshape(shape)
 
 
@@ -306,10 +447,13 @@ def _dropout_ref(x, p, seed, offset):
     if xp is not np:
         y = xp.where(keep, x.astype(acc) * acc(_scale(p)), acc(0))
         return y.astype(x.dtype)
-    y = x.astype(acc)  # a fresh array (x is never written)
-    y *= acc(_scale(p))
-    np.copyto(y, acc(0), where=~keep)  # 0, not x * 0: a dropped inf/NaN gives 0, as the kernel's where
-    return y.astype(x.dtype, copy=False)
+    y = np.multiply(x, acc(_scale(p)), dtype=acc).astype(x.dtype, copy=False)  # a fresh array: x is never written
+    # dropped elements: AND their bits with 0, so a dropped inf/NaN gives +0 as the kernel's where (x * 0 would give
+    # NaN); one multiply and one AND pass, where np.copyto(where=~keep) costs about three times as much
+    bits = y.view(np.dtype(f"u{y.itemsize}"))
+    ones = np.multiply(keep, bits.dtype.type(np.iinfo(bits.dtype).max), dtype=bits.dtype)
+    np.bitwise_and(bits, ones, out=bits)
+    return y
 
 
 # ----------------------------------------------------------------------------------------------

@@ -4,6 +4,8 @@ Each is checked against an independent reference (float64 NumPy windows, the gen
 tril), by gradcheck in float64, and in separate tests against PyTorch where it imports.
 """
 
+import math
+
 import numpy as np
 import pytest
 
@@ -240,7 +242,7 @@ def test_fast_philox_equals_generic(seed, offset, monkeypatch):
     u = generic_uniform(n, seed, offset)
     np.testing.assert_array_equal(dk.philox_uniform(n, seed, offset), u)
     for p in (0.0, 1e-10, 0.1, 0.5, 0.9999999, 1.0):
-        np.testing.assert_array_equal(dk.dropout_mask((n,), p, seed, offset), u >= np.float32(p))
+        np.testing.assert_array_equal(dk.rand_mask((n,), p, seed, offset), u >= np.float32(p))
 
 
 @pytest.mark.parametrize("p", [0.0, 0.3, 0.5, 0.75, 1.0, float(np.nextafter(np.float32(0.5), 1))])
@@ -251,6 +253,25 @@ def test_keep_threshold_is_exact(p):
     assert t == 0 or not f(t - 1)
 
 
+def generic_keep(n, p, seed, offset):
+    """Dropout's mask from the generic uint64 Philox-4x64 (dk.philox4x64, checked against Random123's answers):
+    word g = half g % 2 of output (g // 2) % 4 of block g // 8, kept when >= ceil(float32(p) * 2**32)."""
+    g = np.arange(offset, offset + n, dtype=np.uint64)
+    zero = np.zeros(n, dtype=np.uint64)
+    out = np.stack(dk.philox4x64(g >> np.uint64(3), zero, zero, zero, seed), axis=1)
+    w = out[np.arange(n), (g >> np.uint64(1)) & np.uint64(3)]
+    half = (w >> (np.uint64(32) * (g & np.uint64(1)))) & np.uint64(0xFFFFFFFF)
+    return half >= np.uint64(math.ceil(float(np.float32(p)) * 2**32)) if p < 1 else np.zeros(n, bool)
+
+
+@pytest.mark.parametrize("seed,offset", [(0, 0), (1234, 7), (2**64 - 1, 2**32 - 3), (5, 2**62 + 1)])
+def test_numpy_philox_mask_equals_generic(seed, offset, monkeypatch):
+    monkeypatch.setattr(dk, "_RAW_BLOCK", 1000)  # several chunks, starting mid-block
+    n = 5003
+    for p in (0.0, 2.0**-32, 0.1, 0.5, 1 - 2.0**-32, 1.0):
+        np.testing.assert_array_equal(dk.dropout_mask((n,), p, seed, offset), generic_keep(n, p, seed, offset))
+
+
 def test_reference_dropout_values_and_dropped_non_finite(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     monkeypatch.setenv("CONCH_KERNELS", "reference")
@@ -258,7 +279,7 @@ def test_reference_dropout_values_and_dropped_non_finite(monkeypatch):
     x[:50] = np.inf
     x[50:100] = np.nan
     y, _ = dk.dropout_forward(x, 0.4, seed=3, offset=10)
-    keep = generic_uniform(x.size, 3, 10) >= np.float32(0.4)
+    keep = generic_keep(x.size, 0.4, 3, 10)
     want = np.where(keep, x.astype(np.float64) * np.float64(np.float32(1 / 0.6)), 0.0)
     np.testing.assert_allclose(y, want.astype(np.float32), rtol=1e-7)
     assert not np.signbit(y[~keep]).any()  # a dropped element is +0, whatever x held (as the kernel's where)
@@ -304,12 +325,12 @@ def test_dropout_backward_reuses_the_forwards_mask(monkeypatch):
     x = np.random.default_rng(9).standard_normal((13, 29)).astype(np.float32)
     y, res = dk.dropout_forward(x, 0.25, seed=777, offset=5)
     calls = []
-    real = dk._blocks
-    monkeypatch.setattr(dk, "_blocks", lambda *a: (calls.append(a), real(*a)))
+    real = dk._raw_words
+    monkeypatch.setattr(dk, "_raw_words", lambda *a: (calls.append(a), real(*a))[1])
     dx = dk.dropout_backward(res, x)
     assert calls == []  # the mask came from the cache
     np.testing.assert_array_equal(dx, y)  # dy = x: the same mask and scale
-    keep = generic_uniform(x.size, 777, 5).reshape(x.shape) >= np.float32(0.25)
+    keep = generic_keep(x.size, 0.25, 777, 5).reshape(x.shape)
     np.testing.assert_array_equal(dk.dropout_mask(x.shape, 0.25, 777, 5), keep)
     dk.dropout_mask(x.shape, 0.25, 778, 5)  # another seed: computed afresh
     assert len(calls) == 1
@@ -323,4 +344,4 @@ def test_dropout_mask_cache_is_bounded(monkeypatch):
         dk.dropout_mask((999,), 0.5, seed)  # 125 bytes packed each
     assert dk._mask_bytes[0] <= 4096
     assert dk._mask_bytes[0] == sum(b.nbytes for b in dk._MASKS.values())
-    np.testing.assert_array_equal(dk.dropout_mask((999,), 0.5, 39), generic_uniform(999, 39, 0) >= np.float32(0.5))
+    np.testing.assert_array_equal(dk.dropout_mask((999,), 0.5, 39), generic_keep(999, 0.5, 39, 0))

@@ -127,6 +127,26 @@ def test_dropout_mask_same_on_both_paths(monkeypatch):
     assert 0.1 < (y_ref == 0).mean() < 0.5
 
 
+def test_dropout_gradcheck_and_random_upstream_gradient():
+    # a fixed (seed, offset) makes dropout a fixed linear map: float64 gradcheck and gradgradcheck on an odd shape
+    # (an offset not a multiple of 8, so the mask starts mid-Philox-block), and the backward against the closed
+    # form g * mask / (1 - p) for a random upstream gradient
+    rng = np.random.default_rng(12)
+    x = conch.tensor(rng.standard_normal((3, 7, 5)), requires_grad=True)
+    fn = lambda x: fdropout.Dropout.apply(x, p=0.35, seed=19, offset=13)  # noqa: E731
+    assert conch.autograd.gradcheck(fn, (x,))
+    assert conch.autograd.gradgradcheck(fn, (x,))
+    g = rng.standard_normal((3, 7, 5))
+    y = fn(x)
+    y.backward(conch.tensor(g))
+    from conch.kernels.dropout import dropout_mask
+
+    keep = dropout_mask((3, 7, 5), 0.35, 19, 13)
+    assert 0.4 < keep.mean() < 0.9  # a mask, not all kept
+    np.testing.assert_allclose(y.detach().numpy(), np.where(keep, x.detach().numpy() / 0.65, 0.0), rtol=1e-13)
+    np.testing.assert_allclose(x.grad.numpy(), np.where(keep, g / 0.65, 0.0), rtol=1e-13)
+
+
 @pytest.mark.parametrize("act", [None, *factivations.ACTIVATIONS])
 def test_linear_gradcheck_and_second_derivatives(act):
     x = conch.randn(3, 4, dtype=conch.float64, requires_grad=True)

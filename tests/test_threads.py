@@ -34,6 +34,7 @@ def split_small(monkeypatch, restore_threads):
     monkeypatch.setattr(_act, "_BLOCK", 100)
     monkeypatch.setattr(optim, "_REF_BLOCK", 50)
     monkeypatch.setattr(dropout, "_PHILOX_BLOCK", 96)
+    monkeypatch.setattr(dropout, "_RAW_BLOCK", 100)  # not a multiple of 8: chunks start mid-block
 
 
 def on_threads(fn, counts=(1, 2, 3)):
@@ -337,8 +338,9 @@ def test_dropout_same_bits_on_any_thread_count(offset, split_small):
 
     def run():
         y, res = dropout.dropout_forward(x, 0.3, seed=11, offset=offset)
+        dropout._MASKS.clear()  # draw each mask afresh, not from the cache
         return (y, dropout.dropout_backward(res, x), dropout.dropout_mask(x.shape, 0.3, 11, offset),
-                dropout.philox_uniform(x.size, 11, offset))  # fmt: skip
+                dropout.rand_mask(x.shape, 0.3, 11, offset), dropout.philox_uniform(x.size, 11, offset))  # fmt: skip
 
     assert_same_bits(on_threads(run))
 

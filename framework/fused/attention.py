@@ -26,7 +26,7 @@ def _composite_attention(q, k, v, causal, scale, drop=None):
         s = s.masked_fill(causal_drop(*s.shape[-2:], s._data), -math.inf)
     p = softmax(s, -1)
     if drop is not None:  # the kernels' mask: the same counters over the (..., L, S) probabilities
-        keep = K.dropout.dropout_mask(p.shape, drop[0], drop[1], drop[2], xp=xp_of(p._data))
+        keep = K.dropout.rand_mask(p.shape, drop[0], drop[1], drop[2], xp=xp_of(p._data))
         p = p * Tensor._make((keep / (1 - drop[0])).astype(p.dtype))
     return p @ v
 

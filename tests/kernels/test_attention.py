@@ -124,8 +124,8 @@ def test_errors_name_shapes_and_dtypes(rng):
 )
 def test_dropout_regenerates_the_same_mask(triton_path, monkeypatch, rng, shape, causal, dtype):
     """Forward and both backward kernels draw keep = tl.rand(seed, offset + (bh·L + i)·S + j) >= p, bit for bit
-    the mask dropout_mask gives on the host; the reference path applies that mask too."""
-    from conch.kernels.dropout import dropout_mask
+    the mask rand_mask gives on the host; the reference path applies that mask too."""
+    from conch.kernels.dropout import rand_mask
 
     B, H, L, S, D = shape
     q, k, v = (rand(rng, (B, H, n, D), dtype) for n in (L, S, S))
@@ -137,7 +137,7 @@ def test_dropout_regenerates_the_same_mask(triton_path, monkeypatch, rng, shape,
         m.setenv("CONCH_KERNELS", "reference")
         out_r, res_r = at.attention_forward(dev(q), dev(k), dev(v), **kw)
         grads_r = at.attention_backward(res_r, dev(g))
-    keep = dropout_mask((B, H, L, S), 0.3, 11, 1000)
+    keep = rand_mask((B, H, L, S), 0.3, 11, 1000)
     assert 0.5 < keep.mean() < 0.9  # a mask, not all kept
     want = np_attention(q, k, v, g, causal, 1 / math.sqrt(D), keep, 0.3)
     for got, ref, exp in zip((out, *grads), (out_r, *grads_r), want):

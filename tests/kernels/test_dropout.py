@@ -1,5 +1,7 @@
 """Dropout kernels: counter-based masks, Triton (interpreter or GPU) bit-identical to the NumPy Philox reference."""
 
+import math
+
 import ml_dtypes
 import numpy as np
 import pytest
@@ -42,27 +44,97 @@ def test_uniform_conversion_matches_tritons_formula():
     np.testing.assert_array_equal(u, w.astype(np.float32) * np.float32(4.6566127342e-10))
 
 
-SEEDS = [(0, 0), (1234, 7), (2**40 + 7, 2**32 - 100), (2**64 - 1, 1), (99, 2**31 - 50)]
+# Random123's kat_vectors for philox4x64_10 (counter words, key words -> output words)
+KAT64 = [
+    ((0, 0, 0, 0), (0, 0), (0x16554D9ECA36314C, 0xDB20FE9D672D0FDC, 0xD7E772CEE186176B, 0x7E68B68AEC7BA23B)),
+    (
+        (2**64 - 1,) * 4,
+        (2**64 - 1,) * 2,
+        (0x87B092C3013FE90B, 0x438C3C67BE8D0224, 0x9CC7D7C69CD777B6, 0xA09CAEBF594F0BA0),
+    ),
+    (
+        (0x243F6A8885A308D3, 0x13198A2E03707344, 0xA4093822299F31D0, 0x082EFA98EC4E6C89),
+        (0x452821E638D01377, 0xBE5466CF34E90C6C),
+        (0xA528F45403E61D95, 0x38C72DBD566E9788, 0xA5A1610E72FD18B5, 0x57BD43B5E52B7FE6),
+    ),
+]
+
+
+def philox4x64_int(ctr, key):
+    """Philox-4x64-10 on Python ints (Random123's round, no limbs): an independent check of dk.philox4x64."""
+    m = (1 << 64) - 1
+    (c0, c1, c2, c3), (k0, k1) = ctr, key
+    for _ in range(10):
+        pb, pa = 0xCA5A826395121157 * c2, 0xD2E7470EE14C6C93 * c0
+        c0, c1, c2, c3 = (pb >> 64) ^ c1 ^ k0, pb & m, (pa >> 64) ^ c3 ^ k1, pa & m
+        k0, k1 = (k0 + 0x9E3779B97F4A7C15) & m, (k1 + 0xBB67AE8584CAA73B) & m
+    return c0, c1, c2, c3
+
+
+@pytest.mark.parametrize("ctr,key,out", KAT64)
+def test_philox4x64_known_answers_and_numpy(ctr, key, out):
+    assert philox4x64_int(ctr, key) == out
+    got = dk.philox4x64(*[np.array([c], np.uint64) for c in ctr], *key)
+    assert [int(g[0]) for g in got] == list(out)
+    # NumPy's C Philox is the same function, its counter bumped before each block
+    c = sum(w << (64 * i) for i, w in enumerate(ctr))
+    gen = np.random.Philox(key=key[0] + (key[1] << 64), counter=(c - 1) % 2**256)
+    assert [int(w) for w in gen.random_raw(4)] == list(out)
+
+
+def stream_words(n, seed, offset):
+    """Words offset .. offset + n - 1 of dropout's stream from Python-int Philox: word g is half g % 2 (low first)
+    of output (g // 2) % 4 of the block with counter (g // 8, 0, 0, 0), key (seed, 0)."""
+    out = []
+    for g in range(offset, offset + n):
+        w = philox4x64_int((g // 8, 0, 0, 0), (seed, 0))[(g // 2) % 4]
+        out.append((w >> (32 * (g % 2))) & 0xFFFFFFFF)
+    return np.array(out, np.uint32)
+
+
+def keep_ref(n, p, seed, offset):
+    return stream_words(n, seed, offset).astype(np.int64) >= math.ceil(float(np.float32(p)) * 2**32)
+
+
+SEEDS = [(0, 0), (1234, 7), (2**40 + 7, 2**32 - 100), (2**64 - 1, 1), (99, 2**31 - 50), (3, 2**62 + 5)]
 
 
 @pytest.mark.parametrize("seed,offset", SEEDS)
-def test_triton_mask_bitwise_equals_reference(seed, offset, interpret):
-    # offsets crossing 2**31 and 2**32 and seeds above 2**32 check the (seed, offset) -> key/counter mapping
-    n = 1000
+def test_dropout_words_follow_the_stream_layout(seed, offset):
+    for n in (1, 7, 8, 9, 30):
+        np.testing.assert_array_equal(dk.dropout_words(n, seed, offset), stream_words(n, seed, offset))
+
+
+@pytest.mark.parametrize("seed,offset", SEEDS)
+@pytest.mark.parametrize("n", [1, 255, 1000])
+def test_triton_mask_bitwise_equals_reference(seed, offset, n, interpret):
+    # offsets crossing 2**31 and 2**32, at every residue mod 8, and seeds above 2**32 check the (seed, offset) ->
+    # key/counter mapping; n = 1000 spans several 256-element programs, which start at 8-aligned stream positions
     x = np.ones(n, np.float32)
     before = LAUNCHES["_dropout_kernel"]
     y, _ = dk.dropout_forward(dev(x), 0.3, seed=seed, offset=offset)
     assert LAUNCHES["_dropout_kernel"] == before + 1
     mask = dk.dropout_mask((n,), 0.3, seed, offset)
     np.testing.assert_array_equal(host(y) != 0, mask)
-    u = dk.philox_uniform(n, seed, offset)
-    np.testing.assert_array_equal(mask, u >= np.float32(0.3))
+    m = min(n, 40)  # the Python-int reference is slow: its first words
+    np.testing.assert_array_equal(mask[:m], keep_ref(m, 0.3, seed, offset))
+
+
+@pytest.mark.parametrize("p", [0.0, 2.0**-32, 3e-10, 0.1, 0.5, 1 - 2.0**-24, 1 - 2.0**-30, 1.0])
+def test_keep_threshold_edges(p, interpret):
+    # keep = word >= ceil(float32(p) * 2**32): p = 0 keeps all, p = 1 none, tiny p are not rounded to 0 or 1
+    n = 300
+    x = np.ones(n, np.float32)
+    y, _ = dk.dropout_forward(dev(x), p, seed=21, offset=3)
+    want = dk.dropout_words(n, 21, 3).astype(np.int64) >= math.ceil(float(np.float32(p)) * 2**32)
+    np.testing.assert_array_equal(host(y) != 0, want)
+    np.testing.assert_array_equal(dk.dropout_mask((n,), p, 21, 3), want)
 
 
 @pytest.mark.parametrize("shape", [(1,), (7,), (33,), (123,), (255,), (257,), (3, 5, 7)])
 @pytest.mark.parametrize("dtype", [np.float32, np.float16, BF16], ids=["fp32", "fp16", "bf16"])
 def test_forward_backward_triton_vs_reference_vs_float64(shape, dtype, rng, interpret, monkeypatch):
-    p, seed, offset = 0.37, 42, 1000
+    p, seed, offset = 0.37, 42, 1003  # an offset not a multiple of 8: programs start mid-block
     x = rng.standard_normal(shape).astype(dtype)
     dy = rng.standard_normal(shape).astype(dtype)
     xs = x.copy()
@@ -108,6 +180,22 @@ def test_keep_fraction_is_one_minus_p(p, reference):
     keep = dk.dropout_mask((n,), p, seed=11, offset=0).mean()
     sigma = np.sqrt(p * (1 - p) / n)
     assert abs(keep - (1 - p)) < 5 * sigma
+
+
+def test_no_correlation_between_neighbours_or_offsets(reference):
+    # adjacent elements share a 64-bit word (two halves) and a Philox block (eight words): their masks must still
+    # be independent, as must two streams whose offsets differ by less than a block
+    n = 1 << 20
+    a = dk.dropout_mask((n,), 0.5, seed=13, offset=0).astype(np.float64)
+    b = dk.dropout_mask((n,), 0.5, seed=13, offset=n + 3).astype(np.float64)
+    bound = 5 / np.sqrt(n)  # |sample correlation| of independent Bernoulli(1/2) pairs: ~N(0, 1/n)
+    for lag in range(1, 9):
+        assert abs(np.corrcoef(a[:-lag], a[lag:])[0, 1]) < bound, lag
+    assert abs(np.corrcoef(a, b)[0, 1]) < bound
+    # each of the eight word slots in a block keeps 1 - p of its elements
+    for slot in range(8):
+        s = a[slot::8]
+        assert abs(s.mean() - 0.5) < 5 * np.sqrt(0.25 / s.size), slot
 
 
 def test_keep_fraction_triton(interpret):
