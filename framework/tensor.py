@@ -24,6 +24,8 @@ from .amp.autocast_mode import cast_for
 from .autograd import engine
 from .autograd import function as _function
 from .autograd.function import GraphTensor, _RemovableHandle
+from .autograd.function import binary as _binary
+from .autograd.function import record1 as _record1
 from .autograd.grad_mode import _enabled, no_grad
 from .kernels import _cupy, _deferred
 from .ops.dims import norm_dim, norm_dims
@@ -71,11 +73,12 @@ def _arith(op, scalar_op, swap=False, negate=False, floating=False):
             a, b = self._data, other._data
             if a.dtype is b.dtype and type(a) is _ND and type(b) is _ND and (not floating or a.dtype in _FLOATS):
                 try:
+                    out = fwd(None, b, a) if swap else fwd(None, a, b)
                     if _enabled[0] and (self.requires_grad or other.requires_grad or self._base is not None
                                         or other._base is not None):  # fmt: skip
-                        return op.apply(other, self) if swap else op.apply(self, other)
-                    # nothing to record (a view may need its history refreshed first: apply does that)
-                    return _make(fwd(None, b, a) if swap else fwd(None, a, b))
+                        # a node (binary refreshes a view's history first, and makes none if then not needed)
+                        return _binary(op, other, self, out) if swap else _binary(op, self, other, out)
+                    return _make(out)  # nothing to record
                 except ValueError:
                     if a.shape == b.shape:
                         raise
@@ -145,6 +148,7 @@ def _shape_arg(shape, what="view", arg="size"):
     return tuple(out)
 
 
+_SWAP2 = (1, 0)
 _norm_dim = norm_dim  # the name the rest of the framework imports (tensor_api, fused/softmax)
 
 
@@ -1028,15 +1032,28 @@ class Tensor(GraphTensor):
 
     # ------------------------------------------------------------ shapes
     def reshape(self, *shape):
-        shape = _infer_shape(_shape_arg(shape), self)
         a = self._data
+        if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+            shape = tuple(shape[0])
+        known = 1
+        for s in shape:  # the common case, sizes >= 0 as Python ints that fit: no -1 to infer, nothing to convert
+            if type(s) is not int or s < 0:
+                shape = _infer_shape(_shape_arg(shape), self)  # a -1 to infer, other integer types, or an error
+                break
+            known *= s
+        else:
+            if known != a.size:
+                _infer_shape(shape, self)  # raises PyTorch's error for sizes that do not fit
         if shape == a.shape:
             return self
+        arr = a.reshape(shape)
         if _enabled[0] and (self.requires_grad or self._base is not None):
-            out = ops.Reshape.apply(self, shape=shape)
+            out = _record1(ops.Reshape, self, arr)
+            if out.grad_fn is not None:
+                out.grad_fn.shape = a.shape  # what Reshape's forward keeps
         else:  # nothing to record: no node
-            out = _make(a.reshape(shape))
-        b = out._data.base  # a view's base is the array owning the memory (or a itself); a copy's is its own
+            out = _make(arr)
+        b = arr.base  # a view's base is the array owning the memory (or a itself); a copy's is its own
         if b is not None and (b is a or b is a.base or _shares_memory(out._data, a)):  # not when reshape copied
             _mark_view(out, self, lambda b, shape=shape: b.reshape(shape))
         return out
@@ -1100,6 +1117,9 @@ class Tensor(GraphTensor):
 
     def transpose(self, dim0, dim1):
         nd = self._data.ndim
+        if nd == 2 and type(dim0) is int and type(dim1) is int and -2 <= dim0 < 2 and -2 <= dim1 < 2:
+            # a matrix, the common case: two different dims (modulo 2) swap, else nothing moves
+            return self._permute(_SWAP2) if (dim0 - dim1) % 2 else self
         d0, d1 = norm_dim(dim0, nd), norm_dim(dim1, nd)
         if d0 == d1:
             return self
@@ -1126,10 +1146,13 @@ class Tensor(GraphTensor):
 
     def _permute(self, perm):
         """The view with dims in the order ``perm`` (a checked tuple of distinct non-negative dims)."""
+        arr = self._data.transpose(perm)
         if _enabled[0] and (self.requires_grad or self._base is not None):
-            out = ops.Permute.apply(self, perm=perm)
+            out = _record1(ops.Permute, self, arr)
+            if out.grad_fn is not None:
+                out.grad_fn.perm = perm  # what Permute's forward keeps
         else:  # nothing to record: no node
-            out = _make(self._data.transpose(perm))
+            out = _make(arr)
         return _mark_view(out, self, lambda b, perm=perm: b._permute(perm))
 
     def unsqueeze(self, dim):
