@@ -67,6 +67,7 @@ def _arith(op, scalar_op, swap=False, negate=False, floating=False):
     """
 
     fwd = op.forward  # Add/Sub/Mul/Div keep nothing on ctx in forward: callable without a node
+    sfwd = scalar_op.forward if scalar_op is not None else None
 
     def method(self, other):
         if isinstance(other, Tensor):
@@ -86,7 +87,11 @@ def _arith(op, scalar_op, swap=False, negate=False, floating=False):
         elif (
             scalar_op is not None and (type(other) is float or type(other) is int) and self._data.dtype in _SCALAR_FAST
         ):
-            return scalar_op.apply(self, s=-other if negate else other)
+            ctx = _new(scalar_op)  # the scalar ops' forwards keep at most ``s`` on it
+            out = sfwd(ctx, self._data, -other if negate else other)
+            if _enabled[0] and (self.requires_grad or self._base is not None):
+                return _record1(ctx, self, out)
+            return _make(out)
         x, y = _operands(other, self, floating) if swap else _operands(self, other, floating)
         return op.apply(x, y)
 
@@ -1048,9 +1053,9 @@ class Tensor(GraphTensor):
             return self
         arr = a.reshape(shape)
         if _enabled[0] and (self.requires_grad or self._base is not None):
-            out = _record1(ops.Reshape, self, arr)
-            if out.grad_fn is not None:
-                out.grad_fn.shape = a.shape  # what Reshape's forward keeps
+            ctx = _new(ops.Reshape)
+            ctx.shape = a.shape  # what Reshape's forward keeps
+            out = _record1(ctx, self, arr)
         else:  # nothing to record: no node
             out = _make(arr)
         b = arr.base  # a view's base is the array owning the memory (or a itself); a copy's is its own
@@ -1148,9 +1153,9 @@ class Tensor(GraphTensor):
         """The view with dims in the order ``perm`` (a checked tuple of distinct non-negative dims)."""
         arr = self._data.transpose(perm)
         if _enabled[0] and (self.requires_grad or self._base is not None):
-            out = _record1(ops.Permute, self, arr)
-            if out.grad_fn is not None:
-                out.grad_fn.perm = perm  # what Permute's forward keeps
+            ctx = _new(ops.Permute)
+            ctx.perm = perm  # what Permute's forward keeps
+            out = _record1(ctx, self, arr)
         else:  # nothing to record: no node
             out = _make(arr)
         return _mark_view(out, self, lambda b, perm=perm: b._permute(perm))
@@ -1223,9 +1228,12 @@ class Tensor(GraphTensor):
         else:
             x = cast_for("sum", self)[0] if _autocast[0] else self
         d = None if dim is None else norm_dims(dim, self._data.ndim, "sum")
+        a = x._data
         if _enabled[0] and (x.requires_grad or x._base is not None):
-            return ops.Sum.apply(x, dim=d, keepdim=keepdim)
-        return _make(_sum_array(x._data, d, keepdim))  # nothing to record: no node
+            ctx = _new(ops.Sum)
+            ctx.dim, ctx.keepdim, ctx.shape = d, keepdim, a.shape  # what Sum's forward keeps
+            return _record1(ctx, x, _sum_array(a, d, keepdim))
+        return _make(_sum_array(a, d, keepdim))  # nothing to record: no node
 
     def mean(self, dim=None, keepdim=_UNSET, dtype=None, *, axis=None, keepdims=None):
         if axis is not None or keepdims is not None:
@@ -1241,10 +1249,13 @@ class Tensor(GraphTensor):
                 f"mean(): could not infer output dtype. Input dtype must be floating point, but got {x.dtype}"
             )
         d = None if dim is None else norm_dims(dim, self._data.ndim, "mean")
-        if _enabled[0] and (x.requires_grad or x._base is not None):
-            return ops.Mean.apply(x, dim=d, keepdim=keepdim)
         a = x._data
-        return _make(_mean_array(a, d, keepdim, _count(a.shape, d)))  # nothing to record: no node
+        n = _count(a.shape, d)
+        if _enabled[0] and (x.requires_grad or x._base is not None):
+            ctx = _new(ops.Mean)
+            ctx.dim, ctx.keepdim, ctx.shape, ctx.n = d, keepdim, a.shape, n  # what Mean's forward keeps
+            return _record1(ctx, x, _mean_array(a, d, keepdim, n))
+        return _make(_mean_array(a, d, keepdim, n))  # nothing to record: no node
 
     sum._numpy_names = mean._numpy_names = True  # they take axis=/keepdims= themselves (no tensor_api wrapper)
 

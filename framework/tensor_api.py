@@ -162,9 +162,9 @@ class TensorMethods:
         return fused_softmax.log_softmax(self, dim, dtype=dtype)
 
     # float32/float64 on the CPU: the plain op, with no call layer in between (fused_act.fast_path)
-    tanh = fused_act.fast_path(ops.Tanh, lambda self: fused_act.activation(_floating(self), "tanh"))
-    sigmoid = fused_act.fast_path(ops.Sigmoid, lambda self: fused_act.activation(_floating(self), "sigmoid"))
-    relu = fused_act.fast_path(ops.Relu, lambda self: _relu(self))
+    tanh = fused_act.fast("tanh", lambda self: fused_act.activation(_floating(self), "tanh"))
+    sigmoid = fused_act.fast("sigmoid", lambda self: fused_act.activation(_floating(self), "sigmoid"))
+    relu = fused_act.fast("relu", lambda self: _relu(self))
 
     # ---- the function forms PyTorch also offers as methods
     def outer(self, vec2):

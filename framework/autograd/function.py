@@ -288,7 +288,7 @@ def _record(cls, ctx, make, tensors, attrs):
         ctx.needs_input_grad = _ONE
         out = cls.forward(ctx, t._data, **attrs)
         if type(out) is not tuple:
-            return unary(ctx, t, out)
+            return record1(ctx, t, out)
         d = t._data
         fn = t.grad_fn
         ctx.next_edges, ctx.in_meta = (t if fn is None else (fn, t._output_nr),), ((d.shape, d.dtype),)
@@ -341,17 +341,21 @@ def _record(cls, ctx, make, tensors, attrs):
 _ONE = (True,)
 
 
-def unary(ctx, t, out):
-    """The output Tensor of the node ``ctx`` (a one-input Op, with whatever its backward reads already set on it)
-    recorded on ``t`` for array ``out``, its forward's result.
+def record1(ctx, t, out):
+    """The output Tensor of the one-input Op node ``ctx`` (``object.__new__(cls)``, with whatever its backward
+    reads already set on it) on ``t`` for array ``out``, its forward's result, computed by the caller.
 
-    The fast paths of the Tensor methods (relu/tanh/sigmoid, reshape, permute) call it directly after computing
-    ``out`` themselves; the caller has made sure a node is due (grad mode on, ``t`` requiring grad after a view
-    refresh: ``fresh(t)``). Saves what ``type(ctx).saves`` names (``"out"`` or ``0``). Example::
+    For the fast paths of the Tensor methods (relu/tanh/sigmoid, reshape, permute, sum, mean, the scalar
+    arithmetic), called when grad mode is on and ``t`` requires grad or is a view: the view's history is
+    refreshed first, then ``ctx`` is recorded if ``t`` requires grad (its edge, input metadata, what
+    ``type(ctx).saves`` names: ``"out"`` or ``0``), else a plain tensor comes back. Example::
 
-        ctx = object.__new__(ops.Tanh)
-        y = unary(ctx, x, np.tanh(x._data))   # y.grad_fn is ctx
+        y = record1(object.__new__(ops.Tanh), x, np.tanh(x._data))   # ops.Tanh.apply(x) under grad mode
     """
+    if t._base is not None and t._vver != t._version[0]:
+        t._refresh_view()
+    if not t.requires_grad:
+        return t._make(out)
     fn = t.grad_fn
     d = t._data
     ctx.needs_input_grad = _ONE
@@ -360,21 +364,14 @@ def unary(ctx, t, out):
     res = t._make(out, True, ctx)
     saves = ctx.saves
     if saves:
-        ctx._saved = tuple([_saved_output(res) if s == "out" else SavedTensor(t, False) for s in saves])
+        if saves == _OUT:  # relu, tanh, sigmoid, exp...: no loop
+            ctx._saved = (_saved_output(res),)
+        else:
+            ctx._saved = tuple([_saved_output(res) if s == "out" else SavedTensor(t, False) for s in saves])
     return res
 
 
-def record1(cls, t, out):
-    """The output Tensor of one-input Op ``cls`` on ``t`` for array ``out``, its forward's result computed by the
-    caller without a ctx, when grad mode is on and ``t`` requires grad or is a view: the view's history refreshed
-    first, then a node (``unary``) if ``t`` requires grad, else a plain tensor. What else the node's backward
-    reads, the caller sets on ``result.grad_fn`` when that is not None. Example: ``record1(ops.Tanh, x,
-    np.tanh(x._data))`` is ``ops.Tanh.apply(x)`` under grad mode."""
-    if t._base is not None and t._vver != t._version[0]:
-        t._refresh_view()
-    if t.requires_grad:
-        return unary(_new(cls), t, out)
-    return t._make(out)
+_OUT = ("out",)
 
 
 def binary(cls, t, u, out):

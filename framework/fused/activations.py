@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from conch import kernels as K
 from conch.kernels._act_names import ACTIVATIONS
 
@@ -15,6 +17,7 @@ from .._backend import reference_path
 from ..autograd.function import record1
 from ..autograd.grad_mode import _enabled
 from ..ops import Erf
+from ..ops.elementwise import zero_0d
 from ..tensor import Tensor
 from ._common import FusedOp, _recompute_grads, _res, _t
 
@@ -82,34 +85,45 @@ def _general(x, name, negative_slope=0.01, alpha=1.0):
     return Activation.apply(x, name=name, negative_slope=negative_slope, alpha=alpha)
 
 
-def fast_path(op, general):
+def fast_path(op, general, array_fn, zeros=None):
     """``f(x)``: relu/tanh/sigmoid as plain Op ``op`` (Relu, Tanh, Sigmoid), or ``general(x)``.
 
-    The plain op runs for float32/float64 on the NumPy reference path: the same maths as the kernel's reference
-    path, with the op's array forward (which keeps nothing on ctx) called directly and the node built by
-    ``autograd.function.record1`` only when something requires grad, no kernel residuals nor dispatch layers:
-    on a (16, 16) tensor that is half the time of the kernel route. ``general`` takes everything else
-    (half precision, integers, Triton under the interpreter or on a GPU). Tensor's ``relu``/``tanh``/``sigmoid``
-    methods are such functions (tensor_api.py), and so is ``activation`` for those names. Example::
+    The plain op runs for float32/float64 NumPy arrays on the kernels' reference path: ``array_fn(d)`` (or
+    ``array_fn(d, zeros[dtype])``: relu's ``np.maximum`` with a 0-d zero) is the op's own array forward, the
+    same maths as the kernel's reference path, called with no layer in between, and the node is built by
+    ``autograd.function.record1`` only when something requires grad: no kernel residuals nor dispatch layers,
+    on a (16, 16) tensor half the time of the kernel route. ``general`` takes everything else (half precision,
+    integers, CuPy, Triton under the interpreter). Tensor's ``relu``/``tanh``/``sigmoid`` methods are such
+    functions (tensor_api.py), and so is ``activation`` for those names. Example::
 
-        tanh = fast_path(ops.Tanh, lambda x: activation(x.float(), "tanh"))
+        tanh = fast_path(ops.Tanh, lambda x: activation(x.float(), "tanh"), np.tanh)
         y = tanh(x)   # x float32 on the CPU: np.tanh(x), y.grad_fn an ops.Tanh node when x requires grad
     """
-    fwd = op.forward
 
     def f(x):
         d = x._data
-        if d.dtype in _SIMPLE_DTYPES and reference_path(d):
-            out = fwd(None, d)
+        dt = d.dtype
+        if (dt is _F32 or dt is _F64) and type(d) is _ND and reference_path(d):
+            out = array_fn(d) if zeros is None else array_fn(d, zeros[dt])
             if _enabled[0] and (x.requires_grad or x._base is not None):
-                return record1(op, x, out)
+                return record1(_new(op), x, out)
             return _make(out)
         return general(x)
 
     return f
 
 
+def fast(name, general):
+    """``fast_path`` for activation ``name`` (relu, tanh or sigmoid) with fallback ``general``."""
+    if name == "relu":
+        return fast_path(ops.Relu, general, np.maximum, {dt: zero_0d(dt) for dt in (_F32, _F64)})
+    if name == "tanh":
+        return fast_path(ops.Tanh, general, np.tanh)
+    return fast_path(ops.Sigmoid, general, lambda d: ops.Sigmoid.forward(None, d))
+
+
+_new = object.__new__
 _make = Tensor._make
-_SIMPLE_DTYPES = (D.float32, D.float64)
-_FAST = {name: fast_path(op, lambda x, name=name: _general(x, name))
-         for name, op in (("relu", ops.Relu), ("tanh", ops.Tanh), ("sigmoid", ops.Sigmoid))}  # fmt: skip
+_ND = np.ndarray
+_F32, _F64 = D.float32, D.float64
+_FAST = {name: fast(name, lambda x, name=name: _general(x, name)) for name in ("relu", "tanh", "sigmoid")}

@@ -346,6 +346,16 @@ _ZEROS: dict = {}  # dtype -> its scalar 0, made once (a scalar per call costs a
 _ZEROS_0D: dict = {}  # dtype -> a read-only 0-d NumPy array 0 (the same result as the scalar, bit for bit)
 
 
+def zero_0d(dt):
+    """A read-only 0-d NumPy array 0 of dtype ``dt``, one per dtype: ``np.maximum(a, zero_0d(a.dtype))`` is
+    relu's forward, bit for bit the same as with the scalar 0 and faster on small arrays."""
+    zero = _ZEROS_0D.get(dt)
+    if zero is None:
+        zero = _ZEROS_0D[dt] = np.zeros((), dt)
+        zero.flags.writeable = False  # shared by every call
+    return zero
+
+
 class Relu(Op):
     """max(a, 0); d/da = 1 where the output is positive (a > 0), else 0. The output is saved, not a mask, as
     PyTorch's threshold_backward reads it: a forward that records nothing computes nothing for backward."""
@@ -358,10 +368,7 @@ class Relu(Op):
         dt = a.dtype
         if type(a) is np.ndarray:  # a 0-d array zero: NumPy skips the scalar conversion (0.4 us, not 0.6)
             zero = _ZEROS_0D.get(dt)
-            if zero is None:
-                zero = _ZEROS_0D[dt] = np.zeros((), dt)
-                zero.flags.writeable = False  # shared by every call
-            return np.maximum(a, zero)
+            return np.maximum(a, zero_0d(dt) if zero is None else zero)
         zero = _ZEROS.get(dt)
         if zero is None:
             zero = _ZEROS[dt] = dt.type(0)
