@@ -138,7 +138,7 @@ def test_operand_kept_only_for_the_other_gradient(name, dtype, device):
     if name.endswith("matmul") and device != "cpu":
         pytest.skip("the kernel's MatMulAct keeps both operands: only the CPU's plain MatMul keeps one")
     fwd, grad, cshape = _CONST_PARTNER[name]
-    x = _leaf(dtype=dtype).to(device)
+    x = conch.tensor(_w((3, 4), seed=0).astype(dtype), device=device, requires_grad=True)
     c_np = _w(cshape, seed=3).astype(dtype)
     h = x * 1
     y = fwd(h, conch.tensor(c_np, device=device))
