@@ -1052,16 +1052,16 @@ class Tensor(GraphTensor):
         if shape == a.shape:
             return self
         arr = a.reshape(shape)
+        b = arr.base  # a view's base is the array owning the memory (or a itself); a copy's is its own
+        fn = None
+        if b is not None and (b is a or b is a.base or _shares_memory(arr, a)):  # not when reshape copied
+            fn = lambda b, shape=shape: b.reshape(shape)  # noqa: E731 (the view's replay, see _mark_view)
         if _enabled[0] and (self.requires_grad or self._base is not None):
             ctx = _new(ops.Reshape)
             ctx.shape = a.shape  # what Reshape's forward keeps
             out = _record1(ctx, self, arr)
-        else:  # nothing to record: no node
-            out = _make(arr)
-        b = arr.base  # a view's base is the array owning the memory (or a itself); a copy's is its own
-        if b is not None and (b is a or b is a.base or _shares_memory(out._data, a)):  # not when reshape copied
-            _mark_view(out, self, lambda b, shape=shape: b.reshape(shape))
-        return out
+            return out if fn is None else _mark_view(out, self, fn)
+        return _make(arr) if fn is None else _view_tensor(arr, self, fn)  # nothing to record: no node
 
     def view(self, *shape):
         """The same memory seen with another shape (PyTorch's rule: each group of merged or split dims must be
@@ -1152,13 +1152,12 @@ class Tensor(GraphTensor):
     def _permute(self, perm):
         """The view with dims in the order ``perm`` (a checked tuple of distinct non-negative dims)."""
         arr = self._data.transpose(perm)
+        fn = lambda b, perm=perm: b._permute(perm)  # noqa: E731 (the view's replay, see _mark_view)
         if _enabled[0] and (self.requires_grad or self._base is not None):
             ctx = _new(ops.Permute)
             ctx.perm = perm  # what Permute's forward keeps
-            out = _record1(ctx, self, arr)
-        else:  # nothing to record: no node
-            out = _make(arr)
-        return _mark_view(out, self, lambda b, perm=perm: b._permute(perm))
+            return _mark_view(_record1(ctx, self, arr), self, fn)
+        return _view_tensor(arr, self, fn)  # nothing to record: no node
 
     def unsqueeze(self, dim):
         d = _norm_dim(dim, self.ndim + 1)
@@ -1777,6 +1776,16 @@ def _mark_view(out, base, fn):
     """Record that ``out`` views ``base`` (``out = fn(base)``): they share memory and the version counter."""
     out._version, out._base, out._vfn, out._vver, out._vgrad = base._version, base, fn, base._version[0], _enabled[0]
     return out
+
+
+def _view_tensor(arr, base, fn):
+    """``_mark_view(_make(arr), base, fn)`` in one step, each slot written once: a view with no node (reshape and
+    permute when nothing is recorded)."""
+    t = _new(Tensor)
+    t._data, t.requires_grad, t.grad_fn, t.grad, t._output_nr, t._hooks = arr, False, None, None, 0, None
+    v = base._version
+    t._version, t._base, t._vfn, t._vver, t._vgrad = v, base, fn, v[0], _enabled[0]
+    return t
 
 
 def _keep_old_values(node, counter, arr):

@@ -13,7 +13,7 @@ from conch.kernels._act_names import ACTIVATIONS
 
 from .. import _dtype as D
 from .. import ops
-from .._backend import reference_path
+from .._backend import _AUTO, _OFF, _RAW_ENV, reference_path
 from ..autograd.function import record1
 from ..autograd.grad_mode import _enabled
 from ..ops import Erf
@@ -103,7 +103,11 @@ def fast_path(op, general, array_fn, zeros=None):
     def f(x):
         d = x._data
         dt = d.dtype
-        if (dt is _F32 or dt is _F64) and type(d) is _ND and reference_path(d):
+        if (
+            (dt is _F32 or dt is _F64)
+            and type(d) is _ND
+            and (_env(_TI) in _OFF and _env(_CK) in _AUTO or reference_path(d))
+        ):  # reference_path's two environment lookups inlined (a call layer is a tenth of a small op)
             out = array_fn(d) if zeros is None else array_fn(d, zeros[dt])
             if _enabled[0] and (x.requires_grad or x._base is not None):
                 return record1(_new(op), x, out)
@@ -124,6 +128,11 @@ def fast(name, general):
 
 _new = object.__new__
 _make = Tensor._make
+# _backend.reference_path's test for NumPy arrays, spelled out where a call layer counts: the environment's own
+# bytes dict read twice (tests that set the variables take effect at the next op); without that dict, _env's
+# answer is never in _OFF and reference_path decides
+_env = _RAW_ENV.get if _RAW_ENV is not None else (lambda key: b"?")
+_TI, _CK = b"TRITON_INTERPRET", b"CONCH_KERNELS"
 _ND = np.ndarray
 _F32, _F64 = D.float32, D.float64
 _FAST = {name: fast(name, lambda x, name=name: _general(x, name)) for name in ("relu", "tanh", "sigmoid")}

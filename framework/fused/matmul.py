@@ -21,7 +21,7 @@ from ..autograd.grad_mode import _enabled
 from ..backends import _tf32
 from ..tensor import Tensor, _as_tensor, _check_devices
 from ._common import FusedOp, _no_bias, _recompute_grads, _res, _t
-from .activations import _composite_activation
+from .activations import _AUTO, _CK, _OFF, _TI, _composite_activation, _env
 
 
 class MatMulAct(FusedOp):
@@ -109,10 +109,13 @@ def matmul(a, b):
         # _plain_ok for two 2-D arrays, inlined: the common case of every small CPU product
         if (
             dt is bd.dtype and type(ad) is _ND and type(bd) is _ND and dt in _PLAIN and ad.ndim == 2 and bd.ndim == 2
-            and ad.shape[1] == bd.shape[0] and not _autocast[0] and reference_path(ad)
+            and ad.shape[1] == bd.shape[0] and not _autocast[0]
+            and (_env(_TI) in _OFF and _env(_CK) in _AUTO or reference_path(ad))  # reference_path, inlined
         ):  # fmt: skip
             # no bias, no activation: the plain op (array backward), its node only when something requires grad
-            return binary(ops.MatMul, a, b, ad @ bd)
+            if _enabled[0] and (a.requires_grad or b.requires_grad or a._base is not None or b._base is not None):
+                return binary(ops.MatMul, a, b, ad @ bd)
+            return _make(ad @ bd)
     if not isinstance(a, Tensor) or not isinstance(b, Tensor):
         # a NumPy/CuPy array converts (as for the other binary ops); a list is no matrix: PyTorch refuses
         # x @ [1., 2.], and so does this
@@ -144,6 +147,7 @@ def matmul(a, b):
 
 
 _ND = np.ndarray
+_make = Tensor._make
 
 
 def _rows(a):
