@@ -32,6 +32,15 @@ round, for ``--op-rounds`` rounds, and each keeps the median. One thread (``--th
 pool and the BLAS pools (threadpoolctl where it imports, else the ``*_NUM_THREADS`` variables set before NumPy
 loads). A row's ``ratio`` is PyTorch time / conch time (above 1: conch faster); the issue's target, conch
 within 1.2x of PyTorch, is ``ratio >= 0.833`` (the row's ``within_1_2x``).
+
+Before and after (``--mode ops --before COMMIT [--ab-runs 4]``): ``git archive COMMIT framework kernels``
+unpacked as a ``conch`` package in a temporary directory; this script then runs itself (``--mode ops --json``)
+``--ab-runs`` times with that package first on ``PYTHONPATH`` ("before") and as many times with the ``conch``
+this Python imports ("after"), alternating and taking turns at going first, and prints one table: per case and
+pass, the median over the runs of conch's CPU-clock µs per call and, in brackets, conch time / PyTorch time
+measured in the same run (docs/benchmarks.md's before/after tables)::
+
+    python benchmarks/bench_overhead.py --mode ops --before c65d2d0 --ab-runs 4 --op-rounds 5
 """
 
 from __future__ import annotations
@@ -371,7 +380,15 @@ def main(argv=None):
     p.add_argument("--calls", type=int, default=300, help="calls per timing in --mode ops (default 300)")
     p.add_argument("--op-rounds", type=int, default=7, help="interleaved rounds in --mode ops; medians (default 7)")
     p.add_argument("--threads", type=int, default=1, help="intra-op and BLAS threads (default 1)")
+    p.add_argument("--before", metavar="COMMIT", help="--mode ops: before/after table against COMMIT's conch")
+    p.add_argument("--ab-runs", type=int, default=4, help="runs of each side with --before (default 4)")
     args = p.parse_args(argv)
+    if args.before:
+        if args.mode != "ops":
+            p.error("--before compares per-op timings: use it with --mode ops")
+        extra = ["--calls", str(args.calls), "--op-rounds", str(args.op_rounds), "--threads", str(args.threads)]
+        print(before_after(args.before, args.ab_runs, extra))
+        return 0
     env = harness.Env.detect(force_cpu=True)  # per-op overhead is host work: never touch a GPU here
     rows, payload_params = [], {}
     if args.mode in ("all", "chain"):
@@ -398,6 +415,51 @@ def main(argv=None):
     if args.json:
         harness.write_json(args.json, harness.make_payload("overhead", "e2e", rows, env, params=payload_params))
     return 0
+
+
+def before_after(commit, runs, extra):
+    """The before/after table (see the module docstring): ``runs`` alternating runs of ``--mode ops`` with
+    COMMIT's conch and with the installed one, ``extra`` passed on to each; medians of the runs per cell."""
+    import io
+    import json
+    import subprocess
+    import tarfile
+    import tempfile
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with tempfile.TemporaryDirectory(prefix="conch-before-") as tmp:
+        archive = subprocess.run(["git", "-C", repo, "archive", commit, "framework", "kernels"], check=True,
+                                 capture_output=True).stdout  # fmt: skip
+        src = os.path.join(tmp, "src")
+        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+            tar.extractall(src, filter="data")
+        pkg = os.path.join(tmp, "pkg")
+        os.makedirs(pkg)
+        os.rename(os.path.join(src, "framework"), os.path.join(pkg, "conch"))  # package-dir: conch = framework
+        os.rename(os.path.join(src, "kernels"), os.path.join(pkg, "conch", "kernels"))
+        results = {"before": [], "after": []}
+        for i in range(runs):
+            for side in ("before", "after") if i % 2 == 0 else ("after", "before"):
+                out = os.path.join(tmp, f"{side}{i}.json")
+                env = dict(os.environ)
+                if side == "before":
+                    env["PYTHONPATH"] = os.pathsep.join(filter(None, (pkg, env.get("PYTHONPATH"))))
+                subprocess.run([sys.executable, os.path.abspath(__file__), "--mode", "ops", "--json", out, *extra],
+                               env=env, cwd=tmp, check=True, capture_output=True)  # fmt: skip
+                with open(out) as f:
+                    results[side].append([r for r in json.load(f)["results"] if r["clock"] == "cpu"])
+    head = "| op | " + " | ".join(f"{p}, {side}" for p in OP_PASSES for side in ("before", "after")) + " |"
+    lines = [f"before: {commit}, after: the installed conch; median of {runs} alternating runs each, CPU clock, "
+             "conch us/call (conch time / PyTorch time)", head, "|" + "---|" * (2 * len(OP_PASSES) + 1)]  # fmt: skip
+    for case in dict.fromkeys(r["op"] for r in results["after"][0]):
+        cells = []
+        for pss in OP_PASSES:
+            for side in ("before", "after"):
+                rs = [r for run in results[side] for r in run if r["op"] == case and r["pass_"] == pss]
+                us = statistics.median(r["conch"] for r in rs)
+                cells.append(f"{us:.2f} ({statistics.median(r['conch'] / r['baseline'] for r in rs):.2f}x)")
+        lines.append(f"| {case} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def _chain_main(args, env):

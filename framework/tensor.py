@@ -24,6 +24,8 @@ from .amp.autocast_mode import cast_for
 from .autograd import engine
 from .autograd import function as _function
 from .autograd.function import GraphTensor, _RemovableHandle
+from .autograd.function import binary as _binary
+from .autograd.function import record1 as _record1
 from .autograd.grad_mode import _enabled, no_grad
 from .kernels import _cupy, _deferred
 from .ops.dims import norm_dim, norm_dims
@@ -65,17 +67,19 @@ def _arith(op, scalar_op, swap=False, negate=False, floating=False):
     """
 
     fwd = op.forward  # Add/Sub/Mul/Div keep nothing on ctx in forward: callable without a node
+    sfwd = scalar_op.forward if scalar_op is not None else None
 
     def method(self, other):
         if isinstance(other, Tensor):
             a, b = self._data, other._data
             if a.dtype is b.dtype and type(a) is _ND and type(b) is _ND and (not floating or a.dtype in _FLOATS):
                 try:
+                    out = fwd(None, b, a) if swap else fwd(None, a, b)
                     if _enabled[0] and (self.requires_grad or other.requires_grad or self._base is not None
                                         or other._base is not None):  # fmt: skip
-                        return op.apply(other, self) if swap else op.apply(self, other)
-                    # nothing to record (a view may need its history refreshed first: apply does that)
-                    return _make(fwd(None, b, a) if swap else fwd(None, a, b))
+                        # a node (binary refreshes a view's history first, and makes none if then not needed)
+                        return _binary(op, other, self, out) if swap else _binary(op, self, other, out)
+                    return _make(out)  # nothing to record
                 except ValueError:
                     if a.shape == b.shape:
                         raise
@@ -83,7 +87,11 @@ def _arith(op, scalar_op, swap=False, negate=False, floating=False):
         elif (
             scalar_op is not None and (type(other) is float or type(other) is int) and self._data.dtype in _SCALAR_FAST
         ):
-            return scalar_op.apply(self, s=-other if negate else other)
+            ctx = _new(scalar_op)  # the scalar ops' forwards keep at most ``s`` on it
+            out = sfwd(ctx, self._data, -other if negate else other)
+            if _enabled[0] and (self.requires_grad or self._base is not None):
+                return _record1(ctx, self, out)
+            return _make(out)
         x, y = _operands(other, self, floating) if swap else _operands(self, other, floating)
         return op.apply(x, y)
 
@@ -145,6 +153,7 @@ def _shape_arg(shape, what="view", arg="size"):
     return tuple(out)
 
 
+_SWAP2 = (1, 0)
 _norm_dim = norm_dim  # the name the rest of the framework imports (tensor_api, fused/softmax)
 
 
@@ -1028,18 +1037,31 @@ class Tensor(GraphTensor):
 
     # ------------------------------------------------------------ shapes
     def reshape(self, *shape):
-        shape = _infer_shape(_shape_arg(shape), self)
         a = self._data
+        if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+            shape = tuple(shape[0])
+        known = 1
+        for s in shape:  # the common case, sizes >= 0 as Python ints that fit: no -1 to infer, nothing to convert
+            if type(s) is not int or s < 0:
+                shape = _infer_shape(_shape_arg(shape), self)  # a -1 to infer, other integer types, or an error
+                break
+            known *= s
+        else:
+            if known != a.size:
+                _infer_shape(shape, self)  # raises PyTorch's error for sizes that do not fit
         if shape == a.shape:
             return self
+        arr = a.reshape(shape)
+        b = arr.base  # a view's base is the array owning the memory (or a itself); a copy's is its own
+        fn = None
+        if b is not None and (b is a or b is a.base or _shares_memory(arr, a)):  # not when reshape copied
+            fn = lambda b, shape=shape: b.reshape(shape)  # noqa: E731 (the view's replay, see _mark_view)
         if _enabled[0] and (self.requires_grad or self._base is not None):
-            out = ops.Reshape.apply(self, shape=shape)
-        else:  # nothing to record: no node
-            out = _make(a.reshape(shape))
-        b = out._data.base  # a view's base is the array owning the memory (or a itself); a copy's is its own
-        if b is not None and (b is a or b is a.base or _shares_memory(out._data, a)):  # not when reshape copied
-            _mark_view(out, self, lambda b, shape=shape: b.reshape(shape))
-        return out
+            ctx = _new(ops.Reshape)
+            ctx.shape = a.shape  # what Reshape's forward keeps
+            out = _record1(ctx, self, arr)
+            return out if fn is None else _mark_view(out, self, fn)
+        return _make(arr) if fn is None else _view_tensor(arr, self, fn)  # nothing to record: no node
 
     def view(self, *shape):
         """The same memory seen with another shape (PyTorch's rule: each group of merged or split dims must be
@@ -1100,6 +1122,9 @@ class Tensor(GraphTensor):
 
     def transpose(self, dim0, dim1):
         nd = self._data.ndim
+        if nd == 2 and type(dim0) is int and type(dim1) is int and -2 <= dim0 < 2 and -2 <= dim1 < 2:
+            # a matrix, the common case: two different dims (modulo 2) swap, else nothing moves
+            return self._permute(_SWAP2) if (dim0 - dim1) % 2 else self
         d0, d1 = norm_dim(dim0, nd), norm_dim(dim1, nd)
         if d0 == d1:
             return self
@@ -1126,11 +1151,13 @@ class Tensor(GraphTensor):
 
     def _permute(self, perm):
         """The view with dims in the order ``perm`` (a checked tuple of distinct non-negative dims)."""
+        arr = self._data.transpose(perm)
+        fn = lambda b, perm=perm: b._permute(perm)  # noqa: E731 (the view's replay, see _mark_view)
         if _enabled[0] and (self.requires_grad or self._base is not None):
-            out = ops.Permute.apply(self, perm=perm)
-        else:  # nothing to record: no node
-            out = _make(self._data.transpose(perm))
-        return _mark_view(out, self, lambda b, perm=perm: b._permute(perm))
+            ctx = _new(ops.Permute)
+            ctx.perm = perm  # what Permute's forward keeps
+            return _mark_view(_record1(ctx, self, arr), self, fn)
+        return _view_tensor(arr, self, fn)  # nothing to record: no node
 
     def unsqueeze(self, dim):
         d = _norm_dim(dim, self.ndim + 1)
@@ -1200,9 +1227,12 @@ class Tensor(GraphTensor):
         else:
             x = cast_for("sum", self)[0] if _autocast[0] else self
         d = None if dim is None else norm_dims(dim, self._data.ndim, "sum")
+        a = x._data
         if _enabled[0] and (x.requires_grad or x._base is not None):
-            return ops.Sum.apply(x, dim=d, keepdim=keepdim)
-        return _make(_sum_array(x._data, d, keepdim))  # nothing to record: no node
+            ctx = _new(ops.Sum)
+            ctx.dim, ctx.keepdim, ctx.shape = d, keepdim, a.shape  # what Sum's forward keeps
+            return _record1(ctx, x, _sum_array(a, d, keepdim))
+        return _make(_sum_array(a, d, keepdim))  # nothing to record: no node
 
     def mean(self, dim=None, keepdim=_UNSET, dtype=None, *, axis=None, keepdims=None):
         if axis is not None or keepdims is not None:
@@ -1218,10 +1248,13 @@ class Tensor(GraphTensor):
                 f"mean(): could not infer output dtype. Input dtype must be floating point, but got {x.dtype}"
             )
         d = None if dim is None else norm_dims(dim, self._data.ndim, "mean")
-        if _enabled[0] and (x.requires_grad or x._base is not None):
-            return ops.Mean.apply(x, dim=d, keepdim=keepdim)
         a = x._data
-        return _make(_mean_array(a, d, keepdim, _count(a.shape, d)))  # nothing to record: no node
+        n = _count(a.shape, d)
+        if _enabled[0] and (x.requires_grad or x._base is not None):
+            ctx = _new(ops.Mean)
+            ctx.dim, ctx.keepdim, ctx.shape, ctx.n = d, keepdim, a.shape, n  # what Mean's forward keeps
+            return _record1(ctx, x, _mean_array(a, d, keepdim, n))
+        return _make(_mean_array(a, d, keepdim, n))  # nothing to record: no node
 
     sum._numpy_names = mean._numpy_names = True  # they take axis=/keepdims= themselves (no tensor_api wrapper)
 
@@ -1743,6 +1776,16 @@ def _mark_view(out, base, fn):
     """Record that ``out`` views ``base`` (``out = fn(base)``): they share memory and the version counter."""
     out._version, out._base, out._vfn, out._vver, out._vgrad = base._version, base, fn, base._version[0], _enabled[0]
     return out
+
+
+def _view_tensor(arr, base, fn):
+    """``_mark_view(_make(arr), base, fn)`` in one step, each slot written once: a view with no node (reshape and
+    permute when nothing is recorded)."""
+    t = _new(Tensor)
+    t._data, t.requires_grad, t.grad_fn, t.grad, t._output_nr, t._hooks = arr, False, None, None, 0, None
+    v = base._version
+    t._version, t._base, t._vfn, t._vver, t._vgrad = v, base, fn, v[0], _enabled[0]
+    return t
 
 
 def _keep_old_values(node, counter, arr):

@@ -115,6 +115,13 @@ class _Histogram(_Named):
 _SCATTER_REDUCE = {"add": "sum", "multiply": "prod"}  # scatter(reduce=...)'s names for scatter_reduce's
 
 
+def _relu(self):
+    """``Tensor.relu`` off the fast path: integer relu stays integer, as in PyTorch."""
+    if not self.is_floating_point():
+        return _const(xp_of(self._data).maximum(self._data, 0).astype(self.dtype, copy=False))
+    return fused_act.activation(self, "relu")
+
+
 class TensorMethods:
     """The methods :func:`attach` gives Tensor (this class is never instantiated: it is a namespace that reads
     as the class body it extends)."""
@@ -146,8 +153,7 @@ class TensorMethods:
         return self.numel()
 
     # ---- on the fused kernels (conch.fused)
-    def matmul(self, other):
-        return fused_matmul.matmul(self, other)
+    matmul = fused_matmul.matmul  # the function itself: one call layer less on every ``@``
 
     def softmax(self, dim, dtype=None):
         return fused_softmax.softmax(self, dim, dtype=dtype)
@@ -155,16 +161,10 @@ class TensorMethods:
     def log_softmax(self, dim, dtype=None):
         return fused_softmax.log_softmax(self, dim, dtype=dtype)
 
-    def tanh(self):
-        return fused_act.activation(_floating(self), "tanh")
-
-    def sigmoid(self):
-        return fused_act.activation(_floating(self), "sigmoid")
-
-    def relu(self):
-        if not self.is_floating_point():  # integer relu stays integer, as in PyTorch
-            return _const(xp_of(self._data).maximum(self._data, 0).astype(self.dtype, copy=False))
-        return fused_act.activation(self, "relu")
+    # float32/float64 on the CPU: the plain op, with no call layer in between (fused_act.fast_path)
+    tanh = fused_act.fast("tanh", lambda self: fused_act.activation(_floating(self), "tanh"))
+    sigmoid = fused_act.fast("sigmoid", lambda self: fused_act.activation(_floating(self), "sigmoid"))
+    relu = fused_act.fast("relu", lambda self: _relu(self))
 
     # ---- the function forms PyTorch also offers as methods
     def outer(self, vec2):

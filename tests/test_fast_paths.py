@@ -178,3 +178,83 @@ def test_fast_paths_agree_with_pytorch():
         res.append([loss.detach().numpy(), x.grad.numpy(), y.grad.numpy(), m.grad.numpy()])
     for c, t in zip(*res):
         np.testing.assert_allclose(c, t, rtol=2e-5, atol=2e-6)
+
+
+# ---------------------------------------------------------------- the recording forward's fast paths (issue 16)
+
+_SPECIAL = [-0.0, 0.0, np.nan, np.inf, -np.inf, 1e-30, -1e-30, 30.0, -30.0, 88.0, -750.0]
+
+
+@pytest.mark.parametrize("name", ["relu", "tanh", "sigmoid"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_activation_fast_path_is_bit_identical_to_the_kernel_path(name, dtype, device):
+    """The method's plain op and the kernel route (fused_act._general: the activations kernel's reference path
+    on the CPU) give the same bits, signed zeros and NaN included, and the same gradient up to rounding (sigmoid's
+    g·y·(1 - y) is grouped differently there: one float32 ulp)."""
+    from conch.fused import activations as fact
+
+    a = np.concatenate([np.random.default_rng(3).standard_normal(29) * 4, _SPECIAL]).astype(dtype)
+    x, k = _t(a, device, True, dtype=dtype), _t(a, device, True, dtype=dtype)
+    y, yk = getattr(x, name)(), fact._general(k, name)
+    plain = name.capitalize() if device == "cpu" else "Activation"  # a GPU array always takes the kernel
+    assert (type(y.grad_fn).__name__, type(yk.grad_fn).__name__) == (plain, "Activation")
+    assert _np(y).tobytes() == _np(yk).tobytes()
+    g = np.random.default_rng(4).standard_normal(a.shape).astype(dtype)
+    y.backward(_t(g, device, dtype=dtype))
+    yk.backward(_t(g, device, dtype=dtype))
+    tol = 3e-7 if dtype == np.float32 else 1e-15
+    np.testing.assert_allclose(_np(x.grad), _np(k.grad), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("name", ["relu", "tanh", "sigmoid"])
+def test_activation_fast_path_follows_the_dispatch_environment(name, monkeypatch):
+    """TRITON_INTERPRET=1, set after import, sends the next call to the kernel (under the interpreter)."""
+    x = conch.tensor([[-1.0, 0.5], [2.0, -3.0]], requires_grad=True)
+    assert type(getattr(x, name)().grad_fn).__name__ == name.capitalize()
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert type(getattr(x, name)().grad_fn).__name__ == "Activation"
+
+
+def test_recording_fast_paths_on_a_view_whose_base_changed_in_place(device):
+    """A view of a constant base, written in place from a tensor that requires grad: every fast path (scalar
+    arithmetic, activations, reshape, transpose, sum, mean, matmul) refreshes its history before recording."""
+    fns = {
+        "add_scalar": lambda v: (v + 1.5) * (v - 2.0) * (3.0 - v) / 4.0,
+        "activations": lambda v: v.relu() + v.tanh() + v.sigmoid(),
+        "reshape": lambda v: v.reshape(2, 2)[1] * 3.0,
+        "transpose": lambda v: v.reshape(2, 2).transpose(0, 1) * 3.0,
+        "sum_mean": lambda v: v.sum() * 2.0 + v.mean(),
+        "matmul": lambda v: v.reshape(2, 2) @ conch.tensor([[1.0, 2.0], [3.0, 4.0]], dtype=v.dtype, device=v.device),
+    }
+    rng = np.random.default_rng(6)
+    for name, fn in fns.items():
+        w0 = rng.standard_normal(4)
+        g = rng.standard_normal(fn(_t(w0, device)).shape)
+
+        def f(w, fn=fn):
+            base = conch.zeros(6, dtype=conch.float64, device=device)
+            v = base[1:5]  # a view of a tensor that requires no grad
+            base[1:5] = w * 2  # its history now leads to w
+            return fn(v)
+
+        w = _t(w0, device, True)
+        f(w).backward(_t(g, device))
+        v = _t(w0 * 2, device, True)  # the values the view holds, as a leaf
+        fn(v).backward(_t(g, device))
+        np.testing.assert_allclose(_np(w.grad), 2 * _np(v.grad), rtol=1e-12, atol=1e-12, err_msg=name)
+        assert gradcheck(f, (_t(w0, device, True),)), name
+
+
+def test_no_grad_views_share_the_version_counter(device):
+    x = _t(np.arange(6.0), device, True)
+    with conch.no_grad():
+        r, t = x.reshape(2, 3), x.reshape(2, 3).transpose(0, 1)
+    assert r._version is x._version and t._version is x._version and r.grad_fn is None and not r.requires_grad
+    with conch.no_grad():
+        r[0, 0] = 7.0  # writes x's memory and bumps the shared counter
+    assert x._version[0] == 1 and _np(x)[0] == 7.0 and _np(t)[0, 0] == 7.0
+    h = x * 1
+    with conch.no_grad():
+        hv = h.reshape(3, 2)
+    with pytest.raises(RuntimeError, match="created in no_grad mode"):
+        hv.mul_(2.0)  # PyTorch's rule: a no_grad view of a tensor that requires grad is not written with grad on

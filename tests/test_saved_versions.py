@@ -41,9 +41,11 @@ RAISES = {
     "rms_norm": ("LayerNorm", lambda h: F.rms_norm(h, (4,)), "in"),
     "sdpa": ("Attention", lambda h: F.scaled_dot_product_attention(h, h * 2, h * 3), "in"),
     "sdpa_out": ("Attention", lambda h: F.scaled_dot_product_attention(h, h, h, is_causal=True), "out"),
-    # a 2-D product without bias or activation is the plain op on the CPU (MatMulAct, the kernel, elsewhere)
-    "matmul": ("MatMul(Act)?", lambda h: h @ conch.ones(4, 2, dtype=h.dtype), "in"),
-    "rmatmul": ("MatMul(Act)?", lambda h: conch.ones(2, 3, dtype=h.dtype) @ h, "in"),
+    # a 2-D product without bias or activation is the plain op on the CPU (MatMulAct, the kernel, elsewhere); its
+    # other operand requires grad, since PyTorch keeps h only for that operand's gradient (see
+    # test_operand_kept_only_for_the_other_gradient below)
+    "matmul": ("MatMul(Act)?", lambda h: h @ conch.ones(4, 2, dtype=h.dtype, requires_grad=True), "in"),
+    "rmatmul": ("MatMul(Act)?", lambda h: conch.ones(2, 3, dtype=h.dtype, requires_grad=True) @ h, "in"),
     "linear": ("MatMulAct", lambda h: F.linear(h, conch.ones(2, 4, dtype=h.dtype)), "in"),
     "linear_relu_out": ("MatMulAct", lambda h: F.linear(h.T, conch.ones(3, 3, dtype=h.dtype), None, "relu"), "out"),
 }
@@ -116,6 +118,50 @@ def test_guards_released_with_the_residuals():
 
 
 # ---------------------------------------------------------------------------------------------- must not raise
+
+
+# (forward of h (3, 4) and a constant c, its gradient with respect to h for upstream w, in NumPy)
+_CONST_PARTNER = {
+    "mul": (lambda h, c: h * c, lambda c, w: w * c, (3, 4)),
+    "rmul": (lambda h, c: c * h, lambda c, w: w * c, (3, 4)),
+    "matmul": (lambda h, c: h @ c, lambda c, w: w @ c.T, (4, 2)),
+    "rmatmul": (lambda h, c: c @ h, lambda c, w: c.T @ w, (2, 3)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_CONST_PARTNER))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_operand_kept_only_for_the_other_gradient(name, dtype, device):
+    """a * c and a @ c keep a only for c's gradient (PyTorch's mul/mm nodes): with a constant c, writing a in
+    place before backward is no error, and a's gradient (w·c, w @ cᵀ) is right. The kernel's MatMulAct (a GPU,
+    the interpreter) keeps both operands, so the products are checked on the CPU's plain path only."""
+    if name.endswith("matmul") and device != "cpu":
+        pytest.skip("the kernel's MatMulAct keeps both operands: only the CPU's plain MatMul keeps one")
+    fwd, grad, cshape = _CONST_PARTNER[name]
+    x = conch.tensor(_w((3, 4), seed=0).astype(dtype), device=device, requires_grad=True)
+    c_np = _w(cshape, seed=3).astype(dtype)
+    h = x * 1
+    y = fwd(h, conch.tensor(c_np, device=device))
+    h.mul_(2)
+    w = _w(y.shape).astype(dtype)
+    (y * conch.tensor(w, device=device)).sum().backward()
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(x.grad.cpu()._data, grad(c_np.astype(np.float64), w), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("name", sorted(_CONST_PARTNER))
+def test_operand_kept_only_for_the_other_gradient_as_pytorch(name):
+    torch = pytest.importorskip("torch")
+    fwd, _, cshape = _CONST_PARTNER[name]
+    grads = []
+    for lib in (conch, torch):
+        x = lib.tensor(_w((3, 4), seed=0), requires_grad=True)
+        h = x * 1
+        y = fwd(h, lib.tensor(_w(cshape, seed=3)))
+        h.mul_(2)
+        y.backward(lib.tensor(_w(tuple(y.shape))))
+        grads.append(np.asarray(x.grad.detach().numpy()))
+    np.testing.assert_allclose(grads[0], grads[1], rtol=1e-12, atol=1e-12)
 
 
 def _softmax_np(a):

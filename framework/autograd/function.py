@@ -237,6 +237,10 @@ class Op(Node):
     """
 
     saves: tuple = ()
+    # with two inputs saved as (0, 1): input 0 is read only by input 1's gradient and the other way round (a * b,
+    # a @ b), so each is saved only when the other requires grad, as PyTorch's generated nodes do (an in-place
+    # write into an operand whose partner needs no gradient is then no error, and no SavedTensor is built)
+    cross_saves = False
 
     @staticmethod
     def forward(ctx, *arrays, **attrs):
@@ -281,17 +285,21 @@ def _record(cls, ctx, make, tensors, attrs):
     """``Op.apply`` when a node is recorded: edges, input metadata, the forward, outputs, saved tensors."""
     if len(tensors) == 1:  # one input (and it requires grad, or apply would not record): no loop, no lists
         t = tensors[0]
+        ctx.needs_input_grad = _ONE
+        out = cls.forward(ctx, t._data, **attrs)
+        if type(out) is not tuple:
+            return record1(ctx, t, out)
         d = t._data
         fn = t.grad_fn
-        ctx.needs_input_grad = (True,)
-        out = cls.forward(ctx, d, **attrs)
         ctx.next_edges, ctx.in_meta = (t if fn is None else (fn, t._output_nr),), ((d.shape, d.dtype),)
     elif len(tensors) == 2:  # two inputs, the other common case: no loop, no lists either
         t, u = tensors
-        d, e = t._data, u._data
         rt, ru = t.requires_grad, u.requires_grad
         ctx.needs_input_grad = (rt, ru)
-        out = cls.forward(ctx, d, e, **attrs)
+        out = cls.forward(ctx, t._data, u._data, **attrs)
+        if type(out) is not tuple:
+            return _node2(ctx, t, u, rt, ru, out)
+        d, e = t._data, u._data
         ctx.next_edges = (
             ((t if t.grad_fn is None else (t.grad_fn, t._output_nr)) if rt else None),
             ((u if u.grad_fn is None else (u.grad_fn, u._output_nr)) if ru else None),
@@ -317,7 +325,7 @@ def _record(cls, ctx, make, tensors, attrs):
     if type(out) is not tuple:
         res = make(out, True, ctx)
         if saves:
-            ctx._saved = tuple([SavedTensor(res, True) if s == "out" else SavedTensor(tensors[s], False)
+            ctx._saved = tuple([_saved_output(res) if s == "out" else SavedTensor(tensors[s], False)
                                 for s in saves])  # fmt: skip
         return res
     res = tuple(make(o, True, ctx) for o in out)
@@ -328,3 +336,87 @@ def _record(cls, ctx, make, tensors, attrs):
     if saves:
         ctx._saved = tuple([SavedTensor(tensors[s], False) for s in saves])
     return res
+
+
+_ONE = (True,)
+
+
+def record1(ctx, t, out):
+    """The output Tensor of the one-input Op node ``ctx`` (``object.__new__(cls)``, with whatever its backward
+    reads already set on it) on ``t`` for array ``out``, its forward's result, computed by the caller.
+
+    For the fast paths of the Tensor methods (relu/tanh/sigmoid, reshape, permute, sum, mean, the scalar
+    arithmetic), called when grad mode is on and ``t`` requires grad or is a view: the view's history is
+    refreshed first, then ``ctx`` is recorded if ``t`` requires grad (its edge, input metadata, what
+    ``type(ctx).saves`` names: ``"out"`` or ``0``), else a plain tensor comes back. Example::
+
+        y = record1(object.__new__(ops.Tanh), x, np.tanh(x._data))   # ops.Tanh.apply(x) under grad mode
+    """
+    if t._base is not None and t._vver != t._version[0]:
+        t._refresh_view()
+    if not t.requires_grad:
+        return t._make(out)
+    fn = t.grad_fn
+    d = t._data
+    ctx.needs_input_grad = _ONE
+    ctx.next_edges = (t if fn is None else (fn, t._output_nr),)
+    ctx.in_meta = ((d.shape, d.dtype),)
+    res = t._make(out, True, ctx)
+    saves = ctx.saves
+    if saves:
+        if saves == _OUT:  # relu, tanh, sigmoid, exp...: no loop
+            ctx._saved = (_saved_output(res),)
+        else:
+            ctx._saved = tuple([_saved_output(res) if s == "out" else SavedTensor(t, False) for s in saves])
+    return res
+
+
+_OUT = ("out",)
+
+
+def binary(cls, t, u, out):
+    """The output Tensor of two-input Op ``cls`` on ``t`` and ``u`` for array ``out``, its forward's result
+    computed by the caller without a ctx (Add, Sub, Mul, Div, MatMul keep nothing on it): a node when grad mode
+    is on and either input requires grad (a view's history refreshed first), else a plain tensor.
+
+    Example: ``binary(ops.Mul, x, y, x._data * y._data)`` is ``ops.Mul.apply(x, y)``.
+    """
+    if _enabled[0]:
+        if t._base is not None and t._vver != t._version[0]:
+            t._refresh_view()
+        if u._base is not None and u._vver != u._version[0]:
+            u._refresh_view()
+        rt, ru = t.requires_grad, u.requires_grad
+        if rt or ru:
+            ctx = _new(cls)
+            ctx.needs_input_grad = (rt, ru)
+            return _node2(ctx, t, u, rt, ru, out)
+    return t._make(out)
+
+
+def _node2(ctx, t, u, rt, ru, out):
+    """``binary``'s and ``_record``'s node for two inputs and one output array (``needs_input_grad`` set)."""
+    d, e = t._data, u._data
+    ctx.next_edges = (
+        ((t if t.grad_fn is None else (t.grad_fn, t._output_nr)) if rt else None),
+        ((u if u.grad_fn is None else (u.grad_fn, u._output_nr)) if ru else None),
+    )
+    ctx.in_meta = ((d.shape, d.dtype), (e.shape, e.dtype))
+    res = t._make(out, True, ctx)
+    saves = ctx.saves
+    if saves:
+        if ctx.cross_saves:
+            ctx._saved = (SavedTensor(t, False) if ru else None, SavedTensor(u, False) if rt else None)
+        else:
+            ctx._saved = tuple([_saved_output(res) if s == "out" else SavedTensor(u if s else t, False)
+                                for s in saves])  # fmt: skip
+    return res
+
+
+def _saved_output(res):
+    """``SavedTensor(res, True)`` for an op's fresh output ``res`` (version 0, this node its grad_fn), without
+    reading back what the caller just set."""
+    s = _new(SavedTensor)
+    s.data, s.make, s.counter, s.version, s.requires_grad = res._data, res._make, res._version, 0, True
+    s.is_output, s.output_nr, s.leaf, s.grad_fn = True, 0, None, None
+    return s

@@ -16,12 +16,12 @@ from .. import ops
 from .._backend import is_cupy_array, reference_path, xp_of
 from ..amp.autocast_mode import _state as _autocast
 from ..amp.autocast_mode import cast_for
-from ..autograd.function import check_guards
+from ..autograd.function import binary, check_guards
 from ..autograd.grad_mode import _enabled
 from ..backends import _tf32
 from ..tensor import Tensor, _as_tensor, _check_devices
 from ._common import FusedOp, _no_bias, _recompute_grads, _res, _t
-from .activations import _composite_activation
+from .activations import _AUTO, _CK, _OFF, _TI, _composite_activation, _env
 
 
 class MatMulAct(FusedOp):
@@ -105,10 +105,17 @@ def matmul(a, b):
     """NumPy matmul semantics (1-D, 2-D, batched with broadcast batch dims), with gradient."""
     if isinstance(a, Tensor) and isinstance(b, Tensor):
         ad, bd = a._data, b._data
-        if ad.ndim == 2 and _plain_ok(ad, bd):
+        dt = ad.dtype
+        # _plain_ok for two 2-D arrays, inlined: the common case of every small CPU product
+        if (
+            dt is bd.dtype and type(ad) is _ND and type(bd) is _ND and dt in _PLAIN and ad.ndim == 2 and bd.ndim == 2
+            and ad.shape[1] == bd.shape[0] and not _autocast[0]
+            and (_env(_TI) in _OFF and _env(_CK) in _AUTO or reference_path(ad))  # reference_path, inlined
+        ):  # fmt: skip
+            # no bias, no activation: the plain op (array backward), its node only when something requires grad
             if _enabled[0] and (a.requires_grad or b.requires_grad or a._base is not None or b._base is not None):
-                return ops.MatMul.apply(a, b)  # no bias, no activation: the plain op (array backward)
-            return Tensor._make(ad @ bd)  # nothing to record (a view may need its history refreshed: apply)
+                return binary(ops.MatMul, a, b, ad @ bd)
+            return _make(ad @ bd)
     if not isinstance(a, Tensor) or not isinstance(b, Tensor):
         # a NumPy/CuPy array converts (as for the other binary ops); a list is no matrix: PyTorch refuses
         # x @ [1., 2.], and so does this
@@ -137,6 +144,10 @@ def matmul(a, b):
     if not a.is_floating_point():  # integer/bool matmul: no gradient, no kernel
         return Tensor._make(a._data @ b._data)
     return MatMulAct.apply(a, b, _no_bias(a), act=None, negative_slope=0.01)
+
+
+_ND = np.ndarray
+_make = Tensor._make
 
 
 def _rows(a):

@@ -39,6 +39,7 @@ class Sub(Op):
 
 class Mul(Op):
     saves = (0, 1)
+    cross_saves = True  # d/da = g·b reads only b, d/db = g·a only a
 
     @staticmethod
     def forward(ctx, a, b):
@@ -342,6 +343,17 @@ class Sigmoid(Op):
 
 
 _ZEROS: dict = {}  # dtype -> its scalar 0, made once (a scalar per call costs a tenth of a small relu)
+_ZEROS_0D: dict = {}  # dtype -> a read-only 0-d NumPy array 0 (the same result as the scalar, bit for bit)
+
+
+def zero_0d(dt):
+    """A read-only 0-d NumPy array 0 of dtype ``dt``, one per dtype: ``np.maximum(a, zero_0d(a.dtype))`` is
+    relu's forward, bit for bit the same as with the scalar 0 and faster on small arrays."""
+    zero = _ZEROS_0D.get(dt)
+    if zero is None:
+        zero = _ZEROS_0D[dt] = np.zeros((), dt)
+        zero.flags.writeable = False  # shared by every call
+    return zero
 
 
 class Relu(Op):
@@ -354,6 +366,9 @@ class Relu(Op):
     def forward(ctx, a):
         # maximum, not a * mask: keeps NaN (as PyTorch) and gives +0.0, never -0.0, for negative inputs
         dt = a.dtype
+        if type(a) is np.ndarray:  # a 0-d array zero: NumPy skips the scalar conversion (0.4 us, not 0.6)
+            zero = _ZEROS_0D.get(dt)
+            return np.maximum(a, zero_0d(dt) if zero is None else zero)
         zero = _ZEROS.get(dt)
         if zero is None:
             zero = _ZEROS[dt] = dt.type(0)

@@ -18,6 +18,7 @@ class MatMul(Op):
     """NumPy matmul semantics: 1-D operands are promoted and the added dim removed afterwards."""
 
     saves = (0, 1)
+    cross_saves = True  # da = g @ bᵀ reads only b, db = aᵀ @ g only a: each saved when the other needs a gradient
 
     @staticmethod
     def forward(ctx, a, b):
@@ -25,26 +26,27 @@ class MatMul(Op):
 
     @staticmethod
     def backward(ctx, g):
-        a, b = ctx.saved_tensors
         n = ctx.needs_input_grad
-        if not _enabled[0] and a.ndim == 2 and b.ndim == 2:  # not recorded, 2-D: two array products
-            gd, ad, bd = g._data, a._data, b._data
-            return (g._wrap_const(gd @ bd.T) if n[0] else None), (g._wrap_const(ad.T @ gd) if n[1] else None)
-        a2 = a.unsqueeze(0) if a.ndim == 1 else a
-        b2 = b.unsqueeze(-1) if b.ndim == 1 else b
-        if a.ndim == 1:
-            g = g.unsqueeze(-2 if b.ndim > 1 else 0)
-        if b.ndim == 1:
+        (sa, _), (sb, _) = ctx.in_meta  # the operands' shapes: an operand is saved only when the other needs it
+        na, nb = len(sa), len(sb)
+        a = ctx.saved_tensor(0) if n[1] else None
+        b = ctx.saved_tensor(1) if n[0] else None
+        if not _enabled[0] and na == 2 and nb == 2:  # not recorded, 2-D: two array products
+            gd = g._data
+            return (g._wrap_const(gd @ b._data.T) if n[0] else None), (g._wrap_const(a._data.T @ gd) if n[1] else None)
+        if na == 1:
+            g = g.unsqueeze(-2 if nb > 1 else 0)
+        if nb == 1:
             g = g.unsqueeze(-1)
         ga = gb = None
         if n[0]:
-            ga = g @ b2.mT
-            if a.ndim == 1:
-                ga = ga.reshape(-1, a.shape[0]).sum(0)
+            ga = g @ (b.unsqueeze(-1) if nb == 1 else b).mT
+            if na == 1:
+                ga = ga.reshape(-1, sa[0]).sum(0)
         if n[1]:
-            gb = a2.mT @ g
-            if b.ndim == 1:
-                gb = gb.reshape(-1, b.shape[0]).sum(0)
+            gb = (a.unsqueeze(0) if na == 1 else a).mT @ g
+            if nb == 1:
+                gb = gb.reshape(-1, sb[0]).sum(0)
         return ga, gb
 
 
