@@ -8,30 +8,13 @@ from collections import OrderedDict
 from typing import NamedTuple
 
 import numpy as np
-import triton
-import triton.language as tl
-from triton.language import rand as tl_rand  # bare global name: kernel_for's interpreted twin swaps it
 
-from ._launch import kernel_for, targ, use_triton, xp_of
+from ._launch import TritonKernel, cdiv, kernel_for, targ, use_triton, xp_of
 from ._threads import parallel_for
 
-# ----------------------------------------------------------------------------------------------
-# Triton kernel: one kernel for forward (X = x) and backward (X = dy), since both compute
-# out_i = keep_i * X_i * scale with keep_i = (u_i >= p), u_i = tl.rand(seed, offset + i).
-# ----------------------------------------------------------------------------------------------
-
-
-@triton.jit
-def _dropout_kernel(X, Y, N, p, scale, seed, offset, BLOCK: tl.constexpr):
-    idx = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    ok = idx < N
-    x = tl.load(X + idx, mask=ok, other=0.0).to(tl.float32)
-    # int64 counters: Philox counter words c0 = low 32 bits, c1 = high 32 bits of (offset + i)
-    u = tl_rand(seed, offset + idx)
-    keep = u >= p
-    # forward: y = x * mask / (1 - p); backward: dx = dy * mask / (1 - p)  (scale = 0 when p = 1)
-    y = tl.where(keep, x * scale, 0.0)
-    tl.store(Y + idx, y.to(Y.dtype.element_ty), mask=ok)
+# The @triton.jit kernels are in kernels/_triton/dropout.py, imported by kernel_for at the first Triton
+# launch: the reference path never imports Triton.
+_dropout_kernel = TritonKernel("dropout", "_dropout_kernel")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -80,7 +63,7 @@ def _dropout_triton(x, p, seed, offset):
     n = xc.size
     if n:
         block = _BLOCK_INTERP if isinstance(x, np.ndarray) else _BLOCK_GPU
-        kernel_for(_dropout_kernel, xc)[(triton.cdiv(n, block),)](
+        kernel_for(_dropout_kernel, xc)[(cdiv(n, block),)](
             targ(xc), targ(y), n, float(p), _scale(p), int(seed), int(offset), BLOCK=block, num_warps=4
         )
     return y
