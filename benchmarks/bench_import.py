@@ -8,6 +8,13 @@ first bfloat16 use, Triton at the first Triton launch, CuPy with the first GPU a
 installed, else ``import numpy``) alternate, ``--runs`` each, and each keeps the median.
 
 The issue's target: ``import conch`` under 0.5 s on an idle machine (the ``total`` row: NumPy plus conch).
+
+A second part times the first CPU training step of a small ``conch.models`` GPT (forward through embeddings,
+LayerNorm, fused linear + GELU, causal attention, the fused linear cross-entropy; backward; a fused AdamW step)
+in a fresh interpreter after ``import conch``: its seconds, the resident memory it adds (``/proc/self/statm``)
+and the modules it loads. The reference path needs no Triton, so none should be heavy. Its baseline is the same
+step with ``import triton`` inside the timed region, which is what that step cost while the kernel modules
+imported Triton at module level (before the ``kernels/_triton/`` split).
 Ratios as in every benchmark: baseline time / conch time (above 1: conch imports faster than the baseline).
 
 Usage::
@@ -47,6 +54,31 @@ print(json.dumps({{"numpy_s": t1 - t0, "import_s": t2 - t1, "total_s": t2 - t0, 
 """
 
 
+_STEP_PROBE = """
+import sys, time, json, resource
+import numpy
+import conch
+from conch.models import GPT, GPTConfig
+
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize()
+
+before, r0 = set(sys.modules), rss()
+t0 = time.perf_counter()
+{pre}
+conch.manual_seed(0)
+model = GPT(GPTConfig(vocab_size=256, block_size=32, n_layer=2, n_head=2, n_embd=64))
+opt = conch.optim.AdamW(model.parameters(), fused=True)
+idx = conch.randint(0, 256, (4, 32))
+_, loss = model(idx, idx, return_logits=False)
+loss.backward()
+opt.step()
+t1 = time.perf_counter()
+print(json.dumps({{"step_s": t1 - t0, "rss_mib": (rss() - r0) / 2**20, "modules": sorted(set(sys.modules) - before)}}))
+"""
+
+
 def _env():
     # the CPU reference path, as a user's first import: no simulator, no interpreter, no forced kernel mode
     drop = ("CONCH_SIMULATE_GPU", "CONCH_TEST_DEVICE", "TRITON_INTERPRET", "CONCH_KERNELS")
@@ -57,6 +89,14 @@ def one_import(mod="conch"):
     """Time ``import mod`` in a fresh interpreter: seconds for NumPy, for mod after NumPy, both; modules added."""
     r = subprocess.run([sys.executable, "-c", _PROBE.format(mod=mod)], capture_output=True, text=True, env=_env(),
                        check=True, timeout=300)  # fmt: skip
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def first_step(pre=""):
+    """A fresh interpreter's first GPT training step on the CPU after ``import conch`` (``pre``: code run first,
+    inside the timed region): {"step_s", "rss_mib" (resident memory added), "modules" (loaded by the step)}."""
+    r = subprocess.run([sys.executable, "-c", _STEP_PROBE.format(pre=pre)], capture_output=True, text=True,
+                       env=_env(), check=True, timeout=300)  # fmt: skip
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
@@ -105,18 +145,36 @@ def main(argv=None):
         harness.ratio_row("numpy + conch (target < 0.5 s)", "s", med["total_s"], bmed["total_s"], False,
                           baseline_name=bname, device="cpu", ok=med["total_s"] < 0.5, runs=args.runs),
     ]  # fmt: skip
+    step_runs, eager_runs = [], []
+    for _ in range(max(1, args.runs)):  # alternating again: the step as it is, and with Triton imported in it
+        step_runs.append(first_step())
+        eager_runs.append(first_step("import triton"))
+    smed = {k: statistics.median(r[k] for r in step_runs) for k in ("step_s", "rss_mib")}
+    emed = {k: statistics.median(r[k] for r in eager_runs) for k in ("step_s", "rss_mib")}
+    step_heavy = sorted({m.split(".")[0] for m in step_runs[-1]["modules"]} & set(HEAVY))
+    ename = "same step + import triton"
+    rows += [
+        harness.ratio_row("first CPU GPT step after import conch", "s", smed["step_s"], emed["step_s"], False,
+                          baseline_name=ename, device="cpu", ok=not step_heavy, runs=args.runs),
+        harness.ratio_row("first CPU GPT step after import conch", "RSS MiB added", smed["rss_mib"],
+                          emed["rss_mib"], False, baseline_name=ename, device="cpu", ok=not step_heavy,
+                          runs=args.runs),
+    ]  # fmt: skip
     top = slowest("conch", args.top)
     print(f"import conch: median of {args.runs} fresh interpreters, alternating with {bname}")
     print(f"{env.device}, Python {env.info['python']}, {env.info['date']}, commit {env.info['commit']}")
     print(harness.format_table(rows, harness.E2E_COLUMNS))
     print(f"\nnumpy itself: {med['numpy_s'] * 1e3:.0f} ms; modules conch adds: {len(mods)}; "
           f"heavy ones among them: {heavy or 'none'}")  # fmt: skip
+    print(f"first CPU GPT step: modules it loads: {len(step_runs[-1]['modules'])}; heavy ones among them: "
+          f"{step_heavy or 'none'}")  # fmt: skip
     print(f"slowest {len(top)} modules (self ms, cumulative ms) under -X importtime:")
     for name, self_ms, cum_ms in top:
         print(f"  {self_ms:8.1f} {cum_ms:8.1f}  {name}")
     if args.json:
         harness.write_json(args.json, harness.make_payload("import", "e2e", rows, env, params={
             "runs": args.runs, "baseline": bname, "modules_added": len(mods), "heavy_modules": heavy,
+            "step_modules_added": len(step_runs[-1]["modules"]), "step_heavy_modules": step_heavy,
             "slowest": [list(t) for t in top]}))  # fmt: skip
     return 0
 

@@ -6,7 +6,8 @@ Every fused op is a pair in the style of JAX's custom_vjp::
     grads = NAME_backward(residuals, dout, **attrs)
 
 working on NumPy arrays (reference path, or Triton under ``TRITON_INTERPRET=1``) and CuPy
-arrays (Triton on the GPU). Submodules load on first use so ``import conch`` stays fast.
+arrays (Triton on the GPU). Submodules load on first use so ``import conch`` stays fast, and their ``@triton.jit``
+code lives in ``kernels/_triton/``, loaded at the first Triton launch, so the CPU reference path never imports Triton.
 """
 
 import importlib

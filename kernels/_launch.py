@@ -153,6 +153,47 @@ def elem_strides(a):
     return tuple(s // a.itemsize for s in a.strides)
 
 
+def cdiv(a: int, b: int) -> int:
+    """``ceil(a / b)`` for grid sizes, as ``triton.cdiv`` (here so that launchers need not import Triton)."""
+    return -(-a // b)
+
+
+def next_power_of_2(n: int) -> int:
+    """The smallest power of 2 >= ``n`` (0 for ``n <= 0``), as ``triton.next_power_of_2``: 5 -> 8, 8 -> 8."""
+    return 1 << (n - 1).bit_length() if n > 0 else 0
+
+
+class TritonKernel:
+    """A ``@triton.jit`` kernel of ``conch.kernels._triton.<family>``, imported at its first launch.
+
+    The kernel modules keep their reference paths and launchers; their Triton code lives in ``kernels/_triton/``
+    so that the CPU reference path never imports Triton (0.3 s and ~76 MiB). A launcher names the kernel as
+    before, ``kernel_for(_my_kernel, x)[grid](...)``, and :func:`kernel_for` resolves the handle. Example::
+
+        _act_fwd_kernel = TritonKernel("activations", "_act_fwd_kernel")
+        _act_fwd_kernel.resolve()  # the JITFunction (imports Triton and the family module once)
+    """
+
+    __slots__ = ("family", "name", "_jitfn")
+
+    def __init__(self, family: str, name: str):
+        self.family = family
+        self.name = name
+        self._jitfn = None
+
+    def resolve(self):
+        """The ``JITFunction``; the family module is imported with ``TRITON_INTERPRET`` unset (see kernels/__init__)."""
+        jitfn = self._jitfn
+        if jitfn is None:
+            from . import _import_compiled
+
+            jitfn = self._jitfn = getattr(_import_compiled(f"{__package__}._triton.{self.family}"), self.name)
+        return jitfn
+
+    def __repr__(self):
+        return f"TritonKernel({self.family!r}, {self.name!r})"
+
+
 _INTERPRETED: dict = {}
 
 #: Triton launches per kernel name, counted by :func:`kernel_for`; tests read it to prove which path ran.
@@ -291,8 +332,10 @@ def interpreted(jitfn):
 def kernel_for(jitfn, *arrays):
     """``jitfn`` itself for CuPy arrays, its interpreted twin for NumPy arrays.
 
-    Usage: ``kernel_for(_my_kernel, x)[grid](targ(x), ..., BLOCK=...)``.
+    Usage: ``kernel_for(_my_kernel, x)[grid](targ(x), ..., BLOCK=...)``; ``jitfn`` may be a :class:`TritonKernel`.
     """
+    if type(jitfn) is TritonKernel:
+        jitfn = jitfn.resolve()
     (TUNING_LAUNCHES if _TUNING[0] else LAUNCHES)[jitfn.fn.__name__] += 1
     if any(isinstance(a, np.ndarray) for a in arrays if a is not None):
         return interpreted(jitfn)

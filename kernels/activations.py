@@ -15,51 +15,24 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
-import triton
-import triton.language as tl
 
 from . import _act as _act_module
 from ._act import (
     FROM_OUTPUT,
     act_code,
-    act_grad,
-    act_grad_out,
     act_grad_out_ref,
     act_grad_ref,
     act_name,
     act_passes,
     act_ref,
-    apply_act,
 )
-from ._launch import kernel_for, targ, use_triton, xp_of
+from ._launch import TritonKernel, cdiv, kernel_for, targ, use_triton, xp_of
 from ._threads import for_blocks
 
-# --------------------------------------------------------------------------------------------------------------
-# Triton kernels: flat over n contiguous elements, BLOCK per program.
-# --------------------------------------------------------------------------------------------------------------
-
-
-@triton.jit
-def _act_fwd_kernel(x_ptr, y_ptr, n, param, ACT: tl.constexpr, BLOCK: tl.constexpr):
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < n
-    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    y = apply_act(x, ACT, param)
-    tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
-
-
-@triton.jit
-def _act_bwd_kernel(s_ptr, dy_ptr, dx_ptr, n, param, ACT: tl.constexpr, FROM_OUT: tl.constexpr, BLOCK: tl.constexpr):
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < n
-    s = tl.load(s_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    dy = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    # dx = dy * f'(x); f' from the saved output y for relu/tanh/sigmoid, from x otherwise
-    if FROM_OUT:
-        g = act_grad_out(s, ACT)
-    else:
-        g = act_grad(s, ACT, param)
-    tl.store(dx_ptr + offs, (dy * g).to(dx_ptr.dtype.element_ty), mask=mask)
+# The @triton.jit kernels are in kernels/_triton/activations.py, imported by kernel_for at the first Triton
+# launch: the reference path never imports Triton.
+_act_fwd_kernel = TritonKernel("activations", "_act_fwd_kernel")
+_act_bwd_kernel = TritonKernel("activations", "_act_bwd_kernel")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -96,7 +69,7 @@ def _launch_forward(x, name, param):
     y = xp.empty(x.shape, dtype=x.dtype)
     n = x.size
     if n:
-        grid = (triton.cdiv(n, BLOCK),)
+        grid = (cdiv(n, BLOCK),)
         kernel_for(_act_fwd_kernel, xc)[grid](
             targ(xc), targ(y), n, param, ACT=act_code(name), BLOCK=BLOCK, num_warps=NUM_WARPS
         )
@@ -110,7 +83,7 @@ def _launch_backward(saved, dy, name, param, dtype):
     dx = xp.empty(saved.shape, dtype=dtype)
     n = saved.size
     if n:
-        grid = (triton.cdiv(n, BLOCK),)
+        grid = (cdiv(n, BLOCK),)
         kernel_for(_act_bwd_kernel, sc, dyc)[grid](
             targ(sc),
             targ(dyc),

@@ -301,9 +301,10 @@ def test_import_benchmark_rows(tmp_path, capsys):
     out = tmp_path / "imp.json"
     assert bench_import.main(["--runs", "1", "--top", "3", "--baseline", "numpy", "--json", str(out)]) == 0
     rows = _e2e_rows(out)
-    assert [r["metric"] for r in rows] == ["s", "s"] and all(r["conch"] > 0 for r in rows)
+    assert [r["metric"] for r in rows] == ["s", "s", "s", "RSS MiB added"] and all(r["conch"] > 0 for r in rows)
     doc = json.loads(out.read_text())
     assert doc["params"]["heavy_modules"] == []  # import conch loads no CuPy, Triton, ml_dtypes or torch
+    assert doc["params"]["step_heavy_modules"] == []  # nor does a first CPU GPT step (no Triton launch)
     assert "slowest 3 modules" in capsys.readouterr().out
 
 

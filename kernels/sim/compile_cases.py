@@ -48,6 +48,12 @@ class Case:
     config: dict
     configs: str | None = None  # "module.LIST" the config came from (None: fixed by the launcher)
 
+    def __post_init__(self):
+        from .._launch import TritonKernel
+
+        if type(self.jitfn) is TritonKernel:  # the kernel modules name their kernels lazily: compile the real one
+            self.jitfn = self.jitfn.resolve()
+
     @property
     def name(self):
         flags = ",".join(f"{k}={v}" for k, v in self.flags.items())

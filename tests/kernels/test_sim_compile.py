@@ -107,7 +107,7 @@ def test_pruned_lists_are_never_empty(cc_):
         kept = [c.config for c in group if cc.survives(c, limit)]
         assert kept, f"{key}: every config pruned on sm_{cc_}"
         lst = mm.GPU_CONFIGS if group[0].family == "matmul" else (
-            at.GPU_CONFIGS if group[0].jitfn is at._attn_fwd_kernel else at.GPU_BWD_CONFIGS)  # fmt: skip
+            at.GPU_CONFIGS if group[0].jitfn is at._attn_fwd_kernel.resolve() else at.GPU_BWD_CONFIGS)  # fmt: skip
         assert kept == [cfg for cfg in lst if cfg in kept], key  # order unchanged
 
 
