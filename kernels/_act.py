@@ -50,6 +50,25 @@ def _relu_mask(z):
     return (z > 0).astype(z.dtype)
 
 
+#: Unsigned integer of each float width: relu_select masks d's bits with them.
+_UINT_OF = {2: np.uint16, 4: np.uint32, 8: np.uint64}
+
+
+def relu_select(s, d):
+    """relu's backward, ``where(s > 0, d, 0)`` (s: z or the output y, same sign), as PyTorch's threshold_backward:
+    a NaN or inf in d where the unit is off gives +0, not the NaN of d * 0. On NumPy a bitwise AND of d's bits
+    with an all-ones/all-zeros mask: the same bits as where, without where's per-element branch, which a random
+    sign pattern mispredicts half the time (~10x slower on (64, 16, 28, 28) float32)."""
+    if type(d) is np.ndarray and type(s) is np.ndarray and d.dtype.itemsize in _UINT_OF and s.shape == d.shape:
+        u = _UINT_OF[d.dtype.itemsize]
+        mask = (s > 0).astype(u)
+        np.negative(mask, out=mask)  # 1 -> all ones (unsigned wrap-around), 0 -> 0
+        np.bitwise_and(mask, d.view(u), out=mask)
+        return mask.view(d.dtype)
+    xp = xp_of(d)
+    return xp.where(s > 0, d, d.dtype.type(0))
+
+
 def _gelu_tanh_inner(z, z2, xp):
     """tanh(√(2/π)(z + c z³)) from z and z² (fresh array)."""
     u = z2 * _GELU_C
@@ -187,6 +206,18 @@ def _act_grad(z, name, param):
         return 1 - t * t
     s = _sigmoid_ref(z, xp)
     return s * (1 - s)
+
+
+def act_backward_ref(s, d, name, param=0.01):
+    """dz = d * f'(z) in s's dtype (s: z, or the output y for the names in :data:`FROM_OUTPUT`; a fresh array).
+    relu selects instead of multiplying (:func:`relu_select`), so an inf or NaN in d where the unit is off
+    gives 0, as PyTorch's threshold_backward."""
+    name = act_name(name)
+    if name == "relu":
+        return relu_select(s, d.astype(s.dtype, copy=False))
+    g = act_grad_out_ref(s, name) if name in FROM_OUTPUT else act_grad_ref(s, name, param)
+    g *= d.reshape(g.shape)
+    return g
 
 
 def act_grad_out_ref(y, name):

@@ -19,9 +19,8 @@ import numpy as np
 from . import _act as _act_module
 from ._act import (
     FROM_OUTPUT,
+    act_backward_ref,
     act_code,
-    act_grad_out_ref,
-    act_grad_ref,
     act_name,
     act_passes,
     act_ref,
@@ -147,22 +146,17 @@ def _reference_forward(x, name, param):
     return y
 
 
-def _grad_of(s, name, param):
-    return act_grad_out_ref(s, name) if name in FROM_OUTPUT else act_grad_ref(s, name, param)
-
-
 def _reference_backward(saved, dy, name, param, dtype):
     ct = _compute_dtype(dtype)
-    if not _one_pass(saved, dy):
-        g = _grad_of(saved.astype(ct, copy=False), name, param)
-        return (dy.astype(ct, copy=False) * g).astype(dtype, copy=False)  # dx = dy * f'
+    if not _one_pass(saved, dy):  # dx = dy * f'
+        return act_backward_ref(saved.astype(ct, copy=False), dy.astype(ct, copy=False), name, param).astype(
+            dtype, copy=False
+        )
     sf, df, dx = _flat(saved), _flat(dy), np.empty(saved.shape, dtype=dtype)
     dxf = dx.reshape(-1)
 
     def block(a, b):  # the same operations as above on one block: the same bits
-        g = _grad_of(sf[a:b].astype(ct, copy=False), name, param)
-        g *= df[a:b].astype(ct, copy=False)
-        dxf[a:b] = g
+        dxf[a:b] = act_backward_ref(sf[a:b].astype(ct, copy=False), df[a:b].astype(ct, copy=False), name, param)
 
     for_blocks(sf.size, _act_block(), block, work=sf.size * (act_passes(name) + 2))
     return dx

@@ -30,7 +30,7 @@ from typing import NamedTuple
 import numpy as np
 
 from . import autotune
-from ._act import FROM_OUTPUT, act_code, act_grad_out_ref, act_grad_ref, act_name, act_ref
+from ._act import FROM_OUTPUT, act_backward_ref, act_code, act_name, act_ref
 from ._launch import DtypeSet, TritonKernel, cdiv, kernel_for, targ, use_triton, xp_of
 from ._threads import blas_product
 from .activations import dz_from_saved
@@ -390,10 +390,7 @@ def _dz_ref(dout, r, name, param):
     d = dout.astype(ct, copy=False)
     if r is None:
         return d
-    r = r.astype(ct, copy=False)
-    g = act_grad_out_ref(r, name) if name in FROM_OUTPUT else act_grad_ref(r, name, param)
-    g *= d.reshape(g.shape)  # g is a fresh array: multiply in place
-    return g
+    return act_backward_ref(r.astype(ct, copy=False), d.reshape(r.shape), name, param)
 
 
 def _reference_backward(res, dout, needs):

@@ -128,11 +128,6 @@ def test_conv_only_weight_needs_grad():
     np.testing.assert_allclose(_np(tw.grad), dw, rtol=1e-10)
 
 
-@pytest.mark.skipif(
-    DEVICE != "cpu",
-    reason="the bitwise path is NumPy's; on the (simulated) GPU relu's backward "
-    "lets a NaN upstream gradient through where y <= 0 (a known gap, reported, not this change's)",
-)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_relu_backward_bits_match_where(dtype):
     """relu's backward is where(y > 0, g, 0) bit for bit: NaN in g dropped where y <= 0, -0.0 kept where y > 0."""
@@ -146,6 +141,27 @@ def test_relu_backward_bits_match_where(dtype):
     conch.relu(t).backward(conch.tensor(g, device=DEVICE))
     expect = np.where(x > 0, g, dtype(0))
     assert np.array_equal(_np(t.grad).view(np.uint8), expect.view(np.uint8))
+
+
+def test_linear_relu_backward_drops_nan_upstream_where_off():
+    """Linear + ReLU (fused into one matmul epilogue where the backend has one) gives finite gradients when the
+    upstream gradient is NaN or inf only where the unit is off, as PyTorch's threshold_backward."""
+    rng = np.random.default_rng(7)
+    x, w, b = rng.standard_normal((6, 5)), rng.standard_normal((4, 5)), rng.standard_normal(4)
+    model = conch.nn.Sequential(conch.nn.Linear(5, 4), conch.nn.ReLU()).to(DEVICE)
+    with conch.no_grad():
+        model[0].weight.copy_(conch.tensor(w.astype(np.float32), device=DEVICE))
+        model[0].bias.copy_(conch.tensor(b.astype(np.float32), device=DEVICE))
+    z = x @ w.T + b
+    g = np.ones(z.shape)
+    g[z <= 0] = np.nan
+    g[(z <= 0) & (np.arange(z.size).reshape(z.shape) % 2 == 0)] = np.inf
+    t = conch.tensor(x.astype(np.float32), requires_grad=True, device=DEVICE)
+    model(t).backward(conch.tensor(g.astype(np.float32), device=DEVICE))
+    dz = np.where(z > 0, g, 0.0)
+    np.testing.assert_allclose(_np(t.grad), dz @ w, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(_np(model[0].weight.grad), dz.T @ x, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(_np(model[0].bias.grad), dz.sum(0), rtol=1e-4, atol=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------------- PyTorch

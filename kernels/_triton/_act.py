@@ -176,3 +176,16 @@ def act_grad_out(y, ACT: tl.constexpr):
     elif ACT == 8:
         g = y * (1.0 - y)  # sigmoid' = y (1 - y)
     return g
+
+
+@triton.jit
+def act_backward(dy, s, ACT: tl.constexpr, FROM_OUT: tl.constexpr, param):
+    """dz = dy * f'(z) in fp32 (s: z, or the output y when ``FROM_OUT``); relu selects instead of multiplying,
+    so an inf or NaN in dy where the unit is off gives 0, as PyTorch's threshold_backward (dy * 0 would be NaN)."""
+    if ACT == 1:
+        dz = tl.where(s > 0, dy, 0.0)
+    elif FROM_OUT:
+        dz = dy * act_grad_out(s, ACT)
+    else:
+        dz = dy * act_grad(s, ACT, param)
+    return dz

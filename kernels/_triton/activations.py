@@ -5,7 +5,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._act import act_grad, act_grad_out, apply_act
+from ._act import act_backward, apply_act
 
 # --------------------------------------------------------------------------------------------------------------
 # Triton kernels: flat over n contiguous elements, BLOCK per program.
@@ -28,8 +28,5 @@ def _act_bwd_kernel(s_ptr, dy_ptr, dx_ptr, n, param, ACT: tl.constexpr, FROM_OUT
     s = tl.load(s_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     dy = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     # dx = dy * f'(x); f' from the saved output y for relu/tanh/sigmoid, from x otherwise
-    if FROM_OUT:
-        g = act_grad_out(s, ACT)
-    else:
-        g = act_grad(s, ACT, param)
-    tl.store(dx_ptr + offs, (dy * g).to(dx_ptr.dtype.element_ty), mask=mask)
+    dx = act_backward(dy, s, ACT, FROM_OUT, param)
+    tl.store(dx_ptr + offs, dx.to(dx_ptr.dtype.element_ty), mask=mask)

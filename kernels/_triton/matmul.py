@@ -7,7 +7,7 @@ import triton.language as tl
 from triton.language import cdiv
 from triton.language import sum as tl_sum
 
-from ._act import act_grad, act_grad_out, apply_act
+from ._act import act_backward, apply_act
 
 # --------------------------------------------------------------------------------------------------------------
 # Triton kernel. Triton's own @jit helpers (cdiv, sum) are bound to bare names and tl.zeros is replaced by tl.full:
@@ -106,10 +106,7 @@ def _matmul_kernel(
                 if HAS_R:
                     r = tl.load(r_base + offs_m[:, None] * s_r0 + kk[None, :] * s_r1, mask=a_mask, other=0.0)
                     r = r.to(tl.float32)
-                    if R_IS_OUT:
-                        dz = dz * act_grad_out(r, GRAD_ACT)
-                    else:
-                        dz = dz * act_grad(r, GRAD_ACT, param)
+                    dz = act_backward(dz, r, GRAD_ACT, R_IS_OUT, param)
                 if DBIAS:
                     # dbias[n] += sum over rows of dZ, from the first tile column only (each dZ element once)
                     if pid_n == 0:
@@ -121,10 +118,7 @@ def _matmul_kernel(
                 if HAS_R:
                     r = tl.load(r_base + kk[:, None] * s_r0 + offs_n[None, :] * s_r1, mask=b_mask, other=0.0)
                     r = r.to(tl.float32)
-                    if R_IS_OUT:
-                        dz = dz * act_grad_out(r, GRAD_ACT)
-                    else:
-                        dz = dz * act_grad(r, GRAD_ACT, param)
+                    dz = act_backward(dz, r, GRAD_ACT, R_IS_OUT, param)
                 if DBIAS:
                     # dbias[n] += sum over the inner rows of dZ, from the first tile row only
                     if pid_m == 0:

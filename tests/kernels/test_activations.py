@@ -163,3 +163,45 @@ def test_bad_inputs_raise_clear_errors(interpret):
 
 def test_table_has_the_dtypes():
     assert set(TOL) >= {np.dtype(np.float32), np.dtype(np.float16), BF16}
+
+
+# ---- relu's backward selects: an inf or NaN upstream gradient where the unit is off gives 0 (PyTorch) -------
+
+
+def _bad_upstream(shape):
+    dy = np.ones(shape, np.float32)
+    dy.ravel()[0::3] = np.nan
+    dy.ravel()[1::3] = np.inf
+    return dy
+
+
+@pytest.fixture(params=["triton", "reference"])
+def either_path(request, monkeypatch):
+    """The Triton kernels (interpreted) or the reference path, for this test."""
+    if request.param == "triton":
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setenv("CONCH_KERNELS", "auto" if request.param == "triton" else "reference")
+
+
+def test_relu_backward_drops_nonfinite_upstream_where_off(either_path, rng):
+    x = _data(rng, (5, 37), np.float32)
+    dy = _bad_upstream(x.shape)
+    _, res = activation_forward(x, "relu")
+    dx = host(activation_backward(res, dy))
+    want = np.where(x > 0, dy, np.float32(0))  # PyTorch's threshold_backward
+    np.testing.assert_array_equal(dx, want)
+
+
+def test_linear_relu_backward_drops_nonfinite_upstream_where_off(either_path, rng):
+    from conch.kernels.matmul import matmul_backward, matmul_forward
+
+    a, b, bias = _data(rng, (9, 16), np.float32), _data(rng, (16, 8), np.float32), _data(rng, (8,), np.float32)
+    out, res = matmul_forward(a, b, bias, "relu", allow_tf32=False)
+    z = a.astype(np.float64) @ b + bias
+    dout = _bad_upstream(z.shape)
+    dout[z > 0] = 1.0  # non-finite values only where the unit is off: every gradient must stay finite
+    da, db, dbias = (host(g) for g in matmul_backward(res, dout))
+    dz = np.where(z > 0, dout, 0.0)
+    np.testing.assert_allclose(da, dz @ b.T.astype(np.float64), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(db, a.T.astype(np.float64) @ dz, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(dbias, dz.sum(0), rtol=1e-4, atol=1e-4)
