@@ -9,6 +9,7 @@ import math
 import numpy as np
 
 from conch import kernels as K
+from conch.kernels._act import relu_select
 from conch.kernels._act_names import ACTIVATIONS
 
 from .. import _dtype as D
@@ -83,7 +84,7 @@ class MatMulAct(FusedOp):
                 check_guards(ctx)
                 y = ctx.y
                 if act == "relu":
-                    gd = np.where(y > 0, gd, gd.dtype.type(0))
+                    gd = relu_select(y, gd)  # where(y > 0, g, 0) bit for bit, branch-free
                 elif act == "tanh":
                     gd = gd * (1 - y * y)
                 else:
