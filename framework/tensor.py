@@ -51,6 +51,20 @@ def _numpy_names(name, dim, keepdim, axis, keepdims):
     return dim, (False if keepdim is _UNSET else keepdim)
 
 
+def _reduction_args(t, name, dim, keepdim, dtype, axis, keepdims):
+    """sum/mean's shared prologue: (input after dtype= or autocast, normalised dims, keepdim) with PyTorch's
+    and NumPy's argument names."""
+    if axis is not None or keepdims is not None:
+        dim, keepdim = _numpy_names(name, dim, keepdim, axis, keepdims)
+    elif keepdim is _UNSET:
+        keepdim = False
+    if dtype is not None:
+        x = t.to(dtype=dtype)
+    else:
+        x = cast_for(name, t)[0] if _autocast[0] else t
+    return x, (None if dim is None else norm_dims(dim, t._data.ndim, name)), keepdim
+
+
 _ND = np.ndarray
 _SCALAR_FAST = (D.float32, D.float64)  # dtypes a Python number never promotes
 _FLOATS = D.FLOATING
@@ -1218,15 +1232,7 @@ class Tensor(GraphTensor):
     # ------------------------------------------------------------ reductions
     # dim=() (and []) reduces over every dim in sum/mean/var/amax (as PyTorch), not over none: ops.dims.norm_dims
     def sum(self, dim=None, keepdim=_UNSET, dtype=None, *, axis=None, keepdims=None):
-        if axis is not None or keepdims is not None:
-            dim, keepdim = _numpy_names("sum", dim, keepdim, axis, keepdims)
-        elif keepdim is _UNSET:
-            keepdim = False
-        if dtype is not None:
-            x = self.to(dtype=dtype)
-        else:
-            x = cast_for("sum", self)[0] if _autocast[0] else self
-        d = None if dim is None else norm_dims(dim, self._data.ndim, "sum")
+        x, d, keepdim = _reduction_args(self, "sum", dim, keepdim, dtype, axis, keepdims)
         a = x._data
         if _enabled[0] and (x.requires_grad or x._base is not None):
             ctx = _new(ops.Sum)
@@ -1235,19 +1241,11 @@ class Tensor(GraphTensor):
         return _make(_sum_array(a, d, keepdim))  # nothing to record: no node
 
     def mean(self, dim=None, keepdim=_UNSET, dtype=None, *, axis=None, keepdims=None):
-        if axis is not None or keepdims is not None:
-            dim, keepdim = _numpy_names("mean", dim, keepdim, axis, keepdims)
-        elif keepdim is _UNSET:
-            keepdim = False
-        if dtype is not None:
-            x = self.to(dtype=dtype)
-        else:
-            x = cast_for("mean", self)[0] if _autocast[0] else self
+        x, d, keepdim = _reduction_args(self, "mean", dim, keepdim, dtype, axis, keepdims)
         if x._data.dtype not in _FLOATS:
             raise RuntimeError(
                 f"mean(): could not infer output dtype. Input dtype must be floating point, but got {x.dtype}"
             )
-        d = None if dim is None else norm_dims(dim, self._data.ndim, "mean")
         a = x._data
         n = _count(a.shape, d)
         if _enabled[0] and (x.requires_grad or x._base is not None):

@@ -227,9 +227,14 @@ def test_no_gradient_work_without_grad(monkeypatch):
 
     monkeypatch.setattr(klce.mm, "matmul_backward", refuse)
     x, w, t = conch.randn(6, 3), conch.randn(5, 3), conch.tensor([0, 1, 2, 3, 4, 0])
-    F.linear_cross_entropy(x, w, t)
+    z = x.numpy().astype(np.float64) @ w.numpy().T.astype(np.float64)
+    lse = np.log(np.exp(z - z.max(1, keepdims=True)).sum(1)) + z.max(1)
+    want = float(np.mean(lse - z[np.arange(6), t.numpy()]))
+    loss = F.linear_cross_entropy(x, w, t)  # refuse() raises if any gradient is computed
+    assert not loss.requires_grad and abs(loss.item() - want) < 1e-5
     with conch.no_grad():
-        F.linear_cross_entropy(x.requires_grad_(), w, t)
+        loss = F.linear_cross_entropy(x.requires_grad_(), w, t)
+    assert not loss.requires_grad and abs(loss.item() - want) < 1e-5
 
 
 # ---- memory: the chunked path never holds the logits (tracemalloc counts NumPy's allocations; deterministic) ----
