@@ -153,10 +153,11 @@ def test_no_module_assigns_attributes_on_tensor():
     "mod", ["conch", "conch.ops", "conch.fused", "conch.nn", "conch.optim", "conch.distributed", "conch.nn.parallel"]
 )
 def test_import_conch_loads_neither_cupy_nor_triton(mod):
-    """Nor mpi4py: MPI starts in init_process_group, so a plain ``import conch`` never initialises MPI."""
+    """Nor mpi4py (MPI starts in init_process_group, so a plain ``import conch`` never initialises MPI), nor
+    Numba (~0.3 s to import: kernels/_numba loads at the first compiled CPU kernel)."""
     code = (
         f"import sys, {mod}; "
-        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('cupy', 'triton', 'mpi4py')); "
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('cupy', 'triton', 'mpi4py', 'numba', 'llvmlite')); "
         "print(bad); sys.exit(1 if bad else 0)"
     )
     env_py = [sys.executable, "-c", code]
