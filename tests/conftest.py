@@ -18,6 +18,18 @@ def device():
     return DEVICE
 
 
+@pytest.fixture(params=["numba", "numpy"])
+def cpu_path(request):
+    """Runs a test once per CPU path: the Numba-compiled kernels and the NumPy reference (kernels/_jit.py)."""
+    from conch.kernels import _jit
+
+    if request.param == "numba" and not _jit._probe():
+        pytest.skip("Numba is not importable here or CONCH_NUMBA=0: only the NumPy path runs")
+    prev = _jit.set_enabled(request.param == "numba")
+    yield request.param
+    _jit.set_enabled(prev)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     conch.manual_seed(0)
