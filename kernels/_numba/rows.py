@@ -62,8 +62,12 @@ def _exp32(x):
     p = p * r + np.float32(4.1665795894e-2)
     p = p * r + np.float32(1.6666665459e-1)
     p = p * r + np.float32(5.0000001201e-1)
-    two_n = np.int32((np.int32(n) + np.int32(127)) << np.int32(23)).view(np.float32)
-    y = (p * r * r + r + np.float32(1.0)) * two_n
+    # 2^n as 2^h · 2^(n-h), h = n // 2: n reaches 128 just below the overflow threshold, past a float32 exponent
+    ni = np.int32(n)
+    h = np.int32(ni >> np.int32(1))
+    two_h = np.int32((h + np.int32(127)) << np.int32(23)).view(np.float32)
+    two_rest = np.int32((ni - h + np.int32(127)) << np.int32(23)).view(np.float32)
+    y = (p * r * r + r + np.float32(1.0)) * two_h * two_rest
     y = np.float32(0.0) if x < np.float32(-87.3) else y
     y = np.float32(np.inf) if x > np.float32(88.7) else y
     return x if x != x else y

@@ -437,3 +437,30 @@ def test_attention_and_cross_entropy_match_torch(rng, cpu_path, reference):
     lt.backward()
     np.testing.assert_allclose(loss, lt.item(), rtol=1e-5)
     np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-5, atol=1e-7)
+
+
+# ---------------------------------------------------------------------------------------------------- exp
+
+
+def test_exp32_within_two_ulp_and_its_edges():
+    """rows._exp32, the vectorizable float32 exp of the compiled kernels, against float64 exp (rounded)."""
+    pytest.importorskip("numba", reason="the compiled exp exists only where Numba is installed")
+    if not _jit._probe():
+        pytest.skip("CONCH_NUMBA=0: the compiled kernels are off")
+    from conch.kernels._numba import njit, rows
+
+    @njit(cache=False)  # Numba's cache would not see a change in rows.py (it keys on this file only)
+    def exp_all(x, out):
+        for i in range(x.size):
+            out[i] = rows._exp32(x[i])
+
+    x = np.concatenate([np.linspace(-87.3, 88.7, 400_001, dtype=np.float32), np.float32([0.0, -0.0, 1e-30, -1e-30])])
+    out = np.empty_like(x)
+    exp_all(x, out)
+    want = np.exp(x.astype(np.float64))
+    ulp = np.spacing(want.astype(np.float32)).astype(np.float64)
+    assert (np.abs(out - want) <= 2 * ulp).all(), np.max(np.abs(out - want) / ulp)
+    edges = np.float32([-np.inf, -1000.0, -87.5, 88.8, 1000.0, np.inf, np.nan])
+    out = np.empty_like(edges)
+    exp_all(edges, out)
+    assert (out[:3] == 0).all() and (out[3:6] == np.inf).all() and np.isnan(out[6])
