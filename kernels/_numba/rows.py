@@ -149,15 +149,24 @@ def _rdot3(a, b, c, n):
     return s
 
 
-@njit
+@njit(**_SUM)
+def _exp_sum(xr, m, yr, n):
+    """yr[:n] = exp(xr[:n] - m) and their sum, in one pass (_vexp is compiled on its own, without reassoc)."""
+    s = xr.dtype.type(0)
+    for j in range(n):
+        e = _vexp(xr[j] - m)
+        yr[j] = e
+        s += e
+    return s
+
+
+@njit(inline="always")
 def _softmax_row(xr, yr, n):
-    """yr[:n] = softmax(xr[:n]) (yr may be xr): max, exp into yr, sum, divide."""
+    """yr[:n] = softmax(xr[:n]) (yr not xr): max, exp and sum, scale by 1 / sum (within 1 ulp of dividing)."""
     m = _rmax(xr, n)
+    inv = xr.dtype.type(1) / _exp_sum(xr, m, yr, n)
     for j in range(n):
-        yr[j] = _vexp(xr[j] - m)
-    s = _rsum(yr, n)
-    for j in range(n):
-        yr[j] = yr[j] / s
+        yr[j] = yr[j] * inv
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -174,9 +183,7 @@ def _softmax_fwd(x, y, log, lo, hi):
             _softmax_row(xr, yr, n)
             continue
         m = _rmax(xr, n)
-        for j in range(n):
-            yr[j] = _vexp(xr[j] - m)
-        ls = math.log(_rsum(yr, n))
+        ls = math.log(_exp_sum(xr, m, yr, n))
         for j in range(n):
             yr[j] = (xr[j] - m) - ls
 
@@ -276,9 +283,7 @@ def _ce_fwd(x, t, ignore_index, eps, loss, row_max, log_sum, lo, hi):
     for i in range(lo, hi):
         xr = x[i]
         m = _rmax(xr, v)
-        for j in range(v):
-            tmp[j] = _vexp(xr[j] - m)
-        ls = math.log(_rsum(tmp, v))
+        ls = math.log(_exp_sum(xr, m, tmp, v))
         row_max[i], log_sum[i] = m, ls
         ti = t[i]
         if ti == ignore_index:
