@@ -12,8 +12,8 @@ blocks of :data:`ROW_BLOCK` rows and then over the blocks in order, independent 
 
 float32 exponentials use :func:`_exp32`, a Cephes-style polynomial (within 2 ulp of exp) that LLVM vectorizes;
 ``math.exp`` is a scalar libm call per element (8x slower here: Numba has no SVML on this machine). float64 keeps
-``math.exp`` (the float64 paths are for gradient checks). Row sums and maxima use eight independent accumulators
-(:func:`_rsum`): a single running sum is a chain of dependent adds that the compiler may not reorder.
+``math.exp`` (the float64 paths are for gradient checks). Row sums are compiled with reassociation (:data:`_SUM`),
+so LLVM vectorizes them; row maxima use eight running maxima (LLVM does not vectorize a float max reduction here).
 
 Example (what kernels/softmax.py does behind ``_jit.enabled()``)::
 
@@ -43,7 +43,7 @@ WEIGHT = 20
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Row helpers (inlined into the kernels)
+# Row helpers (inlined into the kernels by LLVM, or by Numba where marked)
 # ----------------------------------------------------------------------------------------------------------------
 
 
@@ -207,8 +207,10 @@ def _softmax_bwd(y, dy, dx, log, lo, hi):
 def _attn_softmax(s, L, scale, causal, lo, hi):
     """In place: row r of s (query r % L) becomes softmax(s[r] * scale) over keys j <= r % L (causal) or all."""
     n = s.shape[1]
-    tmp = np.empty(n, dtype=s.dtype)  # a row's scaled scores: reading and writing one row would keep the loops
-    for r in range(lo, hi):  # scalar (LLVM's overlap check fails and it takes its unvectorized copy)
+    # the row's scaled scores go to a scratch row first: a loop reading and writing one row through two views
+    # fails LLVM's overlap check and runs its unvectorized copy (3x slower)
+    tmp = np.empty(n, dtype=s.dtype)
+    for r in range(lo, hi):
         sr = s[r]
         k = min(r % L + 1, n) if causal else n
         for j in range(k):
