@@ -11,8 +11,9 @@ from .optimizer import (
     _addcmul_,
     _chunked,
     _coeffs,
+    _compiled_coeffs,
     _fast,
-    _fast_chunked,
+    _fast_update,
     _grad_for_update,
     _l2_grad_fast,
     _opmath,
@@ -66,15 +67,18 @@ class Adagrad(Optimizer):
 
     def _update(self, p, g, state, group):
         st = state["step"]._data
-        st += 1
+        st[()] = float(st) + 1.0  # as st += 1 (rounded to float32 once), without a ufunc call
         step = float(st)
         clr = group["lr"] / (1 + (step - 1) * group["lr_decay"])
         if _fast(p):
             key = (id(group), step, p.dtype)
             coeffs = self._coef_cache.get(key)
             if coeffs is None:
-                coeffs = self._coef_cache[key] = _coeffs(p, clr, group["eps"], group["weight_decay"], group["maximize"])
-            _fast_chunked(_adagrad_fast, (p, g, state["sum"]._data), self._ws, 3, coeffs)
+                c = _coeffs(p, clr, group["eps"], group["weight_decay"], group["maximize"])
+                # and the compiled kernel's (kernels/_numba/optim.adagrad), the same roundings
+                coeffs = self._coef_cache[key] = c + ((_compiled_coeffs(p, -c[0], c[1], c[2]), int(c[3])),)
+            arrays = (p, g, state["sum"]._data)
+            _fast_update("adagrad", _adagrad_fast, arrays, self._ws, 3, coeffs)
             return
         _chunked(_adagrad_single, (p, g, state["sum"]._data), self._ws, clr=clr, eps=group["eps"],
                  weight_decay=group["weight_decay"], maximize=group["maximize"])  # fmt: skip

@@ -46,6 +46,7 @@ import numpy as np
 from .._backend import on_gpu, xp_of
 from ..autograd.grad_mode import enable_grad, no_grad
 from ..creation import from_dlpack
+from ..kernels import _jit, _threads
 from ..tensor import Tensor
 
 __all__ = ["Optimizer", "required", "set_bitwise_torch", "is_bitwise_torch"]
@@ -303,6 +304,76 @@ def _fast_chunked(fn, arrays, ws, n_temps, coeffs):
             e = n
             temps = [t[: e - s] for t in temps]
         fn(np, *[a if a is None else a[s:e] for a in flat], *temps, coeffs)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The compiled fast path: one Numba kernel call per parameter (kernels/_numba/optim.py), same formulas.
+# ------------------------------------------------------------------------------------------------------------
+
+#: Element-passes one element of a compiled update stands for when weighed against the pool's threshold
+#: (_threads.MIN_PARALLEL = 2**21): parameters from 2**18 elements up are split. An AdamW update takes ~0.6 ns per
+#: float32 element in cache; on 2 cores splitting cost more than it saved up to ~2**17 elements (loaded machine,
+#: 1.2x faster at 2**18; the sweep is in docs/benchmarks.md, issue 16).
+_COMPILED_PASSES = 8
+
+
+def _compiled(p, arrays):
+    """The compiled kernels (``conch.kernels._numba.optim``) when the fast-mode update of NumPy array ``p``
+    can take them (Numba on, float32/float64, C-contiguous state, gradient of ``p``'s dtype), else ``None``."""
+    if not _jit.enabled() or type(p) is not np.ndarray or arrays[1].dtype != p.dtype:
+        return None
+    for a in arrays[2:]:
+        if a is not None and not a.flags.c_contiguous:
+            return None
+    if not p.flags.c_contiguous:
+        return None
+    k = _KERNELS[0]
+    if k is None:
+        k = _KERNELS[0] = _jit.family("optim")
+    return k
+
+
+_KERNELS = [None]  # conch.kernels._numba.optim once imported (family() costs an import lookup per call)
+
+
+def _run_compiled(kernel, arrays, c, flags):
+    """``kernel(*flat arrays, c, flags)`` over 1-D views of ``arrays`` (parameter, gradient, state; a missing
+    state array is replaced by the parameter, which the kernel then never reads), split over the thread pool
+    for large parameters: each element's update is the same whatever the split, so are the bits."""
+    p = arrays[0]
+    n = p.size
+    g = arrays[1]
+    if not g.flags.c_contiguous:
+        g = np.ascontiguousarray(g)
+    pf = p.reshape(-1)
+    flat = [pf, g.reshape(-1)]
+    for a in arrays[2:]:
+        flat.append(pf if a is None else a.reshape(-1))
+    if n * _COMPILED_PASSES < _threads.MIN_PARALLEL:
+        kernel(*flat, c, flags)
+        return
+
+    def body(a, b):
+        kernel(*[x[a:b] for x in flat], c, flags)
+
+    _threads.parallel_for(n, body, work=n * _COMPILED_PASSES)
+
+
+def _fast_update(name, fast_fn, arrays, ws, n_temps, coeffs):
+    """One fast-mode update of ``arrays`` (parameter, gradient, state): the compiled kernel ``name`` of
+    kernels/_numba/optim.py where :func:`_compiled` allows, else the NumPy kernel ``fast_fn`` through
+    :func:`_fast_chunked`. ``coeffs``: ``fast_fn``'s scalars, then the compiled kernel's ``(c, flags)`` pair."""
+    k = _compiled(arrays[0], arrays)
+    if k is not None:
+        c, flags = coeffs[-1]
+        _run_compiled(getattr(k, name), arrays, c, flags)
+    else:
+        _fast_chunked(fast_fn, arrays, ws, n_temps, coeffs[:-1])
+
+
+def _compiled_coeffs(p, *values):
+    """``values`` as a 1-D array of ``p``'s dtype (each rounded once, as ``_coeffs`` rounds the NumPy path's)."""
+    return np.array([p.dtype.type(v) for v in values], dtype=p.dtype)
 
 
 def _coeffs(p, *values):
