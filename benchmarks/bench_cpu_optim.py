@@ -7,7 +7,8 @@ head: 52 tensors, 0.84M floats). Each parameter gets a fixed random float32 grad
 with momentum and Nesterov, RMSprop and Adagrad, each beside ``torch.optim``'s twin with its defaults (foreach on
 CPU for the multi-tensor optimizers). conch runs twice: with its Numba-compiled kernels (``numba``) and with the
 NumPy fast path (``numpy``, ``conch.kernels._jit.set_enabled(False)``: the code before the compiled kernels), so
-one run gives both the before and the after.
+one run gives both the before and the after. ``--bitwise`` runs conch in ``set_bitwise_torch(True)`` mode (PyTorch's
+roundings: the compiled kernels against the NumPy reference path).
 
 Each figure is the median over ``--rounds`` rounds in which the three alternate (the order flips every round) of
 the wall-clock (``perf_counter``) and CPU-clock (``process_time``) time per step over ``--steps`` steps. Ratios are
@@ -16,6 +17,7 @@ conch / PyTorch (below 1: conch is faster). On a machine shared with other jobs 
 Usage::
 
     python benchmarks/bench_cpu_optim.py [--rounds 7] [--steps 50] [--threads 1,2] [--match gpt] [--opt adamw]
+                                         [--bitwise]
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ def _shapes(make):
     return shapes
 
 
-def _steppers(shapes, opt_name, kw):
+def _steppers(shapes, opt_name, kw, bitwise=False):
     import torch
 
     import conch
@@ -80,10 +82,12 @@ def _steppers(shapes, opt_name, kw):
     def on(flag, opt):
         def step():
             prev = _jit.set_enabled(flag)
+            conch.optim.set_bitwise_torch(bitwise)
             try:
                 opt.step()
             finally:
                 _jit.set_enabled(prev)
+                conch.optim.set_bitwise_torch(False)
 
         return step
 
@@ -100,12 +104,14 @@ def main(argv=None):
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--match", default="", help="only the parameter sets whose name contains this")
     ap.add_argument("--opt", default="", help="only the optimizers whose name contains this")
+    ap.add_argument("--bitwise", action="store_true", help="conch in set_bitwise_torch(True) mode")
     args = ap.parse_args(argv)
     import torch
 
     import conch
 
-    print(f"{os.cpu_count()} cpus, load {os.getloadavg()[0]:.2f}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    print(f"{os.cpu_count()} cpus, load {os.getloadavg()[0]:.2f}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
+          f"{', conch bitwise mode' if args.bitwise else ''}")  # fmt: skip
     for set_name, make in SETS.items():
         if args.match not in set_name:
             continue
@@ -114,7 +120,7 @@ def main(argv=None):
         for opt_key, (opt_name, kw) in OPTS.items():
             if args.opt not in opt_key:
                 continue
-            fns = _steppers(shapes, opt_name, kw)
+            fns = _steppers(shapes, opt_name, kw, args.bitwise)
             for t in [int(x) for x in args.threads.split(",")]:
                 conch.set_num_threads(t)
                 torch.set_num_threads(t)

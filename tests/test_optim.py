@@ -332,7 +332,9 @@ def test_fast_mode_allocates_no_float64(cls, ref, kw, monkeypatch, cpu_path):
         _run_conch(cls, kw, init, grads)
     finally:
         optim.set_bitwise_torch(False)
-    assert np.dtype(F64) in dtypes  # the bitwise mode does use float64 (the check above can fail)
+    # the bitwise mode does use float64 (the check above can fail); its compiled kernels emulate the fma in
+    # registers, with no workspace
+    assert (np.dtype(F64) in dtypes) == (cpu_path == "numpy")
 
 
 @pytest.mark.parametrize("cls,ref,kw", [CASES[1], CASES[5], CASES[10], CASES[13]], ids=[IDS[i] for i in (1, 5, 10, 13)])

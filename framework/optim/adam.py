@@ -12,6 +12,7 @@ from .optimizer import (
     _chunked,
     _coeffs,
     _compiled_coeffs,
+    _compiled_exact,
     _fast,
     _fast_update,
     _grad_for_update,
@@ -19,6 +20,7 @@ from .optimizer import (
     _lerp_,
     _lerp_fast,
     _opmath,
+    _run_compiled,
     _scalar_state,
 )
 
@@ -96,6 +98,14 @@ class Adam(Optimizer):
                 coeffs = self._coef_cache[key] = _adam_coeffs(p, group, step)
             _fast_update("adam", _adam_fast, arrays, self._ws, 3, coeffs)
             return
+        k = _compiled_exact(p, arrays)
+        if k is not None:
+            key = ("exact", id(group), step, p.dtype)
+            coeffs = self._coef_cache.get(key)
+            if coeffs is None:
+                coeffs = self._coef_cache[key] = _adam_exact_coeffs(p, group, step)
+            _run_compiled(k.adam_exact, arrays, *coeffs)
+            return
         lr, wd = group["lr"], group["weight_decay"]
         beta1, beta2 = group["betas"]
         bias_correction1 = 1 - beta1**step
@@ -155,6 +165,20 @@ def _adam_single(p, g, m, v, vmax, ws, *, lr, beta1, beta2, eps, weight_decay, d
     xp.divide(denom, opm.type(bias_correction2_sqrt), out=denom, dtype=opm)
     xp.add(denom, opm.type(eps), out=denom, dtype=opm)
     _addcdiv_(p, m, denom, -step_size, ws)  # param.addcdiv_(exp_avg, denom, value=-step_size)
+
+
+def _adam_exact_coeffs(p, group, step):
+    """``(c, flags)`` of the compiled bitwise kernel (kernels/_numba/optim.adam_exact): ``_adam_single``'s scalars,
+    each rounded to p's dtype as that function rounds it."""
+    lr, wd, eps = group["lr"], group["weight_decay"], group["eps"]
+    beta1, beta2 = group["betas"]
+    decoupled = group["decoupled_weight_decay"]
+    w = p.dtype.type(1 - beta1)  # _lerp_'s weight and its coefficient
+    small = abs(w) < 0.5
+    c = _compiled_coeffs(p, 1 - lr * wd if decoupled and wd != 0 else 1.0, 0.0 if decoupled else wd,
+                         w if small else w - 1, beta2, 1 - beta2, (1 - beta2**step) ** 0.5, eps,
+                         -(lr / (1 - beta1**step)))  # fmt: skip
+    return c, int(group["maximize"]) | (2 if group["amsgrad"] else 0) | (4 if small else 0)
 
 
 def _adam_coeffs(p, group, step):

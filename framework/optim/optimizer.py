@@ -24,6 +24,12 @@ Two numerical modes, chosen process-wide with :func:`set_bitwise_torch`:
 
 Either mode is deterministic, so a fresh optimizer that loads a state dict continues bit for bit.
 
+Where Numba is on (``conch.kernels._jit.enabled()``), float32/float64 NumPy parameters update with one compiled
+kernel call each (``kernels/_numba/optim.py``, through ``_fast_update`` and ``_compiled_exact``), large ones split
+over the CPU thread pool: in the fast mode the same formulas in one pass (a few ulps from the NumPy fast path, as
+a*b + c may fuse), in the bitwise mode the NumPy reference path's bits exactly. Non-contiguous parameters,
+float16/bfloat16 and a replaced ``_sqrt`` keep the NumPy paths.
+
 Example::
 
     opt = conch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
@@ -195,6 +201,9 @@ def _sqrt(a, out, dtype):
     return xp_of(out).sqrt(a, out=out, dtype=dtype)
 
 
+_EXACT_SQRT = _sqrt  # the correctly rounded one, which the compiled bitwise kernels compute too
+
+
 def _addcmul_(t, a, b, value, out, ws):
     """``out = t.addcmul(a, b, value=value)``: ``t + (value * a) * b`` with the last two steps fused."""
     xp = xp_of(out)
@@ -331,6 +340,15 @@ def _compiled(p, arrays):
     if k is None:
         k = _KERNELS[0] = _jit.family("optim")
     return k
+
+
+def _compiled_exact(p, arrays):
+    """The compiled kernels for the bitwise-mode update of NumPy array ``p`` (``*_exact``: the rounding of the
+    NumPy reference path, bit for bit), or ``None``: float16/bfloat16 and the cases :func:`_compiled` refuses keep
+    that path, and so does any run where ``_sqrt`` was replaced (tests put torch's approximate sqrt there)."""
+    if _sqrt is not _EXACT_SQRT or not (p.dtype == _F32 or p.dtype == _F64):
+        return None
+    return _compiled(p, arrays)
 
 
 _KERNELS = [None]  # conch.kernels._numba.optim once imported (family() costs an import lookup per call)

@@ -12,6 +12,7 @@ from .optimizer import (
     _chunked,
     _coeffs,
     _compiled_coeffs,
+    _compiled_exact,
     _fast,
     _fast_update,
     _fma,
@@ -20,6 +21,7 @@ from .optimizer import (
     _lerp_,
     _lerp_fast,
     _opmath,
+    _run_compiled,
     _scalar_state,
 )
 
@@ -77,6 +79,14 @@ class RMSprop(Optimizer):
                 coeffs = self._coef_cache[key] = _rmsprop_coeffs(p, group)
             _fast_update("rmsprop", _rmsprop_fast, arrays, self._ws, 3, coeffs)
             return
+        k = _compiled_exact(p, arrays)
+        if k is not None:
+            key = ("exact", id(group), p.dtype)
+            coeffs = self._coef_cache.get(key)
+            if coeffs is None:
+                coeffs = self._coef_cache[key] = _rmsprop_exact_coeffs(p, group)
+            _run_compiled(k.rmsprop_exact, arrays, *coeffs)
+            return
         _chunked(_rmsprop_single, arrays, self._ws, lr=group["lr"],
                  alpha=group["alpha"], eps=group["eps"], weight_decay=group["weight_decay"],
                  momentum=group["momentum"], maximize=group["maximize"])  # fmt: skip
@@ -92,6 +102,18 @@ def _rmsprop_coeffs(p, group):
     oma = 1 - alpha
     flags = int(neg) | (2 if group["momentum"] > 0 else 0) | (4 if group["centered"] else 0)
     return c + ((_compiled_coeffs(p, -lr, alpha, oma, oma - 1, eps, wd, momentum), flags),)
+
+
+def _rmsprop_exact_coeffs(p, group):
+    """``(c, flags)`` of the compiled bitwise kernel (kernels/_numba/optim.rmsprop_exact): ``_rmsprop_single``'s
+    scalars, each rounded to p's dtype as that function rounds it (``1 - alpha`` once, from the Python float)."""
+    t = p.dtype.type
+    oma = t(1 - group["alpha"])
+    small = abs(oma) < 0.5
+    c = _compiled_coeffs(p, -group["lr"], group["alpha"], oma, oma if small else oma - t(1), group["eps"],
+                         group["weight_decay"], group["momentum"])  # fmt: skip
+    flags = int(group["maximize"]) | (2 if group["momentum"] > 0 else 0) | (4 if group["centered"] else 0)
+    return c, flags | (8 if small else 0)
 
 
 def _rmsprop_single(p, g, sq, ga, buf, ws, *, lr, alpha, eps, weight_decay, momentum, maximize):

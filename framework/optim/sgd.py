@@ -10,12 +10,14 @@ from .optimizer import (
     _chunked,
     _coeffs,
     _compiled_coeffs,
+    _compiled_exact,
     _fast,
     _fast_update,
     _fma,
     _grad_for_update,
     _l2_grad_fast,
     _opmath,
+    _run_compiled,
 )
 
 __all__ = ["SGD"]
@@ -68,13 +70,18 @@ class SGD(Optimizer):
             if first:
                 buf_t = state["momentum_buffer"] = Tensor._make(xp_of(p).empty_like(p, order="C"))
             buf = buf_t._data
-        if _fast(p):
+        arrays = (p, g, buf)
+        fast = _fast(p)
+        k = None if fast else _compiled_exact(p, arrays)
+        if fast or k is not None:
             key = (id(group), first, p.dtype)
             coeffs = self._coef_cache.get(key)
             if coeffs is None:
                 coeffs = self._coef_cache[key] = _sgd_coeffs(p, group, first)
-            arrays = (p, g, buf)
-            _fast_update("sgd", _sgd_fast, arrays, self._ws, 2, coeffs)
+            if fast:
+                _fast_update("sgd", _sgd_fast, arrays, self._ws, 2, coeffs)
+            else:  # the compiled twin of _sgd_single (the same scalars: -lr, momentum, 1 - dampening, wd)
+                _run_compiled(k.sgd_exact, arrays, *coeffs[-1])
             return
         _chunked(_sgd_single, (p, g, buf), self._ws, lr=group["lr"], momentum=momentum,
                  dampening=group["dampening"], weight_decay=group["weight_decay"], nesterov=group["nesterov"],

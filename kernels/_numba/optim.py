@@ -15,6 +15,8 @@ step. Elementwise, so any split of the range gives the same bits. Example (AdamW
 from __future__ import annotations
 
 import numpy as np
+from numba import types
+from numba.extending import overload
 
 from . import njit
 
@@ -78,6 +80,11 @@ def adam(p, g, m, v, vmax, c, flags):
 
 
 @njit
+def _sgd_flags(flags):
+    return (flags & NEG) != 0, (flags & MOMENTUM) != 0, (flags & FIRST) != 0, (flags & NESTEROV) != 0
+
+
+@njit
 def sgd(p, g, buf, c, flags):
     """SGD in place, the order of ``_sgd_fast``: ``gg = ±g + wd * p``; with a buffer ``buf = gg`` (first step) or
     ``momentum * buf + omd * gg``, then ``d = gg + momentum * buf`` (Nesterov) or ``buf``; ``p = p + d * mlr``.
@@ -85,10 +92,7 @@ def sgd(p, g, buf, c, flags):
     ``c = [mlr, momentum, omd, wd]`` (``mlr = -lr``, ``omd = 1 - dampening``); ``buf``: any array without MOMENTUM.
     """
     mlr, mom, omd, wd = c[0], c[1], c[2], c[3]
-    neg = (flags & NEG) != 0
-    has_buf = (flags & MOMENTUM) != 0
-    first = (flags & FIRST) != 0
-    nesterov = (flags & NESTEROV) != 0
+    neg, has_buf, first, nesterov = _sgd_flags(flags)
     for i in range(p.size):
         pi = p[i]
         gi = _grad(pi, g[i], neg, wd)
@@ -149,5 +153,145 @@ def adagrad(p, g, s, c, flags):
         pi = p[i]
         gi = _grad(pi, g[i], neg, wd)
         si = s[i] + gi * gi
+        s[i] = si
+        p[i] = pi + (gi * mclr) / (np.sqrt(si) + eps)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The bitwise mode (set_bitwise_torch(True)): the rounding of framework/optim's NumPy reference path exactly.
+#
+# torch's CPU kernels fuse add-with-alpha, lerp and addcmul into one fma; the reference path emulates each as
+# ``round(float64(a) * float64(b) + float64(c))`` (the float32 product is exact in float64) and rounds every
+# other operation in the parameter's dtype. These kernels do the same, element by element: the float64 sum is
+# stored into an array of the parameter's dtype (the rounding) and every other operation runs on values of that
+# dtype. ``fastmath`` is off: a contracted float64 a * b + c would round differently for float64 parameters.
+# ``_like(x, y)`` rounds float64 ``x`` to the type of ``y`` (chosen at compile time; a store into a scratch array
+# inside a branch kept the loop from vectorising: ~5x slower).
+# ------------------------------------------------------------------------------------------------------------
+
+
+def _like(x, y):
+    """``x`` as ``y``'s floating-point type (compiled code only; see the overload below)."""
+    raise NotImplementedError
+
+
+@overload(_like)
+def _like_impl(x, y):
+    if y == types.float32:
+        return lambda x, y: np.float32(x)
+    return lambda x, y: np.float64(x)
+
+
+@njit(fastmath=False)
+def _fma(a, b, c):
+    # a * b + c in float64 (exact product for float32 operands), rounded by the store that receives it
+    return np.float64(a) * np.float64(b) + np.float64(c)
+
+
+@njit(fastmath=False)
+def adam_exact(p, g, m, v, vmax, c, flags):
+    """Adam/AdamW as ``_adam_single`` (torch's single-tensor op order and roundings, exact sqrt)::
+
+        p = p * decay;  g = fma(p, l2, ±g);  m = fma(coef, g - m, m or g);  v = fma(g * omb2, g, v * beta2)
+        p = p + (m * mss) / (sqrt(v or v_max) / bc2s + eps)
+
+    ``c = [decay, l2, coef, beta2, omb2, bc2s, eps, mss]`` in p's dtype (``decay = 1 - lr * wd`` for AdamW, 1
+    without decay; ``coef = w`` when ``|w| < 0.5`` else ``w - 1``, ``w = 1 - beta1``; ``bc2s = sqrt(1 - beta2**t)``;
+    ``mss = -lr / (1 - beta1**t)``); flags: NEG, AMSGRAD, and 4 for ``|w| < 0.5``.
+    """
+    decay, l2, coef, beta2, omb2, bc2s, eps, mss = c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]
+    neg = (flags & NEG) != 0
+    ams = (flags & AMSGRAD) != 0
+    small = (flags & 4) != 0
+    for i in range(p.size):
+        pi = p[i]
+        if decay != 1:
+            pi = pi * decay
+        gi = -g[i] if neg else g[i]
+        if l2 != 0:  # torch: grad.add(param, alpha=weight_decay), an fma
+            gi = _like(_fma(pi, l2, gi), gi)
+        mi = m[i]
+        m[i] = _fma(coef, gi - mi, mi if small else gi)
+        vi = _like(_fma(gi * omb2, gi, v[i] * beta2), gi)
+        v[i] = vi
+        if ams:
+            vi = _maximum(vmax[i], vi)
+            vmax[i] = vi
+        p[i] = pi + (m[i] * mss) / (np.sqrt(vi) / bc2s + eps)
+
+
+@njit(fastmath=False)
+def sgd_exact(p, g, buf, c, flags):
+    """SGD as ``_sgd_single`` (torch's single-tensor op order and roundings): ``g = fma(p, wd, ±g)``; with a
+    buffer ``buf = g`` (first step) or ``fma(g, omd, buf * momentum)``, then ``g = fma(buf, momentum, g)``
+    (Nesterov) or ``buf``; ``p = fma(g, mlr, p)``. ``c = [mlr, momentum, omd, wd]``, flags as :func:`sgd`'s.
+    """
+    mlr, mom, omd, wd = c[0], c[1], c[2], c[3]
+    neg, has_buf, first, nesterov = _sgd_flags(flags)
+    for i in range(p.size):
+        pi = p[i]
+        gi = -g[i] if neg else g[i]
+        if wd != 0:  # torch: grad.add(param, alpha=weight_decay), an fma
+            gi = _like(_fma(pi, wd, gi), gi)
+        if has_buf:
+            if first:
+                buf[i] = gi
+            else:
+                buf[i] = _fma(gi, omd, buf[i] * mom)
+            if nesterov:
+                gi = _like(_fma(buf[i], mom, gi), gi)
+            else:
+                gi = buf[i]
+        p[i] = _fma(gi, mlr, pi)
+
+
+@njit(fastmath=False)
+def rmsprop_exact(p, g, sq, ga, buf, c, flags):
+    """RMSprop as ``_rmsprop_single`` (torch's op order and roundings, exact sqrt): ``g = fma(p, wd, ±g)``,
+    ``sq = fma(g * oma, g, sq * alpha)``; centered: ``ga = fma(coef, g - ga, ga or g)``, ``avg = sqrt(fma(-ga, ga,
+    sq)) + eps``, else ``sqrt(sq) + eps``; with momentum ``buf = buf * momentum + g / avg``, ``p = fma(buf, mlr,
+    p)``, else ``p = p + (g * mlr) / avg``.
+
+    ``c = [mlr, alpha, oma, coef, eps, wd, momentum]`` in p's dtype (``oma = 1 - alpha`` rounded once; ``coef = oma``
+    when ``|oma| < 0.5`` else ``oma - 1``); flags: NEG, MOMENTUM, CENTERED, and 8 for ``|oma| < 0.5``.
+    """
+    mlr, alpha, oma, coef, eps, wd, mom = c[0], c[1], c[2], c[3], c[4], c[5], c[6]
+    neg = (flags & NEG) != 0
+    has_buf = (flags & MOMENTUM) != 0
+    centered = (flags & CENTERED) != 0
+    small = (flags & 8) != 0
+    for i in range(p.size):
+        pi = p[i]
+        gi = -g[i] if neg else g[i]
+        if wd != 0:
+            gi = _like(_fma(pi, wd, gi), gi)
+        s = _like(_fma(gi * oma, gi, sq[i] * alpha), gi)
+        sq[i] = s
+        if centered:
+            a = ga[i]
+            a = _like(_fma(coef, gi - a, a if small else gi), gi)
+            ga[i] = a
+            s = _like(_fma(-a, a, s), gi)
+        avg = np.sqrt(s) + eps
+        if has_buf:
+            b = buf[i] * mom + gi / avg
+            buf[i] = b
+            p[i] = _fma(b, mlr, pi)
+        else:
+            p[i] = pi + (gi * mlr) / avg
+
+
+@njit(fastmath=False)
+def adagrad_exact(p, g, s, c, flags):
+    """Adagrad as ``_adagrad_single`` (torch's op order and roundings, exact sqrt): ``g = fma(p, wd, ±g)``,
+    ``s = fma(g, g, s)``, ``p = p + (g * mclr) / (sqrt(s) + eps)``. ``c``, flags: as :func:`adagrad`'s."""
+    mclr, eps, wd = c[0], c[1], c[2]
+    neg = (flags & NEG) != 0
+    for i in range(p.size):
+        pi = p[i]
+        gi = -g[i] if neg else g[i]
+        if wd != 0:
+            gi = _like(_fma(pi, wd, gi), gi)
+        si = _like(_fma(gi, gi, s[i]), gi)
         s[i] = si
         p[i] = pi + (gi * mclr) / (np.sqrt(si) + eps)
