@@ -10,6 +10,10 @@ NumPy fast path (``numpy``, ``conch.kernels._jit.set_enabled(False)``: the code 
 one run gives both the before and the after. ``--bitwise`` runs conch in ``set_bitwise_torch(True)`` mode (PyTorch's
 roundings: the compiled kernels against the NumPy reference path).
 
+``--models`` times whole training steps instead (zero_grad, forward, loss, backward, AdamW step: ``bench_cpu_models``'s
+MLP and GPT steps), conch with the compiled kernels on and off (every compiled kernel: ``_jit.set_enabled``) beside
+PyTorch, to show what the optimizer's share of a step becomes.
+
 Each figure is the median over ``--rounds`` rounds in which the three alternate (the order flips every round) of
 the wall-clock (``perf_counter``) and CPU-clock (``process_time``) time per step over ``--steps`` steps. Ratios are
 conch / PyTorch (below 1: conch is faster). On a machine shared with other jobs the numbers are indicative only.
@@ -17,7 +21,7 @@ conch / PyTorch (below 1: conch is faster). On a machine shared with other jobs 
 Usage::
 
     python benchmarks/bench_cpu_optim.py [--rounds 7] [--steps 50] [--threads 1,2] [--match gpt] [--opt adamw]
-                                         [--bitwise]
+                                         [--bitwise] [--models]
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_cpu_models import _conch_gpt, _conch_mlp, interleaved  # noqa: E402
+from bench_cpu_models import MODELS, _conch_gpt, _conch_mlp, _step_fn, interleaved  # noqa: E402
 
 SETS = {
     "mlp 64-256-256-10": lambda: _conch_mlp(64, [256, 256], 64)[0],
@@ -79,22 +83,51 @@ def _steppers(shapes, opt_name, kw, bitwise=False):
     topt = getattr(torch.optim, opt_name)(tps, **kw)
     c_numba, c_numpy = conch_opt(), conch_opt()
 
-    def on(flag, opt):
-        def step():
-            prev = _jit.set_enabled(flag)
-            conch.optim.set_bitwise_torch(bitwise)
-            try:
-                opt.step()
-            finally:
-                _jit.set_enabled(prev)
-                conch.optim.set_bitwise_torch(False)
-
-        return step
-
-    fns = {"torch": topt.step, "conch numpy": on(False, c_numpy)}
+    fns = {"torch": topt.step, "conch numpy": _toggled(False, c_numpy.step, bitwise)}
     if _jit._probe():
-        fns["conch numba"] = on(True, c_numba)
+        fns["conch numba"] = _toggled(True, c_numba.step, bitwise)
     return fns
+
+
+def _toggled(flag, fn, bitwise=False):
+    """``fn`` run with conch's compiled kernels on (``flag``) or off, in the bitwise mode or not."""
+    import conch
+    from conch.kernels import _jit
+
+    def run():
+        prev = _jit.set_enabled(flag)
+        conch.optim.set_bitwise_torch(bitwise)
+        try:
+            fn()
+        finally:
+            _jit.set_enabled(prev)
+            conch.optim.set_bitwise_torch(False)
+
+    return run
+
+
+def bench_model_steps(args):
+    import torch
+
+    import conch
+
+    for name, (mk_conch, mk_torch) in MODELS.items():
+        if not (("mlp 64" in name or "gpt" in name) and args.match in name):
+            continue
+        fns = {"torch": _step_fn("torch", *mk_torch()), "conch numpy": _toggled(False, _step_fn("conch", *mk_conch())),
+               "conch numba": _toggled(True, _step_fn("conch", *mk_conch()))}  # fmt: skip
+        for t in [int(x) for x in args.threads.split(",")]:
+            conch.set_num_threads(t)
+            torch.set_num_threads(t)
+            _report(f"{name} step", t, interleaved(fns, args.rounds, args.steps))
+
+
+def _report(label, threads, res):
+    tw, tc = res["torch"]
+    cells = "  ".join(
+        f"{k} {w * 1e6:8.1f} us (wall x{w / tw:.2f}, cpu x{c / tc:.2f})" for k, (w, c) in res.items() if k != "torch"
+    )
+    print(f"{label} threads={threads}  torch {tw * 1e6:8.1f} us  {cells}", flush=True)
 
 
 def main(argv=None):
@@ -105,6 +138,7 @@ def main(argv=None):
     ap.add_argument("--match", default="", help="only the parameter sets whose name contains this")
     ap.add_argument("--opt", default="", help="only the optimizers whose name contains this")
     ap.add_argument("--bitwise", action="store_true", help="conch in set_bitwise_torch(True) mode")
+    ap.add_argument("--models", action="store_true", help="whole MLP and GPT training steps instead")
     args = ap.parse_args(argv)
     import torch
 
@@ -112,6 +146,8 @@ def main(argv=None):
 
     print(f"{os.cpu_count()} cpus, load {os.getloadavg()[0]:.2f}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
           f"{', conch bitwise mode' if args.bitwise else ''}")  # fmt: skip
+    if args.models:
+        return bench_model_steps(args)
     for set_name, make in SETS.items():
         if args.match not in set_name:
             continue
@@ -125,14 +161,7 @@ def main(argv=None):
                 conch.set_num_threads(t)
                 torch.set_num_threads(t)
                 res = interleaved(fns, args.rounds, args.steps)
-                tw, tc = res["torch"]
-                cells = "  ".join(
-                    f"{k} {w * 1e6:8.1f} us (wall x{w / tw:.2f}, cpu x{c / tc:.2f})"
-                    for k, (w, c) in res.items()
-                    if k != "torch"
-                )
-                print(f"{set_name} ({len(shapes)} tensors, {n} floats) {opt_key:<13} threads={t}  "
-                      f"torch {tw * 1e6:8.1f} us  {cells}", flush=True)  # fmt: skip
+                _report(f"{set_name} ({len(shapes)} tensors, {n} floats) {opt_key:<13}", t, res)
 
 
 if __name__ == "__main__":

@@ -346,7 +346,14 @@ def _compiled_exact(p, arrays):
     """The compiled kernels for the bitwise-mode update of NumPy array ``p`` (``*_exact``: the rounding of the
     NumPy reference path, bit for bit), or ``None``: float16/bfloat16 and the cases :func:`_compiled` refuses keep
     that path, and so does any run where ``_sqrt`` was replaced (tests put torch's approximate sqrt there)."""
-    if _sqrt is not _EXACT_SQRT or not (p.dtype == _F32 or p.dtype == _F64):
+    if _sqrt is not _EXACT_SQRT:
+        return None
+    return _compiled_float(p, arrays)
+
+
+def _compiled_float(p, arrays):
+    """:func:`_compiled` for float32/float64 parameters only (others compute in float32 on the NumPy path)."""
+    if not (p.dtype == _F32 or p.dtype == _F64):
         return None
     return _compiled(p, arrays)
 

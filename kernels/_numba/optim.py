@@ -295,3 +295,69 @@ def adagrad_exact(p, g, s, c, flags):
         si = _like(_fma(gi, gi, s[i]), gi)
         s[i] = si
         p[i] = pi + (gi * mclr) / (np.sqrt(si) + eps)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# RAdam, NAdam, Adamax (framework/optim/adam_variants.py): that module's NumPy expressions, operation for
+# operation in p's dtype (fastmath off), so both paths give the same bits in either mode.
+# ------------------------------------------------------------------------------------------------------------
+
+
+@njit(fastmath=False)
+def _variant_begin(pi, gi, mi, neg, decay, l2, w1):
+    # _AdamLike._begin: g = ±g; p *= decay (decoupled) or g += l2 * p; m += (g - m) * w1
+    if neg:
+        gi = -gi
+    if decay != 1:
+        pi = pi * decay
+    if l2 != 0:
+        gi = gi + l2 * pi
+    return pi, gi, mi + (gi - mi) * w1
+
+
+@njit(fastmath=False)
+def radam(p, g, m, v, c, flags):
+    """RAdam as ``RAdam._update``: ``v = v * beta2 + g * g * omb2``, ``u = m / bc1 * lr``, rectified (flag 2):
+    ``u = u * (sbc2 / (sqrt(v) + eps)) * rect``; ``p = p - u``. ``c = [decay, l2, w1, beta2, omb2, bc1, lr, sbc2,
+    eps, rect]`` in p's dtype (``sbc2 = sqrt(1 - beta2**t)``)."""
+    decay, l2, w1, beta2, omb2, bc1, lr, sbc2, eps, rect = c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8], c[9]
+    neg = (flags & NEG) != 0
+    rectified = (flags & 2) != 0
+    for i in range(p.size):
+        pi, gi, mi = _variant_begin(p[i], g[i], m[i], neg, decay, l2, w1)
+        m[i] = mi
+        vi = v[i] * beta2 + gi * gi * omb2
+        v[i] = vi
+        u = mi / bc1 * lr
+        if rectified:
+            u = u * (sbc2 / (np.sqrt(vi) + eps)) * rect
+        p[i] = pi - u
+
+
+@njit(fastmath=False)
+def nadam(p, g, m, v, c, flags):
+    """NAdam as ``NAdam._update``: ``v = v * beta2 + g * g * omb2``, ``d = sqrt(v / bc2) + eps``,
+    ``p = p - (g / d * c1 + m / d * c2)``. ``c = [decay, l2, w1, beta2, omb2, bc2, eps, c1, c2]`` in p's dtype."""
+    decay, l2, w1, beta2, omb2, bc2, eps, c1, c2 = c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8]
+    neg = (flags & NEG) != 0
+    for i in range(p.size):
+        pi, gi, mi = _variant_begin(p[i], g[i], m[i], neg, decay, l2, w1)
+        m[i] = mi
+        vi = v[i] * beta2 + gi * gi * omb2
+        v[i] = vi
+        d = np.sqrt(vi / bc2) + eps
+        p[i] = pi - (gi / d * c1 + mi / d * c2)
+
+
+@njit(fastmath=False)
+def adamax(p, g, m, u, c, flags):
+    """Adamax as ``Adamax._update``: ``u = maximum(u * beta2, |g| + eps)``, ``p = p - m / u * clr``.
+    ``c = [decay, l2, w1, beta2, eps, clr]`` in p's dtype."""
+    decay, l2, w1, beta2, eps, clr = c[0], c[1], c[2], c[3], c[4], c[5]
+    neg = (flags & NEG) != 0
+    for i in range(p.size):
+        pi, gi, mi = _variant_begin(p[i], g[i], m[i], neg, decay, l2, w1)
+        m[i] = mi
+        ui = _maximum(u[i] * beta2, abs(gi) + eps)
+        u[i] = ui
+        p[i] = pi - mi / ui * clr
