@@ -4,11 +4,11 @@ The parameter sets are those of the models in ``bench_cpu_models.py``: the ``con
 tensors, 85k floats), the 784-1024-1024-10 MLP (6 tensors, 1.9M floats) and the GPT (4 layers, 128 wide, tied
 head: 52 tensors, 0.84M floats). Each parameter gets a fixed random float32 gradient, and one timed call is one
 ``opt.step()`` (no forward or backward) of AdamW (``lr=1e-3``, ``weight_decay=0.01``), Adam with ``amsgrad``, SGD
-with momentum and Nesterov, RMSprop and Adagrad, each beside ``torch.optim``'s twin with its defaults (foreach on
-CPU for the multi-tensor optimizers). conch runs twice: with its Numba-compiled kernels (``numba``) and with the
-NumPy fast path (``numpy``, ``conch.kernels._jit.set_enabled(False)``: the code before the compiled kernels), so
-one run gives both the before and the after. ``--bitwise`` runs conch in ``set_bitwise_torch(True)`` mode (PyTorch's
-roundings: the compiled kernels against the NumPy reference path).
+with momentum and Nesterov, RMSprop, Adagrad, RAdam, NAdam and Adamax, each beside ``torch.optim``'s twin with its
+defaults (foreach on CPU for the multi-tensor optimizers). conch runs twice: with its Numba-compiled kernels
+(``numba``) and with the NumPy fast path (``numpy``, ``conch.kernels._jit.set_enabled(False)``: the code before
+the compiled kernels), so one run gives both the before and the after. ``--bitwise`` runs conch in
+``set_bitwise_torch(True)`` mode (PyTorch's roundings: the compiled kernels against the NumPy reference path).
 
 ``--models`` times whole training steps instead (zero_grad, forward, loss, backward, AdamW step: ``bench_cpu_models``'s
 MLP and GPT steps), conch with the compiled kernels on and off (every compiled kernel: ``_jit.set_enabled``) beside
@@ -48,6 +48,9 @@ OPTS = {
     "sgd nesterov": ("SGD", dict(lr=1e-2, momentum=0.9, nesterov=True)),
     "rmsprop": ("RMSprop", dict(lr=1e-3)),
     "adagrad": ("Adagrad", dict(lr=1e-2)),
+    "radam": ("RAdam", dict(lr=1e-3)),
+    "nadam": ("NAdam", dict(lr=2e-3)),
+    "adamax": ("Adamax", dict(lr=2e-3)),
 }
 
 
