@@ -1,12 +1,18 @@
-"""Compiled one-pass optimizer updates (Adam/AdamW, SGD, RMSprop, Adagrad) for the CPU fast mode.
+"""Compiled one-pass optimizer updates for NumPy parameters: Adam/AdamW, SGD, RMSprop, Adagrad, RAdam, NAdam, Adamax.
 
 Each kernel updates 1-D C-contiguous float32 or float64 arrays in place, element by element, reading every
 array once: the parameter ``p``, its gradient ``g`` (read only) and the state. ``c`` holds the update's scalars in
 ``p``'s dtype (precomputed once per group and step by the optimizer, bias corrections included) and ``flags`` its
-switches as bits. The formulas and their order are those of the NumPy fast kernels in ``framework/optim``
-(``_adam_fast``, ``_sgd_fast``...), each value rounded to ``p``'s dtype, with ``a * b + c`` possibly contracted into
-one fused multiply-add (conch's ``fastmath={"contract"}``): results agree with the NumPy path to a few ulps per
-step. Elementwise, so any split of the range gives the same bits. Example (AdamW, float32)::
+switches as bits. Elementwise, so any split of the range gives the same bits. Three sets:
+
+* the fast mode (``adam``, ``sgd``, ``rmsprop``, ``adagrad``): the formulas and order of the NumPy fast kernels
+  in ``framework/optim`` (``_adam_fast``, ``_sgd_fast``...), each value rounded to ``p``'s dtype, with
+  ``a * b + c`` possibly contracted into one fused multiply-add (conch's ``fastmath={"contract"}``): a few ulps
+  from the NumPy fast path after several steps;
+* the bitwise mode (``*_exact``): the NumPy reference path's roundings exactly (below);
+* ``radam``, ``nadam``, ``adamax``: ``adam_variants``' NumPy operations one for one (the same bits).
+
+Example (AdamW, float32)::
 
     c = np.array([1 - lr * wd, 0, 1 - b1, -b1, b2, 1 - b2, eps * sqrt(bc2), -lr * sqrt(bc2) / bc1], np.float32)
     adam(p, g, m, v, m, c, 0)           # vmax: any array when flags lacks AMSGRAD
@@ -27,6 +33,8 @@ MOMENTUM = 2  # SGD / RMSprop: a momentum buffer
 FIRST = 4  # SGD: the buffer's first step (buf = grad)
 NESTEROV = 8  # SGD: g + momentum * buf
 CENTERED = 4  # RMSprop: v - grad_avg**2 in the denominator
+# and, kernel by kernel: adam_exact 4 and rmsprop_exact 8 for a lerp weight |w| < 0.5 (torch's first formula),
+# radam 2 for the rectified phase
 
 
 @njit
