@@ -37,9 +37,10 @@ from . import OPTIONS, njit
 ROW_BLOCK = 64
 
 #: Element-passes (the pool's unit, kernels/_threads.py) one element of a compiled row kernel counts for: a
-#: kernel runs at ~1 ns per element, so the pool's threshold (MIN_PARALLEL, 2**21) falls at ~100 us of work,
-#: 3-5x what a handoff to a worker costs.
-WEIGHT = 20
+#: kernel runs at ~1 ns per element, so the pool's threshold (MIN_PARALLEL, 2**21) falls at ~200 k elements,
+#: ~200 us of work. A one-pass compiled kernel split over 2 threads measured slower below ~130 us of serial
+#: work and faster above it (the AdamW update, docs/benchmarks.md "Compiled optimizer updates").
+WEIGHT = 10
 
 
 # ----------------------------------------------------------------------------------------------------------------
