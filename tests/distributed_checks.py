@@ -62,14 +62,21 @@ def same_grads(model, ref, rtol=1e-12, atol=1e-14):
 
 @check
 def ddp_gradients_equal_full_batch(rank, w):
-    model, ref = replica_pair(rank, bucket_cap_mb=0.0002)
-    assert len(model._buckets) >= 3, len(model._buckets)
-    # every bucket must start during backward (overlap), not in the end-of-backward callback
-    launched_before_end = []
+    # cap 104 bytes: the float64 weights (>= 104 bytes) get solo buckets, the biases two regular ones
+    model, ref = replica_pair(rank, bucket_cap_mb=0.0001)
+    regular = [b for b in model._buckets if not b.solo]
+    solo = [model._params[b.params[0]] for b in model._buckets if b.solo]
+    assert len(regular) >= 2 and len(solo) == 3, [(b.params, b.solo) for b in model._buckets]
+    # a gradient that is not a contiguous array of its own (here F-ordered) is reduced in a copy instead
+    model.module[2].weight.register_hook(lambda g: g.t().contiguous().t())
+    # the regular buckets start during backward (overlap), the solo ones in the end-of-backward callback,
+    # in each parameter's own .grad (the same memory before and after) unless it is not contiguous
+    launched_before_end, before = [], {}
     inner = model._finalize
 
     def spy():
         launched_before_end.append(model._next_bucket)
+        before.update({id(p): p.grad._data for p in solo})
         inner()
 
     model._finalize = spy
@@ -79,7 +86,9 @@ def ddp_gradients_equal_full_batch(rank, w):
     ((model(x[s]) - y[s]) * r[s]).pow(2).sum().mul(1 / 12).backward()
     ((ref(x) - y) * r).pow(2).sum().mul(1 / 12 / w).backward()  # the local loss sums 1/w of the batch
     same_grads(model, ref)
-    assert launched_before_end == [len(model._buckets)], launched_before_end
+    assert launched_before_end == [len(regular)], launched_before_end
+    in_place = [p.grad._data is before[id(p)] for p in solo]
+    assert in_place == [p is not model.module[2].weight for p in solo], in_place
 
 
 @check
@@ -130,6 +139,11 @@ def ddp_no_sync_accumulation_equals_one_big_batch(rank, w):
 
 @check
 def ddp_unused_parameters(rank, w):
+    for cap in (None, 0.00001):  # one bucket; every parameter a solo bucket (reduced after backward, in place)
+        _unused_parameters(rank, w, cap)
+
+
+def _unused_parameters(rank, w, cap):
     class Branchy(nn.Module):
         def __init__(self):
             super().__init__()
@@ -141,7 +155,7 @@ def ddp_unused_parameters(rank, w):
 
     x = conch.randn(3, 4, dtype=conch.float64)
     conch.manual_seed(0)
-    model = DDP(Branchy().double())
+    model = DDP(Branchy().double(), bucket_cap_mb=cap)
     model(x, False).sum().backward()  # b gets no gradient and find_unused_parameters is off
     try:
         model(x, False)
@@ -153,7 +167,7 @@ def ddp_unused_parameters(rank, w):
 
     # b unused on every rank: its grad stays None everywhere; the others are averaged
     conch.manual_seed(0)
-    model = DDP(Branchy().double(), find_unused_parameters=True)
+    model = DDP(Branchy().double(), find_unused_parameters=True, bucket_cap_mb=cap)
     ref = Branchy().double()
     ref.load_state_dict(model.module.state_dict())
     xs = conch.randn(2 * w, 4, dtype=conch.float64)

@@ -18,6 +18,12 @@ from ..module import Module
 #: first) is small so that communication starts early in the backward pass
 FIRST_BUCKET_BYTES = 1024 * 1024
 
+#: A CPU parameter of at least this many bytes (or of the bucket cap, when smaller) is reduced alone and in place,
+#: in its own ``.grad``, when backward has finished: copying it into a bucket and back costs two passes over its
+#: gradient, as much CPU time as the all-reduce itself, while MPICH moves a non-blocking all-reduce only inside
+#: MPI calls, so starting it during backward gains nothing on the CPU (measured: 784-1024-1024-10 MLP, 2 ranks).
+SOLO_BYTES = 1024 * 1024
+
 _UNFINISHED = (
     "Expected to have finished reduction in the prior iteration before starting a new one. This error indicates "
     "that your module has parameters that were not used in producing loss. You can enable unused parameter "
@@ -30,14 +36,16 @@ _UNFINISHED = (
 
 class _Bucket:
     """Parameters whose gradients travel in one all-reduce: their indices, offsets in the flat buffer, and
-    this pass's state (the buffer, how many gradients are still to come, the work handle)."""
+    this pass's state (the buffer, how many gradients are still to come, the work handle). A ``solo`` bucket
+    holds one large CPU parameter, reduced in its own ``.grad`` when possible (``inplace``) after backward."""
 
-    __slots__ = ("index", "params", "offsets", "numel", "dtype", "flat", "pending", "work")
+    __slots__ = ("index", "params", "offsets", "numel", "dtype", "flat", "pending", "work", "solo", "inplace")
 
-    def __init__(self, index, params, offsets, numel, dtype):
+    def __init__(self, index, params, offsets, numel, dtype, solo=False):
         self.index, self.params, self.offsets, self.numel, self.dtype = index, params, offsets, numel, dtype
         self.flat = self.work = None
         self.pending = len(params)
+        self.solo, self.inplace = solo, False
 
 
 class DistributedDataParallel(Module):
@@ -100,6 +108,9 @@ class DistributedDataParallel(Module):
         self._armed = self._started = self._queued = False
         self._ready = [False] * len(self._params)
         self._used = np.zeros(len(self._params), np.uint8)  # got a gradient this pass (for find_unused_parameters)
+        self._used_anywhere = self._used  # the same on every rank after the end-of-backward all-reduce (MAX)
+        self._inplace_ids = set()  # the .grad arrays reduced in place this pass
+        self._scale = 1.0 / pg.mpi.size  # DDP averages: each rank divides by the world size, the all-reduce sums
         self._unused_expected = []  # from the graph walk after forward
         self._next_bucket = 0
         self._unfinished = None  # indices of parameters that got no gradient in the last pass
@@ -109,11 +120,18 @@ class DistributedDataParallel(Module):
     def _make_buckets(self, params):
         """Reverse parameter order, split when a bucket would pass its cap (1 MiB for the first, then
         ``bucket_bytes_cap``) or change dtype or device; the layout is the same on every rank, since every rank
-        builds the same model (checked at construction)."""
-        groups, cur, size = [], [], 0
+        builds the same model (checked at construction). CPU parameters of at least ``min(SOLO_BYTES,
+        bucket_bytes_cap)`` bytes get solo buckets, after the others (reverse order too): the regular buckets
+        start during backward, the solo ones in the end-of-backward callback, so every rank issues the
+        collectives in the same order."""
+        solo_at = min(SOLO_BYTES, self.bucket_bytes_cap)
+        groups, solos, cur, size = [], [], [], 0
         for i in reversed(range(len(params))):
             p = params[i]
             nbytes = p.numel() * p._data.itemsize
+            if nbytes >= solo_at and isinstance(p._data, np.ndarray):
+                solos.append([i])
+                continue
             cap = min(FIRST_BUCKET_BYTES, self.bucket_bytes_cap) if not groups else self.bucket_bytes_cap
             first = params[cur[0]] if cur else None
             if cur and (size + nbytes > cap or p.dtype != first.dtype or p.device != first.device):
@@ -124,13 +142,13 @@ class DistributedDataParallel(Module):
         if cur:
             groups.append(cur)
         buckets, where = [], [None] * len(params)
-        for b, idx in enumerate(groups):
+        for b, idx in enumerate(groups + solos):
             offsets, off = [], 0
             for i in idx:
                 where[i] = (b, len(offsets))
                 offsets.append(off)
                 off += params[i].numel()
-            buckets.append(_Bucket(b, idx, offsets, off, params[idx[0]].dtype))
+            buckets.append(_Bucket(b, idx, offsets, off, params[idx[0]].dtype, solo=b >= len(groups)))
         return buckets, where
 
     # ------------------------------------------------------------------ forward
@@ -197,12 +215,16 @@ class DistributedDataParallel(Module):
         b_idx, k = self._where[i]
         b = self._buckets[b_idx]
         p = self._params[i]
+        g = p.grad
+        self._used[i] = g is not None
+        if b.solo:  # reduced in .grad itself once backward has finished (_finalize): nothing to copy now
+            b.pending = 0
+            return
         if b.flat is None:  # kept across passes: a fresh buffer each step would cost its page faults each step
             b.flat = xp_of(p._data).empty(b.numel, b.dtype)
         seg = b.flat[b.offsets[k] : b.offsets[k] + p.numel()]
-        if p.grad is not None:
-            seg[...] = p.grad._data.reshape(-1)
-            self._used[i] = 1
+        if g is not None:  # PyTorch's order: divide by the world size while copying into the bucket, then SUM
+            xp_of(seg).multiply(g._data, self._scale, out=seg.reshape(g.shape))
         else:  # unused here: zeros in the average (find_unused_parameters)
             seg.fill(0)
         b.pending -= 1
@@ -211,18 +233,46 @@ class DistributedDataParallel(Module):
         elif self._next_bucket:
             self._poke()
 
-    def _launch_ready(self):
+    def _launch_ready(self, final=False):
         """Start the all-reduce of every complete bucket from ``_next_bucket`` on, in order (MPI and NCCL match
-        collectives by issue order, so every rank must start them in the same one)."""
+        collectives by issue order, so every rank must start them in the same one); the solo buckets only when
+        ``final`` (backward has finished and every .grad is final)."""
         buckets = self._buckets
-        while self._next_bucket < len(buckets) and buckets[self._next_bucket].pending == 0:
+        while self._next_bucket < len(buckets):
             b = buckets[self._next_bucket]
-            t = Tensor._make(b.flat)
-            b.work = self._pg.for_tensor(t, "DistributedDataParallel").all_reduce(
-                t, dist.ReduceOp.AVG, True, check=False
-            )
+            if b.pending or (b.solo and not final):
+                break
+            arr = self._solo_buffer(b) if b.solo else b.flat
+            if arr is not None:
+                t = Tensor._make(arr)
+                b.work = self._pg.for_tensor(t, "DistributedDataParallel").all_reduce(
+                    t, dist.ReduceOp.SUM, True, check=False
+                )
             self._next_bucket += 1
         self._poke()
+
+    def _solo_buffer(self, b):
+        """The array a solo bucket's parameter is reduced in, already divided by the world size: its ``.grad``'s
+        own memory when nothing else can see it (no copy in or out), else a new array (a view's or a shared
+        gradient's copy, or zeros where this rank has none). None when no rank has a gradient (no collective:
+        every rank knows it from the agreed ``_used``)."""
+        i = b.params[0]
+        p, g = self._params[i], self._params[i].grad
+        b.inplace, b.flat = False, None
+        if g is None:
+            if self._used_anywhere[i]:
+                b.flat = np.zeros(b.numel, b.dtype)
+            return b.flat
+        a = g._data
+        at = a.__array_interface__["data"][0] if type(a) is np.ndarray else None
+        if at is not None and _exclusive(a) and a.shape == p.shape and at not in self._inplace_ids:
+            self._inplace_ids.add(at)  # two .grads set by hand to one array: reduced once, not twice
+            b.inplace = True
+            flat = a.reshape(-1)
+            np.multiply(flat, self._scale, out=flat)
+            return flat
+        b.flat = np.multiply(a.reshape(-1), self._scale, dtype=b.dtype)
+        return b.flat
 
     def _poke(self):
         """MPICH advances a non-blocking collective only inside MPI calls: test the oldest one in flight (at
@@ -249,30 +299,45 @@ class DistributedDataParallel(Module):
         self._launch_ready()
         if missing:  # PyTorch's behaviour: the incomplete buckets stay unreduced and the next forward raises
             self._unfinished = missing
-        used = None
+        self._used_anywhere = self._used
         if self.find_unused_parameters and self._pg.mpi.size > 1:
             used = Tensor._make(self._used.copy())
             dist.all_reduce(used, dist.ReduceOp.MAX, group=self.process_group)
-            used = used._data
+            self._used_anywhere = used._data
         if self._solo:
             return
+        self._inplace_ids = set()
+        self._launch_ready(final=True)
         for b in self._buckets[: self._next_bucket]:
+            if b.work is None:  # a solo parameter no rank has a gradient for
+                continue
             b.work.wait()
+            b.work = None
+            if b.solo:
+                self._solo_done(b)
+                continue
             for k, i in enumerate(b.params):
                 p = self._params[i]
-                if (used[i] if used is not None else self._used[i]) == 0 and p.grad is None:
+                if self._used_anywhere[i] == 0 and p.grad is None:
                     continue  # unused on every rank: grad stays None, as in PyTorch
                 seg = b.flat[b.offsets[k] : b.offsets[k] + p.numel()].reshape(p.shape)
                 g = p.grad
                 if self.gradient_as_bucket_view:  # .grad is the bucket's memory (overwritten by the next pass)
                     if g is None or g._data is not seg:
                         p.grad = Tensor._make(seg)
-                elif g is not None and _own_writable(g._data, seg):
+                elif g is not None and g._data.shape == seg.shape and _exclusive(g._data, b.flat):
                     g._data[...] = seg  # PyTorch copies the average back into .grad, in place
                     g._version[0] += 1
                 else:
                     p.grad = Tensor._make(seg.copy())
-            b.work = None
+
+    def _solo_done(self, b):
+        """A solo bucket's all-reduce has finished: the average is in .grad already (in place), or becomes it."""
+        p = self._params[b.params[0]]
+        if b.inplace:
+            p.grad._version[0] += 1  # changed in place, as every in-place op marks it
+            return
+        p.grad, b.flat = Tensor._make(b.flat.reshape(p.shape)), None
 
     @contextlib.contextmanager
     def no_sync(self):
@@ -285,11 +350,20 @@ class DistributedDataParallel(Module):
             self.require_backward_grad_sync = old
 
 
-def _own_writable(a, seg):
-    """Whether the average can be written into gradient array ``a`` in place: writable, contiguous, and not a
-    view of a bucket (a .grad left from ``gradient_as_bucket_view``) nor of anything else."""
-    writeable = getattr(a.flags, "writeable", True)  # CuPy's flags have no such field: device memory is
-    return writeable and a.flags.c_contiguous and a.base is None and a.shape == seg.shape
+def _exclusive(a, avoid=None):
+    """Whether gradient array ``a`` may be overwritten in place: writable, C-contiguous, and owning its memory or
+    a view spanning the whole array that does (a product's result reshaped), not a view of ``avoid`` (a bucket:
+    a .grad left from ``gradient_as_bucket_view``). CuPy arrays must own their memory."""
+    if not (getattr(a.flags, "writeable", True) and a.flags.c_contiguous):  # CuPy's flags have no writeable
+        return False
+    root = a
+    while getattr(root, "base", None) is not None:
+        root = root.base
+    if root is a:
+        return True
+    if type(root) is not np.ndarray or root is avoid or root.nbytes != a.nbytes:
+        return False
+    return root.__array_interface__["data"][0] == a.__array_interface__["data"][0]
 
 
 def _hook(me, i):
