@@ -189,6 +189,88 @@ def _unused_parameters(rank, w, cap):
     assert model.module.b.weight.grad is not None
 
 
+def _local_grads(model, x, y, w):
+    """Every rank's local gradients (float64 NumPy), computed here from a copy of ``model`` on each shard."""
+    out = []
+    for r in range(w):
+        ref = net()
+        ref.load_state_dict(model.module.state_dict())
+        s = shard(len(x), r, w)
+        ((ref(x[s]) - y[s]) ** 2).sum().backward()
+        out.append([q.grad.numpy() for q in ref.parameters()])
+    return out
+
+
+def _compressed_average(grads, dtype, w):
+    """What a compress hook gives: each rank's gradient rounded to ``dtype`` and divided there by w, summed in
+    float32 (the MPI backend's reduction type for float16/bfloat16), rounded to ``dtype`` once."""
+    total = sum((g.astype(dtype) / np.asarray(w, dtype)).astype(dtype).astype(np.float32) for g in grads)
+    return total.astype(dtype).astype(np.float64)
+
+
+@check
+def ddp_comm_hooks(rank, w):
+    import ml_dtypes
+
+    from conch.distributed.algorithms.ddp_comm_hooks import default_hooks
+    from conch.futures import Future
+
+    x, y = data()
+    for cap in (None, 0.0001):  # one bucket; solo weights (their .grad is the hook's buffer) and bias buckets
+        hooks = {"allreduce": default_hooks.allreduce_hook, "fp16": default_hooks.fp16_compress_hook,
+                 "bf16": default_hooks.bf16_compress_hook}  # fmt: skip
+        for name, hook in hooks.items():
+            model = DDP(net(seed=rank), bucket_cap_mb=cap)
+            model.register_comm_hook(None, hook)
+            local = _local_grads(model, x, y, w)
+            s = shard(12, rank, w)
+            ((model(x[s]) - y[s]) ** 2).sum().backward()
+            for k, p in enumerate(model.module.parameters()):
+                got = p.grad.numpy()
+                if name == "allreduce":
+                    assert_allclose(got, sum(g[k] for g in local) / w, rtol=1e-12, err_msg=f"{cap} {name}")
+                else:
+                    dt = np.float16 if name == "fp16" else ml_dtypes.bfloat16
+                    want = _compressed_average([g[k] for g in local], dt, w)
+                    assert_array_equal(got, want, err_msg=f"{cap} {name} {k}")
+
+        # a hook that communicates nothing: .grad stays local; the bucket's API as PyTorch's
+        state = {"calls": 0, "last": []}
+
+        def local_hook(state, bucket):
+            state["calls"] += 1
+            state["last"].append(bucket.is_last())
+            grads, params = bucket.gradients(), bucket.parameters()
+            assert [tuple(g.shape) for g in grads] == [tuple(q.shape) for q in params]
+            assert bucket.buffer().numel() == sum(q.numel() for q in params) and bucket.buffer().ndim == 1
+            fut = Future()
+            fut.set_result(bucket.buffer())
+            return fut
+
+        model = DDP(net(seed=rank), bucket_cap_mb=cap)
+        model.register_comm_hook(state, local_hook)
+        local = _local_grads(model, x, y, w)[rank]
+        s = shard(12, rank, w)
+        ((model(x[s]) - y[s]) ** 2).sum().backward()
+        for k, p in enumerate(model.module.parameters()):
+            assert_allclose(p.grad.numpy(), local[k], rtol=1e-12)
+        assert state["calls"] == len(model._buckets) and state["last"] == [False] * (state["calls"] - 1) + [True]
+
+    for bad, err, msg in ((42, TypeError, "must be callable"), (local_hook, RuntimeError, "only be called once")):
+        try:
+            model.register_comm_hook(None, bad)
+            raise AssertionError("no error")
+        except err as e:
+            assert msg in str(e), e
+    model = DDP(net(seed=rank))
+    model.register_comm_hook(None, lambda state, bucket: bucket.buffer())  # not a future
+    try:
+        model(x).sum().backward()
+        raise AssertionError("no error")
+    except TypeError as e:
+        assert "must return a conch.futures.Future" in str(e), e
+
+
 @check
 def zero1_adamw_equals_adamw_and_resumes_on_other_world_sizes(rank, w):
     hp = dict(lr=0.05, weight_decay=0.1, betas=(0.8, 0.95))

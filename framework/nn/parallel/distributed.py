@@ -11,6 +11,7 @@ from ... import distributed as dist
 from ..._backend import xp_of
 from ...autograd import engine
 from ...autograd.grad_mode import is_grad_enabled, no_grad
+from ...futures import Future
 from ...tensor import Tensor
 from ..module import Module
 
@@ -111,6 +112,7 @@ class DistributedDataParallel(Module):
         self._used_anywhere = self._used  # the same on every rank after the end-of-backward all-reduce (MAX)
         self._inplace_ids = set()  # the .grad arrays reduced in place this pass
         self._scale = 1.0 / pg.mpi.size  # DDP averages: each rank divides by the world size, the all-reduce sums
+        self._comm_hook = None  # (state, hook) from register_comm_hook: the hook then reduces (and divides)
         self._unused_expected = []  # from the graph walk after forward
         self._next_bucket = 0
         self._unfinished = None  # indices of parameters that got no gradient in the last pass
@@ -224,7 +226,7 @@ class DistributedDataParallel(Module):
             b.flat = xp_of(p._data).empty(b.numel, b.dtype)
         seg = b.flat[b.offsets[k] : b.offsets[k] + p.numel()]
         if g is not None:  # PyTorch's order: divide by the world size while copying into the bucket, then SUM
-            xp_of(seg).multiply(g._data, self._scale, out=seg.reshape(g.shape))
+            xp_of(seg).multiply(g._data, self._copy_scale(), out=seg.reshape(g.shape))
         else:  # unused here: zeros in the average (find_unused_parameters)
             seg.fill(0)
         b.pending -= 1
@@ -243,13 +245,40 @@ class DistributedDataParallel(Module):
             if b.pending or (b.solo and not final):
                 break
             arr = self._solo_buffer(b) if b.solo else b.flat
-            if arr is not None:
+            if arr is None:
+                pass
+            elif self._comm_hook is not None:
+                b.work = self._run_hook(b, Tensor._make(arr))
+            else:
                 t = Tensor._make(arr)
                 b.work = self._pg.for_tensor(t, "DistributedDataParallel").all_reduce(
                     t, dist.ReduceOp.SUM, True, check=False
                 )
             self._next_bucket += 1
         self._poke()
+
+    def _run_hook(self, b, buffer):
+        state, hook = self._comm_hook
+        params = [self._params[i] for i in b.params]
+        fut = hook(state, dist.GradBucket(b.index, buffer, params, b.index == len(self._buckets) - 1))
+        if not isinstance(fut, Future):
+            raise TypeError(
+                f"DistributedDataParallel: the communication hook returned {type(fut).__name__}; it must return a "
+                "conch.futures.Future whose value is the bucket's reduced gradients (a tensor)"
+            )
+        return fut
+
+    def _hook_result(self, b, value):
+        """The flat array a hook's future gave for bucket ``b`` (a tensor, or a list holding one)."""
+        if isinstance(value, (list, tuple)) and len(value) == 1:
+            value = value[0]
+        if not isinstance(value, Tensor) or value.numel() != b.numel:
+            what = f"a tensor of {value.numel()} elements" if isinstance(value, Tensor) else type(value).__name__
+            raise RuntimeError(
+                f"DistributedDataParallel: the communication hook's future for bucket {b.index} gave {what}; "
+                f"expected a tensor of the bucket's {b.numel} elements"
+            )
+        return value._data.reshape(-1)
 
     def _solo_buffer(self, b):
         """The array a solo bucket's parameter is reduced in, already divided by the world size: its ``.grad``'s
@@ -258,7 +287,7 @@ class DistributedDataParallel(Module):
         every rank knows it from the agreed ``_used``)."""
         i = b.params[0]
         p, g = self._params[i], self._params[i].grad
-        b.inplace, b.flat = False, None
+        b.inplace, b.flat = False, None  # b.flat: the array reduced this pass (the .grad's own, or a copy)
         if g is None:
             if self._used_anywhere[i]:
                 b.flat = np.zeros(b.numel, b.dtype)
@@ -269,16 +298,24 @@ class DistributedDataParallel(Module):
             self._inplace_ids.add(at)  # two .grads set by hand to one array: reduced once, not twice
             b.inplace = True
             flat = a.reshape(-1)
-            np.multiply(flat, self._scale, out=flat)
+            if self._comm_hook is None:
+                np.multiply(flat, self._scale, out=flat)
+            b.flat = flat
             return flat
-        b.flat = np.multiply(a.reshape(-1), self._scale, dtype=b.dtype)
+        b.flat = np.multiply(a.reshape(-1), self._copy_scale(), dtype=b.dtype)
         return b.flat
+
+    def _copy_scale(self):
+        """The factor gradients are copied into a bucket with: 1/world (the all-reduce then sums), or 1 when a
+        communication hook runs (the hook divides, as PyTorch's do)."""
+        return self._scale if self._comm_hook is None else 1.0
 
     def _poke(self):
         """MPICH advances a non-blocking collective only inside MPI calls: test the oldest one in flight (at
         every gradient hook, so the transfer moves along between the layers' backward)."""
         for b in self._buckets[: self._next_bucket]:
-            if b.work is not None and not b.work.is_completed():
+            w = b.work
+            if w is not None and not (w.done() if type(w) is Future else w.is_completed()):
                 break
 
     def _finalize(self):
@@ -311,16 +348,20 @@ class DistributedDataParallel(Module):
         for b in self._buckets[: self._next_bucket]:
             if b.work is None:  # a solo parameter no rank has a gradient for
                 continue
-            b.work.wait()
+            done = b.work.wait()
             b.work = None
+            src = b.flat if self._comm_hook is None else self._hook_result(b, done)
             if b.solo:
-                self._solo_done(b)
+                self._solo_done(b, src)
                 continue
+            if src is not b.flat and self.gradient_as_bucket_view:
+                b.flat[...] = src  # the .grads are views of the bucket
+                src = b.flat
             for k, i in enumerate(b.params):
                 p = self._params[i]
                 if self._used_anywhere[i] == 0 and p.grad is None:
                     continue  # unused on every rank: grad stays None, as in PyTorch
-                seg = b.flat[b.offsets[k] : b.offsets[k] + p.numel()].reshape(p.shape)
+                seg = src[b.offsets[k] : b.offsets[k] + p.numel()].reshape(p.shape)
                 g = p.grad
                 if self.gradient_as_bucket_view:  # .grad is the bucket's memory (overwritten by the next pass)
                     if g is None or g._data is not seg:
@@ -331,13 +372,36 @@ class DistributedDataParallel(Module):
                 else:
                     p.grad = Tensor._make(seg.copy())
 
-    def _solo_done(self, b):
-        """A solo bucket's all-reduce has finished: the average is in .grad already (in place), or becomes it."""
+    def _solo_done(self, b, src):
+        """A solo bucket's reduction has finished, its result in ``src``: the average is in .grad already (in
+        place), is copied there (a hook's own result), or becomes it."""
         p = self._params[b.params[0]]
+        flat, b.flat = b.flat, None
         if b.inplace:
+            if src is not flat:
+                flat[...] = src
             p.grad._version[0] += 1  # changed in place, as every in-place op marks it
             return
-        p.grad, b.flat = Tensor._make(b.flat.reshape(p.shape)), None
+        p.grad = Tensor._make((src if src is flat else src.copy()).reshape(p.shape))
+
+    def register_comm_hook(self, state, hook):
+        """Reduce each bucket with ``hook(state, bucket)`` instead of DDP's all-reduce (PyTorch's
+        ``register_comm_hook``): ``bucket`` is a ``conch.distributed.GradBucket`` holding the local gradients
+        (not divided by the world size), and the hook returns a ``conch.futures.Future`` whose value is a tensor
+        of the bucket's size; its values become the parameters' ``.grad``. The built-in hooks are in
+        ``conch.distributed.algorithms.ddp_comm_hooks.default_hooks`` (``allreduce_hook``, ``fp16_compress_hook``,
+        ``bf16_compress_hook``; their state is the process group, None for the world). Once, before training.
+
+        Example::
+
+            model.register_comm_hook(None, default_hooks.fp16_compress_hook)
+        """
+        if not callable(hook):
+            raise TypeError("Communication hook must be callable.")
+        if self._comm_hook is not None:
+            raise RuntimeError("register_comm_hook or register_builtin_comm_hook can only be called once.")
+        self._comm_hook = (state, hook)
+        self._solo = False  # the hook runs at one rank too, as in PyTorch
 
     @contextlib.contextmanager
     def no_sync(self):
