@@ -189,6 +189,50 @@ def _unused_parameters(rank, w, cap):
     assert model.module.b.weight.grad is not None
 
 
+class _HalfUsed(nn.Module):
+    """Two layers, ``b`` never used in forward (an unused parameter on every rank)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 4)
+
+    def forward(self, x):
+        return self.a(x).tanh()
+
+
+@check
+def ddp_static_graph(rank, w):
+    """static_graph: the unused parameters as find_unused_parameters finds them, the graph walked only once."""
+    from conch.autograd import engine
+
+    walks = []
+    walk = engine.walk_graph
+
+    def counting(roots, with_leaves=False):
+        walks.append(with_leaves)  # DDP's walk asks for the leaves; the engine's own does not
+        return walk(roots, with_leaves)
+
+    for cap in (None, 0.00001):  # one bucket; every parameter alone
+        conch.manual_seed(0)
+        model = DDP(_HalfUsed().double(), static_graph=True, bucket_cap_mb=cap)
+        ref = _HalfUsed().double()
+        ref.load_state_dict(model.module.state_dict())
+        engine.walk_graph, walks[:] = counting, []
+        try:
+            for it in range(3):
+                xs = conch.tensor(np.random.default_rng(it).standard_normal((2 * w, 4)))
+                model.zero_grad()
+                ref.zero_grad()
+                model(xs[shard(2 * w, rank, w)]).sum().backward()
+                ref(xs).sum().mul(1 / w).backward()
+                assert model.module.b.weight.grad is None and model.module.b.bias.grad is None
+                for n in ("weight", "bias"):
+                    assert_allclose(getattr(model.module.a, n).grad.numpy(), getattr(ref.a, n).grad.numpy(), rtol=1e-12)
+        finally:
+            engine.walk_graph = walk
+        assert walks.count(True) == 1, walks  # the first iteration only
+
+
 def _local_grads(model, x, y, w):
     """Every rank's local gradients (float64 NumPy), computed here from a copy of ``model`` on each shard."""
     out = []

@@ -61,13 +61,19 @@ class DistributedDataParallel(Module):
     each. When the last gradient of a bucket has been accumulated (``Tensor.register_post_accumulate_grad_hook``),
     its all-reduce starts, non-blocking, while backward goes on computing the earlier layers' gradients;
     buckets start in index order on every rank. A callback the engine runs when backward finishes waits for
-    them and writes the averages into ``.grad``, so the optimizer never sees a partial result.
+    them and writes the averages into ``.grad``, so the optimizer never sees a partial result. On the CPU a
+    parameter of at least ``min(SOLO_BYTES, bucket cap)`` bytes is reduced alone in that callback, in its own
+    ``.grad`` (divided by R in place, then summed): no copy into a bucket and back (MPICH advances an all-reduce
+    only inside MPI calls, so starting it during backward would not overlap anyway).
 
     ``no_sync()``: backward passes inside only accumulate locally; the first one outside averages the sum.
     ``find_unused_parameters=True``: parameters the forward's outputs do not reach are found by walking the
     graph after forward and count as zero gradients in the average; one unused on every rank keeps
     ``grad=None``. Without it, a parameter that gets no gradient leaves its bucket unreduced, and the next
     forward raises PyTorch's "Expected to have finished reduction in the prior iteration" RuntimeError.
+    ``static_graph=True``: the first iteration finds the unused parameters as ``find_unused_parameters`` does;
+    later ones reuse what it found (no graph walk, no all-reduce of the used flags).
+    ``register_comm_hook(state, hook)``: each bucket is reduced by ``hook`` instead (PyTorch's comm hooks).
 
     Example::
 
@@ -91,6 +97,8 @@ class DistributedDataParallel(Module):
         self.process_group = process_group
         self.broadcast_buffers = broadcast_buffers
         self.find_unused_parameters = bool(find_unused_parameters)
+        self.static_graph = bool(static_graph)
+        self._static = None  # static_graph: (unused here, used on any rank) as the first iteration found them
         self.gradient_as_bucket_view = bool(gradient_as_bucket_view)
         self.require_backward_grad_sync = True
         #: conch's switch for benchmarks: False starts every bucket's all-reduce only after backward
@@ -185,7 +193,9 @@ class DistributedDataParallel(Module):
         for b in self._buckets:
             b.work, b.pending = None, len(b.params)
         roots = [t for t in _tensors(out) if t.requires_grad and t.grad_fn is not None]
-        if self.find_unused_parameters:
+        if self._static is not None:  # static_graph: the first iteration's walk holds for every later one
+            self._unused_expected = self._static[0]
+        elif self.find_unused_parameters or self.static_graph:
             reached = {id(leaf) for leaf in engine.walk_graph(roots, with_leaves=True)[2]}
             self._unused_expected = [i for i, p in enumerate(self._params) if id(p) not in reached]
         me = weakref.ref(self)
@@ -200,7 +210,7 @@ class DistributedDataParallel(Module):
         if not self._queued:
             self._queued = True
             engine.queue_callback(self._finalize)
-        for i in self._unused_expected if self.find_unused_parameters else ():
+        for i in self._unused_expected if self._finds_unused() else ():
             self._mark_ready(i)
 
     def _mark_ready(self, i):
@@ -305,6 +315,9 @@ class DistributedDataParallel(Module):
         b.flat = np.multiply(a.reshape(-1), self._copy_scale(), dtype=b.dtype)
         return b.flat
 
+    def _finds_unused(self):
+        return self.find_unused_parameters or self.static_graph
+
     def _copy_scale(self):
         """The factor gradients are copied into a bucket with: 1/world (the all-reduce then sums), or 1 when a
         communication hook runs (the hook divides, as PyTorch's do)."""
@@ -329,7 +342,7 @@ class DistributedDataParallel(Module):
         for i, p in enumerate(self._params):
             if not self._ready[i]:
                 # a gradient accumulated without the hook (a leaf inside a checkpointed closure) still counts
-                if p.grad is not None or self.find_unused_parameters:
+                if p.grad is not None or self._finds_unused():
                     self._mark_ready(i)
                 else:
                     missing.append(i)
@@ -337,10 +350,14 @@ class DistributedDataParallel(Module):
         if missing:  # PyTorch's behaviour: the incomplete buckets stay unreduced and the next forward raises
             self._unfinished = missing
         self._used_anywhere = self._used
-        if self.find_unused_parameters and self._pg.mpi.size > 1:
+        if self._static is not None:
+            self._used_anywhere = self._static[1]
+        elif self._finds_unused() and self._pg.mpi.size > 1:
             used = Tensor._make(self._used.copy())
             dist.all_reduce(used, dist.ReduceOp.MAX, group=self.process_group)
             self._used_anywhere = used._data
+        if self.static_graph and self._static is None:
+            self._static = (list(self._unused_expected), self._used_anywhere.copy())
         if self._solo:
             return
         self._inplace_ids = set()
