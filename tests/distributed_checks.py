@@ -233,6 +233,46 @@ def ddp_static_graph(rank, w):
         assert walks.count(True) == 1, walks  # the first iteration only
 
 
+@check
+def ddp_join_uneven_inputs(rank, w):
+    """join(): rank r trains on 2 + 2r batches; the others shadow its all-reduces, then all take its weights."""
+    loss_fn = nn.MSELoss(reduction="sum")
+    batches = [data(n=4, seed=100 + k) for k in range(2 + 2 * (w - 1))]
+    counts = [2 + 2 * r for r in range(w)]
+    for divide, kw in ((True, {}), (False, {"bucket_cap_mb": 0.0001, "find_unused_parameters": True})):
+        model, ref = replica_pair(rank, **kw)
+        opt = conch.optim.SGD(model.parameters(), lr=0.1)
+        ref_opt = conch.optim.SGD(ref.parameters(), lr=0.1)
+        with model.join(divide_by_initial_world_size=divide):
+            for k in range(counts[rank]):
+                x, y = batches[k]
+                opt.zero_grad()
+                loss_fn(model(x[shard(4, rank, w)]), y[shard(4, rank, w)]).backward()
+                opt.step()
+        for k in range(max(counts)):  # the reference: the ranks still training at step k, averaged
+            x, y = batches[k]
+            active = [r for r in range(w) if counts[r] > k]
+            ref_opt.zero_grad()
+            for r in active:
+                loss_fn(ref(x[shard(4, r, w)]), y[shard(4, r, w)]).mul(1 / (w if divide else len(active))).backward()
+            ref_opt.step()
+        for p, q in zip(model.module.parameters(), ref.parameters()):
+            assert_allclose(p.detach().numpy(), q.detach().numpy(), rtol=1e-11, atol=1e-13)
+    # throw_on_early_termination: every rank raises once one has run out (rank 0 after 1 batch, the others 2)
+    model, _ = replica_pair(rank)
+    raised = False
+    try:
+        with model.join(throw_on_early_termination=True):
+            for k in range(1 if rank == 0 else 2):
+                x, y = batches[k]
+                loss_fn(model(x[shard(4, rank, w)]), y[shard(4, rank, w)]).backward()
+    except RuntimeError as e:
+        raised = "exhausted inputs" in str(e)
+    assert raised
+    x, y = batches[0]
+    loss_fn(model(x[shard(4, rank, w)]), y[shard(4, rank, w)]).backward()  # usable afterwards, without join
+
+
 def _local_grads(model, x, y, w):
     """Every rank's local gradients (float64 NumPy), computed here from a copy of ``model`` on each shard."""
     out = []

@@ -46,6 +46,7 @@ def _passed(job, name):
         "ddp_unused_parameters",
         "ddp_comm_hooks",
         "ddp_static_graph",
+        "ddp_join_uneven_inputs",
         "zero1_adamw_equals_adamw_and_resumes_on_other_world_sizes",
         "amp_scaler_checkpointing_fused_optimizer_under_ddp",
         "collectives_reduce_gather_scatter_all_to_all_p2p_groups",

@@ -25,6 +25,8 @@ FIRST_BUCKET_BYTES = 1024 * 1024
 #: MPI calls, so starting it during backward gains nothing on the CPU (measured: 784-1024-1024-10 MLP, 2 ranks).
 SOLO_BYTES = 1024 * 1024
 
+_EARLY = "Detected at least one rank that exhausted inputs. Throwing across all ranks."
+
 _UNFINISHED = (
     "Expected to have finished reduction in the prior iteration before starting a new one. This error indicates "
     "that your module has parameters that were not used in producing loss. You can enable unused parameter "
@@ -121,6 +123,7 @@ class DistributedDataParallel(Module):
         self._inplace_ids = set()  # the .grad arrays reduced in place this pass
         self._scale = 1.0 / pg.mpi.size  # DDP averages: each rank divides by the world size, the all-reduce sums
         self._comm_hook = None  # (state, hook) from register_comm_hook: the hook then reduces (and divides)
+        self._join = None  # inside join(): (divide_by_initial_world_size, throw_on_early_termination)
         self._unused_expected = []  # from the graph walk after forward
         self._next_bucket = 0
         self._unfinished = None  # indices of parameters that got no gradient in the last pass
@@ -173,10 +176,11 @@ class DistributedDataParallel(Module):
                 + f"{rank}: "
                 + ", ".join(self._names[i] for i in missing)
             )
+        src = self._pg.ranks[0]
+        if self._join is not None:
+            src = self._notify_join()
         if self.broadcast_buffers and is_grad_enabled() and self._pg.mpi.size > 1:
-            with no_grad():  # PyTorch's default: rank 0's buffers (BatchNorm statistics) at each training forward
-                for b in self.module.buffers():
-                    dist.broadcast(b, self._pg.ranks[0], group=self.process_group)
+            self._sync_buffers(src)  # PyTorch's default: rank 0's buffers (BatchNorm statistics) at each forward
         out = self.module(*args, **kwargs)
         self._prepare(out)
         return out
@@ -419,6 +423,122 @@ class DistributedDataParallel(Module):
             raise RuntimeError("register_comm_hook or register_builtin_comm_hook can only be called once.")
         self._comm_hook = (state, hook)
         self._solo = False  # the hook runs at one rank too, as in PyTorch
+
+    def _sync_buffers(self, src):
+        with no_grad():
+            for b in self.module.buffers():
+                dist.broadcast(b, src, group=self.process_group)
+
+    # ------------------------------------------------------------------ join (uneven inputs)
+    @contextlib.contextmanager
+    def join(self, divide_by_initial_world_size=True, enable=True, throw_on_early_termination=False):
+        """Train on uneven inputs (PyTorch's ``DistributedDataParallel.join``): a rank whose loop inside ends
+        first waits at the end of the block, taking part with zeros in the collectives of the ranks still
+        training (buffer broadcasts, the gradient all-reduces), until every rank has finished; then every rank
+        takes the parameters and buffers of one of the last to finish, so the replicas end equal.
+
+        Each training forward inside first all-reduces which ranks are still training. The gradients are then
+        ``sum_active g_r / R`` with ``divide_by_initial_world_size=True`` (R: the world size), else divided by
+        the number still training. ``throw_on_early_termination=True``: once a rank has run out, every rank
+        raises PyTorch's "Detected at least one rank that exhausted inputs" RuntimeError instead. Every training
+        forward inside must be followed by a backward (the waiting ranks expect its all-reduces).
+
+        Example::
+
+            with model.join():
+                for x, y in my_shard:            # ranks may hold different numbers of batches
+                    loss_fn(model(x), y).backward()
+                    opt.step(); opt.zero_grad()
+        """
+        if not enable or self._pg.mpi.size == 1:
+            yield
+            return
+        if self._join is not None:
+            raise RuntimeError("DistributedDataParallel.join() contexts cannot be nested")
+        self._join = (bool(divide_by_initial_world_size), bool(throw_on_early_termination))
+        try:
+            yield  # an exception inside leaves at once, without waiting for the others (as in PyTorch)
+            last = self._shadow_until_all_joined()
+            self._sync_final_model(last)
+        finally:
+            self._join, self._scale = None, 1.0 / self._pg.mpi.size
+
+    def _join_flags(self, active):
+        """The join round's all-reduce (SUM): one flag per rank still training, then whether this pass's
+        backward reduces gradients and whether the forward broadcasts buffers (from the ranks training)."""
+        w = self._pg.mpi.size
+        flags = np.zeros(w + 2, np.int64)
+        if active:
+            flags[self._pg.mpi.rank] = 1
+            flags[w] = is_grad_enabled() and self.require_backward_grad_sync
+            flags[w + 1] = is_grad_enabled() and self.broadcast_buffers
+        t = Tensor._make(flags)
+        dist.all_reduce(t, group=self.process_group)
+        return t._data
+
+    def _notify_join(self):
+        """A training rank's forward inside join(): count the ranks still training; returns the global rank the
+        buffers come from (the highest one still training)."""
+        flags = self._join_flags(True)
+        w = self._pg.mpi.size
+        active = np.flatnonzero(flags[:w])
+        divide_by_initial, throw = self._join
+        if throw and len(active) < w:
+            raise RuntimeError(_EARLY)
+        self._scale = 1.0 / (w if divide_by_initial else len(active))
+        return self._pg.ranks[int(active[-1])]
+
+    def _shadow_until_all_joined(self):
+        """A rank that has finished: match the training ranks' collectives with zeros until none is left.
+        Returns whether this rank was among the last to finish."""
+        w = self._pg.mpi.size
+        first = True
+        while True:
+            flags = self._join_flags(False)
+            active = np.flatnonzero(flags[:w])
+            if first:
+                last, first = len(active) == 0, False
+            if len(active) == 0:
+                return last
+            if self._join[1]:
+                raise RuntimeError(_EARLY)
+            if flags[w + 1]:
+                self._sync_buffers(self._pg.ranks[int(active[-1])])
+            if flags[w]:
+                self._shadow_backward()
+
+    def _zeros_reduction(self, b):
+        t = Tensor._make(xp_of(self._params[b.params[0]]._data).zeros(b.numel, b.dtype))
+        if self._comm_hook is not None:
+            return self._run_hook(b, t)
+        return self._pg.for_tensor(t, "DistributedDataParallel").all_reduce(t, dist.ReduceOp.SUM, True, check=False)
+
+    def _shadow_backward(self):
+        """The collectives of one backward pass, in the training ranks' order, with zero gradients: the regular
+        buckets, the used-flags all-reduce (find_unused_parameters), the solo buckets of used parameters."""
+        works = [self._zeros_reduction(b) for b in self._buckets if not b.solo]
+        if self._static is not None:
+            used = self._static[1]
+        elif self._finds_unused():
+            t = Tensor._make(np.zeros(len(self._params), np.uint8))
+            dist.all_reduce(t, dist.ReduceOp.MAX, group=self.process_group)
+            used = t._data
+            if self.static_graph:
+                self._static = ([], used.copy())  # as the training ranks recorded at their first iteration
+        else:
+            used = np.ones(len(self._params), np.uint8)
+        works += [self._zeros_reduction(b) for b in self._buckets if b.solo and used[b.params[0]]]
+        for work in works:
+            work.wait()
+
+    def _sync_final_model(self, last):
+        """Every rank takes the parameters and buffers of the highest-numbered rank among the last to finish."""
+        t = Tensor._make(np.array([self._pg.mpi.rank if last else -1], np.int64))
+        dist.all_reduce(t, dist.ReduceOp.MAX, group=self.process_group)
+        src = self._pg.ranks[int(t._data[0])]
+        with no_grad():
+            for x in [*self.module.parameters(), *self.module.buffers()]:
+                dist.broadcast(x, src, group=self.process_group)
 
     @contextlib.contextmanager
     def no_sync(self):
