@@ -292,7 +292,8 @@ class DistributedDataParallel(Module):
                 f"DistributedDataParallel: the communication hook's future for bucket {b.index} gave {what}; "
                 f"expected a tensor of the bucket's {b.numel} elements"
             )
-        return value._data.reshape(-1)
+        a = value._data
+        return a if a.ndim == 1 else a.reshape(-1)  # the bucket's own array when the hook reduced in place
 
     def _solo_buffer(self, b):
         """The array a solo bucket's parameter is reduced in, already divided by the world size: its ``.grad``'s
