@@ -217,6 +217,8 @@ def test_bench_distributed_runs_and_writes_rows(tmp_path, capsys, monkeypatch):
 def test_import_conch_loads_no_mpi_and_reaches_zero_by_attribute():
     code = ("import sys, conch; assert 'mpi4py' not in sys.modules; "
             "assert conch.distributed.optim.ZeroRedundancyOptimizer.__name__ == 'ZeroRedundancyOptimizer'; "
+            "hooks = conch.distributed.algorithms.ddp_comm_hooks.default_hooks; "
+            "assert hooks.fp16_compress_hook.__name__ == 'fp16_compress_hook'; "
             "assert 'mpi4py' not in sys.modules; print('OK')")  # fmt: skip
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.stdout.strip() == "OK", r.stderr

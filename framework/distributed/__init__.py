@@ -70,5 +70,5 @@ def __getattr__(name):
     if name in ("optim", "algorithms"):
         import importlib
 
-        return importlib.import_module(".optim", __name__)
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
