@@ -12,7 +12,9 @@ sequences, on the CPU; large, 16, on CUDA), every rank on a local batch of globa
 * ``plain`` in the 1-rank job: the model without DDP on that local batch, the baseline (one process doing
   half the work when N = 2);
 * ``ddp`` at 1 rank: DDP's own overhead (no communication partner; the GPU target is below 5%);
-* ``ddp`` at N ranks with the overlap on (buckets all-reduced during backward) and off (all after backward).
+* ``ddp`` at N ranks with the overlap on (buckets all-reduced during backward) and off (all after backward);
+* ``plain`` at N ranks: the same local step without DDP, each rank on its own (no communication): against it,
+  DDP's own cost at N ranks; against the 1-rank ``plain``, what N processes sharing the cores and memory cost.
 
 Rows (ratio > 1: better than the baseline measured in the same run): N-rank DDP against the 1-rank plain step,
 whose ratio is the scaling efficiency (throughput of N ranks / N x one rank; the issue's target is a step at
@@ -166,8 +168,9 @@ def worker(args):
     if w > 1 or args.device == "cuda":  # one CPU rank has nothing to measure: MPI returns at once
         res["allreduce"] = _allreduce_rows(args.device, args.sizes, args.repeats, sync)
     for name in args.models:
-        variants = {"ddp_on": (True, True), "ddp_off": (True, False)} if w > 1 else {"plain": (False, True),
-                                                                                      "ddp": (True, True)}  # fmt: skip
+        variants = {"plain": (False, True), "ddp": (True, True)}
+        if w > 1:  # plain at N ranks: the same local step without DDP (what the ranks' sharing the cores costs)
+            variants = {"plain": (False, True), "ddp_on": (True, True), "ddp_off": (True, False)}
         steps = {k: _model_and_step(name, args.device, args.local_batch[name], *v) for k, v in variants.items()}
         times = {k: [] for k in steps}
         for _ in range(args.inner):  # interleaved, so load drift hits every variant alike
@@ -236,6 +239,10 @@ def rows_from(results, nproc, device, batches):
                                           ok=True, step_vs_one=off / plain))  # fmt: skip
             rows.append(harness.ratio_row(f"ddp {name} {nproc} ranks: overlap on vs off", "ms/step", on, off, False,
                                           baseline_name="overlap off", device=device, ok=True))  # fmt: skip
+            alone = statistics.median(s["plain"] for s in many)
+            rows.append(harness.ratio_row(f"ddp {name} {nproc} ranks: DDP vs no DDP at {nproc} ranks", "ms/step", on,
+                                          alone, False, baseline_name=f"{nproc} ranks without DDP", device=device,
+                                          ok=True, overhead=on / alone - 1))  # fmt: skip
     return rows
 
 

@@ -62,14 +62,21 @@ def same_grads(model, ref, rtol=1e-12, atol=1e-14):
 
 @check
 def ddp_gradients_equal_full_batch(rank, w):
-    model, ref = replica_pair(rank, bucket_cap_mb=0.0002)
-    assert len(model._buckets) >= 3, len(model._buckets)
-    # every bucket must start during backward (overlap), not in the end-of-backward callback
-    launched_before_end = []
+    # cap 104 bytes: the float64 weights (>= 104 bytes) get solo buckets, the biases two regular ones
+    model, ref = replica_pair(rank, bucket_cap_mb=0.0001)
+    regular = [b for b in model._buckets if not b.solo]
+    solo = [model._params[b.params[0]] for b in model._buckets if b.solo]
+    assert len(regular) >= 2 and len(solo) == 3, [(b.params, b.solo) for b in model._buckets]
+    # a gradient that is not a contiguous array of its own (here F-ordered) is reduced in a copy instead
+    model.module[2].weight.register_hook(lambda g: g.t().contiguous().t())
+    # the regular buckets start during backward (overlap), the solo ones in the end-of-backward callback,
+    # in each parameter's own .grad (the same memory before and after) unless it is not contiguous
+    launched_before_end, before = [], {}
     inner = model._finalize
 
     def spy():
         launched_before_end.append(model._next_bucket)
+        before.update({id(p): p.grad._data for p in solo})
         inner()
 
     model._finalize = spy
@@ -79,7 +86,9 @@ def ddp_gradients_equal_full_batch(rank, w):
     ((model(x[s]) - y[s]) * r[s]).pow(2).sum().mul(1 / 12).backward()
     ((ref(x) - y) * r).pow(2).sum().mul(1 / 12 / w).backward()  # the local loss sums 1/w of the batch
     same_grads(model, ref)
-    assert launched_before_end == [len(model._buckets)], launched_before_end
+    assert launched_before_end == [len(regular)], launched_before_end
+    in_place = [p.grad._data is before[id(p)] for p in solo]
+    assert in_place == [p is not model.module[2].weight for p in solo], in_place
 
 
 @check
@@ -130,6 +139,11 @@ def ddp_no_sync_accumulation_equals_one_big_batch(rank, w):
 
 @check
 def ddp_unused_parameters(rank, w):
+    for cap in (None, 0.00001):  # one bucket; every parameter a solo bucket (reduced after backward, in place)
+        _unused_parameters(rank, w, cap)
+
+
+def _unused_parameters(rank, w, cap):
     class Branchy(nn.Module):
         def __init__(self):
             super().__init__()
@@ -141,7 +155,7 @@ def ddp_unused_parameters(rank, w):
 
     x = conch.randn(3, 4, dtype=conch.float64)
     conch.manual_seed(0)
-    model = DDP(Branchy().double())
+    model = DDP(Branchy().double(), bucket_cap_mb=cap)
     model(x, False).sum().backward()  # b gets no gradient and find_unused_parameters is off
     try:
         model(x, False)
@@ -153,7 +167,7 @@ def ddp_unused_parameters(rank, w):
 
     # b unused on every rank: its grad stays None everywhere; the others are averaged
     conch.manual_seed(0)
-    model = DDP(Branchy().double(), find_unused_parameters=True)
+    model = DDP(Branchy().double(), find_unused_parameters=True, bucket_cap_mb=cap)
     ref = Branchy().double()
     ref.load_state_dict(model.module.state_dict())
     xs = conch.randn(2 * w, 4, dtype=conch.float64)
@@ -173,6 +187,172 @@ def ddp_unused_parameters(rank, w):
     model.zero_grad()
     model(xs[s], True).sum().backward()
     assert model.module.b.weight.grad is not None
+
+
+class _HalfUsed(nn.Module):
+    """Two layers, ``b`` never used in forward (an unused parameter on every rank)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 4)
+
+    def forward(self, x):
+        return self.a(x).tanh()
+
+
+@check
+def ddp_static_graph(rank, w):
+    """static_graph: the unused parameters as find_unused_parameters finds them, the graph walked only once."""
+    from conch.autograd import engine
+
+    walks = []
+    walk = engine.walk_graph
+
+    def counting(roots, with_leaves=False):
+        walks.append(with_leaves)  # DDP's walk asks for the leaves; the engine's own does not
+        return walk(roots, with_leaves)
+
+    for cap in (None, 0.00001):  # one bucket; every parameter alone
+        conch.manual_seed(0)
+        model = DDP(_HalfUsed().double(), static_graph=True, bucket_cap_mb=cap)
+        ref = _HalfUsed().double()
+        ref.load_state_dict(model.module.state_dict())
+        engine.walk_graph, walks[:] = counting, []
+        try:
+            for it in range(3):
+                xs = conch.tensor(np.random.default_rng(it).standard_normal((2 * w, 4)))
+                model.zero_grad()
+                ref.zero_grad()
+                model(xs[shard(2 * w, rank, w)]).sum().backward()
+                ref(xs).sum().mul(1 / w).backward()
+                assert model.module.b.weight.grad is None and model.module.b.bias.grad is None
+                for n in ("weight", "bias"):
+                    assert_allclose(getattr(model.module.a, n).grad.numpy(), getattr(ref.a, n).grad.numpy(), rtol=1e-12)
+        finally:
+            engine.walk_graph = walk
+        assert walks.count(True) == 1, walks  # the first iteration only
+
+
+@check
+def ddp_join_uneven_inputs(rank, w):
+    """join(): rank r trains on 2 + 2r batches; the others shadow its all-reduces, then all take its weights."""
+    loss_fn = nn.MSELoss(reduction="sum")
+    batches = [data(n=4, seed=100 + k) for k in range(2 + 2 * (w - 1))]
+    counts = [2 + 2 * r for r in range(w)]
+    for divide, kw in ((True, {}), (False, {"bucket_cap_mb": 0.0001, "find_unused_parameters": True})):
+        model, ref = replica_pair(rank, **kw)
+        opt = conch.optim.SGD(model.parameters(), lr=0.1)
+        ref_opt = conch.optim.SGD(ref.parameters(), lr=0.1)
+        with model.join(divide_by_initial_world_size=divide):
+            for k in range(counts[rank]):
+                x, y = batches[k]
+                opt.zero_grad()
+                loss_fn(model(x[shard(4, rank, w)]), y[shard(4, rank, w)]).backward()
+                opt.step()
+        for k in range(max(counts)):  # the reference: the ranks still training at step k, averaged
+            x, y = batches[k]
+            active = [r for r in range(w) if counts[r] > k]
+            ref_opt.zero_grad()
+            for r in active:
+                loss_fn(ref(x[shard(4, r, w)]), y[shard(4, r, w)]).mul(1 / (w if divide else len(active))).backward()
+            ref_opt.step()
+        for p, q in zip(model.module.parameters(), ref.parameters()):
+            assert_allclose(p.detach().numpy(), q.detach().numpy(), rtol=1e-11, atol=1e-13)
+    # throw_on_early_termination: every rank raises once one has run out (rank 0 after 1 batch, the others 2)
+    model, _ = replica_pair(rank)
+    raised = False
+    try:
+        with model.join(throw_on_early_termination=True):
+            for k in range(1 if rank == 0 else 2):
+                x, y = batches[k]
+                loss_fn(model(x[shard(4, rank, w)]), y[shard(4, rank, w)]).backward()
+    except RuntimeError as e:
+        raised = "exhausted inputs" in str(e)
+    assert raised
+    x, y = batches[0]
+    loss_fn(model(x[shard(4, rank, w)]), y[shard(4, rank, w)]).backward()  # usable afterwards, without join
+
+
+def _local_grads(model, x, y, w):
+    """Every rank's local gradients (float64 NumPy), computed here from a copy of ``model`` on each shard."""
+    out = []
+    for r in range(w):
+        ref = net()
+        ref.load_state_dict(model.module.state_dict())
+        s = shard(len(x), r, w)
+        ((ref(x[s]) - y[s]) ** 2).sum().backward()
+        out.append([q.grad.numpy() for q in ref.parameters()])
+    return out
+
+
+def _compressed_average(grads, dtype, w):
+    """What a compress hook gives: each rank's gradient rounded to ``dtype`` and divided there by w, summed in
+    float32 (the MPI backend's reduction type for float16/bfloat16), rounded to ``dtype`` once."""
+    total = sum((g.astype(dtype) / np.asarray(w, dtype)).astype(dtype).astype(np.float32) for g in grads)
+    return total.astype(dtype).astype(np.float64)
+
+
+@check
+def ddp_comm_hooks(rank, w):
+    import ml_dtypes
+
+    from conch.distributed.algorithms.ddp_comm_hooks import default_hooks
+    from conch.futures import Future
+
+    x, y = data()
+    for cap in (None, 0.0001):  # one bucket; solo weights (their .grad is the hook's buffer) and bias buckets
+        hooks = {"allreduce": default_hooks.allreduce_hook, "fp16": default_hooks.fp16_compress_hook,
+                 "bf16": default_hooks.bf16_compress_hook}  # fmt: skip
+        for name, hook in hooks.items():
+            model = DDP(net(seed=rank), bucket_cap_mb=cap)
+            model.register_comm_hook(None, hook)
+            local = _local_grads(model, x, y, w)
+            s = shard(12, rank, w)
+            ((model(x[s]) - y[s]) ** 2).sum().backward()
+            for k, p in enumerate(model.module.parameters()):
+                got = p.grad.numpy()
+                if name == "allreduce":
+                    assert_allclose(got, sum(g[k] for g in local) / w, rtol=1e-12, err_msg=f"{cap} {name}")
+                else:
+                    dt = np.float16 if name == "fp16" else ml_dtypes.bfloat16
+                    want = _compressed_average([g[k] for g in local], dt, w)
+                    assert_array_equal(got, want, err_msg=f"{cap} {name} {k}")
+
+        # a hook that communicates nothing: .grad stays local; the bucket's API as PyTorch's
+        state = {"calls": 0, "last": []}
+
+        def local_hook(state, bucket):
+            state["calls"] += 1
+            state["last"].append(bucket.is_last())
+            grads, params = bucket.gradients(), bucket.parameters()
+            assert [tuple(g.shape) for g in grads] == [tuple(q.shape) for q in params]
+            assert bucket.buffer().numel() == sum(q.numel() for q in params) and bucket.buffer().ndim == 1
+            fut = Future()
+            fut.set_result(bucket.buffer())
+            return fut
+
+        model = DDP(net(seed=rank), bucket_cap_mb=cap)
+        model.register_comm_hook(state, local_hook)
+        local = _local_grads(model, x, y, w)[rank]
+        s = shard(12, rank, w)
+        ((model(x[s]) - y[s]) ** 2).sum().backward()
+        for k, p in enumerate(model.module.parameters()):
+            assert_allclose(p.grad.numpy(), local[k], rtol=1e-12)
+        assert state["calls"] == len(model._buckets) and state["last"] == [False] * (state["calls"] - 1) + [True]
+
+    for bad, err, msg in ((42, TypeError, "must be callable"), (local_hook, RuntimeError, "only be called once")):
+        try:
+            model.register_comm_hook(None, bad)
+            raise AssertionError("no error")
+        except err as e:
+            assert msg in str(e), e
+    model = DDP(net(seed=rank))
+    model.register_comm_hook(None, lambda state, bucket: bucket.buffer())  # not a future
+    try:
+        model(x).sum().backward()
+        raise AssertionError("no error")
+    except TypeError as e:
+        assert "must return a conch.futures.Future" in str(e), e
 
 
 @check

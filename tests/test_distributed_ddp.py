@@ -44,6 +44,9 @@ def _passed(job, name):
         "ddp_k_steps_equal_single_process",
         "ddp_no_sync_accumulation_equals_one_big_batch",
         "ddp_unused_parameters",
+        "ddp_comm_hooks",
+        "ddp_static_graph",
+        "ddp_join_uneven_inputs",
         "zero1_adamw_equals_adamw_and_resumes_on_other_world_sizes",
         "amp_scaler_checkpointing_fused_optimizer_under_ddp",
         "collectives_reduce_gather_scatter_all_to_all_p2p_groups",
@@ -122,6 +125,62 @@ def test_post_accumulate_grad_hook_matches_pytorch_order_of_values():
     np.testing.assert_allclose(got["conch"], got["torch"], rtol=1e-12)
 
 
+def test_future_then_wait_value_and_exceptions():
+    from conch.futures import Future
+
+    f = Future()
+    seen = []
+    f.add_done_callback(lambda fut: seen.append(fut.value()))
+    doubled = f.then(lambda fut: fut.value() * 2)
+    assert not f.done() and not doubled.done() and seen == []
+    with pytest.raises(RuntimeError, match="not completed"):
+        f.value()
+    f.set_result(21)
+    assert f.done() and doubled.done() and seen == [21] and doubled.wait() == 42 and doubled.value() == 42
+    with pytest.raises(RuntimeError, match="only be marked completed once"):
+        f.set_result(1)
+    assert f.then(lambda fut: fut.value() + 1).wait() == 22  # then() on a completed future runs at once
+    failing = f.then(lambda fut: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        failing.wait()
+    passed_on = failing.then(lambda fut: fut.value())  # the parent's exception reaches the child
+    with pytest.raises(ZeroDivisionError):
+        passed_on.wait()
+    e = Future()
+    e.set_exception(ValueError("boom"))
+    with pytest.raises(ValueError, match="boom"):
+        e.wait()
+    with pytest.raises(TypeError, match="expects an exception"):
+        Future().set_exception("boom")
+    with pytest.raises(RuntimeError, match="no result yet"):
+        Future().wait()
+
+
+def test_future_from_a_source_completes_on_wait_or_poll():
+    from conch.futures import Future
+
+    class Source:  # stands for a collective's work: done after `polls` polls
+        def __init__(self, polls):
+            self.polls, self.calls = polls, 0
+
+        def is_completed(self):
+            self.polls -= 1
+            return self.polls <= 0
+
+        def __call__(self):
+            self.calls += 1
+            return ["result"]
+
+    src = Source(3)
+    f = Future._from(src)
+    chained = f.then(lambda fut: fut.value()[0].upper())  # then() polls once
+    assert not chained.done()  # the second poll: not yet
+    assert chained.done() and chained.value() == "RESULT" and src.calls == 1
+    src = Source(100)
+    chained = Future._from(src).then(lambda fut: fut.value() + ["x"])
+    assert chained.wait() == ["result", "x"] and src.calls == 1  # waiting on the child waits on the parent
+
+
 def test_new_collectives_before_init_raise_pytorch_message():
     assert not dist.is_initialized()
     for call in (lambda: dist.reduce(conch.ones(1), 0), lambda: dist.gather(conch.ones(1)),
@@ -158,6 +217,8 @@ def test_bench_distributed_runs_and_writes_rows(tmp_path, capsys, monkeypatch):
 def test_import_conch_loads_no_mpi_and_reaches_zero_by_attribute():
     code = ("import sys, conch; assert 'mpi4py' not in sys.modules; "
             "assert conch.distributed.optim.ZeroRedundancyOptimizer.__name__ == 'ZeroRedundancyOptimizer'; "
+            "hooks = conch.distributed.algorithms.ddp_comm_hooks.default_hooks; "
+            "assert hooks.fp16_compress_hook.__name__ == 'fp16_compress_hook'; "
             "assert 'mpi4py' not in sys.modules; print('OK')")  # fmt: skip
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.stdout.strip() == "OK", r.stderr

@@ -15,6 +15,7 @@ Importing this package loads neither mpi4py nor CuPy: ``init_process_group`` doe
 
 from ._mpi import Work
 from .c10d import (
+    GradBucket,
     GroupMember,
     ReduceOp,
     all_gather,
@@ -59,14 +60,15 @@ __all__ = [
     "barrier", "all_reduce", "broadcast", "all_gather", "all_gather_into_tensor", "reduce_scatter_tensor", "send",
     "recv", "ReduceOp", "Work", "group", "GroupMember", "new_group", "get_process_group_ranks", "get_global_rank",
     "get_group_rank", "reduce", "gather", "scatter", "all_to_all", "all_to_all_single", "isend", "irecv",
-    "broadcast_object_list", "all_gather_object", "gather_object",
+    "broadcast_object_list", "all_gather_object", "gather_object", "GradBucket",
 ]  # fmt: skip
 
 
 def __getattr__(name):
-    # conch.distributed.optim (ZeroRedundancyOptimizer) on first use, as torch.distributed.optim is reachable
-    if name == "optim":
+    # conch.distributed.optim (ZeroRedundancyOptimizer) and .algorithms (DDP communication hooks) on first use,
+    # as torch.distributed's are reachable
+    if name in ("optim", "algorithms"):
         import importlib
 
-        return importlib.import_module(".optim", __name__)
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

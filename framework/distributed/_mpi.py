@@ -14,11 +14,23 @@ _WIDE = D.HALF  # float16 and (once ml_dtypes is loaded) bfloat16
 
 class Work:
     """An asynchronous collective's handle (``async_op=True``): ``wait()`` blocks until it is done and the result
-    is in the tensor; ``is_completed()`` asks without blocking."""
+    is in the tensor; ``is_completed()`` asks without blocking; ``get_future()`` gives a ``conch.futures.Future``
+    whose value is ``result()``, the list of output tensors (``[tensor]`` for all_reduce, broadcast, reduce)."""
 
     def __init__(self, requests=(), finish=None, statuses=None):
         # statuses: MPI.Status objects Waitall fills in, read by ``finish`` (irecv checks the received size)
         self._requests, self._finish, self._statuses = list(requests), finish, statuses
+        self._outputs = []  # set by conch.distributed's collectives
+
+    def result(self):
+        """The collective's output tensors (valid once it has completed)."""
+        return list(self._outputs)
+
+    def get_future(self):
+        """A future completed by this collective, with value ``result()`` (PyTorch's ``Work.get_future``)."""
+        from ..futures import Future
+
+        return Future._from(_WorkResult(self))
 
     def is_completed(self):
         if self._requests:
@@ -42,6 +54,22 @@ class Work:
             finish, self._finish = self._finish, None
             finish()  # the copy back into the tensor (and the rounding of a widened buffer) happens once
         return True
+
+
+class _WorkResult:
+    """Completes a Work's future: polling asks the work, calling waits for it and gives its outputs."""
+
+    __slots__ = ("work",)
+
+    def __init__(self, work):
+        self.work = work
+
+    def is_completed(self):
+        return self.work.is_completed()
+
+    def __call__(self):
+        self.work.wait()
+        return self.work.result()
 
 
 def _contig(a):

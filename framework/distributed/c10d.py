@@ -330,7 +330,14 @@ def all_reduce(tensor, op=ReduceOp.SUM, group=None, async_op=False):
         return None
     be = pg.for_tensor(tensor, "all_reduce")
     _check_op(op, tensor, "all_reduce")
-    return be.all_reduce(tensor, op, async_op)
+    return _outputs(be.all_reduce(tensor, op, async_op), [tensor])
+
+
+def _outputs(work, tensors):
+    """``work`` (None for a blocking call) with its output tensors, for ``Work.result()`` and ``get_future()``."""
+    if work is not None:
+        work._outputs = tensors
+    return work
 
 
 def _xp(pg, tensor):
@@ -344,7 +351,7 @@ def broadcast(tensor, src=None, group=None, async_op=False, group_src=None):
     if pg is None:
         return None
     be = pg.for_tensor(tensor, "broadcast")
-    return be.broadcast(tensor, _peer(pg, src, group_src, "broadcast", "src"), async_op)
+    return _outputs(be.broadcast(tensor, _peer(pg, src, group_src, "broadcast", "src"), async_op), [tensor])
 
 
 def reduce(tensor, dst=None, op=ReduceOp.SUM, group=None, async_op=False, group_dst=None):
@@ -355,7 +362,7 @@ def reduce(tensor, dst=None, op=ReduceOp.SUM, group=None, async_op=False, group_
         return None
     be = pg.for_tensor(tensor, "reduce")
     _check_op(op, tensor, "reduce")
-    return be.reduce(tensor, _peer(pg, dst, group_dst, "reduce", "dst"), op, async_op)
+    return _outputs(be.reduce(tensor, _peer(pg, dst, group_dst, "reduce", "dst"), op, async_op), [tensor])
 
 
 def all_gather(tensor_list, tensor, group=None, async_op=False):
@@ -503,7 +510,7 @@ def all_gather_into_tensor(output_tensor, input_tensor, group=None, async_op=Fal
             o[...] = out.reshape(o.shape)
         output_tensor._version[0] += 1
 
-    return be.all_gather_into(out, input_tensor, async_op, finish)
+    return _outputs(be.all_gather_into(out, input_tensor, async_op, finish), [output_tensor])
 
 
 def reduce_scatter_tensor(output, input, op=ReduceOp.SUM, group=None, async_op=False):  # noqa: A002 (torch's name)
@@ -521,7 +528,7 @@ def reduce_scatter_tensor(output, input, op=ReduceOp.SUM, group=None, async_op=F
             f"reduce_scatter_tensor: the input (shape {tuple(input.shape)}, {input.dtype}) must hold world_size={w} "
             f"chunks the size of the output (shape {tuple(output.shape)}, {output.dtype})"
         )
-    return be.reduce_scatter(output, input, op, async_op)
+    return _outputs(be.reduce_scatter(output, input, op, async_op), [output])
 
 
 def barrier(group=None, async_op=False, device_ids=None):
@@ -621,3 +628,46 @@ def _any_rank(flag: bool) -> bool:
     buf = np.array([1 if flag else 0], np.int32)
     pg.mpi.comm.Allreduce(pg.mpi.MPI.IN_PLACE, buf, op=pg.mpi.MPI.MAX)
     return bool(buf[0])
+
+
+class GradBucket:
+    """One DDP bucket as a communication hook sees it (PyTorch's ``torch.distributed.GradBucket``).
+
+    ``buffer()`` is the flat 1-D tensor of the bucket's local gradients (concatenated in ``parameters()`` order);
+    ``gradients()`` views of it shaped like each parameter; ``index()`` the bucket's position in the order the
+    all-reduces start (0 first: the last layers), ``is_last()`` whether it is the last of the pass;
+    ``set_buffer(t)`` replaces the buffer with a tensor of the same size.
+    """
+
+    __slots__ = ("_index", "_buffer", "_params", "_last")
+
+    def __init__(self, index, buffer, params, is_last):
+        self._index, self._buffer, self._params, self._last = index, buffer, list(params), is_last
+
+    def index(self):
+        return self._index
+
+    def buffer(self):
+        return self._buffer
+
+    def parameters(self):
+        return list(self._params)
+
+    def is_last(self):
+        return self._last
+
+    def gradients(self):
+        out, off = [], 0
+        for p in self._params:
+            n = p.numel()
+            out.append(self._buffer[off : off + n].view(*p.shape))
+            off += n
+        return out
+
+    def set_buffer(self, buffer):
+        if buffer.numel() != self._buffer.numel():
+            raise ValueError(
+                f"GradBucket.set_buffer: the new buffer has {buffer.numel()} elements, the bucket "
+                f"{self._buffer.numel()}"
+            )
+        self._buffer = buffer
