@@ -12,6 +12,7 @@ import numpy as np
 from .._backend import xp_of
 from ..autograd.function import Op
 from ..autograd.grad_mode import is_grad_enabled
+from ..kernels import _jit
 from ..kernels._threads import blas_product
 from .indexing import ScatterFlat
 from .reductions import _acc_dtype
@@ -61,11 +62,23 @@ def _as_strided(xp, a, shape, strides):
     return xp.lib.stride_tricks.as_strided(a, shape=shape, strides=strides)
 
 
+_COMPILED = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _compiled(a, nd):
+    """True when a takes the compiled kernels (kernels/_numba/conv.py): a float32/float64 NumPy array, 1-3
+    spatial dims, Numba on."""
+    return type(a) is np.ndarray and a.dtype in _COMPILED and nd <= 3 and _jit.enabled()
+
+
 def im2col(x, geom, value=0.0):
-    """The array behind :class:`Im2col`: (N, C, *S) -> (N, C·∏k, ∏O), one copy out of a strided window view."""
-    xp = xp_of(x)
+    """The array behind :class:`Im2col`: (N, C, *S) -> (N, C·∏k, ∏O), one copy out of a strided window view
+    (compiled: written row by row, no padded copy)."""
     k, st, dl, pads, out = geom
     nd = len(k)
+    if _compiled(x, nd):
+        return _jit.family("conv").im2col(x, k, st, dl, pads[0::2], out, value)
+    xp = xp_of(x)
     if any(pads):
         widths = ((0, 0), (0, 0)) + tuple((pads[2 * i], pads[2 * i + 1]) for i in range(nd))
         x = xp.pad(x, widths, mode="constant", constant_values=value)
@@ -77,12 +90,16 @@ def im2col(x, geom, value=0.0):
     return win.reshape(n, c * math.prod(k), math.prod(out))
 
 
-def col2im(g, geom, in_shape):
+def col2im(g, geom, in_shape, scratch=False):
     """The array behind :class:`Col2im`: (N, C·∏k, ∏O) patches summed back onto (N, C, *S), one strided slice
-    add per kernel offset (∏k adds, no scatter), then the padding cropped off."""
-    xp = xp_of(g)
+    add per kernel offset (∏k adds, no scatter), then the padding cropped off (compiled: each (n, c) plane summed
+    in the cache, the same order of adds; ``scratch=True``: g is a temporary it may overwrite, see
+    kernels/_numba/conv.py)."""
     k, st, dl, pads, out_sz = geom
     nd = len(k)
+    if _compiled(g, nd):
+        return _jit.family("conv").col2im(g, k, st, dl, pads[0::2], out_sz, in_shape, scratch)
+    xp = xp_of(g)
     n, c = in_shape[:2]
     sizes = in_shape[2:]
     out = xp.zeros((n, c) + tuple(sizes[i] + pads[2 * i] + pads[2 * i + 1] for i in range(nd)), dtype=g.dtype)
@@ -178,6 +195,9 @@ class ConvNd(Op):
     @staticmethod
     def forward(ctx, x, w, b=None, *, geom, groups):
         ctx.geom, ctx.groups, ctx.in_shape = geom, groups, x.shape
+        dtype = x.dtype
+        if type(x) is np.ndarray and x.dtype.name in ("float16", "bfloat16") and _jit.enabled():
+            x = x.astype(np.float32)  # half precision: the products run in float32 anyway (an exact conversion)
         cols = im2col(x, geom)  # (N, C·∏k, ∏O)
         n, kc, npos = cols.shape
         cout = w.shape[0]
@@ -188,7 +208,7 @@ class ConvNd(Op):
         y = y.reshape(n, cout, npos)
         if b is not None:
             y += b.astype(y.dtype, copy=False).reshape(cout, 1)
-        y = y.astype(x.dtype, copy=False)
+        y = y.astype(dtype, copy=False)
         needs = getattr(ctx, "needs_input_grad", ())  # set only when the op is recorded
         ctx.cols = cols if len(needs) > 1 and needs[1] else None  # for dW; not kept when w needs no grad
         return y.reshape((n, cout) + tuple(geom[4]))
@@ -220,7 +240,9 @@ class ConvNd(Op):
             wt = wd.reshape(groups, cout // groups, kg).transpose(0, 2, 1)
             dcols = _product(wt[0] if groups == 1 else wt, gm[:, 0] if groups == 1 else gm)
             dx = g._wrap_const(
-                col2im(dcols.reshape(n, groups * kg, npos), geom, ctx.in_shape).astype(wd.dtype, copy=False)
+                col2im(dcols.reshape(n, groups * kg, npos), geom, ctx.in_shape, scratch=True).astype(
+                    wd.dtype, copy=False
+                )
             )
         if needs[1]:
             cols = ctx.cols.reshape(n, groups, kg, npos)
