@@ -38,10 +38,11 @@ def compiled(a) -> bool:
 
 
 def _run(kernel, a, *args):
-    """kernel(a, *args) on a float32/float64 array (half precision converted to float32 and the first result
-    back, exactly for max pooling)."""
+    """kernel(a, *args) on a float32/float64 array (half precision: a and the arrays of its dtype among args
+    converted to float32, and the first result back, exactly for max pooling)."""
     if a.dtype in _COMPILED:
         return kernel(a, *args)
+    args = [v.astype(np.float32) if isinstance(v, np.ndarray) and v.dtype == a.dtype else v for v in args]
     res = kernel(a.astype(np.float32), *args)
     if isinstance(res, tuple):
         return (res[0].astype(a.dtype),) + res[1:]
