@@ -15,6 +15,7 @@ from ..autograd.grad_mode import is_grad_enabled
 from ..kernels import _jit
 from ..kernels._threads import blas_product
 from .indexing import ScatterFlat
+from .pooling import conv_kernels
 from .reductions import _acc_dtype
 
 
@@ -77,7 +78,7 @@ def im2col(x, geom, value=0.0):
     k, st, dl, pads, out = geom
     nd = len(k)
     if _compiled(x, nd):
-        return _jit.family("conv").im2col(x, k, st, dl, pads[0::2], out, value)
+        return conv_kernels().im2col(x, k, st, dl, pads[0::2], out, value)
     xp = xp_of(x)
     if any(pads):
         widths = ((0, 0), (0, 0)) + tuple((pads[2 * i], pads[2 * i + 1]) for i in range(nd))
@@ -98,7 +99,7 @@ def col2im(g, geom, in_shape, scratch=False):
     k, st, dl, pads, out_sz = geom
     nd = len(k)
     if _compiled(g, nd):
-        return _jit.family("conv").col2im(g, k, st, dl, pads[0::2], out_sz, in_shape, scratch)
+        return conv_kernels().col2im(g, k, st, dl, pads[0::2], out_sz, in_shape, scratch)
     xp = xp_of(g)
     n, c = in_shape[:2]
     sizes = in_shape[2:]

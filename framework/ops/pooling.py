@@ -31,6 +31,18 @@ _COMPILED = frozenset((_F32, np.dtype(np.float64)))
 _HALF = ("float16", "bfloat16")  # computed in float32, rounded once at the end
 
 
+_MOD = [None]
+
+
+def conv_kernels():
+    """kernels/_numba/conv.py, looked up once (``_jit.family`` goes through importlib, ~20 us a call: a tenth of
+    a small pooling's time)."""
+    mod = _MOD[0]
+    if mod is None:
+        mod = _MOD[0] = _jit.family("conv")
+    return mod
+
+
 def compiled(a) -> bool:
     """True when pooling over ``a`` takes the compiled kernels: a NumPy float array (half precision through
     float32) and Numba on."""
@@ -54,7 +66,7 @@ def max_pool_compiled(x, k, s, d, p, out, indices=True):
     output sizes) on the compiled kernels: (y, idx) with idx the int64 flat index into ∏S of each window's first
     maximum (a NaN counts as the largest; PyTorch's indices), or None when not ``indices`` and the windows are
     2x2 tiles (the CNN's pooling: a forward without indices, the backward finds the maxima again)."""
-    conv = _jit.family("conv")
+    conv = conv_kernels()
     arr = x._data
     tiles = tuple(k) == (2, 2) == tuple(s) and not any(p) and tuple(d) == (1, 1)
     if tiles and not indices and tuple(out) == tuple(n // 2 for n in arr.shape[-2:]):  # no ceil_mode window
@@ -78,8 +90,8 @@ class MaxPool2x2Compiled(Op):
     def backward(ctx, g):
         x, best = (t._data for t in ctx.saved_tensors)
         if not is_grad_enabled():
-            return g._wrap_const(_run(_jit.family("conv").max_pool2x2_backward, x, best, g._data))
-        idx = _run(_jit.family("conv").max_pool, x, (2, 2), (2, 2), (1, 1), (0, 0), best.shape[-2:])[1]
+            return g._wrap_const(_run(conv_kernels().max_pool2x2_backward, x, best, g._data))
+        idx = _run(conv_kernels().max_pool, x, (2, 2), (2, 2), (1, 1), (0, 0), best.shape[-2:])[1]
         return _scatter_to(g, idx, x.shape[2:])
 
 
@@ -97,7 +109,7 @@ class MaxPoolCompiled(Op):
     def backward(ctx, g):
         idx, size = ctx.idx, ctx.size
         if not is_grad_enabled():
-            return g._wrap_const(_run(_jit.family("conv").max_pool_backward, g._data, idx, size))
+            return g._wrap_const(_run(conv_kernels().max_pool_backward, g._data, idx, size))
         return _scatter_to(g, idx, size)
 
 
@@ -120,7 +132,7 @@ class AvgPoolCompiled(Op):
     def forward(ctx, a, k, s, p, shape, include_pad, div, adjoint=False):
         ctx.args, ctx.other, ctx.adjoint = (k, s, p), a.shape[2:], adjoint
         ctx.divisor = (include_pad, div)
-        fn = _jit.family("conv").avg_pool_backward if adjoint else _jit.family("conv").avg_pool
+        fn = conv_kernels().avg_pool_backward if adjoint else conv_kernels().avg_pool
         return _run(fn, a, k, s, p, shape, include_pad, div)
 
     @staticmethod

@@ -285,10 +285,16 @@ def _five(a, spatial):
     return a.reshape(a.shape[:2] + _three(spatial, 1))
 
 
+#: What one element of these kernels weighs against the pool's threshold (_threads.MIN_PARALLEL = 2**21). They
+#: run at ~0.2-0.5 ns an element on one thread (im2col of the 28x28 CNN's second layer: 1.8e6 elements in ~0.5
+#: ms; 2x2 max pooling's backward: 8e5 in ~0.4 ms), so a ~20-40 us handoff is repaid from ~1-3e5 elements; at 8
+#: a call splits from 2**18 elements. Not measured on an idle machine yet (benchmarks/bench_cpu_models.py).
+WORK_PER_ELEMENT = 8
+
+
 def _split(planes, per_plane, kernel):
-    """kernel(q0, q1) over the plane range, split between threads when there is enough work (a one-pass kernel:
-    ``work`` counts each element once)."""
-    parallel_for(planes, kernel, work=planes * per_plane, align=1)
+    """kernel(q0, q1) over the plane range, split between threads when there is enough work."""
+    parallel_for(planes, kernel, work=planes * per_plane * WORK_PER_ELEMENT, align=1)
 
 
 def im2col(x, k, s, d, p, o, value=0.0):
