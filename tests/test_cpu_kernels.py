@@ -44,7 +44,7 @@ def _op(cpu_path, name):
     """The ops a pooling may record on this CPU path: the compiled kernels' (kernels/_numba/conv.py; 2x2 tiles
     without indices have their own) or ``name``."""
     if cpu_path == "numba":
-        return ("AvgPoolCompiled",) if name.startswith("Avg") else ("MaxPoolCompiled", "MaxPool2x2Compiled")
+        return (name, "AvgPoolCompiled") if name.startswith("Avg") else ("MaxPoolCompiled", "MaxPool2x2Compiled")
     return (name,)
 
 

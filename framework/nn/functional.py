@@ -684,13 +684,15 @@ def _avg_pool(name, nd, input, kernel_size, stride, padding, ceil_mode, count_in
     x = input.unsqueeze(0) if unbatched else input
     n, c, *size = x.shape
     out, pads = _pool_geom(name, input, x, k, s, p, (1,) * nd, ceil_mode)
-    if pooling.compiled(x._data):
+    tiles = _tiles(size, k, s, p, (1,) * nd, ceil_mode)  # whole tiles: no im2col, every divisor the same
+    tiles_2d = tiles and nd == 2 and type(x._data) is np.ndarray and x.dtype in _TILE_DTYPES and x.dtype.kind == "f"
+    if not tiles_2d and pooling.compiled(x._data):  # the 2-D tiles' strided sums are faster than the kernel
         res = pooling.AvgPoolCompiled.apply(x, k=k, s=s, p=p, shape=out, include_pad=bool(count_include_pad),
                                             div=float(divisor_override or 0))  # fmt: skip
         return res.squeeze(0) if unbatched else res
-    if _tiles(size, k, s, p, (1,) * nd, ceil_mode):  # whole tiles: no im2col, every divisor the same
+    if tiles:
         div = float(divisor_override or math.prod(k))
-        if nd == 2 and type(x._data) is np.ndarray and x.dtype in _TILE_DTYPES and x.dtype.kind == "f":
+        if tiles_2d:
             res = pooling.AvgPoolTiles.apply(x, k=k, out_hw=out, div=div)
         else:  # a reshape and a sum over the window axes
             xs = x[(slice(None), slice(None)) + tuple(slice(0, o * kk) for o, kk in zip(out, k, strict=True))]
