@@ -7,7 +7,7 @@ Sections (``--only`` picks some, comma-separated; all by default):
   tokens, batch 16) and MLPs (the default ``conch train`` MLP 64-256-256-10 with exact GELU, batch 64, and a
   784-1024-1024-10 one, batch 256), each beside its PyTorch twin (same layers, same shapes, same optimizer), at
   1 and 2 threads (``conch.set_num_threads``, ``torch.set_num_threads``).
-- ``micro``: the 28x28 CNN's two convolutions forward+backward (against PyTorch and against conch's composite
+- ``micro``: the 28x28 and 8x8 CNNs' two convolutions forward+backward (against PyTorch and against conch's composite
   im2col + matmul-op path that ops.ConvNd replaced, and against conch's NumPy path, the compiled kernels off),
   max/avg pooling 2x2 on (64, 16, 28, 28) forward+backward (and max pooling 3x3/stride 2/padding 1, against
   conch's own im2col path; each also against conch's NumPy path), exact GELU forward and backward on
@@ -356,6 +356,8 @@ def _micro_cases():
     cases = {
         "conv2d 3x3/1/1 (64,1,28,28)->16 fwd+bwd (no dx)": conv_case(1, 28, 16, False),
         "conv2d 3x3/1/1 (64,16,14,14)->32 fwd+bwd": conv_case(16, 14, 32, True),
+        "conv2d 3x3/1/1 (64,1,8,8)->16 fwd+bwd (no dx)": conv_case(1, 8, 16, False),  # the 8x8 CNN's layers
+        "conv2d 3x3/1/1 (64,16,4,4)->32 fwd+bwd": conv_case(16, 4, 32, True),
         "max_pool2d 2x2 (64,16,28,28) fwd+bwd": {
             "conch": mp2, "torch": pool(torch.nn.functional.max_pool2d, xt4, gt4), "numpy": np_maxpool,
             "numpy path": numpy_path(mp2)},
