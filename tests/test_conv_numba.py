@@ -140,6 +140,11 @@ CONVS = [  # (x shape, w shape, stride, padding, dilation, groups)
     ((2, 4, 9, 8), (6, 2, 3, 2), (2, 1), (1, 0), (1, 2), 2),
     ((2, 3, 16, 16), (4, 3, 5, 5), 2, 2, 1, 1),
     ((2, 3, 5, 6, 7), (4, 3, 2, 3, 2), (1, 2, 1), 1, (1, 1, 2), 1),
+    # small planes (at most SMALL_OUTPUT positions): the one-product layout, as the 8x8 CNN's second layer
+    ((3, 16, 4, 4), (32, 16, 3, 3), 1, 1, 1, 1),
+    ((2, 3, 7, 7), (4, 3, 3, 3), 2, 1, 1, 1),
+    ((2, 3, 17), (4, 3, 3), 2, 1, 1, 1),
+    ((2, 4, 3, 5), (6, 2, 2, 2), 1, 0, 1, 2),  # small but grouped: the batched products
 ]
 
 

@@ -150,25 +150,32 @@ def _patches(x, cols, size, k, s, d, p, o, value, adjoint, scratch, q0, q1):
 
 
 @njit
-def _patches_small(x, cols, table, plane, value, adjoint, q0, q1):
-    """_patches through a table, for small planes (``plane`` elements): entry u of a plane's ∏k·∏O block of cols
-    is x's plane at table[u] (-1: padding). Runs along 4-wide rows would be a loop call per 3-4 elements; the
-    table is one loop over the block. col2im adds in the table's (offset, position) order: each element's
-    contributions in offset order, as _patches and the NumPy path."""
-    m = table.shape[0]
+def _patches_small(x, cols, table, plane, npos, value, adjoint, batch, channels, by_batch, q0, q1):
+    """_patches through a table, for small planes (``plane`` elements): entry (r, t) of the ∏k × ∏O block of
+    plane q = (n, c) (``npos`` = ∏O) is x's plane at table[r·∏O + t] (-1: padding). Runs along 4-wide rows would
+    be a loop call per 3-4 elements; the table is one loop over the block. The block's rows sit in cols
+    (N, C·∏k, ∏O), or with ``by_batch`` in cols (C·∏k, N, ∏O), the layout of one product over the whole batch.
+    col2im adds in the table's (offset, position) order: each element's contributions in offset order, as
+    _patches and the NumPy path."""
+    nk = table.shape[0] // npos
     for q in range(q0, q1):
-        xb, cb = q * plane, q * m
+        n, c = q // channels, q % channels
+        xb = q * plane
         if adjoint:
             _fill(x, xb, plane, 0.0)
-            for u in range(m):
-                i = table[u]
-                if i >= 0:
-                    x[xb + i] += cols[cb + u]
-        else:
-            for u in range(m):
-                i = table[u]
-                v = x[xb + max(i, 0)]
-                cols[cb + u] = v if i >= 0 else value
+        for r in range(nk):
+            rb = ((c * nk + r) * batch + n) * npos if by_batch else (q * nk + r) * npos
+            tb = r * npos
+            if adjoint:
+                for t in range(npos):
+                    i = table[tb + t]
+                    if i >= 0:
+                        x[xb + i] += cols[rb + t]
+            else:
+                for t in range(npos):
+                    i = table[tb + t]
+                    v = x[xb + max(i, 0)]
+                    cols[rb + t] = v if i >= 0 else value
 
 
 @njit
@@ -337,39 +344,43 @@ def _table(size, k, s, d, p, o):
     return np.where(ok, flat, -1).astype(np.int64).ravel()
 
 
-def _patch_call(x, cols, size, k, s, d, p, o, value, adjoint, scratch):
-    """_patches or _patches_small over all planes of x (flat), split between threads."""
-    planes = x.size // math.prod(size)
+def _patch_call(x, cols, shape, k, s, d, p, o, value, adjoint, scratch, by_batch=False):
+    """_patches or _patches_small over all planes of x (flat; ``shape`` (N, C, D, H, W)), split between threads."""
+    size, planes = shape[2:], shape[0] * shape[1]
     work = cols.size // planes
-    if math.prod(o) <= SMALL_OUTPUT:
+    if math.prod(o) <= SMALL_OUTPUT or by_batch:
         table, plane = _table(size, k, s, d, p, o), math.prod(size)
-        _split(planes, work, lambda a, b: _patches_small(x, cols, table, plane, value, adjoint, a, b))
+        args = (table, plane, math.prod(o), value, adjoint, shape[0], shape[1], by_batch)
+        _split(planes, work, lambda a, b: _patches_small(x, cols, *args, a, b))
     else:
         args = (size, k, s, d, p, o, value, adjoint, scratch)
         _split(planes, work, lambda a, b: _patches(x, cols, *args, a, b))
 
 
-def im2col(x, k, s, d, p, o, value=0.0):
+def im2col(x, k, s, d, p, o, value=0.0, by_batch=False):
     """x (N, C, *S) float32/float64 -> cols (N, C·∏k, ∏O) of x's dtype; ``p`` the leading padding per dim
-    (the trailing padding is whatever the output size ``o`` needs), ``value`` fills the padding."""
+    (the trailing padding is whatever the output size ``o`` needs), ``value`` fills the padding. ``by_batch``:
+    cols (C·∏k, N·∏O) instead (for small planes, ∏O <= SMALL_OUTPUT: one product over the whole batch)."""
     n, c = x.shape[:2]
     xf = np.ascontiguousarray(x).reshape(-1)
     k3, o3 = _three(k, 1), _three(o, 1)
-    cols = np.empty((n, c * math.prod(k3), math.prod(o3)), dtype=x.dtype)
-    geom = (_three(x.shape[2:], 1), k3, _three(s, 1), _three(d, 1), _three(p, 0), o3)
-    _patch_call(xf, cols.reshape(-1), *geom, float(value), False, False)
+    shape = (c * math.prod(k3), n * math.prod(o3)) if by_batch else (n, c * math.prod(k3), math.prod(o3))
+    cols = np.empty(shape, dtype=x.dtype)
+    geom = ((n, c) + _three(x.shape[2:], 1), k3, _three(s, 1), _three(d, 1), _three(p, 0), o3)
+    _patch_call(xf, cols.reshape(-1), *geom, float(value), False, False, by_batch)
     return cols
 
 
-def col2im(cols, k, s, d, p, o, in_shape, scratch=False):
+def col2im(cols, k, s, d, p, o, in_shape, scratch=False, by_batch=False):
     """cols (N, C·∏k, ∏O) float32/float64 -> (N, C, *S) (``in_shape``): every entry added onto the input
     position it was read from (padding positions dropped). ``scratch=True``: cols is a temporary the kernel may
-    overwrite (its padding entries zeroed, so a "same" convolution's rows are added as long runs)."""
+    overwrite (its padding entries zeroed, so a "same" convolution's rows are added as long runs); ``by_batch``:
+    cols is (C·∏k, N·∏O), as im2col(by_batch=True) gives."""
     cf = np.ascontiguousarray(cols).reshape(-1)
     scratch = bool(scratch) or not np.may_share_memory(cf, cols)  # a copy is ours to overwrite
     out = np.empty(tuple(in_shape), dtype=cols.dtype)
-    geom = (_three(in_shape[2:], 1), _three(k, 1), _three(s, 1), _three(d, 1), _three(p, 0), _three(o, 1))
-    _patch_call(out.reshape(-1), cf, *geom, 0.0, True, scratch)
+    geom = (tuple(in_shape[:2]) + _three(in_shape[2:], 1), _three(k, 1), _three(s, 1), _three(d, 1), _three(p, 0))
+    _patch_call(out.reshape(-1), cf, *geom, _three(o, 1), 0.0, True, scratch, by_batch)
     return out
 
 
