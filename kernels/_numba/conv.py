@@ -152,30 +152,30 @@ def _patches(x, cols, size, k, s, d, p, o, value, adjoint, scratch, q0, q1):
 @njit
 def _patches_small(x, cols, table, plane, npos, value, adjoint, batch, channels, by_batch, q0, q1):
     """_patches through a table, for small planes (``plane`` elements): entry (r, t) of the ∏k × ∏O block of
-    plane q = (n, c) (``npos`` = ∏O) is x's plane at table[r·∏O + t] (-1: padding). Runs along 4-wide rows would
-    be a loop call per 3-4 elements; the table is one loop over the block. The block's rows sit in cols
-    (N, C·∏k, ∏O), or with ``by_batch`` in cols (C·∏k, N, ∏O), the layout of one product over the whole batch.
-    col2im adds in the table's (offset, position) order: each element's contributions in offset order, as
-    _patches and the NumPy path."""
+    plane (n, c) (``npos`` = ∏O) is x's plane at table[r·∏O + t] (-1: padding). Runs along 4-wide rows would be
+    a loop call per 3-4 elements; the table is one loop over the block. cols is (N, C·∏k, ∏O) (q0..q1 count
+    planes), or with ``by_batch`` (C·∏k, N, ∏O) (q0..q1 count channels: each (c, r) row is written or read
+    whole), the layout of one product over the whole batch. col2im adds in (offset, position) order: each
+    element's contributions in offset order, as _patches and the NumPy path."""
     nk = table.shape[0] // npos
     for q in range(q0, q1):
-        n, c = q // channels, q % channels
-        xb = q * plane
-        if adjoint:
-            _fill(x, xb, plane, 0.0)
-        for r in range(nk):
-            rb = ((c * nk + r) * batch + n) * npos if by_batch else (q * nk + r) * npos
-            tb = r * npos
+        for n in range(batch if by_batch else 1):
+            xb = (n * channels + q) * plane if by_batch else q * plane
             if adjoint:
-                for t in range(npos):
-                    i = table[tb + t]
-                    if i >= 0:
-                        x[xb + i] += cols[rb + t]
-            else:
-                for t in range(npos):
-                    i = table[tb + t]
-                    v = x[xb + max(i, 0)]
-                    cols[rb + t] = v if i >= 0 else value
+                _fill(x, xb, plane, 0.0)
+            for r in range(nk):
+                rb = ((q * nk + r) * batch + n) * npos if by_batch else (q * nk + r) * npos
+                tb = r * npos
+                if adjoint:
+                    for t in range(npos):
+                        i = table[tb + t]
+                        if i >= 0:
+                            x[xb + i] += cols[rb + t]
+                else:
+                    for t in range(npos):
+                        i = table[tb + t]
+                        v = x[xb + max(i, 0)]
+                        cols[rb + t] = v if i >= 0 else value
 
 
 @njit
@@ -351,7 +351,8 @@ def _patch_call(x, cols, shape, k, s, d, p, o, value, adjoint, scratch, by_batch
     if math.prod(o) <= SMALL_OUTPUT or by_batch:
         table, plane = _table(size, k, s, d, p, o), math.prod(size)
         args = (table, plane, math.prod(o), value, adjoint, shape[0], shape[1], by_batch)
-        _split(planes, work, lambda a, b: _patches_small(x, cols, *args, a, b))
+        units = shape[1] if by_batch else planes  # by_batch: whole channels (rows of cols) to each thread
+        _split(units, cols.size // units, lambda a, b: _patches_small(x, cols, *args, a, b))
     else:
         args = (size, k, s, d, p, o, value, adjoint, scratch)
         _split(planes, work, lambda a, b: _patches(x, cols, *args, a, b))
