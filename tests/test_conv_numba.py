@@ -425,6 +425,17 @@ def test_max_pool_paths_agree_bitwise():
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("side", [8, 4])  # the runs kernel and the small planes' one-product layout
+def test_empty_batch(side, cpu_path):
+    x = conch.tensor(np.zeros((0, 3, side, side)), requires_grad=True)
+    w = conch.tensor(RNG(16).standard_normal((4, 3, 3, 3)), requires_grad=True)
+    y = F.conv2d(x, w, padding=1)
+    z = F.max_pool2d(y, 2).sum() + F.max_pool2d(y, 3, 2, 1).sum() + F.avg_pool2d(y, 3, 2, 1).sum()
+    z.backward()
+    assert y.shape == (0, 4, side, side) and x.grad.shape == x.shape
+    np.testing.assert_array_equal(w.grad.numpy(), np.zeros(w.shape))
+
+
 # ---------------------------------------------------------------- threads
 
 

@@ -347,6 +347,10 @@ def _table(size, k, s, d, p, o):
 def _patch_call(x, cols, shape, k, s, d, p, o, value, adjoint, scratch, by_batch=False):
     """_patches or _patches_small over all planes of x (flat; ``shape`` (N, C, D, H, W)), split between threads."""
     size, planes = shape[2:], shape[0] * shape[1]
+    if x.size == 0 or cols.size == 0:  # an empty batch (or a dim of size 0): nothing to read or write
+        if adjoint:
+            x[:] = 0
+        return
     work = cols.size // planes
     if math.prod(o) <= SMALL_OUTPUT or by_batch:
         table, plane = _table(size, k, s, d, p, o), math.prod(size)
