@@ -30,7 +30,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import autotune
+from . import _jit, autotune
 from ._causal import causal_keep
 from ._launch import DtypeSet, TritonKernel, cdiv, kernel_for, next_power_of_2, targ, use_triton, xp_of
 from .dropout import rand_mask
@@ -237,15 +237,18 @@ def _reference_forward(q, k, v, causal, scale, drop=None):
     ct = _ct(q.dtype)
     qf, kf, vf = (t.astype(ct, copy=False) for t in (q, k, v))
     s = xp.matmul(qf, xp.swapaxes(kf, -1, -2))
-    s *= scale
-    if causal:
-        L, S = s.shape[-2:]
-        s = xp.where(causal_keep(L, S, s), s, -xp.inf)
-    m = s.max(axis=-1, keepdims=True)
-    s -= m
-    p = xp.exp(s, out=s)
-    den = p.sum(axis=-1, keepdims=True)
-    p /= den
+    if _jit.enabled() and isinstance(s, np.ndarray) and s.size and s.flags.c_contiguous:
+        p = _jit.family("rows").attention_softmax(s, scale, causal)  # in place, one row at a time (kernels/_numba)
+    else:
+        s *= scale
+        if causal:
+            L, S = s.shape[-2:]
+            s = xp.where(causal_keep(L, S, s), s, -xp.inf)
+        m = s.max(axis=-1, keepdims=True)
+        s -= m
+        p = xp.exp(s, out=s)
+        den = p.sum(axis=-1, keepdims=True)
+        p /= den
     if drop is None:
         return xp.matmul(p, vf).astype(q.dtype, copy=False), p
     kept = p * _keep_ref(p.shape, drop, xp)
@@ -266,8 +269,11 @@ def _reference_backward(res, dout):
         w = _keep_ref(p.shape, res.drop, xp) * (1.0 / (1.0 - res.drop[0]))
         dv = xp.matmul(xp.swapaxes(p * w, -1, -2), g)
         ds *= w
-    ds -= (g * of).sum(axis=-1, keepdims=True)  # - delta
-    ds *= p
+    if _jit.enabled() and isinstance(ds, np.ndarray) and ds.shape == p.shape and ds.shape[:-1] == g.shape[:-1]:
+        _jit.family("rows").attention_ds(ds, g, of, p)  # in place, one row at a time (kernels/_numba)
+    else:
+        ds -= (g * of).sum(axis=-1, keepdims=True)  # - delta
+        ds *= p
     dq = xp.matmul(ds, kf)
     dq *= scale
     dk = xp.matmul(xp.swapaxes(ds, -1, -2), qf)

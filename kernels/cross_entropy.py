@@ -6,7 +6,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import _deferred
+from . import _deferred, _jit
 from ._launch import DtypeSet, TritonKernel, cdiv, kernel_for, next_power_of_2, targ, use_triton, xp_of
 
 #: Storage dtypes the Triton kernels take (math is always fp32 inside).
@@ -188,6 +188,8 @@ def _compute_dtype(dtype):
 
 
 def _ce_fwd_reference(x2, t, ignore_index, eps):
+    if _jit.enabled() and isinstance(x2, np.ndarray) and x2.size:  # compiled row kernels (kernels/_numba/rows.py)
+        return _jit.family("rows").ce_forward(x2, t, ignore_index, eps)
     xp = xp_of(x2)
     xf = x2.astype(_compute_dtype(x2.dtype), copy=False)
     n_rows, n_cols = xf.shape
@@ -215,6 +217,9 @@ def _ce_fwd_reference(x2, t, ignore_index, eps):
 
 
 def _ce_bwd_reference(res, scale, per_row, out=None):
+    if _jit.enabled() and isinstance(res.logits, np.ndarray) and res.logits.size:
+        return _jit.family("rows").ce_backward(res.logits, res.target, res.row_max, res.log_sum, scale, per_row,
+                                               res.ignore_index, res.label_smoothing, out)  # fmt: skip
     xp = xp_of(res.logits)
     ct = _compute_dtype(res.logits.dtype)
     xf = res.logits.astype(ct, copy=False)

@@ -6,6 +6,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from . import _jit
 from ._launch import TritonKernel, cdiv, interpreting, kernel_for, next_power_of_2, targ, use_triton, xp_of
 from ._threads import blas_for, parallel_for, threads_for
 
@@ -195,7 +196,9 @@ def _lead(a, b):
 def _norm_fwd_ref(x, weight, bias, eps, is_rms):
     D = x.shape[-1]
     x2 = x.reshape(-1, D)
-    if _pooled_rows(x2, 10):  # split between rows, never within one: the same bits on any number of threads
+    if _jit.enabled() and isinstance(x2, np.ndarray) and x2.size:  # compiled row kernels (kernels/_numba/rows.py)
+        y, mean, rstd = _jit.family("rows").norm_forward(x2, weight, bias, eps, is_rms, x.dtype)
+    elif _pooled_rows(x2, 10):  # split between rows, never within one: the same bits on any number of threads
         M, acc = x2.shape[0], _acc_dtype(x2)
         y = np.empty((M, D), dtype=x.dtype)
         mean = None if is_rms else np.empty(M, dtype=acc)
@@ -247,6 +250,22 @@ def _norm_bwd_rows(x2, dyf, mean, rstd, w, is_rms):
 def _norm_bwd_ref(res, dy, is_rms):
     x2 = res.x
     M, D = x2.shape
+    if _jit.enabled() and isinstance(x2, np.ndarray) and isinstance(dy, np.ndarray) and x2.size:
+        # compiled row kernels (kernels/_numba/rows.py): dweight/dbias summed over fixed row blocks
+        dx, dw, db = _jit.family("rows").norm_backward(
+            x2, dy.reshape(M, D), res.mean, res.rstd, res.weight, is_rms, res.has_bias
+        )
+    else:
+        dx, dw, db = _norm_bwd_numpy(res, dy, is_rms)
+    dw = dw.astype(res.weight.dtype) if res.weight is not None else None
+    db = db.astype(res.bias_dtype) if res.has_bias else None
+    return dx, dw, db
+
+
+def _norm_bwd_numpy(res, dy, is_rms):
+    """(dx, dweight, dbias) of the NumPy/CuPy reference path, dweight/dbias in the accumulation dtype."""
+    x2 = res.x
+    M, D = x2.shape
     acc = _acc_dtype(x2)
     dyf = dy.reshape(M, D).astype(acc, copy=False)
     w = None if res.weight is None else res.weight.astype(acc, copy=False)
@@ -266,8 +285,8 @@ def _norm_bwd_ref(res, dy, is_rms):
     else:
         dx, p = _norm_bwd_rows(x2, dyf, res.mean, res.rstd, w, is_rms)
     # dweight = sum_rows(dy * xhat), dbias = sum_rows(dy)
-    dw = p.sum(axis=0).astype(res.weight.dtype) if res.weight is not None else None
-    db = dyf.sum(axis=0).astype(res.bias_dtype) if res.has_bias else None
+    dw = p.sum(axis=0) if res.weight is not None else None
+    db = dyf.sum(axis=0) if res.has_bias else None
     return dx, dw, db
 
 

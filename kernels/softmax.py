@@ -6,6 +6,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from . import _jit
 from ._launch import DtypeSet, TritonKernel, kernel_for, next_power_of_2, targ, use_triton, xp_of
 from ._threads import parallel_for, threads_for
 
@@ -175,10 +176,14 @@ def _by_rows(fn, first, *rest, log):
 
 
 def _softmax_fwd_reference(x, log):
+    if _jit.enabled() and isinstance(x, np.ndarray) and x.size:  # compiled row kernels (kernels/_numba/rows.py)
+        return _jit.family("rows").softmax_forward(x, log)
     return _by_rows(_softmax_fwd_rows, x, log=log)
 
 
 def _softmax_bwd_reference(y, dy, log):
+    if _jit.enabled() and isinstance(y, np.ndarray) and isinstance(dy, np.ndarray) and y.size:
+        return _jit.family("rows").softmax_backward(y, dy, log)
     return _by_rows(_softmax_bwd_rows, y, dy, log=log)
 
 

@@ -11,11 +11,14 @@ from .optimizer import (
     _addcmul_,
     _chunked,
     _coeffs,
+    _compiled_coeffs,
+    _compiled_exact,
     _fast,
-    _fast_chunked,
+    _fast_update,
     _grad_for_update,
     _l2_grad_fast,
     _opmath,
+    _run_compiled,
     _scalar_state,
 )
 
@@ -66,15 +69,23 @@ class Adagrad(Optimizer):
 
     def _update(self, p, g, state, group):
         st = state["step"]._data
-        st += 1
+        st[()] = float(st) + 1.0  # as st += 1 (rounded to float32 once), without a ufunc call
         step = float(st)
         clr = group["lr"] / (1 + (step - 1) * group["lr_decay"])
-        if _fast(p):
+        arrays = (p, g, state["sum"]._data)
+        fast = _fast(p)
+        k = None if fast else _compiled_exact(p, arrays)
+        if fast or k is not None:
             key = (id(group), step, p.dtype)
             coeffs = self._coef_cache.get(key)
             if coeffs is None:
-                coeffs = self._coef_cache[key] = _coeffs(p, clr, group["eps"], group["weight_decay"], group["maximize"])
-            _fast_chunked(_adagrad_fast, (p, g, state["sum"]._data), self._ws, 3, coeffs)
+                c = _coeffs(p, clr, group["eps"], group["weight_decay"], group["maximize"])
+                # and the compiled kernels' (kernels/_numba/optim.adagrad and adagrad_exact), the same roundings
+                coeffs = self._coef_cache[key] = c + ((_compiled_coeffs(p, -c[0], c[1], c[2]), int(c[3])),)
+            if fast:
+                _fast_update("adagrad", _adagrad_fast, arrays, self._ws, 3, coeffs)
+            else:
+                _run_compiled(k.adagrad_exact, arrays, *coeffs[-1])
             return
         _chunked(_adagrad_single, (p, g, state["sum"]._data), self._ws, clr=clr, eps=group["eps"],
                  weight_decay=group["weight_decay"], maximize=group["maximize"])  # fmt: skip

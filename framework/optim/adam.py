@@ -11,13 +11,16 @@ from .optimizer import (
     _addcmul_,
     _chunked,
     _coeffs,
+    _compiled_coeffs,
+    _compiled_exact,
     _fast,
-    _fast_chunked,
+    _fast_update,
     _grad_for_update,
     _l2_grad_fast,
     _lerp_,
     _lerp_fast,
     _opmath,
+    _run_compiled,
     _scalar_state,
 )
 
@@ -84,7 +87,7 @@ class Adam(Optimizer):
 
     def _update(self, p, g, state, group):
         step_t = state["step"]._data
-        step_t += 1
+        step_t[()] = float(step_t) + 1.0  # as step_t += 1 (rounded to float32 once), without a ufunc call
         step = float(step_t)
         vmax = state["max_exp_avg_sq"]._data if group["amsgrad"] else None
         arrays = (p, g, state["exp_avg"]._data, state["exp_avg_sq"]._data, vmax)
@@ -93,7 +96,15 @@ class Adam(Optimizer):
             coeffs = self._coef_cache.get(key)
             if coeffs is None:
                 coeffs = self._coef_cache[key] = _adam_coeffs(p, group, step)
-            _fast_chunked(_adam_fast, arrays, self._ws, 3, coeffs)
+            _fast_update("adam", _adam_fast, arrays, self._ws, 3, coeffs)
+            return
+        k = _compiled_exact(p, arrays)
+        if k is not None:
+            key = ("exact", id(group), step, p.dtype)
+            coeffs = self._coef_cache.get(key)
+            if coeffs is None:
+                coeffs = self._coef_cache[key] = _adam_exact_coeffs(p, group, step)
+            _run_compiled(k.adam_exact, arrays, *coeffs)
             return
         lr, wd = group["lr"], group["weight_decay"]
         beta1, beta2 = group["betas"]
@@ -156,6 +167,20 @@ def _adam_single(p, g, m, v, vmax, ws, *, lr, beta1, beta2, eps, weight_decay, d
     _addcdiv_(p, m, denom, -step_size, ws)  # param.addcdiv_(exp_avg, denom, value=-step_size)
 
 
+def _adam_exact_coeffs(p, group, step):
+    """``(c, flags)`` of the compiled bitwise kernel (kernels/_numba/optim.adam_exact): ``_adam_single``'s scalars,
+    each rounded to p's dtype as that function rounds it."""
+    lr, wd, eps = group["lr"], group["weight_decay"], group["eps"]
+    beta1, beta2 = group["betas"]
+    decoupled = group["decoupled_weight_decay"]
+    w = p.dtype.type(1 - beta1)  # _lerp_'s weight and its coefficient
+    small = abs(w) < 0.5
+    c = _compiled_coeffs(p, 1 - lr * wd if decoupled and wd != 0 else 1.0, 0.0 if decoupled else wd,
+                         w if small else w - 1, beta2, 1 - beta2, (1 - beta2**step) ** 0.5, eps,
+                         -(lr / (1 - beta1**step)))  # fmt: skip
+    return c, int(group["maximize"]) | (2 if group["amsgrad"] else 0) | (4 if small else 0)
+
+
 def _adam_coeffs(p, group, step):
     """The scalars of ``_adam_fast`` for parameters like ``p`` of ``group`` at step count ``step``."""
     lr, wd, eps = group["lr"], group["weight_decay"], group["eps"]
@@ -165,8 +190,12 @@ def _adam_coeffs(p, group, step):
     bc2_sqrt = (1 - beta2**step) ** 0.5
     # torch: p += (-lr / bc1) * m / (sqrt(v) / sqrt(bc2) + eps); multiplying numerator and denominator by
     # sqrt(bc2) saves a pass: p += (-lr * sqrt(bc2) / bc1) * m / (sqrt(v) + eps * sqrt(bc2))
-    return _coeffs(p, 1 - lr * wd if decoupled else 1.0, 0.0 if decoupled else wd, group["maximize"], 1 - beta1,
-                   beta2, 1 - beta2, eps * bc2_sqrt, -lr * bc2_sqrt / bias_correction1)  # fmt: skip
+    c = _coeffs(p, 1 - lr * wd if decoupled else 1.0, 0.0 if decoupled else wd, group["maximize"], 1 - beta1, beta2,
+                1 - beta2, eps * bc2_sqrt, -lr * bc2_sqrt / bias_correction1)  # fmt: skip
+    # the compiled kernel's scalars (kernels/_numba/optim.adam), the same roundings; _lerp_fast's w - 1 in p's dtype
+    decay, l2, neg, w1, beta2, omb2, eps, step_size = c
+    k = _compiled_coeffs(p, decay, l2, w1, w1 - 1, beta2, omb2, eps, step_size)
+    return c + ((k, int(neg) | (2 if group["amsgrad"] else 0)),)
 
 
 def _adam_fast(xp, p, g, m, v, vmax, t0, t1, t2, c):

@@ -24,6 +24,12 @@ Two numerical modes, chosen process-wide with :func:`set_bitwise_torch`:
 
 Either mode is deterministic, so a fresh optimizer that loads a state dict continues bit for bit.
 
+Where Numba is on (``conch.kernels._jit.enabled()``), float32/float64 NumPy parameters update with one compiled
+kernel call each (``kernels/_numba/optim.py``, through ``_fast_update`` and ``_compiled_exact``), large ones split
+over the CPU thread pool: in the fast mode the same formulas in one pass (a few ulps from the NumPy fast path, as
+a*b + c may fuse), in the bitwise mode the NumPy reference path's bits exactly. Non-contiguous parameters,
+float16/bfloat16 and a replaced ``_sqrt`` keep the NumPy paths.
+
 Example::
 
     opt = conch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
@@ -46,6 +52,7 @@ import numpy as np
 from .._backend import on_gpu, xp_of
 from ..autograd.grad_mode import enable_grad, no_grad
 from ..creation import from_dlpack
+from ..kernels import _jit, _threads
 from ..tensor import Tensor
 
 __all__ = ["Optimizer", "required", "set_bitwise_torch", "is_bitwise_torch"]
@@ -194,6 +201,9 @@ def _sqrt(a, out, dtype):
     return xp_of(out).sqrt(a, out=out, dtype=dtype)
 
 
+_EXACT_SQRT = _sqrt  # the correctly rounded one, which the compiled bitwise kernels compute too
+
+
 def _addcmul_(t, a, b, value, out, ws):
     """``out = t.addcmul(a, b, value=value)``: ``t + (value * a) * b`` with the last two steps fused."""
     xp = xp_of(out)
@@ -303,6 +313,92 @@ def _fast_chunked(fn, arrays, ws, n_temps, coeffs):
             e = n
             temps = [t[: e - s] for t in temps]
         fn(np, *[a if a is None else a[s:e] for a in flat], *temps, coeffs)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The compiled fast path: one Numba kernel call per parameter (kernels/_numba/optim.py), same formulas.
+# ------------------------------------------------------------------------------------------------------------
+
+#: Element-passes one element of a compiled update stands for when weighed against the pool's threshold
+#: (_threads.MIN_PARALLEL = 2**21): parameters from 2**18 elements up are split. An AdamW update takes ~0.6 ns per
+#: float32 element in cache; on 2 cores splitting cost more than it saved up to ~2**17 elements (loaded machine,
+#: 1.2x faster at 2**18; the sweep is in docs/benchmarks.md, issue 16).
+_COMPILED_PASSES = 8
+
+
+def _compiled(p, arrays):
+    """The compiled kernels (``conch.kernels._numba.optim``) when the fast-mode update of NumPy array ``p``
+    can take them (Numba on, float32/float64, C-contiguous state, gradient of ``p``'s dtype), else ``None``."""
+    if not _jit.enabled() or type(p) is not np.ndarray or arrays[1].dtype != p.dtype:
+        return None
+    for a in arrays[2:]:
+        if a is not None and not a.flags.c_contiguous:
+            return None
+    if not p.flags.c_contiguous:
+        return None
+    k = _KERNELS[0]
+    if k is None:
+        k = _KERNELS[0] = _jit.family("optim")
+    return k
+
+
+def _compiled_exact(p, arrays):
+    """The compiled kernels for the bitwise-mode update of NumPy array ``p`` (``*_exact``: the rounding of the
+    NumPy reference path, bit for bit), or ``None``: float16/bfloat16 and the cases :func:`_compiled` refuses keep
+    that path, and so does any run where ``_sqrt`` was replaced (tests put torch's approximate sqrt there)."""
+    if _sqrt is not _EXACT_SQRT:
+        return None
+    return _compiled_float(p, arrays)
+
+
+def _compiled_float(p, arrays):
+    """:func:`_compiled` for float32/float64 parameters only (others compute in float32 on the NumPy path)."""
+    if not (p.dtype == _F32 or p.dtype == _F64):
+        return None
+    return _compiled(p, arrays)
+
+
+_KERNELS = [None]  # conch.kernels._numba.optim once imported (family() costs an import lookup per call)
+
+
+def _run_compiled(kernel, arrays, c, flags):
+    """``kernel(*flat arrays, c, flags)`` over 1-D views of ``arrays`` (parameter, gradient, state; a missing
+    state array is replaced by the parameter, which the kernel then never reads), split over the thread pool
+    for large parameters: each element's update is the same whatever the split, so are the bits."""
+    p = arrays[0]
+    n = p.size
+    g = arrays[1]
+    if not g.flags.c_contiguous:
+        g = np.ascontiguousarray(g)
+    pf = p.reshape(-1)
+    flat = [pf, g.reshape(-1)]
+    for a in arrays[2:]:
+        flat.append(pf if a is None else a.reshape(-1))
+    if n * _COMPILED_PASSES < _threads.MIN_PARALLEL:
+        kernel(*flat, c, flags)
+        return
+
+    def body(a, b):
+        kernel(*[x[a:b] for x in flat], c, flags)
+
+    _threads.parallel_for(n, body, work=n * _COMPILED_PASSES)
+
+
+def _fast_update(name, fast_fn, arrays, ws, n_temps, coeffs):
+    """One fast-mode update of ``arrays`` (parameter, gradient, state): the compiled kernel ``name`` of
+    kernels/_numba/optim.py where :func:`_compiled` allows, else the NumPy kernel ``fast_fn`` through
+    :func:`_fast_chunked`. ``coeffs``: ``fast_fn``'s scalars, then the compiled kernel's ``(c, flags)`` pair."""
+    k = _compiled(arrays[0], arrays)
+    if k is not None:
+        c, flags = coeffs[-1]
+        _run_compiled(getattr(k, name), arrays, c, flags)
+    else:
+        _fast_chunked(fast_fn, arrays, ws, n_temps, coeffs[:-1])
+
+
+def _compiled_coeffs(p, *values):
+    """``values`` as a 1-D array of ``p``'s dtype (each rounded once, as ``_coeffs`` rounds the NumPy path's)."""
+    return np.array([p.dtype.type(v) for v in values], dtype=p.dtype)
 
 
 def _coeffs(p, *values):

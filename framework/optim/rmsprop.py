@@ -11,14 +11,17 @@ from .optimizer import (
     _addcmul_,
     _chunked,
     _coeffs,
+    _compiled_coeffs,
+    _compiled_exact,
     _fast,
-    _fast_chunked,
+    _fast_update,
     _fma,
     _grad_for_update,
     _l2_grad_fast,
     _lerp_,
     _lerp_fast,
     _opmath,
+    _run_compiled,
     _scalar_state,
 )
 
@@ -64,7 +67,8 @@ class RMSprop(Optimizer):
             state["grad_avg"] = zeros_like(d)
 
     def _update(self, p, g, state, group):
-        state["step"]._data += 1
+        st = state["step"]._data
+        st[()] = float(st) + 1.0  # as step += 1 (rounded to float32 once), without a ufunc call
         ga = state["grad_avg"]._data if group["centered"] else None
         buf = state["momentum_buffer"]._data if group["momentum"] > 0 else None
         arrays = (p, g, state["square_avg"]._data, ga, buf)
@@ -72,14 +76,44 @@ class RMSprop(Optimizer):
             key = (id(group), p.dtype)
             coeffs = self._coef_cache.get(key)
             if coeffs is None:
-                coeffs = self._coef_cache[key] = _coeffs(p, group["lr"], group["alpha"], group["eps"],
-                                                         group["weight_decay"], group["momentum"],
-                                                         group["maximize"])  # fmt: skip
-            _fast_chunked(_rmsprop_fast, arrays, self._ws, 3, coeffs)
+                coeffs = self._coef_cache[key] = _rmsprop_coeffs(p, group)
+            _fast_update("rmsprop", _rmsprop_fast, arrays, self._ws, 3, coeffs)
+            return
+        k = _compiled_exact(p, arrays)
+        if k is not None:
+            key = ("exact", id(group), p.dtype)
+            coeffs = self._coef_cache.get(key)
+            if coeffs is None:
+                coeffs = self._coef_cache[key] = _rmsprop_exact_coeffs(p, group)
+            _run_compiled(k.rmsprop_exact, arrays, *coeffs)
             return
         _chunked(_rmsprop_single, arrays, self._ws, lr=group["lr"],
                  alpha=group["alpha"], eps=group["eps"], weight_decay=group["weight_decay"],
                  momentum=group["momentum"], maximize=group["maximize"])  # fmt: skip
+
+
+def _rmsprop_coeffs(p, group):
+    """The scalars of ``_rmsprop_fast`` for parameters like ``p`` of ``group``, then those of the compiled kernel
+    (kernels/_numba/optim.rmsprop): ``(c, flags)`` with the same roundings (``1 - alpha`` and ``w - 1`` in p's
+    dtype, as the NumPy path computes them)."""
+    c = _coeffs(p, group["lr"], group["alpha"], group["eps"], group["weight_decay"], group["momentum"],
+                group["maximize"])  # fmt: skip
+    lr, alpha, eps, wd, momentum, neg = c
+    oma = 1 - alpha
+    flags = int(neg) | (2 if group["momentum"] > 0 else 0) | (4 if group["centered"] else 0)
+    return c + ((_compiled_coeffs(p, -lr, alpha, oma, oma - 1, eps, wd, momentum), flags),)
+
+
+def _rmsprop_exact_coeffs(p, group):
+    """``(c, flags)`` of the compiled bitwise kernel (kernels/_numba/optim.rmsprop_exact): ``_rmsprop_single``'s
+    scalars, each rounded to p's dtype as that function rounds it (``1 - alpha`` once, from the Python float)."""
+    t = p.dtype.type
+    oma = t(1 - group["alpha"])
+    small = abs(oma) < 0.5
+    c = _compiled_coeffs(p, -group["lr"], group["alpha"], oma, oma if small else oma - t(1), group["eps"],
+                         group["weight_decay"], group["momentum"])  # fmt: skip
+    flags = int(group["maximize"]) | (2 if group["momentum"] > 0 else 0) | (4 if group["centered"] else 0)
+    return c, flags | (8 if small else 0)
 
 
 def _rmsprop_single(p, g, sq, ga, buf, ws, *, lr, alpha, eps, weight_decay, momentum, maximize):

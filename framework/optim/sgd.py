@@ -9,12 +9,15 @@ from .optimizer import (
     Optimizer,
     _chunked,
     _coeffs,
+    _compiled_coeffs,
+    _compiled_exact,
     _fast,
-    _fast_chunked,
+    _fast_update,
     _fma,
     _grad_for_update,
     _l2_grad_fast,
     _opmath,
+    _run_compiled,
 )
 
 __all__ = ["SGD"]
@@ -67,14 +70,18 @@ class SGD(Optimizer):
             if first:
                 buf_t = state["momentum_buffer"] = Tensor._make(xp_of(p).empty_like(p, order="C"))
             buf = buf_t._data
-        if _fast(p):
+        arrays = (p, g, buf)
+        fast = _fast(p)
+        k = None if fast else _compiled_exact(p, arrays)
+        if fast or k is not None:
             key = (id(group), first, p.dtype)
             coeffs = self._coef_cache.get(key)
             if coeffs is None:
-                coeffs = self._coef_cache[key] = _coeffs(p, group["lr"], momentum, 1 - group["dampening"],
-                                                         group["weight_decay"], group["nesterov"], group["maximize"],
-                                                         first)  # fmt: skip
-            _fast_chunked(_sgd_fast, (p, g, buf), self._ws, 2, coeffs)
+                coeffs = self._coef_cache[key] = _sgd_coeffs(p, group, first)
+            if fast:
+                _fast_update("sgd", _sgd_fast, arrays, self._ws, 2, coeffs)
+            else:  # the compiled twin of _sgd_single (the same scalars: -lr, momentum, 1 - dampening, wd)
+                _run_compiled(k.sgd_exact, arrays, *coeffs[-1])
             return
         _chunked(_sgd_single, (p, g, buf), self._ws, lr=group["lr"], momentum=momentum,
                  dampening=group["dampening"], weight_decay=group["weight_decay"], nesterov=group["nesterov"],
@@ -112,6 +119,16 @@ class SGD(Optimizer):
             )  # fmt: skip
             for p in ps:
                 p._version[0] += 1
+
+
+def _sgd_coeffs(p, group, first):
+    """The scalars of ``_sgd_fast`` for parameters like ``p`` of ``group``, then those of the compiled kernel
+    (kernels/_numba/optim.sgd): ``(c, flags)`` with the same roundings."""
+    c = _coeffs(p, group["lr"], group["momentum"], 1 - group["dampening"], group["weight_decay"], group["nesterov"],
+                group["maximize"], first)  # fmt: skip
+    lr, momentum, omd, wd, nesterov, neg, first = c
+    flags = int(neg) | (2 if momentum != 0 else 0) | (4 if first else 0) | (8 if nesterov else 0)
+    return c + ((_compiled_coeffs(p, -lr, momentum, omd, wd), flags),)
 
 
 def _sgd_single(p, g, buf, ws, *, lr, momentum, dampening, weight_decay, nesterov, maximize, first_step):

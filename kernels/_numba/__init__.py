@@ -3,7 +3,10 @@
 Every kernel is built by :func:`njit`: cached on disk (Numba's ``__pycache__``, so a process after the first pays
 no compile), ``nogil`` (the thread pool runs chunks in parallel), NumPy's error model (x / 0 gives inf, not an
 exception) and no bounds checks. ``fastmath`` is limited to contracting a·b + c into one FMA: results stay
-deterministic and the same whatever the chunking, and NaN and inf propagate as in NumPy.
+deterministic and the same whatever the chunking, and NaN and inf propagate as in NumPy. Row reductions
+(``rows.py``'s sums and dot products) add ``reassoc`` through ``njit(fastmath=...)``, which lets LLVM keep
+several partial sums in vector lanes (5-7x faster than a sequential sum): the order then depends only on the
+row's length and the compiled code, never on the address or the thread count (tests/kernels/test_numba_rows.py).
 """
 
 from __future__ import annotations
