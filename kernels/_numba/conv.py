@@ -158,6 +158,17 @@ def _patches_small(x, cols, table, plane, npos, value, adjoint, batch, channels,
     whole), the layout of one product over the whole batch. col2im adds in (offset, position) order: each
     element's contributions in offset order, as _patches and the NumPy path."""
     nk = table.shape[0] // npos
+    if by_batch and not adjoint:  # im2col: each (c, r) row of cols written from start to end
+        for q in range(q0, q1):
+            for r in range(nk):
+                rb, tb = (q * nk + r) * batch * npos, r * npos
+                for n in range(batch):
+                    xb = (n * channels + q) * plane
+                    for t in range(npos):
+                        i = table[tb + t]
+                        v = x[xb + max(i, 0)]
+                        cols[rb + n * npos + t] = v if i >= 0 else value
+        return
     for q in range(q0, q1):
         for n in range(batch if by_batch else 1):
             xb = (n * channels + q) * plane if by_batch else q * plane
