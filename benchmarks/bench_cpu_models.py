@@ -7,9 +7,10 @@ Sections (``--only`` picks some, comma-separated; all by default):
   tokens, batch 16) and MLPs (the default ``conch train`` MLP 64-256-256-10 with exact GELU, batch 64, and a
   784-1024-1024-10 one, batch 256), each beside its PyTorch twin (same layers, same shapes, same optimizer), at
   1 and 2 threads (``conch.set_num_threads``, ``torch.set_num_threads``).
-- ``micro``: the 28x28 CNN's two convolutions forward+backward (against PyTorch and against conch's composite
-  im2col + matmul-op path that ops.ConvNd replaced), max/avg pooling 2x2 on (64, 16, 28, 28) forward+backward
-  (and max pooling 3x3/stride 2/padding 1, against conch's own im2col path), exact GELU forward and backward on
+- ``micro``: the 28x28 and 8x8 CNNs' two convolutions forward+backward (against PyTorch and against conch's composite
+  im2col + matmul-op path that ops.ConvNd replaced, and against conch's NumPy path, the compiled kernels off),
+  max/avg pooling 2x2 on (64, 16, 28, 28) forward+backward (and max pooling 3x3/stride 2/padding 1, against
+  conch's own im2col path; each also against conch's NumPy path), exact GELU forward and backward on
   2**20 floats, dropout (p = 0.1) on 2**20 floats (forward with a new seed per call, and forward+backward, where
   the backward finds the forward's mask in conch's cache): conch against PyTorch and against plain NumPy (a
   reshape-max, ``0.5 x (1 + scipy erf(x/√2))``, ``x * (rng.random(shape) >= p) / (1 - p)``).
@@ -276,6 +277,18 @@ def _micro_cases():
         xc4.grad = None
         conch.ops.MaxPool2d.apply(xc4, res=res).backward(gc7)
 
+    from conch.kernels import _jit
+
+    def numpy_path(fn):  # the same conch call with the compiled kernels off (kernels/_numba/conv.py's baseline)
+        def run():
+            prev = _jit.set_enabled(False)
+            try:
+                fn()
+            finally:
+                _jit.set_enabled(prev)
+
+        return run if _jit.enabled() else None
+
     def pool(fn, x, g):
         def run():
             x.grad = None
@@ -333,23 +346,27 @@ def _micro_cases():
             y = w.reshape(cout, c * 9).expand(64, cout, c * 9) @ cols + b.reshape(cout, 1)
             return y.reshape(64, cout, side, side)
 
-        return {"conch": run(xc, wc, bc, gc, lambda x, w, b: F.conv2d(x, w, b, padding=1)),
+        conch_fn = run(xc, wc, bc, gc, lambda x, w, b: F.conv2d(x, w, b, padding=1))
+        return {"conch": conch_fn,
                 "torch": run(xt, wt, bt, gt, lambda x, w, b: torch.nn.functional.conv2d(x, w, b, padding=1)),
-                "im2col": run(xc, wc, bc, gc, composite)}  # fmt: skip
+                "im2col": run(xc, wc, bc, gc, composite), "numpy path": numpy_path(conch_fn)}  # fmt: skip
 
-    return {
+    mp2, mp3, ap2 = (pool(F.max_pool2d, xc4, gc4), pool(lambda x, _k: F.max_pool2d(x, 3, 2, 1), xc4, gc7),
+                     pool(F.avg_pool2d, xc4, gc4))  # fmt: skip
+    cases = {
         "conv2d 3x3/1/1 (64,1,28,28)->16 fwd+bwd (no dx)": conv_case(1, 28, 16, False),
         "conv2d 3x3/1/1 (64,16,14,14)->32 fwd+bwd": conv_case(16, 14, 32, True),
+        "conv2d 3x3/1/1 (64,1,8,8)->16 fwd+bwd (no dx)": conv_case(1, 8, 16, False),  # the 8x8 CNN's layers
+        "conv2d 3x3/1/1 (64,16,4,4)->32 fwd+bwd": conv_case(16, 4, 32, True),
         "max_pool2d 2x2 (64,16,28,28) fwd+bwd": {
-            "conch": pool(F.max_pool2d, xc4, gc4), "torch": pool(torch.nn.functional.max_pool2d, xt4, gt4),
-            "numpy": np_maxpool},
+            "conch": mp2, "torch": pool(torch.nn.functional.max_pool2d, xt4, gt4), "numpy": np_maxpool,
+            "numpy path": numpy_path(mp2)},
         "max_pool2d 3x3/2/1 (64,16,28,28) fwd+bwd": {  # overlapping windows; the im2col path as the baseline
-            "conch": pool(lambda x, _k: F.max_pool2d(x, 3, 2, 1), xc4, gc7),
-            "torch": pool(lambda x, _k: torch.nn.functional.max_pool2d(x, 3, 2, 1), xt4, gt7),
-            "im2col": im2col_maxpool},
+            "conch": mp3, "torch": pool(lambda x, _k: torch.nn.functional.max_pool2d(x, 3, 2, 1), xt4, gt7),
+            "im2col": im2col_maxpool, "numpy path": numpy_path(mp3)},
         "avg_pool2d 2x2 (64,16,28,28) fwd+bwd": {
-            "conch": pool(F.avg_pool2d, xc4, gc4), "torch": pool(torch.nn.functional.avg_pool2d, xt4, gt4),
-            "numpy": np_avgpool},
+            "conch": ap2, "torch": pool(torch.nn.functional.avg_pool2d, xt4, gt4), "numpy": np_avgpool,
+            "numpy path": numpy_path(ap2)},
         "gelu exact fwd 2**20": {
             "conch": lambda: F.gelu(xc1), "torch": lambda: torch.nn.functional.gelu(xt1), "numpy": np_gelu},
         "gelu exact bwd 2**20": {
@@ -364,6 +381,8 @@ def _micro_cases():
             "torch": lambda: torch.nn.functional.dropout(xd, 0.1).backward(dyt1),
             "numpy": np_dropout_fwd_bwd},
     }  # fmt: skip
+    # "numpy path": conch with the compiled kernels off (absent where they are off anyway)
+    return {name: {k: f for k, f in fns.items() if f is not None} for name, fns in cases.items()}
 
 
 def bench_micro(args):

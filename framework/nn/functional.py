@@ -662,7 +662,9 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
             f"and kernel_size={k}"
         )
     arr, out = x._data, None
-    if type(arr) is np.ndarray and arr.dtype in _TILE_DTYPES:
+    if pooling.compiled(arr):  # every geometry, NaN included, on the compiled kernels
+        out, indices = pooling.max_pool_compiled(x, k, s, d, p, (oh, ow), return_indices)
+    elif type(arr) is np.ndarray and arr.dtype in _TILE_DTYPES:
         out, indices = _max_pool_views(x, k, s, p, d, ceil_mode, (oh, ow), return_indices)
     if out is None:  # CuPy, bfloat16, or a NaN in x (im2col's argmax rule for NaN)
         res = _max_pool_arrays(arr, k, s, p, d, (oh, ow))
@@ -670,7 +672,7 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
     if unbatched:
         out = out.squeeze(0)
     if return_indices:
-        idx = Tensor._make(indices.astype(np.int64))
+        idx = Tensor._make(indices.astype(np.int64, copy=False))
         return out, (idx.squeeze(0) if unbatched else idx)
     return out
 
@@ -682,9 +684,15 @@ def _avg_pool(name, nd, input, kernel_size, stride, padding, ceil_mode, count_in
     x = input.unsqueeze(0) if unbatched else input
     n, c, *size = x.shape
     out, pads = _pool_geom(name, input, x, k, s, p, (1,) * nd, ceil_mode)
-    if _tiles(size, k, s, p, (1,) * nd, ceil_mode):  # whole tiles: no im2col, every divisor the same
+    tiles = _tiles(size, k, s, p, (1,) * nd, ceil_mode)  # whole tiles: no im2col, every divisor the same
+    tiles_2d = tiles and nd == 2 and type(x._data) is np.ndarray and x.dtype in _TILE_DTYPES and x.dtype.kind == "f"
+    if not tiles_2d and pooling.compiled(x._data):  # the 2-D tiles' strided sums are faster than the kernel
+        res = pooling.AvgPoolCompiled.apply(x, k=k, s=s, p=p, shape=out, include_pad=bool(count_include_pad),
+                                            div=float(divisor_override or 0))  # fmt: skip
+        return res.squeeze(0) if unbatched else res
+    if tiles:
         div = float(divisor_override or math.prod(k))
-        if nd == 2 and type(x._data) is np.ndarray and x.dtype in _TILE_DTYPES and x.dtype.kind == "f":
+        if tiles_2d:
             res = pooling.AvgPoolTiles.apply(x, k=k, out_hw=out, div=div)
         else:  # a reshape and a sum over the window axes
             xs = x[(slice(None), slice(None)) + tuple(slice(0, o * kk) for o, kk in zip(out, k, strict=True))]
@@ -744,6 +752,12 @@ def max_pool3d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
     x = input.unsqueeze(0) if unbatched else input
     n, c, *size = x.shape
     out, pads = _pool_geom("max_pool3d", input, x, k, s, p, d, ceil_mode)
+    if pooling.compiled(x._data):
+        y, flat = pooling.max_pool_compiled(x, k, s, d, p, out)
+        if not return_indices:
+            return y.squeeze(0) if unbatched else y
+        idx = Tensor._make(flat)
+        return (y.squeeze(0), idx.squeeze(0)) if unbatched else (y, idx)
     lo = -np.inf if x.dtype.kind == "f" or x.dtype == D.bfloat16 else np.iinfo(x.dtype).min
     cols = ops.Im2col.apply(x.reshape((n * c, 1) + tuple(size)), geom=(k, s, d, pads, out), value=lo)
     xp = xp_of(x._data)

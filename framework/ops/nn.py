@@ -12,8 +12,10 @@ import numpy as np
 from .._backend import xp_of
 from ..autograd.function import Op
 from ..autograd.grad_mode import is_grad_enabled
+from ..kernels import _jit
 from ..kernels._threads import blas_product
 from .indexing import ScatterFlat
+from .pooling import conv_kernels
 from .reductions import _acc_dtype
 
 
@@ -61,11 +63,23 @@ def _as_strided(xp, a, shape, strides):
     return xp.lib.stride_tricks.as_strided(a, shape=shape, strides=strides)
 
 
+_COMPILED = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _compiled(a, nd):
+    """True when a takes the compiled kernels (kernels/_numba/conv.py): a float32/float64 NumPy array, 1-3
+    spatial dims, Numba on."""
+    return type(a) is np.ndarray and a.dtype in _COMPILED and nd <= 3 and _jit.enabled()
+
+
 def im2col(x, geom, value=0.0):
-    """The array behind :class:`Im2col`: (N, C, *S) -> (N, C·∏k, ∏O), one copy out of a strided window view."""
-    xp = xp_of(x)
+    """The array behind :class:`Im2col`: (N, C, *S) -> (N, C·∏k, ∏O), one copy out of a strided window view
+    (compiled: written row by row, no padded copy)."""
     k, st, dl, pads, out = geom
     nd = len(k)
+    if _compiled(x, nd):
+        return conv_kernels().im2col(x, k, st, dl, pads[0::2], out, value)
+    xp = xp_of(x)
     if any(pads):
         widths = ((0, 0), (0, 0)) + tuple((pads[2 * i], pads[2 * i + 1]) for i in range(nd))
         x = xp.pad(x, widths, mode="constant", constant_values=value)
@@ -77,12 +91,16 @@ def im2col(x, geom, value=0.0):
     return win.reshape(n, c * math.prod(k), math.prod(out))
 
 
-def col2im(g, geom, in_shape):
+def col2im(g, geom, in_shape, scratch=False):
     """The array behind :class:`Col2im`: (N, C·∏k, ∏O) patches summed back onto (N, C, *S), one strided slice
-    add per kernel offset (∏k adds, no scatter), then the padding cropped off."""
-    xp = xp_of(g)
+    add per kernel offset (∏k adds, no scatter), then the padding cropped off (compiled: each (n, c) plane summed
+    in the cache, the same order of adds; ``scratch=True``: g is a temporary it may overwrite, see
+    kernels/_numba/conv.py)."""
     k, st, dl, pads, out_sz = geom
     nd = len(k)
+    if _compiled(g, nd):
+        return conv_kernels().col2im(g, k, st, dl, pads[0::2], out_sz, in_shape, scratch)
+    xp = xp_of(g)
     n, c = in_shape[:2]
     sizes = in_shape[2:]
     out = xp.zeros((n, c) + tuple(sizes[i] + pads[2 * i] + pads[2 * i + 1] for i in range(nd)), dtype=g.dtype)
@@ -167,8 +185,11 @@ class ConvNd(Op):
     y += b. Backward: dcols = W[g]ᵀ @ dY[n, g], summed back onto dx by col2im (∏k strided slice adds);
     dW = Σ_n (cols[n] @ dY[n]ᵀ)ᵀ (the stacked products, summed over the batch); db = Σ_{n, *O} dY.
     The products keep im2col's (N, K, ∏O) layout: copying it into one (K, N·∏O) matrix costs more than the
-    batched products lose (measured at the CNN's shapes). A recorded backward (create_graph) is written with
-    Tensor ops instead, so second derivatives work.
+    batched products lose (measured at the CNN's shapes). Small planes on the compiled kernels (∏O at most
+    kernels/_numba/conv.py's SMALL_OUTPUT, groups == 1: the 8x8 CNN's 4x4 layer) are the exception: im2col
+    writes (K, N·∏O) directly and each way is one product (N products of 16 columns each cost more in BLAS
+    calls than they compute), with dY transposed to (C_out, N·∏O) and y back to NC*. A recorded backward
+    (create_graph) is written with Tensor ops instead, so second derivatives work.
 
     Example: ``ConvNd.apply(x, w, geom=((3, 3), (1, 1), (1, 1), (1, 1, 1, 1), (28, 28)), groups=1)``.
     """
@@ -178,9 +199,25 @@ class ConvNd(Op):
     @staticmethod
     def forward(ctx, x, w, b=None, *, geom, groups):
         ctx.geom, ctx.groups, ctx.in_shape = geom, groups, x.shape
+        dtype = x.dtype
+        if type(x) is np.ndarray and x.dtype.name in ("float16", "bfloat16") and _jit.enabled():
+            x = x.astype(np.float32)  # half precision: the products run in float32 anyway (an exact conversion)
+        n, cout, npos = x.shape[0], w.shape[0], math.prod(geom[4])
+        needs = getattr(ctx, "needs_input_grad", ())  # set only when the op is recorded
+        ctx.by_batch = groups == 1 and _compiled(x, len(geom[0])) and npos <= conv_kernels().SMALL_OUTPUT
+        if ctx.by_batch:
+            k, st, dl, pads, out = geom
+            cols = conv_kernels().im2col(x, k, st, dl, pads[0::2], out, by_batch=True)  # (C·∏k, N·∏O)
+            yt = _product(w.reshape(cout, -1), cols).reshape(cout, n, npos).transpose(1, 0, 2)
+            y = np.empty((n, cout, npos), dtype=yt.dtype)
+            if b is None:
+                np.copyto(y, yt)
+            else:  # the bias added on the way back to NC*
+                np.add(yt, b.astype(y.dtype, copy=False).reshape(cout, 1), out=y)
+            ctx.cols = cols if len(needs) > 1 and needs[1] else None
+            return y.astype(dtype, copy=False).reshape((n, cout) + tuple(geom[4]))
         cols = im2col(x, geom)  # (N, C·∏k, ∏O)
-        n, kc, npos = cols.shape
-        cout = w.shape[0]
+        kc = cols.shape[1]
         if groups == 1:
             y = _product(w.reshape(cout, kc), cols)
         else:
@@ -188,8 +225,7 @@ class ConvNd(Op):
         y = y.reshape(n, cout, npos)
         if b is not None:
             y += b.astype(y.dtype, copy=False).reshape(cout, 1)
-        y = y.astype(x.dtype, copy=False)
-        needs = getattr(ctx, "needs_input_grad", ())  # set only when the op is recorded
+        y = y.astype(dtype, copy=False)
         ctx.cols = cols if len(needs) > 1 and needs[1] else None  # for dW; not kept when w needs no grad
         return y.reshape((n, cout) + tuple(geom[4]))
 
@@ -216,11 +252,15 @@ class ConvNd(Op):
         gm = g._data.reshape(n, groups, cout // groups, npos)
         wd = w._data
         dx = dw = None
+        if ctx.by_batch:
+            return _small_backward(ctx, g, wd, needs, db)
         if needs[0]:
             wt = wd.reshape(groups, cout // groups, kg).transpose(0, 2, 1)
             dcols = _product(wt[0] if groups == 1 else wt, gm[:, 0] if groups == 1 else gm)
             dx = g._wrap_const(
-                col2im(dcols.reshape(n, groups * kg, npos), geom, ctx.in_shape).astype(wd.dtype, copy=False)
+                col2im(dcols.reshape(n, groups * kg, npos), geom, ctx.in_shape, scratch=True).astype(
+                    wd.dtype, copy=False
+                )
             )
         if needs[1]:
             cols = ctx.cols.reshape(n, groups, kg, npos)
@@ -230,3 +270,19 @@ class ConvNd(Op):
                 xp.ascontiguousarray(dwt.transpose(0, 2, 1)).reshape(wd.shape).astype(wd.dtype, copy=False)
             )
         return (dx, dw) if len(needs) == 2 else (dx, dw, db)
+
+
+def _small_backward(ctx, g, wd, needs, db):
+    """ConvNd's plain backward for its one-product layout (ctx.by_batch): dY as (C_out, N·∏O), then
+    dcols = Wᵀ dY (C·∏k, N·∏O) summed back by the compiled col2im, and dW = dY colsᵀ (one product)."""
+    n, cout, npos = g.shape[0], g.shape[1], math.prod(ctx.geom[4])
+    gt = np.ascontiguousarray(g._data.reshape(n, cout, npos).transpose(1, 0, 2)).reshape(cout, n * npos)
+    dx = dw = None
+    if needs[0]:
+        k, st, dl, pads, out = ctx.geom
+        dcols = _product(wd.reshape(cout, -1).T, gt)  # (C·∏k, N·∏O)
+        dx = conv_kernels().col2im(dcols, k, st, dl, pads[0::2], out, ctx.in_shape, True, by_batch=True)
+        dx = g._wrap_const(dx.astype(wd.dtype, copy=False))
+    if needs[1]:
+        dw = g._wrap_const(_product(gt, ctx.cols.T).reshape(wd.shape).astype(wd.dtype, copy=False))
+    return (dx, dw) if len(needs) == 2 else (dx, dw, db)

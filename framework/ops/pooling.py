@@ -11,6 +11,10 @@ on the -inf padded input, view (ki, kj) starting at (ki·dh, kj·dw) with the st
 
 The im2col path (``ops.nn.MaxPool2d``, ``ops.nn.Im2col``) handles NaN inputs, CuPy arrays, bfloat16 and avg
 pooling with overlapping windows.
+
+With Numba (kernels/_jit.py) every max/avg pooling geometry of a NumPy float array, 1-3 spatial dims, takes the
+compiled kernels instead (kernels/_numba/conv.py): :class:`MaxPoolCompiled` (the forward also gives each
+window's first-maximum index, kept for the backward and for ``return_indices``) and :class:`AvgPoolCompiled`.
 """
 
 from __future__ import annotations
@@ -19,7 +23,123 @@ import numpy as np
 
 from ..autograd.function import Op
 from ..autograd.grad_mode import is_grad_enabled
+from ..kernels import _jit
 from .indexing import ScatterFlat
+
+_F32 = np.dtype(np.float32)
+_COMPILED = frozenset((_F32, np.dtype(np.float64)))
+_HALF = ("float16", "bfloat16")  # computed in float32, rounded once at the end
+
+
+_MOD = [None]
+
+
+def conv_kernels():
+    """kernels/_numba/conv.py, looked up once (``_jit.family`` goes through importlib, ~20 us a call: a tenth of
+    a small pooling's time)."""
+    mod = _MOD[0]
+    if mod is None:
+        mod = _MOD[0] = _jit.family("conv")
+    return mod
+
+
+def compiled(a) -> bool:
+    """True when pooling over ``a`` takes the compiled kernels: a NumPy float array (half precision through
+    float32) and Numba on."""
+    return type(a) is np.ndarray and (a.dtype in _COMPILED or a.dtype.name in _HALF) and _jit.enabled()
+
+
+def _run(kernel, a, *args):
+    """kernel(a, *args) on a float32/float64 array (half precision: a and the arrays of its dtype among args
+    converted to float32, and the first result back, exactly for max pooling)."""
+    if a.dtype in _COMPILED:
+        return kernel(a, *args)
+    args = [v.astype(np.float32) if isinstance(v, np.ndarray) and v.dtype == a.dtype else v for v in args]
+    res = kernel(a.astype(np.float32), *args)
+    if isinstance(res, tuple):
+        return (res[0].astype(a.dtype),) + res[1:]
+    return res.astype(a.dtype)
+
+
+def max_pool_compiled(x, k, s, d, p, out, indices=True):
+    """Max pooling of a Tensor x (N, C, *S) (1-3 spatial dims, ``p`` the leading padding per dim, ``out`` the
+    output sizes) on the compiled kernels: (y, idx) with idx the int64 flat index into ∏S of each window's first
+    maximum (a NaN counts as the largest; PyTorch's indices), or None when not ``indices`` and the windows are
+    2x2 tiles (the CNN's pooling: a forward without indices, the backward finds the maxima again)."""
+    conv = conv_kernels()
+    arr = x._data
+    tiles = tuple(k) == (2, 2) == tuple(s) and not any(p) and tuple(d) == (1, 1)
+    if tiles and not indices and tuple(out) == tuple(n // 2 for n in arr.shape[-2:]):  # no ceil_mode window
+        return MaxPool2x2Compiled.apply(x, out=_run(conv.max_pool2x2, arr)), None
+    best, idx = _run(conv.max_pool, arr, k, s, d, p, out)
+    return MaxPoolCompiled.apply(x, out=best, idx=idx), idx
+
+
+class MaxPool2x2Compiled(Op):
+    """2x2 / stride 2 max pooling from the compiled kernel (``out``); x and the output are saved, and the
+    backward finds each window's first maximum again (one compiled pass writing every element of dx). A
+    recorded backward (create_graph) scatters dy with ScatterFlat to the indices of the general kernel."""
+
+    saves = (0, "out")
+
+    @staticmethod
+    def forward(ctx, x, out):
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        x, best = (t._data for t in ctx.saved_tensors)
+        if not is_grad_enabled():
+            return g._wrap_const(_run(conv_kernels().max_pool2x2_backward, x, best, g._data))
+        idx = _run(conv_kernels().max_pool, x, (2, 2), (2, 2), (1, 1), (0, 0), best.shape[-2:])[1]
+        return _scatter_to(g, idx, x.shape[2:])
+
+
+class MaxPoolCompiled(Op):
+    """A max pooling whose output and first-maximum indices came from the compiled kernel (``out``, ``idx``);
+    the gradient goes to those elements: a plain backward adds dy there in one compiled pass, a recorded one
+    (create_graph) scatters with ScatterFlat, so second derivatives work."""
+
+    @staticmethod
+    def forward(ctx, x, out, idx):
+        ctx.idx, ctx.size = idx, x.shape[2:]
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        idx, size = ctx.idx, ctx.size
+        if not is_grad_enabled():
+            return g._wrap_const(_run(conv_kernels().max_pool_backward, g._data, idx, size))
+        return _scatter_to(g, idx, size)
+
+
+def _scatter_to(g, idx, size):
+    """dx (N, C, *size) Tensor: dy added at the flat plane positions idx (N, C, *O), recorded (create_graph)."""
+    lead, plane = idx.shape[:2], int(np.prod(size))
+    planes = int(np.prod(lead))
+    flat = (idx.reshape(planes, -1) + np.arange(planes, dtype=np.int64).reshape(-1, 1) * plane).ravel()
+    return ScatterFlat.apply(g.reshape(-1), idx=flat, size=planes * plane).reshape(lead + tuple(size))
+
+
+class AvgPoolCompiled(Op):
+    """Average pooling on the compiled kernel: x (N, C, *S) -> (N, C, *O) (``shape``: the output sizes) for
+    kernel ``k``, stride ``s``, leading padding ``p`` and PyTorch's divisors (``include_pad``:
+    count_include_pad; ``div``: divisor_override or 0); with ``adjoint=True`` its transpose, dy (N, C, *O) ->
+    dx (N, C, *S) (``shape``: S), dy / divisor spread over each window. The pooling is linear: the backward of
+    one direction is the other, so second derivatives work."""
+
+    @staticmethod
+    def forward(ctx, a, k, s, p, shape, include_pad, div, adjoint=False):
+        ctx.args, ctx.other, ctx.adjoint = (k, s, p), a.shape[2:], adjoint
+        ctx.divisor = (include_pad, div)
+        fn = conv_kernels().avg_pool_backward if adjoint else conv_kernels().avg_pool
+        return _run(fn, a, k, s, p, shape, include_pad, div)
+
+    @staticmethod
+    def backward(ctx, g):
+        k, s, p = ctx.args
+        return AvgPoolCompiled.apply(g, k=k, s=s, p=p, shape=ctx.other, include_pad=ctx.divisor[0],
+                                     div=ctx.divisor[1], adjoint=not ctx.adjoint)  # fmt: skip
 
 
 def _max_of(views):
@@ -30,7 +150,7 @@ def _max_of(views):
 
 
 def _has_nan(x):
-    return x.dtype.kind == "f" and bool(np.isnan(x.max()))
+    return x.dtype.kind == "f" and x.size > 0 and bool(np.isnan(x.max()))  # an empty batch has no max
 
 
 def max_tiles(x, k, out_hw):
