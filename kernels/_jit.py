@@ -25,6 +25,7 @@ import importlib
 import os
 
 _state: dict = {"on": None}
+_families: dict = {}  # name -> module: importlib's lookup costs microseconds on every call of a hot path
 _OFF = ("0", "false", "off", "no")
 
 
@@ -63,4 +64,7 @@ def set_enabled(flag: bool | None) -> bool | None:
 
 def family(name: str):
     """The compiled kernels of one family, ``conch.kernels._numba.<name>`` (imports Numba on first use)."""
-    return importlib.import_module(f"{__package__}._numba.{name}")
+    mod = _families.get(name)
+    if mod is None:
+        mod = _families[name] = importlib.import_module(f"{__package__}._numba.{name}")
+    return mod
