@@ -253,6 +253,20 @@ def _fmt(r):
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def _numpy_path(fn):
+    """``fn`` run with conch's compiled CPU kernels off (kernels/_jit.py): the NumPy reference path."""
+    from conch.kernels import _jit
+
+    def run():
+        prev = _jit.set_enabled(False)
+        try:
+            return fn()
+        finally:
+            _jit.set_enabled(prev)
+
+    return run
+
+
 def _micro_cases():
     import torch
     from scipy.special import erf
@@ -350,11 +364,14 @@ def _micro_cases():
         "avg_pool2d 2x2 (64,16,28,28) fwd+bwd": {
             "conch": pool(F.avg_pool2d, xc4, gc4), "torch": pool(torch.nn.functional.avg_pool2d, xt4, gt4),
             "numpy": np_avgpool},
-        "gelu exact fwd 2**20": {
-            "conch": lambda: F.gelu(xc1), "torch": lambda: torch.nn.functional.gelu(xt1), "numpy": np_gelu},
+        "gelu exact fwd 2**20": {  # "numpy path": conch with the compiled kernels off (CONCH_NUMBA=0's path)
+            "conch": lambda: F.gelu(xc1), "torch": lambda: torch.nn.functional.gelu(xt1), "numpy": np_gelu,
+            "numpy path": _numpy_path(lambda: F.gelu(xc1))},
         "gelu exact bwd 2**20": {
             "conch": lambda: A.dz_from_saved(x1, dy1, "gelu", 0.0, np.float32),
-            "torch": lambda: torch.ops.aten.gelu_backward(torch.tensor(dy1), xt1), "numpy": np_gelu_bwd},
+            "numpy path": _numpy_path(lambda: A.dz_from_saved(x1, dy1, "gelu", 0.0, np.float32)),
+            # dy as a tensor made once (dyt1): a torch.tensor copy per call would be timed on torch's side only
+            "torch": lambda: torch.ops.aten.gelu_backward(dyt1, xt1), "numpy": np_gelu_bwd},
         "dropout p=0.1 fwd 2**20, a new seed per call": {
             "conch": lambda: dk.dropout_forward(x1, 0.1, seed=next(seeds)),
             "torch": lambda: torch.nn.functional.dropout(xt1, 0.1),

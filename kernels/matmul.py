@@ -393,9 +393,11 @@ def _compiled_epilogue(z, bias, name, param, ct):
     residual of the names outside FROM_OUTPUT); relu/tanh/sigmoid write the output over z itself."""
     n = z.shape[-1]
     out = z if name in FROM_OUTPUT else np.empty_like(z)
-    # bias (N,), or one value for every element when b was 1-D (z (..., M)): a contiguous row of n values
-    b = np.zeros(n, ct) if bias is None else np.broadcast_to(bias.astype(ct, copy=False).reshape(-1), (n,))
-    b = np.ascontiguousarray(b)
+    if bias is None:
+        b = np.zeros(n, ct)
+    else:  # bias (N,), or one value for every element when b was 1-D (z (..., M)): a contiguous row of n values
+        b = np.ascontiguousarray(bias.astype(ct, copy=False).reshape(-1))
+        b = b if b.size == n else np.full(n, b[0], ct)
     _jit.family("act").bias_forward(
         z.reshape(-1, n), b, ACT_CODES[name], float(param), cost=jit_passes(name), out=out.reshape(-1, n)
     )
