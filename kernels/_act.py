@@ -150,7 +150,7 @@ def act_ref(z, name, param=0.01):
     large array costs as much as a small matmul.
     """
     name = act_name(name)
-    if name not in ("none", "relu") and compiled(z):  # relu: NumPy's maximum is one pass already
+    if name not in ("none", "relu", "tanh") and compiled(z):  # NumPy's maximum and (SIMD) tanh: one pass already
         return _jit_act("FORWARD", (z,), name, param)
     if z.ndim == 0:  # NumPy turns 0-d results into scalars, which the in-place updates (out=) refuse
         return act_ref(z.reshape(1), name, param).reshape(())
