@@ -1,26 +1,28 @@
 """Compiled activations: forward, derivative and fused backward of every activation, erf, bias + activation.
 
-One loop per call reads each input once (NumPy's reference path takes 5-26 passes). Kernels take 1-D
-C-contiguous float32 or float64 arrays (the caller ravels; one compiled signature per dtype) and an activation
-code from :data:`conch.kernels._act_names.ACT_CODES`; ``param`` is leaky_relu's slope or elu's alpha::
+One loop per call reads each input once (NumPy's reference path takes 5-26 passes per element). :func:`kernel`
+takes 2-D C-contiguous float32 or float64 arrays (one compiled signature per dtype), an operation and an
+activation code from :data:`conch.kernels._act_names.ACT_CODES`; ``param`` is leaky_relu's slope or elu's
+alpha. :func:`run` calls it on any arrays, split over the CPU pool::
 
-    out = np.empty_like(z)
-    forward(z, out, 4, 0.0)            # out = gelu(z), exact: 0.5 z (1 + erf(z/√2))
-    backward(z, dy, dz, 4, 0.0)        # dz = dy · gelu'(z) = dy (Φ(z) + z φ(z))
+    y = run(FORWARD, (z,), 4, cost=2)          # gelu(z), exact: 0.5 z (1 + erf(z/√2))
+    dz = run(BACKWARD, (z, dy), 4, cost=5)     # dy · gelu'(z) = dy (Φ(z) + z φ(z))
 
 float32 is computed in float32 with branch-free approximations that the compiler vectorizes (Numba has no
 vector exp/tanh here: libm's scalar calls would cost ~3 ns an element):
 
 - erf: Eigen's/XLA's rational x·P(x²)/Q(x²) on x clamped to [-4, 4] (|error| < 5e-7, as kernels/_erf.py);
-- exp: Cephes' expf: x = k ln2 + r, |r| <= ln2/2, e^r by a degree-7 polynomial, 2^k built from its bits in
-  two factors (so results down to the smallest subnormal are exact to ~1 ulp, above 88.72 inf);
-- tanh: Cephes' tanhf: an odd polynomial for |x| < 0.625, 1 - 2/(e^{2|x|} + 1) above (~2 ulps);
-- expm1 (elu): 2u/(1 - u) with u = tanh(x/2), exact near 0 where e^x - 1 cancels.
+- exp: Cephes' expf: x = k ln2 + r, |r| <= ln2/2, e^r by a degree-7 polynomial, 2^k added to its exponent
+  bits (results down to the smallest subnormal within ~1 ulp, inf above 88.72);
+- tanh: Cephes' tanhf: an odd polynomial for |x| < 0.625, 1 - 2/(e^{2|x|} + 1) above (~2 ulps; exactly ±1
+  where tanh rounds to ±1, so 1 - tanh² is 0 there and gelu_tanh's tails stay 0);
+- expm1 (elu): a Taylor polynomial for |x| < 0.34, where e^x - 1 would cancel, e^x - 1 beyond.
 
 float64 uses libm (``math.erf``, ``math.exp``, ``math.tanh``, ``math.expm1``): float64-accurate, scalar.
 NaN propagates through every activation; relu's backward selects, so an inf or NaN upstream gradient where the
-unit is off gives +0 (PyTorch's threshold_backward). Every kernel is elementwise: any split of the range
-between threads gives the same bits.
+unit is off gives +0 (PyTorch's threshold_backward). Every operation is elementwise, and the vectorized body
+and the scalar tail of a loop compute the same bits: any split of the range between threads gives the same
+result.
 """
 
 from __future__ import annotations
@@ -91,15 +93,12 @@ def _sel(typingctx, cond, x, y):
 
 
 @njit(inline="always")
-def _exp32(x):
-    # Cephes expf on x = k ln2 + r. k by the 1.5·2^23 rounding trick: t's low mantissa bits hold k, so 2^k needs
-    # no float-to-int conversion, and it scales p by an integer add to p's exponent bits (p in [0.7, 1.42], so
-    # exact for k in [-125, 128]); below that, k + 64 and a product by 2^-64 round subnormals once.
-    xc = _sel(x > _F32(88.72284), _F32(88.72284), x)
-    xc = _sel(xc < _F32(-104.0), _F32(-104.0), xc)
-    t = xc * _F32(1.44269504088896341) + _F32(12582912.0)
+def _exp_reduced32(x):
+    """(t, e^r) for x = k ln2 + r, |r| <= ln2/2 (Cephes expf): t = x·log2(e) + 1.5·2^23, whose low mantissa bits
+    hold k (the rounding trick: no float-to-int conversion), and e^r by its degree-7 polynomial."""
+    t = x * _F32(1.44269504088896341) + _F32(12582912.0)
     k = t - _F32(12582912.0)
-    r = xc - k * _F32(0.693359375)  # ln 2 in two parts (Cody-Waite): k·C1 is exact
+    r = x - k * _F32(0.693359375)  # ln 2 in two parts (Cody-Waite): k·C1 is exact
     r = r - k * _F32(-2.12194440e-4)
     p = _F32(1.9875691500e-4)
     p = p * r + _F32(1.3981999507e-3)
@@ -107,8 +106,17 @@ def _exp32(x):
     p = p * r + _F32(4.1665795894e-2)
     p = p * r + _F32(1.6666665459e-1)
     p = p * r + _F32(5.0000001201e-1)
-    p = p * (r * r) + r + _F32(1.0)
-    small = k < _F32(-125.0)
+    return t, p * (r * r) + r + _F32(1.0)
+
+
+@njit(inline="always")
+def _exp32(x):
+    # e^x = 2^k e^r: 2^k scales p = e^r by an integer add to p's exponent bits (p in [0.7, 1.42], so exact for k
+    # in [-125, 128]); below that, k + 64 and a product by 2^-64 round subnormals once.
+    xc = _sel(x > _F32(88.72284), _F32(88.72284), x)
+    xc = _sel(xc < _F32(-104.0), _F32(-104.0), xc)
+    t, p = _exp_reduced32(xc)
+    small = t < _F32(12582912.0 - 125.0)  # k < -125
     n = _bits(t) - np.int32(0x4B400000) + _sel(small, np.int32(64), np.int32(0))
     y = _f32_from_bits(_bits(p) + (n << 23))
     y = _sel(small, y * _F32(5.421010862427522e-20), y)  # 2^-64
@@ -121,17 +129,7 @@ def _exp_neg32(x):
     # _exp32 for x <= 0 that is not NaN, with results below 2^-126 flushed to 0: ten operations fewer (gelu's
     # derivative, where e^(-z²/2) < 2^-126 only where |z| > 13.2 and the term is below 1e-36 next to Φ(z))
     xc = _sel(x < _F32(-87.33655), _F32(-87.33655), x)
-    t = xc * _F32(1.44269504088896341) + _F32(12582912.0)
-    k = t - _F32(12582912.0)
-    r = xc - k * _F32(0.693359375)
-    r = r - k * _F32(-2.12194440e-4)
-    p = _F32(1.9875691500e-4)
-    p = p * r + _F32(1.3981999507e-3)
-    p = p * r + _F32(8.3334519073e-3)
-    p = p * r + _F32(4.1665795894e-2)
-    p = p * r + _F32(1.6666665459e-1)
-    p = p * r + _F32(5.0000001201e-1)
-    p = p * (r * r) + r + _F32(1.0)
+    t, p = _exp_reduced32(xc)
     y = _f32_from_bits(_bits(p) + ((_bits(t) - np.int32(0x4B400000)) << 23))
     return _sel(x < _F32(-87.33655), _F32(0.0), y)
 
