@@ -447,13 +447,20 @@ def _one(x, p):
 # --------------------------------------------------------------------------------------------------------------
 
 
+def _plain(x):
+    """x as a C-contiguous, writeable array (copied once if not): a read-only or strided array would make Numba
+    compile another signature of :func:`kernel` (seconds), where a copy costs one pass."""
+    x = np.ascontiguousarray(x)
+    return x if x.flags.writeable else x.copy()
+
+
 def run(op, inputs, code=0, param=0.0, *, cost, out=None):
     """:func:`kernel` ``op`` on flat views of ``inputs`` (one or two arrays of one dtype and size: a, then b),
     in contiguous chunks over the pool; returns ``out`` (a fresh array shaped like the first input, or the given
     C-contiguous one). Non-contiguous inputs are copied once. ``cost``: the kernel's time per element in NumPy
     passes (the pool's size threshold). Example: ``run(FORWARD, (z,), 4, cost=2)`` is gelu(z).
     """
-    flat = [np.ascontiguousarray(x).reshape(1, -1) for x in inputs]
+    flat = [_plain(x).reshape(1, -1) for x in inputs]
     a = flat[0]
     b = flat[1] if len(flat) > 1 else a
     if out is None:
@@ -469,7 +476,7 @@ def bias_forward(z, bias, code, param, *, cost, out):
     """z (rows, n) += bias (n,) in place and out = f(z), rows split over the pool (out may be z; all three
     C-contiguous, of one dtype)."""
     rows = z.shape[0]
-    b = bias.reshape(1, -1)
+    b = _plain(bias).reshape(1, -1)
     if rows and z.shape[1]:
         parallel_for(rows, lambda i, j: kernel(BIAS_FORWARD, z[i:j], b, out[i:j], code, param), work=z.size * cost,
                      align=1)  # fmt: skip

@@ -343,3 +343,16 @@ def test_against_torch(cpu_path, name):
     if name == "gelu_tanh":  # float32 cancellation where tanh saturates, in both (see TANH_CANCEL_TOL)
         atol = TANH_CANCEL_TOL[np.dtype(np.float32)][0]
     np.testing.assert_allclose(dx[finite], xt.grad.numpy()[finite], atol=atol, rtol=rtol)
+
+
+def test_one_signature_per_dtype(numba_only):
+    """Read-only, strided and 0-d inputs reuse the two compiled signatures (a new one costs seconds)."""
+    k = numba_only
+    x = _x(300, np.float32)
+    ro = np.broadcast_to(x, x.shape)  # read-only, contiguous
+    assert not ro.flags.writeable
+    for arr in (ro, x[::3], x[:1].reshape(()), x.astype(np.float64), np.broadcast_to(x.astype(np.float64), x.shape)):
+        np.testing.assert_array_equal(_act.act_ref(arr, "gelu"), _act.act_ref(np.array(arr), "gelu"))
+        _act.act_backward_ref(arr, arr, "silu")
+    matmul_forward(x.reshape(30, 10), np.broadcast_to(x[:10].reshape(10, 1), (10, 4)), np.zeros(4, np.float32), "gelu")
+    assert len(k.kernel.signatures) <= 2, k.kernel.signatures
