@@ -12,7 +12,8 @@ Sections (``--only`` picks some, comma-separated; all by default):
   (and max pooling 3x3/stride 2/padding 1, against conch's own im2col path), exact GELU forward and backward on
   2**20 floats, dropout (p = 0.1) on 2**20 floats (forward with a new seed per call, and forward+backward, where
   the backward finds the forward's mask in conch's cache): conch against PyTorch and against plain NumPy (a
-  reshape-max, ``0.5 x (1 + scipy erf(x/√2))``, ``x * (rng.random(shape) >= p) / (1 - p)``).
+  reshape-max, ``0.5 x (1 + scipy erf(x/√2))``, ``x * (rng.random(shape) >= p) / (1 - p)``); GELU also against
+  conch's own NumPy path ("numpy path": the compiled kernels off, as ``CONCH_NUMBA=0``).
 - ``busy``: wall time of the default ``conch train`` job (a subprocess) on an idle machine and with two busy-loop
   processes running throughout (spawned before, stopped after): the ratio busy/idle (target: at most 3).
 - ``sweep``: the pool's crossover: gelu forward at 2**14..2**20 elements with the pool forced off and forced on
