@@ -2,8 +2,9 @@
 
 Per dtype, in the array's own dtype out:
 
-- NumPy float32/float64 with Numba on (:mod:`conch.kernels._jit`): one compiled pass, kernels/_numba/act.py's
-  ``erf``: the rational approximation below in float32, libm's ``erf`` in float64 (within 1 ulp).
+- NumPy float32/float64 with Numba on (:mod:`conch.kernels._jit`): one compiled pass (kernels/_numba/act.py,
+  operation ``ERF``): the rational approximation below in float32, libm's ``erf`` in float64 (within 1 ulp).
+  The entries below are the NumPy path, kept for ``CONCH_NUMBA=0`` and machines without Numba.
 - float64 on NumPy: SciPy's ``erf`` (Cephes: within about 2 ulps of the exact value). SciPy comes with
   scikit-learn, a conch dependency; without it, ``math.erf`` element by element (as accurate, ~5x slower).
 - float32 on NumPy: Eigen's/XLA's rational approximation below, evaluated in float32 (|error| < 5e-7: at most

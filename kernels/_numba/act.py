@@ -34,7 +34,7 @@ from llvmlite import ir
 from numba.core import types
 from numba.extending import intrinsic, overload
 
-from .._threads import parallel_for
+from .. import _threads
 from . import njit
 
 # The codes of kernels/_act_names.ACT_CODES (that module's dict is not a compile-time constant for Numba).
@@ -467,8 +467,10 @@ def run(op, inputs, code=0, param=0.0, *, cost, out=None):
         out = np.empty(inputs[0].shape, dtype=a.dtype)
     of = out.reshape(1, -1)
     n = of.shape[1]
-    if n:
-        parallel_for(n, lambda i, j: kernel(op, a[:, i:j], b[:, i:j], of[:, i:j], code, param), work=n * cost)
+    if n * cost < _threads.MIN_PARALLEL:  # one thread: no chunk views, no pool
+        kernel(op, a, b, of, code, param)
+    elif n:
+        _threads.parallel_for(n, lambda i, j: kernel(op, a[:, i:j], b[:, i:j], of[:, i:j], code, param), work=n * cost)
     return out
 
 
@@ -478,6 +480,6 @@ def bias_forward(z, bias, code, param, *, cost, out):
     rows = z.shape[0]
     b = _plain(bias).reshape(1, -1)
     if rows and z.shape[1]:
-        parallel_for(rows, lambda i, j: kernel(BIAS_FORWARD, z[i:j], b, out[i:j], code, param), work=z.size * cost,
-                     align=1)  # fmt: skip
+        body = lambda i, j: kernel(BIAS_FORWARD, z[i:j], b, out[i:j], code, param)  # noqa: E731
+        _threads.parallel_for(rows, body, work=z.size * cost, align=1)
     return out
