@@ -13,7 +13,8 @@ Sections (``--only`` picks some, comma-separated; all by default):
   conch's own im2col path; each also against conch's NumPy path), exact GELU forward and backward on
   2**20 floats, dropout (p = 0.1) on 2**20 floats (forward with a new seed per call, and forward+backward, where
   the backward finds the forward's mask in conch's cache): conch against PyTorch and against plain NumPy (a
-  reshape-max, ``0.5 x (1 + scipy erf(x/√2))``, ``x * (rng.random(shape) >= p) / (1 - p)``).
+  reshape-max, ``0.5 x (1 + scipy erf(x/√2))``, ``x * (rng.random(shape) >= p) / (1 - p)``); GELU also against
+  conch's own NumPy path ("numpy path": the compiled kernels off, as ``CONCH_NUMBA=0``).
 - ``busy``: wall time of the default ``conch train`` job (a subprocess) on an idle machine and with two busy-loop
   processes running throughout (spawned before, stopped after): the ratio busy/idle (target: at most 3).
 - ``sweep``: the pool's crossover: gelu forward at 2**14..2**20 elements with the pool forced off and forced on
@@ -254,6 +255,20 @@ def _fmt(r):
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def _numpy_path(fn):
+    """``fn`` run with conch's compiled CPU kernels off (kernels/_jit.py): the NumPy reference path."""
+    from conch.kernels import _jit
+
+    def run():
+        prev = _jit.set_enabled(False)
+        try:
+            return fn()
+        finally:
+            _jit.set_enabled(prev)
+
+    return run if _jit.enabled() else None  # without compiled kernels "conch" is already the NumPy path
+
+
 def _micro_cases():
     import torch
     from scipy.special import erf
@@ -277,17 +292,7 @@ def _micro_cases():
         xc4.grad = None
         conch.ops.MaxPool2d.apply(xc4, res=res).backward(gc7)
 
-    from conch.kernels import _jit
-
-    def numpy_path(fn):  # the same conch call with the compiled kernels off (kernels/_numba/conv.py's baseline)
-        def run():
-            prev = _jit.set_enabled(False)
-            try:
-                fn()
-            finally:
-                _jit.set_enabled(prev)
-
-        return run if _jit.enabled() else None
+    numpy_path = _numpy_path
 
     def pool(fn, x, g):
         def run():
@@ -367,11 +372,14 @@ def _micro_cases():
         "avg_pool2d 2x2 (64,16,28,28) fwd+bwd": {
             "conch": ap2, "torch": pool(torch.nn.functional.avg_pool2d, xt4, gt4), "numpy": np_avgpool,
             "numpy path": numpy_path(ap2)},
-        "gelu exact fwd 2**20": {
-            "conch": lambda: F.gelu(xc1), "torch": lambda: torch.nn.functional.gelu(xt1), "numpy": np_gelu},
+        "gelu exact fwd 2**20": {  # "numpy path": conch with the compiled kernels off (CONCH_NUMBA=0's path)
+            "conch": lambda: F.gelu(xc1), "torch": lambda: torch.nn.functional.gelu(xt1), "numpy": np_gelu,
+            "numpy path": numpy_path(lambda: F.gelu(xc1))},
         "gelu exact bwd 2**20": {
             "conch": lambda: A.dz_from_saved(x1, dy1, "gelu", 0.0, np.float32),
-            "torch": lambda: torch.ops.aten.gelu_backward(torch.tensor(dy1), xt1), "numpy": np_gelu_bwd},
+            "numpy path": numpy_path(lambda: A.dz_from_saved(x1, dy1, "gelu", 0.0, np.float32)),
+            # dy as a tensor made once (dyt1): a torch.tensor copy per call would be timed on torch's side only
+            "torch": lambda: torch.ops.aten.gelu_backward(dyt1, xt1), "numpy": np_gelu_bwd},
         "dropout p=0.1 fwd 2**20, a new seed per call": {
             "conch": lambda: dk.dropout_forward(x1, 0.1, seed=next(seeds)),
             "torch": lambda: torch.nn.functional.dropout(xt1, 0.1),

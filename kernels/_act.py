@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import _jit
 from ._act_names import ACT_CODES, ACTIVATIONS, act_code, act_name  # noqa: F401  (re-exported)
 from ._erf import erf as _erf
 from ._launch import xp_of
@@ -30,6 +31,39 @@ _SQRT1_2 = 0.7071067811865476  # 1/sqrt(2)
 _INV_SQRT_2PI = 0.3989422804014327  # 1/sqrt(2*pi)
 _SQRT_2_OVER_PI = 0.7978845608028654  # sqrt(2/pi)
 _GELU_C = 0.044715
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Compiled CPU kernels (kernels/_numba/act.py): one pass per call where Numba is on, for NumPy float32/float64
+# --------------------------------------------------------------------------------------------------------------
+
+_JIT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+#: Time per element of the compiled forward and derivative, in NumPy passes (the pool's size threshold; measured
+#: on 2**20 float32, 1 thread: gelu's forward takes ~2.2 passes' time, its fused backward ~5).
+_JIT_PASSES = {"relu": (1, 2), "leaky_relu": (2, 2), "elu": (3, 3), "gelu": (2, 5), "gelu_tanh": (6, 6),
+               "silu": (3, 4), "tanh": (4, 4), "sigmoid": (3, 3)}  # fmt: skip
+
+
+def compiled(*arrays) -> bool:
+    """True when the compiled kernels take ``arrays``: Numba on, NumPy arrays of one dtype, float32 or float64
+    (CuPy and the simulated GPU's arrays, half precision and mixed dtypes keep the reference paths)."""
+    if not _jit.enabled():
+        return False
+    dt = arrays[0].dtype
+    return dt in _JIT_DTYPES and all(isinstance(a, np.ndarray) and a.dtype == dt for a in arrays)
+
+
+def jit_passes(name, backward=False):
+    """NumPy passes per element that the compiled forward (or derivative) of ``name`` costs."""
+    return _JIT_PASSES.get(name, (1, 1))[1 if backward else 0]
+
+
+def _jit_act(op, arrays, name, param):
+    """The compiled kernel's operation ``op`` ("FORWARD", "GRAD", "BACKWARD", "BACKWARD_OUT") of ``name``."""
+    k = _jit.family("act")
+    cost = jit_passes(name, op != "FORWARD")
+    return k.run(getattr(k, op), arrays, ACT_CODES[name], float(param), cost=cost)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -58,7 +92,9 @@ def relu_select(s, d):
     """relu's backward, ``where(s > 0, d, 0)`` (s: z or the output y, same sign), as PyTorch's threshold_backward:
     a NaN or inf in d where the unit is off gives +0, not the NaN of d * 0. On NumPy a bitwise AND of d's bits
     with an all-ones/all-zeros mask: the same bits as where, without where's per-element branch, which a random
-    sign pattern mispredicts half the time (~10x slower on (64, 16, 28, 28) float32)."""
+    sign pattern mispredicts half the time (~10x slower on (64, 16, 28, 28) float32). Compiled: one pass."""
+    if s.shape == d.shape and compiled(s, d):
+        return _jit_act("BACKWARD", (s, d), "relu", 0.0)
     if type(d) is np.ndarray and type(s) is np.ndarray and d.dtype.itemsize in _UINT_OF and s.shape == d.shape:
         u = _UINT_OF[d.dtype.itemsize]
         mask = (s > 0).astype(u)
@@ -114,6 +150,8 @@ def act_ref(z, name, param=0.01):
     large array costs as much as a small matmul.
     """
     name = act_name(name)
+    if name not in ("none", "relu", "tanh") and compiled(z):  # NumPy's maximum and (SIMD) tanh: one pass already
+        return _jit_act("FORWARD", (z,), name, param)
     if z.ndim == 0:  # NumPy turns 0-d results into scalars, which the in-place updates (out=) refuse
         return act_ref(z.reshape(1), name, param).reshape(())
     if _big_numpy(z, name):
@@ -124,6 +162,8 @@ def act_ref(z, name, param=0.01):
 def act_grad_ref(z, name, param=0.01):
     """f'(z) on an array (fp32/fp64), the derivative with respect to the pre-activation z (a fresh array)."""
     name = act_name(name)
+    if name != "none" and compiled(z):
+        return _jit_act("GRAD", (z,), name, param)
     if z.ndim == 0:  # as in act_ref: 0-d arithmetic gives NumPy scalars, which out= refuses
         return act_grad_ref(z.reshape(1), name, param).reshape(())
     if _big_numpy(z, name):
@@ -215,6 +255,9 @@ def act_backward_ref(s, d, name, param=0.01):
     name = act_name(name)
     if name == "relu":
         return relu_select(s, d.astype(s.dtype, copy=False))
+    if s.size == d.size and compiled(s, d):  # one pass: f'(s) and the product
+        op = "BACKWARD_OUT" if name in FROM_OUTPUT else "BACKWARD"
+        return _jit_act(op, (s, d.reshape(s.shape)), name, param)
     g = act_grad_out_ref(s, name) if name in FROM_OUTPUT else act_grad_ref(s, name, param)
     g *= d.reshape(g.shape)
     return g

@@ -2,6 +2,9 @@
 
 Per dtype, in the array's own dtype out:
 
+- NumPy float32/float64 with Numba on (:mod:`conch.kernels._jit`): one compiled pass (kernels/_numba/act.py,
+  operation ``ERF``): the rational approximation below in float32, libm's ``erf`` in float64 (within 1 ulp).
+  The entries below are the NumPy path, kept for ``CONCH_NUMBA=0`` and machines without Numba.
 - float64 on NumPy: SciPy's ``erf`` (Cephes: within about 2 ulps of the exact value). SciPy comes with
   scikit-learn, a conch dependency; without it, ``math.erf`` element by element (as accurate, ~5x slower).
 - float32 on NumPy: Eigen's/XLA's rational approximation below, evaluated in float32 (|error| < 5e-7: at most
@@ -20,6 +23,7 @@ import math
 
 import numpy as np
 
+from . import _jit
 from ._launch import xp_of
 
 _F32 = np.dtype(np.float32)
@@ -67,7 +71,10 @@ def erf(z):
     dt = np.dtype(z.dtype)
     zc = z.astype(np.float32) if dt.itemsize < 4 else z  # float16/bfloat16: float32 math, one rounding at the end
     xp = xp_of(z)
-    if xp is np:
+    if xp is np and _jit.enabled() and zc.dtype in (_F32, _F64):
+        k = _jit.family("act")
+        y = k.run(k.ERF, (zc,), cost=2)
+    elif xp is np:
         y = _erf_f32(zc) if zc.dtype == _F32 else _erf_f64(zc.astype(_F64, copy=False))
     else:
         kern = _CUPY_ERF.get(xp)

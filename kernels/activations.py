@@ -17,6 +17,7 @@ from typing import NamedTuple
 import numpy as np
 
 from . import _act as _act_module
+from . import _jit
 from ._act import (
     FROM_OUTPUT,
     act_backward_ref,
@@ -120,12 +121,22 @@ def _compute_dtype(dtype):
 
 def _one_pass(*arrays):
     """True for NumPy arrays larger than one block: the reference pair then runs block by block on the CPU pool,
-    every step of an element (dtype casts, f or f', dy * f') done while its block is in the cache."""
-    return all(type(a) is np.ndarray for a in arrays) and arrays[0].size > _act_block()
+    every step of an element (dtype casts, f or f', dy * f') done while its block is in the cache. False where
+    the compiled kernels take the arrays as they are (float32/float64, one dtype): one pass, split by act_ref."""
+    return (
+        all(type(a) is np.ndarray for a in arrays)
+        and arrays[0].size > _act_block()
+        and not _act_module.compiled(*arrays)
+    )
 
 
 def _act_block():
     return _act_module._BLOCK  # read per call: tests shrink it
+
+
+def _passes(name, backward):
+    """Passes per element of a block's f or f' (compiled: cheaper than the NumPy reference's)."""
+    return _act_module.jit_passes(name, backward) if _jit.enabled() else act_passes(name)
 
 
 def _flat(a):
@@ -142,7 +153,7 @@ def _reference_forward(x, name, param):
     def block(a, b):
         yf[a:b] = act_ref(xf[a:b].astype(ct, copy=False), name, param)
 
-    for_blocks(xf.size, _act_block(), block, work=xf.size * act_passes(name))
+    for_blocks(xf.size, _act_block(), block, work=xf.size * _passes(name, False))
     return y
 
 
@@ -158,7 +169,7 @@ def _reference_backward(saved, dy, name, param, dtype):
     def block(a, b):  # the same operations as above on one block: the same bits
         dxf[a:b] = act_backward_ref(sf[a:b].astype(ct, copy=False), df[a:b].astype(ct, copy=False), name, param)
 
-    for_blocks(sf.size, _act_block(), block, work=sf.size * (act_passes(name) + 2))
+    for_blocks(sf.size, _act_block(), block, work=sf.size * (_passes(name, True) + 2))
     return dx
 
 

@@ -29,8 +29,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import autotune
-from ._act import FROM_OUTPUT, act_backward_ref, act_code, act_name, act_ref
+from . import _jit, autotune
+from ._act import ACT_CODES, FROM_OUTPUT, act_backward_ref, act_code, act_name, act_ref, compiled, jit_passes
 from ._launch import DtypeSet, TritonKernel, cdiv, kernel_for, targ, use_triton, xp_of
 from ._threads import blas_product
 from .activations import dz_from_saved
@@ -376,12 +376,32 @@ def _reference_forward(a, b, bias, name, param, out_shape):
         z = _mm(xp, a_c.reshape(-1, a.shape[-1]), b_c)
     else:
         z = _mm(xp, a_c, b_c)
-    if bias is not None:
-        z += bias.astype(ct, copy=False).reshape(-1)  # z is a fresh product: add in place
-    out = act_ref(z, name, param).astype(a.dtype, copy=False)
+    if name != "none" and z.ndim >= 1 and z.flags.c_contiguous and compiled(z):
+        out = _compiled_epilogue(z, bias, name, param, ct)
+    else:
+        if bias is not None:
+            z += bias.astype(ct, copy=False).reshape(-1)  # z is a fresh product: add in place
+        out = act_ref(z, name, param)
+    out = out.astype(a.dtype, copy=False)
     # z is a fresh array act_ref does not modify; out is another one, so r may share z's memory
     r = None if name == "none" else (out if name in FROM_OUTPUT else z.astype(a.dtype, copy=False))
     return out.reshape(out_shape), r
+
+
+def _compiled_epilogue(z, bias, name, param, ct):
+    """act(z + bias) in one compiled pass over the fresh product z (bias added into z in place, as z is the
+    residual of the names outside FROM_OUTPUT); relu/tanh/sigmoid write the output over z itself."""
+    n = z.shape[-1]
+    out = z if name in FROM_OUTPUT else np.empty_like(z)
+    if bias is None:
+        b = np.zeros(n, ct)
+    else:  # bias (N,), or one value for every element when b was 1-D (z (..., M)): a contiguous row of n values
+        b = np.ascontiguousarray(bias.astype(ct, copy=False).reshape(-1))
+        b = b if b.size == n else np.full(n, b[0], ct)
+    _jit.family("act").bias_forward(
+        z.reshape(-1, n), b, ACT_CODES[name], float(param), cost=jit_passes(name), out=out.reshape(-1, n)
+    )
+    return out
 
 
 def _dz_ref(dout, r, name, param):

@@ -9,6 +9,7 @@ import math
 import numpy as np
 
 from conch import kernels as K
+from conch.kernels._act import act_ref
 from conch.kernels._act_names import ACTIVATIONS
 
 from .. import _dtype as D
@@ -123,7 +124,9 @@ def fast(name, general):
         return fast_path(ops.Relu, general, np.maximum, {dt: zero_0d(dt) for dt in (_F32, _F64)})
     if name == "tanh":
         return fast_path(ops.Tanh, general, np.tanh)
-    return fast_path(ops.Sigmoid, general, lambda d: ops.Sigmoid.forward(None, d))
+    # sigmoid's array forward is act_ref's: ops.Sigmoid's formula (exp(-|x|), split by sign), one compiled pass
+    # where Numba is on (kernels/_numba/act.py), five NumPy passes otherwise
+    return fast_path(ops.Sigmoid, general, lambda d: act_ref(d, "sigmoid"))
 
 
 _new = object.__new__
