@@ -361,7 +361,7 @@ def _identity(z, p):
 # --------------------------------------------------------------------------------------------------------------
 
 #: Operations of :func:`kernel`.
-FORWARD, GRAD, BACKWARD, BACKWARD_OUT, BIAS_FORWARD, ERF = range(6)
+FORWARD, GRAD, BACKWARD, BACKWARD_OUT, BIAS_FORWARD, ERF, BIAS_INPLACE = range(7)
 
 
 @njit(inline="always")
@@ -378,7 +378,12 @@ def _run_fwd(op, f, df, a, b, out, p):
         _map(f, a, out, p)
     elif op == GRAD:
         _map(df, a, out, p)
-    else:  # BIAS_FORWARD, b: the bias as one row; a += b in place, out = f(a) (out may be a)
+    elif op == BIAS_INPLACE:  # a = f(a + b): one store per element (the two stores of BIAS_FORWARD to one
+        # address make LLVM's runtime alias check fail, and the loop ran scalar: 4-10x slower)
+        for r in range(a.shape[0]):
+            for j in range(a.shape[1]):
+                a[r, j] = f(a[r, j] + b[0, j], p)
+    else:  # BIAS_FORWARD, b: the bias as one row; a += b in place, out = f(a) (out is another array)
         for r in range(a.shape[0]):
             for j in range(a.shape[1]):
                 v = a[r, j] + b[0, j]
@@ -408,7 +413,8 @@ def kernel(op, a, b, out, code, param):
     - FORWARD: out = f(a); GRAD: out = f'(a) (b unused);
     - BACKWARD: out = b · f'(a), a = z; BACKWARD_OUT: out = b · f'(z) from a = y = f(z) (relu, tanh, sigmoid);
       relu selects, out = b where a > 0, else +0;
-    - BIAS_FORWARD: a += b in place (b: the bias, shape (1, n)), out = f(a) (out may be a);
+    - BIAS_FORWARD: a += b in place (b: the bias, shape (1, n)), out = f(a) (out another array);
+      BIAS_INPLACE: a = f(a + b) (out unused);
     - ERF: out = erf(a) (code unused).
 
     Each activation has its own compiled functions, one for the forward operations and one for the backward
@@ -428,8 +434,8 @@ def _erf_kernel(a, out):
     _map(_erf_el, a, out, _c(a, 0.0))
 
 
-# One forward (FORWARD, GRAD, BIAS_FORWARD) and one backward (BACKWARD, BACKWARD_OUT) function per activation:
-# Numba caches module-level functions only (a factory's closures recompile in every process).
+# One forward (FORWARD, GRAD, BIAS_FORWARD, BIAS_INPLACE) and one backward (BACKWARD, BACKWARD_OUT) function per
+# activation: Numba caches module-level functions only (a factory's closures recompile in every process).
 @njit
 def _relu_fwd(op, a, b, out, param):
     _run_fwd(op, _relu, _relu_d, a, b, out, _c(a, param))
@@ -574,6 +580,7 @@ def bias_forward(z, bias, code, param, *, cost, out):
     rows = z.shape[0]
     b = _plain(bias).reshape(1, -1)
     if rows and z.shape[1]:
-        body = lambda i, j: kernel(BIAS_FORWARD, z[i:j], b, out[i:j], code, param)  # noqa: E731
+        op = BIAS_INPLACE if np.may_share_memory(out, z) else BIAS_FORWARD  # out is z, or another array
+        body = lambda i, j: kernel(op, z[i:j], b, out[i:j], code, param)  # noqa: E731
         _threads.parallel_for(rows, body, work=z.size * cost, align=1)
     return out
