@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import importlib
 
+from conch.kernels import _malloc
+
 # CPU threads (the elementwise pool and BLAS, PyTorch's names): conch.kernels._threads imports only the stdlib
 from conch.kernels._threads import (
     get_num_interop_threads,
@@ -274,3 +276,8 @@ def load(path, map_location=None, weights_only=True, verify=True, *, device=None
     dev = _map_location_device(map_location) if device is None else device
     locations = map_location if isinstance(map_location, dict) else None  # a torch.save file maps each location
     return _load(path, device=dev, verify=verify, locations=locations)
+
+
+# Large CPU temporaries reuse malloc's heap instead of fresh pages every step (kernels/_malloc.py;
+# CONCH_MALLOC=system leaves glibc's defaults).
+_malloc.tune()
