@@ -166,8 +166,10 @@ def main(argv=None):
     print(harness.format_table(rows, harness.E2E_COLUMNS))
     print(f"\nnumpy itself: {med['numpy_s'] * 1e3:.0f} ms; modules conch adds: {len(mods)}; "
           f"heavy ones among them: {heavy or 'none'}")  # fmt: skip
+    compiled = sorted({m.split(".")[0] for m in step_runs[-1]["modules"]} & {"numba", "llvmlite"})
     print(f"first CPU GPT step: modules it loads: {len(step_runs[-1]['modules'])}; heavy ones among them: "
-          f"{step_heavy or 'none'}")  # fmt: skip
+          f"{step_heavy or 'none'}; the compiled CPU kernels' (kernels/_jit.py, counted in the step's time and RSS "
+          f"above, CONCH_NUMBA=0 to leave out): {compiled or 'none'}")  # fmt: skip
     print(f"slowest {len(top)} modules (self ms, cumulative ms) under -X importtime:")
     for name, self_ms, cum_ms in top:
         print(f"  {self_ms:8.1f} {cum_ms:8.1f}  {name}")
