@@ -38,6 +38,10 @@ MIN_PARALLEL = 1 << 21
 #: 256^3 = 1.7e7), and under a busy machine they spin for the cores other processes hold.
 BLAS_SMALL = 1 << 23
 
+#: OpenBLAS runs a GEMM of at most this many multiply-adds on one thread by itself (its SMP_THRESHOLD_MIN 65,536
+#: times GEMM_MULTITHREAD_THRESHOLD 4): below it :func:`mm` needs no thread limit of its own.
+BLAS_SERIAL = 1 << 18
+
 _lock = threading.Lock()
 _state: dict = {"n": None, "interop": None, "pool": None, "pool_n": 0, "blas": None, "blas_now": None}
 #: How many parallel_for calls went to the pool (more than one thread): tests check a path really was split.
@@ -71,7 +75,7 @@ def get_num_threads() -> int:
 
 #: Seconds between two readings of the machine's load (/proc/stat: ~20 us each).
 LOAD_EVERY = 0.25
-_load: dict = {"t": -1.0, "busy": None, "own": None, "total": None, "others": 0.0, "adapt": None}
+_load: dict = {"t": -1.0, "busy": None, "own": None, "total": None, "others": 0.0, "adapt": None, "cores": None}
 
 
 def _adapting() -> bool:
@@ -95,6 +99,7 @@ def others_busy() -> float:
     if now - _load["t"] < LOAD_EVERY:
         return _load["others"]
     _load["t"] = now
+    _load["cores"] = _cores()  # the affinity mask can change (taskset): read it with the load, not per product
     try:
         busy, total, own = _cpu_ticks()
     except (OSError, ValueError, IndexError):
@@ -116,7 +121,8 @@ def effective_threads() -> int:
     n = get_num_threads()
     if n <= 1 or not _adapting():
         return n
-    return max(1, min(n, _cores() - int(others_busy() + 0.5)))
+    busy = others_busy()  # refreshes _load["cores"] with the load, every LOAD_EVERY seconds
+    return max(1, min(n, (_load["cores"] or _cores()) - int(busy + 0.5)))
 
 
 def _cores() -> int:
@@ -305,16 +311,31 @@ def _blas_libs():
         try:
             from threadpoolctl import ThreadpoolController
 
-            libs = [c for c in ThreadpoolController().lib_controllers if c.user_api == "blas"]
+            libs = [_setter(c) for c in ThreadpoolController().lib_controllers if c.user_api == "blas"]
         except Exception:  # noqa: BLE001 - no threadpoolctl or an unknown library: leave BLAS alone
             libs = []
         _state["blas"] = libs
     return libs
 
 
+def _setter(lib):
+    """The function that sets ``lib``'s thread count: the library's own C function where threadpoolctl can name
+    it (one ctypes call, ~0.3 us), else threadpoolctl's method (~5 us of Python: its symbol lookup and thread
+    checks on every call; at 2 threads the 8x8 CNN step changes the limit ~14 times, ~70 us of a 1.7 ms step)."""
+    name = {"openblas": "openblas_set_num_threads", "blis": "bli_thread_set_num_threads"}.get(lib.internal_api)
+    if name and getattr(lib, "threading_layer", None) != "openmp":  # OpenMP's limits are per thread: leave those
+        try:
+            fn = lib._get_symbol(name)  # threadpoolctl's lookup with the library's symbol prefix and suffix
+        except Exception:  # noqa: BLE001 - another threadpoolctl: its public method below
+            fn = None
+        if fn is not None:
+            return fn
+    return lib.set_num_threads
+
+
 def _set_blas(n):
-    for lib in _blas_libs():
-        lib.set_num_threads(n)
+    for set_threads in _blas_libs():
+        set_threads(n)
     _state["blas_now"] = n
 
 
@@ -346,3 +367,19 @@ def blas_product(macs: int, fn, *args):
         n = effective_threads()
         if _state["blas_now"] != n:
             _set_blas(n)
+
+
+def mm(a, b):
+    """``a @ b`` for 2-D (or stacked) NumPy arrays with BLAS's threads chosen by the product's size: a product
+    between :data:`BLAS_SERIAL` and :data:`BLAS_SMALL` multiply-adds runs on one BLAS thread. Left at the
+    setting, OpenBLAS wakes its other threads for such a product (64x64x256 in the default MLP, the CNN's 10-way
+    head) and their wake-up costs more than the split saves: the 8x8 CNN and the small MLP steps took ~4-8%
+    longer at 2 threads than at 1. Smaller and larger products run as they are (no limit to set)."""
+    macs = a.size * b.shape[1] if b.ndim == 2 else 0  # (..., K) @ (K, N): rows·K·N (stacked b: as it is)
+    if macs <= BLAS_SERIAL or macs >= BLAS_SMALL or _state["blas_now"] == 1:
+        return a @ b
+    return blas_product(macs, _matmul, a, b)
+
+
+def _matmul(a, b):
+    return a @ b

@@ -11,6 +11,7 @@ import numpy as np
 from conch import kernels as K
 from conch.kernels._act import relu_select
 from conch.kernels._act_names import ACTIVATIONS
+from conch.kernels._threads import mm
 
 from .. import _dtype as D
 from .. import ops
@@ -39,9 +40,9 @@ class MatMulAct(FusedOp):
         if plain:  # the fast path of matmul() and linear(): see _plain_ok
             ctx.res = None
             if a.ndim == 2:
-                out = a @ b
+                out = mm(a, b)
             else:  # (..., K) @ (K, N): one 2-D product over every row, as the kernel's reference path folds them
-                out = (_rows(a) @ b).reshape(a.shape[:-1] + b.shape[1:])
+                out = mm(_rows(a), b).reshape(a.shape[:-1] + b.shape[1:])
             if ctx.has_bias:
                 out += bias  # a fresh product: add in place
             if act is not None:  # (Sequential fuses Linear + ReLU/Tanh/Sigmoid) backward reads the output y,
@@ -91,10 +92,10 @@ class MatMulAct(FusedOp):
                     gd = gd * y * (1 - y)
             a2 = _rows(a)
             g2 = gd.reshape(a2.shape[0], b.shape[1])  # (not -1: N may be 0)
-            da = (g2 @ b.T).reshape(a.shape) if n[0] else None
+            da = mm(g2, b.T).reshape(a.shape) if n[0] else None
             db = None
             if n[1]:  # in b's own layout: linear's b is weight.T, and weight's gradient must come back contiguous
-                db = (g2.T @ a2).T if b.flags.f_contiguous and not b.flags.c_contiguous else a2.T @ g2
+                db = mm(g2.T, a2).T if b.flags.f_contiguous and not b.flags.c_contiguous else mm(a2.T, g2)
             return _t(da), _t(db), _t(g2.sum(0) if n[2] else None)  # (an empty bias of N = 0: its empty grad)
         da, db, dbias = K.matmul.matmul_backward(_res(ctx), g._data, (n[0], n[1], n[2] and ctx.has_bias))
         if n[2] and not ctx.has_bias:  # a real bias of N = 0 elements looks like "no bias": its gradient is empty
@@ -115,8 +116,8 @@ def matmul(a, b):
         ):  # fmt: skip
             # no bias, no activation: the plain op (array backward), its node only when something requires grad
             if _enabled[0] and (a.requires_grad or b.requires_grad or a._base is not None or b._base is not None):
-                return binary(ops.MatMul, a, b, ad @ bd)
-            return _make(ad @ bd)
+                return binary(ops.MatMul, a, b, mm(ad, bd))
+            return _make(mm(ad, bd))
     if not isinstance(a, Tensor) or not isinstance(b, Tensor):
         # a NumPy/CuPy array converts (as for the other binary ops); a list is no matrix: PyTorch refuses
         # x @ [1., 2.], and so does this

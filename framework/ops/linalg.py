@@ -9,6 +9,8 @@ import string
 
 import numpy as np
 
+from conch.kernels._threads import mm
+
 from .._backend import xp_of
 from ..autograd.function import Op
 from ..autograd.grad_mode import _enabled
@@ -22,7 +24,7 @@ class MatMul(Op):
 
     @staticmethod
     def forward(ctx, a, b):
-        return (a @ b).astype(a.dtype, copy=False)  # NumPy's bfloat16 matmul returns float32
+        return mm(a, b).astype(a.dtype, copy=False)  # NumPy's bfloat16 matmul returns float32
 
     @staticmethod
     def backward(ctx, g):
@@ -33,7 +35,8 @@ class MatMul(Op):
         b = ctx.saved_tensor(1) if n[0] else None
         if not _enabled[0] and na == 2 and nb == 2:  # not recorded, 2-D: two array products
             gd = g._data
-            return (g._wrap_const(gd @ b._data.T) if n[0] else None), (g._wrap_const(a._data.T @ gd) if n[1] else None)
+            da = g._wrap_const(mm(gd, b._data.T)) if n[0] else None
+            return da, (g._wrap_const(mm(a._data.T, gd)) if n[1] else None)
         if na == 1:
             g = g.unsqueeze(-2 if nb > 1 else 0)
         if nb == 1:
