@@ -75,7 +75,16 @@ def get_num_threads() -> int:
 
 #: Seconds between two readings of the machine's load (/proc/stat: ~20 us each).
 LOAD_EVERY = 0.25
-_load: dict = {"t": -1.0, "busy": None, "own": None, "total": None, "others": 0.0, "adapt": None, "cores": None}
+_load: dict = {
+    "t": -1.0,
+    "busy": None,
+    "own": None,
+    "total": None,
+    "others": 0.0,
+    "adapt": None,
+    "cores": None,
+    "cores_t": 0.0,
+}
 
 
 def _adapting() -> bool:
@@ -99,7 +108,6 @@ def others_busy() -> float:
     if now - _load["t"] < LOAD_EVERY:
         return _load["others"]
     _load["t"] = now
-    _load["cores"] = _cores()  # the affinity mask can change (taskset): read it with the load, not per product
     try:
         busy, total, own = _cpu_ticks()
     except (OSError, ValueError, IndexError):
@@ -121,15 +129,21 @@ def effective_threads() -> int:
     n = get_num_threads()
     if n <= 1 or not _adapting():
         return n
-    busy = others_busy()  # refreshes _load["cores"] with the load, every LOAD_EVERY seconds
-    return max(1, min(n, (_load["cores"] or _cores()) - int(busy + 0.5)))
+    return max(1, min(n, _cores() - int(others_busy() + 0.5)))
 
 
 def _cores() -> int:
-    try:
-        return max(len(os.sched_getaffinity(0)), 1)
-    except (AttributeError, OSError):
-        return max(os.cpu_count() or 1, 1)
+    """The cores this process may run on, read every LOAD_EVERY seconds (the affinity mask can change, taskset;
+    a system call per BLAS product was ~1 us of every product's thread switch)."""
+    now = time.monotonic()
+    c = _load["cores"]
+    if c is None or now - _load["cores_t"] >= LOAD_EVERY:
+        try:
+            c = max(len(os.sched_getaffinity(0)), 1)
+        except (AttributeError, OSError):
+            c = max(os.cpu_count() or 1, 1)
+        _load["cores"], _load["cores_t"] = c, now
+    return c
 
 
 def _check_positive(name, n):
