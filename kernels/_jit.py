@@ -32,6 +32,8 @@ _OFF = ("0", "false", "off", "no")
 def _probe() -> bool:
     if os.environ.get("CONCH_NUMBA", "1").strip().lower() in _OFF:
         return False
+    if os.environ.get("NUMBA_DISABLE_JIT", "0").strip() not in ("", "0"):  # the kernels would run as Python loops
+        return False
     try:
         import numba  # noqa: F401  (a Numba too old or too new for this NumPy raises ImportError here)
     except Exception:  # pragma: no cover - depends on the environment

@@ -20,6 +20,13 @@ def test_environment_turns_it_off():
     assert r.stdout.strip() == "False"
 
 
+def test_numba_without_its_jit_keeps_numpy():
+    """NUMBA_DISABLE_JIT=1 would run every kernel as a Python loop over elements: the NumPy path runs instead."""
+    r = _run("from conch.kernels import _jit; print(_jit.enabled())", NUMBA_DISABLE_JIT="1")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "False"
+
+
 def test_set_enabled_round_trip(cpu_path):
     assert _jit.enabled() is (cpu_path == "numba")
     prev = _jit.set_enabled(False)
