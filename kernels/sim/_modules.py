@@ -200,7 +200,12 @@ def build() -> dict:
     """Every fake module by its import name."""
     import scipy.special
 
+    from . import _nccl
+
     cuda = _cuda.module()
+    nccl = types.ModuleType("cupy.cuda.nccl", "Simulated cupy.cuda.nccl (over mpi4py; see kernels/sim/_nccl.py)")
+    nccl.__dict__.update({k: v for k, v in vars(_nccl).items() if not k.startswith("__")})
+    cuda.nccl = nccl
     random = _random_module()
     rl = _linalg_core()
     core = types.ModuleType("cupy._core")
@@ -226,7 +231,7 @@ def build() -> dict:
     cupyx.__version__ = cupy.__version__
     mods = {"cupy": cupy, "cupy.cuda": cuda, "cupy.cuda.runtime": cuda.runtime, "cupy.random": random,
             "cupy._core": core, "cupy._core._routines_linalg": rl, "cupyx": cupyx, "cupyx.scipy": scipy_,
-            "cupyx.scipy.special": special}  # fmt: skip
+            "cupyx.scipy.special": special, "cupy.cuda.nccl": nccl}  # fmt: skip
     for name, v in mods.items():
         if isinstance(v, types.ModuleType):
             v.__path__ = []  # a package, so ``import cupy.cuda`` finds the submodule in sys.modules
