@@ -135,6 +135,24 @@ class MPIBackend:
                 + "); every rank must call the same collective with the same shape and dtype"
             )
 
+    def agree_counts(self, send_arrs, recv_arrs):
+        """all_to_all's byte counts ``(sent, received)`` per rank, after the ranks have swapped theirs: a size
+        mismatch raises on every rank (the collective never starts), naming what this rank expected and got."""
+        MPI = self.MPI
+        scounts = np.array([x.nbytes for x in send_arrs], np.int64)
+        rcounts = np.array([x.nbytes for x in recv_arrs], np.int64)
+        peer = np.empty_like(scounts)
+        self.comm.Alltoall(scounts, peer)  # peer[j]: what rank j sends me
+        bad = np.array([int(not np.array_equal(peer, rcounts))], np.int64)
+        self.comm.Allreduce(MPI.IN_PLACE, bad, op=MPI.MAX)
+        if bad[0]:
+            raise RuntimeError(
+                f"all_to_all: rank {self.rank} expects {rcounts.tolist()} bytes from each rank but they send "
+                f"{peer.tolist()}; the output sizes must match what the other ranks send (the failing ranks "
+                "raise this too)"
+            )
+        return scounts, rcounts
+
     def mpi_op(self, op, dtype):
         MPI = self.MPI
         if dtype == np.bool_:  # MPI defines only logical ops on booleans: SUM/MAX are "any", PRODUCT/MIN "all"
@@ -253,18 +271,7 @@ class MPIBackend:
         """``send_arrs[j]`` to rank j, ``recv_arrs[j]`` from rank j (contiguous arrays of one dtype; sizes may
         differ). The ranks first swap their byte counts, so a size mismatch raises on every rank, not in MPI."""
         MPI = self.MPI
-        scounts = np.array([x.nbytes for x in send_arrs], np.int64)
-        rcounts = np.array([x.nbytes for x in recv_arrs], np.int64)
-        peer = np.empty_like(scounts)
-        self.comm.Alltoall(scounts, peer)  # peer[j]: what rank j sends me
-        bad = np.array([int(not np.array_equal(peer, rcounts))], np.int64)
-        self.comm.Allreduce(MPI.IN_PLACE, bad, op=MPI.MAX)
-        if bad[0]:
-            raise RuntimeError(
-                f"all_to_all: rank {self.rank} expects {rcounts.tolist()} bytes from each rank but they send "
-                f"{peer.tolist()}; the output sizes must match what the other ranks send (the failing ranks "
-                "raise this too)"
-            )
+        scounts, rcounts = self.agree_counts(send_arrs, recv_arrs)
         sbuf = np.concatenate([_bytes(x) for x in send_arrs]) if send_arrs else np.empty(0, np.uint8)
         rbuf = np.empty(int(rcounts.sum()), np.uint8)
         sdispl, rdispl = np.cumsum(scounts) - scounts, np.cumsum(rcounts) - rcounts

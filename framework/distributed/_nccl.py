@@ -140,12 +140,7 @@ class NCCLBackend:
         return self._done(tensor, async_op)
 
     def all_to_all(self, send_arrs, recv_arrs, async_op, finish):
-        counts = np.array([x.nbytes for x in send_arrs], np.int64)
-        peer = np.empty_like(counts)
-        self.mpi.comm.Alltoall(counts, peer)
-        if not np.array_equal(peer, [x.nbytes for x in recv_arrs]):
-            raise RuntimeError(f"all_to_all: rank {self.rank} expects {[x.nbytes for x in recv_arrs]} bytes from "
-                               f"each rank but they send {peer.tolist()}")  # fmt: skip
+        self.mpi.agree_counts(send_arrs, recv_arrs)  # raises on every rank: none is left waiting in NCCL
         recv_arrs[self.rank][...] = send_arrs[self.rank].view(recv_arrs[self.rank].dtype)
         pairs = [("send", send_arrs[r], r) for r in range(self.size) if r != self.rank]
         self._grouped(pairs + [("recv", recv_arrs[r], r) for r in range(self.size) if r != self.rank])
@@ -166,7 +161,8 @@ class NCCLBackend:
 
     def send(self, tensor, dst, tag):
         a, dt, stream = self._args(tensor, "send")
-        self.mpi.comm.send((tuple(a.shape), a.dtype.str), dest=dst, tag=tag)
+        # the dtype by name: bfloat16's ``dtype.str`` is a bare "|V2", which reads back as raw bytes
+        self.mpi.comm.send((tuple(a.shape), a.dtype.name), dest=dst, tag=tag)
         self.comm.send(a.data.ptr, a.size, dt, dst, stream)
 
     def recv(self, tensor, src, tag):
@@ -174,8 +170,12 @@ class NCCLBackend:
         if src is None:
             raise RuntimeError("recv: the nccl backend needs the sender's rank (src=None is MPI-only)")
         shape, dtype = self.mpi.comm.recv(source=src, tag=tag)  # NCCL needs the peer: src=None is not supported
-        if shape != tuple(a.shape) or np.dtype(dtype) != a.dtype:
-            raise RuntimeError(f"recv: rank {src} sent shape {shape}, dtype {np.dtype(dtype)} into {_describe(a)}")
+        if shape != tuple(a.shape) or dtype != a.dtype.name:
+            # the sender's NCCL send must still be matched, else its stream waits forever: take it, then raise
+            scratch = self.cp.empty(shape, D.as_dtype(dtype))
+            self.comm.recv(scratch.data.ptr, scratch.size, _NCCL_DTYPES[scratch.dtype], src, stream)
+            raise RuntimeError(f"recv: rank {src} sent shape {shape}, dtype {dtype} into {_describe(a)}; send and "
+                               "recv need the same shape and dtype")  # fmt: skip
         self.comm.recv(a.data.ptr, a.size, dt, src, stream)
         tensor._version[0] += 1
         return src
