@@ -359,7 +359,7 @@ class DistributedDataParallel(Module):
             self._used_anywhere = self._static[1]
         elif self._finds_unused() and self._pg.mpi.size > 1:
             used = Tensor._make(self._used.copy())
-            dist.all_reduce(used, dist.ReduceOp.MAX, group=self.process_group)
+            self._host_all_reduce(used, dist.ReduceOp.MAX)
             self._used_anywhere = used._data
         if self.static_graph and self._static is None:
             self._static = (list(self._unused_expected), self._used_anywhere.copy())
@@ -425,6 +425,11 @@ class DistributedDataParallel(Module):
         self._comm_hook = (state, hook)
         self._solo = False  # the hook runs at one rank too, as in PyTorch
 
+    def _host_all_reduce(self, t, op):
+        """All-reduce a small CPU tensor of bookkeeping flags over the group's MPI communicator, whatever the
+        backend: ``init_process_group("nccl")`` refuses CPU tensors, and the flags need no trip to the GPU."""
+        self._pg.mpi.all_reduce(t, op, False)
+
     def _sync_buffers(self, src):
         with no_grad():
             for b in self.module.buffers():
@@ -474,7 +479,7 @@ class DistributedDataParallel(Module):
             flags[w] = is_grad_enabled() and self.require_backward_grad_sync
             flags[w + 1] = is_grad_enabled() and self.broadcast_buffers
         t = Tensor._make(flags)
-        dist.all_reduce(t, group=self.process_group)
+        self._host_all_reduce(t, dist.ReduceOp.SUM)
         return t._data
 
     def _notify_join(self):
@@ -522,7 +527,7 @@ class DistributedDataParallel(Module):
             used = self._static[1]
         elif self._finds_unused():
             t = Tensor._make(np.zeros(len(self._params), np.uint8))
-            dist.all_reduce(t, dist.ReduceOp.MAX, group=self.process_group)
+            self._host_all_reduce(t, dist.ReduceOp.MAX)
             used = t._data
             if self.static_graph:
                 self._static = ([], used.copy())  # as the training ranks recorded at their first iteration
@@ -535,7 +540,7 @@ class DistributedDataParallel(Module):
     def _sync_final_model(self, last):
         """Every rank takes the parameters and buffers of the highest-numbered rank among the last to finish."""
         t = Tensor._make(np.array([self._pg.mpi.rank if last else -1], np.int64))
-        dist.all_reduce(t, dist.ReduceOp.MAX, group=self.process_group)
+        self._host_all_reduce(t, dist.ReduceOp.MAX)
         src = self._pg.ranks[int(t._data[0])]
         with no_grad():
             for x in [*self.module.parameters(), *self.module.buffers()]:
