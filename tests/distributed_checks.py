@@ -583,11 +583,12 @@ def collectives_reduce_gather_scatter_all_to_all_p2p_groups(rank, w):
     dist.barrier()
 
 
-def main(names):
-    dist.init_process_group()
+def main(names, checks=CHECKS, backend=None):
+    """Run ``names`` (every check when empty) of ``checks`` in order, a barrier and a PASS line after each."""
+    dist.init_process_group(backend)
     rank, w = dist.get_rank(), dist.get_world_size()
-    for name in names or list(CHECKS):
-        CHECKS[name](rank, w)
+    for name in names or list(checks):
+        checks[name](rank, w)
         dist.barrier()
         print(f"PASS {name} {rank}", flush=True)
     dist.destroy_process_group()
