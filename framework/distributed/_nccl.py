@@ -27,7 +27,10 @@ class NCCLBackend:
 
     name = "nccl"
 
-    def __init__(self, mpi):
+    def __init__(self, mpi, device=None):
+        """``device``: the GPU of the tensors of the collective that made this backend (a group's, made on first
+        use; the current device is left alone), or None at ``init_process_group("nccl")``: the node-local rank's
+        GPU, made current (one GPU per rank)."""
         from ..kernels import _cupy
 
         cp = _cupy.get_cupy()
@@ -41,11 +44,14 @@ class NCCLBackend:
             raise RuntimeError("the nccl backend needs NCCL: CuPy's cupy.cuda.nccl reports it is not available")
         self.cp, self.nccl, self.mpi = cp, nccl, mpi
         self.rank, self.size = mpi.rank, mpi.size
-        self.device = mpi.local_rank % cp.cuda.runtime.getDeviceCount()  # one GPU per rank on each node
-        cp.cuda.Device(self.device).use()
+        if device is None:  # a group's local_rank counts its own members: only the world's names this rank's GPU
+            device = mpi.local_rank % cp.cuda.runtime.getDeviceCount()  # one GPU per rank on each node
+            cp.cuda.Device(device).use()
+        self.device = device
         uid = nccl.get_unique_id() if self.rank == 0 else None
         uid = mpi.comm.bcast(uid, root=0) if mpi.size > 1 else uid
-        self.comm = nccl.NcclCommunicator(self.size, uid, self.rank)
+        with cp.cuda.Device(device):  # NCCL binds a communicator to the current device
+            self.comm = nccl.NcclCommunicator(self.size, uid, self.rank)
 
     def close(self):
         self.comm.destroy()

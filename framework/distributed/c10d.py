@@ -73,7 +73,7 @@ class _ProcessGroup:
         if self.nccl is None:  # every rank reaches the same collective, so creating it here is collective too
             from ._nccl import NCCLBackend
 
-            self.nccl = NCCLBackend(self.mpi)
+            self.nccl = NCCLBackend(self.mpi, device=t._data.device.id)
         return self.nccl
 
 
@@ -503,7 +503,8 @@ def all_gather_into_tensor(output_tensor, input_tensor, group=None, async_op=Fal
         )
     o = output_tensor._data
     direct = o.flags.c_contiguous
-    out = o.reshape(w, *input_tensor.shape) if direct else np.empty((w, *input_tensor.shape), o.dtype)
+    shape = (w, *input_tensor.shape)
+    out = o.reshape(shape) if direct else _xp(pg, output_tensor).empty(shape, o.dtype)  # a CuPy array for NCCL
 
     def finish():
         if not direct:
