@@ -54,7 +54,7 @@ def dev(rank):
 
 
 def host(t):
-    return t.cpu().numpy().astype(np.float64)
+    return t.detach().cpu().numpy().astype(np.float64)
 
 
 def vals(w, shape=(3, 5), seed=0):
@@ -154,6 +154,9 @@ def into_tensor_reduce_scatter_all_to_all(rank, w):
             want = conch.tensor(f(np.stack(held), 0)[2 * rank : 2 * rank + 2], dtype=dt).numpy()
             assert c["reduceScatter"] == 1
             assert_array_equal(out.cpu().numpy(), want, err_msg=f"{name} {op}")
+    out = conch.zeros(3, 2 * w, device=dev(rank)).t()  # a non-contiguous output: gathered in a copy
+    dist.all_gather_into_tensor(out, conch.full((2, 3), float(rank), device=dev(rank)))
+    assert out.tolist() == [[float(r)] * 3 for r in range(w) for _ in range(2)]
     outs = [conch.zeros(r + 1, device=dev(rank)) for r in range(w)]  # rank j sends j+1 values to everyone
     with calls() as c:
         dist.all_to_all(outs, [conch.full((rank + 1,), float(100 * rank + j), device=dev(rank)) for j in range(w)])
@@ -262,6 +265,37 @@ def ddp_unused_parameters_and_static_graph(rank, w):
                 assert (p.grad is None) == n.startswith("unused") and (q.grad is None) == n.startswith("unused"), n
                 if p.grad is not None:
                     assert_allclose(host(p.grad), q.grad.numpy(), rtol=1e-12, atol=1e-14, err_msg=f"{n} {kw}")
+
+
+@check
+def groups_and_zero1(rank, w):
+    from conch.distributed.optim import ZeroRedundancyOptimizer
+
+    everyone, solo = dist.new_group(), dist.new_group([1])  # solo: rank 1's own communicator of one
+    t = conch.tensor([float(rank)], device=dev(rank))
+    dist.all_reduce(t, group=everyone)
+    assert t.item() == sum(range(w))
+    if rank == 1:
+        t = conch.tensor([5.0], device=dev(rank))
+        dist.all_reduce(t, group=solo)
+        assert t.item() == 5.0 and conch.zeros(1, device=dev(rank)).device == dev(rank)
+        assert conch.cuda.current_device() == rank  # a group's NCCL left this rank's device current
+    # ZeRO-1 AdamW on the GPUs equals plain AdamW (each rank steps its shard, the shards are broadcast)
+    conch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 5), nn.Linear(5, 3)).to(dtype=conch.float64)
+    ref = nn.Sequential(nn.Linear(4, 5), nn.Linear(5, 3)).to(dtype=conch.float64)
+    ref.load_state_dict(model.state_dict())
+    model.to(dev(rank))
+    opt = ZeroRedundancyOptimizer(model.parameters(), optimizer_class=conch.optim.AdamW, lr=0.1)
+    ref_opt = conch.optim.AdamW(ref.parameters(), lr=0.1)
+    x = np.random.default_rng(3).standard_normal((6, 4))
+    for _ in range(3):
+        for m, o, xx in ((model, opt, conch.tensor(x, device=dev(rank))), (ref, ref_opt, conch.tensor(x))):
+            o.zero_grad()
+            m(xx).square().mean().backward()
+            o.step()
+    for p, q in zip(model.parameters(), ref.parameters()):
+        assert_allclose(host(p), q.detach().numpy(), rtol=1e-12, atol=1e-14)
 
 
 @check
