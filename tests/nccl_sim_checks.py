@@ -268,6 +268,45 @@ def ddp_unused_parameters_and_static_graph(rank, w):
 
 
 @check
+def ddp_join_and_grad_scaler(rank, w):
+    # join(): rank 0 trains 2 batches, rank 1 four; the result is one process's run of the same schedule
+    def xs(r, k):
+        return np.random.default_rng(10 * r + k).standard_normal((2, 3))
+
+    conch.manual_seed(rank)
+    model = DDP(nn.Linear(3, 2).to(dtype=conch.float64).to(dev(rank)), bucket_cap_mb=0.0001)
+    conch.manual_seed(0)
+    ref = nn.Linear(3, 2).to(dtype=conch.float64)
+    ref.load_state_dict({k: v.cpu() for k, v in model.module.state_dict().items()})
+    opt, ref_opt = conch.optim.SGD(model.parameters(), lr=0.1), conch.optim.SGD(ref.parameters(), lr=0.1)
+    with model.join():
+        for k in range(2 + 2 * rank):
+            model(conch.tensor(xs(rank, k), device=dev(rank))).square().sum().backward()
+            opt.step()
+            opt.zero_grad()
+    for k in range(4):  # divide_by_initial_world_size: the ranks still training, summed, over 2
+        ref_opt.zero_grad()
+        loss = sum(ref(conch.tensor(xs(r, k))).square().sum() for r in range(w) if k < 2 + 2 * r)
+        (loss / w).backward()
+        ref_opt.step()
+    for p, q in zip(model.module.parameters(), ref.parameters()):
+        assert_allclose(host(p), q.detach().numpy(), rtol=1e-12, atol=1e-14)
+    # GradScaler: an inf gradient on rank 1 only makes every rank skip the step and lower the scale
+    m = DDP(nn.Linear(3, 2).to(dev(rank)))
+    before = [host(p) for p in m.parameters()]
+    sopt = conch.optim.AdamW(m.parameters(), lr=0.1)
+    scaler = conch.amp.GradScaler("cuda", init_scale=4.0)
+    x = conch.full((2, 3), float("inf") if rank == 1 else 1.0, device=dev(rank))
+    with calls() as c:
+        scaler.scale(m(x).sum()).backward()
+        scaler.step(sopt)
+        scaler.update()
+    assert c["allReduce"] >= 1 and scaler.get_scale() == 2.0
+    for p, b in zip(m.parameters(), before):
+        assert_array_equal(host(p), b)
+
+
+@check
 def groups_and_zero1(rank, w):
     from conch.distributed.optim import ZeroRedundancyOptimizer
 

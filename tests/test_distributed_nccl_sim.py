@@ -26,6 +26,7 @@ NAMES = [
     "point_to_point_and_barrier",
     "ddp_gradients_equal_single_process",
     "ddp_unused_parameters_and_static_graph",
+    "ddp_join_and_grad_scaler",
     "groups_and_zero1",
     "simulated_nccl_is_strict",
 ]
