@@ -336,9 +336,12 @@ class NcclCommunicator:
         self._reduction("reduceScatter", sendbuf, recvbuf, _int("recvcount", recvcount, True), datatype, op, stream)
 
     def bcast(self, buff, count, datatype, root, stream):
-        self.broadcast(buff, buff, count, datatype, root, stream, name="bcast")
+        self._broadcast("bcast", buff, buff, count, datatype, root, stream)
 
-    def broadcast(self, sendbuff, recvbuff, count, datatype, root, stream, name="broadcast"):
+    def broadcast(self, sendbuff, recvbuff, count, datatype, root, stream):
+        self._broadcast("broadcast", sendbuff, recvbuff, count, datatype, root, stream)
+
+    def _broadcast(self, name, sendbuff, recvbuff, count, datatype, root, stream):
         count, dt, root = _int("count", count, True), _dtype(datatype), self._peer("root", root)
 
         def start(synchronous):
