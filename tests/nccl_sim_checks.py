@@ -382,6 +382,9 @@ def simulated_nccl_is_strict(rank, w):
         assert "deadlock" in str(e), e
     finally:
         os.environ.pop("CONCH_SIM_NCCL_TIMEOUT")
+    # both sends have timed out before either rank's receive below completes the other's send (without this, a
+    # rank that reached its send late saw it completed by the early rank's receive: a flake under load)
+    MPI.COMM_WORLD.Barrier()
     try:
         own.allReduce(a.data.ptr, a.data.ptr, a.size, 7, 0, 0)
         raise AssertionError("no error")
