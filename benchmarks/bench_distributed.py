@@ -279,6 +279,10 @@ def main(argv=None) -> int:
         if not conch.cuda.is_available() or not conch.distributed.is_nccl_available():
             print("bench_distributed: --device cuda needs a GPU and CuPy with NCCL; skipped", file=sys.stderr)
             return 0
+        if getattr(conch.kernels._cupy.get_cupy(), "__simulated__", False):  # NCCL over MPI, kernels interpreted
+            print("bench_distributed: the simulated GPU times nothing real (its NCCL paths are tested by "
+                  "tests/test_distributed_nccl_sim.py); skipped", file=sys.stderr)  # fmt: skip
+            return 0
         args.nproc = max(1, min(args.nproc, conch.cuda.device_count()))  # NCCL: one rank per GPU
     if not conch.distributed.is_available():
         print("bench_distributed: mpi4py is missing (pip install 'conch[distributed]'); skipped", file=sys.stderr)
