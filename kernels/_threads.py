@@ -214,6 +214,9 @@ class _Task:
                 with self.lock:
                     self.left -= 1
                     if self.left == 0:
+                        # every chunk has run: drop the body and the arrays it holds now, not when a worker woken
+                        # late takes this task off the queue (the memory of a pass then outlived it, at random)
+                        self.body = None
                         self.done.set()
         finally:
             _local.busy = False
@@ -225,6 +228,7 @@ def _worker(q):
         if task is None:
             return
         task.work()
+        task = None  # not held while waiting for the next one
 
 
 def _pool(n_workers):

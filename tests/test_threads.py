@@ -175,6 +175,33 @@ def test_parallel_for_raises_the_bodys_error(monkeypatch, restore_threads):
     assert sum(out) == 1000
 
 
+@pytest.mark.parametrize("sleep_worker", [False, True])
+def test_parallel_for_releases_its_arrays_on_return(sleep_worker, monkeypatch, restore_threads):
+    """What a pass's body holds is freed when parallel_for returns, even if a worker has not yet taken its copy of
+    the task off the queue (a worker woken late used to keep the last pass's arrays alive, at random)."""
+    import gc
+    import weakref
+
+    monkeypatch.setattr(_threads, "MIN_PARALLEL", 1)
+    conch.set_num_threads(3)
+    _threads.parallel_for(64, lambda a, b: None)  # the workers exist
+    gate = threading.Event()
+    if sleep_worker:  # hold one worker busy in another pass, so a copy of the next task waits in the queue
+        threading.Thread(target=lambda: _threads.parallel_for(64, lambda a, b: gate.wait(5)), daemon=True).start()
+        time.sleep(0.05)
+    arr = np.ones(1 << 16)
+    ref = weakref.ref(arr)
+    out = np.zeros_like(arr)
+    _threads.parallel_for(arr.size, lambda a, b, x=arr: np.copyto(out[a:b], x[a:b]))
+    del arr
+    gc.collect()
+    try:
+        assert ref() is None
+        np.testing.assert_array_equal(out, 1.0)
+    finally:
+        gate.set()
+
+
 def test_nested_parallel_for_runs_serially(monkeypatch, restore_threads):
     monkeypatch.setattr(_threads, "MIN_PARALLEL", 1)
     conch.set_num_threads(2)
