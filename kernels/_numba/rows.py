@@ -10,7 +10,7 @@ Rows are split between the pool's threads (:mod:`conch.kernels._threads`), never
 the same bit for bit on any number of threads; the weight and bias gradients of the norms are summed over fixed
 blocks of :data:`ROW_BLOCK` rows and then over the blocks in order, independent of the thread count too.
 
-float32 exponentials use :func:`_exp32`, a Cephes-style polynomial (within 2 ulp of exp) that LLVM vectorizes;
+float32 exponentials use act.py's :func:`_exp32`, Cephes' expf polynomial (within 2 ulp of exp) that LLVM vectorizes;
 ``math.exp`` is a scalar libm call per element (8x slower here: Numba has no SVML on this machine). float64 keeps
 ``math.exp`` (the float64 paths are for gradient checks). Row sums are compiled with reassociation (:data:`_SUM`),
 so LLVM vectorizes them; row maxima use eight running maxima (LLVM does not vectorize a float max reduction here).
@@ -25,12 +25,11 @@ from __future__ import annotations
 
 import math
 
-import numba
 import numpy as np
-from numba.extending import overload
 
 from .._threads import parallel_for
-from . import OPTIONS, njit
+from . import njit
+from .act import _exp as _vexp  # exp in the float type of x: act's vectorizable float32 exp, math.exp for float64
 
 #: Rows per block of the norms' dweight/dbias partial sums: the partials are a (ceil(rows / ROW_BLOCK), D) array
 #: summed in block order at the end, so the bits do not depend on how the pool splits the blocks.
@@ -46,43 +45,6 @@ WEIGHT = 10
 # ----------------------------------------------------------------------------------------------------------------
 # Row helpers (inlined into the kernels by LLVM, or by Numba where marked)
 # ----------------------------------------------------------------------------------------------------------------
-
-
-@njit
-def _exp32(x):
-    """exp(x) for float32 x: x = n·ln2 + r with |r| <= ln2/2, exp(r) by a degree-7 polynomial (Cephes expf),
-    2^n built in the exponent bits. Below -87.3 (where exp is subnormal) 0, above 88.7 inf, NaN stays NaN."""
-    c = min(max(x, np.float32(-87.3)), np.float32(88.7))
-    # round to nearest by the 1.5·2^23 trick: a float op, so the loop vectorizes (math.floor does not here)
-    n = (c * np.float32(1.4426950408889634) + np.float32(12582912.0)) - np.float32(12582912.0)
-    r = c - n * np.float32(0.693359375)
-    r = r - n * np.float32(-2.12194440e-4)
-    p = np.float32(1.9875691500e-4)
-    p = p * r + np.float32(1.3981999507e-3)
-    p = p * r + np.float32(8.3334519073e-3)
-    p = p * r + np.float32(4.1665795894e-2)
-    p = p * r + np.float32(1.6666665459e-1)
-    p = p * r + np.float32(5.0000001201e-1)
-    # 2^n as 2^h · 2^(n-h), h = n // 2: n reaches 128 just below the overflow threshold, past a float32 exponent
-    ni = np.int32(n)
-    h = np.int32(ni >> np.int32(1))
-    two_h = np.int32((h + np.int32(127)) << np.int32(23)).view(np.float32)
-    two_rest = np.int32((ni - h + np.int32(127)) << np.int32(23)).view(np.float32)
-    y = (p * r * r + r + np.float32(1.0)) * two_h * two_rest
-    y = np.float32(0.0) if x < np.float32(-87.3) else y
-    y = np.float32(np.inf) if x > np.float32(88.7) else y
-    return x if x != x else y
-
-
-def _vexp(x):  # pragma: no cover - replaced by the overload below inside compiled code
-    return math.exp(x)
-
-
-@overload(_vexp, jit_options=OPTIONS)
-def _vexp_impl(x):
-    if x == numba.types.float32:
-        return lambda x: _exp32(x)
-    return lambda x: math.exp(x)
 
 
 @njit

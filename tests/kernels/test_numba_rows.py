@@ -443,16 +443,16 @@ def test_attention_and_cross_entropy_match_torch(rng, cpu_path, reference):
 
 
 def test_exp32_within_two_ulp_and_its_edges():
-    """rows._exp32, the vectorizable float32 exp of the compiled kernels, against float64 exp (rounded)."""
+    """_exp32 (act.py's, which the row kernels use), the vectorizable float32 exp, against float64 exp (rounded)."""
     pytest.importorskip("numba", reason="the compiled exp exists only where Numba is installed")
     if not _jit._probe():
         pytest.skip("CONCH_NUMBA=0: the compiled kernels are off")
-    from conch.kernels._numba import njit, rows
+    from conch.kernels._numba import act, njit
 
-    @njit(cache=False)  # Numba's cache would not see a change in rows.py (it keys on this file only)
+    @njit(cache=False)  # Numba's cache would not see a change in act.py (it keys on this file only)
     def exp_all(x, out):
         for i in range(x.size):
-            out[i] = rows._exp32(x[i])
+            out[i] = act._exp32(x[i])
 
     x = np.concatenate([np.linspace(-87.3, 88.7, 400_001, dtype=np.float32), np.float32([0.0, -0.0, 1e-30, -1e-30])])
     out = np.empty_like(x)
@@ -460,10 +460,14 @@ def test_exp32_within_two_ulp_and_its_edges():
     want = np.exp(x.astype(np.float64))
     ulp = np.spacing(want.astype(np.float32)).astype(np.float64)
     assert (np.abs(out - want) <= 2 * ulp).all(), np.max(np.abs(out - want) / ulp)
-    edges = np.float32([-np.inf, -1000.0, -87.5, 88.8, 1000.0, np.inf, np.nan])
+    edges = np.float32([-np.inf, -1000.0, -110.0, 88.8, 1000.0, np.inf, np.nan])
     out = np.empty_like(edges)
     exp_all(edges, out)
     assert (out[:3] == 0).all() and (out[3:6] == np.inf).all() and np.isnan(out[6])
+    sub = np.float32([-87.5, -95.0, -103.0])  # subnormal results, rounded once
+    out = np.empty_like(sub)
+    exp_all(sub, out)
+    np.testing.assert_allclose(out, np.exp(sub.astype(np.float64)), rtol=0, atol=float(np.spacing(np.float32(0))))
 
 
 def test_compiled_results_do_not_depend_on_the_rows_addresses(rng, reference):
