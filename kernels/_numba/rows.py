@@ -1,4 +1,4 @@
-"""Numba-compiled row kernels on the CPU: layer/RMS norm, softmax, attention's masked softmax, cross-entropy.
+"""Numba-compiled row kernels on the CPU: layer/RMS norm, softmax, cross-entropy (attention's are in attn.py).
 
 Every op here works along the last axis of a (rows, n) array, one row at a time: the max, the exponentials, the sum
 and the scaling of a softmax row take two or three passes over the row while it sits in the L1 cache, where the
@@ -167,35 +167,6 @@ def _softmax_bwd(y, dy, dx, log, lo, hi):
 
 
 @njit
-def _attn_softmax(s, L, scale, causal, lo, hi):
-    """In place: row r of s (query r % L) becomes softmax(s[r] * scale) over keys j <= r % L (causal) or all."""
-    n = s.shape[1]
-    # the row's scaled scores go to a scratch row first: a loop reading and writing one row through two views
-    # fails LLVM's overlap check and runs its unvectorized copy (3x slower)
-    tmp = np.empty(n, dtype=s.dtype)
-    for r in range(lo, hi):
-        sr = s[r]
-        k = min(r % L + 1, n) if causal else n
-        for j in range(k):
-            tmp[j] = sr[j] * scale
-        _softmax_row(tmp, sr, k)
-        for j in range(k, n):
-            sr[j] = 0
-    return s
-
-
-@njit
-def _attn_ds(dp, g, o, p, lo, hi):
-    """In place: ds = p * (dp - delta) with delta_r = sum_d g[r, d] * o[r, d] (attention's backward row term)."""
-    n, dv = dp.shape[1], g.shape[1]
-    for r in range(lo, hi):
-        delta = _rdot(g[r], o[r], dv)
-        dr, pr = dp[r], p[r]
-        for j in range(n):
-            dr[j] = (dr[j] - delta) * pr[j]
-
-
-@njit
 def _norm_fwd(x, w, b, eps, is_rms, y, mean, rstd, lo, hi):
     """y = (x - mean) * rstd * w + b per row (RMS: x * rstd * w), the variance of the centred row (two passes)."""
     d = x.shape[1]
@@ -268,7 +239,9 @@ def _ce_bwd(x, t, row_max, log_sum, scale, per_row, ignore_index, eps, g, lo, hi
     """g = (softmax(x) - (1 - eps) onehot(t) - eps / V) * scale_i per row, 0 where t == ignore_index (g may be x)."""
     v = x.shape[1]
     off = eps / x.dtype.type(v)
-    tmp = np.empty(v, dtype=x.dtype)  # the row's x - row_max - log_sum: g may be x (see _attn_softmax's tmp)
+    # the row's x - row_max - log_sum in a scratch row: g may be x, and a loop reading and writing one row through
+    # two views fails LLVM's overlap check and runs its unvectorized copy (3x slower)
+    tmp = np.empty(v, dtype=x.dtype)
     for i in range(lo, hi):
         gr = g[i]
         ti = t[i]
@@ -321,24 +294,6 @@ def softmax_backward(y, dy, log):
     dx = np.empty_like(y2)
     _split(_softmax_bwd, y2.shape[0], y2.shape[1], y2, g2, dx, bool(log))
     return dx.reshape(y.shape).astype(y.dtype, copy=False)
-
-
-def attention_softmax(s, scale, causal):
-    """In place on the C-contiguous float32/float64 scores ``s`` (..., L, S): softmax(s * scale) along the keys,
-    masked to keys j <= i for query i when ``causal`` (top-left aligned; masked probabilities are 0). Returns s."""
-    L, n = s.shape[-2], s.shape[-1]
-    s2 = s.reshape(-1, n)
-    _split(_attn_softmax, s2.shape[0], n, s2, L, s.dtype.type(scale), bool(causal))
-    return s
-
-
-def attention_ds(dp, g, o, p):
-    """In place on ``dp`` (..., L, S): ds = p * (dp - delta), delta = sum(g * o, -1) with g, o (..., L, Dv)."""
-    n, acc = dp.shape[-1], dp.dtype.type
-    dp2, p2 = dp.reshape(-1, n), p.reshape(-1, n)
-    g2, o2 = _rows2d(g, acc), _rows2d(o, acc)
-    _split(_attn_ds, dp2.shape[0], n + g2.shape[1], dp2, g2, o2, p2)
-    return dp
 
 
 def norm_forward(x2, weight, bias, eps, is_rms, out_dtype):
