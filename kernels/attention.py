@@ -237,17 +237,24 @@ def _compiled(*arrays):
     return _jit.enabled() and all(isinstance(a, np.ndarray) and a.size for a in arrays)
 
 
-def _t_copy(x, ct):
-    """x (..., R, D) as a C-contiguous (..., D, R) array of ``ct``: one copy that also casts. A product X Yᵀ of two
-    row-major operands (BLAS's "NT" case) ran at half the speed of X (Yᵀ copied) at attention's small head dims
-    (OpenBLAS, (64, 32) x (32, 64) per head: 180 us against 98 + 40 for the copy, 64 heads)."""
-    return np.ascontiguousarray(np.swapaxes(x, -1, -2), dtype=ct)
+#: Per-head products of at most this many multiply-adds take their transposed operand as a copy (see _tr).
+NN_MACS = 1 << 18
+
+
+def _tr(x, ct, macs):
+    """x (..., R, D) transposed to (..., D, R) in ``ct``, for a product of ``macs`` multiply-adds per head. A product
+    X Yᵀ of two row-major operands (BLAS's "NT" case) ran at half the speed of X (Yᵀ copied) at attention's small
+    heads (OpenBLAS, 64 heads of (64, 32) x (32, 64): 188 us against 151 with the copy); from 256x256x64 per head
+    the copy costs more than it saves (5.4 ms against 6.7 ms at (8, 12, 256, 64)), and a view is passed."""
+    if macs <= NN_MACS:
+        return np.ascontiguousarray(np.swapaxes(x, -1, -2), dtype=ct)
+    return np.swapaxes(x.astype(ct, copy=False), -1, -2)
 
 
 def _compiled_forward(q, k, v, causal, scale, drop):
     # the scores transposed, sT = k qᵀ (..., S, L): the softmax then runs down the columns (kernels/_numba/attn.py)
     ct = _ct(q.dtype)
-    st = np.matmul(k.astype(ct, copy=False), _t_copy(q, ct))
+    st = np.matmul(k.astype(ct, copy=False), _tr(q, ct, q.shape[-2] * k.shape[-2] * q.shape[-1]))
     p = np.swapaxes(_jit.family("attn").softmax_t(st, scale, causal), -1, -2)  # (..., L, S), a view
     return _attend(p, v.astype(ct, copy=False), drop, np).astype(q.dtype, copy=False), p
 
@@ -284,7 +291,7 @@ def _compiled_backward(res, dout):
     ct = _ct(q.dtype)
     pt = np.ascontiguousarray(np.swapaxes(p, -1, -2))  # the forward's own array (a view of it) when it ran here
     g = dout.astype(ct, copy=False)
-    dpt = np.matmul(v.astype(ct, copy=False), _t_copy(dout, ct))  # dpᵀ = v doutᵀ (..., S, L)
+    dpt = np.matmul(v.astype(ct, copy=False), _tr(dout, ct, p.shape[-1] * p.shape[-2] * v.shape[-1]))  # dpᵀ
     if res.drop is None:
         dv = np.matmul(pt, g)
     else:  # out = (p ∘ keep / (1 - p_drop)) v

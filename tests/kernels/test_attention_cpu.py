@@ -1,0 +1,151 @@
+"""Attention's CPU path (kernels/_numba/attn.py behind kernels/attention.py's reference path) against float64 references.
+
+The public pair runs once per CPU path (``cpu_path``: compiled kernels, NumPy) at sizes around the kernels' strips
+(64 queries) and vectors (8), L != S both ways, both product layouts (kernels.attention.NN_MACS), NaN and inf
+scores; the kernels themselves against closed forms; the compiled path against the NumPy path at a stated
+tolerance; the same bits on any thread count; PyTorch at the GPT benchmark's shapes where it imports.
+"""
+
+import numpy as np
+import pytest
+from tolerances import assert_close
+
+import conch
+from conch.kernels import _jit, _threads, attention
+
+
+def _f64(a):
+    return np.asarray(a).astype(np.float64)
+
+
+def _attention64(q, k, v, causal, scale, g):
+    s = q @ np.swapaxes(k, -1, -2) * scale
+    if causal:
+        L, S = s.shape[-2:]
+        s = np.where(np.tril(np.ones((L, S), bool)), s, -np.inf)
+    p = np.exp(s - s.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    out = p @ v
+    ds = p * (g @ np.swapaxes(v, -1, -2) - (g * out).sum(-1, keepdims=True))
+    return out, ds @ k * scale, np.swapaxes(ds, -1, -2) @ q * scale, np.swapaxes(p, -1, -2) @ g, p
+
+
+def _compiled_kernels():
+    if not _jit._probe():
+        pytest.skip("Numba is not importable here or CONCH_NUMBA=0: there are no compiled kernels to test")
+    return _jit.family("attn")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("L,S,D", [(64, 64, 32), (130, 130, 8), (7, 65, 16), (65, 7, 16), (128, 128, 64)])
+def test_attention_matches_float64(dtype, causal, L, S, D, rng, cpu_path, reference):
+    q, k, v, g = (rng.standard_normal((2, 1, n, D)).astype(dtype) for n in (L, S, S, L))
+    q *= 2  # scores of a few units: a softmax far from uniform
+    out, res = attention.attention_forward(q, k, v, causal=causal)
+    dq, dk, dv = attention.attention_backward(res, g)
+    *want, p = _attention64(_f64(q), _f64(k), _f64(v), causal, 1 / np.sqrt(D), _f64(g))
+    assert_close(res.p, p, dtype, scale=4)
+    for got, exp in zip((out, dq, dk, dv), want):
+        assert got.dtype == np.dtype(dtype) and got.shape == exp.shape
+        assert_close(got, exp, dtype, scale=4 * np.sqrt(max(L, S)))  # products of up to 130 terms
+
+
+def test_nan_and_inf_scores(rng, cpu_path, reference):
+    q, k, v = (rng.standard_normal((1, 2, 20, 8)).astype(np.float32) for _ in range(3))
+    q[0, 0, 5, 3] = np.nan  # query 5 of head 0: its scores, and so its output row, are NaN
+    k[0, 1, 9, 0] = np.inf  # key 9 of head 1: +-inf scores, NaN (inf - inf) for the queries that see key 9
+    out, _ = attention.attention_forward(q, k, v, causal=True)
+    assert np.isnan(out[0, 0, 5]).all() and np.isfinite(np.delete(out[0, 0], 5, axis=0)).all()
+    want = _attention64(_f64(q), _f64(k), _f64(v), True, 1 / np.sqrt(8), np.zeros((1, 2, 20, 8)))[0]
+    np.testing.assert_array_equal(np.isnan(out), np.isnan(want))
+    assert np.isfinite(out[0, 1, :9]).all()  # queries before key 9 never see it (causal)
+    fin = np.isfinite(want)
+    assert_close(out[fin], want[fin], np.float32, scale=4)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("S,L", [(1, 1), (9, 9), (64, 64), (70, 130), (130, 70)])
+@pytest.mark.parametrize("scale", [0.3, -1.5])
+def test_softmax_t_kernel_matches_closed_form(dtype, S, L, scale, rng):
+    attn = _compiled_kernels()
+    for causal in (False, True):
+        x = (rng.standard_normal((3, S, L)) * 4).astype(dtype)
+        y = attn.softmax_t(x.copy(), scale, causal)
+        s = _f64(x) * scale
+        if causal:  # key j masked for query i when j > i
+            s = np.where(np.arange(S)[:, None] > np.arange(L)[None, :], -np.inf, s)
+        p = np.exp(s - s.max(-2, keepdims=True))
+        p /= p.sum(-2, keepdims=True)
+        assert_close(y, p, dtype, scale=2)
+        if causal:
+            assert (y[:, np.arange(S)[:, None] > np.arange(L)[None, :]] == 0).all()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_ds_t_kernel_matches_closed_form(dtype, rng):
+    attn = _compiled_kernels()
+    S, L, D = 33, 70, 12
+    pt, dpt = (rng.random((2, S, L)).astype(dtype) for _ in range(2))
+    g, o = (rng.standard_normal((2, L, D)).astype(dtype) for _ in range(2))
+    got = attn.ds_t(dpt.copy(), pt, g, o, 0.25)
+    delta = (_f64(g) * _f64(o)).sum(-1)[:, None, :]  # one per query i: a column of the transposed layout
+    assert_close(got, _f64(pt) * (_f64(dpt) - delta) * 0.25, dtype, scale=4)
+
+
+@pytest.mark.parametrize("L,D", [(33, 16), (130, 64)])
+def test_compiled_matches_numpy_path(L, D, rng, reference):
+    if not _jit._probe():
+        pytest.skip("Numba is not importable here or CONCH_NUMBA=0: there is no compiled path to compare")
+    q, k, v, g = (rng.standard_normal((2, 3, L, D)).astype(np.float32) for _ in range(4))
+
+    def run():
+        out, res = attention.attention_forward(q, k, v, causal=True, dropout_p=0.2, seed=3)
+        return (out, res.p, *attention.attention_backward(res, g))
+
+    prev = _jit.set_enabled(True)
+    try:
+        a = run()
+        _jit.set_enabled(False)
+        b = run()
+    finally:
+        _jit.set_enabled(prev)
+    for x, y in zip(a, b):
+        # the scale folded into exp's argument (one rounding fewer), products in another layout
+        np.testing.assert_allclose(x, y, rtol=2e-5, atol=2e-6)
+
+
+def test_same_bits_on_any_thread_count(rng, monkeypatch, reference):
+    _compiled_kernels()
+    monkeypatch.setitem(_threads._load, "adapt", False)
+    monkeypatch.setattr(_threads, "MIN_PARALLEL", 64)
+    q, k, v, g = (rng.standard_normal((2, 3, 150, 16)).astype(np.float32) for _ in range(4))
+    prev, before = _jit.set_enabled(True), conch.get_num_threads()
+    try:
+        results = []
+        for n in (1, 2, 3):
+            conch.set_num_threads(n)
+            splits = _threads.SPLITS[0]
+            out, res = attention.attention_forward(q, k, v, causal=True)
+            results.append([out, *attention.attention_backward(res, g)])
+            assert n == 1 or _threads.SPLITS[0] >= splits + 2, f"the attention kernels were not split on {n} threads"
+    finally:
+        _jit.set_enabled(prev)
+        conch.set_num_threads(before)
+    for other in results[1:]:
+        for a, c in zip(results[0], other):
+            assert a.tobytes() == c.tobytes()
+
+
+@pytest.mark.parametrize("shape", [(2, 4, 64, 32), (1, 2, 130, 64)])
+def test_matches_torch(shape, rng, cpu_path, reference):
+    torch = pytest.importorskip("torch")
+    q, k, v, g = (rng.standard_normal(shape).astype(np.float32) for _ in range(4))
+    out, res = attention.attention_forward(q, k, v, causal=True)
+    grads = attention.attention_backward(res, g)
+    qt, kt, vt = (torch.tensor(a, requires_grad=True) for a in (q, k, v))
+    ot = torch.nn.functional.scaled_dot_product_attention(qt, kt, vt, is_causal=True)
+    ot.backward(torch.tensor(g))
+    np.testing.assert_allclose(out, ot.detach().numpy(), rtol=1e-5, atol=1e-5)
+    for got, t in zip(grads, (qt, kt, vt)):
+        np.testing.assert_allclose(got, t.grad.numpy(), rtol=1e-4, atol=2e-5)
