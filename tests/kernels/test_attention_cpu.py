@@ -1,4 +1,4 @@
-"""Attention's CPU path (kernels/_numba/attn.py behind kernels/attention.py's reference path) against float64 references.
+"""Attention's CPU path (kernels/_numba/attn.py behind kernels/attention.py's reference path) against float64.
 
 The public pair runs once per CPU path (``cpu_path``: compiled kernels, NumPy) at sizes around the kernels' strips
 (64 queries) and vectors (8), L != S both ways, both product layouts (kernels.attention.NN_MACS), NaN and inf
