@@ -251,12 +251,29 @@ def _tr(x, ct, macs):
     return np.swapaxes(x.astype(ct, copy=False), -1, -2)
 
 
+def _mm(a, b, like):
+    """a @ b, written in the memory order of ``like`` (q, k or v) when the result has like's dims but the last. GPT's
+    heads are transposed views of one (B, T, 3·H·D) projection, and its transpose of the output back to (B, T, H·D)
+    (and the framework's of dq, dk, dv) then finds it contiguous: a reshape, not a copy (35 us of 150 per array at
+    (16, 4, 64, 32)). A layout BLAS cannot write (the last axis not the fastest) keeps NumPy's C order."""
+    shape = np.broadcast_shapes(a.shape[:-2], b.shape[:-2]) + (a.shape[-2], b.shape[-1])
+    if like.ndim != len(shape) or like.shape[:-1] != shape[:-1] or like.flags.c_contiguous:
+        return np.matmul(a, b)
+    order = sorted(range(like.ndim), key=lambda ax: -like.strides[ax])
+    if order[-1] != like.ndim - 1:
+        return np.matmul(a, b)
+    buf = np.empty([shape[ax] for ax in order], dtype=np.result_type(a, b))
+    return np.matmul(a, b, out=buf.transpose(np.argsort(order)))
+
+
 def _compiled_forward(q, k, v, causal, scale, drop):
     # the scores transposed, sT = k qᵀ (..., S, L): the softmax then runs down the columns (kernels/_numba/attn.py)
     ct = _ct(q.dtype)
     st = np.matmul(k.astype(ct, copy=False), _tr(q, ct, q.shape[-2] * k.shape[-2] * q.shape[-1]))
     p = np.swapaxes(_jit.family("attn").softmax_t(st, scale, causal), -1, -2)  # (..., L, S), a view
-    return _attend(p, v.astype(ct, copy=False), drop, np).astype(q.dtype, copy=False), p
+    vf = v.astype(ct, copy=False)
+    out = _mm(p, vf, q) if drop is None else _attend(p, vf, drop, np)
+    return out.astype(q.dtype, copy=False), p
 
 
 def _attend(p, vf, drop, xp):
@@ -293,18 +310,19 @@ def _compiled_backward(res, dout):
     g = dout.astype(ct, copy=False)
     dpt = np.matmul(v.astype(ct, copy=False), _tr(dout, ct, p.shape[-1] * p.shape[-2] * v.shape[-1]))  # dpᵀ
     if res.drop is None:
-        dv = np.matmul(pt, g)
+        dv = _mm(pt, g, v)
     else:  # out = (p ∘ keep / (1 - p_drop)) v
         w = _keep_ref(p.shape, res.drop, np) * (1.0 / (1.0 - res.drop[0]))
-        dv = np.matmul(np.swapaxes(p * w, -1, -2), g)
+        dv = _mm(np.swapaxes(p * w, -1, -2), g, v)
         dpt *= np.swapaxes(w, -1, -2)
     if dpt.shape != pt.shape or dpt.shape[:-2] != g.shape[:-2]:  # leading dims broadcast differently
         dpt = np.ascontiguousarray(np.broadcast_to(dpt, np.broadcast_shapes(dpt.shape, pt.shape)))
         pt = np.ascontiguousarray(np.broadcast_to(pt, dpt.shape))
-    lead = dpt.shape[:-2] + g.shape[-2:]
-    dst = _jit.family("attn").ds_t(dpt, pt, np.broadcast_to(g, lead), np.broadcast_to(out, lead), scale)
-    dq = np.matmul(np.swapaxes(dst, -1, -2), k.astype(ct, copy=False))  # dsᵀ carries the scale
-    dk = np.matmul(dst, q.astype(ct, copy=False))
+    # delta = Σ_d dout·out per query: einsum reads the strided heads in place (24 us against 64 for two copies)
+    delta = np.broadcast_to(np.einsum("...d,...d->...", g, out.astype(ct, copy=False)), dpt.shape[:-2] + g.shape[-2:-1])
+    dst = _jit.family("attn").ds_t(dpt, pt, delta, scale)
+    dq = _mm(np.swapaxes(dst, -1, -2), k.astype(ct, copy=False), q)  # dsᵀ carries the scale
+    dk = _mm(dst, q.astype(ct, copy=False), k)
     return tuple(t.astype(q.dtype, copy=False) for t in (dq, dk, dv))
 
 

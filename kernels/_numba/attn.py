@@ -13,7 +13,7 @@ Causal masking skips the masked part of each row of sT from the first whole vect
 are masked in row j): the exponentials are computed for about half the block. The backward's row term is
 elementwise on the same layout, with the softmax scale folded in::
 
-    dsT[j, i] = pT[j, i] · (dpT[j, i] - delta_i) · scale,   delta_i = Σ_d dout[i, d] · out[i, d]
+    dsT[j, i] = pT[j, i] · (dpT[j, i] - delta_i) · scale,   delta_i = Σ_d dout[i, d] · out[i, d] (the caller's)
 
 Columns are independent, so the pool (:mod:`conch.kernels._threads`) splits the work between column strips and
 batch-heads and the bits never depend on the thread count; every element is computed by the same instructions
@@ -94,27 +94,16 @@ def _softmax_t(a, S, L, scale, causal, lo, hi):
                 a[o + uint64(i)] = zero
 
 
-@njit(fastmath={"contract", "reassoc"})
-def _dot(x, y, off, n):
-    """sum(x[off:off + n] * y[off:off + n]) (reassociated into vector lanes: the order depends on n only)."""
-    s = x.dtype.type(0)
-    for d in range(n):
-        s += x[off + uint64(d)] * y[off + uint64(d)]
-    return s
-
-
 @njit
-def _ds_t(dp, p, g, o, S, L, D, scale, lo, hi):
+def _ds_t(dp, p, delta, S, L, scale, lo, hi):
     """Heads [lo, hi): in place on the flat (BH, S, L) ``dp``, dsT = pT · (dpT - delta) · scale (see module)."""
-    delta = np.empty(L, dp.dtype)
     for h in range(lo, hi):
-        for i in range(L):
-            delta[uint64(i)] = _dot(g, o, uint64((h * L + i) * D), D)
+        dh = uint64(h * L)
         for j in range(S):
             r = uint64((h * S + j) * L)
             for i in range(L):
                 iu = uint64(i)
-                dp[r + iu] = p[r + iu] * (dp[r + iu] - delta[iu]) * scale
+                dp[r + iu] = p[r + iu] * (dp[r + iu] - delta[dh + iu]) * scale
 
 
 def softmax_t(st, scale, causal):
@@ -129,15 +118,13 @@ def softmax_t(st, scale, causal):
     return st
 
 
-def ds_t(dpt, pt, g, o, scale):
-    """In place on ``dpt`` (..., S, L), C-contiguous like ``pt``: dsT = pT (dpT - delta) · scale with
-    delta = sum(g * o, -1) for g, o (..., L, Dv) (the same leading dims). Returns dpt."""
-    S, L, D = dpt.shape[-2], dpt.shape[-1], g.shape[-1]
-    acc = dpt.dtype
-    gf = np.ascontiguousarray(g, dtype=acc).reshape(-1)
-    of = np.ascontiguousarray(o, dtype=acc).reshape(-1)
+def ds_t(dpt, pt, delta, scale):
+    """In place on ``dpt`` (..., S, L), C-contiguous like ``pt``: dsT = pT (dpT - delta) · scale, ``delta`` (..., L)
+    (one per query: sum(dout * out, -1); the same leading dims). Returns dpt."""
+    S, L = dpt.shape[-2], dpt.shape[-1]
     bh = dpt.size // max(S * L, 1)
+    df = np.ascontiguousarray(delta, dtype=dpt.dtype).reshape(-1)
     flat, pf = dpt.reshape(-1), pt.reshape(-1)
-    sc = acc.type(scale)
-    parallel_for(bh, lambda a, b: _ds_t(flat, pf, gf, of, S, L, D, sc, a, b), work=dpt.size * WEIGHT, align=1)
+    sc = dpt.dtype.type(scale)
+    parallel_for(bh, lambda a, b: _ds_t(flat, pf, df, S, L, sc, a, b), work=dpt.size * WEIGHT, align=1)
     return dpt

@@ -88,9 +88,9 @@ def test_ds_t_kernel_matches_closed_form(dtype, rng):
     S, L, D = 33, 70, 12
     pt, dpt = (rng.random((2, S, L)).astype(dtype) for _ in range(2))
     g, o = (rng.standard_normal((2, L, D)).astype(dtype) for _ in range(2))
-    got = attn.ds_t(dpt.copy(), pt, g, o, 0.25)
-    delta = (_f64(g) * _f64(o)).sum(-1)[:, None, :]  # one per query i: a column of the transposed layout
-    assert_close(got, _f64(pt) * (_f64(dpt) - delta) * 0.25, dtype, scale=4)
+    delta = (g * o).sum(-1)  # (2, L): one per query i, a column of the transposed layout
+    got = attn.ds_t(dpt.copy(), pt, delta, 0.25)
+    assert_close(got, _f64(pt) * (_f64(dpt) - _f64(delta)[:, None, :]) * 0.25, dtype, scale=4)
 
 
 @pytest.mark.parametrize("L,D", [(33, 16), (130, 64)])
@@ -149,3 +149,18 @@ def test_matches_torch(shape, rng, cpu_path, reference):
     np.testing.assert_allclose(out, ot.detach().numpy(), rtol=1e-5, atol=1e-5)
     for got, t in zip(grads, (qt, kt, vt)):
         np.testing.assert_allclose(got, t.grad.numpy(), rtol=1e-4, atol=2e-5)
+
+
+def test_outputs_keep_the_heads_layout(rng, cpu_path, reference):
+    # q, k, v as GPT makes them: (B, H, T, D) views of one (B, T, 3·H·D) projection; the compiled path writes out,
+    # dq, dk, dv in (B, T, H, D) memory order, so transposing them back to (B, T, H·D) needs no copy
+    x = rng.standard_normal((2, 9, 3 * 4 * 8)).astype(np.float32)
+    q, k, v = (a.reshape(2, 9, 4, 8).transpose(0, 2, 1, 3) for a in np.split(x, 3, axis=2))
+    g = rng.standard_normal((2, 9, 4, 8)).astype(np.float32).transpose(0, 2, 1, 3)
+    out, res = attention.attention_forward(q, k, v, causal=True)
+    grads = attention.attention_backward(res, g)
+    *want, _ = _attention64(_f64(q), _f64(k), _f64(v), True, 1 / np.sqrt(8), _f64(g))
+    for got, exp in zip((out, *grads), want):
+        assert_close(got, exp, np.float32, scale=4)
+        if cpu_path == "numba":
+            assert got.transpose(0, 2, 1, 3).flags.c_contiguous
