@@ -30,7 +30,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import _jit, autotune
+from . import _jit, _threads, autotune
 from ._causal import causal_keep
 from ._launch import DtypeSet, TritonKernel, cdiv, kernel_for, next_power_of_2, targ, use_triton, xp_of
 from .dropout import rand_mask
@@ -251,28 +251,55 @@ def _tr(x, ct, macs):
     return np.swapaxes(x.astype(ct, copy=False), -1, -2)
 
 
-def _mm(a, b, like):
-    """a @ b, written in the memory order of ``like`` (q, k or v) when the result has like's dims but the last. GPT's
-    heads are transposed views of one (B, T, 3·H·D) projection, and its transpose of the output back to (B, T, H·D)
-    (and the framework's of dq, dk, dv) then finds it contiguous: a reshape, not a copy (35 us of 150 per array at
-    (16, 4, 64, 32)). A layout BLAS cannot write (the last axis not the fastest) keeps NumPy's C order."""
-    shape = np.broadcast_shapes(a.shape[:-2], b.shape[:-2]) + (a.shape[-2], b.shape[-1])
-    if like.ndim != len(shape) or like.shape[:-1] != shape[:-1] or like.flags.c_contiguous:
-        return np.matmul(a, b)
+def _empty_like(like, shape, ct):
+    """An empty ``shape`` array of ``ct`` in the memory order of ``like`` (q, k or v; ``shape`` has like's dims but
+    the last). GPT's heads are transposed views of one (B, T, 3·H·D) projection: its transpose of the output back
+    to (B, T, H·D), and the framework's of dq, dk, dv, then find them contiguous, a reshape and not a copy (35 us
+    of 150 per array at (16, 4, 64, 32)). A layout BLAS cannot write (the last axis not the fastest) is C order."""
+    if like.ndim != len(shape) or like.flags.c_contiguous:
+        return np.empty(shape, ct)
     order = sorted(range(like.ndim), key=lambda ax: -like.strides[ax])
     if order[-1] != like.ndim - 1:
-        return np.matmul(a, b)
-    buf = np.empty([shape[ax] for ax in order], dtype=np.result_type(a, b))
-    return np.matmul(a, b, out=buf.transpose(np.argsort(order)))
+        return np.empty(shape, ct)
+    return np.empty([shape[ax] for ax in order], ct).transpose(np.argsort(order))
+
+
+def _by_heads(n_heads, macs, body, *arrays):
+    """``body(ix)`` over the whole arrays (ix = ...), or over slices ix of their first axis on the pool's threads.
+
+    The heads are independent, so a split changes no bit: each 2-D product is one BLAS call either way, and the
+    kernels' columns and rows are the same. Only heads whose products OpenBLAS runs on one thread by itself
+    (at most _threads.BLAS_SERIAL multiply-adds) are split: BLAS's own threads never run beside the pool's. At
+    (16, 4, 64, 32) one thread ran a head's products and softmax in ~7 us, PyTorch's attention runs heads in
+    parallel; the work is counted in multiply-adds (2·macs per head and product pair)."""
+    x = arrays[0]
+    if x.ndim < 3 or x.shape[0] < 2 or macs > _threads.BLAS_SERIAL or any(a.shape[0] != x.shape[0] for a in arrays):
+        body(...)
+        return
+    _threads.parallel_for(x.shape[0], lambda a, b: body(slice(a, b)), work=2 * macs * n_heads, align=1)
 
 
 def _compiled_forward(q, k, v, causal, scale, drop):
     # the scores transposed, sT = k qᵀ (..., S, L): the softmax then runs down the columns (kernels/_numba/attn.py)
     ct = _ct(q.dtype)
-    st = np.matmul(k.astype(ct, copy=False), _tr(q, ct, q.shape[-2] * k.shape[-2] * q.shape[-1]))
-    p = np.swapaxes(_jit.family("attn").softmax_t(st, scale, causal), -1, -2)  # (..., L, S), a view
-    vf = v.astype(ct, copy=False)
-    out = _mm(p, vf, q) if drop is None else _attend(p, vf, drop, np)
+    lead = np.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
+    q, k, v = (np.broadcast_to(t, lead + t.shape[-2:]) for t in (q, k, v))
+    L, S = q.shape[-2], k.shape[-2]
+    macs = L * S * q.shape[-1]
+    st = np.empty(lead + (S, L), ct)
+    out = _empty_like(q, lead + (L, v.shape[-1]), ct) if drop is None else None
+    attn = _jit.family("attn")
+
+    def body(ix):
+        np.matmul(k[ix].astype(ct, copy=False), _tr(q[ix], ct, macs), out=st[ix])
+        attn.softmax_t(st[ix], scale, causal)  # inside the pool's chunk: on this thread
+        if out is not None:
+            np.matmul(np.swapaxes(st[ix], -1, -2), v[ix].astype(ct, copy=False), out=out[ix])
+
+    _by_heads(st.size // (S * L), macs, body, q, k, v)
+    p = np.swapaxes(st, -1, -2)  # (..., L, S), a view
+    if out is None:
+        out = _attend(p, v.astype(ct, copy=False), drop, np)
     return out.astype(q.dtype, copy=False), p
 
 
@@ -306,24 +333,32 @@ def _reference_forward(q, k, v, causal, scale, drop=None):
 def _compiled_backward(res, dout):
     q, k, v, out, p, scale = res.q, res.k, res.v, res.out, res.p, res.scale
     ct = _ct(q.dtype)
+    lead = p.shape[:-2]  # the forward's broadcast leading dims
+    q, k, v = (np.broadcast_to(t, lead + t.shape[-2:]) for t in (q, k, v))
     pt = np.ascontiguousarray(np.swapaxes(p, -1, -2))  # the forward's own array (a view of it) when it ran here
-    g = dout.astype(ct, copy=False)
-    dpt = np.matmul(v.astype(ct, copy=False), _tr(dout, ct, p.shape[-1] * p.shape[-2] * v.shape[-1]))  # dpᵀ
-    if res.drop is None:
-        dv = _mm(pt, g, v)
-    else:  # out = (p ∘ keep / (1 - p_drop)) v
-        w = _keep_ref(p.shape, res.drop, np) * (1.0 / (1.0 - res.drop[0]))
-        dv = _mm(np.swapaxes(p * w, -1, -2), g, v)
-        dpt *= np.swapaxes(w, -1, -2)
-    if dpt.shape != pt.shape or dpt.shape[:-2] != g.shape[:-2]:  # leading dims broadcast differently
-        dpt = np.ascontiguousarray(np.broadcast_to(dpt, np.broadcast_shapes(dpt.shape, pt.shape)))
-        pt = np.ascontiguousarray(np.broadcast_to(pt, dpt.shape))
-    # delta = Σ_d dout·out per query: einsum reads the strided heads in place (24 us against 64 for two copies)
-    delta = np.broadcast_to(np.einsum("...d,...d->...", g, out.astype(ct, copy=False)), dpt.shape[:-2] + g.shape[-2:-1])
-    dst = _jit.family("attn").ds_t(dpt, pt, delta, scale)
-    dq = _mm(np.swapaxes(dst, -1, -2), k.astype(ct, copy=False), q)  # dsᵀ carries the scale
-    dk = _mm(dst, q.astype(ct, copy=False), k)
-    return tuple(t.astype(q.dtype, copy=False) for t in (dq, dk, dv))
+    g, of = dout.astype(ct, copy=False), out.astype(ct, copy=False)
+    L, S = q.shape[-2], k.shape[-2]
+    macs = L * S * v.shape[-1]
+    dq, dk, dv = (_empty_like(t, t.shape, ct) for t in (q, k, v))
+    w = None
+    if res.drop is not None:  # out = (p ∘ keep / (1 - p_drop)) v: dv and dp carry the mask
+        w = np.swapaxes(_keep_ref(p.shape, res.drop, np) * (1.0 / (1.0 - res.drop[0])), -1, -2)
+    attn = _jit.family("attn")
+
+    def body(ix):
+        dpt = np.matmul(v[ix].astype(ct, copy=False), _tr(g[ix], ct, macs))  # dpᵀ = v doutᵀ (..., S, L)
+        if w is None:
+            np.matmul(pt[ix], g[ix], out=dv[ix])
+        else:
+            np.matmul(pt[ix] * w[ix], g[ix], out=dv[ix])
+            dpt *= w[ix]
+        # delta = Σ_d dout·out per query: einsum reads the strided heads in place (24 us against 64 for two copies)
+        attn.ds_t(dpt, pt[ix], np.einsum("...d,...d->...", g[ix], of[ix]), scale)
+        np.matmul(np.swapaxes(dpt, -1, -2), k[ix].astype(ct, copy=False), out=dq[ix])  # dsᵀ carries the scale
+        np.matmul(dpt, q[ix].astype(ct, copy=False), out=dk[ix])
+
+    _by_heads(pt.size // (S * L), macs, body, q, k, v, g, of, pt)
+    return tuple(t.astype(res.q.dtype, copy=False) for t in (dq, dk, dv))
 
 
 def _reference_backward(res, dout):

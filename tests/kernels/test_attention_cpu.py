@@ -115,18 +115,22 @@ def test_compiled_matches_numpy_path(L, D, rng, reference):
         np.testing.assert_allclose(x, y, rtol=2e-5, atol=2e-6)
 
 
-def test_same_bits_on_any_thread_count(rng, monkeypatch, reference):
+@pytest.mark.parametrize("shape", [(5, 3, 40, 8), (2, 3, 150, 16)])
+@pytest.mark.parametrize("dropout_p", [0.0, 0.25])
+def test_same_bits_on_any_thread_count(shape, dropout_p, rng, monkeypatch, reference):
+    # (5, 3, 40, 8): heads split between threads (attention._by_heads); (2, 3, 150, 16): per-head products above
+    # BLAS_SERIAL, whole products, the kernels' strips and heads split
     _compiled_kernels()
     monkeypatch.setitem(_threads._load, "adapt", False)
     monkeypatch.setattr(_threads, "MIN_PARALLEL", 64)
-    q, k, v, g = (rng.standard_normal((2, 3, 150, 16)).astype(np.float32) for _ in range(4))
+    q, k, v, g = (rng.standard_normal(shape).astype(np.float32) for _ in range(4))
     prev, before = _jit.set_enabled(True), conch.get_num_threads()
     try:
         results = []
         for n in (1, 2, 3):
             conch.set_num_threads(n)
             splits = _threads.SPLITS[0]
-            out, res = attention.attention_forward(q, k, v, causal=True)
+            out, res = attention.attention_forward(q, k, v, causal=True, dropout_p=dropout_p, seed=1)
             results.append([out, *attention.attention_backward(res, g)])
             assert n == 1 or _threads.SPLITS[0] >= splits + 2, f"the attention kernels were not split on {n} threads"
     finally:
