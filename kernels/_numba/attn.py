@@ -10,8 +10,9 @@ most of its time in scalar loop tails and horizontal reductions; down the column
     p[j, i] = exp(sT[j, i]·scale - m_i) / Σ_j exp(sT[j, i]·scale - m_i)      (0 where j > i)
 
 Causal masking skips the masked part of each row of sT from the first whole vector of 8 columns on (columns i < j
-are masked in row j): the exponentials are computed for about half the block. The backward's row term is
-elementwise on the same layout, with the softmax scale folded in::
+are masked in row j): the exponentials are computed for about half the block. Masked entries are written 0 and
+never used (read only under a select), so a caller may leave them unset (attention.py's split products). The
+backward's row term is elementwise on the same layout, with the softmax scale folded in::
 
     dsT[j, i] = pT[j, i] · (dpT[j, i] - delta_i) · scale,   delta_i = Σ_d dout[i, d] · out[i, d] (the caller's)
 
@@ -95,15 +96,21 @@ def _softmax_t(a, S, L, scale, causal, lo, hi):
 
 
 @njit
-def _ds_t(dp, p, delta, S, L, scale, lo, hi):
-    """Heads [lo, hi): in place on the flat (BH, S, L) ``dp``, dsT = pT · (dpT - delta) · scale (see module)."""
+def _ds_t(dp, p, delta, S, L, scale, causal, lo, hi):
+    """Heads [lo, hi): in place on the flat (BH, S, L) ``dp``, dsT = pT · (dpT - delta) · scale (see module); with
+    ``causal`` the masked entries (i < j) are written 0 without being read: the caller may leave them unset."""
+    zero = dp.dtype.type(0)
     for h in range(lo, hi):
         dh = uint64(h * L)
         for j in range(S):
             r = uint64((h * S + j) * L)
-            for i in range(L):
+            cj = j if causal else 0
+            c0 = min(cj, L) // VEC * VEC
+            for i in range(c0):
+                dp[r + uint64(i)] = zero
+            for i in range(c0, L):
                 iu = uint64(i)
-                dp[r + iu] = p[r + iu] * (dp[r + iu] - delta[dh + iu]) * scale
+                dp[r + iu] = _sel(i < cj, zero, p[r + iu] * (dp[r + iu] - delta[dh + iu]) * scale)
 
 
 def softmax_t(st, scale, causal):
@@ -118,13 +125,15 @@ def softmax_t(st, scale, causal):
     return st
 
 
-def ds_t(dpt, pt, delta, scale):
+def ds_t(dpt, pt, delta, scale, causal=False):
     """In place on ``dpt`` (..., S, L), C-contiguous like ``pt``: dsT = pT (dpT - delta) · scale, ``delta`` (..., L)
-    (one per query: sum(dout * out, -1); the same leading dims). Returns dpt."""
+    (one per query: sum(dout * out, -1); the same leading dims); ``causal``: entries j > i are 0 (not read).
+    Returns dpt."""
     S, L = dpt.shape[-2], dpt.shape[-1]
     bh = dpt.size // max(S * L, 1)
     df = np.ascontiguousarray(delta, dtype=dpt.dtype).reshape(-1)
     flat, pf = dpt.reshape(-1), pt.reshape(-1)
     sc = dpt.dtype.type(scale)
-    parallel_for(bh, lambda a, b: _ds_t(flat, pf, df, S, L, sc, a, b), work=dpt.size * WEIGHT, align=1)
+    body = lambda a, b: _ds_t(flat, pf, df, S, L, sc, bool(causal), a, b)  # noqa: E731
+    parallel_for(bh, body, work=dpt.size * WEIGHT, align=1)
     return dpt

@@ -38,7 +38,9 @@ def _compiled_kernels():
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("causal", [False, True])
-@pytest.mark.parametrize("L,S,D", [(64, 64, 32), (130, 130, 8), (7, 65, 16), (65, 7, 16), (128, 128, 64)])
+@pytest.mark.parametrize(
+    "L,S,D", [(64, 64, 32), (130, 130, 8), (7, 65, 16), (65, 7, 16), (128, 128, 64), (140, 100, 96), (100, 160, 80)]
+)
 def test_attention_matches_float64(dtype, causal, L, S, D, rng, cpu_path, reference):
     q, k, v, g = (rng.standard_normal((2, 1, n, D)).astype(dtype) for n in (L, S, S, L))
     q *= 2  # scores of a few units: a softmax far from uniform
@@ -168,3 +170,31 @@ def test_outputs_keep_the_heads_layout(rng, cpu_path, reference):
         assert_close(got, exp, np.float32, scale=4)
         if cpu_path == "numba":
             assert got.transpose(0, 2, 1, 3).flags.c_contiguous
+
+
+@pytest.mark.parametrize("L,S", [(128, 128), (140, 100), (100, 160)])
+def test_split_products_never_read_unset_memory(L, S, rng, monkeypatch, reference):
+    # causal products of >= SPLIT_MACS per head leave the masked quarter of sT and dpT unset: with every fresh
+    # float array NaN-filled, a read of it would turn the results NaN
+    _compiled_kernels()
+    empty = np.empty
+
+    def nan_empty(shape, dtype=float, *args, **kwargs):
+        a = empty(shape, dtype, *args, **kwargs)
+        if a.dtype.kind == "f":
+            a.fill(np.nan)
+        return a
+
+    q, k, v, g = (rng.standard_normal((2, 1, n, 96)).astype(np.float32) for n in (L, S, S, L))
+    assert attention._halves(L, S, True, L * S * 96) is not None
+    prev = _jit.set_enabled(True)
+    try:
+        monkeypatch.setattr(np, "empty", nan_empty)
+        out, res = attention.attention_forward(q, k, v, causal=True)
+        grads = attention.attention_backward(res, g)
+    finally:
+        monkeypatch.undo()
+        _jit.set_enabled(prev)
+    *want, _ = _attention64(_f64(q), _f64(k), _f64(v), True, 1 / np.sqrt(96), _f64(g))
+    for got, exp in zip((out, *grads), want):
+        assert_close(got, exp, np.float32, scale=40)
