@@ -247,8 +247,8 @@ def _tr(x, ct, macs):
     heads (OpenBLAS, 64 heads of (64, 32) x (32, 64): 188 us against 151 with the copy); from 256x256x64 per head
     the copy costs more than it saves (5.4 ms against 6.7 ms at (8, 12, 256, 64)), and a view is passed."""
     if macs <= NN_MACS:
-        return np.ascontiguousarray(np.swapaxes(x, -1, -2), dtype=ct)
-    return np.swapaxes(x.astype(ct, copy=False), -1, -2)
+        return np.ascontiguousarray(x.swapaxes(-1, -2), dtype=ct)
+    return x.astype(ct, copy=False).swapaxes(-1, -2)
 
 
 def _empty_like(like, shape, ct):
@@ -258,10 +258,14 @@ def _empty_like(like, shape, ct):
     of 150 per array at (16, 4, 64, 32)). A layout BLAS cannot write (the last axis not the fastest) is C order."""
     if like.ndim != len(shape) or like.flags.c_contiguous:
         return np.empty(shape, ct)
-    order = sorted(range(like.ndim), key=lambda ax: -like.strides[ax])
+    st = like.strides
+    order = sorted(range(like.ndim), key=lambda ax: -st[ax])
     if order[-1] != like.ndim - 1:
         return np.empty(shape, ct)
-    return np.empty([shape[ax] for ax in order], ct).transpose(np.argsort(order))
+    inv = [0] * like.ndim
+    for pos, ax in enumerate(order):
+        inv[ax] = pos
+    return np.empty([shape[ax] for ax in order], ct).transpose(inv)
 
 
 #: Causal products of at least this many multiply-adds per head are split at the middle query (see _causal_mm).
@@ -314,11 +318,23 @@ def _by_heads(n_heads, macs, body, *arrays):
     _threads.parallel_for(x.shape[0], lambda a, b: body(slice(a, b)), work=2 * macs * n_heads, align=1)
 
 
+def _lead(q, k, v):
+    lead = q.shape[:-2]
+    if k.shape[:-2] == lead == v.shape[:-2]:
+        return lead
+    return np.broadcast_shapes(lead, k.shape[:-2], v.shape[:-2])
+
+
+def _bcast(t, lead):
+    """t (..., R, D) with the leading dims ``lead`` (a view; t itself when it has them: broadcast_to costs ~10 us)."""
+    return t if t.shape[:-2] == lead else np.broadcast_to(t, lead + t.shape[-2:])
+
+
 def _compiled_forward(q, k, v, causal, scale, drop):
     # the scores transposed, sT = k qᵀ (..., S, L): the softmax then runs down the columns (kernels/_numba/attn.py)
     ct = _ct(q.dtype)
-    lead = np.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
-    q, k, v = (np.broadcast_to(t, lead + t.shape[-2:]) for t in (q, k, v))
+    lead = _lead(q, k, v)
+    q, k, v = (_bcast(t, lead) for t in (q, k, v))
     L, S = q.shape[-2], k.shape[-2]
     macs = L * S * q.shape[-1]
     st = np.empty(lead + (S, L), ct)
@@ -332,10 +348,10 @@ def _compiled_forward(q, k, v, causal, scale, drop):
         _causal_mm(k[ix].astype(ct, copy=False), _tr(q[ix], ct, macs), sa, hk, "cols")
         attn.softmax_t(sa, scale, causal)  # inside the pool's chunk: on this thread
         if out is not None:
-            _causal_mm(np.swapaxes(sa, -1, -2), v[ix].astype(ct, copy=False), out[ix], hk, "rows")
+            _causal_mm(sa.swapaxes(-1, -2), v[ix].astype(ct, copy=False), out[ix], hk, "rows")
 
     _by_heads(st.size // (S * L), macs, body, q, k, v)
-    p = np.swapaxes(st, -1, -2)  # (..., L, S), a view
+    p = st.swapaxes(-1, -2)  # (..., L, S), a view
     if out is None:
         out = _attend(p, v.astype(ct, copy=False), drop, np)
     return out.astype(q.dtype, copy=False), p
@@ -372,8 +388,8 @@ def _compiled_backward(res, dout):
     q, k, v, out, p, scale = res.q, res.k, res.v, res.out, res.p, res.scale
     ct = _ct(q.dtype)
     lead = p.shape[:-2]  # the forward's broadcast leading dims
-    q, k, v = (np.broadcast_to(t, lead + t.shape[-2:]) for t in (q, k, v))
-    pt = np.ascontiguousarray(np.swapaxes(p, -1, -2))  # the forward's own array (a view of it) when it ran here
+    q, k, v = (_bcast(t, lead) for t in (q, k, v))
+    pt = np.ascontiguousarray(p.swapaxes(-1, -2))  # the forward's own array (a view of it) when it ran here
     g, of = dout.astype(ct, copy=False), out.astype(ct, copy=False)
     L, S = q.shape[-2], k.shape[-2]
     macs = L * S * v.shape[-1]
@@ -395,7 +411,7 @@ def _compiled_backward(res, dout):
         _causal_mm(pa, ga, dv[ix], hk, "keys")
         # delta = Σ_d dout·out per query: einsum reads the strided heads in place (24 us against 64 for two copies)
         attn.ds_t(dpt, pt[ix], np.einsum("...d,...d->...", ga, of[ix]), scale, res.causal)
-        _causal_mm(np.swapaxes(dpt, -1, -2), k[ix].astype(ct, copy=False), dq[ix], hk, "rows")  # dsᵀ has the scale
+        _causal_mm(dpt.swapaxes(-1, -2), k[ix].astype(ct, copy=False), dq[ix], hk, "rows")  # dsᵀ has the scale
         _causal_mm(dpt, q[ix].astype(ct, copy=False), dk[ix], hk, "keys")
 
     _by_heads(pt.size // (S * L), macs, body, q, k, v, g, of, pt)
@@ -431,7 +447,20 @@ def _reference_backward(res, dout):
 # --------------------------------------------------------------------------------------------------------------
 
 
+#: The common dtypes, held (a DtypeSet looks up ``dtype.name``, ~5 us a call): _check's fast path.
+_PLAIN = frozenset(np.dtype(t) for t in (np.float16, np.float32, np.float64))
+
+
 def _check(q, k, v):
+    if (
+        type(q) is type(k) is type(v) is np.ndarray
+        and q.dtype == k.dtype == v.dtype
+        and q.dtype in _PLAIN
+        and min(q.ndim, k.ndim, v.ndim) >= 2
+        and q.shape[-1] == k.shape[-1]
+        and k.shape[-2] == v.shape[-2]
+    ):
+        return
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not hasattr(t, "dtype") or not hasattr(t, "shape"):
             raise TypeError(f"attention: {name} must be a NumPy or CuPy array, got {type(t).__name__}")
