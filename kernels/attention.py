@@ -404,6 +404,8 @@ def _compiled_backward(res, dout):
     def body(ix):
         pa, ga = pt[ix], g[ix]
         dpt = np.empty(pa.shape, ct)
+        if w is not None and hk is not None:  # the quarter _causal_mm leaves unset: the mask multiplies it below
+            dpt[..., hk[1] :, : hk[0]] = 0
         _causal_mm(v[ix].astype(ct, copy=False), _tr(ga, ct, macs), dpt, hk, "cols")  # dpᵀ = v doutᵀ (..., S, L)
         if w is not None:
             pa = pa * w[ix]
