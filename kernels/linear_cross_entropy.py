@@ -34,6 +34,7 @@ import numpy as np
 from . import cross_entropy as ce
 from . import matmul as mm
 from ._launch import use_triton, xp_of
+from ._threads import sum_rows
 
 #: Smallest budget for one chunk's float32 logits, in bytes: below it the per-chunk launches and Python
 #: calls, not the arithmetic, would set the time.
@@ -146,12 +147,13 @@ def _cpu_backward(dz, xc, wc, dx_c, dw):
             dw[s : s + V_BLOCK] += dzf[:, s : s + V_BLOCK].T @ xf
 
 
-def _chunks(res, needs, scale_rows=None, want_losses=False):
+def _chunks(res, needs, scale_rows=None, want_losses=False, logits_out=None):
     """One pass over the row chunks of ``res``'s arrays.
 
     Returns (losses (N,) when ``want_losses`` else None, sum of the losses (0-d), (dx, dw, db)) where the
     gradients (None unless in ``needs``) are those of sum_i s_i * loss_i: s_i = 1, or ``scale_rows[i]``.
-    dx has x's dtype; dw and db are float32 accumulators (float64 for float64 inputs).
+    dx has x's dtype; dw and db are float32 accumulators (float64 for float64 inputs). ``logits_out`` (N, V), when
+    given, receives each chunk's logits before they turn into their gradient.
     """
     x2, w, bias, t = res.x, res.weight, res.bias, res.target
     xp = xp_of(x2)
@@ -172,6 +174,8 @@ def _chunks(res, needs, scale_rows=None, want_losses=False):
     for s in range(0, n, res.chunk):
         e = min(n, s + res.chunk)
         logits, mres = mm.matmul_forward(x2[s:e], wt, bias, None, allow_tf32=res.allow_tf32)
+        if logits_out is not None:
+            logits_out[s:e] = logits
         loss, cres = ce.cross_entropy_forward(
             logits, t[s:e], ignore_index=res.ignore_index, label_smoothing=res.label_smoothing, reduction=red,
             check_targets=False,
@@ -199,7 +203,7 @@ def _chunks(res, needs, scale_rows=None, want_losses=False):
 
 def linear_cross_entropy_forward(
     x, weight, target, bias=None, *, ignore_index=-100, label_smoothing=0.0, reduction="mean",
-    needs_input_grad=(True, True, True), chunk_size=None, allow_tf32=True, check_targets=True,
+    needs_input_grad=(True, True, True), chunk_size=None, allow_tf32=True, check_targets=True, logits_out=None,
 ):  # fmt: skip
     """``cross_entropy(x @ weight.T + bias, target)`` chunk by chunk over rows; returns ``(loss, residuals)``.
 
@@ -210,6 +214,9 @@ def linear_cross_entropy_forward(
     computed here, chunk by chunk (nothing asked: the loss alone). ``chunk_size``: rows per chunk (default
     :func:`chunk_rows`). Targets outside [0, V) other than ``ignore_index`` raise ValueError (NumPy: now;
     CuPy: at the next host sync, see ``kernels._deferred``); ``check_targets=False``: the caller checked them.
+    ``logits_out``: an (N, V) array of x's dtype (N = rows of x) that receives the logits x Wᵀ + b, for a caller
+    that returns them too: they come out of the same products, so the projection runs once (the loss's
+    gradients still never need them; :func:`logits_backward` is their own backward).
 
     >>> loss, res = linear_cross_entropy_forward(np.ones((4, 3), np.float32), np.ones((5, 3), np.float32),
     ...                                          np.array([0, 1, 4, -100]))
@@ -233,10 +240,15 @@ def linear_cross_entropy_forward(
         x2, weight, bias, t, None, n_valid, needs, int(ignore_index), float(label_smoothing), reduction,
         tuple(x.shape), chunk, bool(allow_tf32),
     )  # fmt: skip
+    if logits_out is not None and (tuple(logits_out.shape) != (n, v) or logits_out.dtype != x.dtype):
+        raise ValueError(
+            f"linear_cross_entropy: logits_out must be a ({n}, {v}) array of {x.dtype}, got "
+            f"{tuple(logits_out.shape)} {logits_out.dtype}"
+        )
     if reduction == "none":
-        losses, _, _ = _chunks(res, (False, False, False), want_losses=True)
+        losses, _, _ = _chunks(res, (False, False, False), want_losses=True, logits_out=logits_out)
         return losses.reshape(target.shape), res
-    _, total, grads = _chunks(res, needs)
+    _, total, grads = _chunks(res, needs, logits_out=logits_out)
     if reduction == "mean":
         with np.errstate(invalid="ignore", divide="ignore"):  # all targets ignored: 0 / 0 = NaN, as PyTorch
             total = total / n_valid
@@ -300,3 +312,27 @@ def linear_cross_entropy_backward(residuals, dloss, needs_input_grad=None):
         out.append(g.astype(dt, copy=False))
     dx, dw, db = out
     return (None if dx is None else dx.reshape(res.x_shape)), dw, db
+
+
+def logits_backward(residuals, dlogits, needs_input_grad=None):
+    """(dx, dweight, dbias) of the logits z = x Wᵀ + b that ``logits_out`` received, for dlogits = dL/dz (N, V)::
+
+        dx = dz W,   dW = dzᵀ x,   db = Σ_rows dz
+
+    computed in float32 (float64 for float64 inputs) and returned in the inputs' dtypes (None where not asked;
+    ``needs_input_grad`` defaults to the forward's). dx has x's shape as the forward saw it.
+    """
+    res = residuals
+    xp = xp_of(res.x)
+    needs = res.needs if needs_input_grad is None else tuple(bool(b) for b in needs_input_grad)
+    acc = _acc_dtype(res.x.dtype)
+    v = res.weight.shape[0]
+    g = dlogits.reshape(-1, v).astype(acc, copy=False)
+    dx = dw = db = None
+    if needs[0]:
+        dx = mm._mm(xp, g, res.weight.astype(acc, copy=False)).astype(res.x.dtype, copy=False).reshape(res.x_shape)
+    if needs[1]:
+        dw = mm._mm(xp, g.T, res.x.astype(acc, copy=False)).astype(res.weight.dtype, copy=False)
+    if needs[2] and res.bias is not None:
+        db = sum_rows(g).astype(res.bias.dtype, copy=False)
+    return dx, dw, db

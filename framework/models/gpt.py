@@ -86,9 +86,10 @@ class GPT(nn.Module):
 
     forward(idx (B, T) int64, targets (B, T) or None, return_logits=True) -> (logits (B, T, vocab), loss or None).
     With targets the loss is :func:`conch.nn.functional.linear_cross_entropy` of the final hidden states and the
-    LM head's weight: its graph never holds the (B, T, vocab) logits or their gradient. The logits are still
-    returned (their own graph, which ``loss.backward()`` does not visit); ``return_logits=False`` skips them
-    (None), which is what a training loop that only needs the loss wants.
+    LM head's weight: its graph never holds the (B, T, vocab) logits' gradient. The logits are still returned,
+    copied out of the loss's own chunk products (``return_logits=True`` there: one projection, not two; a
+    gradient reaching them flows back as through the LM head); ``return_logits=False`` skips them (None, and no
+    (B, T, vocab) array at all), which is what a training loop that only needs the loss wants.
 
     Example::
 
@@ -138,8 +139,11 @@ class GPT(nn.Module):
         h = self.ln_f(x)  # (B, T, C)
         if targets is None:
             return self.lm_head(h), None
-        loss = F.linear_cross_entropy(h, self.lm_head.weight, targets, self.lm_head.bias)
-        return (self.lm_head(h) if return_logits else None), loss
+        w, b = self.lm_head.weight, self.lm_head.bias
+        if return_logits:  # the logits come out of the loss's own products (one projection, not two)
+            loss, logits = F.linear_cross_entropy(h, w, targets, b, return_logits=True)
+            return logits, loss
+        return None, F.linear_cross_entropy(h, w, targets, b)
 
     @conch.no_grad()
     def generate(self, idx, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None):
