@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from conch.kernels import _jit
 from conch.kernels._cupy import scatter_add
 
 from .._backend import xp_of
@@ -36,6 +37,10 @@ class IndexAdd(Op):
             out[idx] = g  # basic indexing never repeats an element
         elif xp is not np:
             _cupy_add_at(out, idx, g)
+        elif isinstance(idx, np.ndarray) and idx.dtype.kind in "iu" and g.ndim and _jit.enabled() and (
+            _jit.family("index").add_rows(out, idx, g)  # compiled (kernels/_numba/index.py): False if not taken
+        ):
+            pass
         elif isinstance(idx, np.ndarray) and idx.dtype.kind in "iu" and 0 < idx.size <= _SEGMENT_SUM_MAX and g.ndim:
             _segment_sum_rows(out, idx, g)
         else:
