@@ -4,11 +4,12 @@ For idx (M,) integer indices into out's first axis (repeats accumulate) and g (M
 
     out[k] = sum over i with idx[i] == k of g[i]      (in the order of i)
 
-One pass over g in index order: each output row receives its rows in the order they appear, as ``np.add.at`` does,
-so the bits match it (the NumPy path's sort + ``np.add.reduceat`` for up to 4096 indices may differ from both in
-the last bits: reduceat adds a group's rows in its own order). NumPy's fancy-index machinery costs ~1 us per index in ``np.add.at`` and a sort,
-a gather and a reduceat per call in the segment sum (~0.25 ms for a (1024, 128) embedding gradient); the loop
-runs at memory speed (~20 us). It runs on one thread: the order of a row's sum must not depend on a split.
+One pass over g in index order: each output row receives its rows in the order they appear, as ``np.add.at``
+does, so the bits match it (the NumPy path's sort + ``np.add.reduceat`` for up to 4096 indices may differ from
+both in the last bits: reduceat adds a group's rows in its own order). NumPy's fancy-index machinery costs ~1 us
+per index in ``np.add.at``, and a sort, a gather and a reduceat per call in the segment sum (~0.28 ms for a
+(1024, 128) embedding gradient); the loop runs at memory speed (~15 us). It runs on one thread: the order of a
+row's sum must not depend on a split.
 
 Example (what ops/indexing.py's IndexAdd does behind ``_jit.enabled()``)::
 
