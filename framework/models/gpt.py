@@ -9,6 +9,7 @@ import conch
 
 from .. import nn
 from ..checkpoint import checkpoint
+from ..fused.qkv_attention import qkv_attention
 from ..nn import functional as F
 
 
@@ -41,15 +42,11 @@ class CausalSelfAttention(nn.Module):
         self.n_head, self.n_embd, self.dropout = cfg.n_head, cfg.n_embd, cfg.dropout
 
     def forward(self, x):
-        B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)  # each (B, T, C)
-        hs = C // self.n_head
-        q = q.reshape(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.reshape(B, T, self.n_head, hs).transpose(1, 2)
-        v = v.reshape(B, T, self.n_head, hs).transpose(1, 2)
+        # q, k, v = c_attn(x).split(C, 2), each reshaped to (B, nh, T, hs), then scaled_dot_product_attention(
+        # is_causal=True) and back to (B, T, C): the same maths in one node on the packed projection, whose
+        # backward writes dq, dk, dv into one gradient (no per-head copies and no concatenation)
         p = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)  # (B, nh, T, hs)
-        y = y.transpose(1, 2).reshape(B, T, C)
+        y = qkv_attention(self.c_attn(x), self.n_head, causal=True, dropout_p=p)  # (B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
 
