@@ -15,9 +15,9 @@ the (N, V) logits and their gradient never exist (Liger-Kernel's fused linear cr
 kernels). Each kernel takes its own path (:func:`conch.kernels._launch.use_triton`): Triton on CuPy arrays and
 under ``TRITON_INTERPRET=1``, the NumPy/CuPy reference path otherwise, with the same chunking.
 
-For "mean" and "sum" the gradients of sum_i loss_i are computed in the forward (s_i = 1) when asked for, and
-the backward only scales them by dloss (and 1 / n_valid for the mean). For "none" the upstream gradient is
-per row, so the backward runs the chunks again with s_i = dloss_i.
+For "mean" and "sum" the gradients of the loss are computed in the forward when asked for (s_i = 1 / n_valid for
+the mean, 1 for the sum), and the backward only scales them by dloss (nothing to do for the usual dloss = 1). For
+"none" the upstream gradient is per row, so the backward runs the chunks again with s_i = dloss_i.
 
 Example::
 
@@ -51,7 +51,7 @@ class LinearCrossEntropyResiduals(NamedTuple):
     weight: object  # (V, D), the caller's
     bias: object  # (V,) or None, the caller's
     target: object  # (N,) int32/int64, range-checked
-    grads: list | None  # mean/sum: [dx, dw, db] of sum_i loss_i (dx in x's dtype, dw/db float32), emptied by the
+    grads: list | None  # mean/sum: [dx, dw, db] of the loss (dx in x's dtype, dw/db float32), emptied by the
     # backward that takes them (it scales them in place: no second dW-sized array); else None
     n_valid: object  # 0-d, the loss's dtype: number of targets != ignore_index
     needs: tuple  # (x, weight, bias): which gradients are wanted
@@ -129,8 +129,9 @@ FEW_ROWS = 384
 V_BLOCK = 4096
 
 
-def _cpu_backward(dz, xc, wc, dx_c, dw):
-    """dx_c[...] = dz @ wc and dw += dzᵀ @ xc on NumPy arrays (wc: weight in dw's dtype), straight into both.
+def _cpu_backward(dz, xc, wc, dx_c, dw, first):
+    """dx_c[...] = dz @ wc and dw += dzᵀ @ xc (``first``: dw = dzᵀ @ xc) on NumPy arrays (wc: weight in dw's
+    dtype), straight into both.
 
     Measured with OpenBLAS on 2 cores (D = 768, V = 32000): a (C, V) @ (V, D) product with few rows and the long
     V inside ran 4x slower at C = 196 than the same product as (Wᵀ dzᵀ)ᵀ, and faster than it at C = 786; so
@@ -140,18 +141,25 @@ def _cpu_backward(dz, xc, wc, dx_c, dw):
     """
     dzf = dz.astype(wc.dtype, copy=False)
     if dx_c is not None:
-        dx_c[...] = dzf @ wc if dzf.shape[0] >= FEW_ROWS else np.matmul(wc.T, dzf.T).T
+        if dzf.shape[0] >= FEW_ROWS and dx_c.dtype == wc.dtype and dx_c.flags.c_contiguous:
+            np.matmul(dzf, wc, out=dx_c)  # straight into dx's rows: no temporary, no copy
+        else:
+            dx_c[...] = dzf @ wc if dzf.shape[0] >= FEW_ROWS else np.matmul(wc.T, dzf.T).T
     if dw is not None:
         xf = xc.astype(dw.dtype, copy=False)
         for s in range(0, dw.shape[0], V_BLOCK):
-            dw[s : s + V_BLOCK] += dzf[:, s : s + V_BLOCK].T @ xf
+            if first:  # dw is uninitialised memory until the first chunk writes it
+                np.matmul(dzf[:, s : s + V_BLOCK].T, xf, out=dw[s : s + V_BLOCK])
+            else:
+                dw[s : s + V_BLOCK] += dzf[:, s : s + V_BLOCK].T @ xf
 
 
-def _chunks(res, needs, scale_rows=None, want_losses=False, logits_out=None):
+def _chunks(res, needs, scale_rows=None, want_losses=False, logits_out=None, scale=None):
     """One pass over the row chunks of ``res``'s arrays.
 
     Returns (losses (N,) when ``want_losses`` else None, sum of the losses (0-d), (dx, dw, db)) where the
-    gradients (None unless in ``needs``) are those of sum_i s_i * loss_i: s_i = 1, or ``scale_rows[i]``.
+    gradients (None unless in ``needs``) are those of sum_i s_i * loss_i: s_i = ``scale`` (a 0-d array; default 1),
+    or ``scale_rows[i]``.
     dx has x's dtype; dw and db are float32 accumulators (float64 for float64 inputs). ``logits_out`` (N, V), when
     given, receives each chunk's logits before they turn into their gradient.
     """
@@ -161,15 +169,15 @@ def _chunks(res, needs, scale_rows=None, want_losses=False, logits_out=None):
     v = w.shape[0]
     acc = _acc_dtype(x2.dtype)
     any_grad = any(needs)
+    cpu = any_grad and type(x2) is np.ndarray and not use_triton(x2)  # the reference path on NumPy arrays
     dx = xp.empty((n, d), dtype=x2.dtype) if needs[0] else None
-    dw = xp.zeros((v, d), dtype=acc) if needs[1] else None
+    dw = ((xp.empty if cpu else xp.zeros)((v, d), dtype=acc)) if needs[1] else None  # CPU: the first chunk writes
     db = xp.zeros((v,), dtype=acc) if needs[2] else None
     losses = xp.empty((n,), dtype=acc) if want_losses else None
     total = xp.zeros((), dtype=acc)
-    one = xp.ones((), dtype=acc)
+    one = xp.ones((), dtype=acc) if scale is None else scale
     red = "none" if (want_losses or scale_rows is not None) else "sum"
     wt = w.T  # a strided view: the matmul kernels read weight in place
-    cpu = any_grad and type(x2) is np.ndarray and not use_triton(x2)  # the reference path on NumPy arrays
     wc = w.astype(acc, copy=False) if cpu else None  # half weights: one float32 copy per pass
     for s in range(0, n, res.chunk):
         e = min(n, s + res.chunk)
@@ -187,7 +195,7 @@ def _chunks(res, needs, scale_rows=None, want_losses=False, logits_out=None):
             continue
         dz = ce.cross_entropy_backward(cres, one if scale_rows is None else scale_rows[s:e], out=logits)
         if cpu:
-            _cpu_backward(dz, x2[s:e], wc, dx[s:e] if needs[0] else None, dw)
+            _cpu_backward(dz, x2[s:e], wc, dx[s:e] if needs[0] else None, dw, s == 0)
         else:
             dxc, dwt, _ = mm.matmul_backward(mres, dz, (needs[0], needs[1], False))
             if needs[0]:
@@ -199,6 +207,18 @@ def _chunks(res, needs, scale_rows=None, want_losses=False, logits_out=None):
             db += dz.sum(axis=0, dtype=acc)
         del logits, dz, mres, cres  # one chunk's arrays at a time
     return losses, total, (dx, dw, db)
+
+
+def _mean_scale(res):
+    """The mean's 1 / n_valid as a 0-d array (0 when every target is ignored: a zero gradient, as PyTorch's, not
+    0 * inf), applied to each chunk's logit gradients so the gradients come out already divided (no pass over dx
+    and dW afterwards); None for "sum" and "none". On the device it stays there: no host sync."""
+    if res.reduction != "mean":
+        return None
+    xp = xp_of(res.n_valid)
+    one = xp.ones((), dtype=res.n_valid.dtype)
+    empty = res.n_valid == 0
+    return xp.where(empty, xp.zeros_like(one), one / xp.where(empty, one, res.n_valid))
 
 
 def linear_cross_entropy_forward(
@@ -248,7 +268,7 @@ def linear_cross_entropy_forward(
     if reduction == "none":
         losses, _, _ = _chunks(res, (False, False, False), want_losses=True, logits_out=logits_out)
         return losses.reshape(target.shape), res
-    _, total, grads = _chunks(res, needs, logits_out=logits_out)
+    _, total, grads = _chunks(res, needs, logits_out=logits_out, scale=_mean_scale(res))
     if reduction == "mean":
         with np.errstate(invalid="ignore", divide="ignore"):  # all targets ignored: 0 / 0 = NaN, as PyTorch
             total = total / n_valid
@@ -284,13 +304,7 @@ def linear_cross_entropy_backward(residuals, dloss, needs_input_grad=None):
                 f"linear_cross_entropy_backward: reduction={res.reduction!r} gives a scalar loss; dloss must have "
                 f"one element, got shape {tuple(dl.shape)}"
             )
-        scale = dl.reshape(()).astype(acc)
-        if res.reduction == "mean":
-            # on the device, no host sync; no valid target: the gradient is 0 (PyTorch), not 0 * inf
-            empty = res.n_valid == 0
-            scale = xp.where(
-                empty, xp.zeros((), dtype=acc), scale / xp.where(empty, xp.ones((), dtype=acc), res.n_valid)
-            )
+        scale = dl.reshape(()).astype(acc)  # the mean's 1 / n_valid is already in the gradients (_mean_scale)
         if type(scale) is np.ndarray and scale == 1:  # the usual loss.backward() on the CPU: nothing to scale
             scale = None
         stored = res.grads
@@ -298,7 +312,7 @@ def linear_cross_entropy_backward(residuals, dloss, needs_input_grad=None):
             grads = tuple(stored)
             stored.clear()  # handed over and scaled in place: a second backward (retain_graph) recomputes them
         else:
-            _, _, grads = _chunks(res, needs)
+            _, _, grads = _chunks(res, needs, scale=_mean_scale(res))
     dtypes = (res.x.dtype, res.weight.dtype, None if res.bias is None else res.bias.dtype)
     out = []
     for want, g, dt in zip(needs, grads, dtypes):
