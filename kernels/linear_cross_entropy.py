@@ -171,7 +171,7 @@ def _chunks(res, needs, scale_rows=None, want_losses=False, logits_out=None, sca
     any_grad = any(needs)
     cpu = any_grad and type(x2) is np.ndarray and not use_triton(x2)  # the reference path on NumPy arrays
     dx = xp.empty((n, d), dtype=x2.dtype) if needs[0] else None
-    dw = ((xp.empty if cpu else xp.zeros)((v, d), dtype=acc)) if needs[1] else None  # CPU: the first chunk writes
+    dw = ((xp.empty if cpu and n else xp.zeros)((v, d), dtype=acc)) if needs[1] else None  # CPU: chunk 0 writes it
     db = xp.zeros((v,), dtype=acc) if needs[2] else None
     losses = xp.empty((n,), dtype=acc) if want_losses else None
     total = xp.zeros((), dtype=acc)

@@ -119,6 +119,19 @@ def test_return_logits_values_and_gradients(device, reduction, which, bias):
         np.testing.assert_allclose(_np(a), _np(e), rtol=1e-10, atol=1e-13)
 
 
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_zero_rows_give_zero_weight_gradients(device, reduction):
+    # no row, no chunk: dW and db are zeros (the CPU path leaves dW to its first chunk to write otherwise)
+    w = conch.tensor(np.full((5, 4), 3.0), device=device, requires_grad=True)
+    b = conch.tensor(np.ones(5), device=device, requires_grad=True)
+    x = conch.zeros(0, 4, dtype=conch.float64, device=device, requires_grad=True)
+    for _ in range(3):  # fresh allocations each time: garbage would show up in one of them
+        loss = F.linear_cross_entropy(x, w, conch.zeros(0, dtype=conch.int64, device=device), b, reduction=reduction)
+        gw, gb = conch.autograd.grad(loss, [w, b])
+        np.testing.assert_array_equal(gw.cpu().numpy(), np.zeros((5, 4)))
+        np.testing.assert_array_equal(gb.cpu().numpy(), np.zeros(5))
+
+
 def test_return_logits_gradcheck():
     # float64 finite differences through both outputs, and the create_graph composite (second derivatives)
     rng = np.random.default_rng(13)
