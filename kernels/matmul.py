@@ -32,7 +32,7 @@ import numpy as np
 from . import _jit, autotune
 from ._act import ACT_CODES, FROM_OUTPUT, act_backward_ref, act_code, act_name, act_ref, compiled, jit_passes
 from ._launch import DtypeSet, TritonKernel, cdiv, kernel_for, targ, use_triton, xp_of
-from ._threads import blas_product
+from ._threads import blas_product, sum_rows
 from .activations import dz_from_saved
 
 
@@ -52,6 +52,7 @@ class MatmulResiduals(NamedTuple):
     K: int
     N: int
     out_shape: tuple  # dout must have it
+    r_is_grad: bool = False  # r holds act'(Z) itself (the CPU compiled epilogue, _DERIV_NAMES): dZ = dout · r
 
 
 # The @triton.jit kernels are in kernels/_triton/matmul.py, imported by kernel_for at the first Triton
@@ -376,21 +377,30 @@ def _reference_forward(a, b, bias, name, param, out_shape):
         z = _mm(xp, a_c.reshape(-1, a.shape[-1]), b_c)
     else:
         z = _mm(xp, a_c, b_c)
+    deriv = False
     if name != "none" and z.ndim >= 1 and z.flags.c_contiguous and compiled(z):
-        out = _compiled_epilogue(z, bias, name, param, ct)
+        deriv = name in _DERIV_NAMES and a.dtype == ct  # half inputs keep Z (rounded, as on the other paths)
+        out = _compiled_epilogue(z, bias, name, param, ct, deriv)
     else:
         if bias is not None:
             z += bias.astype(ct, copy=False).reshape(-1)  # z is a fresh product: add in place
         out = act_ref(z, name, param)
     out = out.astype(a.dtype, copy=False)
-    # z is a fresh array act_ref does not modify; out is another one, so r may share z's memory
+    # z is a fresh array act_ref does not modify (or act'(Z) with deriv); out is another one, so r may share z
     r = None if name == "none" else (out if name in FROM_OUTPUT else z.astype(a.dtype, copy=False))
-    return out.reshape(out_shape), r
+    return out.reshape(out_shape), r, deriv
 
 
-def _compiled_epilogue(z, bias, name, param, ct):
+#: Activations whose derivative the CPU compiled epilogue stores in place of Z: each costs an exp, erf or tanh
+#: to recompute in the backward (gelu's as much as its forward), where storing it costs the forward a few
+#: multiply-adds on values it has at hand and no extra memory (it takes Z's place).
+_DERIV_NAMES = frozenset({"gelu", "gelu_tanh", "silu", "elu"})
+
+
+def _compiled_epilogue(z, bias, name, param, ct, deriv=False):
     """act(z + bias) in one compiled pass over the fresh product z (bias added into z in place, as z is the
-    residual of the names outside FROM_OUTPUT); relu/tanh/sigmoid write the output over z itself."""
+    residual of the names outside FROM_OUTPUT; ``deriv``: z becomes act'(z + bias) instead); relu/tanh/sigmoid
+    write the output over z itself."""
     n = z.shape[-1]
     out = z if name in FROM_OUTPUT else np.empty_like(z)
     if bias is None:
@@ -398,18 +408,22 @@ def _compiled_epilogue(z, bias, name, param, ct):
     else:  # bias (N,), or one value for every element when b was 1-D (z (..., M)): a contiguous row of n values
         b = np.ascontiguousarray(bias.astype(ct, copy=False).reshape(-1))
         b = b if b.size == n else np.full(n, b[0], ct)
+    cost = jit_passes(name) + (jit_passes(name, True) if deriv else 0)
     _jit.family("act").bias_forward(
-        z.reshape(-1, n), b, ACT_CODES[name], float(param), cost=jit_passes(name), out=out.reshape(-1, n)
+        z.reshape(-1, n), b, ACT_CODES[name], float(param), cost=cost, out=out.reshape(-1, n), deriv=deriv
     )
     return out
 
 
-def _dz_ref(dout, r, name, param):
-    """dZ = dOut * act'(Z) in the compute dtype (act' from Z, or from the output for relu/tanh/sigmoid)."""
+def _dz_ref(dout, r, name, param, r_is_grad=False):
+    """dZ = dOut * act'(Z) in the compute dtype (act' from Z, or from the output for relu/tanh/sigmoid, or r itself
+    when ``r_is_grad``)."""
     ct = _ct(dout.dtype)
     d = dout.astype(ct, copy=False)
     if r is None:
         return d
+    if r_is_grad:
+        return d.reshape(r.shape) * r
     return act_backward_ref(r.astype(ct, copy=False), d.reshape(r.shape), name, param)
 
 
@@ -418,7 +432,7 @@ def _reference_backward(res, dout, needs):
     batch, M, N = res.batch, res.M, res.N
     xp = xp_of(a)
     ct = _ct(a.dtype)
-    dz = _dz_ref(dout.astype(a.dtype, copy=False), res.r, name, res.param)
+    dz = _dz_ref(dout.astype(a.dtype, copy=False), res.r, name, res.param, res.r_is_grad)
     da = db = dbias = None
     if _fold_rows(a, b):
         # (rows, N) products: see _fold_rows
@@ -444,7 +458,7 @@ def _reference_backward(res, dout, needs):
                 db2 = _mm(xp, xp.swapaxes(a2.astype(ct, copy=False), -1, -2), dz2)  # dB = A^T @ dZ
             db = _sum_to(db2, b2.shape).reshape(b.shape).astype(b.dtype, copy=False)
     if needs[2] and bias_shape is not None:
-        dbias = dz.reshape(-1, N).sum(axis=0).reshape(bias_shape).astype(res.bias_dtype)  # sum over rows
+        dbias = sum_rows(dz.reshape(-1, N)).reshape(bias_shape).astype(res.bias_dtype)  # BLAS gemv on NumPy
     return da, db, dbias
 
 
@@ -468,12 +482,15 @@ def matmul_forward(a, b, bias=None, activation=None, *, negative_slope=0.01, alp
     param = float(negative_slope if name == "leaky_relu" else alpha if name == "elu" else 0.0)
     if use_triton(a, b, bias) and a.dtype != np.float64:
         out, r = _triton_forward(a, b, bias, name, param, allow_tf32, batch, M, K, N, out_shape)
+        deriv = False
         if r is None and name in FROM_OUTPUT:
             r = out
     else:
-        out, r = _reference_forward(a, b, bias, name, param, out_shape)
+        out, r, deriv = _reference_forward(a, b, bias, name, param, out_shape)
     bias_shape, bias_dtype = (None, None) if bias is None else (tuple(bias.shape), bias.dtype)
-    return out, MatmulResiduals(a, b, r, name, param, allow_tf32, bias_shape, bias_dtype, batch, M, K, N, out_shape)
+    return out, MatmulResiduals(
+        a, b, r, name, param, allow_tf32, bias_shape, bias_dtype, batch, M, K, N, out_shape, deriv
+    )
 
 
 def matmul_backward(residuals, dout, needs_input_grad=(True, True, True)):
@@ -489,6 +506,6 @@ def matmul_backward(residuals, dout, needs_input_grad=(True, True, True)):
         raise TypeError(f"dout must be a float array, got dtype {dout.dtype}")
     needs = tuple(bool(x) for x in needs_input_grad) + (True,) * (3 - len(needs_input_grad))
     a, b = residuals.a, residuals.b
-    if use_triton(a, b, dout) and a.dtype != np.float64:
+    if use_triton(a, b, dout) and a.dtype != np.float64 and not residuals.r_is_grad:
         return _triton_backward(residuals, dout, needs)
     return _reference_backward(residuals, dout, needs)

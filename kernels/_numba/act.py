@@ -361,7 +361,7 @@ def _identity(z, p):
 # --------------------------------------------------------------------------------------------------------------
 
 #: Operations of :func:`kernel`.
-FORWARD, GRAD, BACKWARD, BACKWARD_OUT, BIAS_FORWARD, ERF, BIAS_INPLACE = range(7)
+FORWARD, GRAD, BACKWARD, BACKWARD_OUT, BIAS_FORWARD, ERF, BIAS_INPLACE, BIAS_DERIV = range(8)
 
 
 @njit(inline="always")
@@ -383,6 +383,13 @@ def _run_fwd(op, f, df, a, b, out, p):
         for r in range(a.shape[0]):
             for j in range(a.shape[1]):
                 a[r, j] = f(a[r, j] + b[0, j], p)
+    elif op == BIAS_DERIV:  # out = f(a + b) and a = f'(a + b): the backward's dz = g · a is then one product
+        # (gelu_tanh's f and f' share their tanh, computed once in the inlined loop body)
+        for r in range(a.shape[0]):
+            for j in range(a.shape[1]):
+                v = a[r, j] + b[0, j]
+                out[r, j] = f(v, p)
+                a[r, j] = df(v, p)
     else:  # BIAS_FORWARD, b: the bias as one row; a += b in place, out = f(a) (out is another array)
         for r in range(a.shape[0]):
             for j in range(a.shape[1]):
@@ -414,7 +421,7 @@ def kernel(op, a, b, out, code, param):
     - BACKWARD: out = b · f'(a), a = z; BACKWARD_OUT: out = b · f'(z) from a = y = f(z) (relu, tanh, sigmoid);
       relu selects, out = b where a > 0, else +0;
     - BIAS_FORWARD: a += b in place (b: the bias, shape (1, n)), out = f(a) (out another array);
-      BIAS_INPLACE: a = f(a + b) (out unused);
+      BIAS_INPLACE: a = f(a + b) (out unused); BIAS_DERIV: out = f(a + b) and a = f'(a + b) in place;
     - ERF: out = erf(a) (code unused).
 
     Each activation has its own compiled functions, one for the forward operations and one for the backward
@@ -434,8 +441,9 @@ def _erf_kernel(a, out):
     _map(_erf_el, a, out, _c(a, 0.0))
 
 
-# One forward (FORWARD, GRAD, BIAS_FORWARD, BIAS_INPLACE) and one backward (BACKWARD, BACKWARD_OUT) function per
-# activation: Numba caches module-level functions only (a factory's closures recompile in every process).
+# One forward (FORWARD, GRAD, BIAS_FORWARD, BIAS_INPLACE, BIAS_DERIV) and one backward (BACKWARD, BACKWARD_OUT)
+# function per activation: Numba caches module-level functions only (a factory's closures recompile in every
+# process).
 @njit
 def _relu_fwd(op, a, b, out, param):
     _run_fwd(op, _relu, _relu_d, a, b, out, _c(a, param))
@@ -574,13 +582,13 @@ def run(op, inputs, code=0, param=0.0, *, cost, out=None):
     return out
 
 
-def bias_forward(z, bias, code, param, *, cost, out):
+def bias_forward(z, bias, code, param, *, cost, out, deriv=False):
     """z (rows, n) += bias (n,) in place and out = f(z), rows split over the pool (out may be z; all three
-    C-contiguous, of one dtype)."""
+    C-contiguous, of one dtype). ``deriv``: z becomes f'(z + bias) instead (out another array)."""
     rows = z.shape[0]
     b = _plain(bias).reshape(1, -1)
     if rows and z.shape[1]:
-        op = BIAS_INPLACE if np.may_share_memory(out, z) else BIAS_FORWARD  # out is z, or another array
+        op = BIAS_INPLACE if np.may_share_memory(out, z) else BIAS_DERIV if deriv else BIAS_FORWARD
         body = lambda i, j: kernel(op, z[i:j], b, out[i:j], code, param)  # noqa: E731
         _threads.parallel_for(rows, body, work=z.size * cost, align=1)
     return out
