@@ -123,6 +123,62 @@ def test_compiled_im2col_col2im_equal_numpy_path(shape, k, s, d, pads):
     np.testing.assert_array_equal(d1, d0)
 
 
+# small planes (at most SMALL_OUTPUT output positions), as the 8x8 CNN's second layer and odd ones
+SMALL_GEOMS = [
+    ((64, 16, 4, 4), (3, 3), (1, 1), (1, 1), (1, 1, 1, 1)),
+    ((3, 5, 7, 7), (3, 3), (2, 2), (1, 1), (1, 1, 1, 1)),
+    ((5, 2, 17), (3,), (2,), (1,), (1, 1)),
+    ((2, 3, 2, 3, 4), (2, 2, 3), (1, 1, 1), (1, 1, 1), (0, 1, 0, 1, 1, 1)),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape,k,s,d,pads", SMALL_GEOMS)
+def test_batch_last_im2col_col2im_match_loops(shape, k, s, d, pads, dtype):
+    """The one-product layout (C·∏k, ∏O·N) of the compiled kernels: the loops' patches with the batch moved
+    last (a copy: exact), -inf padding, and col2im its adjoint (the float64 loops to rounding, and the
+    (N, C·∏k, ∏O) col2im of the same entries bit for bit: the same order of adds)."""
+    _need_numba()
+    conv = _jit.family("conv")
+    rng = RNG(14)
+    x = rng.standard_normal((shape[0], shape[1] * 2) + shape[2:]).astype(dtype)[:, ::2]  # not contiguous
+    k_, s_, d_, pads_, o = _geom(shape, k, s, d, pads)
+    n, c = shape[:2]
+    want, _ = ref_im2col(x.astype(np.float64), k, s, d, pads)  # (N, C·∏k, ∏O)
+    to_last = lambda a: a.transpose(1, 2, 0).reshape(a.shape[1], -1)  # noqa: E731  (N, K, P) -> (K, P·N)
+    cols = conv.im2col(x, k, s, d, pads[0::2], o, batch_last=True)
+    assert cols.dtype == dtype and cols.shape == (c * math.prod(k), math.prod(o) * n)
+    np.testing.assert_array_equal(cols, to_last(want).astype(dtype))
+    low = conv.im2col(x, k, s, d, pads[0::2], o, value=-np.inf, batch_last=True)
+    np.testing.assert_array_equal(low, to_last(ref_im2col(x, k, s, d, pads, -np.inf)[0]).astype(dtype))
+    g = rng.standard_normal(want.shape).astype(dtype)
+    got = conv.col2im(to_last(g), k, s, d, pads[0::2], o, x.shape, batch_last=True)
+    assert got.dtype == dtype and got.shape == x.shape
+    tol = 1e-6 if dtype == np.float32 else 1e-13
+    np.testing.assert_allclose(got, ref_col2im(g, k, s, d, pads, x.shape), rtol=tol, atol=tol)
+    np.testing.assert_array_equal(got, conv.col2im(g, k, s, d, pads[0::2], o, x.shape))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(512, 64), (64, 256), (37, 13), (8, 8), (9, 17), (1, 5), (5, 1), (0, 3)])
+def test_transpose_matches_numpy(shape, dtype):
+    """The tiled transpose (whole 8 x 8 tiles and ragged edges), with and without the per-row-group bias, on
+    non-contiguous inputs; without a bias nothing is added (-0.0 stays -0.0)."""
+    _need_numba()
+    conv = _jit.family("conv")
+    rng = RNG(15)
+    a = rng.standard_normal((shape[0], shape[1] * 2)).astype(dtype)[:, ::2]
+    a[:, :1] = -0.0
+    got = conv.transpose(a)
+    assert got.dtype == dtype and got.flags.c_contiguous
+    np.testing.assert_array_equal(got, a.T)
+    assert np.signbit(got[0]).all()
+    group = 4 if shape[0] % 4 == 0 else 1
+    b = rng.standard_normal(shape[0] // group).astype(dtype)
+    want = a.astype(np.float64) + np.repeat(b, group)[:, None]
+    np.testing.assert_array_equal(conv.transpose(a, b, group), want.astype(dtype).T)  # one rounding of a + b
+
+
 def ref_conv(x, w, b, s, pads, d, groups):
     """Cross-correlation in float64 from ref_im2col: per group W[g] @ cols[g] + b."""
     nd = x.ndim - 2
