@@ -10,6 +10,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from . import _jit
 from ._launch import TritonKernel, cdiv, kernel_for, targ, use_triton, xp_of
 from ._threads import parallel_for
 
@@ -354,6 +355,10 @@ def _keep_np(n, seed, offset, p):
         if t >= 1 << 32:
             keep[:] = False
             return
+        if _jit.enabled():  # the words drawn and compared in one compiled pass
+            k, s = _jit.family("dropout"), np.uint64(seed)
+            parallel_for(n, lambda a, b: k.keep(keep, s, int(offset), t, a, b), work=n * _JIT_WORK, align=_LANES * 8)
+            return
 
         def run(lo_i, hi_i):
             for a in range(lo_i, hi_i, _RAW_BLOCK):
@@ -410,7 +415,29 @@ def rand_mask(shape, p, seed, offset=0, xp=np):
     return (philox_uniform(n, seed, offset, xp) >= xp.float32(p)).reshape(shape)
 
 
+#: What one element of the compiled draw weighs against the pool's threshold (_threads.MIN_PARALLEL = 2**21):
+#: ~1 ns an element on one thread (10 rounds of two 128-bit products per 8 elements), so a call splits from
+#: 2**16 elements (~60 us), where a ~20-40 us handoff is repaid.
+_JIT_WORK = 32
+_JIT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _dropout_compiled(x, p, seed, offset):
+    """_dropout_ref's result (the same bits) from kernels/_numba/dropout.py: the words drawn and applied in one
+    pass, no mask array (half precision through float32, rounded once, as the NumPy path)."""
+    dt = x.dtype
+    xf = np.ascontiguousarray(x if dt in _JIT_DTYPES else x.astype(np.float32)).reshape(-1)
+    y = np.empty_like(xf)
+    t, scale = _drop_threshold(p), xf.dtype.type(_scale(p))
+    k, s, n = _jit.family("dropout"), np.uint64(seed), xf.size
+    parallel_for(n, lambda a, b: k.apply(xf, y, s, int(offset), t, scale, a, b), work=n * _JIT_WORK, align=_LANES * 8)
+    y = y.reshape(x.shape)
+    return y if y.dtype == dt else y.astype(dt)
+
+
 def _dropout_ref(x, p, seed, offset):
+    if type(x) is np.ndarray and _jit.enabled():
+        return _dropout_compiled(x, p, seed, offset)
     xp = xp_of(x)
     acc = np.float64 if x.dtype == np.float64 else np.float32
     keep = dropout_mask(x.shape, p, seed, offset, xp)
