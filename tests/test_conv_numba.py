@@ -578,3 +578,56 @@ def test_conv_matches_torch(xs, ws, s, p, d, groups, cpu_path):
     (yt * torch.tensor(g)).sum().backward()
     np.testing.assert_allclose(xc.grad.numpy(), xt.grad.numpy(), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(wc.grad.numpy(), wt.grad.numpy(), rtol=1e-4, atol=1e-3)
+
+
+# ---------------------------------------------------------------- the Conv2d/Conv3d modules' cached plans
+
+
+@pytest.mark.parametrize(
+    "mod,xs",
+    [
+        (lambda: conch.nn.Conv2d(16, 32, 3, padding=1), (5, 16, 4, 4)),
+        (
+            lambda: conch.nn.Conv2d(4, 6, (3, 2), stride=(2, 1), padding="valid", dilation=(1, 2), groups=2),
+            (2, 4, 9, 8),
+        ),
+        (lambda: conch.nn.Conv2d(3, 4, 3, padding="same", bias=False), (2, 3, 7, 6)),
+        (lambda: conch.nn.Conv3d(2, 3, 2, padding=1), (1, 2, 3, 4, 5)),
+    ],
+)
+def test_conv_module_plan_equals_functional(mod, xs, cpu_path):
+    """From the second call on a shape, a Conv2d/Conv3d goes straight to ops.ConvNd with the geometry it kept:
+    the same bits as F.conv2d/conv3d, forward and gradients, for a new shape and dtype too (a plan per key)."""
+    m = mod()
+    f = F.conv2d if len(xs) == 4 else F.conv3d
+    for shape, dtype in ((xs, np.float32), (xs, np.float32), ((3,) + xs[1:], np.float32), (xs, np.float64)):
+        if dtype == np.float64:
+            m = m.double()
+        xa = RNG(16).standard_normal(shape).astype(dtype)
+        outs = []
+        for use_module in (True, False):
+            x = conch.tensor(xa, requires_grad=True)
+            m.zero_grad()
+            if use_module:
+                y = m(x)
+            else:
+                y = f(x, m.weight, m.bias, m.stride, m.padding, m.dilation, m.groups)
+            (y * y).sum().backward()
+            grads = [p.grad.numpy().copy() for p in m.parameters()]
+            outs.append([y.detach().numpy(), x.grad.numpy()] + grads)
+        for a, b in zip(*outs, strict=True):
+            np.testing.assert_array_equal(a, b)
+    assert len(m._plans) == 3  # (xs, float32), (3, ...) float32, (xs, float64)
+
+
+def test_conv_module_plan_keeps_the_checks():
+    """A plan is made only after F's checks passed, and a call that does not match one goes through them."""
+    m = conch.nn.Conv2d(3, 4, 3)
+    m(conch.randn(2, 3, 8, 8))
+    with pytest.raises(RuntimeError, match="channels"):
+        m(conch.randn(2, 5, 8, 8))
+    with pytest.raises(RuntimeError, match="too small"):
+        m(conch.randn(2, 3, 2, 2))
+    with pytest.raises(RuntimeError, match="scalar type"):
+        m(conch.randn(2, 3, 8, 8, dtype=conch.float64))
+    assert len(m._plans) == 1
