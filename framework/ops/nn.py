@@ -64,6 +64,7 @@ def _as_strided(xp, a, shape, strides):
 
 
 _COMPILED = (np.dtype(np.float32), np.dtype(np.float64))
+_HALF = ("float16", "bfloat16")  # by name: bfloat16's dtype would import ml_dtypes (dtype.name costs ~2 us: asked last)
 
 
 def _compiled(a, nd):
@@ -201,7 +202,7 @@ class ConvNd(Op):
     def forward(ctx, x, w, b=None, *, geom, groups):
         ctx.geom, ctx.groups, ctx.in_shape = geom, groups, x.shape
         dtype = x.dtype
-        if type(x) is np.ndarray and x.dtype.name in ("float16", "bfloat16") and _jit.enabled():
+        if type(x) is np.ndarray and x.dtype not in _COMPILED and x.dtype.name in _HALF and _jit.enabled():
             x = x.astype(np.float32)  # half precision: the products run in float32 anyway (an exact conversion)
         n, cout, npos = x.shape[0], w.shape[0], math.prod(geom[4])
         needs = getattr(ctx, "needs_input_grad", ())  # set only when the op is recorded
