@@ -10,6 +10,9 @@ and output size ``o``; input element (z, y, x) of window (oz, oy, ox) at offset 
   x, no reshape copy), padding read as ``value``.
 - ``col2im(cols, k, s, d, p, o, in_shape)``: the adjoint, each (n, c) plane summed in the cache over the ∏k
   window offsets in order (the NumPy path's order, so the same bits).
+- ``batch_last=True`` (both): cols (C·∏k, ∏O·N) for one product over the whole batch (small planes), every
+  entry part of a run of N contiguous elements; ``transpose(a, bias, group)`` takes arrays in and out of that
+  layout (a tiled transpose, ``bias[i // group]`` added to the entries from a's row i).
 - ``max_pool(x, k, s, d, p, o)`` -> (out, idx): each window's first maximum (a NaN counts as larger than any
   number, the first NaN wins; padding is skipped) and its flat index into the plane ∏S (PyTorch's indices).
   ``max_pool_backward(g, idx, in_shape)`` adds g at those indices.
