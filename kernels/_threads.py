@@ -401,3 +401,20 @@ def mm(a, b):
 
 def _matmul(a, b):
     return a @ b
+
+
+def sum_rows(a):
+    """``a.sum(0)`` of a 2-D (M, N) array, float32/float64 NumPy through BLAS: ``ones(M) @ a``, a matrix-vector
+    product (the bias gradient of a linear layer, Σ_rows dZ).
+
+    NumPy's ``sum(axis=0)`` adds row after row in its ufunc loop: 40 us for (1024, 384) float32 against 19 us for
+    the product (OpenBLAS's gemv, one thread), and the product's blocked float32 sums err no more. Other dtypes
+    and arrays (CuPy, float16) keep ``a.sum(0)``::
+
+        db = sum_rows(dz.reshape(-1, n))      # (n,)
+    """
+    import numpy as np
+
+    if type(a) is not np.ndarray or a.dtype.char not in "fd" or a.ndim != 2 or a.shape[0] < 2:
+        return a.sum(0)
+    return mm(np.ones(a.shape[0], a.dtype), a)

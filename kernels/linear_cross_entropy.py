@@ -15,9 +15,9 @@ the (N, V) logits and their gradient never exist (Liger-Kernel's fused linear cr
 kernels). Each kernel takes its own path (:func:`conch.kernels._launch.use_triton`): Triton on CuPy arrays and
 under ``TRITON_INTERPRET=1``, the NumPy/CuPy reference path otherwise, with the same chunking.
 
-For "mean" and "sum" the gradients of sum_i loss_i are computed in the forward (s_i = 1) when asked for, and
-the backward only scales them by dloss (and 1 / n_valid for the mean). For "none" the upstream gradient is
-per row, so the backward runs the chunks again with s_i = dloss_i.
+For "mean" and "sum" the gradients of the loss are computed in the forward when asked for (s_i = 1 / n_valid for
+the mean, 1 for the sum), and the backward only scales them by dloss (nothing to do for the usual dloss = 1). For
+"none" the upstream gradient is per row, so the backward runs the chunks again with s_i = dloss_i.
 
 Example::
 
@@ -34,6 +34,7 @@ import numpy as np
 from . import cross_entropy as ce
 from . import matmul as mm
 from ._launch import use_triton, xp_of
+from ._threads import sum_rows
 
 #: Smallest budget for one chunk's float32 logits, in bytes: below it the per-chunk launches and Python
 #: calls, not the arithmetic, would set the time.
@@ -50,7 +51,7 @@ class LinearCrossEntropyResiduals(NamedTuple):
     weight: object  # (V, D), the caller's
     bias: object  # (V,) or None, the caller's
     target: object  # (N,) int32/int64, range-checked
-    grads: list | None  # mean/sum: [dx, dw, db] of sum_i loss_i (dx in x's dtype, dw/db float32), emptied by the
+    grads: list | None  # mean/sum: [dx, dw, db] of the loss (dx in x's dtype, dw/db float32), emptied by the
     # backward that takes them (it scales them in place: no second dW-sized array); else None
     n_valid: object  # 0-d, the loss's dtype: number of targets != ignore_index
     needs: tuple  # (x, weight, bias): which gradients are wanted
@@ -128,8 +129,9 @@ FEW_ROWS = 384
 V_BLOCK = 4096
 
 
-def _cpu_backward(dz, xc, wc, dx_c, dw):
-    """dx_c[...] = dz @ wc and dw += dzᵀ @ xc on NumPy arrays (wc: weight in dw's dtype), straight into both.
+def _cpu_backward(dz, xc, wc, dx_c, dw, first):
+    """dx_c[...] = dz @ wc and dw += dzᵀ @ xc (``first``: dw = dzᵀ @ xc) on NumPy arrays (wc: weight in dw's
+    dtype), straight into both.
 
     Measured with OpenBLAS on 2 cores (D = 768, V = 32000): a (C, V) @ (V, D) product with few rows and the long
     V inside ran 4x slower at C = 196 than the same product as (Wᵀ dzᵀ)ᵀ, and faster than it at C = 786; so
@@ -139,19 +141,27 @@ def _cpu_backward(dz, xc, wc, dx_c, dw):
     """
     dzf = dz.astype(wc.dtype, copy=False)
     if dx_c is not None:
-        dx_c[...] = dzf @ wc if dzf.shape[0] >= FEW_ROWS else np.matmul(wc.T, dzf.T).T
+        if dzf.shape[0] >= FEW_ROWS and dx_c.dtype == wc.dtype and dx_c.flags.c_contiguous:
+            np.matmul(dzf, wc, out=dx_c)  # straight into dx's rows: no temporary, no copy
+        else:
+            dx_c[...] = dzf @ wc if dzf.shape[0] >= FEW_ROWS else np.matmul(wc.T, dzf.T).T
     if dw is not None:
         xf = xc.astype(dw.dtype, copy=False)
         for s in range(0, dw.shape[0], V_BLOCK):
-            dw[s : s + V_BLOCK] += dzf[:, s : s + V_BLOCK].T @ xf
+            if first:  # dw is uninitialised memory until the first chunk writes it
+                np.matmul(dzf[:, s : s + V_BLOCK].T, xf, out=dw[s : s + V_BLOCK])
+            else:
+                dw[s : s + V_BLOCK] += dzf[:, s : s + V_BLOCK].T @ xf
 
 
-def _chunks(res, needs, scale_rows=None, want_losses=False):
+def _chunks(res, needs, scale_rows=None, want_losses=False, logits_out=None, scale=None):
     """One pass over the row chunks of ``res``'s arrays.
 
     Returns (losses (N,) when ``want_losses`` else None, sum of the losses (0-d), (dx, dw, db)) where the
-    gradients (None unless in ``needs``) are those of sum_i s_i * loss_i: s_i = 1, or ``scale_rows[i]``.
-    dx has x's dtype; dw and db are float32 accumulators (float64 for float64 inputs).
+    gradients (None unless in ``needs``) are those of sum_i s_i * loss_i: s_i = ``scale`` (a 0-d array; default 1),
+    or ``scale_rows[i]``.
+    dx has x's dtype; dw and db are float32 accumulators (float64 for float64 inputs). ``logits_out`` (N, V), when
+    given, receives each chunk's logits before they turn into their gradient.
     """
     x2, w, bias, t = res.x, res.weight, res.bias, res.target
     xp = xp_of(x2)
@@ -159,19 +169,21 @@ def _chunks(res, needs, scale_rows=None, want_losses=False):
     v = w.shape[0]
     acc = _acc_dtype(x2.dtype)
     any_grad = any(needs)
+    cpu = any_grad and type(x2) is np.ndarray and not use_triton(x2)  # the reference path on NumPy arrays
     dx = xp.empty((n, d), dtype=x2.dtype) if needs[0] else None
-    dw = xp.zeros((v, d), dtype=acc) if needs[1] else None
+    dw = ((xp.empty if cpu and n else xp.zeros)((v, d), dtype=acc)) if needs[1] else None  # CPU: chunk 0 writes it
     db = xp.zeros((v,), dtype=acc) if needs[2] else None
     losses = xp.empty((n,), dtype=acc) if want_losses else None
     total = xp.zeros((), dtype=acc)
-    one = xp.ones((), dtype=acc)
+    one = xp.ones((), dtype=acc) if scale is None else scale
     red = "none" if (want_losses or scale_rows is not None) else "sum"
     wt = w.T  # a strided view: the matmul kernels read weight in place
-    cpu = any_grad and type(x2) is np.ndarray and not use_triton(x2)  # the reference path on NumPy arrays
     wc = w.astype(acc, copy=False) if cpu else None  # half weights: one float32 copy per pass
     for s in range(0, n, res.chunk):
         e = min(n, s + res.chunk)
         logits, mres = mm.matmul_forward(x2[s:e], wt, bias, None, allow_tf32=res.allow_tf32)
+        if logits_out is not None:
+            logits_out[s:e] = logits
         loss, cres = ce.cross_entropy_forward(
             logits, t[s:e], ignore_index=res.ignore_index, label_smoothing=res.label_smoothing, reduction=red,
             check_targets=False,
@@ -183,7 +195,7 @@ def _chunks(res, needs, scale_rows=None, want_losses=False):
             continue
         dz = ce.cross_entropy_backward(cres, one if scale_rows is None else scale_rows[s:e], out=logits)
         if cpu:
-            _cpu_backward(dz, x2[s:e], wc, dx[s:e] if needs[0] else None, dw)
+            _cpu_backward(dz, x2[s:e], wc, dx[s:e] if needs[0] else None, dw, s == 0)
         else:
             dxc, dwt, _ = mm.matmul_backward(mres, dz, (needs[0], needs[1], False))
             if needs[0]:
@@ -197,9 +209,21 @@ def _chunks(res, needs, scale_rows=None, want_losses=False):
     return losses, total, (dx, dw, db)
 
 
+def _mean_scale(res):
+    """The mean's 1 / n_valid as a 0-d array (0 when every target is ignored: a zero gradient, as PyTorch's, not
+    0 * inf), applied to each chunk's logit gradients so the gradients come out already divided (no pass over dx
+    and dW afterwards); None for "sum" and "none". On the device it stays there: no host sync."""
+    if res.reduction != "mean":
+        return None
+    xp = xp_of(res.n_valid)
+    one = xp.ones((), dtype=res.n_valid.dtype)
+    empty = res.n_valid == 0
+    return xp.where(empty, xp.zeros_like(one), one / xp.where(empty, one, res.n_valid))
+
+
 def linear_cross_entropy_forward(
     x, weight, target, bias=None, *, ignore_index=-100, label_smoothing=0.0, reduction="mean",
-    needs_input_grad=(True, True, True), chunk_size=None, allow_tf32=True, check_targets=True,
+    needs_input_grad=(True, True, True), chunk_size=None, allow_tf32=True, check_targets=True, logits_out=None,
 ):  # fmt: skip
     """``cross_entropy(x @ weight.T + bias, target)`` chunk by chunk over rows; returns ``(loss, residuals)``.
 
@@ -210,6 +234,9 @@ def linear_cross_entropy_forward(
     computed here, chunk by chunk (nothing asked: the loss alone). ``chunk_size``: rows per chunk (default
     :func:`chunk_rows`). Targets outside [0, V) other than ``ignore_index`` raise ValueError (NumPy: now;
     CuPy: at the next host sync, see ``kernels._deferred``); ``check_targets=False``: the caller checked them.
+    ``logits_out``: an (N, V) array of x's dtype (N = rows of x) that receives the logits x Wᵀ + b, for a caller
+    that returns them too: they come out of the same products, so the projection runs once (the loss's
+    gradients still never need them; :func:`logits_backward` is their own backward).
 
     >>> loss, res = linear_cross_entropy_forward(np.ones((4, 3), np.float32), np.ones((5, 3), np.float32),
     ...                                          np.array([0, 1, 4, -100]))
@@ -233,10 +260,15 @@ def linear_cross_entropy_forward(
         x2, weight, bias, t, None, n_valid, needs, int(ignore_index), float(label_smoothing), reduction,
         tuple(x.shape), chunk, bool(allow_tf32),
     )  # fmt: skip
+    if logits_out is not None and (tuple(logits_out.shape) != (n, v) or logits_out.dtype != x.dtype):
+        raise ValueError(
+            f"linear_cross_entropy: logits_out must be a ({n}, {v}) array of {x.dtype}, got "
+            f"{tuple(logits_out.shape)} {logits_out.dtype}"
+        )
     if reduction == "none":
-        losses, _, _ = _chunks(res, (False, False, False), want_losses=True)
+        losses, _, _ = _chunks(res, (False, False, False), want_losses=True, logits_out=logits_out)
         return losses.reshape(target.shape), res
-    _, total, grads = _chunks(res, needs)
+    _, total, grads = _chunks(res, needs, logits_out=logits_out, scale=_mean_scale(res))
     if reduction == "mean":
         with np.errstate(invalid="ignore", divide="ignore"):  # all targets ignored: 0 / 0 = NaN, as PyTorch
             total = total / n_valid
@@ -272,13 +304,7 @@ def linear_cross_entropy_backward(residuals, dloss, needs_input_grad=None):
                 f"linear_cross_entropy_backward: reduction={res.reduction!r} gives a scalar loss; dloss must have "
                 f"one element, got shape {tuple(dl.shape)}"
             )
-        scale = dl.reshape(()).astype(acc)
-        if res.reduction == "mean":
-            # on the device, no host sync; no valid target: the gradient is 0 (PyTorch), not 0 * inf
-            empty = res.n_valid == 0
-            scale = xp.where(
-                empty, xp.zeros((), dtype=acc), scale / xp.where(empty, xp.ones((), dtype=acc), res.n_valid)
-            )
+        scale = dl.reshape(()).astype(acc)  # the mean's 1 / n_valid is already in the gradients (_mean_scale)
         if type(scale) is np.ndarray and scale == 1:  # the usual loss.backward() on the CPU: nothing to scale
             scale = None
         stored = res.grads
@@ -286,7 +312,7 @@ def linear_cross_entropy_backward(residuals, dloss, needs_input_grad=None):
             grads = tuple(stored)
             stored.clear()  # handed over and scaled in place: a second backward (retain_graph) recomputes them
         else:
-            _, _, grads = _chunks(res, needs)
+            _, _, grads = _chunks(res, needs, scale=_mean_scale(res))
     dtypes = (res.x.dtype, res.weight.dtype, None if res.bias is None else res.bias.dtype)
     out = []
     for want, g, dt in zip(needs, grads, dtypes):
@@ -300,3 +326,27 @@ def linear_cross_entropy_backward(residuals, dloss, needs_input_grad=None):
         out.append(g.astype(dt, copy=False))
     dx, dw, db = out
     return (None if dx is None else dx.reshape(res.x_shape)), dw, db
+
+
+def logits_backward(residuals, dlogits, needs_input_grad=None):
+    """(dx, dweight, dbias) of the logits z = x Wᵀ + b that ``logits_out`` received, for dlogits = dL/dz (N, V)::
+
+        dx = dz W,   dW = dzᵀ x,   db = Σ_rows dz
+
+    computed in float32 (float64 for float64 inputs) and returned in the inputs' dtypes (None where not asked;
+    ``needs_input_grad`` defaults to the forward's). dx has x's shape as the forward saw it.
+    """
+    res = residuals
+    xp = xp_of(res.x)
+    needs = res.needs if needs_input_grad is None else tuple(bool(b) for b in needs_input_grad)
+    acc = _acc_dtype(res.x.dtype)
+    v = res.weight.shape[0]
+    g = dlogits.reshape(-1, v).astype(acc, copy=False)
+    dx = dw = db = None
+    if needs[0]:
+        dx = mm._mm(xp, g, res.weight.astype(acc, copy=False)).astype(res.x.dtype, copy=False).reshape(res.x_shape)
+    if needs[1]:
+        dw = mm._mm(xp, g.T, res.x.astype(acc, copy=False)).astype(res.weight.dtype, copy=False)
+    if needs[2] and res.bias is not None:
+        db = sum_rows(g).astype(res.bias.dtype, copy=False)
+    return dx, dw, db

@@ -32,7 +32,7 @@ import numpy as np
 from . import _jit, autotune
 from ._act import ACT_CODES, FROM_OUTPUT, act_backward_ref, act_code, act_name, act_ref, compiled, jit_passes
 from ._launch import DtypeSet, TritonKernel, cdiv, kernel_for, targ, use_triton, xp_of
-from ._threads import blas_product
+from ._threads import blas_product, sum_rows
 from .activations import dz_from_saved
 
 
@@ -444,7 +444,7 @@ def _reference_backward(res, dout, needs):
                 db2 = _mm(xp, xp.swapaxes(a2.astype(ct, copy=False), -1, -2), dz2)  # dB = A^T @ dZ
             db = _sum_to(db2, b2.shape).reshape(b.shape).astype(b.dtype, copy=False)
     if needs[2] and bias_shape is not None:
-        dbias = dz.reshape(-1, N).sum(axis=0).reshape(bias_shape).astype(res.bias_dtype)  # sum over rows
+        dbias = sum_rows(dz.reshape(-1, N)).reshape(bias_shape).astype(res.bias_dtype)  # BLAS gemv on NumPy
     return da, db, dbias
 
 

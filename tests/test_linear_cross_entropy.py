@@ -91,6 +91,74 @@ def test_gradients_match_the_float64_composition_with_random_upstream(device, re
         np.testing.assert_allclose(_np(a), _np(e), rtol=1e-10, atol=1e-13)
 
 
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("which", ["loss", "logits", "both"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+def test_return_logits_values_and_gradients(device, reduction, which, bias):
+    # the logits copied out of the loss's chunk products: values against float64 NumPy, and gradients through
+    # the loss, the logits or both (random upstream for each) against the float64 unfused composition
+    rng = np.random.default_rng(12)
+    x, w, b, t = _inputs(rng, (3, 5), 6, 9, bias=bias, device=device)
+    loss, logits = F.linear_cross_entropy(x, w, t, b, label_smoothing=0.1, reduction=reduction, chunk_size=4,
+                                          return_logits=True)  # fmt: skip
+    want_z = _np(x) @ _np(w).T + (0 if b is None else _np(b))
+    assert logits.shape == (3, 5, 9) and logits.dtype == x.dtype
+    np.testing.assert_allclose(_np(logits), want_z, rtol=1e-12, atol=1e-13)
+    want = np_reference(_np(x), _np(w), _np(b), t.cpu().numpy(), label_smoothing=0.1, reduction=reduction)
+    np.testing.assert_allclose(_np(loss).reshape(np.shape(want)), want, rtol=1e-12, atol=1e-14)
+    gl = conch.tensor(rng.standard_normal(loss.shape), device=device)
+    gz = conch.tensor(rng.standard_normal((3, 5, 9)), device=device)
+    z = F.linear(x, w, b)
+    plain = F.cross_entropy(z.reshape(15, 9), t.reshape(15), label_smoothing=0.1, reduction=reduction)
+    outs, ref_outs, ups = {"loss": ([loss], [plain], [gl]), "logits": ([logits], [z], [gz]),
+                           "both": ([loss, logits], [plain, z], [gl, gz])}[which]  # fmt: skip
+    params = [p for p in (x, w, b) if p is not None]
+    got = conch.autograd.grad(outs, params, ups)
+    ref = conch.autograd.grad(ref_outs, params, [u.reshape(o.shape) for u, o in zip(ups, ref_outs)])
+    for a, e in zip(got, ref):
+        np.testing.assert_allclose(_np(a), _np(e), rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_zero_rows_give_zero_weight_gradients(device, reduction):
+    # no row, no chunk: dW and db are zeros (the CPU path leaves dW to its first chunk to write otherwise)
+    w = conch.tensor(np.full((5, 4), 3.0), device=device, requires_grad=True)
+    b = conch.tensor(np.ones(5), device=device, requires_grad=True)
+    x = conch.zeros(0, 4, dtype=conch.float64, device=device, requires_grad=True)
+    for _ in range(3):  # fresh allocations each time: garbage would show up in one of them
+        loss = F.linear_cross_entropy(x, w, conch.zeros(0, dtype=conch.int64, device=device), b, reduction=reduction)
+        gw, gb = conch.autograd.grad(loss, [w, b])
+        np.testing.assert_array_equal(gw.cpu().numpy(), np.zeros((5, 4)))
+        np.testing.assert_array_equal(gb.cpu().numpy(), np.zeros(5))
+
+
+def test_return_logits_gradcheck():
+    # float64 finite differences through both outputs, and the create_graph composite (second derivatives)
+    rng = np.random.default_rng(13)
+    x, w, b, t = _inputs(rng, (2, 3), 4, 5)
+    up = conch.tensor(rng.standard_normal((2, 3, 5)))
+
+    def f(x, w, b):
+        loss, z = F.linear_cross_entropy(x, w, t, b, label_smoothing=0.1, chunk_size=4, return_logits=True)
+        return loss + (z * z * up).sum()
+
+    assert conch.autograd.gradcheck(f, (x, w, b))
+    assert conch.autograd.gradgradcheck(f, (x, w, b))
+
+
+def test_return_logits_runs_one_projection(monkeypatch):
+    # the logits come from the loss's own chunk products: one forward product per chunk, none for the logits
+    from conch.kernels import matmul
+
+    calls = []
+    real = matmul.matmul_forward
+    monkeypatch.setattr(matmul, "matmul_forward", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    rng = np.random.default_rng(14)
+    x, w, b, t = _inputs(rng, (8,), 4, 6)
+    F.linear_cross_entropy(x, w, t, b, chunk_size=3, return_logits=True)
+    assert len(calls) == 3
+
+
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 def test_backward_twice_with_retain_graph(device, reduction):
     # the gradients computed in the forward are handed to the first backward (scaled in place, no copy):

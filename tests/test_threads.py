@@ -268,6 +268,20 @@ def test_matmul_reference_runs_small_products_on_one_blas_thread(monkeypatch, re
     assert _blas_threads() == {2}
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+@pytest.mark.parametrize("shape", [(1024, 384), (37, 5), (1, 3), (0, 4), (6, 0), (2, 1)])
+@pytest.mark.parametrize("layout", ["c", "f", "strided"])
+def test_sum_rows_is_the_column_sum(dtype, shape, layout):
+    """sum_rows (a linear layer's bias gradient: a BLAS gemv ones @ a) against a float64 column sum."""
+    base = np.random.default_rng(3).standard_normal((shape[0], 2 * shape[1])).astype(dtype)
+    a = {"c": np.ascontiguousarray(base[:, : shape[1]]), "f": np.asfortranarray(base[:, : shape[1]]),
+         "strided": base[:, ::2]}[layout]  # fmt: skip
+    got = _threads.sum_rows(a)
+    assert got.shape == (shape[1],) and got.dtype == dtype
+    tol = {np.float64: 1e-12, np.float32: 1e-5, np.float16: 2e-3}[dtype] * max(shape[0], 1)
+    np.testing.assert_allclose(got.astype(np.float64), a.astype(np.float64).sum(0), rtol=0, atol=tol)
+
+
 # ---------------------------------------------------------------- bit-exact pooled paths
 
 

@@ -20,6 +20,9 @@ class FusedOp(Op):
     """
 
     copy_on_write: tuple = ()
+    #: False: an output that gets no gradient reaches backward as None, not as zeros of its shape (PyTorch's
+    #: ``ctx.set_materialize_grads(False)``); for outputs that are large and rarely differentiated.
+    materialize_grads = True
 
     @classmethod
     def apply(cls, *tensors, **attrs):
@@ -27,6 +30,8 @@ class FusedOp(Op):
         node = out[0].grad_fn if type(out) is tuple else out.grad_fn
         if node is not None:  # a node was recorded: find what its residuals alias
             _guard(node, tensors, out if type(out) is tuple else (out,), cls.copy_on_write)
+            if not cls.materialize_grads and type(out) is tuple:
+                node.out_meta = [None] * len(out)  # the engine fills a missing gradient from out_meta only
         return out
 
 
@@ -89,7 +94,9 @@ def _recompute_grads(ctx, composite, grads):
     want = [i for i, n in enumerate(ctx.needs_input_grad) if n]
     out = composite(*inputs)
     outs = out if isinstance(out, tuple) else (out,)
-    gs = grad(list(outs), [inputs[i] for i in want], list(grads), create_graph=True, allow_unused=True)
+    pairs = [(o, g) for o, g in zip(outs, grads) if g is not None]  # outputs without a gradient (not materialized)
+    outs, grads = [o for o, _ in pairs], [g for _, g in pairs]
+    gs = grad(outs, [inputs[i] for i in want], grads, create_graph=True, allow_unused=True)
     res = [None] * len(inputs)
     for i, g in zip(want, gs):
         res[i] = g

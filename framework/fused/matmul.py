@@ -11,7 +11,7 @@ import numpy as np
 from conch import kernels as K
 from conch.kernels._act import relu_select
 from conch.kernels._act_names import ACTIVATIONS
-from conch.kernels._threads import mm
+from conch.kernels._threads import mm, sum_rows
 
 from .. import _dtype as D
 from .. import ops
@@ -96,7 +96,7 @@ class MatMulAct(FusedOp):
             db = None
             if n[1]:  # in b's own layout: linear's b is weight.T, and weight's gradient must come back contiguous
                 db = mm(g2.T, a2).T if b.flags.f_contiguous and not b.flags.c_contiguous else mm(a2.T, g2)
-            return _t(da), _t(db), _t(g2.sum(0) if n[2] else None)  # (an empty bias of N = 0: its empty grad)
+            return _t(da), _t(db), _t(sum_rows(g2) if n[2] else None)  # (an empty bias of N = 0: its empty grad)
         da, db, dbias = K.matmul.matmul_backward(_res(ctx), g._data, (n[0], n[1], n[2] and ctx.has_bias))
         if n[2] and not ctx.has_bias:  # a real bias of N = 0 elements looks like "no bias": its gradient is empty
             dbias = xp_of(g._data).zeros((0,), dtype=g.dtype)

@@ -9,6 +9,7 @@ import conch
 
 from .. import nn
 from ..checkpoint import checkpoint
+from ..fused.qkv_attention import qkv_attention
 from ..nn import functional as F
 
 
@@ -41,15 +42,11 @@ class CausalSelfAttention(nn.Module):
         self.n_head, self.n_embd, self.dropout = cfg.n_head, cfg.n_embd, cfg.dropout
 
     def forward(self, x):
-        B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)  # each (B, T, C)
-        hs = C // self.n_head
-        q = q.reshape(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.reshape(B, T, self.n_head, hs).transpose(1, 2)
-        v = v.reshape(B, T, self.n_head, hs).transpose(1, 2)
+        # q, k, v = c_attn(x).split(C, 2), each reshaped to (B, nh, T, hs), then scaled_dot_product_attention(
+        # is_causal=True) and back to (B, T, C): the same maths in one node on the packed projection, whose
+        # backward writes dq, dk, dv into one gradient (no per-head copies and no concatenation)
         p = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)  # (B, nh, T, hs)
-        y = y.transpose(1, 2).reshape(B, T, C)
+        y = qkv_attention(self.c_attn(x), self.n_head, causal=True, dropout_p=p)  # (B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
 
@@ -86,9 +83,10 @@ class GPT(nn.Module):
 
     forward(idx (B, T) int64, targets (B, T) or None, return_logits=True) -> (logits (B, T, vocab), loss or None).
     With targets the loss is :func:`conch.nn.functional.linear_cross_entropy` of the final hidden states and the
-    LM head's weight: its graph never holds the (B, T, vocab) logits or their gradient. The logits are still
-    returned (their own graph, which ``loss.backward()`` does not visit); ``return_logits=False`` skips them
-    (None), which is what a training loop that only needs the loss wants.
+    LM head's weight: its graph never holds the (B, T, vocab) logits' gradient. The logits are still returned,
+    copied out of the loss's own chunk products (``return_logits=True`` there: one projection, not two; a
+    gradient reaching them flows back as through the LM head); ``return_logits=False`` skips them (None, and no
+    (B, T, vocab) array at all), which is what a training loop that only needs the loss wants.
 
     Example::
 
@@ -138,8 +136,11 @@ class GPT(nn.Module):
         h = self.ln_f(x)  # (B, T, C)
         if targets is None:
             return self.lm_head(h), None
-        loss = F.linear_cross_entropy(h, self.lm_head.weight, targets, self.lm_head.bias)
-        return (self.lm_head(h) if return_logits else None), loss
+        w, b = self.lm_head.weight, self.lm_head.bias
+        if return_logits:  # the logits come out of the loss's own products (one projection, not two)
+            loss, logits = F.linear_cross_entropy(h, w, targets, b, return_logits=True)
+            return logits, loss
+        return None, F.linear_cross_entropy(h, w, targets, b)
 
     @conch.no_grad()
     def generate(self, idx, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None):

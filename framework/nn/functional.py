@@ -1222,7 +1222,16 @@ def _cross_entropy_probs(input, target, weight, reduction, label_smoothing):
 
 
 def linear_cross_entropy(
-    input, weight, target, bias=None, ignore_index=-100, label_smoothing=0.0, reduction="mean", chunk_size=None
+    input,
+    weight,
+    target,
+    bias=None,
+    ignore_index=-100,
+    label_smoothing=0.0,
+    reduction="mean",
+    chunk_size=None,
+    *,
+    return_logits=False,
 ):
     """``cross_entropy(linear(input, weight, bias), target, ...)`` without ever building the logits.
 
@@ -1235,6 +1244,11 @@ def linear_cross_entropy(
     about the size of ``input``), so only one chunk's logits exist at a time, and their gradient is formed in
     place; the gradients of input, weight and bias accumulate in float32. The loss is float32 (float64 for
     float64 inputs), as cross_entropy's. Under autocast the projection runs in the autocast dtype, as linear.
+
+    ``return_logits=True`` returns ``(loss, logits)``, logits (..., V) as ``linear(input, weight, bias)`` gives
+    them, for a caller that wants both (a language model returning its logits): they are copied out of the same
+    chunk products, so the projection runs once; the loss's own backward still never needs them, and a
+    gradient that reaches the logits flows to input, weight and bias as through ``linear``.
 
     Example::
 
@@ -1274,8 +1288,12 @@ def linear_cross_entropy(
         raise ValueError(f"linear_cross_entropy: chunk_size must be a positive int, got {chunk_size!r}")
     x2, t1 = input.reshape(-1, input.shape[-1]), target.reshape(-1)
     _, safe = _check_targets(t1, weight.shape[0], ignore_index, "linear_cross_entropy")
-    loss = fused_lce.linear_cross_entropy(x2, weight, safe, bias, ignore_index, label_smoothing, reduction, chunk_size)
-    return loss.reshape(target.shape) if reduction == "none" else loss
+    out = fused_lce.linear_cross_entropy(
+        x2, weight, safe, bias, ignore_index, label_smoothing, reduction, chunk_size, return_logits=return_logits
+    )
+    loss, logits = out if return_logits else (out, None)
+    loss = loss.reshape(target.shape) if reduction == "none" else loss
+    return (loss, logits.reshape(tuple(input.shape[:-1]) + (weight.shape[0],))) if return_logits else loss
 
 
 def _check_same_shape(input, target, name):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from conch.kernels import _jit
 from conch.kernels._cupy import scatter_add
 
 from .._backend import xp_of
@@ -36,7 +37,11 @@ class IndexAdd(Op):
             out[idx] = g  # basic indexing never repeats an element
         elif xp is not np:
             _cupy_add_at(out, idx, g)
-        elif isinstance(idx, np.ndarray) and idx.dtype.kind in "iu" and 0 < idx.size <= _SEGMENT_SUM_MAX and g.ndim:
+        elif not (isinstance(idx, np.ndarray) and idx.dtype.kind in "iu" and g.ndim):
+            np.add.at(out, idx, g)
+        elif _jit.enabled() and _jit.family("index").add_rows(out, idx, g):
+            pass  # compiled (kernels/_numba/index.py); it declines (False) what it does not handle
+        elif 0 < idx.size <= _SEGMENT_SUM_MAX:
             _segment_sum_rows(out, idx, g)
         else:
             np.add.at(out, idx, g)

@@ -65,18 +65,12 @@ def _rmax(a, n):
 
 @njit
 def _rspread(a, n):
-    """max(a[:n]) - min(a[:n]) (n >= 1), four running maxima and minima."""
-    h0 = l0 = a[0]
-    h1 = h2 = h3 = l1 = l2 = l3 = h0
-    j = 0
-    while j + 4 <= n:
-        h0, h1, h2, h3 = max(h0, a[j]), max(h1, a[j + 1]), max(h2, a[j + 2]), max(h3, a[j + 3])
-        l0, l1, l2, l3 = min(l0, a[j]), min(l1, a[j + 1]), min(l2, a[j + 2]), min(l3, a[j + 3])
-        j += 4
-    while j < n:
-        h0, l0 = max(h0, a[j]), min(l0, a[j])
-        j += 1
-    return max(max(h0, h1), max(h2, h3)) - min(min(l0, l1), min(l2, l3))
+    """max(a[:n]) - min(a[:n]) (n >= 1). One plain loop: the norm kernel calls it only for rows whose sum of squares
+    overflowed, and a four-way unrolled version, even uncalled, made that kernel 1.4x slower (its inlined code)."""
+    h = lo = a[0]
+    for j in range(n):
+        h, lo = max(h, a[j]), min(lo, a[j])
+    return h - lo
 
 
 #: The row sums' options: conch's plus reassociation, so that LLVM vectorizes the sum into 16-32 partial sums
@@ -100,6 +94,16 @@ def _rdot(a, b, n):
     s = a.dtype.type(0)
     for j in range(n):
         s += a[j] * b[j]
+    return s
+
+
+@njit(**_SUM)
+def _rcsq(a, m, n):
+    """sum((a[:n] - m)²) in a's dtype."""
+    s = a.dtype.type(0)
+    for j in range(n):
+        t = a[j] - m
+        s += t * t
     return s
 
 
@@ -197,20 +201,23 @@ def _attn_ds(dp, g, o, p, lo, hi):
 
 @njit
 def _norm_fwd(x, w, b, eps, is_rms, y, mean, rstd, lo, hi):
-    """y = (x - mean) * rstd * w + b per row (RMS: x * rstd * w), the variance of the centred row (two passes)."""
+    """y = (x - mean) * rstd * w + b per row (RMS: x * rstd * w), the variance of the centred row (two passes:
+    the mean, then the squares of x - mean formed on the fly, not stored: 2x faster than a centred copy)."""
     d = x.shape[1]
     T = x.dtype.type
     for i in range(lo, hi):
         xr, yr = x[i], y[i]
         m = T(0)
-        if not is_rms:
+        if is_rms:
+            ss = _rdot(xr, xr, d)
+        else:
             m = _rsum(xr, d) / T(d)
-            for j in range(d):  # centred in y: the variance of x - mean, two passes as the reference
-                yr[j] = xr[j] - m
-        src = xr if is_rms else yr
-        r = T(1.0 / math.sqrt(_rdot(src, src, d) / T(d) + eps))
-        if not is_rms and math.isinf(_rspread(xr, d)):
-            r = T(np.nan)  # a spread that overflows gives NaN, as the reference and PyTorch's Welford moments
+            ss = _rcsq(xr, m, d)
+        r = T(1.0 / math.sqrt(ss / T(d) + eps))
+        # a spread that overflows gives NaN, as the reference and PyTorch's Welford moments; such a row's centred
+        # squares overflow too, so the (scalar, unvectorized) spread pass runs only for a sum of squares of inf
+        if not is_rms and math.isinf(ss) and math.isinf(_rspread(xr, d)):
+            r = T(np.nan)
         mean[i], rstd[i] = m, r
         for j in range(d):
             yr[j] = (xr[j] - m) * r * w[j] + b[j]
