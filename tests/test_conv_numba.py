@@ -631,3 +631,17 @@ def test_conv_module_plan_keeps_the_checks():
     with pytest.raises(RuntimeError, match="scalar type"):
         m(conch.randn(2, 3, 8, 8, dtype=conch.float64))
     assert len(m._plans) == 1
+
+
+def test_conv_module_plan_steps_aside_under_autocast(cpu_path):
+    """Under autocast a planned Conv2d goes through F again, which casts: the output has autocast's dtype."""
+    m = conch.nn.Conv2d(3, 4, 3, padding=1)
+    x = conch.randn(2, 3, 5, 5)
+    m(x)
+    m(x)  # planned
+    with conch.autocast("cpu", dtype=conch.bfloat16):
+        y = m(x)
+        want = F.conv2d(x, m.weight, m.bias, padding=1)
+    assert y.dtype == want.dtype == conch.bfloat16
+    np.testing.assert_array_equal(y.detach().float().numpy(), want.detach().float().numpy())
+    assert m(x).dtype == conch.float32  # and the plan again after it
