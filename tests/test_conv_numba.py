@@ -343,6 +343,8 @@ POOLS = [  # (shape, kernel, stride, padding, dilation, ceil_mode)
     ((1, 2, 11, 10), (3, 2), (1, 2), (1, 0), (2, 1), True),
     ((2, 2, 15), (4,), (3,), (2,), (1,), True),
     ((1, 2, 5, 6, 7), (2, 3, 2), (2, 1, 2), (1, 1, 0), (1, 1, 2), False),
+    ((3, 2, 5, 5), (2, 2), (2, 2), (0, 0), (1, 1), False),  # narrow rows (2 windows), odd sizes
+    ((64, 4, 4, 4), (2, 2), (2, 2), (0, 0), (1, 1), False),  # the 8x8 CNN's second pooling, fewer channels
 ]
 
 
@@ -518,7 +520,7 @@ def test_results_do_not_depend_on_threads(two_threads, cpu_path):
         h = F.conv2d(x, w, padding=1)
         y = F.max_pool2d(h, 2) + F.avg_pool2d(h, 3, 2, 1)[..., :7, :7] + F.max_pool2d(h, 3, 2, 1)[..., :7, :7]
         y = F.conv2d(y[..., :4, :4], w[:, :5], padding=1)  # a small plane: the one-product layout
-        y.sum().backward()
+        (y.sum() + F.max_pool2d(y, 2).sum()).backward()  # and 2x2 pooling's narrow-row backward
         res.append((y.detach().numpy(), x.grad.numpy(), w.grad.numpy()))
         if n == 2 and cpu_path == "numba":
             assert _threads.SPLITS[0] > before, "nothing was split on 2 threads"
