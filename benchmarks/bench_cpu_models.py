@@ -324,6 +324,18 @@ def _micro_cases():
     seeds = itertools.count(1)  # conch's mask cache must not serve a timed forward
     xd, dyt1 = torch.tensor(x1, requires_grad=True), torch.tensor(dy1)
 
+    def drop_fwd():
+        return dk.dropout_forward(x1, 0.1, seed=next(seeds))
+
+    def drop_fwd_bwd():  # the NumPy path's backward reads the forward's mask from its cache; the compiled one redraws
+        return dk.dropout_backward(dk.dropout_forward(x1, 0.1, seed=next(seeds))[1], dy1)
+
+    x_small, dy_small = x1[: 64 * 128].reshape(64, 128), dy1[: 64 * 128].reshape(64, 128)
+    xd_small, dyt_small = torch.tensor(x_small, requires_grad=True), torch.tensor(dy_small)
+
+    def drop_small():
+        return dk.dropout_backward(dk.dropout_forward(x_small, 0.1, seed=next(seeds))[1], dy_small)
+
     def np_dropout_fwd_bwd():
         keep = drng.random(x1.shape) >= 0.1
         return x1 * keep / np.float32(0.9), dy1 * keep / np.float32(0.9)
@@ -381,13 +393,14 @@ def _micro_cases():
             # dy as a tensor made once (dyt1): a torch.tensor copy per call would be timed on torch's side only
             "torch": lambda: torch.ops.aten.gelu_backward(dyt1, xt1), "numpy": np_gelu_bwd},
         "dropout p=0.1 fwd 2**20, a new seed per call": {
-            "conch": lambda: dk.dropout_forward(x1, 0.1, seed=next(seeds)),
-            "torch": lambda: torch.nn.functional.dropout(xt1, 0.1),
-            "numpy": lambda: x1 * (drng.random(x1.shape) >= 0.1) / np.float32(0.9)},
+            "conch": drop_fwd, "torch": lambda: torch.nn.functional.dropout(xt1, 0.1),
+            "numpy": lambda: x1 * (drng.random(x1.shape) >= 0.1) / np.float32(0.9), "numpy path": numpy_path(drop_fwd)},
         "dropout p=0.1 fwd+bwd 2**20": {
-            "conch": lambda: dk.dropout_backward(dk.dropout_forward(x1, 0.1, seed=next(seeds))[1], dy1),
-            "torch": lambda: torch.nn.functional.dropout(xd, 0.1).backward(dyt1),
-            "numpy": np_dropout_fwd_bwd},
+            "conch": drop_fwd_bwd, "torch": lambda: torch.nn.functional.dropout(xd, 0.1).backward(dyt1),
+            "numpy": np_dropout_fwd_bwd, "numpy path": numpy_path(drop_fwd_bwd)},
+        "dropout p=0.1 fwd+bwd (64,128), the 8x8 CNN's": {
+            "conch": drop_small, "torch": lambda: torch.nn.functional.dropout(xd_small, 0.1).backward(dyt_small),
+            "numpy path": numpy_path(drop_small)},
     }  # fmt: skip
     # "numpy path": conch with the compiled kernels off (absent where they are off anyway)
     return {name: {k: f for k, f in fns.items() if f is not None} for name, fns in cases.items()}

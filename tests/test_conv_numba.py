@@ -123,6 +123,62 @@ def test_compiled_im2col_col2im_equal_numpy_path(shape, k, s, d, pads):
     np.testing.assert_array_equal(d1, d0)
 
 
+# small planes (at most SMALL_OUTPUT output positions), as the 8x8 CNN's second layer and odd ones
+SMALL_GEOMS = [
+    ((64, 16, 4, 4), (3, 3), (1, 1), (1, 1), (1, 1, 1, 1)),
+    ((3, 5, 7, 7), (3, 3), (2, 2), (1, 1), (1, 1, 1, 1)),
+    ((5, 2, 17), (3,), (2,), (1,), (1, 1)),
+    ((2, 3, 2, 3, 4), (2, 2, 3), (1, 1, 1), (1, 1, 1), (0, 1, 0, 1, 1, 1)),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape,k,s,d,pads", SMALL_GEOMS)
+def test_batch_last_im2col_col2im_match_loops(shape, k, s, d, pads, dtype):
+    """The one-product layout (C·∏k, ∏O·N) of the compiled kernels: the loops' patches with the batch moved
+    last (a copy: exact), -inf padding, and col2im its adjoint (the float64 loops to rounding, and the
+    (N, C·∏k, ∏O) col2im of the same entries bit for bit: the same order of adds)."""
+    _need_numba()
+    conv = _jit.family("conv")
+    rng = RNG(14)
+    x = rng.standard_normal((shape[0], shape[1] * 2) + shape[2:]).astype(dtype)[:, ::2]  # not contiguous
+    k_, s_, d_, pads_, o = _geom(shape, k, s, d, pads)
+    n, c = shape[:2]
+    want, _ = ref_im2col(x.astype(np.float64), k, s, d, pads)  # (N, C·∏k, ∏O)
+    to_last = lambda a: a.transpose(1, 2, 0).reshape(a.shape[1], -1)  # noqa: E731  (N, K, P) -> (K, P·N)
+    cols = conv.im2col(x, k, s, d, pads[0::2], o, batch_last=True)
+    assert cols.dtype == dtype and cols.shape == (c * math.prod(k), math.prod(o) * n)
+    np.testing.assert_array_equal(cols, to_last(want).astype(dtype))
+    low = conv.im2col(x, k, s, d, pads[0::2], o, value=-np.inf, batch_last=True)
+    np.testing.assert_array_equal(low, to_last(ref_im2col(x, k, s, d, pads, -np.inf)[0]).astype(dtype))
+    g = rng.standard_normal(want.shape).astype(dtype)
+    got = conv.col2im(to_last(g), k, s, d, pads[0::2], o, x.shape, batch_last=True)
+    assert got.dtype == dtype and got.shape == x.shape
+    tol = 1e-6 if dtype == np.float32 else 1e-13
+    np.testing.assert_allclose(got, ref_col2im(g, k, s, d, pads, x.shape), rtol=tol, atol=tol)
+    np.testing.assert_array_equal(got, conv.col2im(g, k, s, d, pads[0::2], o, x.shape))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(512, 64), (64, 256), (37, 13), (8, 8), (9, 17), (1, 5), (5, 1), (0, 3)])
+def test_transpose_matches_numpy(shape, dtype):
+    """The tiled transpose (whole 8 x 8 tiles and ragged edges), with and without the per-row-group bias, on
+    non-contiguous inputs; without a bias nothing is added (-0.0 stays -0.0)."""
+    _need_numba()
+    conv = _jit.family("conv")
+    rng = RNG(15)
+    a = rng.standard_normal((shape[0], shape[1] * 2)).astype(dtype)[:, ::2]
+    a[:, :1] = -0.0
+    got = conv.transpose(a)
+    assert got.dtype == dtype and got.flags.c_contiguous
+    np.testing.assert_array_equal(got, a.T)
+    assert np.signbit(got[0]).all()
+    group = 4 if shape[0] % 4 == 0 else 1
+    b = rng.standard_normal(shape[0] // group).astype(dtype)
+    want = a.astype(np.float64) + np.repeat(b, group)[:, None]
+    np.testing.assert_array_equal(conv.transpose(a, b, group), want.astype(dtype).T)  # one rounding of a + b
+
+
 def ref_conv(x, w, b, s, pads, d, groups):
     """Cross-correlation in float64 from ref_im2col: per group W[g] @ cols[g] + b."""
     nd = x.ndim - 2
@@ -287,6 +343,8 @@ POOLS = [  # (shape, kernel, stride, padding, dilation, ceil_mode)
     ((1, 2, 11, 10), (3, 2), (1, 2), (1, 0), (2, 1), True),
     ((2, 2, 15), (4,), (3,), (2,), (1,), True),
     ((1, 2, 5, 6, 7), (2, 3, 2), (2, 1, 2), (1, 1, 0), (1, 1, 2), False),
+    ((3, 2, 5, 5), (2, 2), (2, 2), (0, 0), (1, 1), False),  # narrow rows (2 windows), odd sizes
+    ((64, 4, 4, 4), (2, 2), (2, 2), (0, 0), (1, 1), False),  # the 8x8 CNN's second pooling, fewer channels
 ]
 
 
@@ -462,7 +520,7 @@ def test_results_do_not_depend_on_threads(two_threads, cpu_path):
         h = F.conv2d(x, w, padding=1)
         y = F.max_pool2d(h, 2) + F.avg_pool2d(h, 3, 2, 1)[..., :7, :7] + F.max_pool2d(h, 3, 2, 1)[..., :7, :7]
         y = F.conv2d(y[..., :4, :4], w[:, :5], padding=1)  # a small plane: the one-product layout
-        y.sum().backward()
+        (y.sum() + F.max_pool2d(y, 2).sum()).backward()  # and 2x2 pooling's narrow-row backward
         res.append((y.detach().numpy(), x.grad.numpy(), w.grad.numpy()))
         if n == 2 and cpu_path == "numba":
             assert _threads.SPLITS[0] > before, "nothing was split on 2 threads"
@@ -522,3 +580,70 @@ def test_conv_matches_torch(xs, ws, s, p, d, groups, cpu_path):
     (yt * torch.tensor(g)).sum().backward()
     np.testing.assert_allclose(xc.grad.numpy(), xt.grad.numpy(), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(wc.grad.numpy(), wt.grad.numpy(), rtol=1e-4, atol=1e-3)
+
+
+# ---------------------------------------------------------------- the Conv2d/Conv3d modules' cached plans
+
+
+@pytest.mark.parametrize(
+    "mod,xs",
+    [
+        (lambda: conch.nn.Conv2d(16, 32, 3, padding=1), (5, 16, 4, 4)),
+        (
+            lambda: conch.nn.Conv2d(4, 6, (3, 2), stride=(2, 1), padding="valid", dilation=(1, 2), groups=2),
+            (2, 4, 9, 8),
+        ),
+        (lambda: conch.nn.Conv2d(3, 4, 3, padding="same", bias=False), (2, 3, 7, 6)),
+        (lambda: conch.nn.Conv3d(2, 3, 2, padding=1), (1, 2, 3, 4, 5)),
+    ],
+)
+def test_conv_module_plan_equals_functional(mod, xs, cpu_path):
+    """From the second call on a shape, a Conv2d/Conv3d goes straight to ops.ConvNd with the geometry it kept:
+    the same bits as F.conv2d/conv3d, forward and gradients, for a new shape and dtype too (a plan per key)."""
+    m = mod()
+    f = F.conv2d if len(xs) == 4 else F.conv3d
+    for shape, dtype in ((xs, np.float32), (xs, np.float32), ((3,) + xs[1:], np.float32), (xs, np.float64)):
+        if dtype == np.float64:
+            m = m.double()
+        xa = RNG(16).standard_normal(shape).astype(dtype)
+        outs = []
+        for use_module in (True, False):
+            x = conch.tensor(xa, requires_grad=True)
+            m.zero_grad()
+            if use_module:
+                y = m(x)
+            else:
+                y = f(x, m.weight, m.bias, m.stride, m.padding, m.dilation, m.groups)
+            (y * y).sum().backward()
+            grads = [p.grad.numpy().copy() for p in m.parameters()]
+            outs.append([y.detach().numpy(), x.grad.numpy()] + grads)
+        for a, b in zip(*outs, strict=True):
+            np.testing.assert_array_equal(a, b)
+    assert len(m._plans) == 3  # (xs, float32), (3, ...) float32, (xs, float64)
+
+
+def test_conv_module_plan_keeps_the_checks():
+    """A plan is made only after F's checks passed, and a call that does not match one goes through them."""
+    m = conch.nn.Conv2d(3, 4, 3)
+    m(conch.randn(2, 3, 8, 8))
+    with pytest.raises(RuntimeError, match="channels"):
+        m(conch.randn(2, 5, 8, 8))
+    with pytest.raises(RuntimeError, match="too small"):
+        m(conch.randn(2, 3, 2, 2))
+    with pytest.raises(RuntimeError, match="scalar type"):
+        m(conch.randn(2, 3, 8, 8, dtype=conch.float64))
+    assert len(m._plans) == 1
+
+
+def test_conv_module_plan_steps_aside_under_autocast(cpu_path):
+    """Under autocast a planned Conv2d goes through F again, which casts: the output has autocast's dtype."""
+    m = conch.nn.Conv2d(3, 4, 3, padding=1)
+    x = conch.randn(2, 3, 5, 5)
+    m(x)
+    m(x)  # planned
+    with conch.autocast("cpu", dtype=conch.bfloat16):
+        y = m(x)
+        want = F.conv2d(x, m.weight, m.bias, padding=1)
+    assert y.dtype == want.dtype == conch.bfloat16
+    np.testing.assert_array_equal(y.detach().float().numpy(), want.detach().float().numpy())
+    assert m(x).dtype == conch.float32  # and the plan again after it

@@ -1,4 +1,5 @@
-"""The cheap CPU kernels: tile pooling (no im2col), the fast NumPy Philox of dropout, the cached causal masks.
+"""The cheap CPU kernels: tile pooling (no im2col), the fast NumPy Philox of dropout and its compiled twin
+(kernels/_numba/dropout.py), the cached causal masks.
 
 Each is checked against an independent reference (float64 NumPy windows, the generic uint64 Philox, a fresh
 tril), by gradcheck in float64, and in separate tests against PyTorch where it imports.
@@ -12,7 +13,7 @@ import pytest
 import conch
 import conch.nn.functional as F
 from conch.autograd import gradcheck, gradgradcheck
-from conch.kernels import _causal
+from conch.kernels import _causal, _jit, _threads
 from conch.kernels import dropout as dk
 
 
@@ -299,6 +300,95 @@ def test_reference_dropout_values_and_dropped_non_finite(monkeypatch):
     assert not np.signbit(y[~keep]).any()  # a dropped element is +0, whatever x held (as the kernel's where)
 
 
+# ---------------------------------------------------------------- dropout's compiled Philox (Numba)
+
+# seeds and offsets: block-aligned and mid-block starts, the 2**32 word boundary, a 64-bit seed, a large offset
+STREAMS = [(0, 0), (1234, 7), (2**64 - 1, 2**32 - 3), (5, 2**62 + 1), (77, 64)]
+SIZES = [1, 7, 8, 9, 31, 32, 33, 64, 1000, 5003]
+
+
+@pytest.mark.parametrize("seed,offset", STREAMS)
+def test_dropout_mask_equals_generic_on_both_paths(seed, offset, cpu_path):
+    for n in SIZES:
+        for p in (0.0, 2.0**-32, 0.1, 0.5, 1 - 2.0**-32, 1.0):
+            dk._MASKS.clear()  # drawn afresh, not read back from the other path's cache
+            np.testing.assert_array_equal(dk.dropout_mask((n,), p, seed, offset), generic_keep(n, p, seed, offset))
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered in multiply:RuntimeWarning")  # p = 1 times inf
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16", "bfloat16"])
+def test_dropout_forward_backward_values(dtype, cpu_path, monkeypatch):
+    """y = x / (1 - p) where the generic mask keeps, in float32 (float64 for float64 input) rounded once to x's
+    dtype; a dropped inf or NaN gives +0.0, a kept one stays; non-contiguous input in its logical order."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setenv("CONCH_KERNELS", "reference")
+    dt = np.dtype(getattr(conch, dtype))
+    acc = np.float64 if dtype == "float64" else np.float32
+    base = np.random.default_rng(10).standard_normal((37, 2 * 29))
+    base[0, :20] = np.inf
+    base[1, :20] = -np.inf
+    base[2, :20] = np.nan
+    x = base.astype(dt)[:, ::2]  # not contiguous
+    for p, seed, offset in ((0.3, 3, 11), (0.0, 4, 0), (1.0, 5, 8), (0.9, 2**64 - 1, 2**32 - 5)):
+        y, res = dk.dropout_forward(x, p, seed=seed, offset=offset)
+        keep = generic_keep(x.size, p, seed, offset).reshape(x.shape)
+        scale = 0.0 if p == 1.0 else 1.0 / (1.0 - p)
+        with np.errstate(invalid="ignore"):
+            want = np.where(keep, (x.astype(acc) * acc(scale)), 0.0).astype(dt)
+        assert y.dtype == dt and y.shape == x.shape
+        np.testing.assert_array_equal(y.astype(np.float64), want.astype(np.float64))
+        assert not np.signbit(y[~keep].astype(np.float64)).any()
+        dx = dk.dropout_backward(res, x)
+        np.testing.assert_array_equal(dx.astype(np.float64), y.astype(np.float64))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+def test_compiled_dropout_equals_numpy_path(dtype, monkeypatch):
+    """The compiled draw gives the NumPy path's bits: forward, backward and mask, at odd sizes and offsets."""
+    if not _jit._probe():
+        pytest.skip("Numba is not importable here or CONCH_NUMBA=0: this compares the compiled path with NumPy's")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setenv("CONCH_KERNELS", "reference")
+    rng = np.random.default_rng(11)
+    for n in (5, 8192, 70001):
+        x = rng.standard_normal(n).astype(dtype)
+        out = {}
+        for on in (True, False):
+            prev = _jit.set_enabled(on)
+            try:
+                dk._MASKS.clear()
+                y, res = dk.dropout_forward(x, 0.2, seed=n, offset=n % 13)
+                out[on] = (y, dk.dropout_backward(res, x[::-1].copy()), dk.dropout_mask((n,), 0.2, n, n % 13))
+            finally:
+                _jit.set_enabled(prev)
+        for a, b in zip(out[True], out[False], strict=True):
+            assert a.dtype == b.dtype
+            np.testing.assert_array_equal(a, b)
+
+
+def test_compiled_dropout_does_not_depend_on_threads(monkeypatch, cpu_path):
+    """Elementwise over the stream: the same bits on 1 and 2 threads, and the 2-thread run really split."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setenv("CONCH_KERNELS", "reference")
+    monkeypatch.setattr(_threads, "MIN_PARALLEL", 64)
+    monkeypatch.setenv("CONCH_ADAPT_THREADS", "0")
+    monkeypatch.setitem(_threads._load, "adapt", False)
+    before = conch.get_num_threads()
+    x = np.random.default_rng(12).standard_normal(10007).astype(np.float32)
+    res = []
+    try:
+        for n in (1, 2):
+            conch.set_num_threads(n)
+            splits = _threads.SPLITS[0]
+            dk._MASKS.clear()
+            res.append((dk.dropout_forward(x, 0.4, seed=9, offset=3)[0], dk.dropout_mask((x.size,), 0.4, 9, 3)))
+            assert n == 1 or _threads.SPLITS[0] > splits, "nothing was split on 2 threads"
+    finally:
+        conch.set_num_threads(before)
+    for a, b in zip(*res, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 # ---------------------------------------------------------------- causal masks
 
 
@@ -333,7 +423,8 @@ def test_causal_attention_uses_the_mask_as_before():
         np.testing.assert_allclose(out.detach().numpy(), want, rtol=1e-12)
 
 
-def test_dropout_backward_reuses_the_forwards_mask(monkeypatch):
+@pytest.mark.parametrize("cpu_path", ["numpy"], indirect=True)  # the NumPy path's cache (the compiled one has none)
+def test_dropout_backward_reuses_the_forwards_mask(monkeypatch, cpu_path):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     monkeypatch.setenv("CONCH_KERNELS", "reference")
     x = np.random.default_rng(9).standard_normal((13, 29)).astype(np.float32)

@@ -10,6 +10,9 @@ and output size ``o``; input element (z, y, x) of window (oz, oy, ox) at offset 
   x, no reshape copy), padding read as ``value``.
 - ``col2im(cols, k, s, d, p, o, in_shape)``: the adjoint, each (n, c) plane summed in the cache over the ∏k
   window offsets in order (the NumPy path's order, so the same bits).
+- ``batch_last=True`` (both): cols (C·∏k, ∏O·N) for one product over the whole batch (small planes), every
+  entry part of a run of N contiguous elements; ``transpose(a, bias, group)`` takes arrays in and out of that
+  layout (a tiled transpose, ``bias[i // group]`` added to the entries from a's row i).
 - ``max_pool(x, k, s, d, p, o)`` -> (out, idx): each window's first maximum (a NaN counts as larger than any
   number, the first NaN wins; padding is skipped) and its flat index into the plane ∏S (PyTorch's indices).
   ``max_pool_backward(g, idx, in_shape)`` adds g at those indices.
@@ -150,43 +153,87 @@ def _patches(x, cols, size, k, s, d, p, o, value, adjoint, scratch, q0, q1):
 
 
 @njit
-def _patches_small(x, cols, table, plane, npos, value, adjoint, batch, channels, by_batch, q0, q1):
+def _patches_small(x, cols, table, plane, npos, value, adjoint, q0, q1):
     """_patches through a table, for small planes (``plane`` elements): entry (r, t) of the ∏k × ∏O block of
-    plane (n, c) (``npos`` = ∏O) is x's plane at table[r·∏O + t] (-1: padding). Runs along 4-wide rows would be
-    a loop call per 3-4 elements; the table is one loop over the block. cols is (N, C·∏k, ∏O) (q0..q1 count
-    planes), or with ``by_batch`` (C·∏k, N, ∏O) (q0..q1 count channels: each (c, r) row is written or read
-    whole), the layout of one product over the whole batch. col2im adds in (offset, position) order: each
-    element's contributions in offset order, as _patches and the NumPy path."""
+    plane q (``npos`` = ∏O) is x's plane at table[r·∏O + t] (-1: padding). Runs along 4-wide rows would be
+    a loop call per 3-4 elements; the table is one loop over the block. cols is (N·C, ∏k, ∏O), q0..q1 count
+    planes. col2im adds in (offset, position) order: each element's contributions in offset order, as _patches
+    and the NumPy path."""
     nk = table.shape[0] // npos
-    if by_batch and not adjoint:  # im2col: each (c, r) row of cols written from start to end
-        for q in range(q0, q1):
-            for r in range(nk):
-                rb, tb = (q * nk + r) * batch * npos, r * npos
-                for n in range(batch):
-                    xb = (n * channels + q) * plane
-                    for t in range(npos):
-                        i = table[tb + t]
-                        v = x[xb + max(i, 0)]
-                        cols[rb + n * npos + t] = v if i >= 0 else value
-        return
     for q in range(q0, q1):
-        for n in range(batch if by_batch else 1):
-            xb = (n * channels + q) * plane if by_batch else q * plane
+        xb = q * plane
+        if adjoint:
+            _fill(x, xb, plane, 0.0)
+        for r in range(nk):
+            rb, tb = (q * nk + r) * npos, r * npos
             if adjoint:
-                _fill(x, xb, plane, 0.0)
-            for r in range(nk):
-                rb = ((q * nk + r) * batch + n) * npos if by_batch else (q * nk + r) * npos
-                tb = r * npos
+                for t in range(npos):
+                    i = table[tb + t]
+                    if i >= 0:
+                        x[xb + i] += cols[rb + t]
+            else:
+                for t in range(npos):
+                    i = table[tb + t]
+                    v = x[xb + max(i, 0)]
+                    cols[rb + t] = v if i >= 0 else value
+
+
+@njit
+def _patches_batch_last(xt, cols, table, plane, npos, batch, value, adjoint, q0, q1):
+    """im2col / col2im (``adjoint``) in the batch-last layout, channels q0..q1-1: xt is the input as
+    (C, ∏S, N) and cols (C·∏k, ∏O, N), so entry ((c, r), t, n) = xt[c, table[r·∏O + t], n] (-1: padding) and
+    every read, write or add is a run of N contiguous elements. col2im sets each run of xt to the sum of its
+    cols runs in (offset, position) order, the order of _patches_small and the NumPy path (the same bits)."""
+    nk = table.shape[0] // npos
+    for q in range(q0, q1):
+        if adjoint:
+            _fill(xt, q * plane * batch, plane * batch, 0.0)
+        for r in range(nk):
+            for t in range(npos):
+                i = table[r * npos + t]
+                at = ((q * nk + r) * npos + t) * batch
                 if adjoint:
-                    for t in range(npos):
-                        i = table[tb + t]
-                        if i >= 0:
-                            x[xb + i] += cols[rb + t]
+                    if i >= 0:
+                        _add(xt, (q * plane + i) * batch, cols, at, batch)
+                elif i >= 0:
+                    _copy(cols, at, xt, (q * plane + i) * batch, batch)
                 else:
-                    for t in range(npos):
-                        i = table[tb + t]
-                        v = x[xb + max(i, 0)]
-                        cols[rb + t] = v if i >= 0 else value
+                    _fill(cols, at, batch, value)
+
+
+@njit
+def _band8(src, dst, jb, it):
+    """dst[jb : jb + 8, :it] = src[:it, jb : jb + 8]ᵀ in 8 x 8 tiles. Constant trip counts let LLVM turn a tile
+    into register shuffles (~2x faster than a general tile loop), and only in a function of its own (measured:
+    the same loops inlined in _transpose's band loop, or with an add in the tile, run at the general speed)."""
+    for ib in range(0, it, 8):
+        for j in range(8):
+            for i in range(8):
+                dst[jb + j, ib + i] = src[ib + i, jb + j]
+
+
+@njit
+def _transpose(src, dst, bias, group, j0, j1):
+    """dst[j, i] = src[i, j] (+ bias[i // group] when bias is not empty) for dst's rows j0..j1-1; src (R, C),
+    dst (C, R): 8-row bands of dst by _band8, the ragged edges element by element, then the bias added to
+    each band just written (a contiguous pass, one rounding as src + bias)."""
+    rows = src.shape[0]
+    with_bias = bias.shape[0] > 0
+    add = np.empty(rows if with_bias else 0, dtype=src.dtype)  # each source row's bias: no division per element
+    for i in range(add.shape[0]):
+        add[i] = bias[i // group]
+    it = rows // 8 * 8
+    for jb in range(j0, j1, 8):
+        je = min(jb + 8, j1)
+        done = it if je - jb == 8 else 0  # source rows whose tiles _band8 wrote
+        if done:
+            _band8(src, dst, jb, it)
+        for j in range(jb, je):
+            for i in range(done, rows):
+                dst[j, i] = src[i, j]
+            if with_bias:
+                for i in range(rows):
+                    dst[j, i] += add[i]
 
 
 @njit
@@ -259,6 +306,34 @@ def _max_pool2x2_backward(x, out, g, dx, q0, q1):
         for h in range(2 * oh, hh):
             for w in range(ww):
                 dx[q, h, w] = 0.0
+
+
+@njit
+def _max_pool2x2_backward_narrow(x, out, g, dx, hh, ww, q0, q1):
+    """_max_pool2x2_backward for rows of at most NARROW windows, on flat arrays with unsigned offsets: at 2 windows a
+    row the vectorised loop's set-up and the row views cost more than the loop (the 8x8 CNN's 4x4 planes: ~2x
+    faster). x, dx (P·H·W), out, g (P·OH·OW); the same selects, so the same bits."""
+    oh, ow = hh // 2, ww // 2
+    for q in range(q0, q1):
+        for zh in range(oh):
+            r0 = _U((q * hh + 2 * zh) * ww)
+            r1 = r0 + _U(ww)
+            ob = _U((q * oh + zh) * ow)
+            for t in range(_U(ow)):
+                a, b, c, m, gv = x[r0 + 2 * t], x[r0 + 2 * t + 1], x[r1 + 2 * t], out[ob + t], g[ob + t]
+                ha = (a == m) | (a != a)
+                hb = ((b == m) | (b != b)) & ~ha
+                hc = ((c == m) | (c != c)) & ~(ha | hb)
+                he = ~(ha | hb | hc)
+                dx[r0 + 2 * t] = gv if ha else 0.0
+                dx[r0 + 2 * t + 1] = gv if hb else 0.0
+                dx[r1 + 2 * t] = gv if hc else 0.0
+                dx[r1 + 2 * t + 1] = gv if he else 0.0
+            for w in range(_U(2 * ow), _U(ww)):  # an odd width: the last column is in no window
+                dx[r0 + w] = 0.0
+                dx[r1 + w] = 0.0
+        for w in range(_U((q * hh + 2 * oh) * ww), _U((q + 1) * hh * ww)):  # an odd height: the last row
+            dx[w] = 0.0
 
 
 @njit
@@ -338,6 +413,10 @@ def _split(planes, per_plane, kernel):
     parallel_for(planes, kernel, work=planes * per_plane * WORK_PER_ELEMENT, align=1)
 
 
+#: 2x2 max pooling's backward takes _max_pool2x2_backward_narrow for rows of at most this many windows (measured:
+#: 2 windows ~2x faster there, 4 about even, 7 and more slower than the vectorised kernel).
+NARROW = 2
+
 #: Planes of at most this many output positions (∏O) take the table kernel (_patches_small): measured at the
 #: CNNs' layers, the runs of _patches win from 8x8 outputs on and the table below (4x4: ~3x faster).
 SMALL_OUTPUT = 32
@@ -355,7 +434,15 @@ def _table(size, k, s, d, p, o):
     return np.where(ok, flat, -1).astype(np.int64).ravel()
 
 
-def _patch_call(x, cols, shape, k, s, d, p, o, value, adjoint, scratch, by_batch=False):
+@functools.lru_cache(maxsize=256)
+def _geometry(in_shape, k, s, d, p, o):
+    """A call's geometry in 3 spatial dims, ((N, C, D, H, W), k, s, d, p, o): cached per shape, since building
+    these tuples costs more Python than a small plane's kernel call."""
+    three = (_three(k, 1), _three(s, 1), _three(d, 1), _three(p, 0), _three(o, 1))
+    return (tuple(int(v) for v in in_shape[:2]) + _three(in_shape[2:], 1),) + three
+
+
+def _patch_call(x, cols, shape, k, s, d, p, o, value, adjoint, scratch):
     """_patches or _patches_small over all planes of x (flat; ``shape`` (N, C, D, H, W)), split between threads."""
     size, planes = shape[2:], shape[0] * shape[1]
     if x.size == 0 or cols.size == 0:  # an empty batch (or a dim of size 0): nothing to read or write
@@ -363,40 +450,77 @@ def _patch_call(x, cols, shape, k, s, d, p, o, value, adjoint, scratch, by_batch
             x[:] = 0
         return
     work = cols.size // planes
-    if math.prod(o) <= SMALL_OUTPUT or by_batch:
-        table, plane = _table(size, k, s, d, p, o), math.prod(size)
-        args = (table, plane, math.prod(o), value, adjoint, shape[0], shape[1], by_batch)
-        units = shape[1] if by_batch else planes  # by_batch: whole channels (rows of cols) to each thread
-        _split(units, cols.size // units, lambda a, b: _patches_small(x, cols, *args, a, b))
+    if math.prod(o) <= SMALL_OUTPUT:
+        args = (_table(size, k, s, d, p, o), math.prod(size), math.prod(o), value, adjoint)
+        _split(planes, work, lambda a, b: _patches_small(x, cols, *args, a, b))
     else:
         args = (size, k, s, d, p, o, value, adjoint, scratch)
         _split(planes, work, lambda a, b: _patches(x, cols, *args, a, b))
 
 
-def im2col(x, k, s, d, p, o, value=0.0, by_batch=False):
+def _batch_last_call(xt, cols, shape, k, s, d, p, o, value, adjoint):
+    """_patches_batch_last over the channels of xt (C·∏S·N, flat) and cols (flat), split between threads."""
+    n, c, size = shape[0], shape[1], shape[2:]
+    if xt.size == 0 or cols.size == 0:
+        if adjoint:
+            xt[:] = 0
+        return
+    args = (_table(size, k, s, d, p, o), math.prod(size), math.prod(o), n, value, adjoint)
+    _split(c, cols.size // c, lambda a, b: _patches_batch_last(xt, cols, *args, a, b))
+
+
+def im2col(x, k, s, d, p, o, value=0.0, batch_last=False):
     """x (N, C, *S) float32/float64 -> cols (N, C·∏k, ∏O) of x's dtype; ``p`` the leading padding per dim
-    (the trailing padding is whatever the output size ``o`` needs), ``value`` fills the padding. ``by_batch``:
-    cols (C·∏k, N·∏O) instead (for small planes, ∏O <= SMALL_OUTPUT: one product over the whole batch)."""
+    (the trailing padding is whatever the output size ``o`` needs), ``value`` fills the padding.
+
+    ``batch_last``: cols (C·∏k, ∏O·N) instead, entry ((c, r), (t, n)), for one product over the whole batch
+    (small planes: N products of ∏O <= SMALL_OUTPUT columns cost more in BLAS calls than they compute). x is
+    transposed to (C·∏S, N) first, so every entry is part of a contiguous run of N."""
     n, c = x.shape[:2]
+    shape, k3, s3, d3, p3, o3 = geom = _geometry(x.shape, tuple(k), tuple(s), tuple(d), tuple(p), tuple(o))
+    nk, npos = math.prod(k3), math.prod(o3)
+    if batch_last:
+        cols = np.empty((c * nk, npos * n), dtype=x.dtype)
+        xt = transpose(x.reshape(n, math.prod(x.shape[1:])))
+        _batch_last_call(xt.reshape(-1), cols.reshape(-1), *geom, float(value), False)
+        return cols
     xf = np.ascontiguousarray(x).reshape(-1)
-    k3, o3 = _three(k, 1), _three(o, 1)
-    shape = (c * math.prod(k3), n * math.prod(o3)) if by_batch else (n, c * math.prod(k3), math.prod(o3))
-    cols = np.empty(shape, dtype=x.dtype)
-    geom = ((n, c) + _three(x.shape[2:], 1), k3, _three(s, 1), _three(d, 1), _three(p, 0), o3)
-    _patch_call(xf, cols.reshape(-1), *geom, float(value), False, False, by_batch)
+    cols = np.empty((n, c * nk, npos), dtype=x.dtype)
+    _patch_call(xf, cols.reshape(-1), *geom, float(value), False, False)
     return cols
 
 
-def col2im(cols, k, s, d, p, o, in_shape, scratch=False, by_batch=False):
+def col2im(cols, k, s, d, p, o, in_shape, scratch=False, batch_last=False):
     """cols (N, C·∏k, ∏O) float32/float64 -> (N, C, *S) (``in_shape``): every entry added onto the input
     position it was read from (padding positions dropped). ``scratch=True``: cols is a temporary the kernel may
-    overwrite (its padding entries zeroed, so a "same" convolution's rows are added as long runs); ``by_batch``:
-    cols is (C·∏k, N·∏O), as im2col(by_batch=True) gives."""
+    overwrite (its padding entries zeroed, so a "same" convolution's rows are added as long runs);
+    ``batch_last``: cols is (C·∏k, ∏O·N), as im2col(batch_last=True) gives (the sums are formed in (C·∏S, N)
+    and transposed back)."""
     cf = np.ascontiguousarray(cols).reshape(-1)
+    geom = _geometry(tuple(in_shape), tuple(k), tuple(s), tuple(d), tuple(p), tuple(o))
+    if batch_last:
+        n = in_shape[0]
+        xt = np.empty((math.prod(in_shape[1:]), n), dtype=cols.dtype)
+        _batch_last_call(xt.reshape(-1), cf, *geom, 0.0, True)
+        return transpose(xt).reshape(tuple(in_shape))
     scratch = bool(scratch) or not np.may_share_memory(cf, cols)  # a copy is ours to overwrite
     out = np.empty(tuple(in_shape), dtype=cols.dtype)
-    geom = (tuple(in_shape[:2]) + _three(in_shape[2:], 1), _three(k, 1), _three(s, 1), _three(d, 1), _three(p, 0))
-    _patch_call(out.reshape(-1), cf, *geom, _three(o, 1), 0.0, True, scratch, by_batch)
+    _patch_call(out.reshape(-1), cf, *geom, 0.0, True, scratch)
+    return out
+
+
+_NO_BIAS = {np.dtype(t): np.empty(0, dtype=t) for t in (np.float32, np.float64)}
+
+
+def transpose(a, bias=None, group=1):
+    """a (R, C) float32/float64 -> its transpose (C, R), C-contiguous, plus ``bias[i // group]`` on the
+    entries from a's row i when a bias (R // group,) is given: the batch-last layout's way in and out (NumPy's
+    own transposing copy of a (512, 64) float32 matrix costs ~3x this tiled one)."""
+    a = np.ascontiguousarray(a)
+    out = np.empty(a.shape[::-1], dtype=a.dtype)
+    b = _NO_BIAS[a.dtype] if bias is None else np.ascontiguousarray(bias, dtype=a.dtype)
+    if a.size:
+        _split(out.shape[0], a.shape[0], lambda j0, j1: _transpose(a, out, b, group, j0, j1))
     return out
 
 
@@ -433,7 +557,12 @@ def max_pool2x2_backward(x, out, g):
     oq = np.ascontiguousarray(out).reshape((-1,) + out.shape[-2:])
     gq = np.ascontiguousarray(g, dtype=x.dtype).reshape(oq.shape)
     dx = np.empty(xq.shape, dtype=x.dtype)
-    _split(xq.shape[0], xq.shape[1] * xq.shape[2], lambda a, b: _max_pool2x2_backward(xq, oq, gq, dx, a, b))
+    planes, hh, ww = xq.shape
+    if oq.shape[2] <= NARROW:
+        xf, of, gf, df = xq.reshape(-1), oq.reshape(-1), gq.reshape(-1), dx.reshape(-1)
+        _split(planes, hh * ww, lambda a, b: _max_pool2x2_backward_narrow(xf, of, gf, df, hh, ww, a, b))
+    else:
+        _split(planes, hh * ww, lambda a, b: _max_pool2x2_backward(xq, oq, gq, dx, a, b))
     return dx.reshape(x.shape)
 
 
