@@ -386,7 +386,7 @@ def _reference_forward(q, k, v, causal, scale, drop=None):
     return _attend(p, vf, drop, xp).astype(q.dtype, copy=False), p
 
 
-def _compiled_backward(res, dout):
+def _compiled_backward(res, dout, grads_out=None):
     q, k, v, out, p, scale = res.q, res.k, res.v, res.out, res.p, res.scale
     ct = _ct(q.dtype)
     lead = p.shape[:-2]  # the forward's broadcast leading dims
@@ -395,7 +395,10 @@ def _compiled_backward(res, dout):
     g, of = dout.astype(ct, copy=False), out.astype(ct, copy=False)
     L, S = q.shape[-2], k.shape[-2]
     macs = L * S * v.shape[-1]
-    dq, dk, dv = (_empty_like(t, t.shape, ct) for t in (q, k, v))
+    if grads_out is not None and all(o.dtype == ct and o.shape == t.shape for o, t in zip(grads_out, (q, k, v))):
+        dq, dk, dv = grads_out  # the caller's arrays (strided views of one packed gradient): the products write there
+    else:
+        dq, dk, dv = (_empty_like(t, t.shape, ct) for t in (q, k, v))
     w = None
     if res.drop is not None:  # out = (p ∘ keep / (1 - p_drop)) v: dv and dp carry the mask
         w = np.swapaxes(_keep_ref(p.shape, res.drop, np) * (1.0 / (1.0 - res.drop[0])), -1, -2)
@@ -422,10 +425,10 @@ def _compiled_backward(res, dout):
     return tuple(t.astype(res.q.dtype, copy=False) for t in (dq, dk, dv))
 
 
-def _reference_backward(res, dout):
+def _reference_backward(res, dout, grads_out=None):
     q, k, v, out, p, scale = res.q, res.k, res.v, res.out, res.p, res.scale
     if _compiled(q, k, v, p, dout):
-        return _compiled_backward(res, dout)
+        return _compiled_backward(res, dout, grads_out)
     xp = xp_of(q)
     ct = _ct(q.dtype)
     qf, kf, vf, of = (t.astype(ct, copy=False) for t in (q, k, v, out))
@@ -506,11 +509,31 @@ def attention_forward(q, k, v, *, causal=False, scale=None, dropout_p=0.0, seed=
     return out, AttentionResiduals(q, k, v, out, bool(causal), scale, bool(allow_tf32), drop, lse, p)
 
 
-def attention_backward(residuals, dout):
-    """Gradients (dq, dk, dv) of :func:`attention_forward` for the upstream gradient ``dout`` (out's shape)."""
-    out = residuals.out
-    if tuple(dout.shape) != tuple(out.shape):
-        raise ValueError(f"attention_backward: dout shape {tuple(dout.shape)} != output shape {tuple(out.shape)}")
+def attention_backward(residuals, dout, out=None):
+    """Gradients (dq, dk, dv) of :func:`attention_forward` for the upstream gradient ``dout`` (out's shape).
+
+    ``out``: three arrays shaped like q, k and v, of q's dtype, that receive the gradients (any strides, e.g. the
+    head views of one packed (B, T, 3, H, D) gradient); they are returned. The compiled CPU path writes its
+    products straight into them; the other paths copy their results in.
+    """
+    res_out = residuals.out
+    if tuple(dout.shape) != tuple(res_out.shape):
+        raise ValueError(f"attention_backward: dout shape {tuple(dout.shape)} != output shape {tuple(res_out.shape)}")
+    if out is not None:
+        want = tuple(tuple(t.shape) for t in (residuals.q, residuals.k, residuals.v))
+        dt = residuals.q.dtype
+        if len(out) != 3 or tuple(tuple(o.shape) for o in out) != want or any(o.dtype != dt for o in out):
+            raise ValueError(
+                f"attention_backward: out must be three arrays of {residuals.q.dtype} shaped {want}, got "
+                f"{[(tuple(o.shape), o.dtype) for o in out]}"
+            )
     if residuals.lse is not None:
-        return _triton_backward(residuals, dout)
-    return _reference_backward(residuals, dout)
+        grads = _triton_backward(residuals, dout)
+    else:
+        grads = _reference_backward(residuals, dout, out)
+    if out is None:
+        return grads
+    for o, g in zip(out, grads):
+        if g is not o:
+            o[...] = g
+    return tuple(out)

@@ -4,8 +4,9 @@ A transformer block's ``q, k, v = c_attn(x).split(C, 2)``, three reshapes to hea
 ``scaled_dot_product_attention`` and a transpose back make ten graph nodes; their backward copies each head-major
 gradient back to (B, T, C) and then concatenates the three into (B, T, 3·C): two full copies of the projection's
 gradient. Here the heads are strided views of the packed array (no copy in the forward; the attention kernels read
-them in place) and the backward writes dq, dk and dv straight into one (B, T, 3, H, D) gradient: one copy, one
-node. The maths is :mod:`.attention`'s, on the same kernels (kernels/attention.py)::
+them in place) and the backward's products write dq, dk and dv straight into their places in one (B, T, 3·C)
+gradient (``attention_backward(..., out=)``; the other paths copy them in): no copy at all on the CPU, one node.
+The maths is :mod:`.attention`'s, on the same kernels (kernels/attention.py)::
 
     q, k, v = qkv.reshape(B, T, 3, H, D) split on axis 2, each seen as (B, H, T, D)
     y = softmax(q kᵀ · scale [causal]) [dropout] v, returned as (B, T, H·D)
@@ -68,11 +69,9 @@ class QKVAttention(FusedOp):
         res = _res(ctx)
         b, t, c = g.shape
         g4 = g._data.reshape(b, t, n_head, c // n_head).transpose(0, 2, 1, 3)
-        dq, dk, dv = K.attention.attention_backward(res, g4)
-        dqkv = xp_of(dq).empty((b, t, 3, n_head, c // n_head), dtype=res.q.dtype)
-        for i, d in enumerate((dq, dk, dv)):
-            dqkv[:, :, i] = d.transpose(0, 2, 1, 3)
-        return _t(dqkv.reshape(b, t, 3 * c))
+        dqkv = xp_of(g._data).empty((b, t, 3 * c), dtype=res.q.dtype)
+        K.attention.attention_backward(res, g4, out=_heads(dqkv, n_head))  # dq, dk, dv written into their places
+        return _t(dqkv)
 
 
 def qkv_attention(qkv: Tensor, n_head: int, causal: bool = True, scale: float | None = None,

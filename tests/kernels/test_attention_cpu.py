@@ -172,6 +172,29 @@ def test_outputs_keep_the_heads_layout(rng, cpu_path, reference):
             assert got.transpose(0, 2, 1, 3).flags.c_contiguous
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+def test_backward_writes_into_given_arrays(rng, cpu_path, reference, dtype):
+    # out=: the head views of one packed (B, T, 3·H·D) gradient receive dq, dk, dv (the compiled path's products
+    # write there; the NumPy path copies), every element of it written, values against float64
+    x = rng.standard_normal((2, 9, 3 * 4 * 8)).astype(dtype)
+    q, k, v = (a.reshape(2, 9, 4, 8).transpose(0, 2, 1, 3) for a in np.split(x, 3, axis=2))
+    g = rng.standard_normal((2, 4, 9, 8)).astype(dtype)
+    _, res = attention.attention_forward(q, k, v, causal=True)
+    packed = np.full((2, 9, 3 * 4 * 8), np.nan, dtype)
+    views = tuple(a.reshape(2, 9, 4, 8).transpose(0, 2, 1, 3) for a in np.split(packed, 3, axis=2))
+    got = attention.attention_backward(res, g, out=views)
+    assert all(a is b for a, b in zip(got, views))
+    _, *want, _ = _attention64(_f64(q), _f64(k), _f64(v), True, 1 / np.sqrt(8), _f64(g))
+    for a, e in zip(views, want):
+        assert_close(a, e, dtype, scale=4)
+    assert not np.isnan(packed).any()
+    with pytest.raises(ValueError, match="out must be three arrays"):
+        attention.attention_backward(res, g, out=views[:2])
+    with pytest.raises(ValueError, match="out must be three arrays"):
+        attention.attention_backward(res, g, out=tuple(a.astype(np.float64 if dtype != np.float64 else np.float32)
+                                                       for a in views))  # fmt: skip
+
+
 @pytest.mark.parametrize("L,S", [(128, 128), (140, 100), (100, 160)])
 def test_split_products_never_read_unset_memory(L, S, rng, monkeypatch, reference):
     # causal products of >= SPLIT_MACS per head leave the masked quarter of sT and dpT unset: with every fresh
