@@ -13,8 +13,10 @@ row, so results never depend on the thread count::
     out = np.empty_like(x)
     parallel_for(x.size, lambda a, b: np.tanh(x.ravel()[a:b], out=out.ravel()[a:b]))
 
-The pool and BLAS never oversubscribe the cores: pool workers run only elementwise NumPy code (never a
-product), and a product runs on the calling thread while the workers sleep, with at most ``n`` BLAS threads.
+The pool and BLAS never oversubscribe the cores: pool workers run elementwise and row-wise code, and a product
+runs on the calling thread while the workers sleep, with at most ``n`` BLAS threads. The one exception is
+attention's CPU path (kernels/attention.py ``_by_heads``), which splits heads over the pool only when each head's
+products are at most :data:`BLAS_SERIAL` multiply-adds, sizes OpenBLAS runs on the calling thread alone.
 On a busy machine both use fewer threads, leaving out the cores other processes keep busy (/proc/stat, read
 every LOAD_EVERY seconds; ``CONCH_ADAPT_THREADS=0`` turns this off): a thread waiting for a core another
 process holds would hold up every pass it takes part in.
