@@ -1104,6 +1104,8 @@ def _check_targets(t, c, ignore_index, name):
     a = t._data
     xp = xp_of(a)
     valid = a != ignore_index
+    if not a.size:  # no target, nothing to check (a GPU check would take the argmax of an empty array)
+        return valid, a
     bad = valid & ((a < 0) | (a >= c))
     _deferred.check(
         bad.any(),
