@@ -424,6 +424,32 @@ def test_custom_function_mark_non_differentiable(device):
     assert y.requires_grad and not i.requires_grad
 
 
+@pytest.mark.parametrize("materialize", [True, False])
+def test_custom_function_set_materialize_grads(device, materialize):
+    # PyTorch's switch: an output nobody differentiates reaches backward as zeros (default) or as None
+    seen = []
+
+    class Two(Function):
+        @staticmethod
+        def forward(ctx, x):
+            ctx.set_materialize_grads(materialize)
+            return x * 2, x * 3
+
+        @staticmethod
+        def backward(ctx, ga, gb):
+            seen.append(gb)
+            return ga * 2 if gb is None else ga * 2 + gb * 3
+
+    x = mk([1.0, -2.0], device)
+    a, _ = Two.apply(x)
+    a.sum().backward()
+    np.testing.assert_array_equal(npy(x.grad), [2.0, 2.0])
+    if materialize:
+        np.testing.assert_array_equal(npy(seen[0]), [0.0, 0.0])
+    else:
+        assert seen == [None]
+
+
 def test_function_cannot_be_instantiated():
     with pytest.raises(RuntimeError, match=r"\.apply"):
         Cube()

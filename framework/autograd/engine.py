@@ -270,7 +270,7 @@ def _run_backward(roots, root_grads, retain_graph, create_graph, inputs, allow_u
             else:
                 has_grad = any(g is not None for g in grads)
             if has_grad:
-                if n_out > 1:
+                if n_out > 1 and node.materialize_grads:
                     for nr, g in enumerate(grads):
                         if g is None and node.out_meta[nr] is not None:  # missing output gradient: zeros
                             shape, dtype, dev = node.out_meta[nr]

@@ -90,6 +90,7 @@ class Node:
     _freed = False
     _pre_hooks = None
     n_outputs = 1
+    materialize_grads = True  # False: an output without a gradient reaches backward as None, not zeros
 
     def save_for_backward(self, *tensors):
         """Keep tensors (inputs or outputs of this call) for ``backward``; read them as ``saved_tensors``."""
@@ -110,6 +111,11 @@ class Node:
 
     def mark_non_differentiable(self, *tensors):
         self._non_diff = {id(t) for t in tensors}
+
+    def set_materialize_grads(self, value: bool):
+        """PyTorch's switch: with False, ``backward`` gets None for an output that received no gradient instead
+        of zeros of its shape (call it in ``forward``; a class may set ``materialize_grads = False`` instead)."""
+        self.materialize_grads = bool(value)
 
     def name(self) -> str:
         return type(self).__name__

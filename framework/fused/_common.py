@@ -20,9 +20,6 @@ class FusedOp(Op):
     """
 
     copy_on_write: tuple = ()
-    #: False: an output that gets no gradient reaches backward as None, not as zeros of its shape (PyTorch's
-    #: ``ctx.set_materialize_grads(False)``); for outputs that are large and rarely differentiated.
-    materialize_grads = True
 
     @classmethod
     def apply(cls, *tensors, **attrs):
@@ -30,8 +27,6 @@ class FusedOp(Op):
         node = out[0].grad_fn if type(out) is tuple else out.grad_fn
         if node is not None:  # a node was recorded: find what its residuals alias
             _guard(node, tensors, out if type(out) is tuple else (out,), cls.copy_on_write)
-            if not cls.materialize_grads and type(out) is tuple:
-                node.out_meta = [None] * len(out)  # the engine fills a missing gradient from out_meta only
         return out
 
 

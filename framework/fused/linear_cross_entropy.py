@@ -22,7 +22,7 @@ class LinearCrossEntropy(FusedOp):
     scales them by the upstream scalar; "none": the backward runs the chunks again with per-row scales.
     ``return_logits``: a second output, the (N, V) logits, filled from the same chunk products (the projection
     runs once); a gradient reaching them adds dz W, dzᵀ x and Σ dz to the inputs' gradients. Missing output
-    gradients stay None (no (N, V) zeros for logits nobody differentiates).
+    gradients stay None (``materialize_grads``: no (N, V) zeros for logits nobody differentiates).
     """
 
     saves = (0, 1, 2)

@@ -53,6 +53,37 @@ def test_attention_matches_float64(dtype, causal, L, S, D, rng, cpu_path, refere
         assert_close(got, exp, dtype, scale=4 * np.sqrt(max(L, S)))  # products of up to 130 terms
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("L,S", [(1, 1), (7, 7), (16, 16), (5, 9), (9, 5)])
+def test_attention_tiny_sizes_and_float16(dtype, causal, L, S, rng, cpu_path, reference):
+    q = rng.standard_normal((2, 3, L, 8)).astype(dtype)
+    k = rng.standard_normal((2, 3, S, 8)).astype(dtype)
+    v = rng.standard_normal((2, 3, S, 8)).astype(dtype)
+    g = rng.standard_normal((2, 3, L, 8)).astype(dtype)
+    out, res = attention.attention_forward(q, k, v, causal=causal)
+    dq, dk, dv = attention.attention_backward(res, g)
+    *want, _ = _attention64(_f64(q), _f64(k), _f64(v), causal, 1 / np.sqrt(8), _f64(g))
+    for got, exp in zip((out, dq, dk, dv), want):
+        assert got.dtype == np.dtype(dtype)
+        assert_close(got, exp, dtype, scale=10)  # the (L, S) products sum up to 16 terms
+
+
+def test_attention_non_contiguous_and_large_scores(rng, cpu_path, reference):
+    q = (rng.standard_normal((2, 16, 3, 8)) * 30).astype(np.float32).transpose(0, 2, 1, 3)  # (2, 3, 16, 8) strided
+    k = (rng.standard_normal((2, 16, 3, 8)) * 30).astype(np.float32).transpose(0, 2, 1, 3)
+    v = rng.standard_normal((2, 3, 16, 8)).astype(np.float32)
+    g = rng.standard_normal((2, 16, 3, 8)).astype(np.float32).transpose(0, 2, 1, 3)
+    out, res = attention.attention_forward(q, k, v, causal=True)
+    dq, dk, dv = attention.attention_backward(res, g)
+    want = _attention64(_f64(q), _f64(k), _f64(v), True, 1 / np.sqrt(8), _f64(g))
+    assert_close(out, want[0], np.float32, scale=10)
+    assert_close(dv, want[3], np.float32, scale=10)
+    # scores of +-1e3 (saturated softmax): the gradients w.r.t. q, k scale with them
+    for got, exp in zip((dq, dk), want[1:3]):
+        assert_close(got, exp, np.float32, scale=10 * max(1.0, np.abs(exp).max()))
+
+
 def test_nan_and_inf_scores(rng, cpu_path, reference):
     q, k, v = (rng.standard_normal((1, 2, 20, 8)).astype(np.float32) for _ in range(3))
     q[0, 0, 5, 3] = np.nan  # query 5 of head 0: its scores, and so its output row, are NaN
